@@ -1,0 +1,1 @@
+//! `check`, `script`, `build` and `inspect`: the media builder's commands.

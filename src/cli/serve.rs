@@ -1,0 +1,1 @@
+//! `serve` and `reimage`: the boot service's commands.

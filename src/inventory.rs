@@ -1,0 +1,733 @@
+//! The inventory: a CSV of nodes, validated as a whole into [`Node`]s.
+//!
+//! Everything downstream (scripts, images, the boot service) trusts a `Node`, so this module is
+//! where untrusted text stops. Each field is parsed into a type that can only hold a safe value
+//! (an `Ipv4Addr`, a [`Mac`], a checked hostname, a [`ServerUrl`]); free template columns are kept
+//! as text but must be printable. Every error names the file, the line and the column, and all of
+//! them are reported at once so an operator fixes the file in one pass.
+
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::io::Read;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::str::FromStr;
+
+/// Columns with a meaning of their own; any other column is a free template variable.
+pub const KNOWN_COLUMNS: &[&str] =
+    &["hostname", "ip", "netmask", "gateway", "dns", "mac", "vlan", "server", "profile"];
+
+/// The longest value accepted in a free template column.
+const MAX_FREE_VALUE: usize = 4096;
+
+/// One validated row of the inventory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Node {
+    /// The CSV line the row started on, for messages.
+    pub line: u64,
+    /// RFC 1123 host name, lower case.
+    pub hostname: String,
+    pub ip: Ipv4Addr,
+    /// Prefix length of the node's subnet (from `ip`'s `/NN` or the `netmask` column).
+    pub prefix: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub dns: Option<Ipv4Addr>,
+    pub mac: Option<Mac>,
+    pub vlan: Option<u16>,
+    /// Per-row override of `--server`.
+    pub server: Option<ServerUrl>,
+    /// Install profile used by the boot service.
+    pub profile: Option<String>,
+    /// Every other column, by header name: free template variables.
+    pub vars: BTreeMap<String, String>,
+}
+
+impl Node {
+    /// The subnet mask for [`Node::prefix`].
+    pub fn netmask(&self) -> Ipv4Addr {
+        prefix_to_mask(self.prefix)
+    }
+
+    /// Address with prefix, as written in the CSV (`10.20.0.11/24`).
+    pub fn cidr(&self) -> String {
+        format!("{}/{}", self.ip, self.prefix)
+    }
+
+    /// Every value of the row as text, for templates: the known columns in normalised form
+    /// (plus `netmask`, `prefix` and `cidr`, derived) and the free columns as written.
+    pub fn template_vars(&self) -> BTreeMap<String, String> {
+        let mut vars = self.vars.clone();
+        let mut put = |k: &str, v: Option<String>| {
+            vars.insert(k.to_string(), v.unwrap_or_default());
+        };
+        put("hostname", Some(self.hostname.clone()));
+        put("ip", Some(self.ip.to_string()));
+        put("prefix", Some(self.prefix.to_string()));
+        put("netmask", Some(self.netmask().to_string()));
+        put("cidr", Some(self.cidr()));
+        put("gateway", self.gateway.map(|g| g.to_string()));
+        put("dns", self.dns.map(|d| d.to_string()));
+        put("mac", self.mac.map(|m| m.to_string()));
+        put("vlan", self.vlan.map(|v| v.to_string()));
+        put("server", self.server.as_ref().map(|s| s.to_string()));
+        put("profile", self.profile.clone());
+        vars
+    }
+}
+
+/// A validated inventory, in file order.
+#[derive(Debug, Clone)]
+pub struct Inventory {
+    source: String,
+    columns: Vec<String>,
+    nodes: Vec<Node>,
+    by_hostname: HashMap<String, usize>,
+}
+
+impl Inventory {
+    /// Reads and validates `path`. Nothing is returned unless every row is valid.
+    pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
+        let file = std::fs::File::open(path).map_err(|e| InventoryError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Inventory::parse(&path.display().to_string(), std::io::BufReader::new(file))
+    }
+
+    /// Validates CSV text from any reader; `source` names it in error messages.
+    pub fn parse<R: Read>(source: &str, reader: R) -> Result<Inventory, InventoryError> {
+        let mut errors = Vec::new();
+        let mut csv = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .comment(Some(b'#'))
+            .from_reader(reader);
+        let mut records = csv.byte_records();
+        let err = |line: u64, column: &str, message: String| FieldError {
+            source: source.to_string(),
+            line,
+            column: column.to_string(),
+            message,
+        };
+
+        // Header row.
+        let header = match records.next() {
+            None => {
+                return Err(InventoryError::Invalid(vec![err(
+                    1,
+                    "-",
+                    "the file is empty; expected a header row such as `hostname,ip,gateway,dns,mac`"
+                        .into(),
+                )]))
+            }
+            Some(Err(e)) => return Err(InventoryError::Invalid(vec![csv_error(source, &e)])),
+            Some(Ok(h)) => h,
+        };
+        let header_line = header.position().map_or(1, |p| p.line());
+        let mut columns = Vec::new();
+        for (i, raw) in header.iter().enumerate() {
+            let raw = if i == 0 { raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw) } else { raw };
+            let name = String::from_utf8_lossy(raw).trim().to_ascii_lowercase();
+            if !is_column_name(&name) {
+                errors.push(err(
+                    header_line,
+                    &format!("#{}", i + 1),
+                    format!(
+                        "header {name:?} is not a usable column name; expected letters, digits, `_` or `-`, starting with a letter"
+                    ),
+                ));
+            } else if columns.contains(&name) {
+                errors.push(err(
+                    header_line,
+                    &name,
+                    "this column appears twice in the header".into(),
+                ));
+            }
+            columns.push(name);
+        }
+        for required in ["hostname", "ip"] {
+            if !columns.iter().any(|c| c == required) {
+                errors.push(err(
+                    header_line,
+                    required,
+                    format!("the header has no `{required}` column; it is required"),
+                ));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(InventoryError::Invalid(errors));
+        }
+
+        let mut nodes = Vec::new();
+        let mut by_hostname = HashMap::new();
+        let mut by_mac: HashMap<Mac, u64> = HashMap::new();
+        let mut by_ip: HashMap<Ipv4Addr, u64> = HashMap::new();
+        for record in records {
+            let record = match record {
+                Ok(r) => r,
+                Err(e) => {
+                    errors.push(csv_error(source, &e));
+                    continue;
+                }
+            };
+            let line = record.position().map_or(0, |p| p.line());
+            if record.iter().all(|f| f.iter().all(u8::is_ascii_whitespace)) {
+                continue; // a blank line with separators only
+            }
+            if record.len() != columns.len() {
+                errors.push(err(
+                    line,
+                    "-",
+                    format!(
+                        "the row has {} fields but the header has {} columns; check for a missing or extra comma",
+                        record.len(),
+                        columns.len()
+                    ),
+                ));
+                continue;
+            }
+            let mut row = RowParser { source, line, errors: Vec::new() };
+            let node = row.parse(&columns, &record);
+            if let Some(node) = node {
+                let key = node.hostname.clone();
+                if let Some(&first) = by_hostname.get(&key) {
+                    row.fail(
+                        "hostname",
+                        format!(
+                            "{key:?} is already used on line {}; hostnames must be unique",
+                            nodes.get(first).map_or(0, |n: &Node| n.line)
+                        ),
+                    );
+                }
+                if let Some(mac) = node.mac {
+                    if let Some(first) = by_mac.insert(mac, line) {
+                        row.fail(
+                            "mac",
+                            format!("{mac} is already used on line {first}; MACs must be unique"),
+                        );
+                    }
+                }
+                if let Some(first) = by_ip.insert(node.ip, line) {
+                    row.fail(
+                        "ip",
+                        format!(
+                            "{} is already used on line {first}; addresses must be unique",
+                            node.ip
+                        ),
+                    );
+                }
+                if row.errors.is_empty() {
+                    by_hostname.insert(key, nodes.len());
+                    nodes.push(node);
+                }
+            }
+            errors.append(&mut row.errors);
+        }
+        if !errors.is_empty() {
+            return Err(InventoryError::Invalid(errors));
+        }
+        if nodes.is_empty() {
+            return Err(InventoryError::Invalid(vec![err(
+                header_line,
+                "-",
+                "the file has a header but no nodes; add one row per node".into(),
+            )]));
+        }
+        Ok(Inventory { source: source.to_string(), columns, nodes, by_hostname })
+    }
+
+    /// Where the inventory was read from.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Header names, lower case, in file order.
+    pub fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The node named `hostname` (compared case-insensitively, as host names are).
+    pub fn get(&self, hostname: &str) -> Option<&Node> {
+        let key = hostname.to_ascii_lowercase();
+        self.by_hostname.get(&key).map(|&i| &self.nodes[i])
+    }
+}
+
+/// Why an inventory could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    #[error("cannot read {path}: {message}")]
+    Io { path: String, message: String },
+    #[error("{}", display_all(.0))]
+    Invalid(Vec<FieldError>),
+}
+
+fn display_all(errors: &[FieldError]) -> String {
+    let mut text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    text.push(format!(
+        "{} error{} found; nothing was written",
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    ));
+    text.join("\n")
+}
+
+/// One bad field: `NODES.csv:LINE: column COLUMN: what is wrong and what is expected`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub source: String,
+    pub line: u64,
+    pub column: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: column {}: {}", self.source, self.line, self.column, self.message)
+    }
+}
+
+fn csv_error(source: &str, e: &csv::Error) -> FieldError {
+    FieldError {
+        source: source.to_string(),
+        line: e.position().map_or(0, |p| p.line()),
+        column: "-".into(),
+        message: format!("the CSV cannot be read here: {e}"),
+    }
+}
+
+fn is_column_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && name.len() <= 64
+}
+
+/// Parses one row, collecting every field error rather than stopping at the first.
+struct RowParser<'a> {
+    source: &'a str,
+    line: u64,
+    errors: Vec<FieldError>,
+}
+
+impl RowParser<'_> {
+    fn fail(&mut self, column: &str, message: String) {
+        self.errors.push(FieldError {
+            source: self.source.to_string(),
+            line: self.line,
+            column: column.to_string(),
+            message,
+        });
+    }
+
+    /// Returns the node, or `None` with the reasons in `self.errors`.
+    fn parse(&mut self, columns: &[String], record: &csv::ByteRecord) -> Option<Node> {
+        let mut fields: BTreeMap<&str, String> = BTreeMap::new();
+        for (name, raw) in columns.iter().zip(record.iter()) {
+            match std::str::from_utf8(raw) {
+                Ok(text) => {
+                    fields.insert(name, text.trim().to_string());
+                }
+                Err(_) => {
+                    self.fail(name, "the value is not valid UTF-8; save the file as UTF-8".into())
+                }
+            }
+        }
+        let get = |name: &str| fields.get(name).filter(|v| !v.is_empty()).cloned();
+
+        let hostname = match get("hostname") {
+            None => {
+                self.fail("hostname", "missing; every row needs a host name".into());
+                None
+            }
+            Some(h) => self.check(parse_hostname(&h), "hostname"),
+        };
+        let (ip, prefix) = match get("ip") {
+            None => {
+                self.fail(
+                    "ip",
+                    "missing; expected an IPv4 address with prefix such as 10.20.0.11/24".into(),
+                );
+                (None, None)
+            }
+            Some(text) => self.parse_ip(&text, get("netmask")),
+        };
+        let gateway =
+            get("gateway").and_then(|g| self.check(parse_ipv4(&g, "a gateway"), "gateway"));
+        let dns = get("dns").and_then(|d| self.check(parse_ipv4(&d, "a DNS server"), "dns"));
+        let mac = get("mac").and_then(|m| self.check(m.parse::<Mac>(), "mac"));
+        let vlan = get("vlan").and_then(|v| self.check(parse_vlan(&v), "vlan"));
+        let server = get("server").and_then(|s| self.check(s.parse::<ServerUrl>(), "server"));
+        let profile = get("profile").and_then(|p| self.check(parse_profile(&p), "profile"));
+
+        let mut vars = BTreeMap::new();
+        for (name, value) in &fields {
+            if KNOWN_COLUMNS.contains(name) {
+                continue;
+            }
+            match check_free_text(value) {
+                Ok(()) => {
+                    vars.insert(name.to_string(), value.clone());
+                }
+                Err(message) => self.fail(name, message),
+            }
+        }
+
+        let (ip, prefix) = (ip?, prefix?);
+        if let Some(gw) = gateway {
+            if gw == ip {
+                self.fail(
+                    "gateway",
+                    format!("{gw} is the node's own address; expected the router of its subnet"),
+                );
+            } else if !same_subnet(ip, gw, prefix) {
+                self.fail(
+                    "gateway",
+                    format!("{gw} is outside the node's subnet {}/{prefix}; expected an address in that subnet", network(ip, prefix)),
+                );
+            }
+        }
+        if !self.errors.is_empty() {
+            return None;
+        }
+        Some(Node {
+            line: self.line,
+            hostname: hostname?,
+            ip,
+            prefix,
+            gateway,
+            dns,
+            mac,
+            vlan,
+            server,
+            profile,
+            vars,
+        })
+    }
+
+    fn check<T>(&mut self, result: Result<T, String>, column: &str) -> Option<T> {
+        result.map_err(|message| self.fail(column, message)).ok()
+    }
+
+    fn parse_ip(&mut self, text: &str, netmask: Option<String>) -> (Option<Ipv4Addr>, Option<u8>) {
+        let (addr_text, prefix_text) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let Some(ip) = self.check(parse_ipv4(addr_text, "the node's address"), "ip") else {
+            return (None, None);
+        };
+        let from_prefix = match prefix_text {
+            None => None,
+            Some(p) => match p.parse::<u8>() {
+                Ok(n) if (1..=32).contains(&n) => Some(n),
+                _ => {
+                    self.fail(
+                        "ip",
+                        format!("prefix /{p} is not valid; expected /1 to /32, such as /24"),
+                    );
+                    return (Some(ip), None);
+                }
+            },
+        };
+        let from_mask = match netmask {
+            None => None,
+            Some(m) => match parse_ipv4(&m, "a netmask").and_then(|mask| mask_to_prefix(mask)) {
+                Ok(n) => Some(n),
+                Err(message) => {
+                    self.fail("netmask", message);
+                    return (Some(ip), None);
+                }
+            },
+        };
+        let prefix = match (from_prefix, from_mask) {
+            (Some(p), Some(m)) if p != m => {
+                self.fail("netmask", format!("{} disagrees with the prefix /{p} in column ip; give one or make them match", prefix_to_mask(m)));
+                return (Some(ip), None);
+            }
+            (Some(p), _) | (None, Some(p)) => p,
+            (None, None) => {
+                self.fail("ip", format!("{text} has no prefix; expected an address with prefix such as {ip}/24, or a netmask column"));
+                return (Some(ip), None);
+            }
+        };
+        if prefix <= 30 {
+            let host_bits = !u32::from(prefix_to_mask(prefix));
+            let host = u32::from(ip) & host_bits;
+            if host == 0 {
+                self.fail("ip", format!("{ip}/{prefix} is the network address of its subnet; expected a host address"));
+            } else if host == host_bits {
+                self.fail("ip", format!("{ip}/{prefix} is the broadcast address of its subnet; expected a host address"));
+            }
+        }
+        if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || ip.is_loopback() {
+            self.fail(
+                "ip",
+                format!("{ip} cannot be a node's address; expected a unicast host address"),
+            );
+        }
+        (Some(ip), Some(prefix))
+    }
+}
+
+/// Checks an RFC 1123 host name and returns it in lower case.
+pub fn parse_hostname(text: &str) -> Result<String, String> {
+    let lower = text.to_ascii_lowercase();
+    let expected = "expected an RFC 1123 host name: letters, digits and `-`, labels of 1 to 63 characters separated by dots";
+    if lower.is_empty() || lower.len() > 253 {
+        return Err(format!("{text:?} is {} characters long; {expected}", text.len()));
+    }
+    for label in lower.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(format!("{text:?} is not a valid host name; {expected}"));
+        }
+    }
+    Ok(lower)
+}
+
+fn parse_ipv4(text: &str, what: &str) -> Result<Ipv4Addr, String> {
+    Ipv4Addr::from_str(text).map_err(|_| {
+        format!("{text:?} is not an IPv4 address; expected {what} in dotted form such as 10.20.0.1")
+    })
+}
+
+fn parse_vlan(text: &str) -> Result<u16, String> {
+    match text.parse::<u16>() {
+        Ok(v) if (1..=4094).contains(&v) => Ok(v),
+        _ => Err(format!("{text:?} is not a VLAN ID; expected a whole number from 1 to 4094")),
+    }
+}
+
+/// A profile names a folder of the boot service, so it is a plain file name.
+pub fn parse_profile(text: &str) -> Result<String, String> {
+    let ok = text.len() <= 64
+        && !text.starts_with('.')
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(text.to_string())
+    } else {
+        Err(format!("{text:?} is not a profile name; expected letters, digits, `-`, `_` or `.`, as the name of a folder under --profiles"))
+    }
+}
+
+fn check_free_text(value: &str) -> Result<(), String> {
+    if value.len() > MAX_FREE_VALUE {
+        return Err(format!(
+            "the value is {} bytes long; at most {MAX_FREE_VALUE} are accepted",
+            value.len()
+        ));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "the value holds control character U+{:04X}; expected printable text on one line",
+            c as u32
+        ));
+    }
+    Ok(())
+}
+
+fn prefix_to_mask(prefix: u8) -> Ipv4Addr {
+    Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0))
+}
+
+fn mask_to_prefix(mask: Ipv4Addr) -> Result<u8, String> {
+    let bits = u32::from(mask);
+    let prefix = bits.leading_ones();
+    if bits.count_ones() != prefix || prefix == 0 {
+        return Err(format!(
+            "{mask} is not a netmask; expected contiguous ones such as 255.255.255.0"
+        ));
+    }
+    Ok(prefix as u8)
+}
+
+fn network(ip: Ipv4Addr, prefix: u8) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(ip) & u32::from(prefix_to_mask(prefix)))
+}
+
+fn same_subnet(a: Ipv4Addr, b: Ipv4Addr, prefix: u8) -> bool {
+    network(a, prefix) == network(b, prefix)
+}
+
+/// An Ethernet MAC address. Parses `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` and `aabbccddeeff`
+/// (any case); displays lower case with colons, the form iPXE's `${netX/mac}` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Mac(pub [u8; 6]);
+
+impl FromStr for Mac {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("{text:?} is not a MAC address; expected six hex pairs as aa:bb:cc:dd:ee:ff, aa-bb-cc-dd-ee-ff or aabbccddeeff")
+        };
+        let hex: String = if text.len() == 17 {
+            let sep = text.as_bytes()[2];
+            if sep != b':' && sep != b'-' {
+                return Err(bad());
+            }
+            let parts: Vec<&str> = text.split(sep as char).collect();
+            if parts.len() != 6 || parts.iter().any(|p| p.len() != 2) {
+                return Err(bad());
+            }
+            parts.concat()
+        } else if text.len() == 12 {
+            text.to_string()
+        } else {
+            return Err(bad());
+        };
+        let mut bytes = [0u8; 6];
+        hex::decode_to_slice(&hex, &mut bytes).map_err(|_| bad())?;
+        Ok(Mac(bytes))
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+    }
+}
+
+impl Serialize for Mac {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The base URL of the boot service, as the media chain to it.
+///
+/// It goes verbatim into an iPXE script, so it admits only what a URL of this shape needs:
+/// `http` or `https`, a host name, IPv4 address or bracketed IPv6 address, an optional port and
+/// an optional path of unreserved characters. No `$`, spaces, quotes, `?`, `#` or `&` can pass,
+/// which is what makes injection into the script impossible. A trailing `/` is dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerUrl(String);
+
+impl ServerUrl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ServerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for ServerUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl FromStr for ServerUrl {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!("{text:?} is not a usable server URL ({why}); expected http://HOST[:PORT][/PATH], such as http://10.20.0.5:8080")
+        };
+        let rest = text
+            .strip_prefix("http://")
+            .or_else(|| text.strip_prefix("https://"))
+            .ok_or_else(|| bad("it must start with http:// or https://"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (addr, after) = v6.split_once(']').ok_or_else(|| bad("unclosed `[`"))?;
+            addr.parse::<std::net::Ipv6Addr>().map_err(|_| bad("bad IPv6 address"))?;
+            (authority, after.strip_prefix(':'))
+        } else {
+            match authority.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        if !host.starts_with('[') && parse_hostname(host).is_err() {
+            return Err(bad("the host is not a host name or IPv4 address"));
+        }
+        if let Some(port) = port {
+            match port.parse::<u16>() {
+                Ok(p) if p > 0 => {}
+                _ => return Err(bad("the port must be a number from 1 to 65535")),
+            }
+        }
+        let path_ok = path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'.' | b'_' | b'~'));
+        if !path_ok || path.contains("//") {
+            return Err(bad(
+                "the path may hold only letters, digits and - . _ ~ /, with no query or fragment",
+            ));
+        }
+        Ok(ServerUrl(text.trim_end_matches('/').to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_forms_normalise() {
+        for form in ["AA:bb:CC:dd:ee:01", "aa-bb-cc-dd-ee-01", "AABBCCDDEE01"] {
+            assert_eq!(form.parse::<Mac>().unwrap().to_string(), "aa:bb:cc:dd:ee:01");
+        }
+        for bad in ["aa:bb:cc:dd:ee", "aa:bb-cc:dd:ee:01", "gg:bb:cc:dd:ee:01", "aabbccddee0"] {
+            assert!(bad.parse::<Mac>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn server_urls() {
+        for good in ["http://10.0.0.1:8080", "https://boot.example.net/bf/", "http://[fd00::1]:80"]
+        {
+            assert!(good.parse::<ServerUrl>().is_ok(), "{good}");
+        }
+        assert_eq!("http://h/x/".parse::<ServerUrl>().unwrap().as_str(), "http://h/x");
+        for bad in [
+            "ftp://h",
+            "http://",
+            "http://h:0",
+            "http://h/${x}",
+            "http://h/a b",
+            "http://h/?a=b",
+            "http://a$b",
+        ] {
+            assert!(bad.parse::<ServerUrl>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn masks() {
+        assert_eq!(prefix_to_mask(24), Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(prefix_to_mask(32), Ipv4Addr::new(255, 255, 255, 255));
+        assert_eq!(mask_to_prefix(Ipv4Addr::new(255, 255, 254, 0)), Ok(23));
+        assert!(mask_to_prefix(Ipv4Addr::new(255, 0, 255, 0)).is_err());
+    }
+}
