@@ -1,1 +1,323 @@
-//! TODO
+//! `bootforge build`: media for a whole fleet, written all-or-nothing.
+//!
+//! Every node's images are built in memory by the worker that owns the node, hashed, and written
+//! into a staging folder inside the output folder. Only when every node has succeeded are the
+//! files renamed into place (images first, then `SHA256SUMS` and `manifest.json`), so a failed run
+//! leaves an existing output folder exactly as it was. Memory stays flat as the fleet grows: a
+//! worker holds one image at a time and the fleet's results are only small manifest entries.
+
+use crate::firmware::{Arch, Firmware, FirmwareFile};
+use crate::inventory::{Inventory, Node, ServerUrl};
+use crate::media::{self, Format, ImageSpec};
+use crate::script::{self, Medium, ScriptSettings};
+use crate::token::Secret;
+use anyhow::{bail, Context};
+use rayon::prelude::*;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Everything `build` needs besides the inventory.
+pub struct BuildOptions {
+    /// Default boot service for rows without a `server` column value.
+    pub server: Option<ServerUrl>,
+    pub out: PathBuf,
+    pub formats: Vec<Format>,
+    pub arches: Vec<Arch>,
+    pub secret: Option<Secret>,
+    pub firmware: Firmware,
+    /// Worker threads; 0 means one per core.
+    pub jobs: usize,
+    /// How the ISO will be attached, which decides the BIOS local-boot drive (see [`Medium`]).
+    pub iso_medium: Medium,
+    /// Seconds since 1970 for every date inside the images (`SOURCE_DATE_EPOCH`).
+    pub epoch: u64,
+    /// Draw a progress bar (on a terminal).
+    pub progress: bool,
+}
+
+/// What a successful build produced.
+#[derive(Debug, Clone)]
+pub struct BuildReport {
+    pub nodes: usize,
+    pub files: usize,
+    pub bytes: u64,
+    pub elapsed: Duration,
+}
+
+/// The network identity of a node, as recorded in the manifest and inside each image.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeSummary {
+    pub hostname: String,
+    /// Address with prefix.
+    pub ip: String,
+    pub gateway: Option<String>,
+    pub dns: Option<String>,
+    pub mac: Option<String>,
+    pub vlan: Option<u16>,
+    /// The boot service the node's script asks.
+    pub server: String,
+}
+
+impl NodeSummary {
+    fn new(node: &Node, server: &ServerUrl) -> Self {
+        NodeSummary {
+            hostname: node.hostname.clone(),
+            ip: node.cidr(),
+            gateway: node.gateway.map(|g| g.to_string()),
+            dns: node.dns.map(|d| d.to_string()),
+            mac: node.mac.map(|m| m.to_string()),
+            vlan: node.vlan,
+            server: server.to_string(),
+        }
+    }
+}
+
+/// One node's entry in `manifest.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ManifestNode {
+    #[serde(flatten)]
+    pub node: NodeSummary,
+    pub files: Vec<ManifestFile>,
+    /// File name → SHA-256 of each firmware file inside this node's images.
+    pub firmware: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ManifestFile {
+    pub format: String,
+    pub file: String,
+    pub size: u64,
+    pub sha256: String,
+    /// How the medium's script believes it is attached (`cd`, `usb`, `esp`).
+    pub medium: Medium,
+    pub script_sha256: String,
+}
+
+#[derive(Serialize)]
+struct Manifest<'a> {
+    bootforge: &'static str,
+    source_date_epoch: u64,
+    formats: Vec<String>,
+    arches: Vec<String>,
+    firmware: &'a [FirmwareFile],
+    nodes: &'a [ManifestNode],
+}
+
+/// What is stored as `bootforge.json` inside each image, for `bootforge inspect`.
+#[derive(Serialize)]
+struct ImageInfo<'a> {
+    bootforge: &'static str,
+    #[serde(flatten)]
+    node: &'a NodeSummary,
+    format: String,
+    medium: Medium,
+    token: bool,
+    script_sha256: String,
+    source_date_epoch: u64,
+    firmware: &'a [FirmwareFile],
+}
+
+/// Builds every node's media into `opts.out`. Nothing in `opts.out` changes unless all succeed.
+pub fn build(inventory: &Inventory, opts: &BuildOptions) -> anyhow::Result<BuildReport> {
+    let started = Instant::now();
+    if opts.formats.is_empty() {
+        bail!("no formats asked for; give --formats with one or more of iso, usb, efi");
+    }
+    for arch in &opts.arches {
+        opts.firmware.efi(*arch)?;
+    }
+    let missing_server: Vec<String> = inventory
+        .nodes()
+        .iter()
+        .filter(|n| n.server.is_none() && opts.server.is_none())
+        .map(|n| format!("{}:{}: column server: empty and no --server was given", inventory.source(), n.line))
+        .collect();
+    if !missing_server.is_empty() {
+        bail!("{}\ngive --server URL, or a server for every row", missing_server.join("\n"));
+    }
+
+    // The output folder: create it if needed, and remember to remove it again on failure.
+    let created_out = !opts.out.exists();
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("cannot create output folder {}", opts.out.display()))?;
+    let result = build_into(inventory, opts, started);
+    if result.is_err() && created_out {
+        let _ = std::fs::remove_dir_all(&opts.out);
+    }
+    result
+}
+
+fn build_into(
+    inventory: &Inventory,
+    opts: &BuildOptions,
+    started: Instant,
+) -> anyhow::Result<BuildReport> {
+    let staging = tempfile::Builder::new()
+        .prefix(".bootforge-staging-")
+        .tempdir_in(&opts.out)
+        .with_context(|| format!("cannot create a staging folder in {}", opts.out.display()))?;
+    let firmware_files = opts.firmware.versions();
+    let firmware_map: BTreeMap<String, String> =
+        firmware_files.iter().map(|f| (f.name.clone(), f.sha256.clone())).collect();
+
+    let bar = progress_bar(inventory.len() as u64, opts.progress);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.jobs)
+        .thread_name(|i| format!("build-{i}"))
+        .build()
+        .context("cannot start the worker threads")?;
+    let nodes: Vec<ManifestNode> = pool.install(|| {
+        inventory
+            .nodes()
+            .par_iter()
+            .map(|node| {
+                let entry = build_node(node, opts, staging.path(), &firmware_files, &firmware_map)
+                    .with_context(|| {
+                        format!("{}:{}: node {}", inventory.source(), node.line, node.hostname)
+                    });
+                bar.inc(1);
+                entry
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    bar.finish_and_clear();
+
+    // Checksums and manifest go into staging too, then everything moves into place.
+    let mut sums: Vec<(&str, &str)> = nodes
+        .iter()
+        .flat_map(|n| n.files.iter().map(|f| (f.file.as_str(), f.sha256.as_str())))
+        .collect();
+    sums.sort();
+    let sums_text: String = sums.iter().map(|(file, hash)| format!("{hash}  {file}\n")).collect();
+    std::fs::write(staging.path().join("SHA256SUMS"), sums_text)?;
+    let manifest = Manifest {
+        bootforge: env!("CARGO_PKG_VERSION"),
+        source_date_epoch: opts.epoch,
+        formats: opts.formats.iter().map(ToString::to_string).collect(),
+        arches: opts.arches.iter().map(ToString::to_string).collect(),
+        firmware: &firmware_files,
+        nodes: &nodes,
+    };
+    let mut manifest_json = serde_json::to_vec_pretty(&manifest)?;
+    manifest_json.push(b'\n');
+    std::fs::write(staging.path().join("manifest.json"), manifest_json)?;
+
+    // Make the staged bytes durable with one filesystem-wide flush, rather than one fsync per
+    // image, before any of them replaces a file the operator may rely on.
+    sync_filesystem(staging.path())?;
+    let mut bytes = 0;
+    let mut files = 0;
+    for node in &nodes {
+        for f in &node.files {
+            publish(staging.path(), &opts.out, &f.file)?;
+            bytes += f.size;
+            files += 1;
+        }
+    }
+    publish(staging.path(), &opts.out, "SHA256SUMS")?;
+    publish(staging.path(), &opts.out, "manifest.json")?;
+    crate::atomic::sync_dir(&opts.out)?;
+    Ok(BuildReport { nodes: nodes.len(), files, bytes, elapsed: started.elapsed() })
+}
+
+/// Builds, hashes and stages one node's images.
+fn build_node(
+    node: &Node,
+    opts: &BuildOptions,
+    staging: &Path,
+    firmware_files: &[FirmwareFile],
+    firmware_map: &BTreeMap<String, String>,
+) -> anyhow::Result<ManifestNode> {
+    let server = node.server.as_ref().or(opts.server.as_ref()).expect("checked before the build");
+    let token = opts.secret.as_ref().map(|s| s.node_token(&node.hostname));
+    let summary = NodeSummary::new(node, server);
+    let mut files = Vec::with_capacity(opts.formats.len());
+    let mut buffer = Vec::new();
+    for &format in &opts.formats {
+        let medium = match format {
+            Format::Iso => opts.iso_medium,
+            Format::Usb => Medium::Usb,
+            Format::Efi => Medium::Esp,
+        };
+        let settings = ScriptSettings { server, token: token.clone(), medium };
+        let node_script = script::node_script(node, &settings);
+        let script_sha256 = hex::encode(Sha256::digest(node_script.as_bytes()));
+        let info = ImageInfo {
+            bootforge: env!("CARGO_PKG_VERSION"),
+            node: &summary,
+            format: format.to_string(),
+            medium,
+            token: token.is_some(),
+            script_sha256: script_sha256.clone(),
+            source_date_epoch: opts.epoch,
+            firmware: firmware_files,
+        };
+        let info_json = serde_json::to_vec_pretty(&info)?;
+        let spec = ImageSpec {
+            hostname: &node.hostname,
+            bios_script: node_script.as_bytes(),
+            efi_script: node_script.as_bytes(),
+            info_json: &info_json,
+            arches: &opts.arches,
+            epoch: opts.epoch,
+        };
+        buffer.clear();
+        let mut cursor = Cursor::new(std::mem::take(&mut buffer));
+        media::write_image(format, &spec, &opts.firmware, &mut cursor)
+            .with_context(|| format!("cannot build the {format} image"))?;
+        buffer = cursor.into_inner();
+        let file = format.file_name(&node.hostname);
+        std::fs::write(staging.join(&file), &buffer)
+            .with_context(|| format!("cannot write {file} into the staging folder"))?;
+        files.push(ManifestFile {
+            format: format.to_string(),
+            size: buffer.len() as u64,
+            sha256: hex::encode(Sha256::digest(&buffer)),
+            file,
+            medium,
+            script_sha256,
+        });
+    }
+    Ok(ManifestNode {
+        node: summary,
+        files,
+        firmware: firmware_map.clone(),
+    })
+}
+
+fn publish(staging: &Path, out: &Path, file: &str) -> anyhow::Result<()> {
+    std::fs::rename(staging.join(file), out.join(file))
+        .with_context(|| format!("cannot move {file} into {}", out.display()))
+}
+
+/// Flushes the filesystem holding `dir` (Linux `syncfs`): one call instead of an fsync per image.
+fn sync_filesystem(dir: &Path) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    let handle = std::fs::File::open(dir)?;
+    // SAFETY: syncfs only reads the descriptor, which `handle` keeps open for the call.
+    let rc = unsafe { libc::syncfs(handle.as_raw_fd()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot flush the staged files in {}", dir.display()));
+    }
+    Ok(())
+}
+
+fn progress_bar(len: u64, show: bool) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} building [{bar:40}] {pos}/{len} nodes, {per_sec}, ETA {eta}",
+        )
+        .expect("the template is valid")
+        .progress_chars("=> "),
+    );
+    bar
+}

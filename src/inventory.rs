@@ -278,9 +278,10 @@ pub enum InventoryError {
 fn display_all(errors: &[FieldError]) -> String {
     let mut text: Vec<String> = errors.iter().map(ToString::to_string).collect();
     text.push(format!(
-        "{} error{} found; nothing was written",
+        "{} error{} in {}",
         errors.len(),
-        if errors.len() == 1 { "" } else { "s" }
+        if errors.len() == 1 { "" } else { "s" },
+        errors.first().map_or("the inventory", |e| e.source.as_str())
     ));
     text.join("\n")
 }

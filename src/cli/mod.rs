@@ -2,3 +2,45 @@
 
 pub mod build;
 pub mod serve;
+
+use clap::{Parser, Subcommand};
+
+/// Boot media and a boot decision service for servers on networks without DHCP or PXE.
+#[derive(Debug, Parser)]
+#[command(
+    name = "bootforge",
+    version,
+    about,
+    long_about = "bootforge makes, for every server in a CSV inventory, a small boot medium (ISO, USB \
+image or EFI image) that runs iPXE with that server's static network settings and asks a boot \
+service what to do; and it runs that service, which answers \"install\" for hosts flagged for \
+reimage and \"boot the local disk\" for everything else.",
+    after_help = "Typical use:\n  bootforge check nodes.csv\n  bootforge build nodes.csv --server http://10.20.0.5:8080 --out media/\n  bootforge serve --inventory nodes.csv --profiles profiles/ --state-dir /var/lib/bootforge\n  curl -X PUT -H \"Authorization: Bearer $TOKEN\" http://10.20.0.5:8080/hosts/node01/reimage\n\nRun `bootforge COMMAND --help` for each command's options and examples."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Check(build::CheckArgs),
+    Script(build::ScriptArgs),
+    Build(build::BuildArgs),
+    Inspect(build::InspectArgs),
+    Serve(serve::ServeArgs),
+    Reimage(serve::ReimageArgs),
+}
+
+/// Runs one command. `Ok(false)` means the command ran but reports failure (exit status 1)
+/// after printing its own explanation.
+pub fn run(cli: Cli) -> anyhow::Result<bool> {
+    match cli.command {
+        Command::Check(args) => build::check(args),
+        Command::Script(args) => build::script(args).map(|()| true),
+        Command::Build(args) => build::build(args).map(|()| true),
+        Command::Inspect(args) => build::inspect(args).map(|()| true),
+        Command::Serve(args) => serve::serve(args).map(|()| true),
+        Command::Reimage(args) => serve::reimage(args).map(|()| true),
+    }
+}
