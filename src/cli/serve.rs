@@ -1,20 +1,118 @@
-//! `serve` and `reimage`: the boot service's commands.
-//! PLACEHOLDER (lead): replaced by the serve engineer's real definitions.
+//! `serve` and `reimage`: the boot service's commands. Parsing only; the work is in
+//! [`crate::serve`].
 
-use clap::Args;
+use crate::inventory::ServerUrl;
+use crate::serve::{client, Config, Server};
+use std::path::PathBuf;
 
-/// Run the boot decision service.
-#[derive(Debug, Args)]
-pub struct ServeArgs {}
+const SERVE_HELP: &str = "\
+Examples:
+  # Answer boot requests on port 8080, with node tokens and an API tokens file:
+  bootforge serve --inventory nodes.csv --profiles profiles/ --state-dir /var/lib/bootforge \\
+      --secret-file /etc/bootforge/secret --tokens-file /etc/bootforge/tokens \\
+      --assets /srv/bootforge/assets
 
-/// Flag hosts for reimage through the service's API.
-#[derive(Debug, Args)]
-pub struct ReimageArgs {}
+  # A tokens file line is NAME ROLE SHA256-OF-TOKEN (roles: read, reimage, admin):
+  TOKEN=$(openssl rand -hex 24); echo \"ops reimage $(printf %s \"$TOKEN\" | sha256sum | cut -d' ' -f1)\" >> tokens
 
-pub fn serve(_args: ServeArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+  # Then flag a node; its next boot installs, the installer's callback clears the flag:
+  curl -X PUT -H \"Authorization: Bearer $TOKEN\" http://bootsvc:8080/hosts/node01/reimage
+
+Unflagged, unknown or mismatching nodes always get a local-boot script. The inventory and
+profiles are reloaded when they change (or on SIGHUP); a failed reload keeps the old ones.
+Flags and the audit log live in --state-dir, which several instances may share.
+Without --tokens-file the API (/hosts, /events, reimage) refuses every request with 401.
+See docs/API.md, docs/PROFILES.md and docs/STATE.md.";
+
+/// Arguments of `bootforge serve`.
+#[derive(clap::Args, Debug)]
+#[command(after_help = SERVE_HELP)]
+pub struct ServeArgs {
+    /// The inventory CSV (the same file the media were built from).
+    #[arg(long, value_name = "NODES.csv")]
+    pub inventory: PathBuf,
+    /// Folder of install profiles: one sub-folder per profile with boot.ipxe, config/, profile.toml.
+    #[arg(long, value_name = "DIR")]
+    pub profiles: PathBuf,
+    /// Where flags (one file per host) and the audit log (audit.jsonl) are kept.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// Address and port to listen on.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:8080")]
+    pub listen: String,
+    /// Folder served at /assets/ (kernels, initrds, ISOs), with Range support.
+    #[arg(long, value_name = "DIR")]
+    pub assets: Option<PathBuf>,
+    /// The key node tokens are derived from (the one given to `bootforge build`). With it, boot
+    /// requests, config files and callbacks need the node's token.
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+    /// API tokens: lines `NAME ROLE SHA256-HEX-OF-TOKEN`. Without it the API refuses everything.
+    #[arg(long, value_name = "FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Base URL written into rendered templates (config_url, done_url, asset_url) when a node's
+    /// row has no `server` column; by default the Host header the node used.
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<ServerUrl>,
+    /// Worker threads answering requests.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub workers: usize,
 }
 
-pub fn reimage(_args: ReimageArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+const REIMAGE_HELP: &str = "\
+Examples:
+  # Flag two nodes with the profile from their inventory row:
+  bootforge reimage node01 node02 --server http://bootsvc:8080 --token-file ~/.bootforge-token
+
+  # Flag with an explicit profile:
+  bootforge reimage node03 --profile harvester-join --server http://bootsvc:8080 --token-file t
+
+  # Cancel (the next boot is local again; a late installer callback is ignored):
+  bootforge reimage --cancel node01 --server http://bootsvc:8080 --token-file t
+
+The token needs the reimage (or admin) role in the server's --tokens-file. Each host is tried;
+the command fails if any of them failed, and says why.";
+
+/// Arguments of `bootforge reimage`.
+#[derive(clap::Args, Debug)]
+#[command(after_help = REIMAGE_HELP)]
+pub struct ReimageArgs {
+    /// Host names to flag (or, with --cancel, to un-flag).
+    #[arg(required = true, value_name = "HOSTNAME")]
+    pub hosts: Vec<String>,
+    /// Base URL of the boot service.
+    #[arg(long, value_name = "URL")]
+    pub server: String,
+    /// File holding the API token (first line).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: PathBuf,
+    /// Install profile; default: the node's `profile` column.
+    #[arg(long, value_name = "NAME", conflicts_with = "cancel")]
+    pub profile: Option<String>,
+    /// Cancel the reimage instead of requesting it.
+    #[arg(long)]
+    pub cancel: bool,
+}
+
+/// `bootforge serve`: runs until SIGINT/SIGTERM.
+pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = Config::new(args.inventory, args.profiles, args.state_dir);
+    config.listen = args.listen;
+    config.assets = args.assets;
+    config.secret_file = args.secret_file;
+    config.tokens_file = args.tokens_file;
+    config.public_url = args.public_url;
+    config.workers = args.workers;
+    Server::start(config)?.run_until_signalled()
+}
+
+/// `bootforge reimage`: one API request per host; prints one line per host.
+pub fn reimage(args: ReimageArgs) -> anyhow::Result<()> {
+    let token = client::read_token(&args.token_file)?;
+    let action =
+        if args.cancel { client::Action::Cancel } else { client::Action::Flag(args.profile) };
+    for line in client::run(&args.server, &token, &args.hosts, &action)? {
+        println!("{line}");
+    }
+    Ok(())
 }

@@ -1,0 +1,192 @@
+//! API tokens: who may read the flags, who may set them.
+//!
+//! The tokens file holds one line per token, `NAME ROLE SHA256-OF-TOKEN` (hex), so the file itself
+//! reveals no usable secret. A request presents `Authorization: Bearer TOKEN`; the service hashes
+//! it and looks the hash up. Names, never tokens, go into the audit log.
+
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// What a token may do. Each role includes the ones before it: `admin` ⊇ `reimage` ⊇ `read`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// `GET /hosts`, `GET /hosts/{h}`, `GET /events`.
+    Read,
+    /// Also `PUT`/`DELETE /hosts/{h}/reimage`.
+    Reimage,
+    /// Also `POST /admin/reload`.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Reimage => "reimage",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "read" => Ok(Role::Read),
+            "reimage" => Ok(Role::Reimage),
+            "admin" => Ok(Role::Admin),
+            _ => Err(format!("{s:?} is not a role; expected read, reimage or admin")),
+        }
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub name: String,
+    pub role: Role,
+}
+
+/// Why a request was not allowed; mapped to 401 or 403.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denied {
+    /// 401: no token, an unknown token, or no tokens file at all.
+    Unauthenticated(String),
+    /// 403: a known token whose role is too small.
+    Forbidden(String),
+}
+
+/// The parsed tokens file. `None` inside means the service was started without one.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
+    by_hash: Option<HashMap<[u8; 32], Caller>>,
+}
+
+impl Tokens {
+    /// No tokens file: the safe default is that every API call that needs a token is refused
+    /// with 401 and a message saying how to enable the API. Boot answers, installer callbacks,
+    /// assets, health and metrics do not need an API token and keep working.
+    pub fn disabled() -> Tokens {
+        Tokens { by_hash: None }
+    }
+
+    pub fn load(path: &Path) -> anyhow::Result<Tokens> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read tokens file {}: {e}", path.display()))?;
+        Tokens::parse(&path.display().to_string(), &text)
+    }
+
+    /// Parses `NAME ROLE SHA256HEX` lines; `#` starts a comment. Every bad line is reported.
+    pub fn parse(source: &str, text: &str) -> anyhow::Result<Tokens> {
+        let mut map = HashMap::new();
+        let mut errors = Vec::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let n = i + 1;
+            if fields.len() != 3 {
+                errors.push(format!(
+                    "{source}:{n}: expected `NAME ROLE SHA256-HEX`, found {} fields",
+                    fields.len()
+                ));
+                continue;
+            }
+            let role = match fields[1].parse::<Role>() {
+                Ok(r) => r,
+                Err(e) => {
+                    errors.push(format!("{source}:{n}: {e}"));
+                    continue;
+                }
+            };
+            let mut hash = [0u8; 32];
+            if hex::decode_to_slice(fields[2], &mut hash).is_err() {
+                errors.push(format!(
+                    "{source}:{n}: the third field must be the SHA-256 of the token in 64 hex digits (e.g. `printf %s \"$TOKEN\" | sha256sum`)"
+                ));
+                continue;
+            }
+            let caller = Caller { name: fields[0].to_string(), role };
+            if map.insert(hash, caller).is_some() {
+                errors.push(format!("{source}:{n}: this token hash appears twice"));
+            }
+        }
+        anyhow::ensure!(errors.is_empty(), "{}", errors.join("\n"));
+        Ok(Tokens { by_hash: Some(map) })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.by_hash.is_some()
+    }
+
+    /// Checks the `Authorization` header value against the role `need`.
+    pub fn check(&self, authorization: Option<&str>, need: Role) -> Result<Caller, Denied> {
+        let Some(map) = &self.by_hash else {
+            return Err(Denied::Unauthenticated(
+                "the API is disabled: this server was started without --tokens-file; create one with lines `NAME ROLE SHA256-OF-TOKEN` and restart".into(),
+            ));
+        };
+        let token = authorization
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty());
+        let Some(token) = token else {
+            return Err(Denied::Unauthenticated(
+                "missing API token: send `Authorization: Bearer TOKEN`".into(),
+            ));
+        };
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let Some(caller) = map.get(&hash) else {
+            return Err(Denied::Unauthenticated(
+                "unknown API token: check the token against --tokens-file".into(),
+            ));
+        };
+        if caller.role < need {
+            return Err(Denied::Forbidden(format!(
+                "token {:?} has role {}, this needs role {}",
+                caller.name,
+                caller.role.as_str(),
+                need.as_str()
+            )));
+        }
+        Ok(caller.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha(t: &str) -> String {
+        hex::encode(Sha256::digest(t.as_bytes()))
+    }
+
+    #[test]
+    fn roles_nest() {
+        let text = format!(
+            "# ops\nalice admin {}\nbob read {}  # read only\n",
+            sha("a-tok"),
+            sha("b-tok")
+        );
+        let t = Tokens::parse("tokens", &text).unwrap();
+        assert_eq!(t.check(Some("Bearer a-tok"), Role::Reimage).unwrap().name, "alice");
+        assert!(matches!(t.check(Some("Bearer b-tok"), Role::Reimage), Err(Denied::Forbidden(_))));
+        assert!(t.check(Some("Bearer b-tok"), Role::Read).is_ok());
+        assert!(matches!(t.check(Some("Bearer x"), Role::Read), Err(Denied::Unauthenticated(_))));
+        assert!(matches!(t.check(None, Role::Read), Err(Denied::Unauthenticated(_))));
+        assert!(matches!(
+            Tokens::disabled().check(Some("Bearer a-tok"), Role::Read),
+            Err(Denied::Unauthenticated(_))
+        ));
+    }
+
+    #[test]
+    fn bad_lines_are_named() {
+        let err = Tokens::parse("t", "a read 12\nb root 00\n").unwrap_err().to_string();
+        assert!(err.contains("t:1:") && err.contains("t:2:"), "{err}");
+    }
+}

@@ -1,0 +1,85 @@
+//! `GET /metrics`: counters in the Prometheus text format. They count what this instance did
+//! since it started; with several instances, sum them in the query.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+#[derive(Default)]
+pub struct Metrics {
+    /// `/boot` answers by answer (`install`/`local`) and reason.
+    boot: Mutex<BTreeMap<(String, String), u64>>,
+    /// HTTP responses by status code.
+    responses: Mutex<BTreeMap<u16, u64>>,
+    pub flags_set: AtomicU64,
+    pub flags_cleared: AtomicU64,
+    pub installs_done: AtomicU64,
+    pub installs_failed: AtomicU64,
+    pub reloads_ok: AtomicU64,
+}
+
+impl Metrics {
+    pub fn boot(&self, answer: &str, reason: &str) {
+        let mut m = self.boot.lock().unwrap_or_else(|p| p.into_inner());
+        // Reasons are a small fixed set of kinds (the detail text is not a label).
+        *m.entry((answer.to_string(), reason.to_string())).or_default() += 1;
+    }
+
+    pub fn response(&self, status: u16) {
+        *self.responses.lock().unwrap_or_else(|p| p.into_inner()).entry(status).or_default() += 1;
+    }
+
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn render(&self, nodes: usize, generation: u64, reload_failures: u64) -> String {
+        let mut s = String::new();
+        let w = &mut s;
+        let _ =
+            writeln!(w, "# HELP bootforge_boot_answers_total /boot answers by answer and reason.");
+        let _ = writeln!(w, "# TYPE bootforge_boot_answers_total counter");
+        for ((answer, reason), n) in self.boot.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = writeln!(
+                w,
+                "bootforge_boot_answers_total{{answer=\"{answer}\",reason=\"{reason}\"}} {n}"
+            );
+        }
+        let _ = writeln!(w, "# HELP bootforge_http_responses_total HTTP responses by status code.");
+        let _ = writeln!(w, "# TYPE bootforge_http_responses_total counter");
+        for (code, n) in self.responses.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = writeln!(w, "bootforge_http_responses_total{{code=\"{code}\"}} {n}");
+        }
+        let counters = [
+            ("bootforge_flags_set_total", "Reimage flags set through the API.", &self.flags_set),
+            (
+                "bootforge_flags_cleared_total",
+                "Reimage flags cleared (cancel, done, first answer).",
+                &self.flags_cleared,
+            ),
+            (
+                "bootforge_installs_done_total",
+                "Installs that called back done.",
+                &self.installs_done,
+            ),
+            (
+                "bootforge_installs_failed_total",
+                "Installs that reported failure.",
+                &self.installs_failed,
+            ),
+            ("bootforge_reloads_total", "Successful inventory/profile reloads.", &self.reloads_ok),
+        ];
+        for (name, help, c) in counters {
+            let _ = writeln!(
+                w,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                c.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(w, "# HELP bootforge_reload_failures_total Reloads that failed (old inputs kept).\n# TYPE bootforge_reload_failures_total counter\nbootforge_reload_failures_total {reload_failures}");
+        let _ = writeln!(w, "# HELP bootforge_inventory_nodes Nodes in the loaded inventory.\n# TYPE bootforge_inventory_nodes gauge\nbootforge_inventory_nodes {nodes}");
+        let _ = writeln!(w, "# HELP bootforge_inputs_generation Generation of the loaded inventory and profiles.\n# TYPE bootforge_inputs_generation gauge\nbootforge_inputs_generation {generation}");
+        s
+    }
+}

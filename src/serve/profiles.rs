@@ -1,0 +1,330 @@
+//! Install profiles: `--profiles DIR/NAME/` folders of minijinja templates.
+//!
+//! * `boot.ipxe`: the install chain, answered to `/boot/{host}` while the host is flagged;
+//! * `config/**`: each file served rendered at `/config/{host}/{path}` while flagged;
+//! * `profile.toml` (optional): [`Settings`].
+//!
+//! Every template is compiled when the profiles are loaded, so a syntax error stops the start (or
+//! is reported by a reload, which keeps the old profiles) with file and line. Rendering is strict:
+//! a misspelt variable is an error, not an empty string that would produce a broken installer
+//! configuration. Templates see `node` (every CSV column, [`crate::inventory::Node::template_vars`]),
+//! `server`, `token`, `hostname`, `install_id`, `done_url`, `failed_url`, and the functions
+//! `config_url(file)` and `asset_url(path)`.
+
+use crate::inventory::Node;
+use crate::script::LocalBoot;
+use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// When the flag is cleared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClearOn {
+    /// The installer calls the done URL (the default, and the safe choice).
+    Callback,
+    /// The first install-chain answer clears it, for installers that cannot call back.
+    FirstAnswer,
+}
+
+/// `profile.toml`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Shown in `GET /hosts` and logs.
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "default_clear")]
+    pub clear: ClearOn,
+    /// With `clear = "first-answer"`: for this long after the first answer, further `/boot`
+    /// requests of the same host still get the install chain (same install id), because a
+    /// machine asks more than once during one install.
+    #[serde(default = "default_window")]
+    pub repeat_window_secs: u64,
+    /// How hosts using this profile leave iPXE for their disk: auto, exit or 0x80….
+    #[serde(default, deserialize_with = "de_local_boot")]
+    pub local_boot: Option<LocalBoot>,
+}
+
+fn default_clear() -> ClearOn {
+    ClearOn::Callback
+}
+fn default_window() -> u64 {
+    600
+}
+
+fn de_local_boot<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<LocalBoot>, D::Error> {
+    let text: String = serde::Deserialize::deserialize(d)?;
+    text.parse().map(Some).map_err(serde::de::Error::custom)
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            description: String::new(),
+            clear: ClearOn::Callback,
+            repeat_window_secs: default_window(),
+            local_boot: None,
+        }
+    }
+}
+
+/// One loaded profile.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub name: String,
+    pub settings: Settings,
+    /// Paths under `config/`, with `/` separators.
+    pub config_files: Vec<String>,
+}
+
+/// What a render needs besides the node.
+pub struct RenderContext<'a> {
+    pub node: &'a Node,
+    /// Base URL of this service as the node reaches it.
+    pub server: &'a str,
+    /// The node token, when a secret is configured.
+    pub token: Option<&'a str>,
+    /// The open install's id (empty when rendering outside an install, e.g. the start-up check).
+    pub install_id: &'a str,
+}
+
+/// All profiles of the `--profiles` directory, compiled.
+pub struct Profiles {
+    dir: PathBuf,
+    env: Environment<'static>,
+    profiles: BTreeMap<String, Profile>,
+}
+
+impl std::fmt::Debug for Profiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Profiles")
+            .field("dir", &self.dir)
+            .field("profiles", &self.profiles)
+            .finish()
+    }
+}
+
+impl Profiles {
+    /// Loads and compiles every profile; all errors are collected into one message.
+    pub fn load(dir: &Path) -> anyhow::Result<Profiles> {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_keep_trailing_newline(true);
+        env.set_auto_escape_callback(|_| AutoEscape::None);
+        let mut profiles = BTreeMap::new();
+        let mut errors = Vec::new();
+        let entries = std::fs::read_dir(dir).map_err(|e| {
+            anyhow::anyhow!("cannot read profiles directory {}: {e}", dir.display())
+        })?;
+        let mut names: Vec<_> = entries.filter_map(|e| e.ok()).collect();
+        names.sort_by_key(|e| e.file_name());
+        for entry in names {
+            let path = entry.path();
+            if !path.is_dir() {
+                continue;
+            }
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+            if name.starts_with('.') {
+                continue;
+            }
+            if let Err(e) = crate::inventory::parse_profile(&name) {
+                errors.push(format!("{}: {e}", path.display()));
+                continue;
+            }
+            match load_one(&mut env, &path, &name) {
+                Ok(p) => {
+                    profiles.insert(name, p);
+                }
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
+        if profiles.is_empty() && errors.is_empty() {
+            errors.push(format!(
+                "{} holds no profile; expected one folder per profile with a boot.ipxe",
+                dir.display()
+            ));
+        }
+        anyhow::ensure!(errors.is_empty(), "{}", errors.join("\n"));
+        Ok(Profiles { dir: dir.to_path_buf(), env, profiles })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Profile> {
+        self.profiles.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.profiles.keys().map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.profiles.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.profiles.is_empty()
+    }
+
+    /// Renders `file` (`boot.ipxe` or `config/PATH`) of `profile` for a node. The error names the
+    /// template file and line.
+    pub fn render(
+        &self,
+        profile: &str,
+        file: &str,
+        ctx: &RenderContext<'_>,
+    ) -> Result<String, String> {
+        let name = format!("{profile}/{file}");
+        let template = self.env.get_template(&name).map_err(|e| self.describe(&e))?;
+        template.render(context(ctx)).map_err(|e| self.describe(&e))
+    }
+
+    /// Renders every template of every profile for the first node that uses it, so a template
+    /// that refers to a missing column fails at load time instead of at a node's boot.
+    pub fn check_against(&self, nodes: &[Node]) -> Result<(), String> {
+        let mut errors = Vec::new();
+        for p in self.profiles.values() {
+            let Some(node) = nodes.iter().find(|n| n.profile.as_deref() == Some(&p.name)) else {
+                continue;
+            };
+            let ctx = RenderContext {
+                node,
+                server: "http://bootforge.invalid:8080",
+                token: Some("0"),
+                install_id: "check",
+            };
+            let files = std::iter::once("boot.ipxe".to_string())
+                .chain(p.config_files.iter().map(|f| format!("config/{f}")));
+            for file in files {
+                if let Err(e) = self.render(&p.name, &file, &ctx) {
+                    errors
+                        .push(format!("{e} (rendering for {} from the inventory)", node.hostname));
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("\n"))
+        }
+    }
+
+    fn describe(&self, e: &minijinja::Error) -> String {
+        describe(&self.dir, e)
+    }
+}
+
+fn describe(dir: &Path, e: &minijinja::Error) -> String {
+    let file =
+        e.name().map_or_else(|| dir.display().to_string(), |n| dir.join(n).display().to_string());
+    let detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
+    match e.line() {
+        Some(line) => format!("{file}:{line}: {}{detail}", e.kind()),
+        None => format!("{file}: {}{detail}", e.kind()),
+    }
+}
+
+fn load_one(
+    env: &mut Environment<'static>,
+    path: &Path,
+    name: &str,
+) -> Result<Profile, Vec<String>> {
+    let mut errors = Vec::new();
+    let settings = match std::fs::read_to_string(path.join("profile.toml")) {
+        Ok(text) => toml::from_str::<Settings>(&text).unwrap_or_else(|e| {
+            errors.push(format!("{}: {e}", path.join("profile.toml").display()));
+            Settings::default()
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Settings::default(),
+        Err(e) => {
+            errors.push(format!("{}: {e}", path.join("profile.toml").display()));
+            Settings::default()
+        }
+    };
+    let mut add = |env: &mut Environment<'static>, rel: &str, file: &Path| {
+        match std::fs::read_to_string(file) {
+            Ok(src) => {
+                if let Err(e) = env.add_template_owned(format!("{name}/{rel}"), src) {
+                    errors.push(describe(path.parent().unwrap_or(path), &e));
+                }
+            }
+            Err(e) => errors.push(format!("{}: {e}", file.display())),
+        }
+    };
+    let boot = path.join("boot.ipxe");
+    if boot.is_file() {
+        add(env, "boot.ipxe", &boot);
+    } else {
+        return Err(vec![format!(
+            "{}: missing; every profile needs a boot.ipxe install-chain template",
+            boot.display()
+        )]);
+    }
+    let mut config_files = Vec::new();
+    let config_dir = path.join("config");
+    if config_dir.is_dir() {
+        let mut stack = vec![config_dir.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.filter_map(|e| e.ok()) {
+                let p = entry.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.is_file() {
+                    let rel = p.strip_prefix(&config_dir).expect("under config/");
+                    let Some(rel) = rel.to_str().map(|s| s.replace('\\', "/")) else { continue };
+                    add(env, &format!("config/{rel}"), &p);
+                    config_files.push(rel);
+                }
+            }
+        }
+    }
+    config_files.sort();
+    if errors.is_empty() {
+        Ok(Profile { name: name.to_string(), settings, config_files })
+    } else {
+        Err(errors)
+    }
+}
+
+/// The template context; see the module documentation.
+fn context(ctx: &RenderContext<'_>) -> Value {
+    let server = ctx.server.to_string();
+    let host = super::util::encode(&ctx.node.hostname);
+    let token_q = ctx.token.map(|t| format!("token={t}"));
+    let with_token = |base: String, extra: Option<String>| {
+        let parts: Vec<String> = extra.into_iter().chain(token_q.clone()).collect();
+        if parts.is_empty() {
+            base
+        } else {
+            format!("{base}?{}", parts.join("&"))
+        }
+    };
+    let install = Some(format!("install={}", ctx.install_id));
+    let done_url = with_token(format!("{server}/hosts/{host}/done"), install.clone());
+    let failed_url = with_token(format!("{server}/hosts/{host}/failed"), install);
+    let config_base = format!("{server}/config/{host}/");
+    let token_for_config = token_q.clone();
+    let config_url = Value::from_function(move |file: String| {
+        let url =
+            format!("{config_base}{}", super::util::encode_path(file.trim_start_matches('/')));
+        match &token_for_config {
+            Some(t) => format!("{url}?{t}"),
+            None => url,
+        }
+    });
+    let asset_base = format!("{server}/assets/");
+    let asset_url = Value::from_function(move |path: String| {
+        format!("{asset_base}{}", super::util::encode_path(path.trim_start_matches('/')))
+    });
+    minijinja::context! {
+        node => Value::from_serialize(ctx.node.template_vars()),
+        hostname => ctx.node.hostname.clone(),
+        server => server,
+        token => ctx.token.unwrap_or(""),
+        install_id => ctx.install_id,
+        done_url => done_url,
+        failed_url => failed_url,
+        config_url => config_url,
+        asset_url => asset_url,
+    }
+}
