@@ -18,7 +18,7 @@ mod inspect;
 mod iso;
 mod usb;
 
-pub use inspect::{inspect, Inspection};
+pub use inspect::{inspect, inspect_bytes, Inspection};
 
 use crate::firmware::{Arch, Firmware};
 use anyhow::{bail, Context};
