@@ -264,13 +264,12 @@ fn handle(svc: &Service, mut request: tiny_http::Request) {
                 None,
             ))
         }
-        Payload::Stream(reader, len) => request.respond(tiny_http::Response::new(
-            status,
-            headers,
-            reader,
-            usize::try_from(len).ok(),
-            None,
-        )),
+        // tiny_http switches to chunked encoding above 32 KiB unless the threshold is raised;
+        // firmware HTTP clients want a plain Content-Length for kernels and ISOs.
+        Payload::Stream(reader, len) => request.respond(
+            tiny_http::Response::new(status, headers, reader, usize::try_from(len).ok(), None)
+                .with_chunked_threshold(usize::MAX),
+        ),
     };
     if let Err(e) = result {
         tracing::debug!("client went away: {e}");

@@ -8,7 +8,8 @@
 //! is reported by a reload, which keeps the old profiles) with file and line. Rendering is strict:
 //! a misspelt variable is an error, not an empty string that would produce a broken installer
 //! configuration. Templates see `node` (every CSV column, [`crate::inventory::Node::template_vars`]),
-//! `server`, `token`, `hostname`, `install_id`, `done_url`, `failed_url`, and the functions
+//! `server`, `token`, `hostname`, `install_id`, `done_url`, `failed_url`, `config_base_url`, and
+//! the functions
 //! `config_url(file)` and `asset_url(path)`.
 
 use crate::inventory::Node;
@@ -312,6 +313,12 @@ fn context(ctx: &RenderContext<'_>) -> Value {
             None => url,
         }
     });
+    // For installers that append file names to a base URL (cloud-init's nocloud `s=`), the
+    // token travels as a `~TOKEN` path segment instead of a query.
+    let config_base_url = match ctx.token {
+        Some(t) => format!("{server}/config/{host}/~{t}/"),
+        None => format!("{server}/config/{host}/"),
+    };
     let asset_base = format!("{server}/assets/");
     let asset_url = Value::from_function(move |path: String| {
         format!("{asset_base}{}", super::util::encode_path(path.trim_start_matches('/')))
@@ -325,6 +332,7 @@ fn context(ctx: &RenderContext<'_>) -> Value {
         done_url => done_url,
         failed_url => failed_url,
         config_url => config_url,
+        config_base_url => config_base_url,
         asset_url => asset_url,
     }
 }

@@ -459,10 +459,19 @@ fn node_token_ok(svc: &Service, req: &Req, host: &str) -> bool {
 fn config(svc: &Service, req: &Req, raw_host: &str, file: &str) -> Reply {
     let result = (|| -> Result<Reply, ApiError> {
         let host = hostname(raw_host)?;
+        // `/config/{host}/~TOKEN/{file}`: the token as a path segment (see `config_base_url`).
+        let (path_token, file) = match file.split_once('/') {
+            Some((t, rest)) if t.starts_with('~') => (Some(&t[1..]), rest),
+            _ => (None, file),
+        };
         if file.split('/').any(|c| c.is_empty() || c == "." || c == "..") || file.contains('\0') {
             return Err(ApiError(400, "bad config file path".into()));
         }
-        if !node_token_ok(svc, req, &host) {
+        let token_ok = match (&svc.secret, path_token) {
+            (Some(secret), Some(t)) => secret.verify(&host, t),
+            _ => node_token_ok(svc, req, &host),
+        };
+        if !token_ok {
             svc.audit.record(
                 "config-denied",
                 json!({ "host": host, "file": file, "peer": req.peer }),

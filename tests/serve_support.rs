@@ -1,0 +1,184 @@
+//! Helpers shared by the `serve_*` tests (included with `#[path]`): a real server on a loopback
+//! port over a temporary state directory, and a small HTTP client that never treats a status as
+//! an error.
+#![allow(dead_code)]
+
+use bootforge::serve::{Config, Server};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+pub const READ_TOKEN: &str = "read-token-0123";
+pub const REIMAGE_TOKEN: &str = "reimage-token-4567";
+pub const ADMIN_TOKEN: &str = "admin-token-89ab";
+pub const SECRET: &[u8] = b"fleet-secret\n";
+
+/// Inventory covering every example profile and the e2e test profile.
+pub const INVENTORY: &str = "\
+hostname,ip,gateway,dns,mac,profile,role,install_disk,iface,cluster_token,cluster_vip,join_server,password_hash,ssh_key,local_boot
+node01,10.0.0.11/24,10.0.0.1,10.0.0.1,aa:bb:cc:dd:ee:01,e2e,,,,,,,,,
+node02,10.0.0.12/24,10.0.0.1,10.0.0.1,aa:bb:cc:dd:ee:02,,,,,,,,,,
+hv1,10.0.0.21/24,10.0.0.1,10.0.0.1,aa:bb:cc:dd:ee:21,harvester,create,/dev/sda,eno1,tok-123,10.0.0.20,,$6$salt$hash,ssh-ed25519 AAAA op,
+hv2,10.0.0.22/24,10.0.0.1,10.0.0.1,aa:bb:cc:dd:ee:22,harvester,join,/dev/nvme0n1,eno1,tok-123,,https://10.0.0.20:443,$6$salt$hash,ssh-ed25519 AAAA op,
+rocky1,10.0.0.31/24,10.0.0.1,10.0.0.1,aa:bb:cc:dd:ee:31,rocky,,sda,eno1,,,,$6$salt$hash,ssh-ed25519 AAAA op,
+ubu1,10.0.0.41/24,10.0.0.1,10.0.0.1,aa:bb:cc:dd:ee:41,ubuntu,,/dev/sda,eno1,,,,$6$salt$hash,ssh-ed25519 AAAA op,
+deb1,10.0.0.51/24,10.0.0.1,10.0.0.1,aa:bb:cc:dd:ee:51,debian,,/dev/sda,eno1,,,,$6$salt$hash,ssh-ed25519 AAAA op,0x81
+";
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A profiles folder holding the shipped examples plus the e2e test profile.
+pub fn profiles_dir(dir: &Path) -> PathBuf {
+    let out = dir.join("profiles");
+    copy_tree(&repo().join("examples/profiles"), &out);
+    copy_tree(&repo().join("tests/profiles/e2e"), &out.join("e2e"));
+    out
+}
+
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+pub fn sha(t: &str) -> String {
+    hex::encode(Sha256::digest(t.as_bytes()))
+}
+
+pub fn tokens_file(dir: &Path) -> PathBuf {
+    let path = dir.join("tokens");
+    std::fs::write(
+        &path,
+        format!(
+            "# name role sha256\nviewer read {}\nops reimage {}\nroot admin {}\n",
+            sha(READ_TOKEN),
+            sha(REIMAGE_TOKEN),
+            sha(ADMIN_TOKEN)
+        ),
+    )
+    .unwrap();
+    path
+}
+
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub server: Option<Server>,
+    pub base: String,
+    pub config: Config,
+}
+
+impl Fixture {
+    pub fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown();
+        }
+    }
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+/// Starts a server; `secret` turns node tokens on.
+pub fn start(secret: bool) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = dir.path().join("nodes.csv");
+    std::fs::write(&inv, INVENTORY).unwrap();
+    let profiles = profiles_dir(dir.path());
+    let assets = dir.path().join("assets");
+    std::fs::create_dir_all(assets.join("rocky")).unwrap();
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(assets.join("rocky/vmlinuz"), &data).unwrap();
+    let mut config = Config::new(inv, profiles, dir.path().join("state"));
+    config.listen = "127.0.0.1:0".into();
+    config.assets = Some(assets);
+    config.tokens_file = Some(tokens_file(dir.path()));
+    config.workers = 4;
+    if secret {
+        let s = dir.path().join("secret");
+        std::fs::write(&s, SECRET).unwrap();
+        config.secret_file = Some(s);
+    }
+    start_with(dir, config)
+}
+
+pub fn start_with(dir: tempfile::TempDir, config: Config) -> Fixture {
+    let server = Server::start(config.clone()).expect("server starts");
+    let base = format!("http://{}", server.local_addr());
+    Fixture { dir, server: Some(server), base, config }
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub body: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// One request; any status is returned, never an error.
+pub fn call(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> Resp {
+    call_h(method, url, token, body, &[])
+}
+
+pub fn call_h(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Resp {
+    let mut req = ureq::request(method, url).timeout(std::time::Duration::from_secs(20));
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let result = match body {
+        Some(b) => req.send_string(b),
+        None => req.call(),
+    };
+    let resp = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let status = resp.status();
+    let headers = resp
+        .headers_names()
+        .into_iter()
+        .map(|n| {
+            let v = resp.header(&n).unwrap_or("").to_string();
+            (n, v)
+        })
+        .collect();
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut resp.into_reader(), &mut bytes).unwrap();
+    Resp { status, body: String::from_utf8_lossy(&bytes).into_owned(), headers }
+}
+
+/// The boot query the media send for `host` (MAC from the inventory).
+pub fn boot_url(base: &str, host: &str, mac: &str, extra: &str) -> String {
+    format!("{base}/boot/{host}?mac={mac}&ip=10.0.0.1&uuid=x&serial=y&platform=pcbios&arch=x86_64&medium=cd{extra}")
+}
+
+/// Pulls `install=ID` out of an install chain.
+pub fn install_id(script: &str) -> String {
+    let i = script.find("install=").expect("install id in script") + "install=".len();
+    script[i..].chars().take_while(|c| c.is_ascii_hexdigit()).collect()
+}
