@@ -99,6 +99,8 @@ pub fn route(svc: &Service, req: &Req) -> Reply {
         ["healthz"] => allow("GET", get, &|| healthz(svc)),
         ["metrics"] => allow("GET", get, &|| metrics(svc)),
         ["boot", host] => allow("GET", get, &|| boot(svc, req, host)),
+        // Anything deeper under /boot/ is still a boot request: answered local, never an error.
+        ["boot", _, _, ..] => allow("GET", get, &|| boot(svc, req, "")),
         ["config", host, rest @ ..] if !rest.is_empty() => {
             allow("GET", get, &|| config(svc, req, host, &rest.join("/")))
         }

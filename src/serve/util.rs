@@ -33,13 +33,14 @@ pub fn rfc3339(ms: u64) -> String {
 }
 
 /// Splits a request target into its percent-decoded path and its query parameters (first value
-/// wins for a repeated name). A path that does not decode to UTF-8 is `None`.
+/// wins for a repeated name). Bytes that are not UTF-8 become U+FFFD, which no host name,
+/// profile or asset path accepts, so handlers refuse them (and `/boot` answers local).
 pub fn split_target(target: &str) -> Option<(String, HashMap<String, String>)> {
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, q),
         None => (target, ""),
     };
-    let path = percent_encoding::percent_decode_str(path).decode_utf8().ok()?.into_owned();
+    let path = percent_encoding::percent_decode_str(path).decode_utf8_lossy().into_owned();
     let mut params = HashMap::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -89,7 +90,7 @@ mod tests {
         assert_eq!(q["mac"], "aa-bb");
         assert_eq!(q["x"], "");
         assert_eq!(q["token"], "a b");
-        assert!(split_target("/%ff").is_none());
+        assert_eq!(split_target("/%ff").unwrap().0, "/\u{fffd}");
         assert_eq!(encode_path("a b/c"), "a%20b/c");
     }
 }

@@ -1,0 +1,178 @@
+//! Durability and multi-instance agreement: the real binary is killed with SIGKILL in the middle
+//! of a burst of flag changes, and every change it acknowledged must survive the restart; two
+//! instances sharing one state directory must agree.
+
+#[path = "serve_support.rs"]
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+
+/// 200 hosts, all with the e2e profile.
+fn big_inventory() -> String {
+    let mut s = String::from("hostname,ip,gateway,mac,profile\n");
+    for i in 0..200u32 {
+        s.push_str(&format!("h{i:03},10.1.{}.{}/16,10.1.0.1,,e2e\n", i / 200, i % 200 + 10));
+    }
+    s
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn spawn(dir: &std::path::Path, port: u16) -> Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_bootforge"))
+        .args(["serve", "--inventory"])
+        .arg(dir.join("nodes.csv"))
+        .arg("--profiles")
+        .arg(dir.join("profiles"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--tokens-file")
+        .arg(dir.join("tokens"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("bootforge binary runs");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("bootforge serve did not start on port {port}");
+}
+
+#[test]
+fn sigkill_during_a_burst_loses_no_acknowledged_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("nodes.csv"), big_inventory()).unwrap();
+    profiles_dir(dir.path());
+    tokens_file(dir.path());
+    let port = free_port();
+    let mut child = spawn(dir.path(), port);
+    let base = format!("http://127.0.0.1:{port}");
+
+    // Four clients flag hosts as fast as they can; each remembers what was acknowledged.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (base, stop) = (base.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(5)).build();
+                let mut acked = Vec::new();
+                for i in (c..200).step_by(4) {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let host = format!("h{i:03}");
+                    let r = agent
+                        .put(&format!("{base}/hosts/{host}/reimage"))
+                        .set("Authorization", &format!("Bearer {REIMAGE_TOKEN}"))
+                        .call();
+                    if let Ok(resp) = r {
+                        if resp.status() == 200 {
+                            acked.push(host);
+                        }
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    // Kill it while the burst runs.
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = Command::new("kill").args(["-9", &child.id().to_string()]).status();
+    let _ = child.wait();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked: Vec<String> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    assert!(
+        !acked.is_empty(),
+        "the burst should have had some acknowledged changes before the kill"
+    );
+
+    let port2 = free_port();
+    let mut child2 = spawn(dir.path(), port2);
+    let base2 = format!("http://127.0.0.1:{port2}");
+    for host in &acked {
+        let r = call("GET", &format!("{base2}/hosts/{host}"), Some(READ_TOKEN), None);
+        assert_eq!(r.json()["flagged"].as_bool(), Some(true), "{host} was acknowledged but lost");
+    }
+    // No torn state file: every host answers with valid JSON.
+    let all = call("GET", &format!("{base2}/hosts"), Some(READ_TOKEN), None);
+    assert_eq!(all.status, 200, "{}", all.body);
+    eprintln!("{} acknowledged flags survived SIGKILL", acked.len());
+    let _ = child2.kill();
+    let _ = child2.wait();
+}
+
+#[test]
+fn two_instances_sharing_a_state_dir_agree() {
+    let mut a = start(false);
+    // Second instance over the same state directory.
+    let mut config = a.config.clone();
+    config.listen = "127.0.0.1:0".into();
+    let b = bootforge::serve::Server::start(config).unwrap();
+    let bbase = format!("http://{}", b.local_addr());
+
+    // Set on one, read on the other.
+    assert_eq!(call("PUT", &a.url("/hosts/node01/reimage"), Some(REIMAGE_TOKEN), None).status, 200);
+    let seen = call("GET", &format!("{bbase}/hosts/node01"), Some(READ_TOKEN), None).json();
+    assert_eq!(seen["flagged"].as_bool(), Some(true));
+    // Boot through B opens the install; a second boot through A continues the same install.
+    let id_b = install_id(
+        &call("GET", &boot_url(&bbase, "node01", "aa:bb:cc:dd:ee:01", ""), None, None).body,
+    );
+    let id_a = install_id(
+        &call("GET", &boot_url(&a.base, "node01", "aa:bb:cc:dd:ee:01", ""), None, None).body,
+    );
+    assert_eq!(id_a, id_b);
+    // Done through A, B boots local.
+    assert_eq!(
+        call("POST", &a.url(&format!("/hosts/node01/done?install={id_a}")), None, None).status,
+        200
+    );
+    let body = call("GET", &boot_url(&bbase, "node01", "aa:bb:cc:dd:ee:01", ""), None, None).body;
+    assert!(body.contains("local boot"), "{body}");
+
+    // Concurrent conflicting changes (set/cancel/set with another profile) through both
+    // instances: the end state is one of the written states, the version counts every write,
+    // and both instances report the same.
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let base = if i % 2 == 0 { a.base.clone() } else { bbase.clone() };
+            std::thread::spawn(move || {
+                for j in 0..10 {
+                    let url = format!("{base}/hosts/node02/reimage");
+                    match (i + j) % 3 {
+                        0 => call("PUT", &url, Some(REIMAGE_TOKEN), Some(r#"{"profile":"rocky"}"#)),
+                        1 => call("PUT", &url, Some(REIMAGE_TOKEN), Some(r#"{"profile":"e2e"}"#)),
+                        _ => call("DELETE", &url, Some(REIMAGE_TOKEN), None),
+                    };
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let va = call("GET", &a.url("/hosts/node02"), Some(READ_TOKEN), None).json();
+    let vb = call("GET", &format!("{bbase}/hosts/node02"), Some(READ_TOKEN), None).json();
+    assert_eq!(va["version"], vb["version"]);
+    assert_eq!(va["flag"], vb["flag"]);
+    assert_eq!(va["phase"], vb["phase"]);
+    let flagged = va["flagged"].as_bool().unwrap();
+    assert_eq!(flagged, va["phase"] == "pending", "{va}");
+    // The audit log is whole JSON lines only, from both writers.
+    let log = std::fs::read_to_string(a.dir.path().join("state/audit.jsonl")).unwrap();
+    for line in log.lines() {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("torn line {line:?}: {e}"));
+    }
+    b.shutdown();
+    a.stop();
+}
