@@ -1,0 +1,149 @@
+//! Boot tests: the media `bootforge build` writes, booted in QEMU under SeaBIOS and OVMF.
+//!
+//! Each test builds media with the real binary, boots them with TCG, and checks what reached the
+//! stand-in boot service (or, for the fallback cases, that the machine ended up on its local
+//! disk). They never skip: a missing QEMU or OVMF fails the test and names the package.
+//!
+//! The tests in this file share two cores with everything else, so each machine boots alone;
+//! a test that needs several machines boots them one after another.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+/// Long enough for OVMF under TCG on a busy machine (about 10 s to iPXE's first request when
+/// idle), short enough that a hung VM does not hold the run for long.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(150);
+
+/// Boots `image` attached as `attach` on `firmware` with node01's NIC, against a listener that
+/// answers with a power-off script, and checks the boot request.
+fn boots_and_asks(firmware: Firmware, iso_medium: Option<&str>, image: Image, attach: Attach) {
+    let listener = Listener::start();
+    let media = build_media(NODE_CSV, &listener.url_for_guest(), iso_medium);
+    let name = format!("{firmware:?}-{image:?}-{attach:?}").to_lowercase();
+    let run = Vm::new(firmware, &name)
+        .medium(image.path(&media), attach)
+        .nic(NODE_MAC)
+        .timeout(BOOT_TIMEOUT)
+        .stop_on(ANSWERED_MARKER)
+        .run();
+    let context = format!("{}\n--- listener ---\n{}", run.report(), listener.log());
+    let request = listener
+        .wait_for_boot(NODE, Duration::from_secs(1))
+        .unwrap_or_else(|| panic!("{name}: no GET /boot/{NODE} reached the listener\n{context}"));
+    let medium = image.medium(iso_medium);
+    assert_boot_request(&request, firmware.ipxe_platform(), medium, &context);
+    // QEMU exiting by itself with status 0 is the answer's `poweroff`; the console line is the
+    // other witness (SeaBIOS may not have flushed it before the power went off).
+    let powered_off = run.exit_code() == Some(0) && !run.timed_out;
+    assert!(
+        run.serial.contains(ANSWERED_MARKER) || powered_off,
+        "{name}: the answer was not run (no {ANSWERED_MARKER:?} on the console, no power-off)\n{context}"
+    );
+    eprintln!(
+        "{name}: boot request after {:.1}s, VM done after {:.1}s",
+        request.after.as_secs_f64(),
+        run.elapsed.as_secs_f64()
+    );
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Image {
+    Iso,
+    Usb,
+    Efi,
+}
+
+impl Image {
+    fn path(self, media: &Media) -> &std::path::Path {
+        match self {
+            Image::Iso => &media.iso,
+            Image::Usb => &media.usb,
+            Image::Efi => &media.efi,
+        }
+    }
+
+    /// The `medium` the image's script reports.
+    fn medium(self, iso_medium: Option<&str>) -> &'static str {
+        match self {
+            Image::Iso if iso_medium == Some("usb") => "usb",
+            Image::Iso => "cd",
+            Image::Usb => "usb",
+            Image::Efi => "esp",
+        }
+    }
+}
+
+#[test]
+fn iso_as_bios_cd() {
+    boots_and_asks(Firmware::Bios, None, Image::Iso, Attach::Cd);
+}
+
+#[test]
+fn iso_as_uefi_cd() {
+    boots_and_asks(Firmware::Uefi, None, Image::Iso, Attach::Cd);
+}
+
+#[test]
+fn iso_as_bios_usb() {
+    boots_and_asks(Firmware::Bios, Some("usb"), Image::Iso, Attach::Usb);
+}
+
+#[test]
+fn iso_as_uefi_usb() {
+    boots_and_asks(Firmware::Uefi, Some("usb"), Image::Iso, Attach::Usb);
+}
+
+#[test]
+fn usb_image_on_uefi() {
+    boots_and_asks(Firmware::Uefi, None, Image::Usb, Attach::Usb);
+}
+
+#[test]
+fn efi_image_on_uefi() {
+    boots_and_asks(Firmware::Uefi, None, Image::Efi, Attach::Disk);
+}
+
+/// Fallback: the service is unreachable, so the script gives up and the machine must reach the
+/// local disk, whose marker appears on the console.
+fn falls_back(firmware: Firmware, iso_medium: Option<&str>, attach: Attach) {
+    let server = closed_url_for_guest();
+    let media = build_media(NODE_CSV, &server, iso_medium);
+    let name = format!("fallback-{firmware:?}-{attach:?}").to_lowercase();
+    let vm = Vm::new(firmware, &name);
+    let disk = local_disk(vm.dir());
+    let run = vm
+        .medium(&media.iso, attach)
+        .disk(&disk)
+        .nic(NODE_MAC)
+        .timeout(BOOT_TIMEOUT)
+        .stop_on(LOCAL_DISK_MARKER)
+        .run();
+    assert!(
+        run.serial.contains(LOCAL_DISK_MARKER),
+        "{name}: the machine did not reach the local disk (no {LOCAL_DISK_MARKER:?} on the console; server {server})\n{}",
+        run.report()
+    );
+    eprintln!("{name}: local disk reached after {:.1}s", run.elapsed.as_secs_f64());
+}
+
+#[test]
+fn fallback_bios_cd() {
+    falls_back(Firmware::Bios, None, Attach::Cd);
+}
+
+#[test]
+fn fallback_bios_usb() {
+    falls_back(Firmware::Bios, Some("usb"), Attach::Usb);
+}
+
+#[test]
+fn fallback_uefi_cd() {
+    falls_back(Firmware::Uefi, None, Attach::Cd);
+}
+
+#[test]
+fn fallback_uefi_usb() {
+    falls_back(Firmware::Uefi, Some("usb"), Attach::Usb);
+}

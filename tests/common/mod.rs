@@ -1,0 +1,458 @@
+//! The QEMU boot-test harness, shared by every test file that boots media (`mod common;`).
+//!
+//! Pieces:
+//! * [`require`] and friends: prerequisites. A missing one FAILS the test and names the Debian
+//!   package; a boot test that skips silently would report success for media nobody booted.
+//! * [`listener`]: a stand-in boot service that records requests.
+//! * [`disks`]: the "local disk" a fallback ends on, for BIOS and UEFI alike.
+//! * [`Vm`]: one QEMU machine (TCG only: KVM is not available where these run), with a hard
+//!   timeout, serial console captured to a file, and the process killed on drop.
+//! * [`build_media`]: runs the real `bootforge build`.
+//!
+//! Console capture: OVMF and iPXE-on-UEFI write their console to COM1 by themselves. SeaBIOS does
+//! not; it mirrors the text screen to a serial port only when fw_cfg `etc/sercon-port` holds the
+//! port number as a *binary* integer (a `string=` value is ignored), so the builder writes a
+//! two-byte file for it. QEMU warns that the name lacks the `opt/` prefix; SeaBIOS reads exactly
+//! that name, so the warning is expected.
+
+#![allow(dead_code)]
+
+pub mod disks;
+pub mod listener;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub use disks::{local_disk, LOCAL_DISK_MARKER};
+// Not every test file uses every item.
+#[allow(unused_imports)]
+pub use listener::{closed_url_for_guest, Answer, Listener, Request, ANSWERED_MARKER};
+
+pub const QEMU: &str = "qemu-system-x86_64";
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// The node every boot test uses. Its address is slirp's default guest address, so the guest's
+/// view of the network matches what QEMU's user-mode stack expects.
+pub const NODE: &str = "node01";
+pub const NODE_IP: &str = "10.0.2.15";
+pub const NODE_MAC: &str = "52:54:00:12:34:56";
+/// A one-node inventory for [`NODE`]: slirp's gateway and DNS, no VLAN.
+pub const NODE_CSV: &str =
+    "hostname,ip,gateway,dns,mac,vlan\nnode01,10.0.2.15/24,10.0.2.2,10.0.2.3,52:54:00:12:34:56,\n";
+
+/// A path inside the repository.
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// Checks that `cmd` is on PATH and returns its full path; otherwise fails the test, naming the
+/// Debian package that provides it.
+pub fn require(cmd: &str) -> PathBuf {
+    let package = match cmd {
+        QEMU => "qemu-system-x86",
+        "xorriso" => "xorriso",
+        "mcopy" | "mformat" => "mtools",
+        _ => "(unknown package)",
+    };
+    let found = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(cmd))
+        .find(|p| p.is_file());
+    match found {
+        Some(p) => p,
+        None => panic!(
+            "PREREQUISITE MISSING: `{cmd}` is not on PATH. Install the Debian package `{package}` \
+             (apt-get install {package}). Boot tests never skip: media that were not booted are \
+             not tested."
+        ),
+    }
+}
+
+/// Checks that `path` exists; otherwise fails the test, naming `package`.
+pub fn require_file(path: &str, package: &str) -> PathBuf {
+    let p = PathBuf::from(path);
+    if !p.is_file() {
+        panic!(
+            "PREREQUISITE MISSING: {path} does not exist. Install the Debian package `{package}` \
+             (apt-get install {package}). Boot tests never skip."
+        );
+    }
+    p
+}
+
+/// Everything a VM of this firmware needs.
+pub fn require_for(firmware: Firmware) {
+    require(QEMU);
+    if firmware == Firmware::Uefi {
+        require_file(OVMF_CODE, "ovmf");
+        require_file(OVMF_VARS, "ovmf");
+    }
+}
+
+/// The bootforge binary Cargo built for this test run.
+pub fn bootforge_bin() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_bootforge"));
+    if !p.is_file() {
+        panic!("PREREQUISITE MISSING: the bootforge binary {} was not built", p.display());
+    }
+    p
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    /// SeaBIOS, QEMU's default.
+    Bios,
+    /// OVMF from the `ovmf` package, with a fresh copy of its variable store per VM.
+    Uefi,
+}
+
+impl Firmware {
+    /// What iPXE's `${platform}` says on this firmware.
+    pub fn ipxe_platform(self) -> &'static str {
+        match self {
+            Firmware::Bios => "pcbios",
+            Firmware::Uefi => "efi",
+        }
+    }
+}
+
+/// How an image is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attach {
+    /// An IDE CD-ROM drive (`ide-cd` on the second IDE bus).
+    Cd,
+    /// A USB mass-storage stick on an xHCI controller, flagged removable. SeaBIOS then numbers it
+    /// as a hard disk, in boot order, and OVMF treats it as a removable disk.
+    Usb,
+    /// A fixed virtio disk: the machine's own "local disk".
+    Disk,
+}
+
+struct Drive {
+    path: PathBuf,
+    attach: Attach,
+    readonly: bool,
+}
+
+/// A QEMU machine to boot. Drives boot in the order they were added (each gets the next
+/// `bootindex`), so add the medium under test first and the local disk after it.
+pub struct Vm {
+    firmware: Firmware,
+    name: String,
+    drives: Vec<Drive>,
+    macs: Vec<String>,
+    timeout: Duration,
+    stop_on: Vec<String>,
+    memory_mb: u32,
+    dir: tempfile::TempDir,
+}
+
+/// What a VM did.
+#[derive(Debug)]
+pub struct VmRun {
+    /// The serial console, with ANSI escapes and carriage returns removed.
+    pub serial: String,
+    /// QEMU's exit status; `None` if the harness killed it.
+    pub status: Option<ExitStatus>,
+    /// The VM was killed because the timeout passed.
+    pub timed_out: bool,
+    /// The VM was stopped because a `stop_on` text appeared.
+    pub stopped_on: Option<String>,
+    pub elapsed: Duration,
+    /// QEMU's own stderr (warnings, errors).
+    pub stderr: String,
+    /// The command line, for reproducing by hand.
+    pub command: String,
+}
+
+impl VmRun {
+    /// Human-readable account for a panic message.
+    pub fn report(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "QEMU: status {:?}, timed out: {}, stopped on: {:?}, after {:.1}s",
+            self.status.and_then(|s| s.code()),
+            self.timed_out,
+            self.stopped_on,
+            self.elapsed.as_secs_f64()
+        );
+        let _ = writeln!(s, "command: {}", self.command);
+        if !self.stderr.trim().is_empty() {
+            let _ = writeln!(s, "--- QEMU stderr ---\n{}", self.stderr.trim_end());
+        }
+        let _ = writeln!(s, "--- serial console ---\n{}\n--- end of serial ---", self.serial);
+        s
+    }
+
+    pub fn exit_code(&self) -> Option<i32> {
+        self.status.and_then(|s| s.code())
+    }
+}
+
+impl Vm {
+    pub fn new(firmware: Firmware, name: &str) -> Vm {
+        require_for(firmware);
+        Vm {
+            firmware,
+            name: name.to_string(),
+            drives: Vec::new(),
+            macs: Vec::new(),
+            timeout: Duration::from_secs(120),
+            stop_on: Vec::new(),
+            memory_mb: 256,
+            dir: tempfile::Builder::new()
+                .prefix(&format!("bootforge-vm-{name}-"))
+                .tempdir()
+                .expect("VM temp dir"),
+        }
+    }
+
+    /// Attaches `image` read-only (the medium under test; QEMU never writes to it).
+    pub fn medium(mut self, image: &Path, attach: Attach) -> Vm {
+        self.drives.push(Drive { path: image.to_path_buf(), attach, readonly: true });
+        self
+    }
+
+    /// Attaches `image` as a writable fixed disk.
+    pub fn disk(mut self, image: &Path) -> Vm {
+        self.drives.push(Drive {
+            path: image.to_path_buf(),
+            attach: Attach::Disk,
+            readonly: false,
+        });
+        self
+    }
+
+    /// Adds a NIC (e1000 on slirp) with this MAC. NICs get PCI slots in the order they are added,
+    /// so the first is iPXE's net0, the second net1, and so on.
+    pub fn nic(mut self, mac: &str) -> Vm {
+        self.macs.push(mac.to_string());
+        self
+    }
+
+    /// Kills the VM after `timeout` (default 120 s).
+    pub fn timeout(mut self, timeout: Duration) -> Vm {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Stops the VM as soon as the serial console contains `text`.
+    pub fn stop_on(mut self, text: &str) -> Vm {
+        self.stop_on.push(text.to_string());
+        self
+    }
+
+    /// The VM's temp dir (serial log, variable store).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn command(&self) -> Command {
+        let dir = self.dir.path();
+        let mut cmd = Command::new(QEMU);
+        cmd.args(["-name", &self.name, "-machine", "pc", "-accel", "tcg"]);
+        cmd.args(["-m", &self.memory_mb.to_string(), "-display", "none", "-no-reboot"]);
+        cmd.args(["-nodefaults", "-vga", "std", "-no-user-config"]);
+        cmd.arg("-serial").arg(format!("file:{}", dir.join("serial.log").display()));
+        match self.firmware {
+            Firmware::Bios => {
+                let port = dir.join("sercon-port");
+                std::fs::write(&port, 0x3f8u16.to_le_bytes()).expect("write sercon port");
+                cmd.arg("-fw_cfg").arg(format!("name=etc/sercon-port,file={}", port.display()));
+                cmd.arg("-device")
+                    .arg(format!("isa-debug-exit,iobase={:#x},iosize=1", disks::DEBUG_EXIT_PORT));
+            }
+            Firmware::Uefi => {
+                let vars = dir.join("OVMF_VARS.fd");
+                std::fs::copy(OVMF_VARS, &vars).expect("copy the OVMF variable store");
+                cmd.arg("-drive")
+                    .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"));
+                cmd.arg("-drive")
+                    .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+            }
+        }
+        if self.drives.iter().any(|d| d.attach == Attach::Usb) {
+            cmd.args(["-device", "qemu-xhci,id=xhci,addr=0x08"]);
+        }
+        // -nodefaults removed the default IDE CD; the PIIX IDE controller itself stays.
+        let mut ide_cd_bus = 1;
+        for (i, d) in self.drives.iter().enumerate() {
+            let id = format!("drive{i}");
+            let ro = if d.readonly { ",readonly=on" } else { "" };
+            let media = if d.attach == Attach::Cd { ",media=cdrom" } else { "" };
+            cmd.arg("-drive")
+                .arg(format!("if=none,id={id},format=raw{ro}{media},file={}", d.path.display()));
+            let device = match d.attach {
+                Attach::Cd => {
+                    let bus = ide_cd_bus;
+                    ide_cd_bus = 1 - ide_cd_bus;
+                    format!("ide-cd,drive={id},bus=ide.{bus}")
+                }
+                Attach::Usb => format!("usb-storage,bus=xhci.0,drive={id},removable=on"),
+                Attach::Disk => format!("virtio-blk-pci,drive={id},addr={:#x}", 0x10 + i),
+            };
+            cmd.arg("-device").arg(format!("{device},bootindex={i}"));
+        }
+        for (i, mac) in self.macs.iter().enumerate() {
+            cmd.arg("-netdev").arg(format!("user,id=net{i}"));
+            // Fixed, increasing PCI slots pin the order iPXE numbers the NICs in.
+            cmd.arg("-device").arg(format!("e1000,netdev=net{i},mac={mac},addr={:#x}", 0x18 + i));
+        }
+        cmd
+    }
+
+    /// Boots the VM and waits until QEMU exits, a `stop_on` text appears, or the timeout passes.
+    pub fn run(self) -> VmRun {
+        let mut cmd = self.command();
+        let command = format!("{cmd:?}").replace('"', "");
+        let serial_path = self.dir.path().join("serial.log");
+        let stderr_path = self.dir.path().join("qemu.stderr");
+        let stderr_file = std::fs::File::create(&stderr_path).expect("create QEMU stderr file");
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr_file);
+        let started = Instant::now();
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {QEMU}: {e}"));
+        let mut guard = KillOnDrop(Some(child));
+
+        let mut timed_out = false;
+        let mut stopped_on = None;
+        let status = loop {
+            let child = guard.0.as_mut().unwrap();
+            if let Some(status) = child.try_wait().expect("wait for QEMU") {
+                break Some(status);
+            }
+            if !self.stop_on.is_empty() {
+                let serial = clean_console(&std::fs::read(&serial_path).unwrap_or_default());
+                if let Some(t) = self.stop_on.iter().find(|t| serial.contains(t.as_str())) {
+                    stopped_on = Some(t.clone());
+                    break None;
+                }
+            }
+            if started.elapsed() >= self.timeout {
+                timed_out = true;
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        drop(guard); // kills QEMU if it is still running
+        let elapsed = started.elapsed();
+        let serial = clean_console(&std::fs::read(&serial_path).unwrap_or_default());
+        let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+        VmRun { serial, status, timed_out, stopped_on, elapsed, stderr, command }
+    }
+}
+
+/// Owns the QEMU process and kills it (by its PID, via `Child::kill`) when dropped, so a panic
+/// in a test never leaves a VM running.
+struct KillOnDrop(Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Turns the raw console bytes into plain text: ANSI escape sequences (firmware menus and iPXE
+/// colours), carriage returns and backspaces go, so `contains` works on what a person would read.
+pub fn clean_console(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                // ESC [ params final, or ESC + one char.
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                } else {
+                    chars.next();
+                }
+            }
+            '\r' => {}
+            '\u{8}' => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The media `bootforge build` wrote for one node.
+pub struct Media {
+    pub dir: tempfile::TempDir,
+    pub iso: PathBuf,
+    pub usb: PathBuf,
+    pub efi: PathBuf,
+}
+
+/// Runs `bootforge build NODES.csv --server SERVER --out DIR --formats iso,usb,efi
+/// [--iso-medium MEDIUM]` for `csv`, and fails the test with bootforge's output if it fails or
+/// an image is missing.
+pub fn build_media(csv: &str, server: &str, iso_medium: Option<&str>) -> Media {
+    let dir = tempfile::Builder::new().prefix("bootforge-media-").tempdir().expect("temp dir");
+    let nodes = dir.path().join("nodes.csv");
+    std::fs::write(&nodes, csv).expect("write nodes.csv");
+    let out = dir.path().join("out");
+    let mut cmd = Command::new(bootforge_bin());
+    cmd.arg("build").arg(&nodes).args(["--server", server]).arg("--out").arg(&out);
+    cmd.args(["--formats", "iso,usb,efi"]);
+    if let Some(m) = iso_medium {
+        cmd.args(["--iso-medium", m]);
+    }
+    let output = cmd.output().expect("run bootforge build");
+    let said = format!(
+        "{cmd:?}\nstatus: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "bootforge build failed:\n{said}");
+    let media = Media {
+        iso: out.join(format!("{NODE}.iso")),
+        usb: out.join(format!("{NODE}.usb.img")),
+        efi: out.join(format!("{NODE}.efi.img")),
+        dir,
+    };
+    for p in [&media.iso, &media.usb, &media.efi] {
+        assert!(p.is_file(), "bootforge build did not write {}:\n{said}", p.display());
+    }
+    media
+}
+
+/// Asserts that `request` is node01's boot request from `platform` on `medium`, with the
+/// node's address and MAC.
+pub fn assert_boot_request(request: &Request, platform: &str, medium: &str, context: &str) {
+    let problems: Vec<String> = [
+        ("method", request.method.as_str(), "GET"),
+        ("path", request.path.as_str(), "/boot/node01"),
+        ("ip", request.q("ip"), NODE_IP),
+        ("mac", request.q("mac"), NODE_MAC),
+        ("platform", request.q("platform"), platform),
+        ("medium", request.q("medium"), medium),
+    ]
+    .iter()
+    .filter(|(_, got, want)| got != want)
+    .map(|(what, got, want)| format!("{what}: got {got:?}, expected {want:?}"))
+    .collect();
+    assert!(
+        problems.is_empty(),
+        "boot request {} is wrong:\n{}\n{context}",
+        request.target,
+        problems.join("\n")
+    );
+}
