@@ -20,7 +20,9 @@ const PAYLOAD: &[&str] = &[
 ];
 
 fn main() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("vendor/ipxe");
+    // Read at run time, not baked in with env!, so a worktree or a moved checkout embeds its own files.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let dir = Path::new(&manifest_dir).join("vendor/ipxe");
     let pins_path = dir.join("SHA256SUMS");
     println!("cargo:rerun-if-changed={}", pins_path.display());
     let pins = std::fs::read_to_string(&pins_path)

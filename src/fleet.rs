@@ -134,7 +134,13 @@ pub fn build(inventory: &Inventory, opts: &BuildOptions) -> anyhow::Result<Build
         .nodes()
         .iter()
         .filter(|n| n.server.is_none() && opts.server.is_none())
-        .map(|n| format!("{}:{}: column server: empty and no --server was given", inventory.source(), n.line))
+        .map(|n| {
+            format!(
+                "{}:{}: column server: empty and no --server was given",
+                inventory.source(),
+                n.line
+            )
+        })
         .collect();
     if !missing_server.is_empty() {
         bail!("{}\ngive --server URL, or a server for every row", missing_server.join("\n"));
@@ -282,11 +288,7 @@ fn build_node(
             script_sha256,
         });
     }
-    Ok(ManifestNode {
-        node: summary,
-        files,
-        firmware: firmware_map.clone(),
-    })
+    Ok(ManifestNode { node: summary, files, firmware: firmware_map.clone() })
 }
 
 fn publish(staging: &Path, out: &Path, file: &str) -> anyhow::Result<()> {

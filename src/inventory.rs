@@ -446,7 +446,7 @@ impl RowParser<'_> {
         };
         let from_mask = match netmask {
             None => None,
-            Some(m) => match parse_ipv4(&m, "a netmask").and_then(|mask| mask_to_prefix(mask)) {
+            Some(m) => match parse_ipv4(&m, "a netmask").and_then(mask_to_prefix) {
                 Ok(n) => Some(n),
                 Err(message) => {
                     self.fail("netmask", message);

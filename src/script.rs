@@ -150,7 +150,7 @@ pub fn node_script(node: &Node, settings: &ScriptSettings<'_>) -> String {
     // Choose the NIC.
     match node.mac {
         Some(mac) => {
-            line(w, "# Find the NIC whose MAC is the inventory's.");
+            line(w, "# Find the NIC whose MAC is the one in the inventory.");
             line(w, &format!("set bootforge-mac {mac}"));
             line(w, "set bootforge-idx:int32 0");
             line(w, ":find_nic");
@@ -192,17 +192,17 @@ pub fn node_script(node: &Node, settings: &ScriptSettings<'_>) -> String {
     line(w, "");
 
     // Ask the service.
-    let mut url = format!(
-        "${{bootforge-server}}/boot/${{bootforge-host}}?mac=${{${{bootforge-if}}/mac}}&ip=${{${{bootforge-if}}/ip}}\
-         &uuid=${{uuid:uristring}}&serial=${{serial:uristring}}&platform=${{platform}}&arch=${{buildarch}}\
-         &medium=${{bootforge-medium}}"
+    let mut url = String::from(
+        "${bootforge-server}/boot/${bootforge-host}?mac=${${bootforge-if}/mac}&ip=${${bootforge-if}/ip}\
+         &uuid=${uuid:uristring}&serial=${serial:uristring}&platform=${platform}&arch=${buildarch}\
+         &medium=${bootforge-medium}",
     );
     if let Some(token) = &settings.token {
         debug_assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
         line(w, &format!("set bootforge-token {token}"));
         url.push_str("&token=${bootforge-token}");
     }
-    line(w, "# Ask the boot service what to do; retry, then fall back to the local disk.");
+    line(w, "# Ask the boot service what to do, retry, then fall back to the local disk.");
     line(w, "set bootforge-try:int32 0");
     line(w, ":ask");
     line(w, "inc bootforge-try");

@@ -112,8 +112,17 @@ fn duplicates_name_the_first_line() {
     );
     let errs = errors(&text);
     assert!(errs.contains(&"nodes.csv:3: column mac: 52:54:00:00:00:01 is already used on line 2; MACs must be unique".to_string()), "{errs:#?}");
-    assert!(errs.iter().any(|e| e.starts_with("nodes.csv:4: column hostname: \"n1\" is already used on line 2")), "{errs:#?}");
-    assert!(errs.iter().any(|e| e.starts_with("nodes.csv:5: column ip: 10.0.0.5 is already used on line 2")), "{errs:#?}");
+    assert!(
+        errs.iter().any(
+            |e| e.starts_with("nodes.csv:4: column hostname: \"n1\" is already used on line 2")
+        ),
+        "{errs:#?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("nodes.csv:5: column ip: 10.0.0.5 is already used on line 2")),
+        "{errs:#?}"
+    );
 }
 
 #[test]
@@ -125,7 +134,8 @@ fn every_error_is_reported_at_once() {
 
 #[test]
 fn header_problems() {
-    assert!(errors("ip,gateway\n10.0.0.5/24,\n")[0].contains("column hostname: the header has no `hostname` column"));
+    assert!(errors("ip,gateway\n10.0.0.5/24,\n")[0]
+        .contains("column hostname: the header has no `hostname` column"));
     assert!(errors("hostname,ip,ip\n")[0].contains("column ip: this column appears twice"));
     assert!(errors("hostname,ip,bad name\n")[0].contains("not a usable column name"));
     assert!(errors("")[0].contains("the file is empty"));

@@ -8,6 +8,8 @@ use bootforge::inventory::{Inventory, ServerUrl};
 use bootforge::script::{node_script, Medium, ScriptSettings};
 use bootforge::token::Secret;
 use proptest::prelude::*;
+use proptest::test_runner::{TestCaseError, TestRunner};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::path::Path;
 
 const NODES: &str = "hostname,ip,gateway,dns,mac,vlan,role\n\
@@ -54,6 +56,7 @@ fn allowed_expansion(name: &str) -> bool {
     name.starts_with("bootforge-")
         || name.starts_with("net${bootforge-idx}")
         || name.starts_with("${bootforge-if}/")
+        || name == "net0/mac"
         || matches!(name, "platform" | "buildarch" | "uuid:uristring" | "serial:uristring")
 }
 
@@ -86,17 +89,19 @@ fn expansions(line: &str) -> Vec<String> {
     found
 }
 
-/// Field values: some well-formed, most hostile.
+const HOSTILE: &[&str] = &[
+    "${net0/mac}", "x && shell", "a || reboot", "a;b", "a\nchain http://evil/", "#x", "\"q\"",
+    "http://h/${x}", "http://h/ x", "http://h/#a", "10.0.0.9/24\nshell", "node\r01", "x y",
+];
+
+/// Field values: mostly well-formed (so most rows are accepted and their scripts checked), some
+/// random printable text, some known-hostile strings.
 fn field(valid: &'static [&'static str]) -> impl Strategy<Value = String> {
     prop_oneof![
-        proptest::sample::select(valid).prop_map(str::to_string),
-        "[a-z0-9.:/-]{0,12}",
-        "[ -~]{0,16}",
-        proptest::sample::select(&[
-            "${net0/mac}", "x && shell", "a || reboot", "a;b", "a\nchain http://evil/", "#x", "\"q\"",
-            "http://h/${x}", "http://h/ x", "http://h/#a", "10.0.0.9/24\nshell", "node\r01",
-        ][..])
-        .prop_map(str::to_string),
+        12 => proptest::sample::select(valid).prop_map(str::to_string),
+        1 => "[a-z0-9.:/-]{0,12}",
+        1 => "[ -~]{0,16}",
+        1 => proptest::sample::select(HOSTILE).prop_map(str::to_string),
     ]
 }
 
@@ -104,48 +109,82 @@ fn csv_field(value: &str) -> String {
     format!("\"{}\"", value.replace('"', "\"\""))
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+/// Checks one row: rejected, or its script has exactly the reference commands. Returns whether the
+/// row was accepted.
+fn row_is_rejected_or_harmless(values: &[String; 8]) -> Result<bool, TestCaseError> {
+    let row = values.iter().map(|v| csv_field(v)).collect::<Vec<_>>().join(",");
+    let text = format!("hostname,ip,gateway,dns,mac,vlan,server,note\n{row}\n");
+    let Ok(inv) = Inventory::parse("p.csv", text.as_bytes()) else { return Ok(false) };
+    let node = &inv.nodes()[0];
+    let default_server = server();
+    let settings = ScriptSettings {
+        server: &default_server,
+        token: Some("00ff".repeat(16)),
+        medium: Medium::Cd,
+    };
+    let script = node_script(node, &settings);
 
-    #[test]
-    fn hostile_fields_are_rejected_or_harmless(
-        hostname in field(&["node01", "a.b-c", "X1"]),
-        ip in field(&["10.0.0.9/24", "172.16.5.4/16"]),
-        gateway in field(&["", "10.0.0.1", "172.16.0.1"]),
-        dns in field(&["", "10.0.0.2"]),
-        mac in field(&["", "52:54:00:aa:bb:cc", "52-54-00-aa-bb-cd"]),
-        vlan in field(&["", "1", "4094"]),
-        server in field(&["", "http://10.0.0.5:8080", "https://boot.lab/x"]),
-        free in "[ -~]{0,24}",
-    ) {
-        let row = [&hostname, &ip, &gateway, &dns, &mac, &vlan, &server, &free]
-            .iter().map(|v| csv_field(v)).collect::<Vec<_>>().join(",");
-        let text = format!("hostname,ip,gateway,dns,mac,vlan,server,note\n{row}\n");
-        let Ok(inv) = Inventory::parse("p.csv", text.as_bytes()) else { return Ok(()); };
-        let node = &inv.nodes()[0];
-        let default_server = self::server();
-        let settings = ScriptSettings { server: &default_server, token: None, medium: Medium::Cd };
-        let script = node_script(node, &settings);
-
-        // The same shape of node with harmless values gives the reference script; the hostile
-        // one must have the same number of lines and the same command on every line.
-        let mut reference = node.clone();
-        reference.hostname = "ref".into();
-        reference.server = None;
-        let expected = node_script(&reference, &settings);
-        prop_assert_eq!(script.lines().count(), expected.lines().count(), "{}", script);
-        for (got, want) in script.lines().zip(expected.lines()) {
-            prop_assert_eq!(got.split(' ').next(), want.split(' ').next(), "{}", script);
-            prop_assert_eq!(got.matches("&&").count(), want.matches("&&").count());
-            prop_assert_eq!(got.matches("||").count(), want.matches("||").count());
-            for name in expansions(got) {
-                prop_assert!(allowed_expansion(&name), "unexpected expansion ${{{}}} in {:?}", name, got);
-            }
-            prop_assert!(!got.contains(';') && !got.contains('"') && !got.contains('\''), "{:?}", got);
+    // The same shape of node with harmless values gives the reference script; the hostile one
+    // must have the same number of lines and the same command on every line.
+    let mut reference = node.clone();
+    reference.hostname = "ref".into();
+    reference.server = None;
+    let expected = node_script(&reference, &settings);
+    prop_assert_eq!(script.lines().count(), expected.lines().count(), "{}", script);
+    for (got, want) in script.lines().zip(expected.lines()) {
+        prop_assert_eq!(got.split(' ').next(), want.split(' ').next(), "{}", script);
+        prop_assert_eq!(got.matches("&&").count(), want.matches("&&").count());
+        prop_assert_eq!(got.matches("||").count(), want.matches("||").count());
+        for name in expansions(got) {
+            prop_assert!(allowed_expansion(&name), "unexpected ${{{}}} in {:?}", name, got);
         }
-        // Free template columns never reach the media script.
-        if free.trim().len() >= 6 {
-            prop_assert!(!script.contains(free.trim()));
+        prop_assert!(!got.contains(';') && !got.contains('"') && !got.contains('\''), "{:?}", got);
+    }
+    // Free template columns never reach the media script.
+    let free = values[7].trim();
+    if free.len() >= 6 {
+        prop_assert!(!script.contains(free));
+    }
+    Ok(true)
+}
+
+#[test]
+fn hostile_fields_are_rejected_or_harmless() {
+    let row = (
+        field(&["node01", "a.b-c", "X1"]),
+        field(&["10.0.0.9/24", "172.16.5.4/16"]),
+        field(&["", "10.0.0.1", "172.16.0.1"]),
+        field(&["", "10.0.0.2"]),
+        field(&["", "52:54:00:aa:bb:cc", "52-54-00-aa-bb-cd"]),
+        field(&["", "1", "4094"]),
+        field(&["", "http://10.0.0.5:8080", "https://boot.lab/x"]),
+        "[ -~]{0,24}",
+    )
+        .prop_map(|(a, b, c, d, e, f, g, h)| [a, b, c, d, e, f, g, h]);
+    let accepted = AtomicUsize::new(0);
+    let mut runner = TestRunner::new(ProptestConfig { cases: 3000, ..ProptestConfig::default() });
+    runner
+        .run(&row, |values| {
+            if row_is_rejected_or_harmless(&values)? {
+                accepted.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        })
+        .unwrap();
+    // The property is only meaningful if many random rows were accepted and their scripts checked.
+    let accepted = accepted.into_inner();
+    assert!(accepted > 300, "only {accepted} of 3000 random rows were accepted");
+}
+
+#[test]
+fn each_hostile_value_in_each_field() {
+    let valid = ["n1", "10.0.0.9/24", "10.0.0.1", "10.0.0.2", "52:54:00:aa:bb:cc", "7", "", "ok"];
+    for column in 0..valid.len() {
+        for hostile in HOSTILE {
+            let mut values = valid.map(str::to_string);
+            values[column] = hostile.to_string();
+            row_is_rejected_or_harmless(&values)
+                .unwrap_or_else(|e| panic!("column {column}, value {hostile:?}: {e}"));
         }
     }
 }

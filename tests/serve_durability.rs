@@ -23,7 +23,7 @@ fn free_port() -> u16 {
 }
 
 fn spawn(dir: &std::path::Path, port: u16) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_bootforge"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bootforge"))
         .args(["serve", "--inventory"])
         .arg(dir.join("nodes.csv"))
         .arg("--profiles")
@@ -44,6 +44,8 @@ fn spawn(dir: &std::path::Path, port: u16) -> Child {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("bootforge serve did not start on port {port}");
 }
 

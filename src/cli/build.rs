@@ -37,7 +37,9 @@ pub struct CheckArgs {
 
 /// Print one node's iPXE script, exactly as its media would carry it.
 #[derive(Debug, Args)]
-#[command(after_help = "Example:\n  bootforge script nodes.csv node01 --server http://10.20.0.5:8080")]
+#[command(
+    after_help = "Example:\n  bootforge script nodes.csv node01 --server http://10.20.0.5:8080"
+)]
 pub struct ScriptArgs {
     /// The inventory CSV.
     pub nodes: PathBuf,
@@ -144,12 +146,16 @@ fn summary(inventory: &Inventory) -> String {
 
 pub fn script(args: ScriptArgs) -> anyhow::Result<()> {
     let inventory = Inventory::load(&args.nodes)?;
-    let node = inventory.get(&args.hostname).with_context(|| {
-        format!("{} has no node named {:?}", inventory.source(), args.hostname)
-    })?;
+    let node = inventory
+        .get(&args.hostname)
+        .with_context(|| format!("{} has no node named {:?}", inventory.source(), args.hostname))?;
     let secret = load_secret(&args.common)?;
     let server = node.server.as_ref().or(args.common.server.as_ref()).with_context(|| {
-        format!("{}:{}: column server: empty and no --server was given", inventory.source(), node.line)
+        format!(
+            "{}:{}: column server: empty and no --server was given",
+            inventory.source(),
+            node.line
+        )
     })?;
     let settings = ScriptSettings {
         server,
@@ -215,7 +221,11 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     println!("nic:       mac {}  vlan {}", field("mac"), field("vlan"));
     println!("server:    {}", field("server"));
     println!("medium:    {}  (node token: {})", field("medium"), field("token"));
-    println!("built by:  bootforge {}  SOURCE_DATE_EPOCH {}", field("bootforge"), field("source_date_epoch"));
+    println!(
+        "built by:  bootforge {}  SOURCE_DATE_EPOCH {}",
+        field("bootforge"),
+        field("source_date_epoch")
+    );
     println!("firmware:");
     if let Some(files) = info["firmware"].as_array() {
         for f in files {
