@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use rayon::prelude::*;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -118,6 +118,7 @@ struct ImageInfo<'a> {
     token: bool,
     script_sha256: String,
     source_date_epoch: u64,
+    /// The payload files this image contains.
     firmware: &'a [FirmwareFile],
 }
 
@@ -167,6 +168,11 @@ fn build_into(
         .tempdir_in(&opts.out)
         .with_context(|| format!("cannot create a staging folder in {}", opts.out.display()))?;
     let firmware_files = opts.firmware.versions();
+    let image_firmware = opts
+        .formats
+        .iter()
+        .map(|&f| Ok((f, opts.firmware.versions_for(f, &opts.arches)?)))
+        .collect::<anyhow::Result<HashMap<Format, Vec<FirmwareFile>>>>()?;
     let firmware_map: BTreeMap<String, String> =
         firmware_files.iter().map(|f| (f.name.clone(), f.sha256.clone())).collect();
 
@@ -181,7 +187,7 @@ fn build_into(
             .nodes()
             .par_iter()
             .map(|node| {
-                let entry = build_node(node, opts, staging.path(), &firmware_files, &firmware_map)
+                let entry = build_node(node, opts, staging.path(), &image_firmware, &firmware_map)
                     .with_context(|| {
                         format!("{}:{}: node {}", inventory.source(), node.line, node.hostname)
                     });
@@ -215,6 +221,7 @@ fn build_into(
     // Make the staged bytes durable with one filesystem-wide flush, rather than one fsync per
     // image, before any of them replaces a file the operator may rely on.
     sync_filesystem(staging.path())?;
+    check_targets(&opts.out, nodes.iter().flat_map(|n| n.files.iter().map(|f| f.file.as_str())))?;
     let mut bytes = 0;
     let mut files = 0;
     for node in &nodes {
@@ -235,7 +242,7 @@ fn build_node(
     node: &Node,
     opts: &BuildOptions,
     staging: &Path,
-    firmware_files: &[FirmwareFile],
+    image_firmware: &HashMap<Format, Vec<FirmwareFile>>,
     firmware_map: &BTreeMap<String, String>,
 ) -> anyhow::Result<ManifestNode> {
     let server = node.server.as_ref().or(opts.server.as_ref()).expect("checked before the build");
@@ -260,7 +267,7 @@ fn build_node(
             token: token.is_some(),
             script_sha256: script_sha256.clone(),
             source_date_epoch: opts.epoch,
-            firmware: firmware_files,
+            firmware: &image_firmware[&format],
         };
         let info_json = serde_json::to_vec_pretty(&info)?;
         let spec = ImageSpec {
@@ -289,6 +296,23 @@ fn build_node(
         });
     }
     Ok(ManifestNode { node: summary, files, firmware: firmware_map.clone() })
+}
+
+/// Refuses, before anything moves, a target that a rename could not replace (a folder, say), so
+/// publishing cannot stop half way for a reason known in advance.
+fn check_targets<'a>(out: &Path, files: impl Iterator<Item = &'a str>) -> anyhow::Result<()> {
+    for file in files.chain(["SHA256SUMS", "manifest.json"]) {
+        let target = out.join(file);
+        if let Ok(meta) = std::fs::symlink_metadata(&target) {
+            if !meta.is_file() {
+                bail!(
+                    "{} exists and is not a regular file; move it away and build again (nothing was changed)",
+                    target.display()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn publish(staging: &Path, out: &Path, file: &str) -> anyhow::Result<()> {

@@ -173,9 +173,11 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
         None => Firmware::embedded(args.efi_loader),
     };
     let mut formats = args.formats.clone();
-    formats.dedup();
+    let mut seen = std::collections::HashSet::new();
+    formats.retain(|f| seen.insert(*f));
     let mut arches = args.arches.clone();
-    arches.dedup();
+    let mut seen = std::collections::HashSet::new();
+    arches.retain(|a| seen.insert(*a));
     let options = BuildOptions {
         server: args.common.server.clone(),
         out: args.out.clone(),
@@ -241,8 +243,16 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     for (path, size) in &found.files {
         println!("  {path} ({size} bytes)");
     }
+    // The ISO's BIOS and UEFI scripts are usually the same text: show each distinct one once.
+    let mut shown: Vec<(Vec<&str>, &str)> = Vec::new();
     for (path, text) in &found.scripts {
-        println!("\n--- {path} ---\n{}", text.trim_end());
+        match shown.iter_mut().find(|(_, t)| *t == text.as_str()) {
+            Some((paths, _)) => paths.push(path),
+            None => shown.push((vec![path], text)),
+        }
+    }
+    for (paths, text) in shown {
+        println!("\n--- {} ---\n{}", paths.join(", "), text.trim_end());
     }
     Ok(())
 }
