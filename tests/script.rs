@@ -9,8 +9,8 @@ use bootforge::script::{node_script, Medium, ScriptSettings};
 use bootforge::token::Secret;
 use proptest::prelude::*;
 use proptest::test_runner::{TestCaseError, TestRunner};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 const NODES: &str = "hostname,ip,gateway,dns,mac,vlan,role\n\
 node01,10.20.0.11/24,10.20.0.1,10.20.0.2,52:54:00:12:34:56,,server\n\
@@ -90,8 +90,19 @@ fn expansions(line: &str) -> Vec<String> {
 }
 
 const HOSTILE: &[&str] = &[
-    "${net0/mac}", "x && shell", "a || reboot", "a;b", "a\nchain http://evil/", "#x", "\"q\"",
-    "http://h/${x}", "http://h/ x", "http://h/#a", "10.0.0.9/24\nshell", "node\r01", "x y",
+    "${net0/mac}",
+    "x && shell",
+    "a || reboot",
+    "a;b",
+    "a\nchain http://evil/",
+    "#x",
+    "\"q\"",
+    "http://h/${x}",
+    "http://h/ x",
+    "http://h/#a",
+    "10.0.0.9/24\nshell",
+    "node\r01",
+    "x y",
 ];
 
 /// Field values: mostly well-formed (so most rows are accepted and their scripts checked), some
