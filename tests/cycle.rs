@@ -1,0 +1,588 @@
+//! The whole reimage cycle under QEMU (TCG), with the real binaries: `bootforge build` writes the
+//! node's ISO (with a node token), `bootforge serve` runs as a child process, an operator flags
+//! the host with one `PUT`, and the machine boots its medium as a CD:
+//!
+//! 1. the first boot asks `/boot`, gets the e2e profile's install chain, fetches its config, calls
+//!    `done` (which clears the flag) and runs `reboot`;
+//! 2. QEMU restarts the machine (these VMs run WITHOUT `-no-reboot`, which is why they are not
+//!    built with the harness's [`Vm`]), the medium asks `/boot` again, gets the local-boot script
+//!    and boots the harness's local test disk, whose marker appears on the serial console.
+//!
+//! The checks read the service's audit log (`GET /events`), the host view (`GET /hosts/node01`)
+//! and the serial console. Also covered: an unflagged host boots local at once, and a medium whose
+//! service is down gives up after its retries and boots local.
+//!
+//! Every VM here runs alone (a process-wide lock), because the machine has two cores and TCG
+//! is slow enough already. Failures print the serial console, the service's stderr and the
+//! audit log.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One VM at a time in this test binary.
+static ONE_VM: Mutex<()> = Mutex::new(());
+
+const READ_TOKEN: &str = "cycle-read-token-5f1e";
+const REIMAGE_TOKEN: &str = "cycle-reimage-token-9a27";
+const SECRET: &[u8] = b"cycle-test-fleet-secret\n";
+
+/// node01 as the harness's boot tests know it (slirp's guest address, gateway and DNS), with the
+/// e2e test profile.
+const CYCLE_CSV: &str = "hostname,ip,gateway,dns,mac,profile\n\
+                         node01,10.0.2.15/24,10.0.2.2,10.0.2.3,52:54:00:12:34:56,e2e\n";
+
+/// A BIOS cycle is two boots of the CD plus the local disk; under TCG on a busy machine that is
+/// well under a minute, so this only bounds a hang.
+const BIOS_CYCLE_TIMEOUT: Duration = Duration::from_secs(240);
+/// OVMF is much slower to start under TCG (about 10 s idle per boot).
+const UEFI_CYCLE_TIMEOUT: Duration = Duration::from_secs(360);
+/// A single boot (unflagged, or service down: 4 tries 5 s apart).
+const SINGLE_BOOT_TIMEOUT: Duration = Duration::from_secs(150);
+
+/// What OVMF logs when it falls back to its setup menu: no further boot option will be tried.
+const OVMF_MENU: &str = "starting Boot0000 \"UiApp\"";
+
+fn lock_vm() -> std::sync::MutexGuard<'static, ()> {
+    ONE_VM.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn sha_hex(t: &str) -> String {
+    hex::encode(Sha256::digest(t.as_bytes()))
+}
+
+/// A port on 127.0.0.1 that was free a moment ago (the media must know the port before the
+/// service starts, because `build` bakes `--server` into the ISO).
+fn free_port() -> u16 {
+    let s = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a throwaway port");
+    s.local_addr().expect("throwaway address").port()
+}
+
+/// Inputs of one cycle: inventory, secret, tokens, profiles, and the node's ISO.
+struct Fleet {
+    dir: tempfile::TempDir,
+    inventory: PathBuf,
+    secret: PathBuf,
+    tokens: PathBuf,
+    profiles: PathBuf,
+    iso: PathBuf,
+}
+
+impl Fleet {
+    /// Writes the inputs and runs `bootforge build` for `server` (the URL as the guest sees it).
+    fn build(server: &str) -> Fleet {
+        let dir = tempfile::Builder::new().prefix("bootforge-cycle-").tempdir().expect("temp dir");
+        let inventory = dir.path().join("nodes.csv");
+        std::fs::write(&inventory, CYCLE_CSV).expect("write nodes.csv");
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, SECRET).expect("write the secret");
+        let tokens = dir.path().join("tokens");
+        std::fs::write(
+            &tokens,
+            format!(
+                "# NAME ROLE SHA256\nviewer read {}\nops reimage {}\n",
+                sha_hex(READ_TOKEN),
+                sha_hex(REIMAGE_TOKEN)
+            ),
+        )
+        .expect("write the tokens file");
+        // A private copy of the test profile, so a concurrent edit cannot reload under the test.
+        let profiles = dir.path().join("profiles");
+        copy_tree(&repo_path("tests/profiles/e2e"), &profiles.join("e2e"));
+
+        let out = dir.path().join("out");
+        let mut cmd = Command::new(bootforge_bin());
+        cmd.arg("build").arg(&inventory).args(["--server", server]);
+        cmd.arg("--secret-file").arg(&secret).arg("--out").arg(&out).args(["--formats", "iso"]);
+        let output = cmd.output().expect("run bootforge build");
+        let said = format!(
+            "{cmd:?}\nstatus: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(output.status.success(), "bootforge build failed:\n{said}");
+        let iso = out.join(format!("{NODE}.iso"));
+        assert!(iso.is_file(), "bootforge build did not write {}:\n{said}", iso.display());
+        Fleet { dir, inventory, secret, tokens, profiles, iso }
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display())) {
+        let e = e.expect("dir entry");
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy a profile file");
+        }
+    }
+}
+
+/// `bootforge serve` as a child process; stopped by its PID when dropped (also on panic).
+struct Service {
+    child: Option<Child>,
+    base: String,
+    stderr_path: PathBuf,
+    audit_path: PathBuf,
+}
+
+impl Service {
+    fn start(fleet: &Fleet, port: u16) -> Service {
+        let state = fleet.dir.path().join("state");
+        let stderr_path = fleet.dir.path().join("serve.stderr");
+        let stderr = std::fs::File::create(&stderr_path).expect("create the service log");
+        let mut cmd = Command::new(bootforge_bin());
+        cmd.arg("serve").arg("--inventory").arg(&fleet.inventory);
+        cmd.arg("--profiles").arg(&fleet.profiles).arg("--state-dir").arg(&state);
+        cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--workers", "4"]);
+        cmd.arg("--secret-file").arg(&fleet.secret).arg("--tokens-file").arg(&fleet.tokens);
+        cmd.env("BOOTFORGE_LOG", "info");
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+        let child = cmd.spawn().expect("start bootforge serve");
+        let mut svc = Service {
+            child: Some(child),
+            base: format!("http://127.0.0.1:{port}"),
+            stderr_path,
+            audit_path: state.join("audit.jsonl"),
+        };
+        svc.wait_listening();
+        svc
+    }
+
+    fn wait_listening(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("bootforge serve exited at start ({status})\n{}", self.logs());
+            }
+            let healthy = ureq::get(&format!("{}/healthz", self.base))
+                .timeout(Duration::from_secs(2))
+                .call()
+                .is_ok();
+            if healthy {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!("bootforge serve did not answer /healthz within 20 s\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// One API request with `token`; returns status and parsed JSON body.
+    fn api(&self, method: &str, path: &str, token: &str) -> (u16, Value) {
+        let result = ureq::request(method, &format!("{}{path}", self.base))
+            .set("Authorization", &format!("Bearer {token}"))
+            .timeout(Duration::from_secs(10))
+            .call();
+        let (status, body) = match result {
+            Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+            Err(e) => panic!("{method} {path}: {e}\n{}", self.logs()),
+        };
+        let json = serde_json::from_str(&body).unwrap_or_else(|e| {
+            panic!("{method} {path}: answer is not JSON ({e}): {body}\n{}", self.logs())
+        });
+        (status, json)
+    }
+
+    /// Every audit record, through `GET /events` (following `next`).
+    fn events(&self) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut since = 0u64;
+        loop {
+            let (status, body) = self.api("GET", &format!("/events?since={since}"), READ_TOKEN);
+            assert_eq!(status, 200, "GET /events: {body}\n{}", self.logs());
+            let events = body["events"].as_array().cloned().unwrap_or_default();
+            let next = body["next"].as_u64().expect("next offset");
+            if events.is_empty() || next == since {
+                return all;
+            }
+            all.extend(events);
+            since = next;
+        }
+    }
+
+    /// The service's stderr and the audit log as stored, for panic messages (read from the files,
+    /// so they are there even if the service died).
+    fn logs(&self) -> String {
+        let stderr = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
+        let audit = std::fs::read_to_string(&self.audit_path).unwrap_or_default();
+        format!(
+            "--- bootforge serve stderr ---\n{}\n--- audit log ---\n{}\n--- end of service logs ---",
+            stderr.trim_end(),
+            audit.trim_end()
+        )
+    }
+
+    /// Stops the service: SIGTERM to its PID, then SIGKILL if it has not exited after 5 s.
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        if let Ok(None) = child.try_wait() {
+            // SAFETY: kill(2) on the PID of our own child, which has not been reaped yet.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Owns a QEMU process and kills it by PID when dropped.
+struct QemuGuard(Option<Child>);
+
+impl Drop for QemuGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Boots `iso` as an IDE CD with the harness's local test disk behind it, on `firmware`, with
+/// node01's NIC, and — unlike the harness's [`Vm`] — WITHOUT `-no-reboot`: the install chain's
+/// `reboot` restarts the machine, which boots the CD again. Ends when QEMU exits (the BIOS local
+/// disk stops it through `isa-debug-exit`, the UEFI one powers off), when a `stop_on` text
+/// appears, or at `timeout`.
+fn run_rebooting_vm(
+    firmware: Firmware,
+    name: &str,
+    iso: &Path,
+    timeout: Duration,
+    stop_on: &[&str],
+) -> VmRun {
+    require_for(firmware);
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("bootforge-vm-{name}-"))
+        .tempdir()
+        .expect("VM temp dir");
+    let disk = local_disk(dir.path());
+    let serial_path = dir.path().join("serial.log");
+    let mut cmd = Command::new(QEMU);
+    cmd.args(["-name", name, "-machine", "pc", "-accel", "tcg", "-m", "256"]);
+    cmd.args(["-display", "none", "-nodefaults", "-vga", "std", "-no-user-config"]);
+    cmd.arg("-serial").arg(format!("file:{}", serial_path.display()));
+    match firmware {
+        Firmware::Bios => {
+            // SeaBIOS mirrors its screen to COM1 only with this binary fw_cfg file (see
+            // tests/common/mod.rs); the local disk's boot code exits QEMU through the debug port.
+            let port = dir.path().join("sercon-port");
+            std::fs::write(&port, 0x3f8u16.to_le_bytes()).expect("write sercon port");
+            cmd.arg("-fw_cfg").arg(format!("name=etc/sercon-port,file={}", port.display()));
+            cmd.arg("-device")
+                .arg(format!("isa-debug-exit,iobase={:#x},iosize=1", disks::DEBUG_EXIT_PORT));
+        }
+        Firmware::Uefi => {
+            let vars = dir.path().join("OVMF_VARS.fd");
+            std::fs::copy(OVMF_VARS, &vars).expect("copy the OVMF variable store");
+            cmd.arg("-drive")
+                .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"));
+            cmd.arg("-drive").arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+        }
+    }
+    cmd.arg("-drive")
+        .arg(format!("if=none,id=cd,format=raw,readonly=on,media=cdrom,file={}", iso.display()));
+    cmd.args(["-device", "ide-cd,drive=cd,bus=ide.1,bootindex=0"]);
+    cmd.arg("-drive").arg(format!("if=none,id=disk,format=raw,file={}", disk.display()));
+    cmd.args(["-device", "virtio-blk-pci,drive=disk,addr=0x11,bootindex=1"]);
+    cmd.args(["-netdev", "user,id=net0"]);
+    cmd.args(["-device", &format!("e1000,netdev=net0,mac={NODE_MAC},addr=0x18")]);
+
+    let command = format!("{cmd:?}").replace('"', "");
+    let stderr_path = dir.path().join("qemu.stderr");
+    let stderr_file = std::fs::File::create(&stderr_path).expect("create QEMU stderr file");
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr_file);
+    let started = Instant::now();
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {QEMU}: {e}"));
+    let mut guard = QemuGuard(Some(child));
+    let mut timed_out = false;
+    let mut stopped_on = None;
+    let status = loop {
+        let child = guard.0.as_mut().expect("QEMU child");
+        if let Some(status) = child.try_wait().expect("wait for QEMU") {
+            break Some(status);
+        }
+        let serial = clean_console(&std::fs::read(&serial_path).unwrap_or_default());
+        if let Some(t) = stop_on.iter().find(|t| serial.contains(**t)) {
+            stopped_on = Some(t.to_string());
+            break None;
+        }
+        if started.elapsed() >= timeout {
+            timed_out = true;
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    drop(guard); // kills QEMU if it still runs
+    let elapsed = started.elapsed();
+    let serial = clean_console(&std::fs::read(&serial_path).unwrap_or_default());
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    VmRun { serial, status, timed_out, stopped_on, elapsed, stderr, command }
+}
+
+/// Position of `needle` in `hay` at or after `from`, for ordering checks on the console.
+fn find_after(hay: &str, needle: &str, from: usize) -> Option<usize> {
+    hay.get(from..)?.find(needle).map(|i| i + from)
+}
+
+/// The audit records about node01, one line each, for messages.
+fn brief(events: &[Value]) -> String {
+    events
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} answer={} kind={} install={} file={} reason={}",
+                e["time"].as_str().unwrap_or("?"),
+                e["event"].as_str().unwrap_or("?"),
+                e["answer"],
+                e["kind"],
+                e["install"],
+                e["file"],
+                e["reason"]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The flagged cycle on `firmware`: flag → install chain → config → done → reboot → local boot.
+fn flagged_cycle(firmware: Firmware, timeout: Duration) {
+    let name = format!("cycle-{firmware:?}").to_lowercase();
+    let port = free_port();
+    let guest_url = format!("http://10.0.2.2:{port}");
+    let fleet = Fleet::build(&guest_url);
+    let service = Service::start(&fleet, port);
+
+    // The operator's one request.
+    let (status, flagged) = service.api("PUT", "/hosts/node01/reimage", REIMAGE_TOKEN);
+    assert_eq!(status, 200, "PUT /hosts/node01/reimage: {flagged}\n{}", service.logs());
+    assert_eq!(flagged["flagged"], true, "PUT did not flag: {flagged}");
+    assert_eq!(flagged["profile"], "e2e", "PUT chose another profile: {flagged}");
+
+    let _vm = lock_vm();
+    let run = run_rebooting_vm(
+        firmware,
+        &name,
+        &fleet.iso,
+        timeout,
+        &[&format!("{LOCAL_DISK_MARKER} "), OVMF_MENU],
+    );
+    let events = service.events();
+    let (status, host) = service.api("GET", "/hosts/node01", READ_TOKEN);
+    let context = format!(
+        "{}\n{}\n--- /events (node01) ---\n{}\n--- GET /hosts/node01 ({status}) ---\n{host:#}",
+        run.report(),
+        service.logs(),
+        brief(&events)
+    );
+    assert_eq!(status, 200, "GET /hosts/node01 failed\n{context}");
+
+    // --- audit log: the order of what happened ---
+    let node_events: Vec<&Value> = events.iter().filter(|e| e["host"] == "node01").collect();
+    let pos = |pred: &dyn Fn(&Value) -> bool| node_events.iter().position(|e| pred(e));
+    let refused: Vec<&&Value> = node_events
+        .iter()
+        .filter(|e| {
+            e["event"].as_str().is_some_and(|k| k.ends_with("-denied") || k.ends_with("-ignored"))
+        })
+        .collect();
+    assert!(refused.is_empty(), "{name}: requests were refused or ignored: {refused:?}\n{context}");
+    let installs: Vec<&&Value> =
+        node_events.iter().filter(|e| e["event"] == "boot" && e["answer"] == "install").collect();
+    assert_eq!(
+        installs.len(),
+        1,
+        "{name}: expected exactly one install-chain answer for node01\n{context}"
+    );
+    let install = installs[0];
+    let id = install["install"].as_str().filter(|i| !i.is_empty()).unwrap_or_else(|| {
+        panic!("{name}: the install-chain answer has no install id: {install}\n{context}")
+    });
+    assert_eq!(install["kind"], "flagged", "{name}: install answer kind\n{context}");
+    assert_eq!(install["mac"], NODE_MAC, "{name}: the boot request's MAC\n{context}");
+    assert_eq!(install["ip"], NODE_IP, "{name}: the boot request's IP\n{context}");
+    assert_eq!(install["medium"], "cd", "{name}: the boot request's medium\n{context}");
+    assert_eq!(
+        install["platform"],
+        firmware.ipxe_platform(),
+        "{name}: the boot request's platform\n{context}"
+    );
+
+    let set_at = pos(&|e| e["event"] == "flag-set" && e["changed"] == true);
+    let install_at = pos(&|e| e["event"] == "boot" && e["answer"] == "install");
+    let config_at = pos(&|e| e["event"] == "config" && e["file"] == "install.cfg");
+    let done_at = pos(&|e| e["event"] == "done" && e["install"] == id);
+    let local_at =
+        pos(&|e| e["event"] == "boot" && e["answer"] == "local" && e["kind"] == "not-flagged");
+    let order = [
+        ("flag-set by PUT", set_at),
+        ("install-chain answer", install_at),
+        ("config install.cfg fetched", config_at),
+        ("done accepted", done_at),
+        ("local-boot answer (not flagged)", local_at),
+    ];
+    let mut last = None;
+    for (what, at) in order {
+        let at = at.unwrap_or_else(|| panic!("{name}: no audit record for: {what}\n{context}"));
+        assert!(
+            last.is_none_or(|l| at > l),
+            "{name}: audit record \"{what}\" is out of order\n{context}"
+        );
+        last = Some(at);
+    }
+    let local_boots =
+        node_events.iter().filter(|e| e["event"] == "boot" && e["answer"] == "local").count();
+    assert_eq!(local_boots, 1, "{name}: expected one local-boot answer after done\n{context}");
+
+    // --- host view: flag cleared by `done`, the install ended, the last boot was local ---
+    assert_eq!(host["flagged"], false, "{name}: node01 is still flagged\n{context}");
+    assert_eq!(host["phase"], "done", "{name}: phase\n{context}");
+    assert_eq!(host["last_install"]["id"], id, "{name}: last_install.id\n{context}");
+    assert_eq!(host["last_install"]["how"], "done", "{name}: last_install.how\n{context}");
+    assert_eq!(host["last_boot"]["answer"], "local", "{name}: last_boot.answer\n{context}");
+
+    // --- serial console: install chain, reboot, local boot, local disk, in that order ---
+    // iPXE wraps its console at 80 columns (the install id can be split over two lines), so the
+    // order is checked on the text without line breaks. The last line before the reboot
+    // ("install done, rebooting") is not checked: SeaBIOS's serial mirror flushes lazily and
+    // the reset can cut it short; the `done` request line before it is the witness instead.
+    let serial: String = run.serial.replace('\n', "");
+    let medium_line = "bootforge: node01 (10.0.2.15/24) on";
+    let steps = [
+        medium_line.to_string(),
+        format!("bootforge-e2e: install chain for node01 (install {id})"),
+        "/config/node01/install.cfg... ok".to_string(),
+        "/hosts/node01/done... ok".to_string(),
+        medium_line.to_string(),
+        "bootforge: local boot: not flagged for reimage".to_string(),
+        LOCAL_DISK_MARKER.to_string(),
+    ];
+    let mut from = 0;
+    for step in &steps {
+        from = find_after(&serial, step, from).unwrap_or_else(|| {
+            panic!("{name}: the console lacks {step:?} (after the previous step)\n{context}")
+        }) + step.len();
+    }
+    assert!(
+        !serial.contains("bootforge-e2e: install failed"),
+        "{name}: the install chain took its failure path\n{context}"
+    );
+    // The medium ran twice: once before the reboot, once after.
+    let medium_runs = serial.matches(medium_line).count();
+    assert_eq!(medium_runs, 2, "{name}: the medium's script ran {medium_runs} times\n{context}");
+    assert!(!run.timed_out, "{name}: timed out\n{context}");
+
+    let install_s = |e: &Value| e["ms"].as_u64().unwrap_or(0);
+    eprintln!(
+        "{name}: install {id}; install chain → done {:.1}s, done → local boot {:.1}s; VM {:.1}s",
+        (install_s(node_events[done_at.unwrap()]) - install_s(node_events[install_at.unwrap()]))
+            as f64
+            / 1000.0,
+        (install_s(node_events[local_at.unwrap()]) - install_s(node_events[done_at.unwrap()]))
+            as f64
+            / 1000.0,
+        run.elapsed.as_secs_f64()
+    );
+}
+
+#[test]
+fn flagged_cycle_bios_cd() {
+    flagged_cycle(Firmware::Bios, BIOS_CYCLE_TIMEOUT);
+}
+
+#[test]
+fn flagged_cycle_uefi_cd() {
+    flagged_cycle(Firmware::Uefi, UEFI_CYCLE_TIMEOUT);
+}
+
+/// No flag: the first (and only) /boot answer is local boot, and the machine reaches its disk.
+/// The harness's [`Vm`] keeps `-no-reboot`, so a reboot here would end the VM without the marker.
+#[test]
+fn unflagged_boots_local_bios_cd() {
+    let port = free_port();
+    let fleet = Fleet::build(&format!("http://10.0.2.2:{port}"));
+    let service = Service::start(&fleet, port);
+    let _vm = lock_vm();
+    let vm = Vm::new(Firmware::Bios, "cycle-unflagged");
+    let disk = local_disk(vm.dir());
+    let run = vm
+        .medium(&fleet.iso, Attach::Cd)
+        .disk(&disk)
+        .nic(NODE_MAC)
+        .timeout(SINGLE_BOOT_TIMEOUT)
+        .stop_on(&format!("{LOCAL_DISK_MARKER} "))
+        .run();
+    let events = service.events();
+    let context =
+        format!("{}\n{}\n--- /events ---\n{}", run.report(), service.logs(), brief(&events));
+    let boots: Vec<&Value> =
+        events.iter().filter(|e| e["event"] == "boot" && e["host"] == "node01").collect();
+    assert_eq!(boots.len(), 1, "unflagged: expected one /boot answer\n{context}");
+    assert_eq!(boots[0]["answer"], "local", "unflagged: answer\n{context}");
+    assert_eq!(boots[0]["kind"], "not-flagged", "unflagged: reason kind\n{context}");
+    assert!(
+        run.serial.contains("bootforge: local boot: not flagged for reimage"),
+        "unflagged: the local-boot answer did not run\n{context}"
+    );
+    assert!(
+        run.serial.contains(LOCAL_DISK_MARKER),
+        "unflagged: the local disk was not reached\n{context}"
+    );
+    eprintln!("unflagged: local disk after {:.1}s", run.elapsed.as_secs_f64());
+}
+
+/// The service is down (the port is closed): the medium's retries run out and it boots the
+/// local disk by itself.
+#[test]
+fn service_down_boots_local_bios_cd() {
+    let server = closed_url_for_guest();
+    let fleet = Fleet::build(&server);
+    let _vm = lock_vm();
+    let vm = Vm::new(Firmware::Bios, "cycle-service-down");
+    let disk = local_disk(vm.dir());
+    let run = vm
+        .medium(&fleet.iso, Attach::Cd)
+        .disk(&disk)
+        .nic(NODE_MAC)
+        .timeout(SINGLE_BOOT_TIMEOUT)
+        .stop_on(&format!("{LOCAL_DISK_MARKER} "))
+        .run();
+    let context = format!("server {server}\n{}", run.report());
+    let gave_up = format!(
+        "bootforge: the boot service did not answer after {} tries",
+        bootforge::script::ATTEMPTS
+    );
+    let at = run
+        .serial
+        .find(&gave_up)
+        .unwrap_or_else(|| panic!("service-down: the retries did not run out\n{context}"));
+    assert!(
+        find_after(&run.serial, LOCAL_DISK_MARKER, at).is_some(),
+        "service-down: the local disk was not reached after the retries\n{context}"
+    );
+    eprintln!("service-down: local disk after {:.1}s", run.elapsed.as_secs_f64());
+}
