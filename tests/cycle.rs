@@ -369,6 +369,36 @@ fn brief(events: &[Value]) -> String {
         .join("\n")
 }
 
+/// Known ways the local boot goes wrong, recognised on the console, explained for the panic
+/// message (empty when none applies).
+fn diagnose(serial: &str) -> String {
+    let mut hints = String::new();
+    let answered_local = serial.find("bootforge: local boot:");
+    if answered_local.is_some_and(|at| find_after(serial, "(try 2 of", at).is_some()) {
+        hints.push_str(
+            "\nDIAGNOSIS: the service answered with the local-boot script, that script returned \
+             (on UEFI its `exit` only ends the chained script), and the medium asked /boot again \
+             as if the service had not answered: src/script.rs `node_script` follows \
+             `chain --autofree URL ||` with the retry, so any answer that returns is retried, \
+             ATTEMPTS times with RETRY_DELAY_SECS between, before the medium's own local boot. \
+             Each UEFI local boot then costs 4 /boot answers in the audit log and metrics and \
+             15 s of sleeps. A returned answer should go to the medium's `local_boot` (e.g. \
+             `imgfetch` the answer and retry only when the fetch fails, then `imgexec` it and \
+             `goto local_boot`).\n",
+        );
+    }
+    if serial.contains(OVMF_MENU) {
+        hints.push_str(
+            "\nDIAGNOSIS: OVMF opened its boot menu (UiApp) when iPXE exited: src/script.rs \
+             `local_boot_commands` leaves with `exit` (status 0) on UEFI, and a boot option that \
+             returns EFI_SUCCESS makes edk2's boot manager stop and show the menu instead of \
+             trying the next boot option (the local disk). It must leave with an error status \
+             (`exit 1`).\n",
+        );
+    }
+    hints
+}
+
 /// The flagged cycle on `firmware`: flag → install chain → config → done → reboot → local boot.
 fn flagged_cycle(firmware: Firmware, timeout: Duration) {
     let name = format!("cycle-{firmware:?}").to_lowercase();
@@ -394,7 +424,8 @@ fn flagged_cycle(firmware: Firmware, timeout: Duration) {
     let events = service.events();
     let (status, host) = service.api("GET", "/hosts/node01", READ_TOKEN);
     let context = format!(
-        "{}\n{}\n--- /events (node01) ---\n{}\n--- GET /hosts/node01 ({status}) ---\n{host:#}",
+        "{}{}\n{}\n--- /events (node01) ---\n{}\n--- GET /hosts/node01 ({status}) ---\n{host:#}",
+        diagnose(&run.serial),
         run.report(),
         service.logs(),
         brief(&events)
