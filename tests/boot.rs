@@ -105,6 +105,9 @@ fn efi_image_on_uefi() {
     boots_and_asks(Firmware::Uefi, None, Image::Efi, Attach::Disk);
 }
 
+/// What OVMF logs when it falls back to its setup menu: no further boot option will be tried.
+const OVMF_MENU: &str = "starting Boot0000 \"UiApp\"";
+
 /// Fallback: the service is unreachable, so the script gives up and the machine must reach the
 /// local disk, whose marker appears on the console.
 fn falls_back(firmware: Firmware, iso_medium: Option<&str>, attach: Attach) {
@@ -119,10 +122,18 @@ fn falls_back(firmware: Firmware, iso_medium: Option<&str>, attach: Attach) {
         .nic(NODE_MAC)
         .timeout(BOOT_TIMEOUT)
         .stop_on(LOCAL_DISK_MARKER)
+        .stop_on(OVMF_MENU)
         .run();
+    let hint = if run.serial.contains(OVMF_MENU) {
+        "\nOVMF opened its boot menu (UiApp) when iPXE exited: a UEFI application that returns \
+         EFI_SUCCESS makes edk2's boot manager stop and show the menu instead of trying the next \
+         boot option. The script must leave with an error status (`exit 1`) on UEFI.\n"
+    } else {
+        ""
+    };
     assert!(
         run.serial.contains(LOCAL_DISK_MARKER),
-        "{name}: the machine did not reach the local disk (no {LOCAL_DISK_MARKER:?} on the console; server {server})\n{}",
+        "{name}: the machine did not reach the local disk (no {LOCAL_DISK_MARKER:?} on the console; server {server}){hint}\n{}",
         run.report()
     );
     eprintln!("{name}: local disk reached after {:.1}s", run.elapsed.as_secs_f64());
@@ -146,4 +157,28 @@ fn fallback_uefi_cd() {
 #[test]
 fn fallback_uefi_usb() {
     falls_back(Firmware::Uefi, Some("usb"), Attach::Usb);
+}
+
+/// Two NICs, node01's MAC on the second: the script must pick net1 by its MAC, so the request
+/// carries that MAC (and the first NIC's MAC appears nowhere in it).
+#[test]
+fn picks_the_nic_by_mac() {
+    const OTHER_MAC: &str = "52:54:00:aa:bb:01";
+    let listener = Listener::start();
+    let media = build_media(NODE_CSV, &listener.url_for_guest(), None);
+    let run = Vm::new(Firmware::Bios, "two-nics")
+        .medium(&media.iso, Attach::Cd)
+        .nic(OTHER_MAC)
+        .nic(NODE_MAC)
+        .timeout(BOOT_TIMEOUT)
+        .stop_on(ANSWERED_MARKER)
+        .run();
+    let context = format!("{}\n--- listener ---\n{}", run.report(), listener.log());
+    let request = listener
+        .wait_for_boot(NODE, Duration::from_secs(1))
+        .unwrap_or_else(|| panic!("two-nics: no GET /boot/{NODE} reached the listener\n{context}"));
+    assert_boot_request(&request, "pcbios", "cd", &context);
+    assert!(!request.target.contains(OTHER_MAC), "the first NIC's MAC leaked\n{context}");
+    assert!(run.serial.contains("using net1"), "the script did not choose net1\n{context}");
+    eprintln!("two-nics: VM done after {:.1}s", run.elapsed.as_secs_f64());
 }

@@ -10,10 +10,12 @@
 //!   mounts the whole disk as FAT.
 //! * **UEFI** boots the removable-media path `\EFI\BOOT\BOOTX64.EFI`, which is the vendored
 //!   iPXE, whose `\autoexec.ipxe` prints the marker and powers off. A real installed system is
-//!   exactly this shape (a loader on an ESP), and it does not depend on the UEFI shell: QEMU's
-//!   `bootindex` makes OVMF drop every boot option QEMU did not name — the built-in shell
-//!   included — so a `startup.nsh` would never run. One is still written, with the same marker,
-//!   for a VM started without `bootindex`.
+//!   this shape too (a loader on an ESP). OVMF tries it as soon as the medium's boot option fails.
+//!   A `startup.nsh` (marker with ` efi-shell`, then `reset -s`) is written as well. Verified
+//!   with OVMF 2022.11 (Debian bookworm): with `bootindex` set, BootOrder is the named devices
+//!   then "EFI Internal Shell", so the shell runs only when the disk has no loader, waits 5 s
+//!   before running `startup.nsh`, and looks for it only on the `FS0:` mapping, which is not
+//!   necessarily this disk once a bootforge ESP is attached too. The loader avoids all of that.
 //!
 //! The marker carries the firmware's name so a log shows which path ran.
 
