@@ -16,7 +16,6 @@ use rayon::prelude::*;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -46,6 +45,8 @@ pub struct BuildReport {
     pub files: usize,
     pub bytes: u64,
     pub elapsed: Duration,
+    /// Of `elapsed`, the time spent flushing the images to stable storage (bound by the disk).
+    pub flush: Duration,
 }
 
 /// The network identity of a node, as recorded in the manifest and inside each image.
@@ -220,7 +221,9 @@ fn build_into(
 
     // Make the staged bytes durable with one filesystem-wide flush, rather than one fsync per
     // image, before any of them replaces a file the operator may rely on.
+    let flush_started = Instant::now();
     sync_filesystem(staging.path())?;
+    let flush = flush_started.elapsed();
     check_targets(&opts.out, nodes.iter().flat_map(|n| n.files.iter().map(|f| f.file.as_str())))?;
     let mut bytes = 0;
     let mut files = 0;
@@ -234,7 +237,7 @@ fn build_into(
     publish(staging.path(), &opts.out, "SHA256SUMS")?;
     publish(staging.path(), &opts.out, "manifest.json")?;
     crate::atomic::sync_dir(&opts.out)?;
-    Ok(BuildReport { nodes: nodes.len(), files, bytes, elapsed: started.elapsed() })
+    Ok(BuildReport { nodes: nodes.len(), files, bytes, elapsed: started.elapsed(), flush })
 }
 
 /// Builds, hashes and stages one node's images.
@@ -249,7 +252,6 @@ fn build_node(
     let token = opts.secret.as_ref().map(|s| s.node_token(&node.hostname));
     let summary = NodeSummary::new(node, server);
     let mut files = Vec::with_capacity(opts.formats.len());
-    let mut buffer = Vec::new();
     for &format in &opts.formats {
         let medium = match format {
             Format::Iso => opts.iso_medium,
@@ -278,18 +280,19 @@ fn build_node(
             arches: &opts.arches,
             epoch: opts.epoch,
         };
-        buffer.clear();
-        let mut cursor = Cursor::new(std::mem::take(&mut buffer));
-        media::write_image(format, &spec, &opts.firmware, &mut cursor)
-            .with_context(|| format!("cannot build the {format} image"))?;
-        buffer = cursor.into_inner();
         let file = format.file_name(&node.hostname);
-        std::fs::write(staging.join(&file), &buffer)
-            .with_context(|| format!("cannot write {file} into the staging folder"))?;
+        let path = staging.join(&file);
+        let out = std::fs::File::create(&path)
+            .with_context(|| format!("cannot create {file} in the staging folder"))?;
+        // Straight to the file, hashed on the way: no second copy of the image in memory.
+        let mut writer = HashingWriter::new(std::io::BufWriter::with_capacity(256 << 10, out));
+        media::write_image(format, &spec, &opts.firmware, &mut writer)
+            .with_context(|| format!("cannot build the {format} image"))?;
+        let (size, sha256) = writer.finish().with_context(|| format!("cannot write {file}"))?;
         files.push(ManifestFile {
             format: format.to_string(),
-            size: buffer.len() as u64,
-            sha256: hex::encode(Sha256::digest(&buffer)),
+            size,
+            sha256,
             file,
             medium,
             script_sha256,
@@ -313,6 +316,54 @@ fn check_targets<'a>(out: &Path, files: impl Iterator<Item = &'a str>) -> anyhow
         }
     }
     Ok(())
+}
+
+/// Passes bytes through to a file while hashing them, so an image is hashed as it is written.
+///
+/// The media writers write front to back and never seek back (their contract), so `Seek` here
+/// only answers "where am I"; any real seek is refused rather than silently breaking the hash.
+struct HashingWriter<W: std::io::Write> {
+    inner: W,
+    hasher: Sha256,
+    written: u64,
+}
+
+impl<W: std::io::Write> HashingWriter<W> {
+    fn new(inner: W) -> Self {
+        HashingWriter { inner, hasher: Sha256::new(), written: 0 }
+    }
+
+    /// Flushes and returns the size and lower-case hex SHA-256 of everything written.
+    fn finish(mut self) -> std::io::Result<(u64, String)> {
+        self.inner.flush()?;
+        Ok((self.written, hex::encode(self.hasher.finalize())))
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<W: std::io::Write> std::io::Seek for HashingWriter<W> {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        match pos {
+            std::io::SeekFrom::Current(0) => Ok(self.written),
+            std::io::SeekFrom::Start(n) if n == self.written => Ok(n),
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "image writers must write front to back",
+            )),
+        }
+    }
 }
 
 fn publish(staging: &Path, out: &Path, file: &str) -> anyhow::Result<()> {

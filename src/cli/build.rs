@@ -192,14 +192,15 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
     };
     let report = fleet::build(&inventory, &options)?;
     println!(
-        "built {} image{} for {} node{} into {} ({:.1} MB in {:.2} s)",
+        "built {} image{} for {} node{} into {} ({:.1} MB in {:.2} s, {:.2} s of it flushing to disk)",
         report.files,
         if report.files == 1 { "" } else { "s" },
         report.nodes,
         if report.nodes == 1 { "" } else { "s" },
         args.out.display(),
         report.bytes as f64 / 1e6,
-        report.elapsed.as_secs_f64()
+        report.elapsed.as_secs_f64(),
+        report.flush.as_secs_f64()
     );
     Ok(())
 }
