@@ -212,7 +212,9 @@ pub fn node_script(node: &Node, settings: &ScriptSettings<'_>) -> String {
             "echo bootforge: asking ${{bootforge-server}} (try ${{bootforge-try}} of {ATTEMPTS})"
         ),
     );
-    line(w, &format!("chain --autofree {url} ||"));
+    // --replace: the answer takes over this script, so its own `exit` leaves iPXE (a nested
+    // script's `exit` would only return here). A failed download still returns, and retries.
+    line(w, &format!("chain --replace --autofree {url} ||"));
     line(w, &format!("iseq ${{bootforge-try}} {ATTEMPTS} && goto unreachable ||"));
     line(w, &format!("sleep {RETRY_DELAY_SECS}"));
     line(w, "goto ask");
@@ -235,23 +237,23 @@ pub fn node_script(node: &Node, settings: &ScriptSettings<'_>) -> String {
 
 /// The commands that leave iPXE for the machine's own disk, for the given medium.
 ///
-/// UEFI: `exit` returns to the firmware's boot manager, which moves on to the next boot option
-/// (the installed OS). BIOS: `sanboot` the machine's first disk, whose drive number depends on the
-/// medium (see [`Medium`]); if that fails, `exit` lets the BIOS try its next device.
+/// UEFI: `exit 1` returns to the firmware's boot manager with an error status, so it moves on to
+/// the next boot option (the installed OS). A plain `exit` returns EFI_SUCCESS, and edk2-based
+/// firmware (OVMF, most vendors') then opens its boot menu and waits instead: seen under QEMU.
+/// BIOS: `sanboot` the machine's first disk, whose drive number depends on the medium (see
+/// [`Medium`]); if that fails, `exit` lets the BIOS try its next device.
 pub fn local_boot_commands(how: LocalBoot, medium: Medium) -> String {
     let mut s = String::new();
     let w = &mut s;
     line(w, "echo bootforge: booting the local disk");
-    match how {
-        LocalBoot::Exit => {}
-        LocalBoot::Auto | LocalBoot::Drive(_) => {
-            let drive = match how {
-                LocalBoot::Drive(d) => d,
-                _ => medium.bios_local_drive(),
-            };
-            line(w, "iseq ${platform} efi && exit ||");
-            line(w, &format!("sanboot --no-describe --drive {drive:#04x} ||"));
-        }
+    line(w, "iseq ${platform} efi && exit 1 ||");
+    let drive = match how {
+        LocalBoot::Exit => None,
+        LocalBoot::Drive(d) => Some(d),
+        LocalBoot::Auto => Some(medium.bios_local_drive()),
+    };
+    if let Some(drive) = drive {
+        line(w, &format!("sanboot --no-describe --drive {drive:#04x} ||"));
     }
     line(w, "exit");
     s
@@ -288,6 +290,7 @@ mod tests {
         let exit = local_boot_commands(LocalBoot::Exit, Medium::Usb);
         assert!(!exit.contains("sanboot"));
         assert!(exit.ends_with("exit\n"));
+        assert!(exit.contains("efi && exit 1 ||"), "UEFI leaves with an error status");
     }
 
     #[test]
