@@ -148,6 +148,8 @@ pub struct Vm {
     timeout: Duration,
     stop_on: Vec<String>,
     memory_mb: u32,
+    reboot: bool,
+    extra: Vec<String>,
     dir: tempfile::TempDir,
 }
 
@@ -205,6 +207,8 @@ impl Vm {
             timeout: Duration::from_secs(120),
             stop_on: Vec::new(),
             memory_mb: 256,
+            reboot: false,
+            extra: Vec::new(),
             dir: tempfile::Builder::new()
                 .prefix(&format!("bootforge-vm-{name}-"))
                 .tempdir()
@@ -247,6 +251,20 @@ impl Vm {
         self
     }
 
+    /// Lets a guest reboot restart the machine. By default the VM runs with `-no-reboot`, so a
+    /// reset (a triple fault, a firmware giving up, a script's `reboot`) ends QEMU instead of
+    /// looping through the boot again until the timeout; a test of a reboot cycle turns it off.
+    pub fn allow_reboot(mut self) -> Vm {
+        self.reboot = true;
+        self
+    }
+
+    /// Appends raw QEMU arguments (for a one-off device or option the builder does not model).
+    pub fn qemu_args(mut self, args: &[&str]) -> Vm {
+        self.extra.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
     /// The VM's temp dir (serial log, variable store).
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -256,7 +274,10 @@ impl Vm {
         let dir = self.dir.path();
         let mut cmd = Command::new(QEMU);
         cmd.args(["-name", &self.name, "-machine", "pc", "-accel", "tcg"]);
-        cmd.args(["-m", &self.memory_mb.to_string(), "-display", "none", "-no-reboot"]);
+        cmd.args(["-m", &self.memory_mb.to_string(), "-display", "none"]);
+        if !self.reboot {
+            cmd.arg("-no-reboot");
+        }
         cmd.args(["-nodefaults", "-vga", "std", "-no-user-config"]);
         cmd.arg("-serial").arg(format!("file:{}", dir.join("serial.log").display()));
         match self.firmware {
@@ -303,11 +324,19 @@ impl Vm {
             // Fixed, increasing PCI slots pin the order iPXE numbers the NICs in.
             cmd.arg("-device").arg(format!("e1000,netdev=net{i},mac={mac},addr={:#x}", 0x18 + i));
         }
+        cmd.args(&self.extra);
         cmd
     }
 
     /// Boots the VM and waits until QEMU exits, a `stop_on` text appears, or the timeout passes.
+    ///
+    /// Within one test binary VMs run one at a time (the tests themselves may run on parallel
+    /// threads): TCG keeps a core busy per VM, and two firmwares competing for two shared cores
+    /// makes every boot slower and the timeouts meaningless. The timeout starts once this VM's
+    /// turn has come.
     pub fn run(self) -> VmRun {
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut cmd = self.command();
         let command = format!("{cmd:?}").replace('"', "");
         let serial_path = self.dir.path().join("serial.log");
