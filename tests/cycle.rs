@@ -4,17 +4,16 @@
 //!
 //! 1. the first boot asks `/boot`, gets the e2e profile's install chain, fetches its config, calls
 //!    `done` (which clears the flag) and runs `reboot`;
-//! 2. QEMU restarts the machine (these VMs run WITHOUT `-no-reboot`, which is why they are not
-//!    built with the harness's [`Vm`]), the medium asks `/boot` again, gets the local-boot script
-//!    and boots the harness's local test disk, whose marker appears on the serial console.
+//! 2. QEMU restarts the machine (these VMs run with the harness's [`Vm::allow_reboot`], i.e.
+//!    without `-no-reboot`), the medium asks `/boot` again, gets the local-boot script and boots
+//!    the harness's local test disk, whose marker appears on the serial console.
 //!
 //! The checks read the service's audit log (`GET /events`), the host view (`GET /hosts/node01`)
 //! and the serial console. Also covered: an unflagged host boots local at once, and a medium whose
 //! service is down gives up after its retries and boots local.
 //!
-//! Every VM here runs alone (a process-wide lock), because the machine has two cores and TCG
-//! is slow enough already. Failures print the serial console, the service's stderr and the
-//! audit log.
+//! The harness runs one VM at a time per test binary. Failures print the serial console, the
+//! service's stderr and the audit log.
 
 mod common;
 
@@ -23,11 +22,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-/// One VM at a time in this test binary.
-static ONE_VM: Mutex<()> = Mutex::new(());
 
 const READ_TOKEN: &str = "cycle-read-token-5f1e";
 const REIMAGE_TOKEN: &str = "cycle-reimage-token-9a27";
@@ -48,10 +43,6 @@ const SINGLE_BOOT_TIMEOUT: Duration = Duration::from_secs(150);
 
 /// What OVMF logs when it falls back to its setup menu: no further boot option will be tried.
 const OVMF_MENU: &str = "starting Boot0000 \"UiApp\"";
-
-fn lock_vm() -> std::sync::MutexGuard<'static, ()> {
-    ONE_VM.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 fn sha_hex(t: &str) -> String {
     hex::encode(Sha256::digest(t.as_bytes()))
@@ -249,101 +240,6 @@ impl Drop for Service {
     }
 }
 
-/// Owns a QEMU process and kills it by PID when dropped.
-struct QemuGuard(Option<Child>);
-
-impl Drop for QemuGuard {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            if let Ok(None) = child.try_wait() {
-                let _ = child.kill();
-            }
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Boots `iso` as an IDE CD with the harness's local test disk behind it, on `firmware`, with
-/// node01's NIC, and — unlike the harness's [`Vm`] — WITHOUT `-no-reboot`: the install chain's
-/// `reboot` restarts the machine, which boots the CD again. Ends when QEMU exits (the BIOS local
-/// disk stops it through `isa-debug-exit`, the UEFI one powers off), when a `stop_on` text
-/// appears, or at `timeout`.
-fn run_rebooting_vm(
-    firmware: Firmware,
-    name: &str,
-    iso: &Path,
-    timeout: Duration,
-    stop_on: &[&str],
-) -> VmRun {
-    require_for(firmware);
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("bootforge-vm-{name}-"))
-        .tempdir()
-        .expect("VM temp dir");
-    let disk = local_disk(dir.path());
-    let serial_path = dir.path().join("serial.log");
-    let mut cmd = Command::new(QEMU);
-    cmd.args(["-name", name, "-machine", "pc", "-accel", "tcg", "-m", "256"]);
-    cmd.args(["-display", "none", "-nodefaults", "-vga", "std", "-no-user-config"]);
-    cmd.arg("-serial").arg(format!("file:{}", serial_path.display()));
-    match firmware {
-        Firmware::Bios => {
-            // SeaBIOS mirrors its screen to COM1 only with this binary fw_cfg file (see
-            // tests/common/mod.rs); the local disk's boot code exits QEMU through the debug port.
-            let port = dir.path().join("sercon-port");
-            std::fs::write(&port, 0x3f8u16.to_le_bytes()).expect("write sercon port");
-            cmd.arg("-fw_cfg").arg(format!("name=etc/sercon-port,file={}", port.display()));
-            cmd.arg("-device")
-                .arg(format!("isa-debug-exit,iobase={:#x},iosize=1", disks::DEBUG_EXIT_PORT));
-        }
-        Firmware::Uefi => {
-            let vars = dir.path().join("OVMF_VARS.fd");
-            std::fs::copy(OVMF_VARS, &vars).expect("copy the OVMF variable store");
-            cmd.arg("-drive")
-                .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"));
-            cmd.arg("-drive").arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
-        }
-    }
-    cmd.arg("-drive")
-        .arg(format!("if=none,id=cd,format=raw,readonly=on,media=cdrom,file={}", iso.display()));
-    cmd.args(["-device", "ide-cd,drive=cd,bus=ide.1,bootindex=0"]);
-    cmd.arg("-drive").arg(format!("if=none,id=disk,format=raw,file={}", disk.display()));
-    cmd.args(["-device", "virtio-blk-pci,drive=disk,addr=0x11,bootindex=1"]);
-    cmd.args(["-netdev", "user,id=net0"]);
-    cmd.args(["-device", &format!("e1000,netdev=net0,mac={NODE_MAC},addr=0x18")]);
-
-    let command = format!("{cmd:?}").replace('"', "");
-    let stderr_path = dir.path().join("qemu.stderr");
-    let stderr_file = std::fs::File::create(&stderr_path).expect("create QEMU stderr file");
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr_file);
-    let started = Instant::now();
-    let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {QEMU}: {e}"));
-    let mut guard = QemuGuard(Some(child));
-    let mut timed_out = false;
-    let mut stopped_on = None;
-    let status = loop {
-        let child = guard.0.as_mut().expect("QEMU child");
-        if let Some(status) = child.try_wait().expect("wait for QEMU") {
-            break Some(status);
-        }
-        let serial = clean_console(&std::fs::read(&serial_path).unwrap_or_default());
-        if let Some(t) = stop_on.iter().find(|t| serial.contains(**t)) {
-            stopped_on = Some(t.to_string());
-            break None;
-        }
-        if started.elapsed() >= timeout {
-            timed_out = true;
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    drop(guard); // kills QEMU if it still runs
-    let elapsed = started.elapsed();
-    let serial = clean_console(&std::fs::read(&serial_path).unwrap_or_default());
-    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-    VmRun { serial, status, timed_out, stopped_on, elapsed, stderr, command }
-}
-
 /// Position of `needle` in `hay` at or after `from`, for ordering checks on the console.
 fn find_after(hay: &str, needle: &str, from: usize) -> Option<usize> {
     hay.get(from..)?.find(needle).map(|i| i + from)
@@ -377,14 +273,11 @@ fn diagnose(serial: &str) -> String {
     if answered_local.is_some_and(|at| find_after(serial, "(try 2 of", at).is_some()) {
         hints.push_str(
             "\nDIAGNOSIS: the service answered with the local-boot script, that script returned \
-             (on UEFI its `exit` only ends the chained script), and the medium asked /boot again \
-             as if the service had not answered: src/script.rs `node_script` follows \
-             `chain --autofree URL ||` with the retry, so any answer that returns is retried, \
-             ATTEMPTS times with RETRY_DELAY_SECS between, before the medium's own local boot. \
-             Each UEFI local boot then costs 4 /boot answers in the audit log and metrics and \
-             15 s of sleeps. A returned answer should go to the medium's `local_boot` (e.g. \
-             `imgfetch` the answer and retry only when the fetch fails, then `imgexec` it and \
-             `goto local_boot`).\n",
+             to the medium's script (a nested script's `exit` only ends itself), and the medium \
+             asked /boot again as if the service had not answered, ATTEMPTS times, before its \
+             own local boot: each local boot then costs several /boot answers (audit log, \
+             metrics) and the retry sleeps. src/script.rs `node_script` must let the answer \
+             replace the media script (`chain --replace`), so the answer's `exit` leaves iPXE.\n",
         );
     }
     if serial.contains(OVMF_MENU) {
@@ -413,14 +306,19 @@ fn flagged_cycle(firmware: Firmware, timeout: Duration) {
     assert_eq!(flagged["flagged"], true, "PUT did not flag: {flagged}");
     assert_eq!(flagged["profile"], "e2e", "PUT chose another profile: {flagged}");
 
-    let _vm = lock_vm();
-    let run = run_rebooting_vm(
-        firmware,
-        &name,
-        &fleet.iso,
-        timeout,
-        &[&format!("{LOCAL_DISK_MARKER} "), OVMF_MENU],
-    );
+    // Without -no-reboot: the install chain's `reboot` restarts the machine, which boots the CD
+    // again. The BIOS local disk ends QEMU through isa-debug-exit, the UEFI one powers off.
+    let vm = Vm::new(firmware, &name);
+    let disk = local_disk(vm.dir());
+    let run = vm
+        .medium(&fleet.iso, Attach::Cd)
+        .disk(&disk)
+        .nic(NODE_MAC)
+        .allow_reboot()
+        .timeout(timeout)
+        .stop_on(&format!("{LOCAL_DISK_MARKER} "))
+        .stop_on(OVMF_MENU)
+        .run();
     let events = service.events();
     let (status, host) = service.api("GET", "/hosts/node01", READ_TOKEN);
     let context = format!(
@@ -557,7 +455,6 @@ fn unflagged_boots_local_bios_cd() {
     let port = free_port();
     let fleet = Fleet::build(&format!("http://10.0.2.2:{port}"));
     let service = Service::start(&fleet, port);
-    let _vm = lock_vm();
     let vm = Vm::new(Firmware::Bios, "cycle-unflagged");
     let disk = local_disk(vm.dir());
     let run = vm
@@ -592,7 +489,6 @@ fn unflagged_boots_local_bios_cd() {
 fn service_down_boots_local_bios_cd() {
     let server = closed_url_for_guest();
     let fleet = Fleet::build(&server);
-    let _vm = lock_vm();
     let vm = Vm::new(Firmware::Bios, "cycle-service-down");
     let disk = local_disk(vm.dir());
     let run = vm
