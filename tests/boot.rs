@@ -136,6 +136,18 @@ fn falls_back(firmware: Firmware, iso_medium: Option<&str>, attach: Attach) {
         "{name}: the machine did not reach the local disk (no {LOCAL_DISK_MARKER:?} on the console; server {server}){hint}\n{}",
         run.report()
     );
+    if firmware == Firmware::Bios {
+        // The script's own `sanboot` must have reached the disk, not the BIOS moving on to its
+        // next boot device after iPXE gave up: under BIOS the drive number depends on how the
+        // medium is attached, and that is what this checks.
+        let drive = if attach == Attach::Usb { "0x81" } else { "0x80" };
+        let sanboot = format!("Booting from SAN device {drive}");
+        assert!(
+            run.serial.contains(&sanboot),
+            "{name}: the local disk was not reached through the script's sanboot (no {sanboot:?})\n{}",
+            run.report()
+        );
+    }
     eprintln!("{name}: local disk reached after {:.1}s", run.elapsed.as_secs_f64());
 }
 

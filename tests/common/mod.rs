@@ -9,6 +9,9 @@
 //!   timeout, serial console captured to a file, and the process killed on drop.
 //! * [`build_media`]: runs the real `bootforge build`.
 //!
+//! Set `BOOTFORGE_TEST_SHOW_CONSOLE=1` (with `--nocapture`) to print every VM's console and
+//! command line, also when the test passes.
+//!
 //! Console capture: OVMF and iPXE-on-UEFI write their console to COM1 by themselves. SeaBIOS does
 //! not; it mirrors the text screen to a serial port only when fw_cfg `etc/sercon-port` holds the
 //! port number as a *binary* integer (a `string=` value is ignored), so the builder writes a
@@ -371,7 +374,13 @@ impl Vm {
         let elapsed = started.elapsed();
         let serial = clean_console(&std::fs::read(&serial_path).unwrap_or_default());
         let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-        VmRun { serial, status, timed_out, stopped_on, elapsed, stderr, command }
+        let run = VmRun { serial, status, timed_out, stopped_on, elapsed, stderr, command };
+        // A passing test shows nothing; to read a VM's console anyway, run with this set (and
+        // `--nocapture`).
+        if std::env::var_os("BOOTFORGE_TEST_SHOW_CONSOLE").is_some() {
+            eprintln!("=== VM {} ===\n{}", self.name, run.report());
+        }
+        run
     }
 }
 
