@@ -194,3 +194,75 @@ fn picks_the_nic_by_mac() {
     assert!(run.serial.contains("using net1"), "the script did not choose net1\n{context}");
     eprintln!("two-nics: VM done after {:.1}s", run.elapsed.as_secs_f64());
 }
+
+/// The machine's identity reaches the service as text: `uuid` as the usual 8-4-4-4-12 form and
+/// `serial` as the SMBIOS string, so the service can match and log them.
+#[test]
+fn sends_uuid_and_serial_as_text() {
+    const UUID: &str = "12345678-9abc-def0-1122-334455667788";
+    const SERIAL: &str = "SN-42/x";
+    let listener = Listener::start();
+    let media = build_media(NODE_CSV, &listener.url_for_guest(), None);
+    let run = Vm::new(Firmware::Bios, "identity")
+        .medium(&media.iso, Attach::Cd)
+        .nic(NODE_MAC)
+        .uuid(UUID)
+        .serial_number(SERIAL)
+        .timeout(BOOT_TIMEOUT)
+        .stop_on(ANSWERED_MARKER)
+        .run();
+    let context = format!("{}\n--- listener ---\n{}", run.report(), listener.log());
+    let request = listener
+        .wait_for_boot(NODE, Duration::from_secs(1))
+        .unwrap_or_else(|| panic!("identity: no GET /boot/{NODE} reached the listener\n{context}"));
+    assert_boot_request(&request, "pcbios", "cd", &context);
+    assert_eq!(request.q("serial"), SERIAL, "serial\n{context}");
+    assert_eq!(
+        request.q("uuid").to_ascii_lowercase(),
+        UUID,
+        "uuid: expected the UUID as text; `${{uuid:uristring}}` sends its 16 raw bytes instead, \
+         use `${{uuid}}` (hex digits and dashes need no escaping)\n{context}"
+    );
+}
+
+/// The harness's own listener: query decoding, routes and the 404 default, checked from the
+/// host so a boot-test failure is never the listener's.
+#[test]
+fn harness_listener_records_and_answers() {
+    let listener = Listener::start();
+    listener.set_answer("/assets/", Answer::ok("asset\n"));
+    let base = listener.url_for_host();
+    let body =
+        ureq::get(&format!("{base}/boot/node01?mac=52:54:00:12:34:56&serial=SN-42%2Fx&empty="))
+            .call()
+            .expect("GET /boot/")
+            .into_string()
+            .unwrap();
+    assert_eq!(body, listener::POWEROFF_SCRIPT);
+    let asset = ureq::get(&format!("{base}/assets/x")).call().unwrap().into_string().unwrap();
+    assert_eq!(asset, "asset\n");
+    match ureq::get(&format!("{base}/nothing")).call() {
+        Err(ureq::Error::Status(404, _)) => {}
+        other => panic!("expected 404, got {other:?}"),
+    }
+    let r = listener.wait_for_boot(NODE, Duration::from_secs(5)).expect("recorded");
+    assert_eq!(r.q("mac"), NODE_MAC);
+    assert_eq!(r.q("serial"), "SN-42/x");
+    assert_eq!(r.query.get("empty").map(String::as_str), Some(""));
+    assert_eq!(listener.requests().len(), 3, "{}", listener.log());
+}
+
+/// The local disk's BIOS code fits in the FAT boot sector without touching the partition table
+/// area (which must stay empty for UEFI to see the whole-disk FAT), and the console cleaner
+/// leaves plain text.
+#[test]
+fn harness_local_disk_and_console() {
+    let code = common::disks::bios_boot_code("BOOTFORGE-LOCAL-DISK bios\r\n");
+    assert!(0x3e + code.len() <= 0x1be);
+    let dir = tempfile::tempdir().unwrap();
+    let disk = std::fs::read(local_disk(dir.path())).unwrap();
+    assert_eq!(&disk[510..512], &[0x55, 0xaa]);
+    assert!(disk[0x1be..0x1fe].iter().all(|&b| b == 0), "partition table area not empty");
+    assert_eq!(&disk[0x3e..0x3e + code.len()], &code[..]);
+    assert_eq!(clean_console(b"\x1b[2J\x1b[01;01Habc\r\nx\x08y"), "abc\ny");
+}

@@ -152,6 +152,8 @@ pub struct Vm {
     stop_on: Vec<String>,
     memory_mb: u32,
     reboot: bool,
+    uuid: Option<String>,
+    serial_number: Option<String>,
     extra: Vec<String>,
     dir: tempfile::TempDir,
 }
@@ -211,6 +213,8 @@ impl Vm {
             stop_on: Vec::new(),
             memory_mb: 256,
             reboot: false,
+            uuid: None,
+            serial_number: None,
             extra: Vec::new(),
             dir: tempfile::Builder::new()
                 .prefix(&format!("bootforge-vm-{name}-"))
@@ -259,6 +263,19 @@ impl Vm {
     /// looping through the boot again until the timeout; a test of a reboot cycle turns it off.
     pub fn allow_reboot(mut self) -> Vm {
         self.reboot = true;
+        self
+    }
+
+    /// The machine's SMBIOS system UUID (iPXE's `${uuid}`). Without it QEMU reports all zeros.
+    pub fn uuid(mut self, uuid: &str) -> Vm {
+        self.uuid = Some(uuid.to_string());
+        self
+    }
+
+    /// The machine's SMBIOS serial number (iPXE's `${serial}`). Must not contain a comma.
+    pub fn serial_number(mut self, serial: &str) -> Vm {
+        assert!(!serial.contains(','), "QEMU's -smbios option cannot take a comma here");
+        self.serial_number = Some(serial.to_string());
         self
     }
 
@@ -326,6 +343,12 @@ impl Vm {
             cmd.arg("-netdev").arg(format!("user,id=net{i}"));
             // Fixed, increasing PCI slots pin the order iPXE numbers the NICs in.
             cmd.arg("-device").arg(format!("e1000,netdev=net{i},mac={mac},addr={:#x}", 0x18 + i));
+        }
+        if let Some(uuid) = &self.uuid {
+            cmd.args(["-uuid", uuid]);
+        }
+        if let Some(serial) = &self.serial_number {
+            cmd.arg("-smbios").arg(format!("type=1,serial={serial}"));
         }
         cmd.args(&self.extra);
         cmd
