@@ -166,17 +166,8 @@ impl Payload {
 }
 
 /// The embedded files, copied into shared buffers once per process.
-struct Embedded {
-    lkrn: Payload,
-    amd64: Payload,
-    arm64: Payload,
-    snponly: Payload,
-    isolinux: Payload,
-    ldlinux: Payload,
-    isohdpfx: Payload,
-}
-
-static EMBEDDED: LazyLock<Embedded> = LazyLock::new(|| Embedded {
+static EMBEDDED: LazyLock<Firmware> = LazyLock::new(|| Firmware {
+    loader: EfiLoader::Ipxe,
     lkrn: Payload::embedded("ipxe.lkrn", IPXE_LKRN, IPXE_LKRN_SHA256, IPXE_ORIGIN),
     amd64: Payload::embedded("ipxe-amd64.efi", IPXE_AMD64_EFI, IPXE_AMD64_EFI_SHA256, IPXE_ORIGIN),
     arm64: Payload::embedded("ipxe-arm64.efi", IPXE_ARM64_EFI, IPXE_ARM64_EFI_SHA256, IPXE_ORIGIN),
@@ -222,17 +213,7 @@ const OPERATOR_FILES: [(&str, Expect); 4] = [
 impl Firmware {
     /// The pinned Debian payload built into this binary.
     pub fn embedded(loader: EfiLoader) -> Firmware {
-        let e = &*EMBEDDED;
-        Firmware {
-            loader,
-            lkrn: e.lkrn.clone(),
-            amd64: e.amd64.clone(),
-            arm64: e.arm64.clone(),
-            snponly: e.snponly.clone(),
-            isolinux: e.isolinux.clone(),
-            ldlinux: e.ldlinux.clone(),
-            isohdpfx: e.isohdpfx.clone(),
-        }
+        Firmware { loader, ..EMBEDDED.clone() }
     }
 
     /// An operator's own iPXE build: files with the embedded names (`ipxe.lkrn`,

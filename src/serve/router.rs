@@ -227,7 +227,7 @@ fn local_how(svc: &Service, node: Option<&Node>, profile: Option<&str>) -> Local
 fn boot(svc: &Service, req: &Req, raw_host: &str) -> Reply {
     let medium =
         req.query.get("medium").and_then(|m| m.parse::<Medium>().ok()).unwrap_or(Medium::Cd);
-    let (answer, kind, reason, host, install_id) = decide_boot(svc, req, raw_host, medium);
+    let (answer, kind, reason, host, install_id) = decide_boot(svc, req, raw_host);
     let host_label = host.clone().unwrap_or_else(|| "-".into());
     svc.metrics.boot(if answer.is_some() { "install" } else { "local" }, kind);
     let (text, answer_name) = match answer {
@@ -265,8 +265,7 @@ fn boot(svc: &Service, req: &Req, raw_host: &str) -> Reply {
 
 type Decision = (Option<String>, &'static str, String, Option<String>, Option<String>);
 
-fn decide_boot(svc: &Service, req: &Req, raw_host: &str, medium: Medium) -> Decision {
-    let _ = medium;
+fn decide_boot(svc: &Service, req: &Req, raw_host: &str) -> Decision {
     let local =
         |kind: &'static str, reason: String, host: Option<String>| (None, kind, reason, host, None);
     let Ok(host) = parse_hostname(raw_host) else {
