@@ -10,7 +10,8 @@
 //! * [`build_media`]: runs the real `bootforge build`.
 //!
 //! Set `BOOTFORGE_TEST_SHOW_CONSOLE=1` (with `--nocapture`) to print every VM's console and
-//! command line, also when the test passes.
+//! command line, also when the test passes, and `BOOTFORGE_TEST_KEEP=1` to keep each VM's temp
+//! dir (raw serial log, OVMF variables, local disk) for rerunning the printed command by hand.
 //!
 //! Console capture: OVMF and iPXE-on-UEFI write their console to COM1 by themselves. SeaBIOS does
 //! not; it mirrors the text screen to a serial port only when fw_cfg `etc/sercon-port` holds the
@@ -402,6 +403,12 @@ impl Vm {
         // `--nocapture`).
         if std::env::var_os("BOOTFORGE_TEST_SHOW_CONSOLE").is_some() {
             eprintln!("=== VM {} ===\n{}", self.name, run.report());
+        }
+        // The temp dir (raw serial log, variable store, local disk) is deleted with the VM
+        // unless asked to keep it, so the command line in a report can be rerun by hand.
+        if std::env::var_os("BOOTFORGE_TEST_KEEP").is_some() {
+            let kept = self.dir.keep();
+            eprintln!("VM {}: kept {}", self.name, kept.display());
         }
         run
     }
