@@ -194,7 +194,7 @@ pub fn node_script(node: &Node, settings: &ScriptSettings<'_>) -> String {
     // Ask the service.
     let mut url = String::from(
         "${bootforge-server}/boot/${bootforge-host}?mac=${${bootforge-if}/mac}&ip=${${bootforge-if}/ip}\
-         &uuid=${uuid:uristring}&serial=${serial:uristring}&platform=${platform}&arch=${buildarch}\
+         &uuid=${uuid}&serial=${serial:uristring}&platform=${platform}&arch=${buildarch}\
          &medium=${bootforge-medium}",
     );
     if let Some(token) = &settings.token {

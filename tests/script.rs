@@ -57,7 +57,7 @@ fn allowed_expansion(name: &str) -> bool {
         || name.starts_with("net${bootforge-idx}")
         || name.starts_with("${bootforge-if}/")
         || name == "net0/mac"
-        || matches!(name, "platform" | "buildarch" | "uuid:uristring" | "serial:uristring")
+        || matches!(name, "platform" | "buildarch" | "uuid" | "serial:uristring")
 }
 
 /// Every `${...}` in `line`, outermost names (nested ones included as written).
