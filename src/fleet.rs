@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -79,12 +80,12 @@ impl NodeSummary {
 
 /// One node's entry in `manifest.json`.
 #[derive(Debug, Clone, Serialize)]
-pub struct ManifestNode {
+pub struct ManifestNode<'a> {
     #[serde(flatten)]
     pub node: NodeSummary,
     pub files: Vec<ManifestFile>,
-    /// File name → SHA-256 of each firmware file inside this node's images.
-    pub firmware: BTreeMap<String, String>,
+    /// File name → SHA-256 of each firmware file inside this node's images (shared by all).
+    pub firmware: &'a BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -105,7 +106,6 @@ struct Manifest<'a> {
     formats: Vec<String>,
     arches: Vec<String>,
     firmware: &'a [FirmwareFile],
-    nodes: &'a [ManifestNode],
 }
 
 /// What is stored as `bootforge.json` inside each image, for `bootforge inspect`.
@@ -168,12 +168,20 @@ fn build_into(
         .prefix(".bootforge-staging-")
         .tempdir_in(&opts.out)
         .with_context(|| format!("cannot create a staging folder in {}", opts.out.display()))?;
-    let firmware_files = opts.firmware.versions();
     let image_firmware = opts
         .formats
         .iter()
         .map(|&f| Ok((f, opts.firmware.versions_for(f, &opts.arches)?)))
         .collect::<anyhow::Result<HashMap<Format, Vec<FirmwareFile>>>>()?;
+    // The fleet's firmware: every payload file some image of this build contains, each once.
+    let mut firmware_files: Vec<FirmwareFile> = Vec::new();
+    for format in &opts.formats {
+        for file in &image_firmware[format] {
+            if !firmware_files.iter().any(|f| f.name == file.name) {
+                firmware_files.push(file.clone());
+            }
+        }
+    }
     let firmware_map: BTreeMap<String, String> =
         firmware_files.iter().map(|f| (f.name.clone(), f.sha256.clone())).collect();
 
@@ -183,71 +191,120 @@ fn build_into(
         .thread_name(|i| format!("build-{i}"))
         .build()
         .context("cannot start the worker threads")?;
-    let nodes: Vec<ManifestNode> = pool.install(|| {
-        inventory
-            .nodes()
-            .par_iter()
-            .map(|node| {
-                let entry = build_node(node, opts, staging.path(), &image_firmware, &firmware_map)
-                    .with_context(|| {
-                        format!("{}:{}: node {}", inventory.source(), node.line, node.hostname)
-                    });
-                bar.inc(1);
-                entry
-            })
-            .collect::<anyhow::Result<Vec<_>>>()
-    })?;
-    bar.finish_and_clear();
 
-    // Checksums and manifest go into staging too, then everything moves into place.
-    let mut sums: Vec<(&str, &str)> = nodes
-        .iter()
-        .flat_map(|n| n.files.iter().map(|f| (f.file.as_str(), f.sha256.as_str())))
-        .collect();
-    sums.sort();
-    let sums_text: String = sums.iter().map(|(file, hash)| format!("{hash}  {file}\n")).collect();
-    std::fs::write(staging.path().join("SHA256SUMS"), sums_text)?;
-    let manifest = Manifest {
-        bootforge: env!("CARGO_PKG_VERSION"),
-        source_date_epoch: opts.epoch,
-        formats: opts.formats.iter().map(ToString::to_string).collect(),
-        arches: opts.arches.iter().map(ToString::to_string).collect(),
-        firmware: &firmware_files,
-        nodes: &nodes,
-    };
-    let mut manifest_json = serde_json::to_vec_pretty(&manifest)?;
-    manifest_json.push(b'\n');
-    std::fs::write(staging.path().join("manifest.json"), manifest_json)?;
+    // Checksums and manifest are written as the nodes complete, a chunk at a time and in
+    // inventory order, so nothing per node is kept once its chunk is written: memory stays flat
+    // whatever the fleet's size.
+    let mut sums = ManifestWriter::create(staging.path(), opts, &firmware_files)?;
+    let chunk = pool.current_num_threads() * 16;
+    let (mut files, mut bytes) = (0, 0);
+    for nodes in inventory.nodes().chunks(chunk) {
+        let built: Vec<ManifestNode> = pool.install(|| {
+            nodes
+                .par_iter()
+                .map(|node| {
+                    let entry =
+                        build_node(node, opts, staging.path(), &image_firmware, &firmware_map)
+                            .with_context(|| {
+                                format!(
+                                    "{}:{}: node {}",
+                                    inventory.source(),
+                                    node.line,
+                                    node.hostname
+                                )
+                            });
+                    bar.inc(1);
+                    entry
+                })
+                .collect::<anyhow::Result<Vec<_>>>()
+        })?;
+        for node in &built {
+            sums.add(node)?;
+            files += node.files.len();
+            bytes += node.files.iter().map(|f| f.size).sum::<u64>();
+        }
+    }
+    sums.finish()?;
+    bar.finish_and_clear();
 
     // Make the staged bytes durable with one filesystem-wide flush, rather than one fsync per
     // image, before any of them replaces a file the operator may rely on.
     let flush_started = Instant::now();
     sync_filesystem(staging.path())?;
     let flush = flush_started.elapsed();
-    check_targets(&opts.out, nodes.iter().flat_map(|n| n.files.iter().map(|f| f.file.as_str())))?;
-    let mut bytes = 0;
-    let mut files = 0;
-    for node in &nodes {
-        for f in &node.files {
-            publish(staging.path(), &opts.out, &f.file)?;
-            bytes += f.size;
-            files += 1;
-        }
+    let image_files = || {
+        inventory.nodes().iter().flat_map(|n| opts.formats.iter().map(|f| f.file_name(&n.hostname)))
+    };
+    check_targets(&opts.out, image_files())?;
+    for file in image_files() {
+        publish(staging.path(), &opts.out, &file)?;
     }
     publish(staging.path(), &opts.out, "SHA256SUMS")?;
     publish(staging.path(), &opts.out, "manifest.json")?;
     crate::atomic::sync_dir(&opts.out)?;
-    Ok(BuildReport { nodes: nodes.len(), files, bytes, elapsed: started.elapsed(), flush })
+    Ok(BuildReport { nodes: inventory.len(), files, bytes, elapsed: started.elapsed(), flush })
+}
+
+/// Writes `SHA256SUMS` and `manifest.json` into the staging folder one node at a time.
+///
+/// The manifest is one JSON document: the fleet-wide fields pretty-printed by serde_json, then a
+/// `nodes` array with one node per line (compact, so a node is one `grep` away), closed by
+/// [`ManifestWriter::finish`]. Assembling the array by hand is what lets it be streamed.
+struct ManifestWriter {
+    sums: std::io::BufWriter<std::fs::File>,
+    manifest: std::io::BufWriter<std::fs::File>,
+    first: bool,
+}
+
+impl ManifestWriter {
+    fn create(
+        staging: &Path,
+        opts: &BuildOptions,
+        firmware: &[FirmwareFile],
+    ) -> anyhow::Result<Self> {
+        let header = Manifest {
+            bootforge: env!("CARGO_PKG_VERSION"),
+            source_date_epoch: opts.epoch,
+            formats: opts.formats.iter().map(ToString::to_string).collect(),
+            arches: opts.arches.iter().map(ToString::to_string).collect(),
+            firmware,
+        };
+        let text = serde_json::to_string_pretty(&header)?;
+        let open = text.strip_suffix("\n}").or_else(|| text.strip_suffix('}')).unwrap_or(&text);
+        let mut manifest =
+            std::io::BufWriter::new(std::fs::File::create(staging.join("manifest.json"))?);
+        write!(manifest, "{open},\n  \"nodes\": [")?;
+        let sums = std::io::BufWriter::new(std::fs::File::create(staging.join("SHA256SUMS"))?);
+        Ok(ManifestWriter { sums, manifest, first: true })
+    }
+
+    fn add(&mut self, node: &ManifestNode) -> anyhow::Result<()> {
+        for f in &node.files {
+            writeln!(self.sums, "{}  {}", f.sha256, f.file)?;
+        }
+        let sep = if self.first { "" } else { "," };
+        self.first = false;
+        write!(self.manifest, "{sep}\n    ")?;
+        serde_json::to_writer(&mut self.manifest, node)?;
+        Ok(())
+    }
+
+    fn finish(mut self) -> anyhow::Result<()> {
+        writeln!(self.manifest, "\n  ]\n}}")?;
+        self.manifest.flush()?;
+        self.sums.flush()?;
+        Ok(())
+    }
 }
 
 /// Builds, hashes and stages one node's images.
-fn build_node(
+fn build_node<'a>(
     node: &Node,
     opts: &BuildOptions,
     staging: &Path,
     image_firmware: &HashMap<Format, Vec<FirmwareFile>>,
-    firmware_map: &BTreeMap<String, String>,
-) -> anyhow::Result<ManifestNode> {
+    firmware_map: &'a BTreeMap<String, String>,
+) -> anyhow::Result<ManifestNode<'a>> {
     let server = node.server.as_ref().or(opts.server.as_ref()).expect("checked before the build");
     let token = opts.secret.as_ref().map(|s| s.node_token(&node.hostname));
     let summary = NodeSummary::new(node, server);
@@ -298,14 +355,14 @@ fn build_node(
             script_sha256,
         });
     }
-    Ok(ManifestNode { node: summary, files, firmware: firmware_map.clone() })
+    Ok(ManifestNode { node: summary, files, firmware: firmware_map })
 }
 
 /// Refuses, before anything moves, a target that a rename could not replace (a folder, say), so
 /// publishing cannot stop half way for a reason known in advance.
-fn check_targets<'a>(out: &Path, files: impl Iterator<Item = &'a str>) -> anyhow::Result<()> {
-    for file in files.chain(["SHA256SUMS", "manifest.json"]) {
-        let target = out.join(file);
+fn check_targets(out: &Path, files: impl Iterator<Item = String>) -> anyhow::Result<()> {
+    for file in files.chain(["SHA256SUMS".to_string(), "manifest.json".to_string()]) {
+        let target = out.join(&file);
         if let Ok(meta) = std::fs::symlink_metadata(&target) {
             if !meta.is_file() {
                 bail!(
