@@ -24,7 +24,7 @@ Flags and the audit log live in --state-dir, which several instances may share.
 Without --tokens-file the API (/hosts, /events, reimage) refuses every request with 401.
 See docs/API.md, docs/PROFILES.md and docs/STATE.md.";
 
-/// Arguments of `bootforge serve`.
+/// Run the boot decision service: answer every boot with "install" or "boot the local disk".
 #[derive(clap::Args, Debug)]
 #[command(after_help = SERVE_HELP)]
 pub struct ServeArgs {
@@ -73,7 +73,7 @@ Examples:
 The token needs the reimage (or admin) role in the server's --tokens-file. Each host is tried;
 the command fails if any of them failed, and says why.";
 
-/// Arguments of `bootforge reimage`.
+/// Flag hosts for reimage, or cancel a flag, through the boot service's API.
 #[derive(clap::Args, Debug)]
 #[command(after_help = REIMAGE_HELP)]
 pub struct ReimageArgs {
