@@ -140,6 +140,11 @@ fn two_instances_sharing_a_state_dir_agree() {
     );
     let body = call("GET", &boot_url(&bbase, "node01", "aa:bb:cc:dd:ee:01", ""), None, None).body;
     assert!(body.contains("local boot"), "{body}");
+    // Both instances report that last boot (answered by B) alike.
+    let va = call("GET", &a.url("/hosts/node01"), Some(READ_TOKEN), None).json();
+    let vb = call("GET", &format!("{bbase}/hosts/node01"), Some(READ_TOKEN), None).json();
+    assert_eq!(va["last_boot"]["answer"], "local", "{va}");
+    assert_eq!(va["last_boot"], vb["last_boot"]);
 
     // Concurrent conflicting changes (set/cancel/set with another profile) through both
     // instances: the end state is one of the written states, the version counts every write,

@@ -10,7 +10,9 @@
 //! No secret is ever written here: records hold token *names*, and request targets are never
 //! logged (they carry `token=`).
 
+use super::state::BootRecord;
 use serde_json::{json, Map, Value};
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -96,6 +98,42 @@ impl Audit {
             }
         }
         Ok((events, pos))
+    }
+}
+
+/// Each host's last boot answer, as recorded in the shared audit log.
+///
+/// Boot answers are not written to the per-host state files (a boot storm must not cost a file
+/// replacement per request), but every instance appends them to the one audit log. Reading them
+/// back from there is what makes instances sharing a state directory agree on `last_boot`. The
+/// log is followed incrementally: a look-up reads only what was appended since the previous one.
+#[derive(Default)]
+pub struct LastBoots(std::sync::Mutex<(u64, HashMap<String, BootRecord>)>);
+
+impl LastBoots {
+    pub fn get(&self, audit: &Audit, host: &str) -> Option<BootRecord> {
+        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (offset, boots) = &mut *guard;
+        match audit.read_since(*offset, usize::MAX) {
+            Ok((events, next)) => {
+                *offset = next;
+                for e in events.iter().filter(|e| e["event"] == "boot") {
+                    let text = |k: &str| e[k].as_str().map(str::to_string);
+                    let Some(host) = text("host").filter(|h| h != "-") else { continue };
+                    let record = BootRecord {
+                        at: e["ms"].as_u64().unwrap_or(0),
+                        peer: text("peer").unwrap_or_default(),
+                        ip: text("ip"),
+                        mac: text("mac"),
+                        answer: text("answer").unwrap_or_default(),
+                        reason: text("reason").unwrap_or_default(),
+                    };
+                    boots.insert(host, record);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the audit log for last boots"),
+        }
+        boots.get(host).cloned()
     }
 }
 

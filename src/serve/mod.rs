@@ -29,12 +29,11 @@ pub mod util;
 use crate::inventory::ServerUrl;
 use crate::token::Secret;
 use router::{Payload, Reply, Req};
-use std::collections::HashMap;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -82,9 +81,8 @@ pub struct Service {
     pub tokens: auth::Tokens,
     pub secret: Option<Secret>,
     pub metrics: metrics::Metrics,
-    /// What this instance saw at each host's last boot request. Informational only (the audit
-    /// log has every request); not shared between instances.
-    pub last_boot: Mutex<HashMap<String, state::BootRecord>>,
+    /// Each host's last boot answer, followed from the shared audit log.
+    pub last_boot: audit::LastBoots,
     pub local_addr: SocketAddr,
 }
 
@@ -136,7 +134,7 @@ impl Server {
             tokens,
             secret,
             metrics: metrics::Metrics::default(),
-            last_boot: Mutex::new(HashMap::new()),
+            last_boot: audit::LastBoots::default(),
             local_addr,
         });
         let http = Arc::new(http);

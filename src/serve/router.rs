@@ -239,27 +239,17 @@ fn boot(svc: &Service, req: &Req, raw_host: &str) -> Reply {
             (local_boot_script(how, medium, &reason), "local")
         }
     };
-    let record = BootRecord {
-        at: now_ms(),
-        peer: req.peer.clone(),
-        ip: req.query.get("ip").cloned(),
-        mac: req.query.get("mac").cloned(),
-        answer: answer_name.into(),
-        reason: reason.clone(),
-    };
+    // The audit record is also where every instance finds each host's last boot (LastBoots).
     svc.audit.record(
         "boot",
         json!({
             "host": host_label, "answer": answer_name, "kind": kind, "reason": reason,
-            "peer": req.peer, "ip": record.ip, "mac": record.mac, "medium": medium.as_str(),
-            "platform": req.query.get("platform"), "install": install_id,
+            "peer": req.peer, "ip": req.query.get("ip"), "mac": req.query.get("mac"),
+            "medium": medium.as_str(), "platform": req.query.get("platform"), "install": install_id,
         }),
         false,
     );
     tracing::info!(host = %host_label, answer = answer_name, peer = %req.peer, "boot: {reason}");
-    if let Some(h) = host {
-        svc.last_boot.lock().unwrap_or_else(|p| p.into_inner()).insert(h, record);
-    }
     Reply::text(200, text)
 }
 
@@ -559,7 +549,7 @@ fn content_type(path: &str) -> &'static str {
 
 /// The JSON view of one host.
 fn host_view(svc: &Service, host: &str, node: Option<&Node>, state: &HostState) -> Value {
-    let mem = svc.last_boot.lock().unwrap_or_else(|p| p.into_inner()).get(host).cloned();
+    let mem = svc.last_boot.get(&svc.audit, host);
     let last_boot = match (mem, state.last_boot.clone()) {
         (Some(a), Some(b)) => Some(if a.at >= b.at { a } else { b }),
         (a, b) => a.or(b),
