@@ -1,6 +1,6 @@
 //! HTTP integration tests of `bootforge serve` against a real server on a loopback port.
 
-#[path = "serve_support.rs"]
+#[path = "serve_support/mod.rs"]
 mod support;
 
 use support::*;

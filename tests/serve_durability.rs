@@ -2,7 +2,7 @@
 //! of a burst of flag changes, and every change it acknowledged must survive the restart; two
 //! instances sharing one state directory must agree.
 
-#[path = "serve_support.rs"]
+#[path = "serve_support/mod.rs"]
 mod support;
 
 use std::process::{Child, Command, Stdio};

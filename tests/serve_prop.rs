@@ -1,7 +1,7 @@
 //! Property test: whatever path and query a client sends, the server answers 2xx or 4xx, keeps
 //! serving, and a `/boot/*` answer is the local-boot script unless the host is flagged.
 
-#[path = "serve_support.rs"]
+#[path = "serve_support/mod.rs"]
 mod support;
 
 use proptest::prelude::*;
