@@ -440,3 +440,40 @@ fn template_errors_are_reported_with_file_and_line() {
     };
     assert!(err.contains("e2e/config/install.cfg:2"), "{err}");
 }
+
+/// `bootforge reimage` (the binary) flags and cancels through the API, reports per host, and
+/// fails, naming the host, on a token without the reimage role.
+#[test]
+fn reimage_client_flags_and_cancels() {
+    let f = start(false);
+    let token = f.dir.path().join("token");
+    std::fs::write(&token, format!("{REIMAGE_TOKEN}\n")).unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_bootforge"))
+            .arg("reimage")
+            .args(args)
+            .args(["--server", &f.base, "--token-file"])
+            .arg(&token)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["node01", "rocky1", "--profile", "e2e"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("node01: flagged for reimage with profile e2e"), "{text}");
+    let view = call("GET", &f.url("/hosts/rocky1"), Some(READ_TOKEN), None).json();
+    assert_eq!(view["flagged"], true);
+    assert_eq!(view["profile"], "e2e");
+
+    let out = run(&["--cancel", "node01"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("node01: reimage cancelled"));
+    let view = call("GET", &f.url("/hosts/node01"), Some(READ_TOKEN), None).json();
+    assert_eq!(view["flagged"], false);
+
+    std::fs::write(&token, READ_TOKEN).unwrap();
+    let out = run(&["node02"]);
+    assert!(!out.status.success(), "a read token cannot flag");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("node02: HTTP 403") && err.contains("failed for: node02"), "{err}");
+}
