@@ -54,7 +54,9 @@ pub struct ServeArgs {
     /// row has no `server` column; by default the Host header the node used.
     #[arg(long, value_name = "URL")]
     pub public_url: Option<ServerUrl>,
-    /// Worker threads answering requests.
+    /// Handlers running at once: the size of the thread pool that runs API calls, flag changes
+    /// (fsync), config renders and file reads. Connections and boot answers run on one async
+    /// thread per core, whatever this is.
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub workers: usize,
 }

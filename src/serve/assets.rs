@@ -1,6 +1,5 @@
 //! `GET /assets/{path}`: kernels, initrds and ISOs from `--assets DIR`, streamed from disk with
-//! `Content-Length` (so tiny_http does not fall back to chunked encoding, which some firmware
-//! HTTP clients handle badly) and single `Range` requests (iPXE and installers resume and probe
+//! `Content-Length` (never chunked encoding, which some firmware HTTP clients handle badly) and single `Range` requests (iPXE and installers resume and probe
 //! with them).
 //!
 //! Path safety is checked twice: the request path may hold only plain components (no `..`, no

@@ -1,7 +1,7 @@
 //! Request routing and the handlers of every endpoint (see docs/API.md).
 //!
 //! Handlers take a [`Req`] (method, decoded path, query, the few headers used, peer, body) and
-//! return a [`Reply`]; turning those into tiny_http objects happens in `mod.rs`, so the decisions
+//! return a [`Reply`]; turning those into HTTP responses happens in `mod.rs`, so the decisions
 //! here are plain functions of their inputs plus the state directory.
 
 use super::auth::{Caller, Denied, Role};
