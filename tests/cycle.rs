@@ -91,14 +91,7 @@ impl Fleet {
         let mut cmd = Command::new(bootforge_bin());
         cmd.arg("build").arg(&inventory).args(["--server", server]);
         cmd.arg("--secret-file").arg(&secret).arg("--out").arg(&out).args(["--formats", "iso"]);
-        let output = cmd.output().expect("run bootforge build");
-        let said = format!(
-            "{cmd:?}\nstatus: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert!(output.status.success(), "bootforge build failed:\n{said}");
+        let said = run_ok(&mut cmd);
         let iso = out.join(format!("{NODE}.iso"));
         assert!(iso.is_file(), "bootforge build did not write {}:\n{said}", iso.display());
         Fleet { dir, inventory, secret, tokens, profiles, iso }

@@ -468,6 +468,20 @@ pub struct Media {
     pub efi: PathBuf,
 }
 
+/// Runs a command (a `bootforge` invocation) and fails the test with its output if it fails.
+/// Returns that output, for later messages about what the command made.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let output = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let said = format!(
+        "{cmd:?}\nstatus: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "command failed:\n{said}");
+    said
+}
+
 /// Runs `bootforge build NODES.csv --server SERVER --out DIR --formats iso,usb,efi
 /// [--iso-medium MEDIUM]` for `csv`, and fails the test with bootforge's output if it fails or
 /// an image is missing.
@@ -482,14 +496,7 @@ pub fn build_media(csv: &str, server: &str, iso_medium: Option<&str>) -> Media {
     if let Some(m) = iso_medium {
         cmd.args(["--iso-medium", m]);
     }
-    let output = cmd.output().expect("run bootforge build");
-    let said = format!(
-        "{cmd:?}\nstatus: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "bootforge build failed:\n{said}");
+    let said = run_ok(&mut cmd);
     let media = Media {
         iso: out.join(format!("{NODE}.iso")),
         usb: out.join(format!("{NODE}.usb.img")),
