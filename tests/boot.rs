@@ -19,24 +19,35 @@ use std::time::Duration;
 /// idle), short enough that a hung VM does not hold the run for long.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(150);
 
-/// Boots `image` attached as `attach` on `firmware` with node01's NIC, against a listener that
-/// answers with a power-off script, and checks the boot request.
-fn boots_and_asks(firmware: Firmware, iso_medium: Option<&str>, image: Image, attach: Attach) {
+/// One boot against a listener that answers with a power-off script: builds the media, boots
+/// `image` attached as `attach` on `firmware` in a VM that `setup` equips (NICs, SMBIOS fields),
+/// and returns the boot request that reached the listener, the run, and a failure context
+/// (console and listener log). Fails the test if no request came.
+fn boot_request(
+    name: &str,
+    firmware: Firmware,
+    iso_medium: Option<&str>,
+    (image, attach): (Image, Attach),
+    setup: impl FnOnce(Vm) -> Vm,
+) -> (listener::Request, VmRun, String) {
     let listener = Listener::start();
     let media = build_media(NODE_CSV, &listener.url_for_guest(), iso_medium);
-    let name = format!("{firmware:?}-{image:?}-{attach:?}").to_lowercase();
-    let run = Vm::new(firmware, &name)
-        .medium(image.path(&media), attach)
-        .nic(NODE_MAC)
-        .timeout(BOOT_TIMEOUT)
-        .stop_on(ANSWERED_MARKER)
-        .run();
+    let vm = Vm::new(firmware, name).medium(image.path(&media), attach);
+    let run = setup(vm).timeout(BOOT_TIMEOUT).stop_on(ANSWERED_MARKER).run();
     let context = format!("{}\n--- listener ---\n{}", run.report(), listener.log());
     let request = listener
         .wait_for_boot(NODE, Duration::from_secs(1))
         .unwrap_or_else(|| panic!("{name}: no GET /boot/{NODE} reached the listener\n{context}"));
-    let medium = image.medium(iso_medium);
-    assert_boot_request(&request, firmware.ipxe_platform(), medium, &context);
+    assert_boot_request(&request, firmware.ipxe_platform(), image.medium(iso_medium), &context);
+    (request, run, context)
+}
+
+/// Boots `image` attached as `attach` on `firmware` with node01's NIC and checks the boot
+/// request and that the answer ran.
+fn boots_and_asks(firmware: Firmware, iso_medium: Option<&str>, image: Image, attach: Attach) {
+    let name = format!("{firmware:?}-{image:?}-{attach:?}").to_lowercase();
+    let (_, run, context) =
+        boot_request(&name, firmware, iso_medium, (image, attach), |vm| vm.nic(NODE_MAC));
     // QEMU exiting by itself with status 0 is the answer's `poweroff`; the console line is the
     // other witness (SeaBIOS may not have flushed it before the power went off).
     let powered_off = run.exit_code() == Some(0) && !run.timed_out;
@@ -175,20 +186,10 @@ fn fallback_uefi_usb() {
 #[test]
 fn picks_the_nic_by_mac() {
     const OTHER_MAC: &str = "52:54:00:aa:bb:01";
-    let listener = Listener::start();
-    let media = build_media(NODE_CSV, &listener.url_for_guest(), None);
-    let run = Vm::new(Firmware::Bios, "two-nics")
-        .medium(&media.iso, Attach::Cd)
-        .nic(OTHER_MAC)
-        .nic(NODE_MAC)
-        .timeout(BOOT_TIMEOUT)
-        .stop_on(ANSWERED_MARKER)
-        .run();
-    let context = format!("{}\n--- listener ---\n{}", run.report(), listener.log());
-    let request = listener
-        .wait_for_boot(NODE, Duration::from_secs(1))
-        .unwrap_or_else(|| panic!("two-nics: no GET /boot/{NODE} reached the listener\n{context}"));
-    assert_boot_request(&request, "pcbios", "cd", &context);
+    let (request, run, context) =
+        boot_request("two-nics", Firmware::Bios, None, (Image::Iso, Attach::Cd), |vm| {
+            vm.nic(OTHER_MAC).nic(NODE_MAC)
+        });
     assert!(!request.target.contains(OTHER_MAC), "the first NIC's MAC leaked\n{context}");
     assert!(run.serial.contains("using net1"), "the script did not choose net1\n{context}");
     eprintln!("two-nics: VM done after {:.1}s", run.elapsed.as_secs_f64());
@@ -200,21 +201,10 @@ fn picks_the_nic_by_mac() {
 fn sends_uuid_and_serial_as_text() {
     const UUID: &str = "12345678-9abc-def0-1122-334455667788";
     const SERIAL: &str = "SN-42/x";
-    let listener = Listener::start();
-    let media = build_media(NODE_CSV, &listener.url_for_guest(), None);
-    let run = Vm::new(Firmware::Bios, "identity")
-        .medium(&media.iso, Attach::Cd)
-        .nic(NODE_MAC)
-        .uuid(UUID)
-        .serial_number(SERIAL)
-        .timeout(BOOT_TIMEOUT)
-        .stop_on(ANSWERED_MARKER)
-        .run();
-    let context = format!("{}\n--- listener ---\n{}", run.report(), listener.log());
-    let request = listener
-        .wait_for_boot(NODE, Duration::from_secs(1))
-        .unwrap_or_else(|| panic!("identity: no GET /boot/{NODE} reached the listener\n{context}"));
-    assert_boot_request(&request, "pcbios", "cd", &context);
+    let (request, _, context) =
+        boot_request("identity", Firmware::Bios, None, (Image::Iso, Attach::Cd), |vm| {
+            vm.nic(NODE_MAC).uuid(UUID).serial_number(SERIAL)
+        });
     assert_eq!(request.q("serial"), SERIAL, "serial\n{context}");
     assert_eq!(
         request.q("uuid").to_ascii_lowercase(),
