@@ -663,9 +663,9 @@ fn set_flag(svc: &Service, req: &Req, raw: &str) -> Reply {
             ));
         }
         let peer = req.peer.clone();
-        let (state, changed) = svc.store.update::<_, ApiError>(&host, |st| {
+        let (state, changed) = svc.store.modify::<ApiError>(&host, |st| {
             if st.flag.as_ref().is_some_and(|f| f.profile == profile) {
-                return Ok(((st.clone(), false), false));
+                return Ok(false);
             }
             st.flag = Some(Flag {
                 profile: profile.clone(),
@@ -675,9 +675,7 @@ fn set_flag(svc: &Service, req: &Req, raw: &str) -> Reply {
                 install: None,
             });
             st.phase = Phase::Pending;
-            let mut next = st.clone();
-            next.version += 1;
-            Ok(((next, true), true))
+            Ok(true)
         })?;
         if changed {
             super::metrics::Metrics::inc(&svc.metrics.flags_set);
@@ -698,8 +696,8 @@ fn cancel_flag(svc: &Service, req: &Req, raw: &str) -> Reply {
     let result = (|| -> Result<Reply, ApiError> {
         let caller = authorize(svc, req, Role::Reimage)?;
         let host = hostname(raw)?;
-        let (state, was) = svc.store.update::<_, ApiError>(&host, |st| {
-            let Some(flag) = st.flag.take() else { return Ok(((st.clone(), false), false)) };
+        let (state, was) = svc.store.modify::<ApiError>(&host, |st| {
+            let Some(flag) = st.flag.take() else { return Ok(false) };
             if let Some(i) = flag.install {
                 st.last_install = Some(EndedInstall {
                     id: i.id,
@@ -710,9 +708,7 @@ fn cancel_flag(svc: &Service, req: &Req, raw: &str) -> Reply {
                 });
             }
             st.phase = Phase::Idle;
-            let mut next = st.clone();
-            next.version += 1;
-            Ok(((next, true), true))
+            Ok(true)
         })?;
         if was {
             super::metrics::Metrics::inc(&svc.metrics.flags_cleared);

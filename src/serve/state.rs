@@ -175,6 +175,25 @@ impl Store {
         host: &str,
         change: impl FnOnce(&mut HostState) -> Result<(T, bool), E>,
     ) -> Result<T, E> {
+        self.update_and_read(host, change).map(|(value, _)| value)
+    }
+
+    /// Like [`Store::update`] for changes whose caller answers with the host's new state: returns
+    /// whether `change` wrote, and the state as stored afterwards (version already bumped).
+    pub fn modify<E: From<StoreError>>(
+        &self,
+        host: &str,
+        change: impl FnOnce(&mut HostState) -> Result<bool, E>,
+    ) -> Result<(HostState, bool), E> {
+        self.update_and_read(host, |st| change(st).map(|write| (write, write)))
+            .map(|(written, state)| (state, written))
+    }
+
+    fn update_and_read<T, E: From<StoreError>>(
+        &self,
+        host: &str,
+        change: impl FnOnce(&mut HostState) -> Result<(T, bool), E>,
+    ) -> Result<(T, HostState), E> {
         let _guard = self.lock(host)?;
         let mut state = self.read(host)?;
         let (value, write) = change(&mut state)?;
@@ -187,7 +206,7 @@ impl Store {
             crate::atomic::write_file(&path, &bytes)
                 .map_err(|e| StoreError::Io { path: path.display().to_string(), source: e })?;
         }
-        Ok(value)
+        Ok((value, state))
     }
 
     fn lock(&self, host: &str) -> Result<HostLock<'_>, StoreError> {
