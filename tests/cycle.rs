@@ -128,6 +128,9 @@ impl Service {
         cmd.arg("serve").arg("--inventory").arg(&fleet.inventory);
         cmd.arg("--profiles").arg(&fleet.profiles).arg("--state-dir").arg(&state);
         cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--workers", "4"]);
+        // The guest reaches the host's loopback at 10.0.2.2 (QEMU user network): the URL the
+        // media were built with, and the one rendered URLs must carry.
+        cmd.args(["--public-url", &format!("http://10.0.2.2:{port}")]);
         cmd.arg("--secret-file").arg(&fleet.secret).arg("--tokens-file").arg(&fleet.tokens);
         cmd.env("BOOTFORGE_LOG", "info");
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);

@@ -9,6 +9,7 @@ const SERVE_HELP: &str = "\
 Examples:
   # Answer boot requests on port 8080, with node tokens and an API tokens file:
   bootforge serve --inventory nodes.csv --profiles profiles/ --state-dir /var/lib/bootforge \\
+      --public-url http://10.20.0.5:8080 \\
       --secret-file /etc/bootforge/secret --tokens-file /etc/bootforge/tokens \\
       --assets /srv/bootforge/assets
 
@@ -18,10 +19,14 @@ Examples:
   # Then flag a node; its next boot installs, the installer's callback clears the flag:
   curl -X PUT -H \"Authorization: Bearer $TOKEN\" http://bootsvc:8080/hosts/node01/reimage
 
-Unflagged, unknown or mismatching nodes always get a local-boot script. The inventory and
-profiles are reloaded when they change (or on SIGHUP); a failed reload keeps the old ones.
+Unflagged, unknown or mismatching nodes always get a local-boot script. The inventory,
+profiles and tokens file are reloaded when they change (or on SIGHUP); a failed reload keeps
+the old ones, and removing a line from the tokens file revokes that token at the next reload.
 Flags and the audit log live in --state-dir, which several instances may share.
 Without --tokens-file the API (/hosts, /events, reimage) refuses every request with 401.
+URLs written into install chains and configs come from the row's `server`, else --public-url,
+else the listen address if it is a specific one; never from the request's Host header. With
+neither (listening on 0.0.0.0), every row needs a `server` column.
 See docs/API.md, docs/PROFILES.md and docs/STATE.md.";
 
 /// Run the boot decision service: answer every boot with "install" or "boot the local disk".
@@ -50,15 +55,22 @@ pub struct ServeArgs {
     /// API tokens: lines `NAME ROLE SHA256-HEX-OF-TOKEN`. Without it the API refuses everything.
     #[arg(long, value_name = "FILE")]
     pub tokens_file: Option<PathBuf>,
-    /// Base URL written into rendered templates (config_url, done_url, asset_url) when a node's
-    /// row has no `server` column; by default the Host header the node used.
+    /// Base URL written into rendered templates (config_url, done_url, asset_url) for nodes
+    /// whose row has no `server` column: the --server the media were built with. Default: the
+    /// --listen address, if it is a specific one.
     #[arg(long, value_name = "URL")]
     pub public_url: Option<ServerUrl>,
-    /// Handlers running at once: the size of the thread pool that runs API calls, flag changes
-    /// (fsync), config renders and file reads. Connections and boot answers run on one async
-    /// thread per core, whatever this is.
+    /// Threads for work that may block: reading and writing the state directory (fsync), the
+    /// audit log, template renders and file reads. Connections run on one async thread per core
+    /// and never wait on the disk themselves.
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub workers: usize,
+    /// Open connections at most; beyond it new ones wait in the kernel's backlog.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Open connections at most from one peer address; beyond it they are closed at once.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_connections_per_peer: usize,
 }
 
 const REIMAGE_HELP: &str = "\
@@ -105,6 +117,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.tokens_file = args.tokens_file;
     config.public_url = args.public_url;
     config.workers = args.workers;
+    config.limits.max_connections = args.max_connections;
+    config.limits.max_connections_per_peer = args.max_connections_per_peer;
     Server::start(config)?.run_until_signalled()
 }
 

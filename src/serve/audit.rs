@@ -1,26 +1,131 @@
 //! The audit log: `STATE_DIR/audit.jsonl`, one JSON object per line, append-only.
 //!
-//! Every flag change (who by API token name, when, from which peer address), every refused API
-//! call and every boot answer with its reason is recorded. Instances sharing the state directory
-//! append to the same file: it is opened with `O_APPEND` and each record is one `write(2)` of a
-//! whole line, so lines from different writers never interleave. Records of flag changes are
-//! `fdatasync`ed before the API answers; boot answers are not (a boot storm must not wait on the
-//! disk, and losing the last few boot records in a crash loses no decision).
+//! Every flag change (who, when, from which peer address), every refused API call and every boot
+//! answer with its reason is recorded. Instances sharing the state directory append to the same
+//! file: it is opened with `O_APPEND` and each record is one `write(2)` of a whole line, so lines
+//! from different writers never interleave. Records of state changes are `fdatasync`ed *before*
+//! the change is written ([`Audit::append`] with `durable`), and a change whose record cannot be
+//! written is refused: nothing the service acknowledges is missing from the log.
 //!
-//! No secret is ever written here: records hold token *names*, and request targets are never
-//! logged (they carry `token=`).
+//! What a record may hold is fixed by [`Event`]: host names only once validated, install ids
+//! only in their 32-hex shape, addresses only as parsed addresses, route names instead of request
+//! paths, token *names* instead of tokens. No request text reaches the log unparsed, so no
+//! secret can, and every record is a few hundred bytes whatever the request held.
 
-use super::state::BootRecord;
-use serde_json::{json, Map, Value};
+use super::lifecycle::BootRecord;
+use crate::inventory::Mac;
+use serde::Serialize;
+use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
+
+/// One audit record. Field types are what bounds them: see the module documentation.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// A `/boot` answer. `host` is the validated name asked for; `verified` says whether the
+    /// request proved to be that inventory host's (token and MAC), the only kind that may
+    /// update what the operator sees as its last boot.
+    Boot {
+        host: Option<String>,
+        verified: bool,
+        answer: &'static str,
+        kind: &'static str,
+        reason: &'static str,
+        install: Option<String>,
+        peer: IpAddr,
+        ip: Option<Ipv4Addr>,
+        mac: Option<Mac>,
+        medium: &'static str,
+        platform: &'static str,
+    },
+    FlagSet {
+        host: String,
+        profile: String,
+        by: String,
+        peer: IpAddr,
+        changed: bool,
+        install: String,
+    },
+    FlagCancelled {
+        host: String,
+        by: String,
+        peer: IpAddr,
+        outcome: &'static str,
+        install: Option<String>,
+    },
+    /// A standing flag ended because its host left the inventory.
+    FlagOrphaned {
+        host: String,
+        install: String,
+    },
+    Done {
+        host: String,
+        install: String,
+        peer: IpAddr,
+    },
+    Failed {
+        host: String,
+        install: String,
+        peer: IpAddr,
+    },
+    /// A callback for an install that is not open (late, replayed, cancelled): nothing changed.
+    CallbackIgnored {
+        host: String,
+        callback: &'static str,
+        install: Option<String>,
+        peer: IpAddr,
+    },
+    /// A callback or config request without a valid node token.
+    /// `host` only when it is an inventory host: invented names are not recorded.
+    NodeTokenDenied {
+        host: Option<String>,
+        route: &'static str,
+        peer: IpAddr,
+    },
+    Config {
+        host: String,
+        file: String,
+        profile: String,
+        peer: IpAddr,
+    },
+    /// An API request refused for its API token.
+    Denied {
+        route: &'static str,
+        peer: IpAddr,
+        status: u16,
+        reason: &'static str,
+    },
+    Reload {
+        by: String,
+        peer: IpAddr,
+        ok: bool,
+    },
+    /// A change whose audit record was written but whose state write failed afterwards.
+    ChangeNotApplied {
+        host: String,
+        after: &'static str,
+    },
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    time: String,
+    ms: u64,
+    #[serde(flatten)]
+    event: &'a Event,
+}
 
 pub struct Audit {
     path: PathBuf,
     file: File,
 }
+
+/// Largest answer of one `/events` page, whatever `limit` asks for.
+pub const MAX_PAGE_BYTES: usize = 1 << 20;
 
 impl Audit {
     pub fn open(state_dir: &Path) -> anyhow::Result<Audit> {
@@ -33,29 +138,31 @@ impl Audit {
         Ok(Audit { path, file })
     }
 
-    /// Appends one record: `event` plus `fields`, stamped with the time. `durable` waits for the
-    /// disk. A failed append is logged but never fails the request.
-    pub fn record(&self, event: &str, fields: Value, durable: bool) {
+    /// Appends one record stamped with the time; `durable` waits for the disk. An error means
+    /// the record may be missing: callers that change state refuse the change.
+    pub fn append(&self, event: &Event, durable: bool) -> std::io::Result<()> {
         let now = super::util::now_ms();
-        let mut obj = Map::new();
-        obj.insert("time".into(), json!(super::util::rfc3339(now)));
-        obj.insert("ms".into(), json!(now));
-        obj.insert("event".into(), json!(event));
-        if let Value::Object(extra) = fields {
-            obj.extend(extra);
-        }
-        let mut line = Value::Object(obj).to_string();
-        line.push('\n');
+        let line = Line { time: super::util::rfc3339(now), ms: now, event };
+        let mut bytes = serde_json::to_vec(&line).expect("audit records serialise");
+        bytes.push(b'\n');
         // One write of the whole line: O_APPEND makes it land at the end in one piece.
-        let result = (&self.file).write(line.as_bytes()).and_then(|n| {
-            if n == line.len() {
-                Ok(())
-            } else {
-                Err(std::io::Error::other(format!("short append ({n} of {} bytes)", line.len())))
-            }
-        });
-        let result = result.and_then(|()| if durable { self.file.sync_data() } else { Ok(()) });
-        if let Err(e) = result {
+        let n = (&self.file).write(&bytes)?;
+        if n != bytes.len() {
+            return Err(std::io::Error::other(format!(
+                "short append ({n} of {} bytes)",
+                bytes.len()
+            )));
+        }
+        if durable {
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Appends a record nothing depends on (boot answers, refusals): a failure is logged, and
+    /// the request goes on.
+    pub fn note(&self, event: &Event) {
+        if let Err(e) = self.append(event, false) {
             tracing::error!(path = %self.path.display(), error = %e, "cannot append to the audit log");
         }
     }
@@ -63,7 +170,14 @@ impl Audit {
     /// Records from byte offset `since` on, at most `limit` of them, and the offset to ask from
     /// next time. The offset is a cursor that stays valid across instances and restarts because
     /// the file only grows. A `since` inside a line starts at the next whole line.
-    pub fn read_since(&self, since: u64, limit: usize) -> std::io::Result<(Vec<Value>, u64)> {
+    /// The page also stops before it would pass `max_bytes` of log text (at least one record is
+    /// returned), so no request can make the service build a large answer in memory.
+    pub fn read_since(
+        &self,
+        since: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> std::io::Result<(Vec<Value>, u64)> {
         let mut file = File::open(&self.path)?;
         let len = file.metadata()?.len();
         if since >= len {
@@ -83,11 +197,16 @@ impl Audit {
         let mut pos = start;
         let mut reader = std::io::BufReader::new(file);
         let mut buf = Vec::new();
+        let mut bytes = 0usize;
         while events.len() < limit {
             buf.clear();
             let n = std::io::BufRead::read_until(&mut reader, b'\n', &mut buf)?;
             if n == 0 || buf.last() != Some(&b'\n') {
                 break; // end, or a line still being written
+            }
+            bytes += n;
+            if bytes > max_bytes && !events.is_empty() {
+                break;
             }
             pos += n as u64;
             if let Ok(mut v) = serde_json::from_slice::<Value>(&buf) {
@@ -101,25 +220,33 @@ impl Audit {
     }
 }
 
-/// Each host's last boot answer, as recorded in the shared audit log.
+/// Each host's last verified boot answer, as recorded in the shared audit log.
 ///
 /// Boot answers are not written to the per-host state files (a boot storm must not cost a file
 /// replacement per request), but every instance appends them to the one audit log. Reading them
 /// back from there is what makes instances sharing a state directory agree on `last_boot`. The
 /// log is followed incrementally: a look-up reads only what was appended since the previous one.
+/// Only verified requests count (a request without the node's token cannot change what the
+/// operator sees), and only hosts of the inventory are kept, so memory is bounded by its size.
 #[derive(Default)]
 pub struct LastBoots(std::sync::Mutex<(u64, HashMap<String, BootRecord>)>);
 
 impl LastBoots {
-    pub fn get(&self, audit: &Audit, host: &str) -> Option<BootRecord> {
+    pub fn get(
+        &self,
+        audit: &Audit,
+        host: &str,
+        in_inventory: impl Fn(&str) -> bool,
+    ) -> Option<BootRecord> {
         let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let (offset, boots) = &mut *guard;
-        match audit.read_since(*offset, usize::MAX) {
+        match audit.read_since(*offset, usize::MAX, usize::MAX) {
             Ok((events, next)) => {
                 *offset = next;
-                for e in events.iter().filter(|e| e["event"] == "boot") {
+                boots.retain(|h, _| in_inventory(h));
+                for e in events.iter().filter(|e| e["event"] == "boot" && e["verified"] == true) {
                     let text = |k: &str| e[k].as_str().map(str::to_string);
-                    let Some(host) = text("host").filter(|h| h != "-") else { continue };
+                    let Some(host) = text("host").filter(|h| in_inventory(h)) else { continue };
                     let record = BootRecord {
                         at: e["ms"].as_u64().unwrap_or(0),
                         peer: text("peer").unwrap_or_default(),
@@ -162,20 +289,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = Audit::open(dir.path()).unwrap();
         let b = Audit::open(dir.path()).unwrap();
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
         for i in 0..5 {
-            a.record("x", json!({ "i": i }), false);
-            b.record("y", json!({ "i": i }), true);
+            let host = format!("h{i}");
+            a.note(&Event::Reload { by: host.clone(), peer, ok: true });
+            b.append(&Event::Done { host, install: "x".into(), peer }, true).unwrap();
         }
-        let (all, end) = a.read_since(0, 100).unwrap();
+        let (all, end) = a.read_since(0, 100, usize::MAX).unwrap();
         assert_eq!(all.len(), 10);
-        let (page, next) = a.read_since(0, 3).unwrap();
+        assert_eq!(all[1]["event"], "done");
+        let (page, next) = a.read_since(0, 3, usize::MAX).unwrap();
         assert_eq!(page.len(), 3);
-        let (rest, end2) = a.read_since(next, 100).unwrap();
+        let (rest, end2) = a.read_since(next, 100, usize::MAX).unwrap();
         assert_eq!(rest.len(), 7);
         assert_eq!(end, end2);
         // A cursor in the middle of a line starts at the next line.
-        let (mid, _) = a.read_since(next + 2, 100).unwrap();
+        let (mid, _) = a.read_since(next + 2, 100, usize::MAX).unwrap();
         assert_eq!(mid.len(), 6);
-        assert!(a.read_since(end + 50, 10).unwrap().0.is_empty());
+        assert!(a.read_since(end + 50, 10, usize::MAX).unwrap().0.is_empty());
+        // A byte budget ends the page early, but never before the first record.
+        let (small, cut) = a.read_since(0, 100, 1).unwrap();
+        assert_eq!(small.len(), 1);
+        assert_eq!(a.read_since(cut, 100, usize::MAX).unwrap().0.len(), 9);
     }
 }

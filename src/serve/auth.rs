@@ -49,13 +49,50 @@ pub struct Caller {
     pub role: Role,
 }
 
-/// Why a request was not allowed; mapped to 401 or 403.
+/// Why a request was not allowed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denied {
-    /// 401: no token, an unknown token, or no tokens file at all.
-    Unauthenticated(String),
+    /// 401: the service was started without a tokens file.
+    ApiDisabled,
+    /// 401: no `Authorization: Bearer` token.
+    MissingToken,
+    /// 401: a token the tokens file does not hold (or no longer holds).
+    UnknownToken,
     /// 403: a known token whose role is too small.
-    Forbidden(String),
+    RoleTooSmall { name: String, has: Role, needs: Role },
+}
+
+impl Denied {
+    pub fn status(&self) -> u16 {
+        match self {
+            Denied::RoleTooSmall { .. } => 403,
+            _ => 401,
+        }
+    }
+
+    /// A fixed name for the audit log.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Denied::ApiDisabled => "api-disabled",
+            Denied::MissingToken => "missing-token",
+            Denied::UnknownToken => "unknown-token",
+            Denied::RoleTooSmall { .. } => "role-too-small",
+        }
+    }
+
+    /// What the caller is told.
+    pub fn message(&self) -> String {
+        match self {
+            Denied::ApiDisabled => "the API is disabled: this server was started without --tokens-file; create one with lines `NAME ROLE SHA256-OF-TOKEN` and restart".into(),
+            Denied::MissingToken => "missing API token: send `Authorization: Bearer TOKEN`".into(),
+            Denied::UnknownToken => "unknown API token: check the token against --tokens-file".into(),
+            Denied::RoleTooSmall { name, has, needs } => format!(
+                "token {name:?} has role {}, this needs role {}",
+                has.as_str(),
+                needs.as_str()
+            ),
+        }
+    }
 }
 
 /// The parsed tokens file. `None` inside means the service was started without one.
@@ -126,32 +163,25 @@ impl Tokens {
     /// Checks the `Authorization` header value against the role `need`.
     pub fn check(&self, authorization: Option<&str>, need: Role) -> Result<Caller, Denied> {
         let Some(map) = &self.by_hash else {
-            return Err(Denied::Unauthenticated(
-                "the API is disabled: this server was started without --tokens-file; create one with lines `NAME ROLE SHA256-OF-TOKEN` and restart".into(),
-            ));
+            return Err(Denied::ApiDisabled);
         };
         let token = authorization
             .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
             .map(str::trim)
             .filter(|t| !t.is_empty());
         let Some(token) = token else {
-            return Err(Denied::Unauthenticated(
-                "missing API token: send `Authorization: Bearer TOKEN`".into(),
-            ));
+            return Err(Denied::MissingToken);
         };
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let Some(caller) = map.get(&hash) else {
-            return Err(Denied::Unauthenticated(
-                "unknown API token: check the token against --tokens-file".into(),
-            ));
+            return Err(Denied::UnknownToken);
         };
         if caller.role < need {
-            return Err(Denied::Forbidden(format!(
-                "token {:?} has role {}, this needs role {}",
-                caller.name,
-                caller.role.as_str(),
-                need.as_str()
-            )));
+            return Err(Denied::RoleTooSmall {
+                name: caller.name.clone(),
+                has: caller.role,
+                needs: need,
+            });
         }
         Ok(caller.clone())
     }
@@ -174,14 +204,15 @@ mod tests {
         );
         let t = Tokens::parse("tokens", &text).unwrap();
         assert_eq!(t.check(Some("Bearer a-tok"), Role::Reimage).unwrap().name, "alice");
-        assert!(matches!(t.check(Some("Bearer b-tok"), Role::Reimage), Err(Denied::Forbidden(_))));
+        let denied = t.check(Some("Bearer b-tok"), Role::Reimage).unwrap_err();
+        assert_eq!((denied.status(), denied.kind()), (403, "role-too-small"));
         assert!(t.check(Some("Bearer b-tok"), Role::Read).is_ok());
-        assert!(matches!(t.check(Some("Bearer x"), Role::Read), Err(Denied::Unauthenticated(_))));
-        assert!(matches!(t.check(None, Role::Read), Err(Denied::Unauthenticated(_))));
-        assert!(matches!(
+        assert_eq!(t.check(Some("Bearer x"), Role::Read), Err(Denied::UnknownToken));
+        assert_eq!(t.check(None, Role::Read), Err(Denied::MissingToken));
+        assert_eq!(
             Tokens::disabled().check(Some("Bearer a-tok"), Role::Read),
-            Err(Denied::Unauthenticated(_))
-        ));
+            Err(Denied::ApiDisabled)
+        );
     }
 
     #[test]

@@ -1,9 +1,13 @@
-//! The read-only inputs, inventory and profiles, held as one snapshot that is swapped whole.
+//! The read-only inputs, inventory, profiles and API tokens, held as one snapshot that is swapped
+//! whole.
 //!
 //! A watcher thread polls the files' metadata (size, mtime, inode: a `stat` per file, cheap)
-//! every [`POLL`], and a SIGHUP forces a reload. A reload that fails keeps serving the previous
-//! snapshot and logs why, so a half-edited CSV never takes the service down.
+//! every [`POLL`], and a SIGHUP or `POST /admin/reload` forces a reload. A reload that fails
+//! keeps serving the previous snapshot and logs why, so a half-edited CSV never takes the service
+//! down. The tokens file is one of the inputs, so removing a token from it revokes the token at
+//! the next reload, without a restart.
 
+use super::auth::Tokens;
 use super::profiles::Profiles;
 use crate::inventory::Inventory;
 use std::os::unix::fs::MetadataExt;
@@ -20,6 +24,7 @@ pub const POLL: Duration = Duration::from_millis(100);
 pub struct Snapshot {
     pub inventory: Inventory,
     pub profiles: Profiles,
+    pub tokens: Tokens,
     /// Counts successful loads, starting at 1.
     pub generation: u64,
     pub loaded_at: u64,
@@ -38,9 +43,20 @@ pub struct ReloadStatus {
 /// (path, size, mtime seconds, mtime nanoseconds, inode) of one watched file.
 type FileStamp = (PathBuf, u64, i64, i64, u64);
 
+/// Where the inputs are, and what they must satisfy.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub inventory: PathBuf,
+    pub profiles: PathBuf,
+    /// `None`: the API is disabled (every API call answers 401).
+    pub tokens: Option<PathBuf>,
+    /// Whether every node needs its own `server` column (no `--public-url` and no listen address
+    /// nodes could use).
+    pub rows_need_server: bool,
+}
+
 pub struct Catalog {
-    inventory_path: PathBuf,
-    profiles_dir: PathBuf,
+    sources: Sources,
     current: RwLock<Arc<Snapshot>>,
     fingerprint: Mutex<Vec<FileStamp>>,
     pub status: Mutex<ReloadStatus>,
@@ -48,12 +64,11 @@ pub struct Catalog {
 
 impl Catalog {
     /// Loads the inputs; any error here stops the start-up.
-    pub fn load(inventory_path: &Path, profiles_dir: &Path) -> anyhow::Result<Catalog> {
-        let fingerprint = fingerprint(inventory_path, profiles_dir);
-        let snap = load_snapshot(inventory_path, profiles_dir, 1)?;
+    pub fn load(sources: Sources) -> anyhow::Result<Catalog> {
+        let fingerprint = fingerprint(&sources);
+        let snap = load_snapshot(&sources, 1)?;
         Ok(Catalog {
-            inventory_path: inventory_path.to_path_buf(),
-            profiles_dir: profiles_dir.to_path_buf(),
+            sources,
             current: RwLock::new(Arc::new(snap)),
             fingerprint: Mutex::new(fingerprint),
             status: Mutex::new(ReloadStatus::default()),
@@ -67,7 +82,7 @@ impl Catalog {
     /// Reloads if a file changed (or always, with `force`). Returns whether a new snapshot is in
     /// place.
     pub fn reload_if_changed(&self, force: bool) -> bool {
-        let now = fingerprint(&self.inventory_path, &self.profiles_dir);
+        let now = fingerprint(&self.sources);
         {
             let mut fp = self.fingerprint.lock().unwrap_or_else(|p| p.into_inner());
             if !force && *fp == now {
@@ -76,7 +91,7 @@ impl Catalog {
             *fp = now;
         }
         let generation = self.snapshot().generation + 1;
-        let result = load_snapshot(&self.inventory_path, &self.profiles_dir, generation);
+        let result = load_snapshot(&self.sources, generation);
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         status.last_attempt_at = Some(super::util::now_ms());
         match result {
@@ -104,27 +119,47 @@ impl Catalog {
         }
     }
 
-    /// Polls for changes until `stop`; `hup` is set by the SIGHUP handler.
-    pub fn watch(&self, stop: &AtomicBool, hup: &AtomicBool) {
+    /// Polls for changes until `stop`; `hup` is set by the SIGHUP handler. `reloaded` runs after
+    /// each successful reload (the service sweeps flags of hosts that left the inventory).
+    pub fn watch(&self, stop: &AtomicBool, hup: &AtomicBool, reloaded: impl Fn()) {
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(POLL);
             let forced = hup.swap(false, Ordering::Relaxed);
             if forced {
-                tracing::info!("SIGHUP: reloading inventory and profiles");
+                tracing::info!("SIGHUP: reloading inventory, profiles and tokens");
             }
-            self.reload_if_changed(forced);
+            if self.reload_if_changed(forced) {
+                reloaded();
+            }
         }
     }
 }
 
-fn load_snapshot(
-    inventory: &Path,
-    profiles_dir: &Path,
-    generation: u64,
-) -> anyhow::Result<Snapshot> {
+fn load_snapshot(sources: &Sources, generation: u64) -> anyhow::Result<Snapshot> {
     let start = Instant::now();
-    let inv = Inventory::load(inventory)?;
+    let inv = Inventory::load(&sources.inventory)?;
+    let profiles_dir = &sources.profiles;
     let profiles = Profiles::load(profiles_dir)?;
+    let tokens = match &sources.tokens {
+        Some(path) => Tokens::load(path)?,
+        None => Tokens::disabled(),
+    };
+    if sources.rows_need_server {
+        let missing: Vec<String> = inv
+            .nodes()
+            .iter()
+            .filter(|n| n.server.is_none())
+            .take(5)
+            .map(|n| format!("{} (line {})", n.hostname, n.line))
+            .collect();
+        anyhow::ensure!(
+            missing.is_empty(),
+            "{}: {} {} no `server` column, and the service has no URL of its own to write into their install chains: start it with --public-url http://ADDR:PORT (the --server the media were built with) or listen on a specific address",
+            sources.inventory.display(),
+            missing.join(", "),
+            if missing.len() == 1 { "has" } else { "and others have" }
+        );
+    }
     let mut unknown: Vec<String> = Vec::new();
     for node in inv.nodes() {
         if let Some(p) = &node.profile {
@@ -145,15 +180,17 @@ fn load_snapshot(
     Ok(Snapshot {
         inventory: inv,
         profiles,
+        tokens,
         generation,
         loaded_at: super::util::now_ms(),
         load_ms: start.elapsed().as_secs_f64() * 1000.0,
     })
 }
 
-/// (path, size, mtime s, mtime ns, inode) of the inventory and every file and folder under the
-/// profiles directory.
-fn fingerprint(inventory: &Path, profiles_dir: &Path) -> Vec<FileStamp> {
+/// (path, size, mtime s, mtime ns, inode) of the inventory, the tokens file and every file and
+/// folder under the profiles directory.
+fn fingerprint(sources: &Sources) -> Vec<FileStamp> {
+    let (inventory, profiles_dir) = (&sources.inventory, &sources.profiles);
     let mut out = Vec::new();
     let mut add = |p: &Path| {
         if let Ok(m) = std::fs::metadata(p) {
@@ -161,6 +198,9 @@ fn fingerprint(inventory: &Path, profiles_dir: &Path) -> Vec<FileStamp> {
         }
     };
     add(inventory);
+    if let Some(tokens) = &sources.tokens {
+        add(tokens);
+    }
     let mut stack = vec![profiles_dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
         add(&dir);

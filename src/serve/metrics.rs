@@ -17,6 +17,8 @@ pub struct Metrics {
     pub installs_done: AtomicU64,
     pub installs_failed: AtomicU64,
     pub reloads_ok: AtomicU64,
+    /// Connections closed at once because their peer address held too many.
+    pub connections_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -28,6 +30,10 @@ impl Metrics {
 
     pub fn response(&self, status: u16) {
         *self.responses.lock().unwrap_or_else(|p| p.into_inner()).entry(status).or_default() += 1;
+    }
+
+    pub fn refused_connection(&self) {
+        Metrics::inc(&self.connections_refused);
     }
 
     pub fn inc(counter: &AtomicU64) {
@@ -69,6 +75,11 @@ impl Metrics {
                 &self.installs_failed,
             ),
             ("bootforge_reloads_total", "Successful inventory/profile reloads.", &self.reloads_ok),
+            (
+                "bootforge_connections_refused_total",
+                "Connections closed at once: their peer address was at its connection cap.",
+                &self.connections_refused,
+            ),
         ];
         for (name, help, c) in counters {
             let _ = writeln!(

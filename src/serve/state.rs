@@ -6,108 +6,26 @@
 //! the same host serialise and the second sees the first's result (a compare-and-swap on
 //! [`HostState::version`], enforced by the lock rather than by retrying).
 //!
-//! Locking uses `flock(2)` on `HOST.lock`. Linux turns `flock` on NFS into POSIX byte-range locks,
-//! which the NFS lock manager enforces across clients; POSIX locks do not exclude other threads of
-//! the same process, so a per-process mutex stripe is held as well. Lock files are never deleted,
-//! because deleting a lock file while another process waits on it breaks the exclusion.
+//! Locking uses `flock(2)` on `HOST.lock`, always tried without waiting ([`Store::try_lock`]): a
+//! request that finds the lock taken gives its thread back and tries again a little later, so a
+//! lock held by another instance (or a slow NFS server) delays that host's requests and no one
+//! else's. Linux turns `flock` on NFS into POSIX byte-range locks, which the NFS lock manager
+//! enforces across clients but which do not exclude threads of one process; the service holds a
+//! per-host in-process lock as well (`Service::change`). Lock files are never deleted, because
+//! deleting a lock file while another process waits on it breaks the exclusion.
 //!
 //! A write is a temporary file, `fsync`, `rename` over `HOST.json`, then `fsync` of the directory
 //! ([`crate::atomic::write_file`]), all before the API answers: a `kill -9` or a power cut after
 //! the answer cannot lose the change, and a crash before it leaves the old file intact.
 
-use serde::{Deserialize, Serialize};
+use super::lifecycle::HostState;
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
 
-/// Where a host stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Phase {
-    /// Not flagged: boots its local disk.
-    #[default]
-    Idle,
-    /// Flagged; no install chain served yet.
-    Pending,
-    /// Flagged; the install chain has been served at least once.
-    Installing,
-    /// Flagged; the installer reported a failure (the next boot tries again).
-    Failed,
-    /// The last install finished (callback, or cleared on first answer); boots local.
-    Done,
-}
-
-/// A standing reimage request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Flag {
-    pub profile: String,
-    /// API token name that set it.
-    pub set_by: String,
-    /// Peer address of the request that set it.
-    pub set_from: String,
-    pub set_at: u64,
-    /// Opened by the first install-chain answer for this flag; see [`Install`].
-    #[serde(default)]
-    pub install: Option<Install>,
-}
-
-/// One install: opened by the first install-chain answer of a flag, and shared by every later
-/// answer for the same flag. A machine asks `/boot` more than once during one install (iPXE
-/// retries, firmware that boots the medium again on the installer's reboot, an installer that
-/// restarts), and all of those belong to the same install, so they all get the same id and the
-/// callback of whichever run finishes is accepted. A new flag (a new `PUT`) opens a new install
-/// with a new id, so a late or replayed callback from an earlier install changes nothing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Install {
-    /// 128 random bits, hex; carried in the done and failed URLs.
-    pub id: String,
-    pub opened_at: u64,
-    /// How many install-chain answers were served for it.
-    pub answers: u32,
-    pub failures: u32,
-    pub last_failure_at: Option<u64>,
-}
-
-/// The most recent install that ended, kept for `GET /hosts/{h}` and for the repeat window of
-/// profiles that clear the flag on the first answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EndedInstall {
-    pub id: String,
-    pub profile: String,
-    pub opened_at: u64,
-    pub ended_at: u64,
-    /// `done` (callback), `first-answer` (profile clears on first answer) or `cancelled`.
-    pub how: String,
-}
-
-/// What the service saw at a host's last boot request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BootRecord {
-    pub at: u64,
-    pub peer: String,
-    pub ip: Option<String>,
-    pub mac: Option<String>,
-    /// `install` or `local`.
-    pub answer: String,
-    pub reason: String,
-}
-
-/// The content of `hosts/HOST.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct HostState {
-    /// Bumped by every write; lets a reader tell two versions apart.
-    pub version: u64,
-    pub updated_at: u64,
-    pub phase: Phase,
-    pub flag: Option<Flag>,
-    pub last_install: Option<EndedInstall>,
-    /// The last boot request that changed this file (install-chain answers do).
-    pub last_boot: Option<BootRecord>,
-}
-
-/// Errors of the store: I/O, or a file that is not valid JSON (reported with its path).
+/// Errors of the store: I/O, or a file that is not valid JSON (reported with its path). The
+/// paths are for the server log and authenticated callers, never for an unauthenticated answer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("state file {path}: {source}")]
@@ -116,12 +34,9 @@ pub enum StoreError {
     Corrupt { path: String, message: String },
 }
 
-const STRIPES: usize = 64;
-
 /// The per-host flag files of one state directory.
 pub struct Store {
     dir: PathBuf,
-    stripes: Vec<Mutex<()>>,
 }
 
 impl Store {
@@ -136,15 +51,16 @@ impl Store {
             anyhow::anyhow!("state directory {} is not writable: {e}", dir.display())
         })?;
         let _ = std::fs::remove_file(&probe);
-        Ok(Store { dir, stripes: (0..STRIPES).map(|_| Mutex::new(())).collect() })
+        Ok(Store { dir })
     }
 
     fn path(&self, host: &str) -> PathBuf {
         self.dir.join(format!("{host}.json"))
     }
 
-    /// Reads a host's state; a host never flagged has the default state. `host` must be a
-    /// validated host name (it becomes a file name).
+    /// Reads a host's state without a lock (files are replaced by rename, so a reader sees a
+    /// whole old or a whole new version). A host never flagged has the default state. `host`
+    /// must be a validated host name of the inventory (it becomes a file name).
     pub fn read(&self, host: &str) -> Result<HostState, StoreError> {
         let path = self.path(host);
         match std::fs::read(&path) {
@@ -167,74 +83,66 @@ impl Store {
             .collect()
     }
 
-    /// Read-modify-write of one host under its lock. `change` gets the current state and returns
-    /// its result plus whether to write; on `true` the version is bumped and the file replaced
-    /// durably before this returns. An error from `change` writes nothing.
-    pub fn update<T, E: From<StoreError>>(
-        &self,
-        host: &str,
-        change: impl FnOnce(&mut HostState) -> Result<(T, bool), E>,
-    ) -> Result<T, E> {
-        self.update_and_read(host, change).map(|(value, _)| value)
+    /// Takes the host's cross-process lock if it is free, without waiting: `Ok(None)` means
+    /// another holder has it. Callers wait *between* tries (asynchronously, see
+    /// `Service::change`), so a lock held elsewhere never parks a thread. Exclusion between
+    /// threads of this process is the caller's job too: on NFS, Linux turns `flock` into POSIX
+    /// locks, which do not exclude them.
+    pub fn try_lock(&self, host: &str) -> Result<Option<HostLock>, StoreError> {
+        self.lock_with(host, libc::LOCK_EX | libc::LOCK_NB)
     }
 
-    /// Like [`Store::update`] for changes whose caller answers with the host's new state: returns
-    /// whether `change` wrote, and the state as stored afterwards (version already bumped).
-    pub fn modify<E: From<StoreError>>(
-        &self,
-        host: &str,
-        change: impl FnOnce(&mut HostState) -> Result<bool, E>,
-    ) -> Result<(HostState, bool), E> {
-        self.update_and_read(host, |st| change(st).map(|write| (write, write)))
-            .map(|(written, state)| (state, written))
+    /// Takes the host's lock, waiting as long as it takes. Only for threads that may block
+    /// (the reload thread's orphan sweep, tests), never for a request.
+    pub fn lock_blocking(&self, host: &str) -> Result<HostLock, StoreError> {
+        Ok(self.lock_with(host, libc::LOCK_EX)?.expect("a blocking flock returns with the lock"))
     }
 
-    fn update_and_read<T, E: From<StoreError>>(
-        &self,
-        host: &str,
-        change: impl FnOnce(&mut HostState) -> Result<(T, bool), E>,
-    ) -> Result<(T, HostState), E> {
-        let _guard = self.lock(host)?;
-        let mut state = self.read(host)?;
-        let (value, write) = change(&mut state)?;
-        if write {
-            state.version += 1;
-            state.updated_at = super::util::now_ms();
-            let path = self.path(host);
-            let mut bytes = serde_json::to_vec_pretty(&state).expect("state serialises");
-            bytes.push(b'\n');
-            crate::atomic::write_file(&path, &bytes)
-                .map_err(|e| StoreError::Io { path: path.display().to_string(), source: e })?;
-        }
-        Ok((value, state))
-    }
-
-    fn lock(&self, host: &str) -> Result<HostLock<'_>, StoreError> {
-        let stripe = host.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
-        let guard = self.stripes[stripe % STRIPES].lock().unwrap_or_else(|p| p.into_inner());
+    fn lock_with(&self, host: &str, op: libc::c_int) -> Result<Option<HostLock>, StoreError> {
         let path = self.dir.join(format!("{host}.lock"));
         let io = |e| StoreError::Io { path: path.display().to_string(), source: e };
         let file =
             OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io)?;
         loop {
             // SAFETY: flock on a descriptor we own; released by close when `file` drops.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
             if rc == 0 {
-                break;
+                return Ok(Some(HostLock { file, host: host.to_string() }));
             }
             let err = std::io::Error::last_os_error();
-            if err.kind() != ErrorKind::Interrupted {
-                return Err(io(err));
+            match err.kind() {
+                ErrorKind::Interrupted => continue,
+                ErrorKind::WouldBlock => return Ok(None),
+                _ => return Err(io(err)),
             }
         }
-        Ok(HostLock { _file: file, _guard: guard })
+    }
+
+    /// Replaces the host's file durably (temp file, fsync, rename, fsync of the folder) while
+    /// `lock` is held, bumping the version.
+    pub fn write(&self, lock: &HostLock, state: &mut HostState) -> Result<(), StoreError> {
+        state.version += 1;
+        state.updated_at = super::util::now_ms();
+        let path = self.path(&lock.host);
+        let mut bytes = serde_json::to_vec_pretty(&state).expect("state serialises");
+        bytes.push(b'\n');
+        crate::atomic::write_file(&path, &bytes)
+            .map_err(|e| StoreError::Io { path: path.display().to_string(), source: e })
     }
 }
 
-/// Holds a host's lock; dropping it closes the lock file, which releases the `flock`.
-struct HostLock<'a> {
-    _file: File,
-    _guard: MutexGuard<'a, ()>,
+/// Holds a host's lock; dropping it closes the lock file, which releases the `flock`. Lock
+/// files are never deleted: deleting one that another process waits on breaks the exclusion.
+pub struct HostLock {
+    #[allow(dead_code)] // held for its descriptor
+    file: File,
+    host: String,
+}
+
+impl HostLock {
+    pub fn host(&self) -> &str {
+        &self.host
+    }
 }
 
 #[cfg(test)]
@@ -242,40 +150,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn update_is_durable_and_versioned() {
+    fn writes_are_durable_and_versioned() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.read("n1").unwrap(), HostState::default());
-        store
-            .update::<_, StoreError>("n1", |s| {
-                s.phase = Phase::Pending;
-                Ok(((), true))
-            })
-            .unwrap();
+        let lock = store.lock_blocking("n1").unwrap();
+        let mut st = store.read("n1").unwrap();
+        st.last_boot = None;
+        store.write(&lock, &mut st).unwrap();
+        drop(lock);
         let other = Store::open(dir.path()).unwrap();
-        let s = other.read("n1").unwrap();
-        assert_eq!((s.version, s.phase), (1, Phase::Pending));
+        assert_eq!(other.read("n1").unwrap().version, 1);
         assert_eq!(other.hosts(), vec!["n1".to_string()]);
     }
 
     #[test]
-    fn concurrent_updates_do_not_lose_increments() {
+    fn a_held_lock_is_reported_busy_not_waited_for() {
         let dir = tempfile::tempdir().unwrap();
-        let a = std::sync::Arc::new(Store::open(dir.path()).unwrap());
-        let b = std::sync::Arc::new(Store::open(dir.path()).unwrap());
-        let threads: Vec<_> = (0..4)
-            .map(|i| {
-                let s = if i % 2 == 0 { a.clone() } else { b.clone() };
-                std::thread::spawn(move || {
-                    for _ in 0..10 {
-                        s.update::<_, StoreError>("h", |_| Ok(((), true))).unwrap();
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        assert_eq!(a.read("h").unwrap().version, 40);
+        let a = Store::open(dir.path()).unwrap();
+        let b = Store::open(dir.path()).unwrap();
+        let held = a.try_lock("h").unwrap().expect("free");
+        assert!(b.try_lock("h").unwrap().is_none(), "held by another descriptor");
+        assert!(b.try_lock("other").unwrap().is_some(), "other hosts are not affected");
+        drop(held);
+        assert!(b.try_lock("h").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_corrupt_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        std::fs::write(dir.path().join("hosts/bad.json"), "{").unwrap();
+        let err = store.read("bad").unwrap_err().to_string();
+        assert!(err.contains("bad.json") && err.contains("not valid JSON"), "{err}");
     }
 }

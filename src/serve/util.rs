@@ -1,6 +1,5 @@
-//! Small helpers shared by the service's modules: time stamps, query strings, JSON answers.
+//! Small helpers shared by the service's modules: time stamps, URL encoding, JSON answers.
 
-use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch, the time stamp stored in state and audit records.
@@ -30,27 +29,6 @@ pub fn rfc3339(ms: u64) -> String {
         rem % 60,
         ms % 1000
     )
-}
-
-/// Splits a request target into its percent-decoded path and its query parameters (first value
-/// wins for a repeated name). Bytes that are not UTF-8 become U+FFFD, which no host name,
-/// profile or asset path accepts, so handlers refuse them (and `/boot` answers local).
-pub fn split_target(target: &str) -> Option<(String, HashMap<String, String>)> {
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, q),
-        None => (target, ""),
-    };
-    let path = percent_encoding::percent_decode_str(path).decode_utf8_lossy().into_owned();
-    let mut params = HashMap::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let decode = |s: &str| {
-            let s = s.replace('+', " ");
-            percent_encoding::percent_decode_str(&s).decode_utf8_lossy().into_owned()
-        };
-        params.entry(decode(k)).or_insert_with(|| decode(v));
-    }
-    Some((path, params))
 }
 
 /// Characters escaped when a value is put into a URL's query or path segment.
@@ -84,13 +62,8 @@ mod tests {
     }
 
     #[test]
-    fn targets() {
-        let (p, q) = split_target("/boot/n%301?mac=aa-bb&x&token=a+b&mac=zz").unwrap();
-        assert_eq!(p, "/boot/n01");
-        assert_eq!(q["mac"], "aa-bb");
-        assert_eq!(q["x"], "");
-        assert_eq!(q["token"], "a b");
-        assert_eq!(split_target("/%ff").unwrap().0, "/\u{fffd}");
+    fn encoding() {
         assert_eq!(encode_path("a b/c"), "a%20b/c");
+        assert_eq!(encode("n1/x"), "n1%2Fx");
     }
 }

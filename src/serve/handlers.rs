@@ -1,0 +1,1069 @@
+//! The handlers of every endpoint (see docs/API.md). Each one is thin: it authorizes, gathers
+//! what the request proved (validated host, node token, MAC), calls one transition of the
+//! [`lifecycle`] core through [`Service::change`], and turns the outcome into an answer and an
+//! audit [`Event`]. Work that touches the disk or renders runs on the blocking pool
+//! ([`Service::blocking`]); only answers built from memory (health, metrics, refusals by route
+//! or method) stay on the connection's task.
+
+use super::audit::Event;
+use super::auth::{Caller, Role};
+use super::catalog::Snapshot;
+use super::http::Req;
+use super::lifecycle::{
+    self, BootAnswer, Callback, Cancel, EndedInstall, Ending, Flag, HostState, InstallKind,
+    NoInstall, Phase, Rules, SetFlag,
+};
+use super::profiles::{ClearOn, RenderContext};
+use super::reply::{HttpError, Payload, Reply, TEXT};
+use super::routes::Route;
+use super::util::{now_ms, rfc3339};
+use super::{Change, Service};
+use crate::inventory::{parse_hostname, Mac, Node};
+use crate::script::{local_boot_script, LocalBoot, Medium};
+use serde::Serialize;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+/// Answers one request.
+pub async fn handle(svc: Arc<Service>, req: Req) -> Reply {
+    if !req.route.allows(req.method.as_str()) {
+        let e = match req.route {
+            Route::NotFound => HttpError::not_found(
+                "no such endpoint; see GET /boot/{host}, /hosts, /hosts/{host}/reimage, /events, /status, /healthz, /metrics",
+            ),
+            _ => HttpError::method_not_allowed(req.route.allow()),
+        };
+        return e.into_reply();
+    }
+    let req = Arc::new(req);
+    let result = match req.route.clone() {
+        Route::Healthz => Ok(healthz(&svc)),
+        Route::Metrics => Ok(metrics(&svc)),
+        Route::Status => status(&svc, &req).await,
+        Route::Boot(host) => Ok(boot(&svc, &req, Some(host)).await),
+        Route::BootOther => Ok(boot(&svc, &req, None).await),
+        Route::Config { host, token, file } => {
+            let r = req.clone();
+            svc.blocking(move |svc| config(svc, &r, &host, token.as_deref(), file))
+                .await
+                .and_then(|r| r)
+        }
+        Route::Asset(path) => {
+            let r = req.clone();
+            svc.blocking(move |svc| asset(svc, &r, path)).await.and_then(|r| r)
+        }
+        Route::Hosts => list_hosts(&svc, &req).await,
+        Route::Host(host) => show_host(&svc, &req, host).await,
+        Route::Reimage(host) if req.method == hyper::Method::PUT => {
+            set_flag(&svc, &req, host).await
+        }
+        Route::Reimage(host) => cancel(&svc, &req, host).await,
+        Route::Done(host) => callback(&svc, &req, host, Which::Done).await,
+        Route::Failed(host) => callback(&svc, &req, host, Which::Failed).await,
+        Route::Events => events(&svc, &req).await,
+        Route::Reload => reload(&svc, &req).await,
+        Route::NotFound => unreachable!("answered above: no method is allowed"),
+    };
+    result.unwrap_or_else(HttpError::into_reply)
+}
+
+/// Checks the API token against the current tokens file, auditing a refusal by route and reason
+/// (never the token, never the path).
+async fn authorize(svc: &Arc<Service>, req: &Req, need: Role) -> Result<Caller, HttpError> {
+    let checked = svc.catalog.snapshot().tokens.check(req.authorization.as_deref(), need);
+    let denied = match checked {
+        Ok(caller) => return Ok(caller),
+        Err(denied) => denied,
+    };
+    let (route, peer, status) = (req.route.name(), req.peer, denied.status());
+    let record = Event::Denied { route, peer, status, reason: denied.kind() };
+    svc.blocking(move |svc| svc.audit.note(&record)).await?;
+    tracing::warn!(%peer, route, status, "API request refused: {}", denied.kind());
+    Err(HttpError::new(status, denied.message()))
+}
+
+fn api_host(raw: &str) -> Result<String, HttpError> {
+    parse_hostname(raw).map_err(|_| {
+        HttpError::bad_request("the host name is not valid: letters, digits, `-` and dots")
+    })
+}
+
+/// What the lifecycle needs of each profile.
+fn rules(snap: &Snapshot) -> impl Fn(&str) -> Option<Rules> + '_ {
+    |name| {
+        snap.profiles.get(name).map(|p| Rules {
+            clear_on_first_answer: p.settings.clear == ClearOn::FirstAnswer,
+            repeat_window_ms: p.settings.repeat_window_secs.saturating_mul(1000),
+        })
+    }
+}
+
+/// Whether the request carries `host`'s node token (always true without a secret).
+fn node_token_ok(svc: &Service, host: &str, presented: Option<&str>) -> bool {
+    match &svc.secret {
+        None => true,
+        Some(secret) => presented.is_some_and(|t| secret.verify(host, t)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Health, status, metrics
+
+/// `GET /healthz`: for load balancers, without a token; says nothing about the inputs.
+fn healthz(svc: &Service) -> Reply {
+    Reply::json(&serde_json::json!({
+        "status": "ok",
+        "generation": svc.catalog.snapshot().generation,
+    }))
+}
+
+/// `GET /status` (role read): the inputs, reload errors and versions.
+async fn status(svc: &Arc<Service>, req: &Req) -> Result<Reply, HttpError> {
+    authorize(svc, req, Role::Read).await?;
+    let snap = svc.catalog.snapshot();
+    let reload = svc.catalog.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Ok(Reply::json(&serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "nodes": snap.inventory.len(),
+        "inventory": snap.inventory.source(),
+        "profiles": snap.profiles.names().collect::<Vec<_>>(),
+        "generation": snap.generation,
+        "loaded_at": rfc3339(snap.loaded_at),
+        "load_ms": snap.load_ms,
+        "reload": reload,
+        "api_enabled": snap.tokens.enabled(),
+        "node_tokens": svc.secret.is_some(),
+        "base_url": svc.default_base.as_ref().map(|u| u.to_string()),
+    })))
+}
+
+fn metrics(svc: &Service) -> Reply {
+    let snap = svc.catalog.snapshot();
+    let failures = svc.catalog.status.lock().map(|s| s.failures).unwrap_or(0);
+    let mut r = Reply::text(svc.metrics.render(snap.inventory.len(), snap.generation, failures));
+    r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+    r
+}
+
+// ---------------------------------------------------------------------------------------------
+// Boot
+
+/// What a boot request says about itself, parsed: nothing else of it is used or recorded.
+struct BootQuery {
+    medium: Medium,
+    platform: &'static str,
+    ip: Option<Ipv4Addr>,
+    mac: Option<Mac>,
+}
+
+impl BootQuery {
+    fn parse(req: &Req) -> BootQuery {
+        BootQuery {
+            medium: req.param("medium").and_then(|m| m.parse().ok()).unwrap_or(Medium::Cd),
+            platform: match req.param("platform") {
+                Some("pcbios") => "pcbios",
+                Some("efi") => "efi",
+                Some(_) => "other",
+                None => "-",
+            },
+            ip: req.param("ip").and_then(|i| i.parse().ok()),
+            mac: req.param("mac").and_then(|m| m.parse().ok()),
+        }
+    }
+}
+
+/// Why a boot is answered local. The text is echoed on the node's console: fixed strings only,
+/// never anything from the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Local {
+    InvalidHost,
+    UnknownHost,
+    BadToken,
+    MacMismatch,
+    NoMac,
+    NoInstall(NoInstall),
+    RenderError,
+    StateError,
+    StateBusy,
+}
+
+impl Local {
+    fn kind(self) -> &'static str {
+        match self {
+            Local::InvalidHost => "invalid-host",
+            Local::UnknownHost => "unknown-host",
+            Local::BadToken => "bad-token",
+            Local::MacMismatch | Local::NoMac => "mac-mismatch",
+            Local::NoInstall(NoInstall::NotFlagged) => "not-flagged",
+            Local::NoInstall(NoInstall::UnknownProfile) => "unknown-profile",
+            Local::RenderError => "render-error",
+            Local::StateError => "state-error",
+            Local::StateBusy => "state-busy",
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            Local::InvalidHost => "the host name asked for is not valid",
+            Local::UnknownHost => "this host is not in the inventory",
+            Local::BadToken => "missing or wrong node token",
+            Local::MacMismatch => "the MAC sent is not the inventory's MAC for this host",
+            Local::NoMac => "no valid MAC sent; the inventory has one for this host",
+            Local::NoInstall(NoInstall::NotFlagged) => "not flagged for reimage",
+            Local::NoInstall(NoInstall::UnknownProfile) => "the flag's profile is not loaded",
+            Local::RenderError => "the install chain could not be rendered",
+            Local::StateError => "the flag store cannot be read or written",
+            Local::StateBusy => "the host's state is locked elsewhere",
+        }
+    }
+
+    /// Whether the request was proven to come from the host's medium.
+    fn verified(self) -> bool {
+        !matches!(
+            self,
+            Local::InvalidHost
+                | Local::UnknownHost
+                | Local::BadToken
+                | Local::MacMismatch
+                | Local::NoMac
+        )
+    }
+}
+
+/// Checks that the request comes from `raw`'s medium: a valid inventory host, its node token
+/// (with a secret), and its MAC (when the inventory has one).
+fn verify<'a>(
+    svc: &Service,
+    snap: &'a Snapshot,
+    req: &Req,
+    q: &BootQuery,
+    raw: Option<&str>,
+) -> Result<&'a Node, (Local, Option<String>)> {
+    let host = raw.and_then(|r| parse_hostname(r).ok()).ok_or((Local::InvalidHost, None))?;
+    let Some(node) = snap.inventory.get(&host) else {
+        return Err((Local::UnknownHost, Some(host)));
+    };
+    if !node_token_ok(svc, &host, req.param("token")) {
+        return Err((Local::BadToken, Some(host)));
+    }
+    match (node.mac, q.mac) {
+        (None, _) => Ok(node),
+        (Some(expected), Some(sent)) if expected == sent => Ok(node),
+        (Some(_), Some(_)) => Err((Local::MacMismatch, Some(host))),
+        (Some(_), None) => Err((Local::NoMac, Some(host))),
+    }
+}
+
+/// What the first (lock-free) look at a boot found.
+enum BootStep {
+    Answered(Reply),
+    /// The host's state must change (an install opens or continues): retry under its lock.
+    Change(String),
+}
+
+/// `GET /boot/{host}`: always 200 with an iPXE script. Only a verified request of a flagged host
+/// gets its install chain; everything else boots the local disk, with the reason on the console
+/// and in the audit log. Most boots (not flagged) read one file and write one audit line; only a
+/// flagged host's answer takes its lock.
+async fn boot(svc: &Arc<Service>, req: &Arc<Req>, raw: Option<String>) -> Reply {
+    let r = req.clone();
+    let first = svc.blocking(move |svc| boot_look(svc, &r, raw.as_deref())).await;
+    let host = match first {
+        Ok(BootStep::Answered(reply)) => return reply,
+        Ok(BootStep::Change(host)) => host,
+        Err(_) => return boot_local_now(svc, req, None, Local::StateError).await,
+    };
+    let r = req.clone();
+    let changed = svc
+        .change(&host.clone(), move |svc, st| {
+            let snap = svc.catalog.snapshot();
+            let q = BootQuery::parse(&r);
+            let Some(node) = snap.inventory.get(&host) else {
+                let reply = boot_local(svc, &r, &q, Some(&host), None, Local::UnknownHost);
+                return Ok(Change { value: reply, write: false, record: None });
+            };
+            let (answer, write) = lifecycle::answer_boot(st, rules(&snap), now_ms());
+            Ok(boot_answer(svc, &snap, &r, &q, node, answer, write))
+        })
+        .await;
+    match changed {
+        Ok(reply) => reply,
+        Err(e) if e.status == 503 => boot_local_now(svc, req, None, Local::StateBusy).await,
+        Err(_) => boot_local_now(svc, req, None, Local::StateError).await,
+    }
+}
+
+/// The lock-free look: verify, read the state, and answer unless the state must change.
+fn boot_look(svc: &Service, req: &Req, raw: Option<&str>) -> BootStep {
+    let q = BootQuery::parse(req);
+    let snap = svc.catalog.snapshot();
+    let node = match verify(svc, &snap, req, &q, raw) {
+        Ok(node) => node,
+        Err((why, host)) => {
+            return BootStep::Answered(boot_local(svc, req, &q, host.as_deref(), None, why))
+        }
+    };
+    let mut st = match svc.store.read(&node.hostname) {
+        Ok(st) => st,
+        Err(e) => {
+            tracing::error!("{e}");
+            return BootStep::Answered(boot_local(
+                svc,
+                req,
+                &q,
+                Some(&node.hostname),
+                None,
+                Local::StateError,
+            ));
+        }
+    };
+    let (answer, write) = lifecycle::answer_boot(&mut st, rules(&snap), now_ms());
+    if write {
+        return BootStep::Change(node.hostname.clone());
+    }
+    let Change { value, record, .. } = boot_answer(svc, &snap, req, &q, node, answer, false);
+    if let Some(record) = record {
+        svc.audit.note(&record);
+    }
+    BootStep::Answered(value)
+}
+
+/// Turns the lifecycle's answer into the script and the audit record.
+fn boot_answer(
+    svc: &Service,
+    snap: &Snapshot,
+    req: &Req,
+    q: &BootQuery,
+    node: &Node,
+    answer: BootAnswer,
+    write: bool,
+) -> Change<Reply> {
+    let host = node.hostname.as_str();
+    let (profile, id, kind) = match answer {
+        BootAnswer::Install { profile, id, kind } => (profile, id, kind),
+        BootAnswer::Local(no) => {
+            let record = boot_event(
+                req,
+                q,
+                Some(host),
+                true,
+                "local",
+                Local::NoInstall(no).kind(),
+                Local::NoInstall(no).text(),
+                None,
+            );
+            let reply = local_script(snap, q, Some(node), Local::NoInstall(no));
+            svc.metrics.boot("local", Local::NoInstall(no).kind());
+            return Change { value: reply, write: false, record: Some(record) };
+        }
+    };
+    let script = match render(svc, snap, node, &profile, "boot.ipxe", &id) {
+        Ok(script) => script,
+        Err(e) => {
+            tracing::error!(host, "{e}");
+            let why = Local::RenderError;
+            let record =
+                boot_event(req, q, Some(host), true, "local", why.kind(), why.text(), None);
+            svc.metrics.boot("local", why.kind());
+            return Change {
+                value: local_script(snap, q, Some(node), why),
+                write: false,
+                record: Some(record),
+            };
+        }
+    };
+    let reason = match kind {
+        InstallKind::Opened => "flagged: install opened",
+        InstallKind::Continues => "flagged: install continues",
+        InstallKind::OpenedAndEnded => "flagged: install opened, flag cleared at first answer",
+        InstallKind::RepeatWindow => "install chain again (repeat window)",
+    };
+    svc.metrics.boot(
+        "install",
+        if kind == InstallKind::RepeatWindow { "repeat-window" } else { "flagged" },
+    );
+    if kind == InstallKind::OpenedAndEnded {
+        super::metrics::Metrics::inc(&svc.metrics.flags_cleared);
+    }
+    tracing::info!(host, install = %id, "boot: {reason}");
+    let record = boot_event(req, q, Some(host), true, "install", kind.as_str(), reason, Some(&id));
+    Change { value: Reply::text(script), write, record: Some(record) }
+}
+
+/// A local answer with its audit note, for a request refused before any state was read.
+fn boot_local(
+    svc: &Service,
+    req: &Req,
+    q: &BootQuery,
+    host: Option<&str>,
+    node: Option<&Node>,
+    why: Local,
+) -> Reply {
+    svc.audit.note(&boot_event(
+        req,
+        q,
+        host,
+        why.verified(),
+        "local",
+        why.kind(),
+        why.text(),
+        None,
+    ));
+    svc.metrics.boot("local", why.kind());
+    tracing::info!(host = host.unwrap_or("-"), "boot: local: {}", why.text());
+    local_script(&svc.catalog.snapshot(), q, node, why)
+}
+
+/// [`boot_local`] from the connection's task (after a failed or busy change).
+async fn boot_local_now(
+    svc: &Arc<Service>,
+    req: &Arc<Req>,
+    host: Option<String>,
+    why: Local,
+) -> Reply {
+    let r = req.clone();
+    let answered = svc
+        .blocking(move |svc| {
+            let q = BootQuery::parse(&r);
+            let raw = match &r.route {
+                Route::Boot(h) => parse_hostname(h).ok(),
+                _ => host,
+            };
+            let snap = svc.catalog.snapshot();
+            let node = raw.as_deref().and_then(|h| snap.inventory.get(h));
+            boot_local(svc, &r, &q, raw.as_deref(), node, why)
+        })
+        .await;
+    answered.unwrap_or_else(|_| {
+        local_script(&svc.catalog.snapshot(), &BootQuery::parse(req), None, why)
+    })
+}
+
+/// The local-boot script: how to leave iPXE comes from the node's `local_boot` column, else its
+/// profile's setting, else the platform and medium.
+fn local_script(snap: &Snapshot, q: &BootQuery, node: Option<&Node>, why: Local) -> Reply {
+    let column = node.and_then(|n| n.vars.get("local_boot")).filter(|t| !t.is_empty());
+    let how = match column.map(|t| t.parse::<LocalBoot>()) {
+        Some(Ok(how)) => how,
+        _ => node
+            .and_then(|n| n.profile.as_deref())
+            .and_then(|p| snap.profiles.get(p))
+            .and_then(|p| p.settings.local_boot)
+            .unwrap_or(LocalBoot::Auto),
+    };
+    Reply::text(local_boot_script(how, q.medium, why.text()))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn boot_event(
+    req: &Req,
+    q: &BootQuery,
+    host: Option<&str>,
+    verified: bool,
+    answer: &'static str,
+    kind: &'static str,
+    reason: &'static str,
+    install: Option<&str>,
+) -> Event {
+    Event::Boot {
+        host: host.map(str::to_string),
+        verified,
+        answer,
+        kind,
+        reason,
+        install: install.map(str::to_string),
+        peer: req.peer,
+        ip: q.ip,
+        mac: q.mac,
+        medium: q.medium.as_str(),
+        platform: q.platform,
+    }
+}
+
+/// Renders `file` of `profile` for `node` within install `id`.
+fn render(
+    svc: &Service,
+    snap: &Snapshot,
+    node: &Node,
+    profile: &str,
+    file: &str,
+    id: &str,
+) -> Result<String, String> {
+    let server = svc.base_for(node).ok_or("no base URL for this node")?;
+    let token = svc.secret.as_ref().map(|s| s.node_token(&node.hostname));
+    let ctx = RenderContext { node, server: &server, token: token.as_deref(), install_id: id };
+    snap.profiles.render(profile, file, &ctx)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Installer side: configs, callbacks, assets
+
+/// `GET /config/{host}[/~TOKEN]/{file}`: a profile file rendered for the node, only while an
+/// install is active (these files hold join tokens and password hashes).
+fn config(
+    svc: &Service,
+    req: &Req,
+    raw_host: &str,
+    path_token: Option<&str>,
+    file: Option<String>,
+) -> Result<Reply, HttpError> {
+    let host = api_host(raw_host)?;
+    let snap = svc.catalog.snapshot();
+    let node = snap.inventory.get(&host);
+    // The token before the inventory, so that strangers learn nothing about which hosts exist.
+    if !node_token_ok(svc, &host, path_token.or(req.param("token"))) {
+        let host = node.map(|n| n.hostname.clone());
+        svc.audit.note(&Event::NodeTokenDenied { host, route: req.route.name(), peer: req.peer });
+        return Err(HttpError::new(403, "missing or wrong node token"));
+    }
+    let node = node.ok_or_else(|| HttpError::not_found("this host is not in the inventory"))?;
+    let file = file.ok_or_else(|| HttpError::bad_request("bad config file path"))?;
+    let st = svc.store.read(&host)?;
+    let rules = rules(&snap);
+    let Some((profile, id)) = st.active_install(rules, now_ms()) else {
+        return Err(HttpError::not_found(
+            "this host has no install in progress; config files are served only during one",
+        ));
+    };
+    let p = snap
+        .profiles
+        .get(profile)
+        .ok_or_else(|| HttpError::not_found("the install's profile is not loaded"))?;
+    if !p.config_files.iter().any(|f| *f == file) {
+        return Err(HttpError::not_found("the install's profile has no such config file"));
+    }
+    let text = render(svc, &snap, node, profile, &format!("config/{file}"), id)
+        .map_err(|e| HttpError::internal(format!("{host}: {e}")))?;
+    let profile = profile.to_string();
+    svc.audit.note(&Event::Config { host, file, profile, peer: req.peer });
+    Ok(Reply::text(text))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Done,
+    Failed,
+}
+
+#[derive(Serialize)]
+struct CallbackView<'a> {
+    host: &'a str,
+    install: &'a str,
+    result: &'static str,
+    flagged: bool,
+}
+
+/// `POST|GET /hosts/{host}/done` and `/failed`: the installer's callbacks. Only the open
+/// install's id counts; anything else is answered 409 and changes nothing. A host outside the
+/// inventory is answered 404 before anything is stored (no lock file per invented name).
+async fn callback(
+    svc: &Arc<Service>,
+    req: &Arc<Req>,
+    raw: String,
+    which: Which,
+) -> Result<Reply, HttpError> {
+    let name = if which == Which::Done { "done" } else { "failed" };
+    let host = api_host(&raw)?;
+    let snap = svc.catalog.snapshot();
+    let in_inventory = snap.inventory.get(&host).is_some();
+    if !node_token_ok(svc, &host, req.param("token")) {
+        let record = Event::NodeTokenDenied {
+            host: in_inventory.then(|| host.clone()),
+            route: req.route.name(),
+            peer: req.peer,
+        };
+        svc.blocking(move |svc| svc.audit.note(&record)).await?;
+        return Err(HttpError::new(403, "missing or wrong node token"));
+    }
+    if !in_inventory {
+        return Err(HttpError::not_found("this host is not in the inventory"));
+    }
+    let id = req
+        .param("install")
+        .filter(|i| lifecycle::is_install_id(i))
+        .map(str::to_string)
+        .ok_or_else(|| {
+            HttpError::bad_request(
+                "missing or malformed install=ID (the done_url of the install chain carries it)",
+            )
+        })?;
+    drop(snap);
+    let (h, i, peer) = (host.clone(), id.clone(), req.peer);
+    let outcome = svc
+        .change(&host, move |svc, st| {
+            let snap = svc.catalog.snapshot();
+            let (outcome, write) = match which {
+                Which::Done => lifecycle::finish(st, &i, rules(&snap), now_ms()),
+                Which::Failed => lifecycle::fail(st, &i, now_ms()),
+            };
+            let record = match (outcome, which) {
+                (Callback::Accepted, Which::Done) => Event::Done { host: h, install: i, peer },
+                (Callback::Accepted, Which::Failed) => Event::Failed { host: h, install: i, peer },
+                (Callback::NotOpen { .. }, _) => {
+                    Event::CallbackIgnored { host: h, callback: name, install: Some(i), peer }
+                }
+            };
+            Ok(Change { value: outcome, write, record: Some(record) })
+        })
+        .await?;
+    match outcome {
+        Callback::Accepted => {
+            let m = &svc.metrics;
+            if which == Which::Done {
+                super::metrics::Metrics::inc(&m.installs_done);
+                super::metrics::Metrics::inc(&m.flags_cleared);
+            } else {
+                super::metrics::Metrics::inc(&m.installs_failed);
+            }
+            tracing::info!(host = %host, install = %id, "install {name}");
+            let flagged = which == Which::Failed;
+            Ok(Reply::json(&CallbackView { host: &host, install: &id, result: name, flagged }))
+        }
+        Callback::NotOpen { other_open } => {
+            let why = if other_open { "another install is open" } else { "no install is open" };
+            Err(HttpError::new(
+                409,
+                format!("install {id} is not the open install of {host} ({why}); nothing changed"),
+            ))
+        }
+    }
+}
+
+fn asset(svc: &Service, req: &Req, rel: Option<String>) -> Result<Reply, HttpError> {
+    let Some(root) = &svc.config.assets else {
+        return Err(HttpError::not_found("this server has no --assets directory"));
+    };
+    let rel = rel.ok_or_else(|| HttpError::bad_request("bad asset path"))?;
+    match super::assets::open(root, &rel, req.range.as_deref()) {
+        Ok(body) => {
+            let mut r = Reply {
+                status: body.status,
+                content_type: content_type(&rel),
+                body: Payload::Stream(body.reader, body.length),
+                headers: vec![("Accept-Ranges", "bytes".into())],
+            };
+            if let Some(cr) = body.content_range {
+                r.headers.push(("Content-Range", cr));
+            }
+            if let Some(m) = body.modified {
+                r.headers.push(("Last-Modified", httpdate::fmt_http_date(m)));
+            }
+            Ok(r)
+        }
+        Err(e) if e.status == 416 => {
+            Err(HttpError::new(416, "the requested range is outside the file")
+                .header("Content-Range", e.message))
+        }
+        Err(e) if e.status == 400 => Err(HttpError::bad_request("bad asset path")),
+        Err(_) => Err(HttpError::not_found("no such asset")),
+    }
+}
+
+fn content_type(path: &str) -> &'static str {
+    match path.rsplit('.').next() {
+        Some("iso") => "application/x-iso9660-image",
+        Some("ipxe" | "cfg" | "txt" | "yaml" | "yml" | "ks" | "seed") => TEXT,
+        _ => "application/octet-stream",
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operator API
+
+/// The JSON view of one host.
+#[derive(Serialize)]
+struct HostView {
+    hostname: String,
+    in_inventory: bool,
+    ip: Option<String>,
+    mac: Option<String>,
+    default_profile: Option<String>,
+    flagged: bool,
+    profile: Option<String>,
+    phase: Option<Phase>,
+    flag: Option<FlagView>,
+    last_install: Option<EndedView>,
+    last_boot: Option<BootView>,
+    version: u64,
+    /// Set instead of the state fields when the host's state file cannot be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct FlagView {
+    profile: String,
+    set_by: String,
+    set_from: String,
+    set_at: String,
+    install: InstallView,
+}
+
+#[derive(Serialize)]
+struct InstallView {
+    id: String,
+    opened_at: Option<String>,
+    answers: u32,
+    failures: u32,
+    last_failure_at: Option<String>,
+}
+
+#[derive(Serialize)]
+struct EndedView {
+    id: String,
+    profile: String,
+    opened_at: Option<String>,
+    ended_at: String,
+    how: Ending,
+}
+
+#[derive(Serialize)]
+struct BootView {
+    time: String,
+    peer: String,
+    ip: Option<String>,
+    mac: Option<String>,
+    answer: String,
+    reason: String,
+}
+
+impl From<&Flag> for FlagView {
+    fn from(f: &Flag) -> Self {
+        let i = &f.install;
+        FlagView {
+            profile: f.profile.clone(),
+            set_by: f.set_by.clone(),
+            set_from: f.set_from.clone(),
+            set_at: rfc3339(f.set_at),
+            install: InstallView {
+                id: i.id.clone(),
+                opened_at: i.opened_at.map(rfc3339),
+                answers: i.answers,
+                failures: i.failures,
+                last_failure_at: i.last_failure_at.map(rfc3339),
+            },
+        }
+    }
+}
+
+impl From<&EndedInstall> for EndedView {
+    fn from(e: &EndedInstall) -> Self {
+        EndedView {
+            id: e.id.clone(),
+            profile: e.profile.clone(),
+            opened_at: e.opened_at.map(rfc3339),
+            ended_at: rfc3339(e.ended_at),
+            how: e.how,
+        }
+    }
+}
+
+fn host_view(
+    svc: &Service,
+    snap: &Snapshot,
+    host: &str,
+    state: Result<&HostState, String>,
+) -> HostView {
+    let node = snap.inventory.get(host);
+    let mut view = HostView {
+        hostname: host.to_string(),
+        in_inventory: node.is_some(),
+        ip: node.map(|n| n.cidr()),
+        mac: node.and_then(|n| n.mac.map(|m| m.to_string())),
+        default_profile: node.and_then(|n| n.profile.clone()),
+        flagged: false,
+        profile: None,
+        phase: None,
+        flag: None,
+        last_install: None,
+        last_boot: None,
+        version: 0,
+        state_error: None,
+    };
+    let st = match state {
+        Ok(st) => st,
+        Err(e) => {
+            view.state_error = Some(e);
+            return view;
+        }
+    };
+    let seen = svc.last_boot.get(&svc.audit, host, |h| snap.inventory.get(h).is_some());
+    let last_boot = match (seen, st.last_boot.clone()) {
+        (Some(a), Some(b)) => Some(if a.at >= b.at { a } else { b }),
+        (a, b) => a.or(b),
+    };
+    view.flagged = st.flag.is_some();
+    view.profile = st.flag.as_ref().map(|f| f.profile.clone());
+    view.phase = Some(st.phase());
+    view.flag = st.flag.as_ref().map(FlagView::from);
+    view.last_install = st.last_install.as_ref().map(EndedView::from);
+    view.last_boot = last_boot.map(|b| BootView {
+        time: rfc3339(b.at),
+        peer: b.peer,
+        ip: b.ip,
+        mac: b.mac,
+        answer: b.answer,
+        reason: b.reason,
+    });
+    view.version = st.version;
+    view
+}
+
+#[derive(Serialize)]
+struct HostList {
+    hosts: Vec<HostView>,
+    /// Hosts with stored state that are not in the inventory (flags ended when they left).
+    orphans: Vec<HostView>,
+}
+
+/// `GET /hosts[?flagged=1]`: every inventory host, each with its state, or with the error that
+/// keeps its state file from being read (the others are listed all the same).
+async fn list_hosts(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {
+    authorize(svc, req, Role::Read).await?;
+    let only_flagged = matches!(req.param("flagged"), Some("1" | "true" | "yes"));
+    svc.blocking(move |svc| {
+        let snap = svc.catalog.snapshot();
+        let with_state: std::collections::HashSet<String> = svc.store.hosts().into_iter().collect();
+        let read = |host: &str| match with_state.contains(host) {
+            true => svc.store.read(host).map_err(|e| e.to_string()),
+            false => Ok(HostState::default()),
+        };
+        let keep = |st: &Result<HostState, String>| {
+            !only_flagged || st.as_ref().map_or(true, |s| s.flag.is_some())
+        };
+        let mut hosts = Vec::new();
+        for node in snap.inventory.nodes() {
+            let st = read(&node.hostname);
+            if keep(&st) {
+                hosts.push(host_view(
+                    svc,
+                    &snap,
+                    &node.hostname,
+                    st.as_ref().map_err(Clone::clone),
+                ));
+            }
+        }
+        let mut orphans = Vec::new();
+        let mut outside: Vec<&String> =
+            with_state.iter().filter(|h| snap.inventory.get(h).is_none()).collect();
+        outside.sort();
+        for host in outside {
+            let st = read(host);
+            let shown = match &st {
+                Ok(s) => {
+                    s.flag.is_some()
+                        || s.last_install
+                            .as_ref()
+                            .is_some_and(|e| e.how == Ending::RemovedFromInventory)
+                }
+                Err(_) => true,
+            };
+            if shown && keep(&st) {
+                orphans.push(host_view(svc, &snap, host, st.as_ref().map_err(Clone::clone)));
+            }
+        }
+        Reply::json(&HostList { hosts, orphans })
+    })
+    .await
+}
+
+async fn show_host(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Reply, HttpError> {
+    authorize(svc, req, Role::Read).await?;
+    let host = api_host(&raw)?;
+    svc.blocking(move |svc| {
+        let snap = svc.catalog.snapshot();
+        let st = svc.store.read(&host).map_err(|e| e.to_string());
+        if snap.inventory.get(&host).is_none() && st.as_ref().is_ok_and(|s| s.version == 0) {
+            return Err(HttpError::not_found("this host is not in the inventory and has no state"));
+        }
+        Ok(Reply::json(&host_view(svc, &snap, &host, st.as_ref().map_err(Clone::clone))))
+    })
+    .await?
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReimageBody {
+    profile: Option<String>,
+}
+
+/// `PUT /hosts/{host}/reimage`: sets the flag. Idempotent: a second PUT with the same profile
+/// keeps the open install; another profile replaces the flag (and so any open install).
+async fn set_flag(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Reply, HttpError> {
+    let caller = authorize(svc, req, Role::Reimage).await?;
+    let host = api_host(&raw)?;
+    let body: ReimageBody = if req.body.iter().all(u8::is_ascii_whitespace) {
+        ReimageBody { profile: None }
+    } else {
+        serde_json::from_slice(&req.body).map_err(|_| {
+            HttpError::bad_request("the body must be JSON like {\"profile\": \"NAME\"}")
+        })?
+    };
+    let snap = svc.catalog.snapshot();
+    let node = snap.inventory.get(&host).ok_or_else(|| {
+        HttpError::not_found(format!(
+            "{host} is not in the inventory {}; add it there first",
+            snap.inventory.source()
+        ))
+    })?;
+    let profile = body.profile.or_else(|| node.profile.clone()).ok_or_else(|| {
+        HttpError::bad_request(format!(
+            "no profile for {host}: send {{\"profile\": \"NAME\"}} or fill the `profile` column of {}",
+            snap.inventory.source()
+        ))
+    })?;
+    if snap.profiles.get(&profile).is_none() {
+        let known: Vec<&str> = snap.profiles.names().collect();
+        let shown: String = profile.chars().take(64).collect();
+        return Err(HttpError::bad_request(format!(
+            "unknown profile {shown:?}; known profiles: {}",
+            known.join(", ")
+        )));
+    }
+    drop(snap);
+    let peer = req.peer;
+    let h = host.clone();
+    let (view, changed) = svc
+        .change(&host, move |svc, st| {
+            let id = hex::encode(rand::random::<[u8; 16]>());
+            let by = caller.name.clone();
+            let (outcome, write) =
+                lifecycle::set_flag(st, &profile, &by, &peer.to_string(), id, now_ms());
+            let install = match &outcome {
+                SetFlag::Set { install, .. } | SetFlag::Unchanged { install } => install.clone(),
+            };
+            let record = Event::FlagSet {
+                host: h.clone(),
+                profile: profile.clone(),
+                by,
+                peer,
+                changed: write,
+                install,
+            };
+            let snap = svc.catalog.snapshot();
+            let view = host_view(svc, &snap, &h, Ok(&preview(st, write)));
+            Ok(Change { value: (view, write), write, record: Some(record) })
+        })
+        .await?;
+    if changed {
+        super::metrics::Metrics::inc(&svc.metrics.flags_set);
+    }
+    tracing::info!(host = %host, by = %view_by(&view), %peer, "reimage flag set");
+    Ok(Reply::json(&view))
+}
+
+/// The state as it will be stored: `change` bumps the version when it writes.
+fn preview(st: &HostState, write: bool) -> HostState {
+    let mut shown = st.clone();
+    if write {
+        shown.version += 1;
+    }
+    shown
+}
+
+fn view_by(view: &HostView) -> &str {
+    view.flag.as_ref().map_or("-", |f| f.set_by.as_str())
+}
+
+#[derive(Serialize)]
+struct CancelView {
+    #[serde(flatten)]
+    host: HostView,
+    was_flagged: bool,
+    /// `cancelled`, `window-closed` or `nothing-to-cancel`.
+    outcome: &'static str,
+}
+
+/// `DELETE /hosts/{host}/reimage`: after it, the host's next boot is local and its configs are
+/// 404, whatever the profile; the cancelled install's callback is then ignored.
+async fn cancel(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Reply, HttpError> {
+    let caller = authorize(svc, req, Role::Reimage).await?;
+    let host = api_host(&raw)?;
+    let h = host.clone();
+    let known = svc
+        .blocking(move |svc| {
+            svc.catalog.snapshot().inventory.get(&h).is_some()
+                || svc.store.read(&h).map_or(true, |s| s.version > 0)
+        })
+        .await?;
+    if !known {
+        return Err(HttpError::not_found("this host is not in the inventory and has no state"));
+    }
+    let (h, peer) = (host.clone(), req.peer);
+    let view = svc
+        .change(&host, move |svc, st| {
+            let snap = svc.catalog.snapshot();
+            let (outcome, write) = lifecycle::cancel(st, rules(&snap), now_ms());
+            let (name, install) = match outcome {
+                Cancel::Cancelled { install } => ("cancelled", Some(install)),
+                Cancel::WindowClosed { install } => ("window-closed", Some(install)),
+                Cancel::NothingToCancel => ("nothing-to-cancel", None),
+            };
+            let record = Event::FlagCancelled {
+                host: h.clone(),
+                by: caller.name.clone(),
+                peer,
+                outcome: name,
+                install,
+            };
+            let view = CancelView {
+                host: host_view(svc, &snap, &h, Ok(&preview(st, write))),
+                was_flagged: write,
+                outcome: name,
+            };
+            Ok(Change { value: view, write, record: Some(record) })
+        })
+        .await?;
+    if view.was_flagged {
+        super::metrics::Metrics::inc(&svc.metrics.flags_cleared);
+    }
+    tracing::info!(host = %host, %peer, outcome = view.outcome, "reimage cancel");
+    Ok(Reply::json(&view))
+}
+
+/// `GET /events?since=OFFSET&limit=N`: a page of the audit log (at most 1,000 records and about
+/// 1 MiB, whatever `limit` asks), with the offset to ask from next.
+async fn events(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {
+    authorize(svc, req, Role::Read).await?;
+    let parse = |name: &str, default: u64| -> Result<u64, HttpError> {
+        match req.param(name) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| {
+                HttpError::bad_request(format!(
+                    "{name} must be a whole number (a byte offset from `next`)"
+                ))
+            }),
+        }
+    };
+    let since = parse("since", 0)?;
+    let limit = parse("limit", 1000)?.clamp(1, 1000) as usize;
+    svc.blocking(move |svc| {
+        let (events, next) = svc
+            .audit
+            .read_since(since, limit, super::audit::MAX_PAGE_BYTES)
+            .map_err(|e| HttpError::internal(format!("cannot read the audit log: {e}")))?;
+        Ok(Reply::json(&serde_json::json!({ "events": events, "next": next })))
+    })
+    .await?
+}
+
+/// `POST /admin/reload`: reloads inventory, profiles and tokens now (422 with the error if they
+/// are invalid; the old ones stay), then ends flags of hosts that left the inventory.
+async fn reload(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {
+    let caller = authorize(svc, req, Role::Admin).await?;
+    let peer = req.peer;
+    svc.blocking(move |svc| {
+        let ok = svc.catalog.reload_if_changed(true);
+        if ok {
+            super::metrics::Metrics::inc(&svc.metrics.reloads_ok);
+            svc.sweep_orphans();
+        }
+        svc.audit.note(&Event::Reload { by: caller.name, peer, ok });
+        let status = svc.catalog.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let generation = svc.catalog.snapshot().generation;
+        let body = serde_json::json!({ "reloaded": ok, "generation": generation, "error": status.last_error });
+        Reply::json(&body).with_status(if ok { 200 } else { 422 })
+    })
+    .await
+}

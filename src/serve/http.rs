@@ -1,0 +1,511 @@
+//! The HTTP adapter: hyper (HTTP/1.1) on tokio, and everything that protects the service from
+//! its clients before a handler runs.
+//!
+//! * **Connections are capped**, in total and per peer address. At the total cap the accept
+//!   loop stops accepting (the kernel's backlog holds new connections); a peer over its own cap
+//!   is closed at once, so one address cannot take every slot.
+//! * **Nothing waits forever.** A request head must arrive within `header_timeout`, which hyper
+//!   also applies to an idle keep-alive connection waiting for its next request; a body within
+//!   `body_timeout` (408 otherwise); a response that the client stops reading is cut after
+//!   `send_timeout` without progress.
+//! * **Bodies are bounded** ([`MAX_BODY`], 413 beyond), and only origin-form targets are taken.
+//!
+//! hyper does the parsing; what it does not do (connection caps, a body deadline, a send
+//! deadline) is written here, in a few lines each, because axum and tower-http do not do them
+//! either: their limits are per request, not per connection, and `axum::serve` has no cap.
+//!
+//! Every answer carries `Content-Length`, streams too: firmware HTTP clients handle chunked
+//! encoding badly. The `Host` header is never read: see `Config::public_url`.
+
+use super::reply::{HttpError, Payload, Reply};
+use super::routes::Route;
+use super::Service;
+use bytes::Bytes;
+use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Largest request body accepted (a reimage body is a few bytes).
+pub const MAX_BODY: usize = 64 * 1024;
+/// Query parameters kept per request, and the longest value kept; the rest is ignored.
+const MAX_PARAMS: usize = 32;
+const MAX_PARAM_LEN: usize = 512;
+/// How long shutdown waits for requests in progress before dropping their connections.
+const DRAIN: Duration = Duration::from_secs(5);
+/// How much of an oversized body is read and dropped before answering 413.
+const DISCARD: usize = 4 << 20;
+/// Read size when streaming a file.
+const CHUNK: usize = 64 * 1024;
+
+/// Bounds on what clients may hold.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_connections_per_peer: usize,
+    /// For a request head, and for an idle keep-alive connection's next request.
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    /// A response not read at all for this long is cut.
+    pub send_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 4096,
+            max_connections_per_peer: 256,
+            header_timeout: Duration::from_secs(15),
+            body_timeout: Duration::from_secs(15),
+            send_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A request, reduced to what the handlers use.
+pub struct Req {
+    pub method: hyper::Method,
+    pub route: Route,
+    pub query: HashMap<String, String>,
+    pub authorization: Option<String>,
+    pub range: Option<String>,
+    pub peer: IpAddr,
+    pub body: Bytes,
+}
+
+impl Req {
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query.get(name).map(String::as_str)
+    }
+}
+
+/// Open connections per peer address, for the per-peer cap.
+#[derive(Default)]
+struct Peers(Mutex<HashMap<IpAddr, usize>>);
+
+/// One slot of [`Peers`], given back when the connection ends.
+struct PeerSlot {
+    peers: Arc<Peers>,
+    ip: IpAddr,
+}
+
+impl Peers {
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<PeerSlot> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot { peers: self.clone(), ip })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self.peers.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+type ResBody = http_body_util::Either<http_body_util::Full<Bytes>, ChannelBody>;
+
+/// Accepts connections until told to stop, then waits (up to [`DRAIN`]) for the requests in
+/// progress; idle keep-alive connections are closed at once.
+pub async fn serve(
+    svc: Arc<Service>,
+    listener: tokio::net::TcpListener,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let limits = svc.config.limits.clone();
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_timeout);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let peers = Arc::new(Peers::default());
+    let mut failures = AcceptFailures::default();
+    loop {
+        // At the cap, wait for a slot before accepting: new connections queue in the kernel.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            _ = &mut stop => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    failures.record(&e);
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let Some(peer_slot) = peers.take(peer.ip(), limits.max_connections_per_peer) else {
+            svc.metrics.refused_connection();
+            drop(stream); // over its own cap: closed at once
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = svc.clone();
+        let io = SendDeadline::new(stream, limits.send_timeout);
+        let body_timeout = limits.body_timeout;
+        let conn = http.serve_connection(
+            hyper_util::rt::TokioIo::new(io),
+            hyper::service::service_fn(move |req| {
+                let svc = svc.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(handle(svc, peer, req, body_timeout).await)
+                }
+            }),
+        );
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("connection from {peer} ended: {e}");
+            }
+            drop((slot, peer_slot));
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        tracing::warn!("requests still running after {DRAIN:?}: dropping their connections");
+    }
+}
+
+/// Logs failed accepts at most once a second, with a count, instead of once each.
+#[derive(Default)]
+struct AcceptFailures {
+    last_log: Option<std::time::Instant>,
+    since_log: u64,
+}
+
+impl AcceptFailures {
+    fn record(&mut self, e: &std::io::Error) {
+        self.since_log += 1;
+        if self.last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            tracing::warn!(count = self.since_log, "accept failed: {e}");
+            self.last_log = Some(std::time::Instant::now());
+            self.since_log = 0;
+        }
+    }
+}
+
+/// Answers one request.
+async fn handle(
+    svc: Arc<Service>,
+    peer: SocketAddr,
+    request: hyper::Request<hyper::body::Incoming>,
+    body_timeout: Duration,
+) -> hyper::Response<ResBody> {
+    let head = request.method() == hyper::Method::HEAD;
+    let reply = match to_req(peer, request, body_timeout).await {
+        Ok(req) => super::handlers::handle(svc.clone(), req).await,
+        Err(e) => e.into_reply(),
+    };
+    svc.metrics.response(reply.status);
+    to_response(reply, head)
+}
+
+/// Reduces a request to a [`Req`], or answers it directly (bad target, slow or oversized body).
+async fn to_req(
+    peer: SocketAddr,
+    request: hyper::Request<hyper::body::Incoming>,
+    body_timeout: Duration,
+) -> Result<Req, HttpError> {
+    let (parts, body) = request.into_parts();
+    // Only origin-form targets (`/path?query`): absolute-form and `*` are refused.
+    let target = match parts.uri.path_and_query() {
+        Some(pq) if parts.uri.scheme().is_none() && pq.path().starts_with('/') => pq,
+        _ => return Err(HttpError::bad_request("the request target must be an absolute path")),
+    };
+    let header = |name: HeaderName| {
+        parts.headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    let too_big = || {
+        HttpError::new(413, format!("the body is larger than {MAX_BODY} bytes"))
+            .header("Connection", "close".into())
+    };
+    let announced =
+        parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let over = announced.is_some_and(|n| n > MAX_BODY as u64);
+    if over && parts.headers.contains_key(hyper::header::EXPECT) {
+        return Err(too_big()); // the client waits for 100-continue: it has sent nothing yet
+    }
+    let body = match tokio::time::timeout(body_timeout, read_body(body, over)).await {
+        Ok(Ok(Some(body))) => body,
+        Ok(Ok(None)) => return Err(too_big()),
+        Ok(Err(())) => return Err(HttpError::bad_request("the body could not be read")),
+        Err(_) => {
+            return Err(HttpError::new(408, "the body did not arrive in time")
+                .header("Connection", "close".into()))
+        }
+    };
+    Ok(Req {
+        method: parts.method,
+        route: Route::parse(target.path()),
+        query: parse_query(target.query().unwrap_or("")),
+        authorization: header(hyper::header::AUTHORIZATION),
+        range: header(hyper::header::RANGE),
+        peer: peer.ip(),
+        body,
+    })
+}
+
+/// Reads a body of at most [`MAX_BODY`] bytes; `None` if it is larger. Past the limit it keeps
+/// reading (up to [`DISCARD`]) and drops what it reads, so that a client that writes its whole
+/// body before reading gets the 413 rather than a connection reset.
+async fn read_body(mut body: hyper::body::Incoming, mut over: bool) -> Result<Option<Bytes>, ()> {
+    use http_body_util::BodyExt;
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| ())?.into_data() else { continue }; // trailers
+        seen += data.len();
+        over |= seen > MAX_BODY;
+        if over {
+            kept = Vec::new();
+            if seen > DISCARD {
+                break; // hyper closes the connection after the answer
+            }
+        } else {
+            kept.extend_from_slice(&data);
+        }
+    }
+    Ok((!over).then(|| Bytes::from(kept)))
+}
+
+/// Query parameters, percent-decoded (`+` is a space); the first value of a name wins. At most
+/// [`MAX_PARAMS`] names are kept and values are cut at [`MAX_PARAM_LEN`] bytes, so no query can
+/// make a handler hold or pass on much text.
+fn parse_query(query: &str) -> HashMap<String, String> {
+    let decode = |s: &str| {
+        let s = s.replace('+', " ");
+        let mut text = percent_encoding::percent_decode_str(&s).decode_utf8_lossy().into_owned();
+        if text.len() > MAX_PARAM_LEN {
+            let mut cut = MAX_PARAM_LEN;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+        }
+        text
+    };
+    let mut params = HashMap::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()).take(MAX_PARAMS) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        params.entry(decode(k)).or_insert_with(|| decode(v));
+    }
+    params
+}
+
+/// Builds the response. HEAD answers keep `Content-Length` and send no body.
+fn to_response(reply: Reply, head: bool) -> hyper::Response<ResBody> {
+    let status = hyper::StatusCode::from_u16(reply.status)
+        .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    let empty = || http_body_util::Either::Left(http_body_util::Full::new(Bytes::new()));
+    let (len, body) = match reply.body {
+        Payload::Text(text) if head => (text.len() as u64, empty()),
+        Payload::Text(text) => {
+            let len = text.len() as u64;
+            (len, http_body_util::Either::Left(http_body_util::Full::new(Bytes::from(text))))
+        }
+        Payload::Stream(_, len) if head => (len, empty()),
+        Payload::Stream(reader, len) => (len, http_body_util::Either::Right(pump(reader, len))),
+    };
+    let mut response = hyper::Response::new(body);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    for (k, v) in reply.headers {
+        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(&v)) {
+            headers.append(k, v);
+        }
+    }
+    response
+}
+
+/// A body fed by [`pump`]: chunks of a file read on the blocking pool.
+pub struct ChannelBody {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    remaining: u64,
+}
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        self.rx.poll_recv(cx).map(|chunk| {
+            chunk.map(|chunk| {
+                chunk.map(|bytes| {
+                    self.remaining = self.remaining.saturating_sub(bytes.len() as u64);
+                    hyper::body::Frame::data(bytes)
+                })
+            })
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.remaining)
+    }
+}
+
+/// Streams `len` bytes of `reader` without holding the file in memory: each chunk is read on the
+/// blocking pool (a thread is held only while reading, not while a slow client drains), and at
+/// most two chunks wait in the channel. A reader that ends early fails the body, so the client
+/// sees a cut connection rather than a short file.
+fn pump(reader: Box<dyn Read + Send>, len: u64) -> ChannelBody {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(async move {
+        let mut reader = reader;
+        let mut left = len;
+        while left > 0 {
+            let want = CHUNK.min(usize::try_from(left).unwrap_or(CHUNK));
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; want];
+                let result = reader.read(&mut buf).map(|n| {
+                    buf.truncate(n);
+                    buf
+                });
+                (reader, result)
+            })
+            .await;
+            let Ok((r, result)) = read else {
+                let _ = tx.send(Err(std::io::Error::other("a file read failed"))).await;
+                return;
+            };
+            reader = r;
+            let chunk = match result {
+                Ok(buf) if !buf.is_empty() => {
+                    left -= buf.len() as u64;
+                    Ok(Bytes::from(buf))
+                }
+                Ok(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the file is shorter than announced",
+                )),
+                Err(e) => Err(e),
+            };
+            let failed = chunk.is_err();
+            if tx.send(chunk).await.is_err() || failed {
+                return; // the client went away, or the read failed
+            }
+        }
+    });
+    ChannelBody { rx, remaining: len }
+}
+
+/// A connection whose writes fail once the peer has not taken a single byte for `timeout`, so a
+/// client that stops reading a response cannot hold its connection (and its slot) forever.
+struct SendDeadline {
+    inner: tokio::net::TcpStream,
+    timeout: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl SendDeadline {
+    fn new(inner: tokio::net::TcpStream, timeout: Duration) -> Self {
+        SendDeadline { inner, timeout, stalled: None }
+    }
+
+    /// Called when a write would block: arms the deadline, or reports it passed.
+    fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let timeout = self.timeout;
+        let sleep = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncRead for SendDeadline {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SendDeadline {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Pending => self.poll_stalled(cx),
+            done => {
+                self.stalled = None;
+                done
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
+            Poll::Pending => self.poll_stalled(cx),
+            done => {
+                self.stalled = None;
+                done
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_are_decoded_and_bounded() {
+        let q = parse_query("mac=aa-bb&x&token=a+b&mac=zz&long=".to_string().as_str());
+        assert_eq!((q["mac"].as_str(), q["x"].as_str(), q["token"].as_str()), ("aa-bb", "", "a b"));
+        let long = format!("v={}", "é".repeat(1000));
+        assert!(parse_query(&long)["v"].len() <= MAX_PARAM_LEN);
+        let many: Vec<String> = (0..100).map(|i| format!("k{i}=v")).collect();
+        assert_eq!(parse_query(&many.join("&")).len(), MAX_PARAMS);
+    }
+}

@@ -1,0 +1,111 @@
+//! What handlers answer: a [`Reply`] on success, an [`HttpError`] otherwise. The HTTP adapter
+//! ([`super::http`]) turns both into responses; nothing else builds a status line.
+
+use serde::Serialize;
+use std::io::Read;
+
+pub const JSON: &str = "application/json";
+pub const TEXT: &str = "text/plain; charset=utf-8";
+
+/// A successful answer.
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Payload,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+pub enum Payload {
+    Text(String),
+    /// A reader and the exact number of bytes it yields (sent as `Content-Length`).
+    Stream(Box<dyn Read + Send>, u64),
+}
+
+impl Reply {
+    pub fn json(value: &impl Serialize) -> Reply {
+        let mut body = serde_json::to_string(value).expect("answers serialise");
+        body.push('\n');
+        Reply { status: 200, content_type: JSON, body: Payload::Text(body), headers: Vec::new() }
+    }
+
+    pub fn text(body: String) -> Reply {
+        Reply { status: 200, content_type: TEXT, body: Payload::Text(body), headers: Vec::new() }
+    }
+
+    pub fn with_status(mut self, status: u16) -> Reply {
+        self.status = status;
+        self
+    }
+
+    pub fn header(mut self, name: &'static str, value: String) -> Reply {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+/// Every failed request, whatever the route: a status, a message for the caller (answered as
+/// `{"error": message}`) and the headers some statuses need.
+///
+/// A message is shown to whoever sent the request, so it never holds a path on the server, a
+/// secret or text of the request; details of server-side failures go to the log
+/// ([`HttpError::internal`]).
+#[derive(Debug)]
+pub struct HttpError {
+    pub status: u16,
+    pub message: String,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl HttpError {
+    pub fn new(status: u16, message: impl Into<String>) -> HttpError {
+        HttpError { status, message: message.into(), headers: Vec::new() }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> HttpError {
+        HttpError::new(400, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> HttpError {
+        HttpError::new(404, message)
+    }
+
+    /// 405 with the `Allow` header the route accepts.
+    pub fn method_not_allowed(allow: &'static str) -> HttpError {
+        HttpError::new(405, format!("method not allowed here; use {allow}"))
+            .header("Allow", allow.to_string())
+    }
+
+    /// A failure of the server itself: `detail` goes to the log, the caller sees a generic 500.
+    pub fn internal(detail: impl std::fmt::Display) -> HttpError {
+        tracing::error!("{detail}");
+        HttpError::new(500, "internal error; the server log has the details")
+    }
+
+    /// The host's state is locked elsewhere for longer than a request may wait.
+    pub fn busy() -> HttpError {
+        HttpError::new(503, "the host's state is locked by another request or instance; try again")
+            .header("Retry-After", "1".into())
+    }
+
+    pub fn header(mut self, name: &'static str, value: String) -> HttpError {
+        self.headers.push((name, value));
+        self
+    }
+
+    pub fn into_reply(self) -> Reply {
+        let mut body = super::util::error_json(&self.message);
+        body.push('\n');
+        Reply {
+            status: self.status,
+            content_type: JSON,
+            body: Payload::Text(body),
+            headers: self.headers,
+        }
+    }
+}
+
+impl From<super::state::StoreError> for HttpError {
+    fn from(e: super::state::StoreError) -> Self {
+        HttpError::internal(e)
+    }
+}

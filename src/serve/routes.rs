@@ -1,0 +1,200 @@
+//! The route table: a request path, split on `/` *before* percent-decoding, becomes a [`Route`].
+//!
+//! Splitting first means an encoded slash stays inside its segment (`/hosts/n1%2Freimage` is the
+//! host `n1/reimage`, which no host name matches), never a separator. Segments are then decoded
+//! one by one; what a handler receives is already split into the pieces it needs, with file
+//! paths checked for `..`, empty and hidden segments, NUL and backslash here, once.
+
+use percent_encoding::percent_decode_str;
+
+/// Where a request goes. Host segments are decoded but not yet validated (the handler answers
+/// an invalid one in its own way: `/boot` boots local, the API says 400).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Healthz,
+    Status,
+    Metrics,
+    /// `/boot/{host}`.
+    Boot(String),
+    /// Anything deeper under `/boot/`: still answered with a local boot, never an error.
+    BootOther,
+    /// `/config/{host}[/~TOKEN]/{file...}`; `file` is `None` when missing or malformed.
+    Config {
+        host: String,
+        token: Option<String>,
+        file: Option<String>,
+    },
+    /// `/assets/{path...}`; `None` when the path is malformed.
+    Asset(Option<String>),
+    Hosts,
+    Host(String),
+    Reimage(String),
+    Done(String),
+    Failed(String),
+    Events,
+    Reload,
+    NotFound,
+}
+
+impl Route {
+    pub fn parse(raw_path: &str) -> Route {
+        let raw: Vec<&str> = raw_path.strip_prefix('/').unwrap_or(raw_path).split('/').collect();
+        let seg = |i: usize| decode(raw[i]);
+        match raw.as_slice() {
+            ["healthz"] => Route::Healthz,
+            ["status"] => Route::Status,
+            ["metrics"] => Route::Metrics,
+            ["boot", _] => Route::Boot(seg(1)),
+            ["boot", _, _, ..] => Route::BootOther,
+            ["config", _, rest @ ..] if !rest.is_empty() => {
+                let (token, file) = match rest.split_first() {
+                    Some((t, file)) if t.starts_with('~') => (Some(decode(&t[1..])), file),
+                    _ => (None, rest),
+                };
+                Route::Config { host: seg(1), token, file: file_path(file) }
+            }
+            ["assets", rest @ ..] if !rest.is_empty() => Route::Asset(file_path(rest)),
+            ["hosts"] => Route::Hosts,
+            ["hosts", _] => Route::Host(seg(1)),
+            ["hosts", _, "reimage"] => Route::Reimage(seg(1)),
+            ["hosts", _, "done"] => Route::Done(seg(1)),
+            ["hosts", _, "failed"] => Route::Failed(seg(1)),
+            ["events"] => Route::Events,
+            ["admin", "reload"] => Route::Reload,
+            _ => Route::NotFound,
+        }
+    }
+
+    /// The route's name for logs and the audit log: a fixed string, never the request's path.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::Healthz => "/healthz",
+            Route::Status => "/status",
+            Route::Metrics => "/metrics",
+            Route::Boot(_) | Route::BootOther => "/boot/{host}",
+            Route::Config { .. } => "/config/{host}/{file}",
+            Route::Asset(_) => "/assets/{path}",
+            Route::Hosts => "/hosts",
+            Route::Host(_) => "/hosts/{host}",
+            Route::Reimage(_) => "/hosts/{host}/reimage",
+            Route::Done(_) => "/hosts/{host}/done",
+            Route::Failed(_) => "/hosts/{host}/failed",
+            Route::Events => "/events",
+            Route::Reload => "/admin/reload",
+            Route::NotFound => "-",
+        }
+    }
+
+    /// The methods the route answers (the `Allow` header of a 405). Methods are compared
+    /// case-sensitively (RFC 9110): `get` is not `GET`. `HEAD` is offered only where answering
+    /// changes nothing, so a `HEAD` can never open or end an install.
+    pub fn allow(&self) -> &'static str {
+        match self {
+            Route::Healthz | Route::Status | Route::Metrics | Route::Hosts | Route::Host(_) => {
+                "GET, HEAD"
+            }
+            Route::Events | Route::Asset(_) => "GET, HEAD",
+            // A boot answer may open an install; a config fetch is audited: GET only.
+            Route::Boot(_) | Route::BootOther | Route::Config { .. } => "GET",
+            Route::Reimage(_) => "PUT, DELETE",
+            // iPXE can only GET; installers POST.
+            Route::Done(_) | Route::Failed(_) => "GET, POST",
+            Route::Reload => "POST",
+            Route::NotFound => "",
+        }
+    }
+
+    pub fn allows(&self, method: &str) -> bool {
+        self.allow().split(", ").any(|m| m == method)
+    }
+}
+
+/// Decodes one segment; bytes that are not UTF-8 become U+FFFD, which no host name, profile or
+/// file name accepts.
+fn decode(segment: &str) -> String {
+    percent_decode_str(segment).decode_utf8_lossy().into_owned()
+}
+
+/// Decodes a relative file path segment by segment; `None` if any segment is empty, `.`, `..`,
+/// hidden (`.x`), starts with `~` (a token's shape: never taken as a file name, so never logged
+/// as one), or holds `/`, `\` or NUL once decoded.
+fn file_path(raw: &[&str]) -> Option<String> {
+    if raw.is_empty() {
+        return None;
+    }
+    let mut parts = Vec::with_capacity(raw.len());
+    for r in raw {
+        let d = decode(r);
+        let bad = d.is_empty()
+            || d.starts_with('.')
+            || d.starts_with('~')
+            || d.contains(['/', '\\', '\0', '\u{fffd}']);
+        if bad {
+            return None;
+        }
+        parts.push(d);
+    }
+    Some(parts.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoded_slashes_stay_inside_their_segment() {
+        assert_eq!(Route::parse("/hosts/n1%2Freimage"), Route::Host("n1/reimage".into()));
+        assert_eq!(Route::parse("/hosts/n1/reimage"), Route::Reimage("n1".into()));
+        assert_eq!(Route::parse("/boot/n%301"), Route::Boot("n01".into()));
+        assert_eq!(Route::parse("/boot/a%2Fb"), Route::Boot("a/b".into()));
+        assert_eq!(Route::parse("/boot/a/b"), Route::BootOther);
+    }
+
+    #[test]
+    fn config_paths_split_the_token_and_refuse_tricks() {
+        let c = |p: &str| Route::parse(p);
+        assert_eq!(
+            c("/config/n1/~abc/ks.cfg"),
+            Route::Config {
+                host: "n1".into(),
+                token: Some("abc".into()),
+                file: Some("ks.cfg".into())
+            }
+        );
+        // Bug 4's shapes: a token with no file after it, or deeper in the path, is never a file.
+        assert_eq!(
+            c("/config/n1/~abc"),
+            Route::Config { host: "n1".into(), token: Some("abc".into()), file: None }
+        );
+        assert_eq!(
+            c("/config/n1/x/~abc/f"),
+            Route::Config { host: "n1".into(), token: None, file: None }
+        );
+        for bad in [
+            "/config/n1/../x",
+            "/config/n1/%2e%2e/x",
+            "/config/n1/a%2Fb",
+            "/config/n1/.x",
+            "/config/n1/a//b",
+            "/config/n1/%ff",
+        ] {
+            assert!(matches!(c(bad), Route::Config { file: None, .. }), "{bad}");
+        }
+        assert_eq!(
+            c("/config/n1/a/b.cfg"),
+            Route::Config { host: "n1".into(), token: None, file: Some("a/b.cfg".into()) }
+        );
+        assert_eq!(c("/assets/rocky/%2e%2e%2fx"), Route::Asset(None));
+        assert_eq!(c("/assets/rocky/vmlinuz"), Route::Asset(Some("rocky/vmlinuz".into())));
+    }
+
+    #[test]
+    fn methods_are_case_sensitive_and_head_never_changes_state() {
+        assert!(Route::Healthz.allows("GET") && !Route::Healthz.allows("get"));
+        for r in [Route::Done("h".into()), Route::Failed("h".into()), Route::Boot("h".into())] {
+            assert!(!r.allows("HEAD"), "{r:?}");
+        }
+        assert!(Route::Asset(None).allows("HEAD"));
+        assert!(!Route::NotFound.allows("GET"));
+    }
+}
