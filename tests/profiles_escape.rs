@@ -1,8 +1,60 @@
-//! The template filters `ipxe`, `shell` and `yaml`, on their own and inside a template.
+//! Free CSV columns reaching the shipped profiles: a hostile value either stops the render (the
+//! `ipxe` filter refuses it) or comes out only in escaped form (`shell`, `yaml`). Also the
+//! filters on their own.
 
 use bootforge::inventory::{Inventory, Node};
 use bootforge::serve::profiles::{ipxe_arg, shell_word, yaml_string, Profiles, RenderContext};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+const HEADER: &str = "hostname,ip,gateway,dns,mac,profile,role,install_disk,iface,cluster_token,cluster_vip,join_server,password_hash,ssh_key";
+
+const KEY: &str = "ssh-ed25519 AAAA op";
+const HOSTILE_KEY: &str = "ssh-ed25519 AAAA op'; touch /tmp/PWNED; echo '";
+const HOSTILE_IFACE: &str = "eth0 ; shell ; #";
+
+fn examples() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/profiles")
+}
+
+fn inventory(rows: &[String]) -> Inventory {
+    let text = format!("{HEADER}\n{}\n", rows.join("\n"));
+    Inventory::parse("nodes.csv", text.as_bytes()).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+/// One CSV row; `n` makes the address and MAC unique.
+#[allow(clippy::too_many_arguments)]
+fn row(
+    n: u32,
+    profile: &str,
+    role: &str,
+    disk: &str,
+    iface: &str,
+    token: &str,
+    join: &str,
+    hash: &str,
+    key: &str,
+) -> String {
+    let (hi, lo) = (n / 250, n % 250 + 2);
+    format!(
+        "node{n:02},10.1.{hi}.{lo}/16,10.1.0.1,10.1.0.1,52:54:00:00:{:02x}:{:02x},{profile},{role},{disk},{iface},{token},10.1.0.250,{join},{hash},{key}",
+        n / 256,
+        n % 256
+    )
+}
+
+fn normal(n: u32, profile: &str, role: &str) -> String {
+    row(
+        n,
+        profile,
+        role,
+        "/dev/sda",
+        "eno1",
+        "tok-123",
+        "https://10.1.0.250:443",
+        "$6$salt$hash",
+        KEY,
+    )
+}
 
 fn ctx(node: &Node) -> RenderContext<'_> {
     RenderContext {
@@ -11,6 +63,358 @@ fn ctx(node: &Node) -> RenderContext<'_> {
         token: Some("0123abcd"),
         install_id: "00ff",
     }
+}
+
+/// Every file of the node's profile: (`boot.ipxe` or `config/PATH`, rendered or the error).
+fn render_all(profiles: &Profiles, node: &Node) -> Vec<(String, Result<String, String>)> {
+    let name = node.profile.as_deref().unwrap();
+    let p = profiles.get(name).unwrap();
+    std::iter::once("boot.ipxe".to_string())
+        .chain(p.config_files.iter().map(|f| format!("config/{f}")))
+        .map(|file| {
+            let out = profiles.render(name, &file, &ctx(node));
+            (file, out)
+        })
+        .collect()
+}
+
+fn get<'a>(files: &'a [(String, Result<String, String>)], file: &str) -> &'a str {
+    let (_, out) = files.iter().find(|(f, _)| f == file).unwrap_or_else(|| panic!("no {file}"));
+    out.as_deref().unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+fn line_with<'a>(text: &'a str, start: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.trim_start().starts_with(start))
+        .unwrap_or_else(|| panic!("no line starting {start:?} in:\n{text}"))
+}
+
+/// POSIX shell word splitting of one line (quotes and backslashes; no expansion), enough to see
+/// how a shell would cut a rendered command into words. `None` if a quote is left open.
+fn shell_split(line: &str) -> Option<Vec<String>> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' => {
+                if let Some(w) = word.take() {
+                    words.push(w);
+                }
+            }
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next()? {
+                        '\'' => break,
+                        c => w.push(c),
+                    }
+                }
+            }
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next()? {
+                        '"' => break,
+                        '\\' => match chars.next()? {
+                            c @ ('$' | '`' | '"' | '\\') => w.push(c),
+                            c => {
+                                w.push('\\');
+                                w.push(c);
+                            }
+                        },
+                        c => w.push(c),
+                    }
+                }
+            }
+            '\\' => word.get_or_insert_with(String::new).push(chars.next()?),
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    Some(words)
+}
+
+#[test]
+fn hostile_iface_stops_every_boot_script_and_is_quoted_in_configs() {
+    let profiles = Profiles::load(&examples()).unwrap();
+    let rows: Vec<String> = [
+        ("debian", ""),
+        ("rocky", ""),
+        ("ubuntu", ""),
+        ("harvester", "create"),
+        ("harvester", "join"),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, (p, role))| {
+        row(
+            i as u32 + 1,
+            p,
+            role,
+            "/dev/sda",
+            HOSTILE_IFACE,
+            "tok",
+            "https://10.1.0.250:443",
+            "$6$salt$hash",
+            KEY,
+        )
+    })
+    .collect();
+    let inv = inventory(&rows);
+    for node in inv.nodes() {
+        let files = render_all(&profiles, node);
+        let (_, boot) = &files[0];
+        let err = boot.as_ref().expect_err("boot.ipxe must refuse a space in iface");
+        let profile = node.profile.as_deref().unwrap();
+        assert!(err.contains(&format!("{profile}/boot.ipxe:")), "{err}");
+        assert!(err.contains("the `ipxe` filter refused a value of 16 characters"), "{err}");
+        assert!(err.contains("a space at position 5"), "{err}");
+        assert!(!err.contains("shell ;"), "the value is not echoed: {err}");
+        let cfg = |f: &str| get(&files, f);
+        match profile {
+            "rocky" => {
+                let line = line_with(cfg("config/ks.cfg"), "network ");
+                assert!(line.contains("--device='eth0 ; shell ; #' --ip=10.1.0.4"), "{line}");
+                let words = shell_split(line).unwrap();
+                assert!(words.contains(&format!("--device={HOSTILE_IFACE}")), "{words:?}");
+            }
+            "ubuntu" => {
+                let ud = cfg("config/user-data");
+                assert!(ud.contains("\n      \"eth0 ; shell ; #\":\n"), "{ud}");
+                assert!(ud.contains("\n        set-name: \"eth0 ; shell ; #\"\n"), "{ud}");
+            }
+            "harvester" => {
+                let f = if node.vars["role"] == "create" { "create" } else { "join" };
+                let y = cfg(&format!("config/config-{f}.yaml"));
+                assert!(y.contains("\n      - name: \"eth0 ; shell ; #\"\n"), "{y}");
+            }
+            "debian" => {
+                // A preseed value is the rest of its line, with no quoting in the format: the
+                // value lands as it is, and cannot leave its line (no line breaks in the CSV).
+                let p = cfg("config/preseed.cfg");
+                assert!(p.contains("\nd-i netcfg/choose_interface select eth0 ; shell ; #\n"));
+            }
+            _ => unreachable!(),
+        }
+    }
+}
+
+#[test]
+fn dollar_brace_never_reaches_an_ipxe_line_and_is_quoted_elsewhere() {
+    let profiles = Profiles::load(&examples()).unwrap();
+    let d = "${x}";
+    let mut rows = Vec::new();
+    for (i, (p, role)) in
+        [("debian", ""), ("rocky", ""), ("ubuntu", ""), ("harvester", "create")].iter().enumerate()
+    {
+        // In iface: every boot.ipxe refuses it.
+        rows.push(row(i as u32 + 1, p, role, d, d, d, d, d, d));
+        // In every free column but iface: boot.ipxe renders, and never holds `${`.
+        rows.push(row(i as u32 + 11, p, role, d, "eno1", d, d, d, d));
+    }
+    // harvester's role reaches boot.ipxe too.
+    rows.push(row(21, "harvester", d, "/dev/sda", "eno1", "t", "j", "h", KEY));
+    let inv = inventory(&rows);
+    for node in inv.nodes() {
+        let files = render_all(&profiles, node);
+        let profile = node.profile.as_deref().unwrap();
+        let boot = &files[0].1;
+        if node.vars["iface"] == d || node.vars["role"] == d {
+            let err = boot.as_ref().expect_err("boot.ipxe must refuse `$`");
+            assert!(err.contains("holds `$` at position 1"), "{err}");
+            continue;
+        }
+        let boot = boot.as_ref().unwrap_or_else(|e| panic!("{profile}: {e}"));
+        for line in boot.lines() {
+            assert!(!line.contains("${"), "{profile}: {line}");
+        }
+        let cfg = |f: &str| get(&files, f);
+        match profile {
+            "rocky" => {
+                let ks = cfg("config/ks.cfg");
+                assert!(ks.contains("\nrootpw --iscrypted '${x}'\n"), "{ks}");
+                assert!(ks.contains("\nsshkey --username=root '${x}'\n"), "{ks}");
+                assert!(ks.contains("\nignoredisk --only-use='${x}'\n"), "{ks}");
+                assert!(ks.contains("--drives='${x}'\n"), "{ks}");
+                assert!(ks.contains("\nbootloader --boot-drive='${x}'\n"), "{ks}");
+            }
+            "ubuntu" => {
+                let ud = cfg("config/user-data");
+                assert!(ud.contains("\n    password: \"${x}\"\n"), "{ud}");
+                assert!(ud.contains("\n      - \"${x}\"\n"), "{ud}");
+                assert!(ud.contains("\n        path: \"${x}\"\n"), "{ud}");
+            }
+            "harvester" => {
+                let y = cfg("config/config-create.yaml");
+                for want in [
+                    "\ntoken: \"${x}\"\n",
+                    "\n  password: \"${x}\"\n",
+                    "\n    - \"${x}\"\n",
+                    "\n  device: \"${x}\"\n",
+                ] {
+                    assert!(y.contains(want), "{want:?} in\n{y}");
+                }
+                let j = cfg("config/config-join.yaml");
+                assert!(j.contains("\nserver_url: \"${x}\"\n"), "{j}");
+            }
+            "debian" => {
+                let p = cfg("config/preseed.cfg");
+                assert!(p.contains("echo '${x}' > /target/home/ops/.ssh/authorized_keys"), "{p}");
+            }
+            _ => unreachable!(),
+        }
+    }
+}
+
+#[test]
+fn quote_in_ssh_key_stays_inside_one_word() {
+    let profiles = Profiles::load(&examples()).unwrap();
+    let hash = r#"$6$a"b\c"#;
+    let rows: Vec<String> = [("debian", ""), ("rocky", ""), ("ubuntu", ""), ("harvester", "join")]
+        .iter()
+        .enumerate()
+        .map(|(i, (p, role))| {
+            row(
+                i as u32 + 1,
+                p,
+                role,
+                "/dev/sda",
+                "eno1",
+                "tok",
+                "https://10.1.0.250:443",
+                &format!("\"{}\"", hash.replace('"', "\"\"")),
+                HOSTILE_KEY,
+            )
+        })
+        .collect();
+    let inv = inventory(&rows);
+    let quoted_key = r#"'ssh-ed25519 AAAA op'\''; touch /tmp/PWNED; echo '\'''"#;
+    let yaml_key = r#""ssh-ed25519 AAAA op'; touch /tmp/PWNED; echo '""#;
+    for node in inv.nodes() {
+        assert_eq!(node.vars["password_hash"], hash);
+        let files = render_all(&profiles, node);
+        for (file, out) in &files {
+            let out = out.as_ref().unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert!(!out.contains("{{"), "{file}");
+        }
+        let cfg = |f: &str| get(&files, f);
+        match node.profile.as_deref().unwrap() {
+            "rocky" => {
+                let ks = cfg("config/ks.cfg");
+                let line = line_with(ks, "sshkey ");
+                assert_eq!(line, format!("sshkey --username=root {quoted_key}"));
+                assert_eq!(shell_split(line).unwrap(), ["sshkey", "--username=root", HOSTILE_KEY]);
+                let line = line_with(ks, "rootpw ");
+                assert_eq!(shell_split(line).unwrap(), ["rootpw", "--iscrypted", hash]);
+                // %post: every line splits into whole words, with no quote left open.
+                let post = ks.split("%post").nth(1).unwrap().split("%end").next().unwrap();
+                for line in post.lines().filter(|l| !l.starts_with('#')) {
+                    assert!(shell_split(line).is_some(), "{line}");
+                }
+            }
+            "debian" => {
+                let p = cfg("config/preseed.cfg");
+                let line = line_with(p, "mkdir -p /target/home/ops/.ssh");
+                // Without the preseed continuation `\` that ends the line.
+                let words = shell_split(line.strip_suffix('\\').unwrap()).unwrap();
+                assert_eq!(words[..5], ["mkdir", "-p", "/target/home/ops/.ssh", "&&", "echo"]);
+                assert_eq!(words[5], HOSTILE_KEY);
+                assert_eq!(words[6..8], [">", "/target/home/ops/.ssh/authorized_keys"]);
+                assert!(!words.iter().any(|w| w == "touch"), "{words:?}");
+                // The crypted password is a preseed value, not shell: it stays bare.
+                assert!(
+                    p.contains(&format!("\nd-i passwd/user-password-crypted password {hash}\n"))
+                );
+            }
+            "ubuntu" => {
+                let ud = cfg("config/user-data");
+                assert!(ud.contains(&format!("\n      - {yaml_key}\n")), "{ud}");
+                assert!(ud.contains(r#"    password: "$6$a\"b\\c""#), "{ud}");
+            }
+            "harvester" => {
+                let y = cfg("config/config-join.yaml");
+                assert!(y.contains(&format!("\n    - {yaml_key}\n")), "{y}");
+                assert!(y.contains(r#"  password: "$6$a\"b\\c""#), "{y}");
+            }
+            _ => unreachable!(),
+        }
+    }
+}
+
+#[test]
+fn normal_values_render_as_before() {
+    let profiles = Profiles::load(&examples()).unwrap();
+    let rows = [
+        normal(1, "rocky", ""),
+        normal(2, "debian", ""),
+        normal(3, "ubuntu", ""),
+        normal(4, "harvester", "create"),
+        normal(5, "harvester", "join"),
+    ];
+    let inv = inventory(&rows);
+    let node = |h: &str| inv.get(h).unwrap();
+    let files = render_all(&profiles, node("node01"));
+    let ks = get(&files, "config/ks.cfg");
+    assert!(ks.contains("--device=eno1 --ip=10.1.0.3"), "{ks}");
+    assert!(ks.contains("\nrootpw --iscrypted '$6$salt$hash'\n"), "{ks}");
+    assert!(ks.contains("\nsshkey --username=root 'ssh-ed25519 AAAA op'\n"), "{ks}");
+    assert!(ks.contains("\nignoredisk --only-use=/dev/sda\n"), "{ks}");
+    assert!(ks.contains("\nurl --url=http://10.1.0.5:8080/assets/rocky/repo\n"), "{ks}");
+    assert!(ks.contains(
+        "\ncurl -fsS 'http://10.1.0.5:8080/config/node01/restore-boot-order.sh?token=0123abcd' | sh\n"
+    ));
+    assert!(ks.contains(
+        "\ncurl -fsS -X POST 'http://10.1.0.5:8080/hosts/node01/done?install=00ff&token=0123abcd'\n"
+    ));
+    let boot = get(&files, "boot.ipxe");
+    assert!(boot.contains(" ip=10.1.0.3::10.1.0.1:255.255.0.0:node01:eno1:none "), "{boot}");
+
+    let files = render_all(&profiles, node("node02"));
+    let p = get(&files, "config/preseed.cfg");
+    for want in [
+        "\nd-i netcfg/choose_interface select eno1\n",
+        "\nd-i passwd/user-password-crypted password $6$salt$hash\n",
+        "\nd-i partman-auto/disk string /dev/sda\n",
+        "\nd-i mirror/http/hostname string 10.1.0.5:8080\n",
+        "\n  mkdir -p /target/home/ops/.ssh && echo 'ssh-ed25519 AAAA op' > /target/home/ops/.ssh/authorized_keys && in-target chown -R ops:ops /home/ops/.ssh; \\\n",
+        "\n  in-target sh -c \"curl -fsS 'http://10.1.0.5:8080/config/node02/restore-boot-order.sh?token=0123abcd' | sh\"; \\\n",
+        "\n  in-target curl -fsS -X POST 'http://10.1.0.5:8080/hosts/node02/done?install=00ff&token=0123abcd'\n",
+        "is done.\nd-i preseed/late_command string \\\n",
+    ] {
+        assert!(p.contains(want), "{want:?} in\n{p}");
+    }
+    assert!(get(&files, "boot.ipxe").contains(" interface=eno1 "));
+
+    let files = render_all(&profiles, node("node03"));
+    let ud = get(&files, "config/user-data");
+    for want in [
+        "\n    password: \"$6$salt$hash\"\n",
+        "\n      - \"ssh-ed25519 AAAA op\"\n",
+        "\n      \"eno1\":\n",
+        "\n        set-name: \"eno1\"\n",
+        "\n        path: \"/dev/sda\"\n",
+        "\n    - curtin in-target --target=/target -- sh -c \"curl -fsS 'http://10.1.0.5:8080/config/node03/restore-boot-order.sh?token=0123abcd' | sh\"\n",
+        "\n    - curl -fsS -X POST 'http://10.1.0.5:8080/hosts/node03/failed?install=00ff&token=0123abcd'\n",
+    ] {
+        assert!(ud.contains(want), "{want:?} in\n{ud}");
+    }
+
+    let files = render_all(&profiles, node("node04"));
+    let y = get(&files, "config/config-create.yaml");
+    for want in [
+        "\ntoken: \"tok-123\"\n",
+        "\n  device: \"/dev/sda\"\n",
+        "\n  vip: \"10.1.0.250\"\n",
+        "\n      - name: \"eno1\"\n",
+        "\n    - \"curl -fsS 'http://10.1.0.5:8080/config/node04/restore-boot-order.sh?token=0123abcd' | sh\"\n",
+    ] {
+        assert!(y.contains(want), "{want:?} in\n{y}");
+    }
+    let files = render_all(&profiles, node("node05"));
+    let y = get(&files, "config/config-join.yaml");
+    assert!(y.contains("\nserver_url: \"https://10.1.0.250:443\"\n"), "{y}");
+    assert!(get(&files, "boot.ipxe").contains("/config/node05/config-join.yaml?token=0123abcd"));
 }
 
 #[test]
