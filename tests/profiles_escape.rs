@@ -1,6 +1,6 @@
 //! Free CSV columns reaching the shipped profiles: a hostile value either stops the render (the
 //! `ipxe` filter refuses it) or comes out only in escaped form (`shell`, `yaml`). Also the
-//! filters on their own.
+//! filters on their own, and the load-time check of every node.
 
 use bootforge::inventory::{Inventory, Node};
 use bootforge::serve::profiles::{ipxe_arg, shell_word, yaml_string, Profiles, RenderContext};
@@ -564,4 +564,63 @@ fn filters_in_templates() {
     let good = inv.get("n2").unwrap();
     let boot = profiles.render("tiny", "boot.ipxe", &ctx(good)).unwrap();
     assert!(boot.contains(" role=worker\n"), "{boot}");
+}
+
+#[test]
+fn check_names_the_row_of_a_bad_value() {
+    let profiles = Profiles::load(&examples()).unwrap();
+    let mut rows: Vec<String> = (1..=9).map(|n| normal(n, "rocky", "")).collect();
+    let good = inventory(&rows);
+    profiles.check_against(good.nodes()).unwrap();
+    profiles.check_inventory(&good).unwrap();
+
+    // Row 7 (line 8 of the file) gets a space in iface.
+    rows[6] = row(7, "rocky", "", "/dev/sda", "eno1 x", "t", "j", "$6$h", KEY);
+    let bad = inventory(&rows);
+    let err = profiles.check_against(bad.nodes()).unwrap_err();
+    let boot = examples().join("rocky/boot.ipxe").display().to_string();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with(&format!("inventory line 8 (node07): {boot}:6: ")), "{err}");
+    assert!(err.contains("a space at position 5"), "{err}");
+    let err = profiles.check_inventory(&bad).unwrap_err();
+    assert!(err.starts_with(&format!("nodes.csv:8 (node07): {boot}:6: ")), "{err}");
+
+    // Many bad rows: the first 20 errors are listed, in file order, and the rest counted.
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = tiny_profiles(dir.path());
+    let mut text = String::from("hostname,ip,profile,role\n");
+    for n in 1..=30 {
+        let role = if n == 1 { "ok" } else { "a b" };
+        text.push_str(&format!("n{n},10.0.1.{n}/24,tiny,{role}\n"));
+    }
+    let inv = Inventory::parse("many.csv", text.as_bytes()).unwrap();
+    let err = tiny.check_inventory(&inv).unwrap_err();
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 21, "{err}");
+    assert!(lines[0].starts_with("many.csv:3 (n2): "), "{err}");
+    assert!(lines[19].starts_with("many.csv:22 (n21): "), "{err}");
+    assert_eq!(lines[20], "… and 9 more errors not listed");
+}
+
+/// How long the load-time check takes for a large fleet on one profile (run with `--ignored`;
+/// the number is printed, not asserted).
+#[test]
+#[ignore]
+fn check_time_for_ten_thousand_nodes() {
+    let profiles = Profiles::load(&examples()).unwrap();
+    for profile in ["rocky", "ubuntu", "harvester", "debian"] {
+        let role = if profile == "harvester" { "create" } else { "" };
+        let rows: Vec<String> = (1..=10_000).map(|n| normal(n, profile, role)).collect();
+        let inv = inventory(&rows);
+        let start = std::time::Instant::now();
+        profiles.check_inventory(&inv).unwrap();
+        let first = start.elapsed();
+        let start = std::time::Instant::now();
+        profiles.check_inventory(&inv).unwrap();
+        println!(
+            "check of 10000 {profile} nodes: {:.0} ms, again {:.0} ms",
+            first.as_secs_f64() * 1000.0,
+            start.elapsed().as_secs_f64() * 1000.0
+        );
+    }
 }

@@ -28,13 +28,20 @@
 //!   refused. See [`shell_word`]. Write no quotes around it.
 //! * `{{ node.password_hash | yaml }}`: a YAML scalar (a value, a list item or a mapping key),
 //!   written as a double-quoted string. See [`yaml_string`]. Write no quotes around it.
+//!
+//! [`Profiles::check_against`] renders every template for every node at load time, so a value
+//! that a filter refuses stops the load (or the reload) with the CSV line and host name, instead
+//! of failing that node's install later.
 
-use crate::inventory::Node;
+use crate::inventory::{Inventory, Node};
 use crate::script::LocalBoot;
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, Value};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+/// The most errors [`Profiles::check_against`] lists; the rest are counted.
+const MAX_CHECK_ERRORS: usize = 20;
 
 /// When the flag is cleared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -200,28 +207,53 @@ impl Profiles {
         template.render(context(ctx)).map_err(|e| self.describe(&e))
     }
 
-    /// Renders every template of every profile for the first node that uses it, so a template
-    /// that refers to a missing column fails at load time instead of at a node's boot.
+    /// Renders every template of every profile for every node that uses it, so a template that
+    /// refers to a missing column, or a value that a filter refuses (see the module
+    /// documentation), fails at load time instead of at a node's boot. Each error starts with
+    /// `inventory line LINE (HOST): `; [`Profiles::check_inventory`] names the file as well.
     pub fn check_against(&self, nodes: &[Node]) -> Result<(), String> {
+        self.check(nodes, |node| format!("inventory line {} ({})", node.line, node.hostname))
+    }
+
+    /// [`Profiles::check_against`] with errors starting `NODES.csv:LINE (HOST): `.
+    pub fn check_inventory(&self, inventory: &Inventory) -> Result<(), String> {
+        let source = inventory.source();
+        self.check(inventory.nodes(), |node| format!("{source}:{} ({})", node.line, node.hostname))
+    }
+
+    fn check(&self, nodes: &[Node], origin: impl Fn(&Node) -> String) -> Result<(), String> {
         let mut errors = Vec::new();
+        let mut more = 0usize;
         for p in self.profiles.values() {
-            let Some(node) = nodes.iter().find(|n| n.profile.as_deref() == Some(&p.name)) else {
-                continue;
-            };
-            let ctx = RenderContext {
-                node,
-                server: "http://bootforge.invalid:8080",
-                token: Some("0"),
-                install_id: "check",
-            };
-            let files = std::iter::once("boot.ipxe".to_string())
-                .chain(p.config_files.iter().map(|f| format!("config/{f}")));
-            for file in files {
-                if let Err(e) = self.render(&p.name, &file, &ctx) {
-                    errors
-                        .push(format!("{e} (rendering for {} from the inventory)", node.hostname));
+            let files: Vec<_> = std::iter::once("boot.ipxe".to_string())
+                .chain(p.config_files.iter().map(|f| format!("config/{f}")))
+                .map(|file| self.env.get_template(&format!("{}/{file}", p.name)))
+                .collect();
+            for node in nodes.iter().filter(|n| n.profile.as_deref() == Some(&p.name)) {
+                let ctx = context(&RenderContext {
+                    node,
+                    server: "http://bootforge.invalid:8080",
+                    token: Some("0"),
+                    install_id: "check",
+                });
+                for template in &files {
+                    let result = template.as_ref().map_err(|e| self.describe(e)).and_then(|t| {
+                        t.render_captured_to(&ctx, std::io::sink())
+                            .map(drop)
+                            .map_err(|e| self.describe(&e))
+                    });
+                    if let Err(e) = result {
+                        if errors.len() < MAX_CHECK_ERRORS {
+                            errors.push(format!("{}: {e}", origin(node)));
+                        } else {
+                            more += 1;
+                        }
+                    }
                 }
             }
+        }
+        if more > 0 {
+            errors.push(format!("… and {more} more errors not listed"));
         }
         if errors.is_empty() {
             Ok(())
