@@ -624,3 +624,25 @@ fn check_time_for_ten_thousand_nodes() {
         );
     }
 }
+
+/// `node` is a plain map of the row: a column the inventory lacks is still an error under the
+/// strict undefined behaviour, filtered or not, and is caught by the load-time check.
+#[test]
+fn unknown_column_is_still_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p");
+    std::fs::create_dir_all(&p).unwrap();
+    std::fs::write(
+        p.join("boot.ipxe"),
+        "#!ipxe\necho {{ node.role }}\necho {{ node.nope | ipxe }}\n",
+    )
+    .unwrap();
+    let profiles = Profiles::load(dir.path()).unwrap();
+    let inv =
+        Inventory::parse("nodes.csv", "hostname,ip,profile,role\nn1,10.0.0.5/24,p,r\n".as_bytes())
+            .unwrap();
+    let err = profiles.render("p", "boot.ipxe", &ctx(inv.get("n1").unwrap())).unwrap_err();
+    assert!(err.contains("p/boot.ipxe:3: undefined value"), "{err}");
+    let err = profiles.check_inventory(&inv).unwrap_err();
+    assert!(err.starts_with("nodes.csv:2 (n1): ") && err.contains("undefined value"), "{err}");
+}

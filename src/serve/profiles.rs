@@ -496,7 +496,7 @@ fn context(ctx: &RenderContext<'_>) -> Value {
         format!("{asset_base}{}", super::util::encode_path(path.trim_start_matches('/')))
     });
     minijinja::context! {
-        node => Value::from_serialize(ctx.node.template_vars()),
+        node => Value::from(ctx.node.template_vars()),
         hostname => ctx.node.hostname.clone(),
         server => server,
         token => ctx.token.unwrap_or(""),
