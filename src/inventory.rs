@@ -616,10 +616,18 @@ impl Serialize for Mac {
 
 /// The base URL of the boot service, as the media chain to it.
 ///
-/// It goes verbatim into an iPXE script, so it admits only what a URL of this shape needs:
-/// `http` or `https`, a host name, IPv4 address or bracketed IPv6 address, an optional port and
-/// an optional path of unreserved characters. No `$`, spaces, quotes, `?`, `#` or `&` can pass,
-/// which is what makes injection into the script impossible. A trailing `/` is dropped.
+/// It goes verbatim into iPXE scripts and installer configurations, so it admits exactly what a
+/// URL of this shape needs and nothing else:
+///
+/// * the scheme `http://` or `https://`, in lower case;
+/// * a host: an RFC 1123 host name (see [`parse_hostname`]), an IPv4 address in dotted form, or
+///   a bracketed IPv6 address `[fd00::1]` (no zone id);
+/// * an optional `:PORT` of 1 to 5 digits, from 1 to 65535;
+/// * an optional path starting with `/`, of letters, digits and `- . _ ~ /`, without `//`.
+///
+/// No user information (`@`), query, fragment, whitespace, `$`, quotes or `&` can pass, and
+/// nothing may follow these parts, which is what makes injection into a script impossible. A
+/// trailing `/` is dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerUrl(String);
 
@@ -648,33 +656,62 @@ impl FromStr for ServerUrl {
         let bad = |why: &str| {
             format!("{text:?} is not a usable server URL ({why}); expected http://HOST[:PORT][/PATH], such as http://10.20.0.5:8080")
         };
-        let rest = text
-            .strip_prefix("http://")
-            .or_else(|| text.strip_prefix("https://"))
-            .ok_or_else(|| bad("it must start with http:// or https://"))?;
+        if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(bad("it holds whitespace or a control character"));
+        }
+        let Some(rest) = text.strip_prefix("http://").or_else(|| text.strip_prefix("https://"))
+        else {
+            let lower = text.to_ascii_lowercase();
+            if lower.starts_with("http://") || lower.starts_with("https://") {
+                return Err(bad("the scheme must be written in lower case"));
+            }
+            return Err(bad("it must start with http:// or https://"));
+        };
         let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
+            Some(i) => rest.split_at(i),
             None => (rest, ""),
         };
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        if authority.contains('@') {
+            return Err(bad("a user name or password (`@`) is not allowed"));
+        }
+        if text.contains('?') {
+            return Err(bad("a query (`?`) is not allowed"));
+        }
+        if text.contains('#') {
+            return Err(bad("a fragment (`#`) is not allowed"));
+        }
+        let port = if let Some(v6) = authority.strip_prefix('[') {
             let (addr, after) = v6.split_once(']').ok_or_else(|| bad("unclosed `[`"))?;
-            addr.parse::<std::net::Ipv6Addr>().map_err(|_| bad("bad IPv6 address"))?;
-            (authority, after.strip_prefix(':'))
+            if addr.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(bad("the part in brackets is not an IPv6 address"));
+            }
+            match after.strip_prefix(':') {
+                Some(port) => Some(port),
+                None if after.is_empty() => None,
+                None => return Err(bad("only :PORT may follow the `]` of an IPv6 address")),
+            }
         } else {
-            match authority.split_once(':') {
+            let (host, port) = match authority.split_once(':') {
                 Some((h, p)) => (h, Some(p)),
                 None => (authority, None),
+            };
+            if host.is_empty() {
+                return Err(bad("no host"));
             }
+            if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+                if host.parse::<Ipv4Addr>().is_err() {
+                    return Err(bad("the host is not a valid IPv4 address"));
+                }
+            } else if parse_hostname(host).is_err() {
+                return Err(bad("the host is not a host name, IPv4 address or [IPv6] address"));
+            }
+            port
         };
-        if host.is_empty() {
-            return Err(bad("no host"));
-        }
-        if !host.starts_with('[') && parse_hostname(host).is_err() {
-            return Err(bad("the host is not a host name or IPv4 address"));
-        }
         if let Some(port) = port {
-            match port.parse::<u16>() {
-                Ok(p) if p > 0 => {}
+            let digits =
+                !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit());
+            match port.parse::<u32>() {
+                Ok(p) if digits && (1..=65535).contains(&p) => {}
                 _ => return Err(bad("the port must be a number from 1 to 65535")),
             }
         }
@@ -683,7 +720,7 @@ impl FromStr for ServerUrl {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'.' | b'_' | b'~'));
         if !path_ok || path.contains("//") {
             return Err(bad(
-                "the path may hold only letters, digits and - . _ ~ /, with no query or fragment",
+                "the path may hold only letters, digits and - . _ ~ /, with no `//`, query or fragment",
             ));
         }
         Ok(ServerUrl(text.trim_end_matches('/').to_string()))
@@ -706,21 +743,80 @@ mod tests {
 
     #[test]
     fn server_urls() {
-        for good in ["http://10.0.0.1:8080", "https://boot.example.net/bf/", "http://[fd00::1]:80"]
-        {
+        for good in [
+            "http://10.0.0.1",
+            "http://10.0.0.1:8080",
+            "https://boot.example.net",
+            "https://boot.example.net/bf/",
+            "http://[fd00::1]:80",
+            "http://[fd00::1]:8080/bf",
+            "http://[::1]",
+            "http://h:65535/a-b/c_d.e~f",
+        ] {
             assert!(good.parse::<ServerUrl>().is_ok(), "{good}");
         }
         assert_eq!("http://h/x/".parse::<ServerUrl>().unwrap().as_str(), "http://h/x");
-        for bad in [
-            "ftp://h",
-            "http://",
-            "http://h:0",
-            "http://h/${x}",
-            "http://h/a b",
-            "http://h/?a=b",
-            "http://a$b",
+        assert_eq!("http://h/".parse::<ServerUrl>().unwrap().as_str(), "http://h");
+        assert_eq!(
+            "http://[fd00::1]:8080/bf".parse::<ServerUrl>().unwrap().as_str(),
+            "http://[fd00::1]:8080/bf"
+        );
+    }
+
+    #[test]
+    fn server_urls_refused() {
+        // (text, phrase the reason must contain)
+        for (bad, why) in [
+            ("ftp://h", "must start with http:// or https://"),
+            ("HTTP://h", "lower case"),
+            ("Https://h", "lower case"),
+            ("http://", "no host"),
+            ("http://:80", "no host"),
+            ("http://h:0", "port"),
+            ("http://h:", "port"),
+            ("http://h:+80", "port"),
+            ("http://h:-80", "port"),
+            ("http://h:99999", "port"),
+            ("http://h:65536", "port"),
+            ("http://h:000080", "port"),
+            ("http://h:80:80", "port"),
+            ("http://h:8a", "port"),
+            ("http://[::1]x ; shell ; #", "whitespace"),
+            ("http://[::1]x';touch PWNED;'", "whitespace"),
+            ("http://[::1]x';touch${IFS}PWNED;'", "only :PORT may follow"),
+            ("http://[::1]x", "only :PORT may follow"),
+            ("http://[::1]:80x", "port"),
+            ("http://[::1]]", "only :PORT may follow"),
+            ("http://[::1", "unclosed"),
+            ("http://[::1%eth0]", "not an IPv6 address"),
+            ("http://[10.0.0.1]", "not an IPv6 address"),
+            ("http://[]", "not an IPv6 address"),
+            ("http://h]", "not a host name"),
+            ("http://user@h", "`@`"),
+            ("http://user:pw@h/x", "`@`"),
+            ("http://h#x", "fragment"),
+            ("http://h/#x", "fragment"),
+            ("http://h?a=b", "query"),
+            ("http://h/?a=b", "query"),
+            (" http://h", "whitespace"),
+            ("http://h ", "whitespace"),
+            ("http://h\t", "whitespace"),
+            ("http://h/${x}", "the path may hold only"),
+            ("http://h/a'b", "the path may hold only"),
+            ("http://h//x", "`//`"),
+            ("http://a$b", "not a host name"),
+            ("http://a_b", "not a host name"),
+            ("http://-a", "not a host name"),
+            ("http://10.0.0.256", "IPv4"),
+            ("http://10.0.0", "IPv4"),
+            ("http://h;x", "not a host name"),
         ] {
-            assert!(bad.parse::<ServerUrl>().is_err(), "{bad}");
+            let err = bad.parse::<ServerUrl>().expect_err(bad);
+            assert!(err.contains(why), "{bad:?}: {err}");
+            assert!(
+                err.contains("expected http://HOST[:PORT][/PATH]"),
+                "{bad:?}: the message shows the expected form: {err}"
+            );
         }
     }
 

@@ -156,3 +156,32 @@ fn comments_and_blank_lines_are_skipped_but_lines_still_count() {
     let errs = errors(text);
     assert_eq!(errs[0].split(": column").next(), Some("nodes.csv:6"), "{errs:#?}");
 }
+
+/// A `server` value with shell or iPXE syntax after an IPv6 literal used to pass (only a `:`
+/// after `]` was looked at) and then reached scripts verbatim; the whole row is refused now.
+#[test]
+fn hostile_server_url_is_refused_with_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nodes.csv");
+    std::fs::write(
+        &path,
+        "hostname,ip,server\n\
+         n1,10.0.0.5/24,http://10.0.0.1:8080\n\
+         n2,10.0.0.6/24,http://[::1]x;touch PWNED\n\
+         n3,10.0.0.7/24,http://[::1]:80x\n",
+    )
+    .unwrap();
+    let err = match Inventory::load(&path) {
+        Ok(_) => panic!("accepted a hostile server URL"),
+        Err(e) => e.to_string(),
+    };
+    let source = path.display().to_string();
+    assert!(
+        err.lines().any(|l| l.starts_with(&format!("{source}:3: column server: "))
+            && l.contains("http://[::1]x;touch PWNED")
+            && l.contains("expected http://HOST[:PORT][/PATH]")),
+        "{err}"
+    );
+    assert!(err.contains(&format!("{source}:4: column server: ")), "{err}");
+    assert!(!err.contains(&format!("{source}:2:")), "the good row is not blamed: {err}");
+}

@@ -11,12 +11,37 @@
 //! `server`, `token`, `hostname`, `install_id`, `done_url`, `failed_url`, `config_base_url`, and
 //! the functions
 //! `config_url(file)` and `asset_url(path)`.
+//!
+//! # Escaping
+//!
+//! Nothing is escaped by default. The known columns (`hostname`, `ip`, `netmask`, `prefix`,
+//! `cidr`, `gateway`, `dns`, `mac`, `vlan`, `server`, `profile`) and the URLs built by the service
+//! are validated into forms that are safe anywhere in these formats, but every other column is
+//! free text (printable, one line) and must go through the filter of the place it lands in:
+//!
+//! * `{{ node.iface | ipxe }}`: a value inside one argument of an iPXE command line, such as a
+//!   kernel parameter. iPXE has no escape, so the filter refuses (the render fails) any value
+//!   holding a character outside [`IPXE_SAFE`]; see [`ipxe_arg`].
+//! * `{{ node.ssh_key | shell }}`: one word of a POSIX shell command line (kickstart `%post`,
+//!   a kickstart option line, preseed `late_command`, cloud-init `late-commands`). The value is
+//!   single-quoted when it holds anything but a few safe characters; line breaks and NULs are
+//!   refused. See [`shell_word`]. Write no quotes around it.
+//! * `{{ node.password_hash | yaml }}`: a YAML scalar (a value, a list item or a mapping key),
+//!   written as a double-quoted string. See [`yaml_string`]. Write no quotes around it.
+//!
+//! [`Profiles::check_against`] renders every template for every node at load time, so a value
+//! that a filter refuses stops the load (or the reload) with the CSV line and host name, instead
+//! of failing that node's install later.
 
-use crate::inventory::Node;
+use crate::inventory::{Inventory, Node};
 use crate::script::LocalBoot;
-use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
+use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, Value};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+/// The most errors [`Profiles::check_against`] lists; the rest are counted.
+const MAX_CHECK_ERRORS: usize = 20;
 
 /// When the flag is cleared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -113,6 +138,9 @@ impl Profiles {
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_keep_trailing_newline(true);
         env.set_auto_escape_callback(|_| AutoEscape::None);
+        env.add_filter("ipxe", |v: Cow<'_, str>| ipxe_arg(&v).map(str::to_string).map_err(refused));
+        env.add_filter("shell", |v: Cow<'_, str>| shell_word(&v).map_err(refused));
+        env.add_filter("yaml", |v: Cow<'_, str>| yaml_string(&v));
         let mut profiles = BTreeMap::new();
         let mut errors = Vec::new();
         let entries = std::fs::read_dir(dir).map_err(|e| {
@@ -179,28 +207,53 @@ impl Profiles {
         template.render(context(ctx)).map_err(|e| self.describe(&e))
     }
 
-    /// Renders every template of every profile for the first node that uses it, so a template
-    /// that refers to a missing column fails at load time instead of at a node's boot.
+    /// Renders every template of every profile for every node that uses it, so a template that
+    /// refers to a missing column, or a value that a filter refuses (see the module
+    /// documentation), fails at load time instead of at a node's boot. Each error starts with
+    /// `inventory line LINE (HOST): `; [`Profiles::check_inventory`] names the file as well.
     pub fn check_against(&self, nodes: &[Node]) -> Result<(), String> {
+        self.check(nodes, |node| format!("inventory line {} ({})", node.line, node.hostname))
+    }
+
+    /// [`Profiles::check_against`] with errors starting `NODES.csv:LINE (HOST): `.
+    pub fn check_inventory(&self, inventory: &Inventory) -> Result<(), String> {
+        let source = inventory.source();
+        self.check(inventory.nodes(), |node| format!("{source}:{} ({})", node.line, node.hostname))
+    }
+
+    fn check(&self, nodes: &[Node], origin: impl Fn(&Node) -> String) -> Result<(), String> {
         let mut errors = Vec::new();
+        let mut more = 0usize;
         for p in self.profiles.values() {
-            let Some(node) = nodes.iter().find(|n| n.profile.as_deref() == Some(&p.name)) else {
-                continue;
-            };
-            let ctx = RenderContext {
-                node,
-                server: "http://bootforge.invalid:8080",
-                token: Some("0"),
-                install_id: "check",
-            };
-            let files = std::iter::once("boot.ipxe".to_string())
-                .chain(p.config_files.iter().map(|f| format!("config/{f}")));
-            for file in files {
-                if let Err(e) = self.render(&p.name, &file, &ctx) {
-                    errors
-                        .push(format!("{e} (rendering for {} from the inventory)", node.hostname));
+            let files: Vec<_> = std::iter::once("boot.ipxe".to_string())
+                .chain(p.config_files.iter().map(|f| format!("config/{f}")))
+                .map(|file| self.env.get_template(&format!("{}/{file}", p.name)))
+                .collect();
+            for node in nodes.iter().filter(|n| n.profile.as_deref() == Some(&p.name)) {
+                let ctx = context(&RenderContext {
+                    node,
+                    server: "http://bootforge.invalid:8080",
+                    token: Some("0"),
+                    install_id: "check",
+                });
+                for template in &files {
+                    let result = template.as_ref().map_err(|e| self.describe(e)).and_then(|t| {
+                        t.render_captured_to(&ctx, std::io::sink())
+                            .map(drop)
+                            .map_err(|e| self.describe(&e))
+                    });
+                    if let Err(e) = result {
+                        if errors.len() < MAX_CHECK_ERRORS {
+                            errors.push(format!("{}: {e}", origin(node)));
+                        } else {
+                            more += 1;
+                        }
+                    }
                 }
             }
+        }
+        if more > 0 {
+            errors.push(format!("… and {more} more errors not listed"));
         }
         if errors.is_empty() {
             Ok(())
@@ -287,6 +340,125 @@ fn load_one(
     }
 }
 
+/// The characters the `ipxe` filter lets through: ASCII letters and digits and `. _ - : / , = + @ %`.
+///
+/// iPXE reads a script line as whitespace-separated tokens (spaces and tabs); a token `;`, `||`
+/// or `&&` ends a command, a token starting with `#` starts a comment, and `${...}` inside a token
+/// is replaced by a setting, which may itself hold spaces or any of these. iPXE has no quoting or
+/// escape character, so nothing can make those characters safe: whitespace, `$`, `{`, `}`, `;`,
+/// `|`, `&` and `#` are refused. Quotes and `\` are refused too, whatever an iPXE build makes of
+/// them: the Linux kernel, which receives the `kernel` line's arguments, groups words in double
+/// quotes, and installers parse their own parameters further. Non-ASCII text is refused because
+/// no kernel parameter or device name needs it. The punctuation kept is what kernel parameters,
+/// device names and addresses use (`console=ttyS0,115200n8`, `eth0.120`, `ip=...:...`,
+/// `/dev/disk/by-id/...`, `user@host`, `+`, `%` of percent-encoding) and means nothing to iPXE's
+/// command line; a value is never the first word of a line, so a `:` cannot make it a label.
+/// `?`, `~`, `*` and the like are left out although they mean nothing to iPXE either, because a
+/// free value has no use for them in an iPXE line.
+pub const IPXE_SAFE: &str = ". _ - : / , = + @ %";
+
+/// A character that is safe in an iPXE argument ([`IPXE_SAFE`]) and in an unquoted shell word
+/// (the same set as Python's `shlex.quote` leaves alone).
+fn plain(c: char) -> bool {
+    c.is_ascii_alphanumeric()
+        || matches!(c, '.' | '_' | '-' | ':' | '/' | ',' | '=' | '+' | '@' | '%')
+}
+
+/// Names a refused character for an error message, without showing the rest of the value.
+fn char_class(c: char) -> String {
+    match c {
+        ' ' => "a space".into(),
+        '\t' => "a tab".into(),
+        '\n' | '\r' => "a line break".into(),
+        '\0' => "a NUL".into(),
+        '`' => "a backquote".into(),
+        '\'' => "a single quote (`'`)".into(),
+        '"' => "a double quote (`\"`)".into(),
+        c if c.is_control() => format!("a control character (U+{:04X})", c as u32),
+        c if c.is_whitespace() => format!("whitespace (U+{:04X})", c as u32),
+        c if !c.is_ascii() => format!("a non-ASCII character (U+{:04X})", c as u32),
+        c => format!("`{c}`"),
+    }
+}
+
+fn refusal(filter: &str, value: &str, at: usize, c: char, rule: &str) -> String {
+    format!(
+        "the `{filter}` filter refused a value of {} characters: it holds {} at position {}; {rule}",
+        value.chars().count(),
+        char_class(c),
+        value[..at].chars().count() + 1
+    )
+}
+
+fn refused(message: String) -> minijinja::Error {
+    minijinja::Error::new(ErrorKind::InvalidOperation, message)
+}
+
+/// The `ipxe` filter: returns `value` unchanged when every character is in [`IPXE_SAFE`] (or the
+/// value is empty), and otherwise an error naming the first refused character and its position,
+/// never the value itself (it may be long, or a secret).
+pub fn ipxe_arg(value: &str) -> Result<&str, String> {
+    match value.char_indices().find(|&(_, c)| !plain(c)) {
+        None => Ok(value),
+        Some((at, c)) => Err(refusal(
+            "ipxe",
+            value,
+            at,
+            c,
+            &format!("a value in an iPXE command line may hold only ASCII letters, digits and {IPXE_SAFE}, because iPXE has no way to escape the others"),
+        )),
+    }
+}
+
+/// The `shell` filter: `value` as one POSIX shell word. A value of letters, digits and
+/// `. _ - : / , = + @ %` is written as it is; any other (or empty) value is put in single quotes,
+/// inside which only `'` is special, written `'\''`. A line break (`\n`, `\r`) or NUL is refused
+/// rather than quoted: installers join or split lines before a shell sees them (preseed
+/// continuation lines, kickstart, YAML folding), and a NUL ends a C string.
+pub fn shell_word(value: &str) -> Result<String, String> {
+    if let Some((at, c)) = value.char_indices().find(|&(_, c)| matches!(c, '\n' | '\r' | '\0')) {
+        return Err(refusal(
+            "shell",
+            value,
+            at,
+            c,
+            "a value in a shell command line must be one line without NULs",
+        ));
+    }
+    if !value.is_empty() && value.chars().all(plain) {
+        return Ok(value.to_string());
+    }
+    Ok(format!("'{}'", value.replace('\'', "'\\''")))
+}
+
+/// The `yaml` filter: `value` as a YAML double-quoted scalar. Ordinary text comes out exactly as
+/// its JSON string encoding (`"`, `\` and control characters escaped, other text as it is),
+/// which is valid YAML; the characters YAML reads as line breaks or does not print (DEL, C1
+/// controls, U+2028, U+2029, U+FEFF, U+FFFE, U+FFFF) are escaped as `\uXXXX` as well. Never
+/// fails.
+pub fn yaml_string(value: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control()
+                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}') =>
+            {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// The template context; see the module documentation.
 fn context(ctx: &RenderContext<'_>) -> Value {
     let server = ctx.server.to_string();
@@ -324,7 +496,7 @@ fn context(ctx: &RenderContext<'_>) -> Value {
         format!("{asset_base}{}", super::util::encode_path(path.trim_start_matches('/')))
     });
     minijinja::context! {
-        node => Value::from_serialize(ctx.node.template_vars()),
+        node => Value::from(ctx.node.template_vars()),
         hostname => ctx.node.hostname.clone(),
         server => server,
         token => ctx.token.unwrap_or(""),

@@ -1,0 +1,648 @@
+//! Free CSV columns reaching the shipped profiles: a hostile value either stops the render (the
+//! `ipxe` filter refuses it) or comes out only in escaped form (`shell`, `yaml`). Also the
+//! filters on their own, and the load-time check of every node.
+
+use bootforge::inventory::{Inventory, Node};
+use bootforge::serve::profiles::{ipxe_arg, shell_word, yaml_string, Profiles, RenderContext};
+use std::path::{Path, PathBuf};
+
+const HEADER: &str = "hostname,ip,gateway,dns,mac,profile,role,install_disk,iface,cluster_token,cluster_vip,join_server,password_hash,ssh_key";
+
+const KEY: &str = "ssh-ed25519 AAAA op";
+const HOSTILE_KEY: &str = "ssh-ed25519 AAAA op'; touch /tmp/PWNED; echo '";
+const HOSTILE_IFACE: &str = "eth0 ; shell ; #";
+
+fn examples() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/profiles")
+}
+
+fn inventory(rows: &[String]) -> Inventory {
+    let text = format!("{HEADER}\n{}\n", rows.join("\n"));
+    Inventory::parse("nodes.csv", text.as_bytes()).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+/// One CSV row; `n` makes the address and MAC unique.
+#[allow(clippy::too_many_arguments)]
+fn row(
+    n: u32,
+    profile: &str,
+    role: &str,
+    disk: &str,
+    iface: &str,
+    token: &str,
+    join: &str,
+    hash: &str,
+    key: &str,
+) -> String {
+    let (hi, lo) = (n / 250, n % 250 + 2);
+    format!(
+        "node{n:02},10.1.{hi}.{lo}/16,10.1.0.1,10.1.0.1,52:54:00:00:{:02x}:{:02x},{profile},{role},{disk},{iface},{token},10.1.0.250,{join},{hash},{key}",
+        n / 256,
+        n % 256
+    )
+}
+
+fn normal(n: u32, profile: &str, role: &str) -> String {
+    row(
+        n,
+        profile,
+        role,
+        "/dev/sda",
+        "eno1",
+        "tok-123",
+        "https://10.1.0.250:443",
+        "$6$salt$hash",
+        KEY,
+    )
+}
+
+fn ctx(node: &Node) -> RenderContext<'_> {
+    RenderContext {
+        node,
+        server: "http://10.1.0.5:8080",
+        token: Some("0123abcd"),
+        install_id: "00ff",
+    }
+}
+
+/// Every file of the node's profile: (`boot.ipxe` or `config/PATH`, rendered or the error).
+fn render_all(profiles: &Profiles, node: &Node) -> Vec<(String, Result<String, String>)> {
+    let name = node.profile.as_deref().unwrap();
+    let p = profiles.get(name).unwrap();
+    std::iter::once("boot.ipxe".to_string())
+        .chain(p.config_files.iter().map(|f| format!("config/{f}")))
+        .map(|file| {
+            let out = profiles.render(name, &file, &ctx(node));
+            (file, out)
+        })
+        .collect()
+}
+
+fn get<'a>(files: &'a [(String, Result<String, String>)], file: &str) -> &'a str {
+    let (_, out) = files.iter().find(|(f, _)| f == file).unwrap_or_else(|| panic!("no {file}"));
+    out.as_deref().unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+fn line_with<'a>(text: &'a str, start: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.trim_start().starts_with(start))
+        .unwrap_or_else(|| panic!("no line starting {start:?} in:\n{text}"))
+}
+
+/// POSIX shell word splitting of one line (quotes and backslashes; no expansion), enough to see
+/// how a shell would cut a rendered command into words. `None` if a quote is left open.
+fn shell_split(line: &str) -> Option<Vec<String>> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' => {
+                if let Some(w) = word.take() {
+                    words.push(w);
+                }
+            }
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next()? {
+                        '\'' => break,
+                        c => w.push(c),
+                    }
+                }
+            }
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next()? {
+                        '"' => break,
+                        '\\' => match chars.next()? {
+                            c @ ('$' | '`' | '"' | '\\') => w.push(c),
+                            c => {
+                                w.push('\\');
+                                w.push(c);
+                            }
+                        },
+                        c => w.push(c),
+                    }
+                }
+            }
+            '\\' => word.get_or_insert_with(String::new).push(chars.next()?),
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    Some(words)
+}
+
+#[test]
+fn hostile_iface_stops_every_boot_script_and_is_quoted_in_configs() {
+    let profiles = Profiles::load(&examples()).unwrap();
+    let rows: Vec<String> = [
+        ("debian", ""),
+        ("rocky", ""),
+        ("ubuntu", ""),
+        ("harvester", "create"),
+        ("harvester", "join"),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, (p, role))| {
+        row(
+            i as u32 + 1,
+            p,
+            role,
+            "/dev/sda",
+            HOSTILE_IFACE,
+            "tok",
+            "https://10.1.0.250:443",
+            "$6$salt$hash",
+            KEY,
+        )
+    })
+    .collect();
+    let inv = inventory(&rows);
+    for node in inv.nodes() {
+        let files = render_all(&profiles, node);
+        let (_, boot) = &files[0];
+        let err = boot.as_ref().expect_err("boot.ipxe must refuse a space in iface");
+        let profile = node.profile.as_deref().unwrap();
+        assert!(err.contains(&format!("{profile}/boot.ipxe:")), "{err}");
+        assert!(err.contains("the `ipxe` filter refused a value of 16 characters"), "{err}");
+        assert!(err.contains("a space at position 5"), "{err}");
+        assert!(!err.contains("shell ;"), "the value is not echoed: {err}");
+        let cfg = |f: &str| get(&files, f);
+        match profile {
+            "rocky" => {
+                let line = line_with(cfg("config/ks.cfg"), "network ");
+                assert!(line.contains("--device='eth0 ; shell ; #' --ip=10.1.0.4"), "{line}");
+                let words = shell_split(line).unwrap();
+                assert!(words.contains(&format!("--device={HOSTILE_IFACE}")), "{words:?}");
+            }
+            "ubuntu" => {
+                let ud = cfg("config/user-data");
+                assert!(ud.contains("\n      \"eth0 ; shell ; #\":\n"), "{ud}");
+                assert!(ud.contains("\n        set-name: \"eth0 ; shell ; #\"\n"), "{ud}");
+            }
+            "harvester" => {
+                let f = if node.vars["role"] == "create" { "create" } else { "join" };
+                let y = cfg(&format!("config/config-{f}.yaml"));
+                assert!(y.contains("\n      - name: \"eth0 ; shell ; #\"\n"), "{y}");
+            }
+            "debian" => {
+                // A preseed value is the rest of its line, with no quoting in the format: the
+                // value lands as it is, and cannot leave its line (no line breaks in the CSV).
+                let p = cfg("config/preseed.cfg");
+                assert!(p.contains("\nd-i netcfg/choose_interface select eth0 ; shell ; #\n"));
+            }
+            _ => unreachable!(),
+        }
+    }
+}
+
+#[test]
+fn dollar_brace_never_reaches_an_ipxe_line_and_is_quoted_elsewhere() {
+    let profiles = Profiles::load(&examples()).unwrap();
+    let d = "${x}";
+    let mut rows = Vec::new();
+    for (i, (p, role)) in
+        [("debian", ""), ("rocky", ""), ("ubuntu", ""), ("harvester", "create")].iter().enumerate()
+    {
+        // In iface: every boot.ipxe refuses it.
+        rows.push(row(i as u32 + 1, p, role, d, d, d, d, d, d));
+        // In every free column but iface: boot.ipxe renders, and never holds `${`.
+        rows.push(row(i as u32 + 11, p, role, d, "eno1", d, d, d, d));
+    }
+    // harvester's role reaches boot.ipxe too.
+    rows.push(row(21, "harvester", d, "/dev/sda", "eno1", "t", "j", "h", KEY));
+    let inv = inventory(&rows);
+    for node in inv.nodes() {
+        let files = render_all(&profiles, node);
+        let profile = node.profile.as_deref().unwrap();
+        let boot = &files[0].1;
+        if node.vars["iface"] == d || node.vars["role"] == d {
+            let err = boot.as_ref().expect_err("boot.ipxe must refuse `$`");
+            assert!(err.contains("holds `$` at position 1"), "{err}");
+            continue;
+        }
+        let boot = boot.as_ref().unwrap_or_else(|e| panic!("{profile}: {e}"));
+        for line in boot.lines() {
+            assert!(!line.contains("${"), "{profile}: {line}");
+        }
+        let cfg = |f: &str| get(&files, f);
+        match profile {
+            "rocky" => {
+                let ks = cfg("config/ks.cfg");
+                assert!(ks.contains("\nrootpw --iscrypted '${x}'\n"), "{ks}");
+                assert!(ks.contains("\nsshkey --username=root '${x}'\n"), "{ks}");
+                assert!(ks.contains("\nignoredisk --only-use='${x}'\n"), "{ks}");
+                assert!(ks.contains("--drives='${x}'\n"), "{ks}");
+                assert!(ks.contains("\nbootloader --boot-drive='${x}'\n"), "{ks}");
+            }
+            "ubuntu" => {
+                let ud = cfg("config/user-data");
+                assert!(ud.contains("\n    password: \"${x}\"\n"), "{ud}");
+                assert!(ud.contains("\n      - \"${x}\"\n"), "{ud}");
+                assert!(ud.contains("\n        path: \"${x}\"\n"), "{ud}");
+            }
+            "harvester" => {
+                let y = cfg("config/config-create.yaml");
+                for want in [
+                    "\ntoken: \"${x}\"\n",
+                    "\n  password: \"${x}\"\n",
+                    "\n    - \"${x}\"\n",
+                    "\n  device: \"${x}\"\n",
+                ] {
+                    assert!(y.contains(want), "{want:?} in\n{y}");
+                }
+                let j = cfg("config/config-join.yaml");
+                assert!(j.contains("\nserver_url: \"${x}\"\n"), "{j}");
+            }
+            "debian" => {
+                let p = cfg("config/preseed.cfg");
+                assert!(p.contains("echo '${x}' > /target/home/ops/.ssh/authorized_keys"), "{p}");
+            }
+            _ => unreachable!(),
+        }
+    }
+}
+
+#[test]
+fn quote_in_ssh_key_stays_inside_one_word() {
+    let profiles = Profiles::load(&examples()).unwrap();
+    let hash = r#"$6$a"b\c"#;
+    let rows: Vec<String> = [("debian", ""), ("rocky", ""), ("ubuntu", ""), ("harvester", "join")]
+        .iter()
+        .enumerate()
+        .map(|(i, (p, role))| {
+            row(
+                i as u32 + 1,
+                p,
+                role,
+                "/dev/sda",
+                "eno1",
+                "tok",
+                "https://10.1.0.250:443",
+                &format!("\"{}\"", hash.replace('"', "\"\"")),
+                HOSTILE_KEY,
+            )
+        })
+        .collect();
+    let inv = inventory(&rows);
+    let quoted_key = r#"'ssh-ed25519 AAAA op'\''; touch /tmp/PWNED; echo '\'''"#;
+    let yaml_key = r#""ssh-ed25519 AAAA op'; touch /tmp/PWNED; echo '""#;
+    for node in inv.nodes() {
+        assert_eq!(node.vars["password_hash"], hash);
+        let files = render_all(&profiles, node);
+        for (file, out) in &files {
+            let out = out.as_ref().unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert!(!out.contains("{{"), "{file}");
+        }
+        let cfg = |f: &str| get(&files, f);
+        match node.profile.as_deref().unwrap() {
+            "rocky" => {
+                let ks = cfg("config/ks.cfg");
+                let line = line_with(ks, "sshkey ");
+                assert_eq!(line, format!("sshkey --username=root {quoted_key}"));
+                assert_eq!(shell_split(line).unwrap(), ["sshkey", "--username=root", HOSTILE_KEY]);
+                let line = line_with(ks, "rootpw ");
+                assert_eq!(shell_split(line).unwrap(), ["rootpw", "--iscrypted", hash]);
+                // %post: every line splits into whole words, with no quote left open.
+                let post = ks.split("%post").nth(1).unwrap().split("%end").next().unwrap();
+                for line in post.lines().filter(|l| !l.starts_with('#')) {
+                    assert!(shell_split(line).is_some(), "{line}");
+                }
+            }
+            "debian" => {
+                let p = cfg("config/preseed.cfg");
+                let line = line_with(p, "mkdir -p /target/home/ops/.ssh");
+                // Without the preseed continuation `\` that ends the line.
+                let words = shell_split(line.strip_suffix('\\').unwrap()).unwrap();
+                assert_eq!(words[..5], ["mkdir", "-p", "/target/home/ops/.ssh", "&&", "echo"]);
+                assert_eq!(words[5], HOSTILE_KEY);
+                assert_eq!(words[6..8], [">", "/target/home/ops/.ssh/authorized_keys"]);
+                assert!(!words.iter().any(|w| w == "touch"), "{words:?}");
+                // The crypted password is a preseed value, not shell: it stays bare.
+                assert!(
+                    p.contains(&format!("\nd-i passwd/user-password-crypted password {hash}\n"))
+                );
+            }
+            "ubuntu" => {
+                let ud = cfg("config/user-data");
+                assert!(ud.contains(&format!("\n      - {yaml_key}\n")), "{ud}");
+                assert!(ud.contains(r#"    password: "$6$a\"b\\c""#), "{ud}");
+            }
+            "harvester" => {
+                let y = cfg("config/config-join.yaml");
+                assert!(y.contains(&format!("\n    - {yaml_key}\n")), "{y}");
+                assert!(y.contains(r#"  password: "$6$a\"b\\c""#), "{y}");
+            }
+            _ => unreachable!(),
+        }
+    }
+}
+
+#[test]
+fn normal_values_render_as_before() {
+    let profiles = Profiles::load(&examples()).unwrap();
+    let rows = [
+        normal(1, "rocky", ""),
+        normal(2, "debian", ""),
+        normal(3, "ubuntu", ""),
+        normal(4, "harvester", "create"),
+        normal(5, "harvester", "join"),
+    ];
+    let inv = inventory(&rows);
+    let node = |h: &str| inv.get(h).unwrap();
+    let files = render_all(&profiles, node("node01"));
+    let ks = get(&files, "config/ks.cfg");
+    assert!(ks.contains("--device=eno1 --ip=10.1.0.3"), "{ks}");
+    assert!(ks.contains("\nrootpw --iscrypted '$6$salt$hash'\n"), "{ks}");
+    assert!(ks.contains("\nsshkey --username=root 'ssh-ed25519 AAAA op'\n"), "{ks}");
+    assert!(ks.contains("\nignoredisk --only-use=/dev/sda\n"), "{ks}");
+    assert!(ks.contains("\nurl --url=http://10.1.0.5:8080/assets/rocky/repo\n"), "{ks}");
+    assert!(ks.contains(
+        "\ncurl -fsS 'http://10.1.0.5:8080/config/node01/restore-boot-order.sh?token=0123abcd' | sh\n"
+    ));
+    assert!(ks.contains(
+        "\ncurl -fsS -X POST 'http://10.1.0.5:8080/hosts/node01/done?install=00ff&token=0123abcd'\n"
+    ));
+    let boot = get(&files, "boot.ipxe");
+    assert!(boot.contains(" ip=10.1.0.3::10.1.0.1:255.255.0.0:node01:eno1:none "), "{boot}");
+
+    let files = render_all(&profiles, node("node02"));
+    let p = get(&files, "config/preseed.cfg");
+    for want in [
+        "\nd-i netcfg/choose_interface select eno1\n",
+        "\nd-i passwd/user-password-crypted password $6$salt$hash\n",
+        "\nd-i partman-auto/disk string /dev/sda\n",
+        "\nd-i mirror/http/hostname string 10.1.0.5:8080\n",
+        "\n  mkdir -p /target/home/ops/.ssh && echo 'ssh-ed25519 AAAA op' > /target/home/ops/.ssh/authorized_keys && in-target chown -R ops:ops /home/ops/.ssh; \\\n",
+        "\n  in-target sh -c \"curl -fsS 'http://10.1.0.5:8080/config/node02/restore-boot-order.sh?token=0123abcd' | sh\"; \\\n",
+        "\n  in-target curl -fsS -X POST 'http://10.1.0.5:8080/hosts/node02/done?install=00ff&token=0123abcd'\n",
+        "is done.\nd-i preseed/late_command string \\\n",
+    ] {
+        assert!(p.contains(want), "{want:?} in\n{p}");
+    }
+    assert!(get(&files, "boot.ipxe").contains(" interface=eno1 "));
+
+    let files = render_all(&profiles, node("node03"));
+    let ud = get(&files, "config/user-data");
+    for want in [
+        "\n    password: \"$6$salt$hash\"\n",
+        "\n      - \"ssh-ed25519 AAAA op\"\n",
+        "\n      \"eno1\":\n",
+        "\n        set-name: \"eno1\"\n",
+        "\n        path: \"/dev/sda\"\n",
+        "\n    - curtin in-target --target=/target -- sh -c \"curl -fsS 'http://10.1.0.5:8080/config/node03/restore-boot-order.sh?token=0123abcd' | sh\"\n",
+        "\n    - curl -fsS -X POST 'http://10.1.0.5:8080/hosts/node03/failed?install=00ff&token=0123abcd'\n",
+    ] {
+        assert!(ud.contains(want), "{want:?} in\n{ud}");
+    }
+
+    let files = render_all(&profiles, node("node04"));
+    let y = get(&files, "config/config-create.yaml");
+    for want in [
+        "\ntoken: \"tok-123\"\n",
+        "\n  device: \"/dev/sda\"\n",
+        "\n  vip: \"10.1.0.250\"\n",
+        "\n      - name: \"eno1\"\n",
+        "\n    - \"curl -fsS 'http://10.1.0.5:8080/config/node04/restore-boot-order.sh?token=0123abcd' | sh\"\n",
+    ] {
+        assert!(y.contains(want), "{want:?} in\n{y}");
+    }
+    let files = render_all(&profiles, node("node05"));
+    let y = get(&files, "config/config-join.yaml");
+    assert!(y.contains("\nserver_url: \"https://10.1.0.250:443\"\n"), "{y}");
+    assert!(get(&files, "boot.ipxe").contains("/config/node05/config-join.yaml?token=0123abcd"));
+}
+
+#[test]
+fn ipxe_filter() {
+    for ok in ["", "eth0", "eth0.120", "/dev/disk/by-id/wwn-0x5000c500a1b2c3d4", "a=b,c:d+e@f%20"] {
+        assert_eq!(ipxe_arg(ok), Ok(ok));
+    }
+    for (bad, class) in [
+        ("eth0 x", "a space at position 5"),
+        ("a\tb", "a tab at position 2"),
+        ("${x}", "`$` at position 1"),
+        ("a{b", "`{` at position 2"),
+        ("a}", "`}` at position 2"),
+        ("x;y", "`;` at position 2"),
+        ("a||b", "`|` at position 2"),
+        ("a&&b", "`&` at position 2"),
+        ("#x", "`#` at position 1"),
+        ("it's", "a single quote (`'`) at position 3"),
+        ("\"q\"", "a double quote (`\"`) at position 1"),
+        ("a\\b", "`\\` at position 2"),
+        ("`id`", "a backquote at position 1"),
+        ("a?b", "`?` at position 2"),
+        ("a~b", "`~` at position 2"),
+        ("é", "a non-ASCII character (U+00E9) at position 1"),
+        ("ab\u{a0}", "whitespace (U+00A0) at position 3"),
+        ("a\nb", "a line break at position 2"),
+        ("a\u{7f}", "a control character (U+007F) at position 2"),
+    ] {
+        let err = ipxe_arg(bad).expect_err(bad);
+        assert!(err.contains(class), "{bad:?}: {err}");
+        let n = bad.chars().count();
+        assert!(err.starts_with(&format!("the `ipxe` filter refused a value of {n} characters")));
+        assert!(err.contains(". _ - : / , = + @ %"), "{err}");
+    }
+    let secret = "hunter2 is my password";
+    let err = ipxe_arg(secret).unwrap_err();
+    assert!(!err.contains("hunter2") && !err.contains("password"), "{err}");
+}
+
+#[test]
+fn shell_filter() {
+    for (value, quoted) in [
+        ("eno1", "eno1"),
+        ("/dev/sda", "/dev/sda"),
+        ("a=b,c:d+e@f%", "a=b,c:d+e@f%"),
+        ("", "''"),
+        ("a b", "'a b'"),
+        ("$6$salt$hash", "'$6$salt$hash'"),
+        ("it's", r"'it'\''s'"),
+        ("'", r"''\'''"),
+        ("~root", "'~root'"),
+        ("a\\b\"c`d`$(e)*?[x]!{y};|&<>#", "'a\\b\"c`d`$(e)*?[x]!{y};|&<>#'"),
+        ("a\tb", "'a\tb'"),
+    ] {
+        assert_eq!(shell_word(value).as_deref(), Ok(quoted), "{value:?}");
+    }
+    for (bad, class) in
+        [("a\nb", "a line break at position 2"), ("a\rb", "a line break"), ("\0", "a NUL")]
+    {
+        let err = shell_word(bad).expect_err(bad);
+        assert!(err.contains(class) && err.contains("`shell` filter"), "{err}");
+    }
+    // A real shell gives back exactly the value.
+    for value in [
+        "plain",
+        "",
+        "a b",
+        "it's",
+        "''",
+        "'\\''",
+        "$(touch PWNED)",
+        "`id`",
+        "${x} ; #",
+        "é\u{a0}!*",
+    ] {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf '%s' {}", shell_word(value).unwrap()))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), value);
+    }
+}
+
+#[test]
+fn yaml_filter() {
+    assert_eq!(yaml_string("eno1"), "\"eno1\"");
+    assert_eq!(yaml_string(""), "\"\"");
+    assert_eq!(yaml_string("a\"b\\c"), r#""a\"b\\c""#);
+    assert_eq!(yaml_string("x: y # z"), "\"x: y # z\"");
+    assert_eq!(yaml_string("a\nb\tc"), r#""a\nb\tc""#);
+    assert_eq!(yaml_string("\u{7f}\u{85}\u{2028}\u{feff}"), r#""\u007f\u0085\u2028\ufeff""#);
+    assert_eq!(yaml_string("é ü"), "\"é ü\"");
+    // The output is a JSON string as well, which decodes back to the value.
+    for value in [
+        "",
+        "eno1",
+        "a\"b\\c",
+        "${x}",
+        "'; touch x; '",
+        "\u{1}\u{1f}\u{7f}\u{9f}\u{2029}",
+        "- [a]: {b}",
+    ] {
+        assert_eq!(serde_json::from_str::<String>(&yaml_string(value)).unwrap(), value);
+    }
+}
+
+/// A throwaway profile whose boot.ipxe puts `node.role` through the `ipxe` filter on line 3.
+fn tiny_profiles(dir: &Path) -> Profiles {
+    let p = dir.join("tiny");
+    std::fs::create_dir_all(p.join("config")).unwrap();
+    std::fs::write(
+        p.join("boot.ipxe"),
+        "#!ipxe\n# {{ hostname }}\nkernel {{ asset_url('k') }} role={{ node.role | ipxe }}\nboot\n",
+    )
+    .unwrap();
+    std::fs::write(p.join("config/post.sh"), "echo {{ node.role | shell }}\n").unwrap();
+    std::fs::write(p.join("config/c.yaml"), "role: {{ node.role | yaml }}\n").unwrap();
+    Profiles::load(dir).unwrap()
+}
+
+#[test]
+fn filters_in_templates() {
+    let dir = tempfile::tempdir().unwrap();
+    let profiles = tiny_profiles(dir.path());
+    let inv = Inventory::parse(
+        "nodes.csv",
+        "hostname,ip,profile,role\nn1,10.0.0.5/24,tiny,hunter2 secret\nn2,10.0.0.6/24,tiny,worker\n"
+            .as_bytes(),
+    )
+    .unwrap();
+    let bad = inv.get("n1").unwrap();
+    let err = profiles.render("tiny", "boot.ipxe", &ctx(bad)).unwrap_err();
+    let file = dir.path().join("tiny/boot.ipxe").display().to_string();
+    assert!(err.starts_with(&format!("{file}:3: ")), "{err}");
+    assert!(err.contains("refused a value of 14 characters: it holds a space at position 8"));
+    assert!(!err.contains("hunter2"), "{err}");
+    assert_eq!(
+        profiles.render("tiny", "config/post.sh", &ctx(bad)).unwrap(),
+        "echo 'hunter2 secret'\n"
+    );
+    assert_eq!(
+        profiles.render("tiny", "config/c.yaml", &ctx(bad)).unwrap(),
+        "role: \"hunter2 secret\"\n"
+    );
+    let good = inv.get("n2").unwrap();
+    let boot = profiles.render("tiny", "boot.ipxe", &ctx(good)).unwrap();
+    assert!(boot.contains(" role=worker\n"), "{boot}");
+}
+
+#[test]
+fn check_names_the_row_of_a_bad_value() {
+    let profiles = Profiles::load(&examples()).unwrap();
+    let mut rows: Vec<String> = (1..=9).map(|n| normal(n, "rocky", "")).collect();
+    let good = inventory(&rows);
+    profiles.check_against(good.nodes()).unwrap();
+    profiles.check_inventory(&good).unwrap();
+
+    // Row 7 (line 8 of the file) gets a space in iface.
+    rows[6] = row(7, "rocky", "", "/dev/sda", "eno1 x", "t", "j", "$6$h", KEY);
+    let bad = inventory(&rows);
+    let err = profiles.check_against(bad.nodes()).unwrap_err();
+    let boot = examples().join("rocky/boot.ipxe").display().to_string();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with(&format!("inventory line 8 (node07): {boot}:6: ")), "{err}");
+    assert!(err.contains("a space at position 5"), "{err}");
+    let err = profiles.check_inventory(&bad).unwrap_err();
+    assert!(err.starts_with(&format!("nodes.csv:8 (node07): {boot}:6: ")), "{err}");
+
+    // Many bad rows: the first 20 errors are listed, in file order, and the rest counted.
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = tiny_profiles(dir.path());
+    let mut text = String::from("hostname,ip,profile,role\n");
+    for n in 1..=30 {
+        let role = if n == 1 { "ok" } else { "a b" };
+        text.push_str(&format!("n{n},10.0.1.{n}/24,tiny,{role}\n"));
+    }
+    let inv = Inventory::parse("many.csv", text.as_bytes()).unwrap();
+    let err = tiny.check_inventory(&inv).unwrap_err();
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 21, "{err}");
+    assert!(lines[0].starts_with("many.csv:3 (n2): "), "{err}");
+    assert!(lines[19].starts_with("many.csv:22 (n21): "), "{err}");
+    assert_eq!(lines[20], "… and 9 more errors not listed");
+}
+
+/// How long the load-time check takes for a large fleet on one profile (run with `--ignored`;
+/// the number is printed, not asserted).
+#[test]
+#[ignore]
+fn check_time_for_ten_thousand_nodes() {
+    let profiles = Profiles::load(&examples()).unwrap();
+    for profile in ["rocky", "ubuntu", "harvester", "debian"] {
+        let role = if profile == "harvester" { "create" } else { "" };
+        let rows: Vec<String> = (1..=10_000).map(|n| normal(n, profile, role)).collect();
+        let inv = inventory(&rows);
+        let start = std::time::Instant::now();
+        profiles.check_inventory(&inv).unwrap();
+        let first = start.elapsed();
+        let start = std::time::Instant::now();
+        profiles.check_inventory(&inv).unwrap();
+        println!(
+            "check of 10000 {profile} nodes: {:.0} ms, again {:.0} ms",
+            first.as_secs_f64() * 1000.0,
+            start.elapsed().as_secs_f64() * 1000.0
+        );
+    }
+}
+
+/// `node` is a plain map of the row: a column the inventory lacks is still an error under the
+/// strict undefined behaviour, filtered or not, and is caught by the load-time check.
+#[test]
+fn unknown_column_is_still_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p");
+    std::fs::create_dir_all(&p).unwrap();
+    std::fs::write(
+        p.join("boot.ipxe"),
+        "#!ipxe\necho {{ node.role }}\necho {{ node.nope | ipxe }}\n",
+    )
+    .unwrap();
+    let profiles = Profiles::load(dir.path()).unwrap();
+    let inv =
+        Inventory::parse("nodes.csv", "hostname,ip,profile,role\nn1,10.0.0.5/24,p,r\n".as_bytes())
+            .unwrap();
+    let err = profiles.render("p", "boot.ipxe", &ctx(inv.get("n1").unwrap())).unwrap_err();
+    assert!(err.contains("p/boot.ipxe:3: undefined value"), "{err}");
+    let err = profiles.check_inventory(&inv).unwrap_err();
+    assert!(err.starts_with("nodes.csv:2 (n1): ") && err.contains("undefined value"), "{err}");
+}
