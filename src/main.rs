@@ -5,12 +5,16 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // Log lines go to stderr through a writer thread, so that a slow reader of stderr (a
+    // journal under load) never stalls the service's request threads. Lines beyond its queue
+    // are dropped rather than waited for; the guard flushes the rest at exit.
+    let (stderr, _flush) = tracing_appender::non_blocking(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BOOTFORGE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(stderr)
         .init();
     let cli = bootforge::cli::Cli::parse();
     match bootforge::cli::run(cli) {

@@ -10,9 +10,10 @@ use std::path::Path;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The key every node token is derived from: the bytes of `--secret-file`.
+/// The key every node token is derived from: the bytes of `--secret-file`. The HMAC is keyed
+/// once, here, and cloned per token: a boot storm verifies a token per request.
 #[derive(Clone)]
-pub struct Secret(Vec<u8>);
+pub struct Secret(HmacSha256);
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -25,7 +26,7 @@ impl Secret {
     /// Wraps key bytes; an empty key is refused because it would make every token guessable.
     pub fn new(bytes: Vec<u8>) -> anyhow::Result<Self> {
         anyhow::ensure!(!bytes.is_empty(), "the secret is empty: a node token needs a real key");
-        Ok(Secret(bytes))
+        Ok(Secret(HmacSha256::new_from_slice(&bytes).expect("HMAC takes keys of any length")))
     }
 
     /// Reads the secret file, naming the file in any error.
@@ -42,14 +43,15 @@ impl Secret {
 
     /// Checks a token a node presented, in constant time. Malformed input is simply "not valid".
     pub fn verify(&self, hostname: &str, presented: &str) -> bool {
-        match hex::decode(presented) {
-            Ok(bytes) => self.mac(hostname).verify_slice(&bytes).is_ok(),
+        let mut bytes = [0u8; 32];
+        match hex::decode_to_slice(presented, &mut bytes) {
+            Ok(()) => self.mac(hostname).verify_slice(&bytes).is_ok(),
             Err(_) => false,
         }
     }
 
     fn mac(&self, hostname: &str) -> HmacSha256 {
-        let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        let mut mac = self.0.clone();
         mac.update(hostname.as_bytes());
         mac
     }

@@ -295,8 +295,8 @@ fn every_example_profile_renders() {
                         "ip: 10.0.0.21",
                         "subnet_mask: 255.255.255.0",
                         "gateway: 10.0.0.1",
-                        "device: /dev/sda",
-                        "vip: 10.0.0.20",
+                        "device: \"/dev/sda\"",
+                        "vip: \"10.0.0.20\"",
                         "hostname: hv1",
                         "token: \"tok-123\"",
                     ] {
@@ -307,8 +307,8 @@ fn every_example_profile_renders() {
                 "config-join.yaml" => {
                     for want in [
                         "mode: join",
-                        "server_url: https://10.0.0.20:443",
-                        "device: /dev/nvme0n1",
+                        "server_url: \"https://10.0.0.20:443\"",
+                        "device: \"/dev/nvme0n1\"",
                         "ip: 10.0.0.22",
                     ] {
                         assert!(b.contains(want), "{file} lacks {want}:\n{b}");

@@ -126,9 +126,20 @@ fn two_instances_sharing_a_state_dir_agree() {
     let seen = call("GET", &format!("{bbase}/hosts/node01"), Some(READ_TOKEN), None).json();
     assert_eq!(seen["flagged"].as_bool(), Some(true));
     // Boot through B opens the install; a second boot through A continues the same install.
-    let id_b = install_id(
-        &call("GET", &boot_url(&bbase, "node01", "aa:bb:cc:dd:ee:01", ""), None, None).body,
-    );
+    // B learns of A's flag at its next scan of the state folder (every 100 ms); until then it
+    // may only err towards a local boot.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let chain_b = loop {
+        let body =
+            call("GET", &boot_url(&bbase, "node01", "aa:bb:cc:dd:ee:01", ""), None, None).body;
+        if body.contains("install chain") {
+            break body;
+        }
+        assert!(body.contains("local boot: not flagged"), "{body}");
+        assert!(std::time::Instant::now() < deadline, "B never saw A's flag");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let id_b = install_id(&chain_b);
     let id_a = install_id(
         &call("GET", &boot_url(&a.base, "node01", "aa:bb:cc:dd:ee:01", ""), None, None).body,
     );

@@ -122,7 +122,22 @@ struct Line<'a> {
 pub struct Audit {
     path: PathBuf,
     file: File,
+    /// Notes go to a writer thread, so no request waits on the disk for one.
+    notes: std::sync::mpsc::SyncSender<Note>,
+    /// Notes dropped because the writer fell behind by [`NOTE_QUEUE`] records.
+    pub dropped: std::sync::atomic::AtomicU64,
 }
+
+enum Note {
+    Line(Vec<u8>),
+    /// Answered once everything queued before it is written.
+    Sync(std::sync::mpsc::Sender<()>),
+}
+
+/// Notes waiting for the writer at most; beyond, they are dropped and counted.
+const NOTE_QUEUE: usize = 16_384;
+/// Largest batch of notes written with one `write(2)`.
+const NOTE_BATCH: usize = 64 * 1024;
 
 /// Largest answer of one `/events` page, whatever `limit` asks for.
 pub const MAX_PAGE_BYTES: usize = 1 << 20;
@@ -135,16 +150,18 @@ impl Audit {
             .append(true)
             .open(&path)
             .map_err(|e| anyhow::anyhow!("cannot open audit log {}: {e}", path.display()))?;
-        Ok(Audit { path, file })
+        let (notes, queue) = std::sync::mpsc::sync_channel(NOTE_QUEUE);
+        let (writer, shown) = (file.try_clone()?, path.clone());
+        std::thread::Builder::new()
+            .name("audit".into())
+            .spawn(move || write_notes(&writer, &shown, &queue))?;
+        Ok(Audit { path, file, notes, dropped: Default::default() })
     }
 
     /// Appends one record stamped with the time; `durable` waits for the disk. An error means
     /// the record may be missing: callers that change state refuse the change.
     pub fn append(&self, event: &Event, durable: bool) -> std::io::Result<()> {
-        let now = super::util::now_ms();
-        let line = Line { time: super::util::rfc3339(now), ms: now, event };
-        let mut bytes = serde_json::to_vec(&line).expect("audit records serialise");
-        bytes.push(b'\n');
+        let bytes = line(event);
         // One write of the whole line: O_APPEND makes it land at the end in one piece.
         let n = (&self.file).write(&bytes)?;
         if n != bytes.len() {
@@ -159,11 +176,20 @@ impl Audit {
         Ok(())
     }
 
-    /// Appends a record nothing depends on (boot answers, refusals): a failure is logged, and
-    /// the request goes on.
+    /// Queues a record nothing depends on (boot answers, refusals) for the writer thread, which
+    /// appends queued notes in batches. Never waits: if the writer is [`NOTE_QUEUE`] records
+    /// behind, the note is dropped and counted (`bootforge_audit_notes_dropped_total`).
     pub fn note(&self, event: &Event) {
-        if let Err(e) = self.append(event, false) {
-            tracing::error!(path = %self.path.display(), error = %e, "cannot append to the audit log");
+        if self.notes.try_send(Note::Line(line(event))).is_err() {
+            self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Waits until every note queued so far is written (before reading the log back).
+    pub fn sync(&self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.notes.send(Note::Sync(tx)).is_ok() {
+            let _ = rx.recv();
         }
     }
 
@@ -232,12 +258,9 @@ impl Audit {
 pub struct LastBoots(std::sync::Mutex<(u64, HashMap<String, BootRecord>)>);
 
 impl LastBoots {
-    pub fn get(
-        &self,
-        audit: &Audit,
-        host: &str,
-        in_inventory: impl Fn(&str) -> bool,
-    ) -> Option<BootRecord> {
+    /// Reads what was appended to the log since the last refresh.
+    pub fn refresh(&self, audit: &Audit, in_inventory: impl Fn(&str) -> bool) {
+        audit.sync();
         let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let (offset, boots) = &mut *guard;
         match audit.read_since(*offset, usize::MAX, usize::MAX) {
@@ -260,7 +283,54 @@ impl LastBoots {
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the audit log for last boots"),
         }
-        boots.get(host).cloned()
+    }
+
+    /// The host's last verified boot as of the last [`LastBoots::refresh`].
+    pub fn get(&self, host: &str) -> Option<BootRecord> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).1.get(host).cloned()
+    }
+}
+
+/// One record as a line of JSON.
+fn line(event: &Event) -> Vec<u8> {
+    let now = super::util::now_ms();
+    let line = Line { time: super::util::rfc3339(now), ms: now, event };
+    let mut bytes = serde_json::to_vec(&line).expect("audit records serialise");
+    bytes.push(b'\n');
+    bytes
+}
+
+/// The writer thread: appends queued notes, a batch of whole lines per `write(2)` (so lines of
+/// instances sharing the file still never interleave), until the [`Audit`] is dropped.
+fn write_notes(file: &File, path: &Path, queue: &std::sync::mpsc::Receiver<Note>) {
+    let mut batch = Vec::with_capacity(NOTE_BATCH);
+    let mut waiting = Vec::new();
+    while let Ok(first) = queue.recv() {
+        let mut next = Some(first);
+        while let Some(note) = next.take() {
+            match note {
+                Note::Line(bytes) => batch.extend_from_slice(&bytes),
+                Note::Sync(done) => waiting.push(done),
+            }
+            if batch.len() < NOTE_BATCH {
+                next = queue.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            match (&*file).write(&batch) {
+                Ok(n) if n == batch.len() => {}
+                Ok(n) => {
+                    tracing::error!(path = %path.display(), "short append to the audit log ({n} of {} bytes)", batch.len())
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "cannot append to the audit log")
+                }
+            }
+            batch.clear();
+        }
+        for done in waiting.drain(..) {
+            let _ = done.send(());
+        }
     }
 }
 
@@ -293,6 +363,7 @@ mod tests {
         for i in 0..5 {
             let host = format!("h{i}");
             a.note(&Event::Reload { by: host.clone(), peer, ok: true });
+            a.sync();
             b.append(&Event::Done { host, install: "x".into(), peer }, true).unwrap();
         }
         let (all, end) = a.read_since(0, 100, usize::MAX).unwrap();

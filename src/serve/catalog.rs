@@ -119,18 +119,17 @@ impl Catalog {
         }
     }
 
-    /// Polls for changes until `stop`; `hup` is set by the SIGHUP handler. `reloaded` runs after
-    /// each successful reload (the service sweeps flags of hosts that left the inventory).
-    pub fn watch(&self, stop: &AtomicBool, hup: &AtomicBool, reloaded: impl Fn()) {
+    /// Polls for changes until `stop`; `hup` is set by the SIGHUP handler. `tick` runs after
+    /// each poll, told whether a reload succeeded (the service then sweeps flags of hosts that
+    /// left the inventory, and rescans the state folder either way).
+    pub fn watch(&self, stop: &AtomicBool, hup: &AtomicBool, tick: impl Fn(bool)) {
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(POLL);
             let forced = hup.swap(false, Ordering::Relaxed);
             if forced {
                 tracing::info!("SIGHUP: reloading inventory, profiles and tokens");
             }
-            if self.reload_if_changed(forced) {
-                reloaded();
-            }
+            tick(self.reload_if_changed(forced));
         }
     }
 }
@@ -176,7 +175,7 @@ fn load_snapshot(sources: &Sources, generation: u64) -> anyhow::Result<Snapshot>
             unknown.join(", ")
         );
     }
-    profiles.check_against(inv.nodes()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    profiles.check_inventory(&inv).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(Snapshot {
         inventory: inv,
         profiles,

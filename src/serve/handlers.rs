@@ -141,7 +141,9 @@ async fn status(svc: &Arc<Service>, req: &Req) -> Result<Reply, HttpError> {
 fn metrics(svc: &Service) -> Reply {
     let snap = svc.catalog.snapshot();
     let failures = svc.catalog.status.lock().map(|s| s.failures).unwrap_or(0);
-    let mut r = Reply::text(svc.metrics.render(snap.inventory.len(), snap.generation, failures));
+    let dropped = svc.audit.dropped.load(std::sync::atomic::Ordering::Relaxed);
+    let mut r =
+        Reply::text(svc.metrics.render(snap.inventory.len(), snap.generation, failures, dropped));
     r.content_type = "text/plain; version=0.0.4; charset=utf-8";
     r
 }
@@ -267,6 +269,19 @@ enum BootStep {
 /// and in the audit log. Most boots (not flagged) read one file and write one audit line; only a
 /// flagged host's answer takes its lock.
 async fn boot(svc: &Arc<Service>, req: &Arc<Req>, raw: Option<String>) -> Reply {
+    // On the connection's task: verifying is CPU work and `may_decide` a look-up in memory, so
+    // an unflagged host (almost every boot) is answered without a thread hand-off or a read.
+    let q = BootQuery::parse(req);
+    let snap = svc.catalog.snapshot();
+    match verify(svc, &snap, req, &q, raw.as_deref()) {
+        Err((why, host)) => return boot_local(svc, req, &q, host.as_deref(), None, why),
+        Ok(node) if !svc.store.may_decide(&node.hostname) => {
+            let why = Local::NoInstall(NoInstall::NotFlagged);
+            return boot_local(svc, req, &q, Some(&node.hostname), Some(node), why);
+        }
+        Ok(_) => {}
+    }
+    drop(snap);
     let r = req.clone();
     let first = svc.blocking(move |svc| boot_look(svc, &r, raw.as_deref())).await;
     let host = match first {
@@ -411,7 +426,7 @@ fn boot_local(
         None,
     ));
     svc.metrics.boot("local", why.kind());
-    tracing::info!(host = host.unwrap_or("-"), "boot: local: {}", why.text());
+    tracing::debug!(host = host.unwrap_or("-"), "boot: local: {}", why.text());
     local_script(&svc.catalog.snapshot(), q, node, why)
 }
 
@@ -759,6 +774,11 @@ impl From<&EndedInstall> for EndedView {
     }
 }
 
+/// Reads the boots appended to the audit log since the last look (before building views).
+fn refresh_last_boots(svc: &Service, snap: &Snapshot) {
+    svc.last_boot.refresh(&svc.audit, |h| snap.inventory.get(h).is_some());
+}
+
 fn host_view(
     svc: &Service,
     snap: &Snapshot,
@@ -788,7 +808,7 @@ fn host_view(
             return view;
         }
     };
-    let seen = svc.last_boot.get(&svc.audit, host, |h| snap.inventory.get(h).is_some());
+    let seen = svc.last_boot.get(host);
     let last_boot = match (seen, st.last_boot.clone()) {
         (Some(a), Some(b)) => Some(if a.at >= b.at { a } else { b }),
         (a, b) => a.or(b),
@@ -824,6 +844,7 @@ async fn list_hosts(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpErr
     let only_flagged = matches!(req.param("flagged"), Some("1" | "true" | "yes"));
     svc.blocking(move |svc| {
         let snap = svc.catalog.snapshot();
+        refresh_last_boots(svc, &snap);
         let with_state: std::collections::HashSet<String> = svc.store.hosts().into_iter().collect();
         let read = |host: &str| match with_state.contains(host) {
             true => svc.store.read(host).map_err(|e| e.to_string()),
@@ -873,6 +894,7 @@ async fn show_host(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Re
     let host = api_host(&raw)?;
     svc.blocking(move |svc| {
         let snap = svc.catalog.snapshot();
+        refresh_last_boots(svc, &snap);
         let st = svc.store.read(&host).map_err(|e| e.to_string());
         if snap.inventory.get(&host).is_none() && st.as_ref().is_ok_and(|s| s.version == 0) {
             return Err(HttpError::not_found("this host is not in the inventory and has no state"));
@@ -942,6 +964,7 @@ async fn set_flag(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Rep
                 install,
             };
             let snap = svc.catalog.snapshot();
+            refresh_last_boots(svc, &snap);
             let view = host_view(svc, &snap, &h, Ok(&preview(st, write)));
             Ok(Change { value: (view, write), write, record: Some(record) })
         })
@@ -1007,6 +1030,7 @@ async fn cancel(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Reply
                 outcome: name,
                 install,
             };
+            refresh_last_boots(svc, &snap);
             let view = CancelView {
                 host: host_view(svc, &snap, &h, Ok(&preview(st, write))),
                 was_flagged: write,
@@ -1039,6 +1063,7 @@ async fn events(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> 
     let since = parse("since", 0)?;
     let limit = parse("limit", 1000)?.clamp(1, 1000) as usize;
     svc.blocking(move |svc| {
+        svc.audit.sync();
         let (events, next) = svc
             .audit
             .read_since(since, limit, super::audit::MAX_PAGE_BYTES)

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 #[derive(Default)]
 pub struct Metrics {
     /// `/boot` answers by answer (`install`/`local`) and reason.
-    boot: Mutex<BTreeMap<(String, String), u64>>,
+    boot: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// HTTP responses by status code.
     responses: Mutex<BTreeMap<u16, u64>>,
     pub flags_set: AtomicU64,
@@ -22,10 +22,10 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn boot(&self, answer: &str, reason: &str) {
+    pub fn boot(&self, answer: &'static str, reason: &'static str) {
         let mut m = self.boot.lock().unwrap_or_else(|p| p.into_inner());
         // Reasons are a small fixed set of kinds (the detail text is not a label).
-        *m.entry((answer.to_string(), reason.to_string())).or_default() += 1;
+        *m.entry((answer, reason)).or_default() += 1;
     }
 
     pub fn response(&self, status: u16) {
@@ -40,7 +40,13 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn render(&self, nodes: usize, generation: u64, reload_failures: u64) -> String {
+    pub fn render(
+        &self,
+        nodes: usize,
+        generation: u64,
+        reload_failures: u64,
+        audit_dropped: u64,
+    ) -> String {
         let mut s = String::new();
         let w = &mut s;
         let _ =
@@ -89,6 +95,7 @@ impl Metrics {
             );
         }
         let _ = writeln!(w, "# HELP bootforge_reload_failures_total Reloads that failed (old inputs kept).\n# TYPE bootforge_reload_failures_total counter\nbootforge_reload_failures_total {reload_failures}");
+        let _ = writeln!(w, "# HELP bootforge_audit_notes_dropped_total Boot and refusal records dropped because the audit writer fell behind.\n# TYPE bootforge_audit_notes_dropped_total counter\nbootforge_audit_notes_dropped_total {audit_dropped}");
         let _ = writeln!(w, "# HELP bootforge_inventory_nodes Nodes in the loaded inventory.\n# TYPE bootforge_inventory_nodes gauge\nbootforge_inventory_nodes {nodes}");
         let _ = writeln!(w, "# HELP bootforge_inputs_generation Generation of the loaded inventory and profiles.\n# TYPE bootforge_inputs_generation gauge\nbootforge_inputs_generation {generation}");
         s

@@ -345,7 +345,12 @@ impl Server {
         let reload = {
             let (svc, stop) = (service.clone(), stop.clone());
             std::thread::Builder::new().name("reload".into()).spawn(move || {
-                svc.catalog.watch(&stop, &hup, || svc.sweep_orphans());
+                svc.catalog.watch(&stop, &hup, |reloaded| {
+                    if reloaded {
+                        svc.sweep_orphans();
+                    }
+                    svc.store.rescan(false);
+                });
             })?
         };
         Ok(Server {

@@ -18,11 +18,15 @@
 //! ([`crate::atomic::write_file`]), all before the API answers: a `kill -9` or a power cut after
 //! the answer cannot lose the change, and a crash before it leaves the old file intact.
 
-use super::lifecycle::HostState;
+use super::lifecycle::{Ending, HostState};
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 /// Errors of the store: I/O, or a file that is not valid JSON (reported with its path). The
 /// paths are for the server log and authenticated callers, never for an unauthenticated answer.
@@ -37,6 +41,36 @@ pub enum StoreError {
 /// The per-host flag files of one state directory.
 pub struct Store {
     dir: PathBuf,
+    /// Hosts whose file may decide a boot: see [`Store::may_decide`].
+    deciding: RwLock<HashSet<String>>,
+    scan: Mutex<Scan>,
+}
+
+/// What the last scan of the folder saw: the folder's stamp, and each file's.
+#[derive(Default)]
+struct Scan {
+    dir: Option<Stamp>,
+    files: HashMap<String, Stamp>,
+    full_at: Option<Instant>,
+}
+
+/// (mtime seconds, mtime nanoseconds, size, inode).
+type Stamp = (i64, i64, u64, u64);
+
+/// A full rescan happens at least this often, whatever the folder's stamp says.
+const FULL_SCAN: Duration = Duration::from_secs(5);
+
+fn stamp(m: &std::fs::Metadata) -> Stamp {
+    (m.mtime(), m.mtime_nsec(), m.len(), m.ino())
+}
+
+/// Whether a stored state can make a boot anything but local: a standing flag, or a
+/// first-answer install whose repeat window may still be open. Unreadable files count too (the
+/// boot then reads the file, and says why it boots local).
+fn decides(state: Option<&HostState>) -> bool {
+    state.is_none_or(|st| {
+        st.flag.is_some() || st.last_install.as_ref().is_some_and(|e| e.how == Ending::FirstAnswer)
+    })
 }
 
 impl Store {
@@ -51,7 +85,73 @@ impl Store {
             anyhow::anyhow!("state directory {} is not writable: {e}", dir.display())
         })?;
         let _ = std::fs::remove_file(&probe);
-        Ok(Store { dir })
+        let store = Store { dir, deciding: RwLock::default(), scan: Mutex::default() };
+        store.rescan(true);
+        Ok(store)
+    }
+
+    /// Whether `host`'s file may decide its boot. `false` means the boot is local without
+    /// reading the file, which is how a boot storm of unflagged hosts costs no disk access.
+    ///
+    /// The set is exact for this instance's own writes ([`Store::write`] updates it) and follows
+    /// other instances' writes through [`Store::rescan`], run every 100 ms by the reload thread.
+    /// So a flag set through another instance takes effect here within about that long (on NFS,
+    /// within the client's attribute cache time for directories). It can err only towards a
+    /// local boot: a `true` is always checked against the file itself, under the host's lock.
+    pub fn may_decide(&self, host: &str) -> bool {
+        self.deciding.read().unwrap_or_else(|p| p.into_inner()).contains(host)
+    }
+
+    /// Re-reads the files that changed since the last scan, if the folder changed (a write is a
+    /// rename into it), or all of them every [`FULL_SCAN`] or when `force`d.
+    pub fn rescan(&self, force: bool) {
+        let mut scan = self.scan.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = std::fs::metadata(&self.dir).ok().map(|m| stamp(&m));
+        let due = scan.full_at.is_none_or(|t| t.elapsed() >= FULL_SCAN);
+        if !force && !due && dir.is_some() && dir == scan.dir {
+            return;
+        }
+        scan.dir = dir;
+        scan.full_at = Some(Instant::now());
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        let mut seen = HashMap::with_capacity(scan.files.len());
+        let mut changed = Vec::new();
+        for entry in entries.filter_map(|e| e.ok()) {
+            let name = entry.file_name();
+            let Some(host) = name.to_str().and_then(|n| n.strip_suffix(".json")) else { continue };
+            if host.starts_with('.') {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            let st = stamp(&meta);
+            if scan.files.get(host) != Some(&st) {
+                changed.push(host.to_string());
+            }
+            seen.insert(host.to_string(), st);
+        }
+        let gone: Vec<String> =
+            scan.files.keys().filter(|h| !seen.contains_key(*h)).cloned().collect();
+        scan.files = seen;
+        drop(scan);
+        let mut updates: Vec<(String, bool)> = changed
+            .into_iter()
+            .map(|h| {
+                let d = decides(self.read(&h).ok().as_ref());
+                (h, d)
+            })
+            .collect();
+        updates.extend(gone.into_iter().map(|h| (h, false)));
+        if updates.is_empty() {
+            return;
+        }
+        let mut deciding = self.deciding.write().unwrap_or_else(|p| p.into_inner());
+        for (host, d) in updates {
+            if d {
+                deciding.insert(host);
+            } else {
+                deciding.remove(&host);
+            }
+        }
     }
 
     fn path(&self, host: &str) -> PathBuf {
@@ -126,8 +226,16 @@ impl Store {
         let path = self.path(&lock.host);
         let mut bytes = serde_json::to_vec_pretty(&state).expect("state serialises");
         bytes.push(b'\n');
+        // Counted as deciding before the write lands, so no reader can miss it.
+        let mut deciding = self.deciding.write().unwrap_or_else(|p| p.into_inner());
+        deciding.insert(lock.host.clone());
+        drop(deciding);
         crate::atomic::write_file(&path, &bytes)
-            .map_err(|e| StoreError::Io { path: path.display().to_string(), source: e })
+            .map_err(|e| StoreError::Io { path: path.display().to_string(), source: e })?;
+        if !decides(Some(state)) {
+            self.deciding.write().unwrap_or_else(|p| p.into_inner()).remove(&lock.host);
+        }
+        Ok(())
     }
 }
 
@@ -174,6 +282,32 @@ mod tests {
         assert!(b.try_lock("other").unwrap().is_some(), "other hosts are not affected");
         drop(held);
         assert!(b.try_lock("h").unwrap().is_some());
+    }
+
+    #[test]
+    fn only_files_that_can_decide_a_boot_are_watched() {
+        use super::super::lifecycle::{cancel, set_flag};
+        let dir = tempfile::tempdir().unwrap();
+        let a = Store::open(dir.path()).unwrap();
+        let b = Store::open(dir.path()).unwrap();
+        let lock = a.lock_blocking("h").unwrap();
+        let mut st = a.read("h").unwrap();
+        set_flag(&mut st, "p", "ops", "x", "1".repeat(32), 1);
+        a.write(&lock, &mut st).unwrap();
+        assert!(a.may_decide("h"), "own writes count at once");
+        assert!(!b.may_decide("h"), "another instance sees it at its next scan");
+        b.rescan(false);
+        assert!(b.may_decide("h"));
+        cancel(&mut st, |_| None, 2);
+        a.write(&lock, &mut st).unwrap();
+        assert!(!a.may_decide("h"));
+        b.rescan(true);
+        assert!(!b.may_decide("h"));
+        std::fs::write(dir.path().join("hosts/bad.json"), "{").unwrap();
+        b.rescan(true);
+        assert!(b.may_decide("bad"), "an unreadable file is read at boot, to say why");
+        // A new store starts from the files.
+        assert!(Store::open(dir.path()).unwrap().may_decide("bad"));
     }
 
     #[test]
