@@ -204,10 +204,35 @@ impl Audit {
         limit: usize,
         max_bytes: usize,
     ) -> std::io::Result<(Vec<Value>, u64)> {
+        let mut events = Vec::new();
+        let mut bytes = 0usize;
+        let next = self.scan_since(since, |line, offset| {
+            bytes += line.len();
+            if events.len() >= limit || (bytes > max_bytes && !events.is_empty()) {
+                return false;
+            }
+            if let Ok(mut v) = serde_json::from_slice::<Value>(line) {
+                if let Value::Object(o) = &mut v {
+                    o.insert("offset".into(), json!(offset));
+                }
+                events.push(v);
+            }
+            true
+        })?;
+        Ok((events, next))
+    }
+
+    /// Calls `take(line, offset)` for each whole line from byte offset `since` on, until it
+    /// returns `false` (that line is not taken); returns the offset after the last line taken.
+    fn scan_since(
+        &self,
+        since: u64,
+        mut take: impl FnMut(&[u8], u64) -> bool,
+    ) -> std::io::Result<u64> {
         let mut file = File::open(&self.path)?;
         let len = file.metadata()?.len();
         if since >= len {
-            return Ok((Vec::new(), len.max(since.min(len))));
+            return Ok(len.max(since.min(len)));
         }
         let start = if since == 0 {
             0
@@ -219,30 +244,17 @@ impl Audit {
             since - 1 + if b[0] == b'\n' { 1 } else { find_newline(&mut file)? }
         };
         file.seek(SeekFrom::Start(start))?;
-        let mut events = Vec::new();
         let mut pos = start;
-        let mut reader = std::io::BufReader::new(file);
+        let mut reader = std::io::BufReader::with_capacity(256 * 1024, file);
         let mut buf = Vec::new();
-        let mut bytes = 0usize;
-        while events.len() < limit {
+        loop {
             buf.clear();
             let n = std::io::BufRead::read_until(&mut reader, b'\n', &mut buf)?;
-            if n == 0 || buf.last() != Some(&b'\n') {
-                break; // end, or a line still being written
-            }
-            bytes += n;
-            if bytes > max_bytes && !events.is_empty() {
-                break;
+            if n == 0 || buf.last() != Some(&b'\n') || !take(&buf, pos) {
+                return Ok(pos); // end, a line still being written, or enough
             }
             pos += n as u64;
-            if let Ok(mut v) = serde_json::from_slice::<Value>(&buf) {
-                if let Value::Object(o) = &mut v {
-                    o.insert("offset".into(), json!(pos - n as u64));
-                }
-                events.push(v);
-            }
         }
-        Ok((events, pos))
     }
 }
 
@@ -257,30 +269,56 @@ impl Audit {
 #[derive(Default)]
 pub struct LastBoots(std::sync::Mutex<(u64, HashMap<String, BootRecord>)>);
 
+/// The fields of a boot record that [`LastBoots`] keeps, borrowed from the line.
+#[derive(serde::Deserialize)]
+struct BootLine<'a> {
+    ms: u64,
+    #[serde(default)]
+    verified: bool,
+    #[serde(borrow)]
+    host: Option<&'a str>,
+    peer: Option<&'a str>,
+    ip: Option<&'a str>,
+    mac: Option<&'a str>,
+    answer: Option<&'a str>,
+    reason: Option<&'a str>,
+}
+
 impl LastBoots {
-    /// Reads what was appended to the log since the last refresh.
+    /// Reads what was appended to the log since the last refresh. Only boot records are parsed
+    /// (others are skipped by a substring test), into borrowed fields: the reload thread runs
+    /// this every 100 ms, through boot storms of tens of thousands of records a second.
     pub fn refresh(&self, audit: &Audit, in_inventory: impl Fn(&str) -> bool) {
         audit.sync();
         let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let (offset, boots) = &mut *guard;
-        match audit.read_since(*offset, usize::MAX, usize::MAX) {
-            Ok((events, next)) => {
-                *offset = next;
-                boots.retain(|h, _| in_inventory(h));
-                for e in events.iter().filter(|e| e["event"] == "boot" && e["verified"] == true) {
-                    let text = |k: &str| e[k].as_str().map(str::to_string);
-                    let Some(host) = text("host").filter(|h| in_inventory(h)) else { continue };
-                    let record = BootRecord {
-                        at: e["ms"].as_u64().unwrap_or(0),
-                        peer: text("peer").unwrap_or_default(),
-                        ip: text("ip"),
-                        mac: text("mac"),
-                        answer: text("answer").unwrap_or_default(),
-                        reason: text("reason").unwrap_or_default(),
-                    };
-                    boots.insert(host, record);
+        boots.retain(|h, _| in_inventory(h));
+        let scanned = audit.scan_since(*offset, |line, _| {
+            let Ok(text) = std::str::from_utf8(line) else { return true };
+            if !text.contains("\"event\":\"boot\"") || !text.contains("\"verified\":true") {
+                return true;
+            }
+            let Ok(b) = serde_json::from_str::<BootLine>(text) else { return true };
+            let Some(host) = b.host.filter(|h| b.verified && in_inventory(h)) else { return true };
+            let own = |v: Option<&str>| v.map(str::to_string);
+            let record = BootRecord {
+                at: b.ms,
+                peer: b.peer.unwrap_or_default().to_string(),
+                ip: own(b.ip),
+                mac: own(b.mac),
+                answer: b.answer.unwrap_or_default().to_string(),
+                reason: b.reason.unwrap_or_default().to_string(),
+            };
+            match boots.get_mut(host) {
+                Some(slot) => *slot = record,
+                None => {
+                    boots.insert(host.to_string(), record);
                 }
             }
+            true
+        });
+        match scanned {
+            Ok(next) => *offset = next,
             Err(e) => tracing::warn!(error = %e, "cannot read the audit log for last boots"),
         }
     }

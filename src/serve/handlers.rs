@@ -964,7 +964,6 @@ async fn set_flag(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Rep
                 install,
             };
             let snap = svc.catalog.snapshot();
-            refresh_last_boots(svc, &snap);
             let view = host_view(svc, &snap, &h, Ok(&preview(st, write)));
             Ok(Change { value: (view, write), write, record: Some(record) })
         })
@@ -1030,7 +1029,6 @@ async fn cancel(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Reply
                 outcome: name,
                 install,
             };
-            refresh_last_boots(svc, &snap);
             let view = CancelView {
                 host: host_view(svc, &snap, &h, Ok(&preview(st, write))),
                 was_flagged: write,

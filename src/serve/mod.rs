@@ -350,6 +350,8 @@ impl Server {
                         svc.sweep_orphans();
                     }
                     svc.store.rescan(false);
+                    let snap = svc.catalog.snapshot();
+                    svc.last_boot.refresh(&svc.audit, |h| snap.inventory.get(h).is_some());
                 });
             })?
         };
