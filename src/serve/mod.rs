@@ -147,8 +147,9 @@ impl Service {
         host: &str,
         change: impl FnOnce(&Service, &mut HostState) -> Result<Change<T>, HttpError> + Send + 'static,
     ) -> Result<T, HttpError> {
-        let _local = self.host_locks.lock(host).await;
         let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+        let local = tokio::time::timeout_at(deadline, self.host_locks.lock(host));
+        let _local = local.await.map_err(|_| HttpError::busy())?;
         let mut pause = Duration::from_millis(2);
         let mut pending = Some(change);
         loop {
