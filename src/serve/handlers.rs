@@ -545,7 +545,7 @@ fn config(
         .profiles
         .get(profile)
         .ok_or_else(|| HttpError::not_found("the install's profile is not loaded"))?;
-    if !p.config_files.iter().any(|f| *f == file) {
+    if !p.config_files.contains(&file) {
         return Err(HttpError::not_found("the install's profile has no such config file"));
     }
     let text = render(svc, &snap, node, profile, &format!("config/{file}"), id)
