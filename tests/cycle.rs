@@ -347,7 +347,7 @@ fn flagged_cycle(firmware: Firmware, timeout: Duration) {
     let id = install["install"].as_str().filter(|i| !i.is_empty()).unwrap_or_else(|| {
         panic!("{name}: the install-chain answer has no install id: {install}\n{context}")
     });
-    assert_eq!(install["kind"], "flagged", "{name}: install answer kind\n{context}");
+    assert_eq!(install["kind"], "opened", "{name}: install answer kind\n{context}");
     assert_eq!(install["mac"], NODE_MAC, "{name}: the boot request's MAC\n{context}");
     assert_eq!(install["ip"], NODE_IP, "{name}: the boot request's IP\n{context}");
     assert_eq!(install["medium"], "cd", "{name}: the boot request's medium\n{context}");

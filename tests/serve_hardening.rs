@@ -102,7 +102,12 @@ fn cancel_stops_a_first_answer_install() {
     assert!(boot(&f).contains("install chain"));
     assert!(boot(&f).contains("install chain"), "the repeat window serves it again");
     let r = call("DELETE", &f.url("/hosts/node01/reimage"), Some(REIMAGE_TOKEN), None);
-    assert_eq!((r.status, r.json()["outcome"].as_str()), (200, Some("window-closed")), "{}", r.body);
+    assert_eq!(
+        (r.status, r.json()["outcome"].as_str()),
+        (200, Some("window-closed")),
+        "{}",
+        r.body
+    );
     assert!(is_local(&boot(&f)), "after a DELETE the next boot is local");
     assert_eq!(call("GET", &f.url("/config/node01/install.cfg"), None, None).status, 404);
 
@@ -153,7 +158,9 @@ fn a_held_host_lock_delays_only_that_host() {
         assert!(waited >= Duration::from_secs(9), "{waited:?}");
     }
     drop(lock);
-    assert!(call("GET", &boot_url(&f.base, "node01", MAC1, ""), None, None).body.contains("install chain"));
+    assert!(call("GET", &boot_url(&f.base, "node01", MAC1, ""), None, None)
+        .body
+        .contains("install chain"));
     f.stop();
 }
 
@@ -198,7 +205,8 @@ fn what_a_request_can_make_the_service_store_is_bounded() {
     let mut f = start(false);
     let big = "9".repeat(30_000);
     let before = audit_log(&f).len();
-    let r = call("GET", &f.url(&format!("/boot/node01?mac={MAC1}&ip={big}&serial={big}")), None, None);
+    let r =
+        call("GET", &f.url(&format!("/boot/node01?mac={MAC1}&ip={big}&serial={big}")), None, None);
     assert!(is_local(&r.body));
     let r = call("GET", &f.url(&format!("/boot/{}?ip={big}", "a".repeat(250))), None, None);
     assert!(is_local(&r.body));
@@ -224,8 +232,18 @@ fn only_verified_boots_update_last_boot() {
     assert_eq!(seen["answer"], "local", "{seen}");
     std::thread::sleep(Duration::from_millis(20));
     call("GET", &boot_url(&f.base, "node01", MAC1, ""), None, None);
-    call("GET", &boot_url(&f.base, "node01", MAC1, &format!("&token={}", node_token("x"))), None, None);
-    call("GET", &boot_url(&f.base, "node01", "aa:bb:cc:dd:ee:99", &format!("&token={tok}")), None, None);
+    call(
+        "GET",
+        &boot_url(&f.base, "node01", MAC1, &format!("&token={}", node_token("x"))),
+        None,
+        None,
+    );
+    call(
+        "GET",
+        &boot_url(&f.base, "node01", "aa:bb:cc:dd:ee:99", &format!("&token={tok}")),
+        None,
+        None,
+    );
     assert_eq!(host(&f, "node01")["last_boot"], seen, "unverified boots must not change it");
     f.stop();
 }
@@ -337,7 +355,8 @@ fn a_flag_of_a_removed_host_is_shown_and_never_resumes() {
     let deadline = Instant::now() + Duration::from_secs(3);
     let orphan = loop {
         let list = call("GET", &f.url("/hosts"), Some(READ_TOKEN), None).json();
-        let found = list["orphans"].as_array().unwrap().iter().find(|h| h["hostname"] == "node09").cloned();
+        let found =
+            list["orphans"].as_array().unwrap().iter().find(|h| h["hostname"] == "node09").cloned();
         match found {
             Some(o) if o["last_install"]["how"] == "removed-from-inventory" => break o,
             other => assert!(Instant::now() < deadline, "no orphan shown: {other:?}"),
@@ -431,7 +450,10 @@ fn paths_split_before_decoding_and_methods_are_exact() {
     assert_eq!(r.status, 405);
     assert_eq!(call("HEAD", &boot_url(&f.base, "node01", MAC1, ""), None, None).status, 405);
     assert_eq!(host(&f, "node01")["flagged"], true, "HEAD changed nothing");
-    assert_eq!(call("get", &f.url(&format!("/hosts/node01/done?install={id}")), None, None).status, 405);
+    assert_eq!(
+        call("get", &f.url(&format!("/hosts/node01/done?install={id}")), None, None).status,
+        405
+    );
     assert_eq!(host(&f, "node01")["flagged"], true);
     f.stop();
 }

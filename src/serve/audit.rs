@@ -1,18 +1,19 @@
 //! The audit log: `STATE_DIR/audit.jsonl`, one JSON object per line, append-only.
 //!
 //! Every flag change (who, when, from which peer address), every refused API call and every boot
-//! answer with its reason is recorded. Instances sharing the state directory append to the same
-//! file: it is opened with `O_APPEND` and each record is one `write(2)` of a whole line, so lines
-//! from different writers never interleave. Records of state changes are `fdatasync`ed *before*
-//! the change is written ([`Audit::append`] with `durable`), and a change whose record cannot be
-//! written is refused: nothing the service acknowledges is missing from the log.
+//! answer with its reason is recorded. One writer thread per instance appends every record, in
+//! the order they were made, in batches of whole lines, each batch one `write(2)` on an `O_APPEND`
+//! descriptor, so lines from instances sharing the file never interleave. Records of state
+//! changes are `fdatasync`ed *before* the change is written ([`Audit::append`] with `durable`,
+//! which waits; several waiting changes share one sync), and a change whose record cannot be
+//! written is refused: nothing the service acknowledges is missing from the log. Other records
+//! ([`Audit::note`]) never make a request wait.
 //!
 //! What a record may hold is fixed by [`Event`]: host names only once validated, install ids
 //! only in their 32-hex shape, addresses only as parsed addresses, route names instead of request
 //! paths, token *names* instead of tokens. No request text reaches the log unparsed, so no
 //! secret can, and every record is a few hundred bytes whatever the request held.
 
-use super::lifecycle::BootRecord;
 use crate::inventory::Mac;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -121,7 +122,6 @@ struct Line<'a> {
 
 pub struct Audit {
     path: PathBuf,
-    file: File,
     /// Notes go to a writer thread, so no request waits on the disk for one.
     notes: std::sync::mpsc::SyncSender<Note>,
     /// Notes dropped because the writer fell behind by [`NOTE_QUEUE`] records.
@@ -130,6 +130,8 @@ pub struct Audit {
 
 enum Note {
     Line(Vec<u8>),
+    /// A record a change depends on: answered once it is written and `fdatasync`ed.
+    Durable(Vec<u8>, std::sync::mpsc::Sender<std::io::Result<()>>),
     /// Answered once everything queued before it is written.
     Sync(std::sync::mpsc::Sender<()>),
 }
@@ -151,29 +153,26 @@ impl Audit {
             .open(&path)
             .map_err(|e| anyhow::anyhow!("cannot open audit log {}: {e}", path.display()))?;
         let (notes, queue) = std::sync::mpsc::sync_channel(NOTE_QUEUE);
-        let (writer, shown) = (file.try_clone()?, path.clone());
+        let shown = path.clone();
         std::thread::Builder::new()
             .name("audit".into())
-            .spawn(move || write_notes(&writer, &shown, &queue))?;
-        Ok(Audit { path, file, notes, dropped: Default::default() })
+            .spawn(move || write_notes(&file, &shown, &queue))?;
+        Ok(Audit { path, notes, dropped: Default::default() })
     }
 
     /// Appends one record stamped with the time; `durable` waits for the disk. An error means
     /// the record may be missing: callers that change state refuse the change.
     pub fn append(&self, event: &Event, durable: bool) -> std::io::Result<()> {
-        let bytes = line(event);
-        // One write of the whole line: O_APPEND makes it land at the end in one piece.
-        let n = (&self.file).write(&bytes)?;
-        if n != bytes.len() {
-            return Err(std::io::Error::other(format!(
-                "short append ({n} of {} bytes)",
-                bytes.len()
-            )));
+        if !durable {
+            self.note(event);
+            return Ok(());
         }
-        if durable {
-            self.file.sync_data()?;
-        }
-        Ok(())
+        // Through the writer, like notes, so that this instance's records keep their order.
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.notes
+            .send(Note::Durable(line(event), tx))
+            .map_err(|_| std::io::Error::other("the audit writer has stopped"))?;
+        rx.recv().unwrap_or_else(|_| Err(std::io::Error::other("the audit writer has stopped")))
     }
 
     /// Queues a record nothing depends on (boot answers, refusals) for the writer thread, which
@@ -269,6 +268,18 @@ impl Audit {
 #[derive(Default)]
 pub struct LastBoots(std::sync::Mutex<(u64, HashMap<String, BootRecord>)>);
 
+/// A host's last verified boot, as `GET /hosts` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootRecord {
+    pub at: u64,
+    pub peer: String,
+    pub ip: Option<String>,
+    pub mac: Option<String>,
+    /// `install` or `local`.
+    pub answer: String,
+    pub reason: String,
+}
+
 /// The fields of a boot record that [`LastBoots`] keeps, borrowed from the line.
 #[derive(serde::Deserialize)]
 struct BootLine<'a> {
@@ -342,31 +353,48 @@ fn line(event: &Event) -> Vec<u8> {
 /// instances sharing the file still never interleave), until the [`Audit`] is dropped.
 fn write_notes(file: &File, path: &Path, queue: &std::sync::mpsc::Receiver<Note>) {
     let mut batch = Vec::with_capacity(NOTE_BATCH);
-    let mut waiting = Vec::new();
+    let mut synced = Vec::new();
+    let mut durable = Vec::new();
     while let Ok(first) = queue.recv() {
         let mut next = Some(first);
         while let Some(note) = next.take() {
             match note {
                 Note::Line(bytes) => batch.extend_from_slice(&bytes),
-                Note::Sync(done) => waiting.push(done),
+                Note::Durable(bytes, done) => {
+                    batch.extend_from_slice(&bytes);
+                    durable.push(done);
+                }
+                Note::Sync(done) => synced.push(done),
             }
             if batch.len() < NOTE_BATCH {
                 next = queue.try_recv().ok();
             }
         }
-        if !batch.is_empty() {
-            match (&*file).write(&batch) {
-                Ok(n) if n == batch.len() => {}
-                Ok(n) => {
-                    tracing::error!(path = %path.display(), "short append to the audit log ({n} of {} bytes)", batch.len())
-                }
-                Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "cannot append to the audit log")
-                }
+        // One write of whole lines: O_APPEND makes it land at the end in one piece. Records
+        // that changes wait for are synced together (a group commit).
+        let mut result = match (&*file).write(&batch) {
+            Ok(n) if n == batch.len() => Ok(()),
+            Ok(n) => {
+                Err(std::io::Error::other(format!("short append ({n} of {} bytes)", batch.len())))
             }
-            batch.clear();
+            Err(e) => Err(e),
+        };
+        if result.is_ok() && !durable.is_empty() {
+            result = file.sync_data();
         }
-        for done in waiting.drain(..) {
+        if let Err(e) = &result {
+            tracing::error!(path = %path.display(), error = %e, "cannot append to the audit log");
+        }
+        batch.clear();
+        for done in durable.drain(..) {
+            let _ = done.send(
+                result
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| std::io::Error::new(e.kind(), e.to_string())),
+            );
+        }
+        for done in synced.drain(..) {
             let _ = done.send(());
         }
     }

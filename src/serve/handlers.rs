@@ -77,7 +77,7 @@ async fn authorize(svc: &Arc<Service>, req: &Req, need: Role) -> Result<Caller, 
     };
     let (route, peer, status) = (req.route.name(), req.peer, denied.status());
     let record = Event::Denied { route, peer, status, reason: denied.kind() };
-    svc.blocking(move |svc| svc.audit.note(&record)).await?;
+    svc.audit.note(&record);
     tracing::warn!(%peer, route, status, "API request refused: {}", denied.kind());
     Err(HttpError::new(status, denied.message()))
 }
@@ -287,7 +287,7 @@ async fn boot(svc: &Arc<Service>, req: &Arc<Req>, raw: Option<String>) -> Reply 
     let host = match first {
         Ok(BootStep::Answered(reply)) => return reply,
         Ok(BootStep::Change(host)) => host,
-        Err(_) => return boot_local_now(svc, req, None, Local::StateError).await,
+        Err(_) => return boot_failed(svc, req, Local::StateError),
     };
     let r = req.clone();
     let changed = svc
@@ -304,8 +304,8 @@ async fn boot(svc: &Arc<Service>, req: &Arc<Req>, raw: Option<String>) -> Reply 
         .await;
     match changed {
         Ok(reply) => reply,
-        Err(e) if e.status == 503 => boot_local_now(svc, req, None, Local::StateBusy).await,
-        Err(_) => boot_local_now(svc, req, None, Local::StateError).await,
+        Err(e) if e.status == 503 => boot_failed(svc, req, Local::StateBusy),
+        Err(_) => boot_failed(svc, req, Local::StateError),
     }
 }
 
@@ -430,29 +430,16 @@ fn boot_local(
     local_script(&svc.catalog.snapshot(), q, node, why)
 }
 
-/// [`boot_local`] from the connection's task (after a failed or busy change).
-async fn boot_local_now(
-    svc: &Arc<Service>,
-    req: &Arc<Req>,
-    host: Option<String>,
-    why: Local,
-) -> Reply {
-    let r = req.clone();
-    let answered = svc
-        .blocking(move |svc| {
-            let q = BootQuery::parse(&r);
-            let raw = match &r.route {
-                Route::Boot(h) => parse_hostname(h).ok(),
-                _ => host,
-            };
-            let snap = svc.catalog.snapshot();
-            let node = raw.as_deref().and_then(|h| snap.inventory.get(h));
-            boot_local(svc, &r, &q, raw.as_deref(), node, why)
-        })
-        .await;
-    answered.unwrap_or_else(|_| {
-        local_script(&svc.catalog.snapshot(), &BootQuery::parse(req), None, why)
-    })
+/// The local answer for a boot whose state could not be read or changed.
+fn boot_failed(svc: &Service, req: &Req, why: Local) -> Reply {
+    let q = BootQuery::parse(req);
+    let host = match &req.route {
+        Route::Boot(h) => parse_hostname(h).ok(),
+        _ => None,
+    };
+    let snap = svc.catalog.snapshot();
+    let node = host.as_deref().and_then(|h| snap.inventory.get(h));
+    boot_local(svc, req, &q, host.as_deref(), node, why)
 }
 
 /// The local-boot script: how to leave iPXE comes from the node's `local_boot` column, else its
@@ -588,7 +575,7 @@ async fn callback(
             route: req.route.name(),
             peer: req.peer,
         };
-        svc.blocking(move |svc| svc.audit.note(&record)).await?;
+        svc.audit.note(&record);
         return Err(HttpError::new(403, "missing or wrong node token"));
     }
     if !in_inventory {
@@ -808,11 +795,7 @@ fn host_view(
             return view;
         }
     };
-    let seen = svc.last_boot.get(host);
-    let last_boot = match (seen, st.last_boot.clone()) {
-        (Some(a), Some(b)) => Some(if a.at >= b.at { a } else { b }),
-        (a, b) => a.or(b),
-    };
+    let last_boot = svc.last_boot.get(host);
     view.flagged = st.flag.is_some();
     view.profile = st.flag.as_ref().map(|f| f.profile.clone());
     view.phase = Some(st.phase());

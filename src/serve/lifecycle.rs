@@ -107,18 +107,6 @@ pub struct EndedInstall {
     pub how: Ending,
 }
 
-/// What the service answered at a verified boot that changed the host's state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BootRecord {
-    pub at: Millis,
-    pub peer: String,
-    pub ip: Option<String>,
-    pub mac: Option<String>,
-    /// `install` or `local`.
-    pub answer: String,
-    pub reason: String,
-}
-
 /// The content of `hosts/HOST.json`: the only state that decides anything.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct HostState {
@@ -127,8 +115,6 @@ pub struct HostState {
     pub updated_at: Millis,
     pub flag: Option<Flag>,
     pub last_install: Option<EndedInstall>,
-    /// The last boot that changed this file (install-chain answers do).
-    pub last_boot: Option<BootRecord>,
 }
 
 /// What a profile's settings mean to the lifecycle.

@@ -264,7 +264,6 @@ mod tests {
         assert_eq!(store.read("n1").unwrap(), HostState::default());
         let lock = store.lock_blocking("n1").unwrap();
         let mut st = store.read("n1").unwrap();
-        st.last_boot = None;
         store.write(&lock, &mut st).unwrap();
         drop(lock);
         let other = Store::open(dir.path()).unwrap();
