@@ -194,11 +194,7 @@ fn roles_and_api_errors() {
 #[test]
 fn without_tokens_file_the_api_refuses_everything() {
     let dir = tempfile::tempdir().unwrap();
-    let inv = dir.path().join("nodes.csv");
-    std::fs::write(&inv, INVENTORY).unwrap();
-    let profiles = profiles_dir(dir.path());
-    let mut config = bootforge::serve::Config::new(inv, profiles, dir.path().join("state"));
-    config.listen = "127.0.0.1:0".into();
+    let config = base_config(dir.path());
     let mut f = start_with(dir, config);
     let r = call("PUT", &f.url("/hosts/node01/reimage"), Some(ADMIN_TOKEN), None);
     assert_eq!(r.status, 401);
@@ -431,13 +427,9 @@ fn reload_picks_up_changes_and_keeps_old_on_error() {
 #[test]
 fn template_errors_are_reported_with_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
-    let inv = dir.path().join("nodes.csv");
-    std::fs::write(&inv, INVENTORY).unwrap();
-    let profiles = profiles_dir(dir.path());
-    std::fs::write(profiles.join("e2e/config/install.cfg"), "line one\n{{ node.hostname \n")
+    let config = base_config(dir.path());
+    std::fs::write(config.profiles.join("e2e/config/install.cfg"), "line one\n{{ node.hostname \n")
         .unwrap();
-    let mut config = bootforge::serve::Config::new(inv, profiles, dir.path().join("state"));
-    config.listen = "127.0.0.1:0".into();
     let err = match bootforge::serve::Server::start(config) {
         Ok(_) => panic!("a broken template must stop the start"),
         Err(e) => format!("{e:#}"),

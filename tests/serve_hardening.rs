@@ -4,7 +4,6 @@
 #[path = "serve_support/mod.rs"]
 mod support;
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -15,18 +14,12 @@ fn node_token(host: &str) -> String {
     bootforge::token::Secret::new(SECRET.to_vec()).unwrap().node_token(host)
 }
 
-/// A GET with a raw `Host` header (any bytes), over a plain socket.
+/// A GET with a raw `Host` header (any bytes).
 fn get_with_host(base: &str, target: &str, host: &str) -> (u16, String) {
-    let addr = base.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(s, "GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    raw_request(
+        base.trim_start_matches("http://"),
+        &format!("GET {target} HTTP/1.1\r\nHost: {host}"),
+    )
 }
 
 fn audit_log(f: &Fixture) -> String {
@@ -52,17 +45,14 @@ fn is_local(body: &str) -> bool {
 /// A fixture whose profiles also hold `e2e-once`: the e2e profile clearing on first answer.
 fn start_with_first_answer_profile() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let inv = dir.path().join("nodes.csv");
-    std::fs::write(&inv, INVENTORY).unwrap();
-    let profiles = profiles_dir(dir.path());
-    copy_tree(&repo().join("tests/profiles/e2e"), &profiles.join("e2e-once"));
+    let mut config = base_config(dir.path());
+    let once = config.profiles.join("e2e-once");
+    copy_tree(&repo().join("tests/profiles/e2e"), &once);
     std::fs::write(
-        profiles.join("e2e-once/profile.toml"),
+        once.join("profile.toml"),
         "clear = \"first-answer\"\nrepeat_window_secs = 600\n",
     )
     .unwrap();
-    let mut config = bootforge::serve::Config::new(inv, profiles, dir.path().join("state"));
-    config.listen = "127.0.0.1:0".into();
     config.tokens_file = Some(tokens_file(dir.path()));
     start_with(dir, config)
 }
@@ -272,14 +262,10 @@ fn callbacks_for_hosts_outside_the_inventory_store_nothing() {
 #[test]
 fn a_change_that_cannot_be_audited_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let inv = dir.path().join("nodes.csv");
-    std::fs::write(&inv, INVENTORY).unwrap();
-    let profiles = profiles_dir(dir.path());
     std::fs::create_dir_all(dir.path().join("state")).unwrap();
     // Every write to /dev/full fails with ENOSPC.
     std::os::unix::fs::symlink("/dev/full", dir.path().join("state/audit.jsonl")).unwrap();
-    let mut config = bootforge::serve::Config::new(inv, profiles, dir.path().join("state"));
-    config.listen = "127.0.0.1:0".into();
+    let mut config = base_config(dir.path());
     config.tokens_file = Some(tokens_file(dir.path()));
     let mut f = start_with(dir, config);
     let r = call("PUT", &f.url("/hosts/node01/reimage"), Some(REIMAGE_TOKEN), None);

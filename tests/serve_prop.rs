@@ -5,20 +5,11 @@
 mod support;
 
 use proptest::prelude::*;
-use std::io::{Read, Write};
 use support::*;
 
 /// Sends a raw request line (so any bytes reach the server) and returns (status, body).
 fn raw_get(addr: &str, target: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
-    write!(s, "GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    raw_request(addr, &format!("GET {target} HTTP/1.1\r\nHost: {addr}"))
 }
 
 fn segment() -> impl Strategy<Value = String> {

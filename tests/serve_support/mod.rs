@@ -86,18 +86,25 @@ impl Fixture {
     }
 }
 
+/// A configuration over `dir`: the test inventory and profiles written there, a loopback port,
+/// no tokens file and no secret.
+pub fn base_config(dir: &Path) -> Config {
+    let inv = dir.join("nodes.csv");
+    std::fs::write(&inv, INVENTORY).unwrap();
+    let profiles = profiles_dir(dir);
+    let mut config = Config::new(inv, profiles, dir.join("state"));
+    config.listen = "127.0.0.1:0".into();
+    config
+}
+
 /// Starts a server; `secret` turns node tokens on.
 pub fn start(secret: bool) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let inv = dir.path().join("nodes.csv");
-    std::fs::write(&inv, INVENTORY).unwrap();
-    let profiles = profiles_dir(dir.path());
+    let mut config = base_config(dir.path());
     let assets = dir.path().join("assets");
     std::fs::create_dir_all(assets.join("rocky")).unwrap();
     let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(assets.join("rocky/vmlinuz"), &data).unwrap();
-    let mut config = Config::new(inv, profiles, dir.path().join("state"));
-    config.listen = "127.0.0.1:0".into();
     config.assets = Some(assets);
     config.tokens_file = Some(tokens_file(dir.path()));
     config.workers = 4;
@@ -170,6 +177,21 @@ pub fn call_h(
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut resp.into_reader(), &mut bytes).unwrap();
     Resp { status, body: String::from_utf8_lossy(&bytes).into_owned(), headers }
+}
+
+/// Sends `head` (a request line and headers, without the blank line; any bytes) on a new
+/// connection with `Connection: close`, and returns (status, body); status 0 if none came.
+pub fn raw_request(addr: &str, head: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    write!(s, "{head}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
 }
 
 /// The boot query the media send for `host` (MAC from the inventory).
