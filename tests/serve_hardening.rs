@@ -375,6 +375,84 @@ fn removing_a_token_revokes_it_at_the_next_reload() {
     f.stop();
 }
 
+/// A tokens file that cannot be loaded refuses every token (fails closed), and a broken
+/// inventory edit does not delay a revocation.
+#[test]
+fn a_broken_tokens_file_fails_closed() {
+    let mut f = start(false);
+    let tokens = f.config.tokens_file.clone().unwrap();
+    let inv = f.config.inventory.clone();
+    // A half-edited inventory and a revoked read token at once: the revocation still holds.
+    std::fs::write(&inv, "hostname,ip\nbroken,not-an-ip\n").unwrap();
+    let kept = format!("ops reimage {}\nroot admin {}\n", sha(REIMAGE_TOKEN), sha(ADMIN_TOKEN));
+    std::fs::write(&tokens, kept).unwrap();
+    let r = call("POST", &f.url("/admin/reload"), Some(ADMIN_TOKEN), None);
+    assert_eq!(r.status, 422, "the inventory is broken: {}", r.body);
+    assert_eq!(call("GET", &f.url("/hosts"), Some(READ_TOKEN), None).status, 401);
+    // An unreadable tokens file refuses every token, until it is fixed.
+    std::fs::write(&tokens, "this is not a tokens file\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while call("GET", &f.url("/hosts"), Some(ADMIN_TOKEN), None).status != 401 {
+        assert!(Instant::now() < deadline, "the admin token still works");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = call("GET", &f.url("/hosts"), Some(ADMIN_TOKEN), None);
+    assert!(r.json()["error"].as_str().unwrap().contains("tokens file"), "{}", r.body);
+    std::fs::remove_file(&tokens).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(call("GET", &f.url("/hosts"), Some(ADMIN_TOKEN), None).status, 401);
+    std::fs::write(&tokens, format!("root admin {}\n", sha(ADMIN_TOKEN))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while call("GET", &f.url("/hosts"), Some(ADMIN_TOKEN), None).status == 401 {
+        assert!(Instant::now() < deadline, "a fixed tokens file is not picked up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f.stop();
+}
+
+/// A valid but very long host name (253 characters) made `DELETE` answer 500: its state file
+/// name does not fit. Such names cannot have state; the API says so.
+#[test]
+fn a_host_name_too_long_for_a_file_name_is_not_a_server_error() {
+    let mut f = start(false);
+    let long = ["a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(61)].join(".");
+    assert_eq!(long.len(), 253);
+    for (method, path) in [
+        ("DELETE", format!("/hosts/{long}/reimage")),
+        ("PUT", format!("/hosts/{long}/reimage")),
+        ("GET", format!("/hosts/{long}")),
+    ] {
+        let r = call(method, &f.url(&path), Some(ADMIN_TOKEN), None);
+        assert!((400..500).contains(&r.status), "{method} {}: {}", r.status, r.body);
+    }
+    let r =
+        call("POST", &f.url(&format!("/hosts/{long}/done?install={}", "0".repeat(32))), None, None);
+    assert_eq!(r.status, 404);
+    f.stop();
+}
+
+/// A client that shuts down its sending side after the request (`nc -N`) still gets its
+/// answer (found by the hostile suite: the change was made, and no answer came).
+#[test]
+fn a_half_closed_client_gets_its_answer() {
+    use std::io::{Read, Write};
+    let mut f = start(false);
+    let addr = f.base.trim_start_matches("http://").to_string();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "PUT /hosts/node01/reimage HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {REIMAGE_TOKEN}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert_eq!(host(&f, "node01")["flagged"], true);
+    f.stop();
+}
+
 /// The repeat window trusted the stored end time: a stamp a day ahead kept an install live.
 #[test]
 fn a_future_end_time_does_not_keep_a_window_open() {

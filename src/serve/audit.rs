@@ -266,7 +266,12 @@ impl Audit {
 /// Only verified requests count (a request without the node's token cannot change what the
 /// operator sees), and only hosts of the inventory are kept, so memory is bounded by its size.
 #[derive(Default)]
-pub struct LastBoots(std::sync::Mutex<(u64, HashMap<String, BootRecord>)>);
+pub struct LastBoots {
+    /// The offset read up to; held while reading, so refreshes take turns.
+    read_to: std::sync::Mutex<u64>,
+    /// Held only to look up or merge, never while reading the log.
+    boots: std::sync::Mutex<HashMap<String, BootRecord>>,
+}
 
 /// A host's last verified boot, as `GET /hosts` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,9 +306,8 @@ impl LastBoots {
     /// this every 100 ms, through boot storms of tens of thousands of records a second.
     pub fn refresh(&self, audit: &Audit, in_inventory: impl Fn(&str) -> bool) {
         audit.sync();
-        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let (offset, boots) = &mut *guard;
-        boots.retain(|h, _| in_inventory(h));
+        let mut offset = self.read_to.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen: HashMap<String, BootRecord> = HashMap::new();
         let scanned = audit.scan_since(*offset, |line, _| {
             let Ok(text) = std::str::from_utf8(line) else { return true };
             if !text.contains("\"event\":\"boot\"") || !text.contains("\"verified\":true") {
@@ -320,10 +324,10 @@ impl LastBoots {
                 answer: b.answer.unwrap_or_default().to_string(),
                 reason: b.reason.unwrap_or_default().to_string(),
             };
-            match boots.get_mut(host) {
+            match seen.get_mut(host) {
                 Some(slot) => *slot = record,
                 None => {
-                    boots.insert(host.to_string(), record);
+                    seen.insert(host.to_string(), record);
                 }
             }
             true
@@ -332,11 +336,14 @@ impl LastBoots {
             Ok(next) => *offset = next,
             Err(e) => tracing::warn!(error = %e, "cannot read the audit log for last boots"),
         }
+        let mut boots = self.boots.lock().unwrap_or_else(|p| p.into_inner());
+        boots.retain(|h, _| in_inventory(h));
+        boots.extend(seen);
     }
 
     /// The host's last verified boot as of the last [`LastBoots::refresh`].
     pub fn get(&self, host: &str) -> Option<BootRecord> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).1.get(host).cloned()
+        self.boots.lock().unwrap_or_else(|p| p.into_inner()).get(host).cloned()
     }
 }
 
@@ -355,7 +362,13 @@ fn write_notes(file: &File, path: &Path, queue: &std::sync::mpsc::Receiver<Note>
     let mut batch = Vec::with_capacity(NOTE_BATCH);
     let mut synced = Vec::new();
     let mut durable = Vec::new();
+    // After a failed or short write the file may end inside a line: start the next batch on a
+    // line of its own, so that only the torn line is lost, never a later record.
+    let mut torn = false;
     while let Ok(first) = queue.recv() {
+        if torn {
+            batch.push(b'\n');
+        }
         let mut next = Some(first);
         while let Some(note) = next.take() {
             match note {
@@ -382,6 +395,7 @@ fn write_notes(file: &File, path: &Path, queue: &std::sync::mpsc::Receiver<Note>
         if result.is_ok() && !durable.is_empty() {
             result = file.sync_data();
         }
+        torn = result.is_err();
         if let Err(e) = &result {
             tracing::error!(path = %path.display(), error = %e, "cannot append to the audit log");
         }

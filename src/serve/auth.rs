@@ -54,6 +54,8 @@ pub struct Caller {
 pub enum Denied {
     /// 401: the service was started without a tokens file.
     ApiDisabled,
+    /// 401: the tokens file could not be loaded at the last reload.
+    TokensUnusable,
     /// 401: no `Authorization: Bearer` token.
     MissingToken,
     /// 401: a token the tokens file does not hold (or no longer holds).
@@ -74,6 +76,7 @@ impl Denied {
     pub fn kind(&self) -> &'static str {
         match self {
             Denied::ApiDisabled => "api-disabled",
+            Denied::TokensUnusable => "tokens-file-unusable",
             Denied::MissingToken => "missing-token",
             Denied::UnknownToken => "unknown-token",
             Denied::RoleTooSmall { .. } => "role-too-small",
@@ -84,6 +87,7 @@ impl Denied {
     pub fn message(&self) -> String {
         match self {
             Denied::ApiDisabled => "the API is disabled: this server was started without --tokens-file; create one with lines `NAME ROLE SHA256-OF-TOKEN` and restart".into(),
+            Denied::TokensUnusable => "the tokens file could not be loaded at the last reload, so every API token is refused until it is fixed; the server log and the audit log say why".into(),
             Denied::MissingToken => "missing API token: send `Authorization: Bearer TOKEN`".into(),
             Denied::UnknownToken => "unknown API token: check the token against --tokens-file".into(),
             Denied::RoleTooSmall { name, has, needs } => format!(
@@ -99,6 +103,9 @@ impl Denied {
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {
     by_hash: Option<HashMap<[u8; 32], Caller>>,
+    /// The tokens file could not be loaded at the last reload: every token is refused until it
+    /// can (failing closed, so that a broken edit never keeps a revoked token alive).
+    unusable: bool,
 }
 
 impl Tokens {
@@ -106,7 +113,12 @@ impl Tokens {
     /// with 401 and a message saying how to enable the API. Boot answers, installer callbacks,
     /// assets, health and metrics do not need an API token and keep working.
     pub fn disabled() -> Tokens {
-        Tokens { by_hash: None }
+        Tokens { by_hash: None, unusable: false }
+    }
+
+    /// What a tokens file that cannot be read or parsed gives: every API call refused.
+    pub fn unusable() -> Tokens {
+        Tokens { by_hash: None, unusable: true }
     }
 
     pub fn load(path: &Path) -> anyhow::Result<Tokens> {
@@ -153,17 +165,21 @@ impl Tokens {
             }
         }
         anyhow::ensure!(errors.is_empty(), "{}", errors.join("\n"));
-        Ok(Tokens { by_hash: Some(map) })
+        Ok(Tokens { by_hash: Some(map), unusable: false })
     }
 
     pub fn enabled(&self) -> bool {
         self.by_hash.is_some()
     }
 
+    pub fn is_unusable(&self) -> bool {
+        self.unusable
+    }
+
     /// Checks the `Authorization` header value against the role `need`.
     pub fn check(&self, authorization: Option<&str>, need: Role) -> Result<Caller, Denied> {
         let Some(map) = &self.by_hash else {
-            return Err(Denied::ApiDisabled);
+            return Err(if self.unusable { Denied::TokensUnusable } else { Denied::ApiDisabled });
         };
         let token = authorization
             .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))

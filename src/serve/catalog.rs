@@ -2,10 +2,11 @@
 //! whole.
 //!
 //! A watcher thread polls the files' metadata (size, mtime, inode: a `stat` per file, cheap)
-//! every [`POLL`], and a SIGHUP or `POST /admin/reload` forces a reload. A reload that fails
-//! keeps serving the previous snapshot and logs why, so a half-edited CSV never takes the service
-//! down. The tokens file is one of the inputs, so removing a token from it revokes the token at
-//! the next reload, without a restart.
+//! every [`POLL`], and a SIGHUP or `POST /admin/reload` forces a reload. A reload of the
+//! inventory and profiles that fails keeps serving the previous snapshot and logs why, so a
+//! half-edited CSV never takes the service down. The tokens file is reloaded on its own and fails
+//! closed: removing a token revokes it at the next reload whatever state the other inputs are
+//! in, and a tokens file that cannot be loaded refuses every token until it is fixed.
 
 use super::auth::Tokens;
 use super::profiles::Profiles;
@@ -24,7 +25,6 @@ pub const POLL: Duration = Duration::from_millis(100);
 pub struct Snapshot {
     pub inventory: Inventory,
     pub profiles: Profiles,
-    pub tokens: Tokens,
     /// Counts successful loads, starting at 1.
     pub generation: u64,
     pub loaded_at: u64,
@@ -38,6 +38,8 @@ pub struct ReloadStatus {
     pub last_attempt_at: Option<u64>,
     pub last_error: Option<String>,
     pub failures: u64,
+    /// Why the tokens file could not be loaded (every API token is refused meanwhile).
+    pub tokens_error: Option<String>,
 }
 
 /// (path, size, mtime seconds, mtime nanoseconds, inode) of one watched file.
@@ -59,6 +61,13 @@ pub struct Catalog {
     sources: Sources,
     current: RwLock<Arc<Snapshot>>,
     fingerprint: Mutex<Vec<FileStamp>>,
+    /// The API tokens, reloaded on their own: a broken inventory edit must not keep a token
+    /// that was removed from the tokens file alive, and a tokens file that cannot be loaded
+    /// refuses every token ([`Tokens::unusable`]).
+    tokens: RwLock<Arc<Tokens>>,
+    tokens_stamp: Mutex<Vec<FileStamp>>,
+    /// One reload at a time (the watcher, SIGHUP and `POST /admin/reload` may meet).
+    reloading: Mutex<()>,
     pub status: Mutex<ReloadStatus>,
 }
 
@@ -66,11 +75,16 @@ impl Catalog {
     /// Loads the inputs; any error here stops the start-up.
     pub fn load(sources: Sources) -> anyhow::Result<Catalog> {
         let fingerprint = fingerprint(&sources);
+        let tokens_stamp = tokens_fingerprint(&sources);
+        let tokens = load_tokens(&sources)?;
         let snap = load_snapshot(&sources, 1)?;
         Ok(Catalog {
             sources,
             current: RwLock::new(Arc::new(snap)),
             fingerprint: Mutex::new(fingerprint),
+            tokens: RwLock::new(Arc::new(tokens)),
+            tokens_stamp: Mutex::new(tokens_stamp),
+            reloading: Mutex::new(()),
             status: Mutex::new(ReloadStatus::default()),
         })
     }
@@ -79,9 +93,41 @@ impl Catalog {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    pub fn tokens(&self) -> Arc<Tokens> {
+        self.tokens.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reloads the tokens file if it changed (or with `force`); returns its error, if any.
+    fn reload_tokens(&self, force: bool) -> Option<String> {
+        let now = tokens_fingerprint(&self.sources);
+        let mut stamp = self.tokens_stamp.lock().unwrap_or_else(|p| p.into_inner());
+        if !force && *stamp == now {
+            return None;
+        }
+        *stamp = now;
+        let (tokens, error) = match load_tokens(&self.sources) {
+            Ok(t) => (t, None),
+            Err(e) => {
+                tracing::error!("the tokens file cannot be loaded, so every API token is refused until it can: {e:#}");
+                (Tokens::unusable(), Some(format!("{e:#}")))
+            }
+        };
+        *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tokens);
+        error
+    }
+
     /// Reloads if a file changed (or always, with `force`). Returns whether a new snapshot is in
     /// place.
     pub fn reload_if_changed(&self, force: bool) -> bool {
+        let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = self.reload_tokens(force) {
+            let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+            status.last_attempt_at = Some(super::util::now_ms());
+            status.tokens_error = Some(e);
+            status.failures += 1;
+        } else if self.sources.tokens.is_some() {
+            self.status.lock().unwrap_or_else(|p| p.into_inner()).tokens_error = None;
+        }
         let now = fingerprint(&self.sources);
         {
             let mut fp = self.fingerprint.lock().unwrap_or_else(|p| p.into_inner());
@@ -139,10 +185,6 @@ fn load_snapshot(sources: &Sources, generation: u64) -> anyhow::Result<Snapshot>
     let inv = Inventory::load(&sources.inventory)?;
     let profiles_dir = &sources.profiles;
     let profiles = Profiles::load(profiles_dir)?;
-    let tokens = match &sources.tokens {
-        Some(path) => Tokens::load(path)?,
-        None => Tokens::disabled(),
-    };
     if sources.rows_need_server {
         let missing: Vec<String> = inv
             .nodes()
@@ -179,15 +221,32 @@ fn load_snapshot(sources: &Sources, generation: u64) -> anyhow::Result<Snapshot>
     Ok(Snapshot {
         inventory: inv,
         profiles,
-        tokens,
         generation,
         loaded_at: super::util::now_ms(),
         load_ms: start.elapsed().as_secs_f64() * 1000.0,
     })
 }
 
-/// (path, size, mtime s, mtime ns, inode) of the inventory, the tokens file and every file and
-/// folder under the profiles directory.
+fn load_tokens(sources: &Sources) -> anyhow::Result<Tokens> {
+    match &sources.tokens {
+        Some(path) => Tokens::load(path),
+        None => Ok(Tokens::disabled()),
+    }
+}
+
+/// The tokens file's stamp (empty without one, or when it cannot be read).
+fn tokens_fingerprint(sources: &Sources) -> Vec<FileStamp> {
+    let mut out = Vec::new();
+    if let Some(p) = &sources.tokens {
+        if let Ok(m) = std::fs::metadata(p) {
+            out.push((p.clone(), m.len(), m.mtime(), m.mtime_nsec(), m.ino()));
+        }
+    }
+    out
+}
+
+/// (path, size, mtime s, mtime ns, inode) of the inventory and every file and folder under the
+/// profiles directory.
 fn fingerprint(sources: &Sources) -> Vec<FileStamp> {
     let (inventory, profiles_dir) = (&sources.inventory, &sources.profiles);
     let mut out = Vec::new();
@@ -197,9 +256,6 @@ fn fingerprint(sources: &Sources) -> Vec<FileStamp> {
         }
     };
     add(inventory);
-    if let Some(tokens) = &sources.tokens {
-        add(tokens);
-    }
     let mut stack = vec![profiles_dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
         add(&dir);

@@ -70,7 +70,7 @@ pub async fn handle(svc: Arc<Service>, req: Req) -> Reply {
 /// Checks the API token against the current tokens file, auditing a refusal by route and reason
 /// (never the token, never the path).
 async fn authorize(svc: &Arc<Service>, req: &Req, need: Role) -> Result<Caller, HttpError> {
-    let checked = svc.catalog.snapshot().tokens.check(req.authorization.as_deref(), need);
+    let checked = svc.catalog.tokens().check(req.authorization.as_deref(), need);
     let denied = match checked {
         Ok(caller) => return Ok(caller),
         Err(denied) => denied,
@@ -132,7 +132,7 @@ async fn status(svc: &Arc<Service>, req: &Req) -> Result<Reply, HttpError> {
         "loaded_at": rfc3339(snap.loaded_at),
         "load_ms": snap.load_ms,
         "reload": reload,
-        "api_enabled": snap.tokens.enabled(),
+        "api_enabled": svc.catalog.tokens().enabled(),
         "node_tokens": svc.secret.is_some(),
         "base_url": svc.default_base.as_ref().map(|u| u.to_string()),
     })))
@@ -1060,15 +1060,17 @@ async fn reload(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> 
     let caller = authorize(svc, req, Role::Admin).await?;
     let peer = req.peer;
     svc.blocking(move |svc| {
-        let ok = svc.catalog.reload_if_changed(true);
-        if ok {
+        let reloaded = svc.catalog.reload_if_changed(true);
+        if reloaded {
             super::metrics::Metrics::inc(&svc.metrics.reloads_ok);
             svc.sweep_orphans();
         }
-        svc.audit.note(&Event::Reload { by: caller.name, peer, ok });
         let status = svc.catalog.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let ok = reloaded && status.tokens_error.is_none();
+        svc.audit.note(&Event::Reload { by: caller.name, peer, ok });
         let generation = svc.catalog.snapshot().generation;
-        let body = serde_json::json!({ "reloaded": ok, "generation": generation, "error": status.last_error });
+        let error = status.last_error.or(status.tokens_error);
+        let body = serde_json::json!({ "reloaded": ok, "generation": generation, "error": error });
         Reply::json(&body).with_status(if ok { 200 } else { 422 })
     })
     .await

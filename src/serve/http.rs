@@ -131,7 +131,11 @@ pub async fn serve(
     let limits = svc.config.limits.clone();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_timeout);
+    // half_close: a client that shuts down its sending side after the request (`nc -N`) still
+    // gets its answer; the header timeout still bounds such connections.
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .half_close(true);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     let peers = Arc::new(Peers::default());
     let mut failures = AcceptFailures::default();

@@ -105,6 +105,10 @@ pub struct EndedInstall {
     pub opened_at: Option<Millis>,
     pub ended_at: Millis,
     pub how: Ending,
+    /// For a first-answer install: its repeat window is over for good (it expired, or its end
+    /// time could not be trusted), whatever the clock says later.
+    #[serde(default)]
+    pub window_closed: bool,
 }
 
 /// The content of `hosts/HOST.json`: the only state that decides anything.
@@ -241,10 +245,28 @@ impl HostState {
         rules: &impl Fn(&str) -> Option<Rules>,
         now: Millis,
     ) -> Option<&EndedInstall> {
-        let ended = self.last_install.as_ref().filter(|e| e.how == Ending::FirstAnswer)?;
+        let ended = self.unclosed_window()?;
         let window = rules(&ended.profile)?.repeat_window_ms;
         let trusted = ended.ended_at <= now.saturating_add(CLOCK_SKEW_MS);
         (trusted && now.saturating_sub(ended.ended_at) < window).then_some(ended)
+    }
+
+    /// A first-answer install whose window has not been closed for good (it may be open, over,
+    /// or waiting for a clock to catch up with an untrusted end time).
+    pub fn unclosed_window(&self) -> Option<&EndedInstall> {
+        self.last_install.as_ref().filter(|e| e.how == Ending::FirstAnswer && !e.window_closed)
+    }
+
+    /// Closes a window that is not open now, so it can never open later. Returns whether it
+    /// changed anything.
+    fn close_window(&mut self) -> bool {
+        match self.last_install.as_mut() {
+            Some(e) if e.how == Ending::FirstAnswer && !e.window_closed => {
+                e.window_closed = true;
+                true
+            }
+            _ => false,
+        }
     }
 
     fn end_flag(&mut self, how: Ending, now: Millis) -> Option<String> {
@@ -256,6 +278,7 @@ impl HostState {
             opened_at: flag.install.opened_at,
             ended_at: now,
             how,
+            window_closed: false,
         });
         Some(id)
     }
@@ -316,7 +339,10 @@ pub fn cancel(
         ended.ended_at = now;
         return (Cancel::WindowClosed { install: ended.id.clone() }, true);
     }
-    (Cancel::NothingToCancel, false)
+    // A window that is not open now (over, or with an end time ahead of this clock) is closed
+    // for good, so that it cannot open once the clock catches up.
+    let closed = st.close_window();
+    (Cancel::NothingToCancel, closed)
 }
 
 /// A verified boot of an inventory host. Flagged: serve the install chain, opening the install
@@ -337,7 +363,13 @@ pub fn answer_boot(
                 },
                 false,
             ),
-            None => (BootAnswer::Local(NoInstall::NotFlagged), false),
+            // A window that is over, or whose end time lies ahead of this clock, is closed for
+            // good by this answer: it can never open again, and the host's boots stop needing
+            // its file (see `Store::may_decide`).
+            None => {
+                let closed = st.close_window();
+                (BootAnswer::Local(NoInstall::NotFlagged), closed)
+            }
         };
     };
     let Some(rules) = rules(&flag.profile) else {
@@ -404,7 +436,8 @@ pub fn fail(st: &mut HostState, id: &str, now: Millis) -> (Callback, bool) {
 /// silently resume an install nobody asked for any more. Returns the ended install's id.
 pub fn orphan(st: &mut HostState, now: Millis) -> (Option<String>, bool) {
     let ended = st.end_flag(Ending::RemovedFromInventory, now);
-    let changed = ended.is_some();
+    let closed = st.close_window();
+    let changed = ended.is_some() || closed;
     (ended, changed)
 }
 
@@ -597,21 +630,36 @@ mod tests {
 
     #[test]
     fn the_window_ends_on_time_and_a_future_stamp_does_not_extend_it() {
+        let local = BootAnswer::Local(NoInstall::NotFlagged);
         let mut st = flagged(1);
         answer_boot(&mut st, first_answer, 1_000);
         assert!(st.active_install(first_answer, 1_000 + WINDOW - 1).is_some());
         assert!(st.active_install(first_answer, 1_000 + WINDOW).is_none());
-        // A stored end a day ahead of the clock (clock stepped back, or a tampered file).
-        st.last_install.as_mut().unwrap().ended_at = 1_000 + 86_400_000;
-        assert!(st.active_install(first_answer, 1_000).is_none());
-        assert_eq!(
-            answer_boot(&mut st, first_answer, 1_000).0,
-            BootAnswer::Local(NoInstall::NotFlagged)
-        );
+        // An expired window is closed for good by the next boot, which then needs no file.
+        let mut expired = st.clone();
+        assert_eq!(answer_boot(&mut expired, first_answer, 1_000 + WINDOW), (local.clone(), true));
+        assert!(expired.unclosed_window().is_none());
         // A little skew between instances is tolerated, and still bounded by the window.
         st.last_install.as_mut().unwrap().ended_at = 1_000 + CLOCK_SKEW_MS;
         assert!(st.active_install(first_answer, 1_000).is_some());
         assert!(st.active_install(first_answer, 1_000 + CLOCK_SKEW_MS + WINDOW).is_none());
+        // A stored end a day ahead of the clock (clock stepped back, or a tampered file): the
+        // first boot closes the window for good, so it does not open when the clock catches up.
+        let day = 86_400_000;
+        st.last_install.as_mut().unwrap().ended_at = 1_000 + day;
+        assert!(st.active_install(first_answer, 1_000).is_none());
+        assert_eq!(answer_boot(&mut st, first_answer, 1_000), (local.clone(), true));
+        assert!(st.active_install(first_answer, 1_000 + day).is_none());
+        assert_eq!(answer_boot(&mut st, first_answer, 1_000 + day).0, local);
+        // So do a cancel and the orphan sweep.
+        let mut ahead = flagged(1);
+        answer_boot(&mut ahead, first_answer, 1_000 + day);
+        assert_eq!(
+            cancel(&mut ahead.clone(), first_answer, 1_000),
+            (Cancel::NothingToCancel, true)
+        );
+        assert_eq!(orphan(&mut ahead, 1_000), (None, true));
+        assert!(ahead.active_install(first_answer, 1_000 + day).is_none());
     }
 
     #[test]

@@ -149,22 +149,30 @@ impl Service {
     ) -> Result<T, HttpError> {
         let deadline = tokio::time::Instant::now() + LOCK_WAIT;
         let local = tokio::time::timeout_at(deadline, self.host_locks.lock(host));
-        let _local = local.await.map_err(|_| HttpError::busy())?;
+        let local = local.await.map_err(|_| HttpError::busy())?;
         let mut pause = Duration::from_millis(2);
-        let mut pending = Some(change);
+        // The in-process lock travels with the change into the blocking task and is released
+        // there, after the write: if the client goes away and this future is dropped, the
+        // change still running cannot overlap another one of this process (on NFS, `flock`
+        // does not exclude them).
+        let mut pending = Some((change, local));
         loop {
-            let change = pending.take().expect("the change is handed back while busy");
+            let (change, local) = pending.take().expect("the change is handed back while busy");
             let host = host.to_string();
             let attempt = self
                 .blocking(move |svc| match svc.store.try_lock(&host) {
-                    Ok(Some(lock)) => Ok(svc.apply(&lock, change)),
-                    Ok(None) => Err(change),
+                    Ok(Some(lock)) => {
+                        let result = svc.apply(&lock, change);
+                        drop((lock, local));
+                        Ok(result)
+                    }
+                    Ok(None) => Err((change, local)),
                     Err(e) => Ok(Err(e.into())),
                 })
                 .await?;
             match attempt {
                 Ok(result) => return result,
-                Err(change) => pending = Some(change),
+                Err(handed_back) => pending = Some(handed_back),
             }
             if tokio::time::Instant::now() + pause > deadline {
                 return Err(HttpError::busy());
@@ -191,7 +199,7 @@ impl Service {
         if let Some(record) = &record {
             self.audit.append(record, true).map_err(|e| {
                 tracing::error!(error = %e, "cannot append to the audit log; the change is refused");
-                HttpError::new(503, "the audit log cannot be written, so nothing was changed")
+                HttpError::new(500, "the audit log cannot be written, so nothing was changed")
             })?;
         }
         if let Err(e) = self.store.write(lock, &mut state) {
@@ -211,7 +219,7 @@ impl Service {
                 continue;
             }
             match self.store.read(&host) {
-                Ok(st) if st.flag.is_none() => continue,
+                Ok(st) if st.flag.is_none() && st.unclosed_window().is_none() => continue,
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!("orphan sweep: {e}");
@@ -219,15 +227,37 @@ impl Service {
                 }
             }
             let _local = self.host_locks.lock_blocking(&host);
-            let result =
-                self.store.lock_blocking(&host).map_err(HttpError::from).and_then(|lock| {
-                    self.apply(&lock, |_, st| {
-                        let (ended, write) = lifecycle::orphan(st, util::now_ms());
-                        let record = ended
-                            .map(|install| Event::FlagOrphaned { host: host.clone(), install });
-                        Ok(Change { value: write, write, record })
-                    })
-                });
+            // Like a request, never wait for a lock held elsewhere for long: the reload thread
+            // must go on. A host skipped now is swept at the next reload.
+            let mut lock = None;
+            for _ in 0..20 {
+                match self.store.try_lock(&host) {
+                    Ok(Some(l)) => {
+                        lock = Some(l);
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                    Err(e) => {
+                        tracing::warn!("orphan sweep: {e}");
+                        break;
+                    }
+                }
+            }
+            let Some(lock) = lock else {
+                tracing::warn!(host = %host, "orphan sweep: the host's lock is held elsewhere; trying again at the next reload");
+                continue;
+            };
+            let result = self.apply(&lock, |svc, st| {
+                // The inventory may have changed since the sweep began (a concurrent reload
+                // that re-added the host): check it again under the lock.
+                if svc.catalog.snapshot().inventory.get(&host).is_some() {
+                    return Ok(Change { value: false, write: false, record: None });
+                }
+                let (ended, write) = lifecycle::orphan(st, util::now_ms());
+                let record =
+                    ended.map(|install| Event::FlagOrphaned { host: host.clone(), install });
+                Ok(Change { value: write, write, record })
+            });
             match result {
                 Ok(true) => {
                     tracing::warn!(host = %host, "{host} left the inventory while flagged: its flag is ended, and re-adding the host will not resume it")
@@ -237,6 +267,38 @@ impl Service {
             }
         }
     }
+}
+
+/// Descriptors kept free of connections, for the state folder, the audit log, assets and the
+/// listener itself.
+const FD_RESERVE: u64 = 256;
+
+/// Raises the soft limit on open files to the hard limit and returns a connection cap that fits
+/// under it: a cap above the limit would let idle connections exhaust the descriptors, and then
+/// every accept, state read and audit write fails.
+fn fit_descriptors(wanted: usize) -> usize {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return wanted;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    let room =
+        usize::try_from(lim.rlim_cur.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX).max(16);
+    if wanted > room {
+        tracing::warn!(
+            wanted,
+            open_files_limit = lim.rlim_cur,
+            "--max-connections is above what the open-files limit allows; using {room}"
+        );
+        return room;
+    }
+    wanted
 }
 
 /// In-process per-host locks. Async, so a request waiting for a busy host holds no thread; the
@@ -277,7 +339,8 @@ pub struct Server {
 impl Server {
     /// Loads the inputs (failing with a clear message on any error), binds, and starts the
     /// runtime and the reload watcher. Returns once the server accepts connections.
-    pub fn start(config: Config) -> anyhow::Result<Server> {
+    pub fn start(mut config: Config) -> anyhow::Result<Server> {
+        config.limits.max_connections = fit_descriptors(config.limits.max_connections);
         let listener = std::net::TcpListener::bind(&config.listen)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
         listener.set_nonblocking(true)?;

@@ -223,11 +223,7 @@ impl Profiles {
 
     /// Renders in parallel on rayon's pool: at every reload, 10,000 nodes take about half the
     /// time on two cores that they take on one.
-    fn check(
-        &self,
-        nodes: &[Node],
-        origin: impl Fn(&Node) -> String + Sync,
-    ) -> Result<(), String> {
+    fn check(&self, nodes: &[Node], origin: impl Fn(&Node) -> String + Sync) -> Result<(), String> {
         use rayon::prelude::*;
         let mut errors = Vec::new();
         for p in self.profiles.values() {
@@ -248,11 +244,12 @@ impl Profiles {
                     });
                     let mut mine = Vec::new();
                     for template in &files {
-                        let result = template.as_ref().map_err(|e| self.describe(e)).and_then(|t| {
-                            t.render_captured_to(&ctx, std::io::sink())
-                                .map(drop)
-                                .map_err(|e| self.describe(&e))
-                        });
+                        let result =
+                            template.as_ref().map_err(|e| self.describe(e)).and_then(|t| {
+                                t.render_captured_to(&ctx, std::io::sink())
+                                    .map(drop)
+                                    .map_err(|e| self.describe(&e))
+                            });
                         if let Err(e) = result {
                             mine.push(format!("{}: {e}", origin(node)));
                         }

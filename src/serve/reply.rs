@@ -106,6 +106,9 @@ impl HttpError {
 
 impl From<super::state::StoreError> for HttpError {
     fn from(e: super::state::StoreError) -> Self {
-        HttpError::internal(e)
+        match e {
+            super::state::StoreError::NameTooLong => HttpError::bad_request(e.to_string()),
+            _ => HttpError::internal(e),
+        }
     }
 }

@@ -18,7 +18,7 @@
 //! ([`crate::atomic::write_file`]), all before the API answers: a `kill -9` or a power cut after
 //! the answer cannot lose the change, and a crash before it leaves the old file intact.
 
-use super::lifecycle::{Ending, HostState};
+use super::lifecycle::HostState;
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
@@ -36,7 +36,13 @@ pub enum StoreError {
     Io { path: String, source: std::io::Error },
     #[error("state file {path} is not valid JSON ({message}); fix or remove it")]
     Corrupt { path: String, message: String },
+    #[error("host names longer than {MAX_STORED_NAME} characters cannot have state (file names are limited)")]
+    NameTooLong,
 }
+
+/// The longest host name that can have a state file (`NAME.json` and the temporary files of a
+/// write must fit in the 255 bytes of a file name).
+pub const MAX_STORED_NAME: usize = 200;
 
 /// The per-host flag files of one state directory.
 pub struct Store {
@@ -68,9 +74,7 @@ fn stamp(m: &std::fs::Metadata) -> Stamp {
 /// first-answer install whose repeat window may still be open. Unreadable files count too (the
 /// boot then reads the file, and says why it boots local).
 fn decides(state: Option<&HostState>) -> bool {
-    state.is_none_or(|st| {
-        st.flag.is_some() || st.last_install.as_ref().is_some_and(|e| e.how == Ending::FirstAnswer)
-    })
+    state.is_none_or(|st| st.flag.is_some() || st.unclosed_window().is_some())
 }
 
 impl Store {
@@ -162,6 +166,9 @@ impl Store {
     /// whole old or a whole new version). A host never flagged has the default state. `host`
     /// must be a validated host name of the inventory (it becomes a file name).
     pub fn read(&self, host: &str) -> Result<HostState, StoreError> {
+        if host.len() > MAX_STORED_NAME {
+            return Ok(HostState::default()); // such a host can never have been written
+        }
         let path = self.path(host);
         match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
@@ -199,6 +206,9 @@ impl Store {
     }
 
     fn lock_with(&self, host: &str, op: libc::c_int) -> Result<Option<HostLock>, StoreError> {
+        if host.len() > MAX_STORED_NAME {
+            return Err(StoreError::NameTooLong);
+        }
         let path = self.dir.join(format!("{host}.lock"));
         let io = |e| StoreError::Io { path: path.display().to_string(), source: e };
         let file =

@@ -100,20 +100,27 @@ pub fn base_config(dir: &Path) -> Config {
 /// Starts a server; `secret` turns node tokens on.
 pub fn start(secret: bool) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = base_config(dir.path());
-    let assets = dir.path().join("assets");
+    let config = full_config(dir.path(), secret);
+    start_with(dir, config)
+}
+
+/// [`base_config`] plus an assets folder (`rocky/vmlinuz`, 100,000 bytes), the API tokens file,
+/// four workers, and with `secret` a node secret.
+pub fn full_config(dir: &Path, secret: bool) -> Config {
+    let mut config = base_config(dir);
+    let assets = dir.join("assets");
     std::fs::create_dir_all(assets.join("rocky")).unwrap();
     let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(assets.join("rocky/vmlinuz"), &data).unwrap();
     config.assets = Some(assets);
-    config.tokens_file = Some(tokens_file(dir.path()));
+    config.tokens_file = Some(tokens_file(dir));
     config.workers = 4;
     if secret {
-        let s = dir.path().join("secret");
+        let s = dir.join("secret");
         std::fs::write(&s, SECRET).unwrap();
         config.secret_file = Some(s);
     }
-    start_with(dir, config)
+    config
 }
 
 pub fn start_with(dir: tempfile::TempDir, config: Config) -> Fixture {
