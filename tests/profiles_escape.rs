@@ -602,29 +602,6 @@ fn check_names_the_row_of_a_bad_value() {
     assert_eq!(lines[20], "… and 9 more errors not listed");
 }
 
-/// How long the load-time check takes for a large fleet on one profile (run with `--ignored`;
-/// the number is printed, not asserted).
-#[test]
-#[ignore]
-fn check_time_for_ten_thousand_nodes() {
-    let profiles = Profiles::load(&examples()).unwrap();
-    for profile in ["rocky", "ubuntu", "harvester", "debian"] {
-        let role = if profile == "harvester" { "create" } else { "" };
-        let rows: Vec<String> = (1..=10_000).map(|n| normal(n, profile, role)).collect();
-        let inv = inventory(&rows);
-        let start = std::time::Instant::now();
-        profiles.check_inventory(&inv).unwrap();
-        let first = start.elapsed();
-        let start = std::time::Instant::now();
-        profiles.check_inventory(&inv).unwrap();
-        println!(
-            "check of 10000 {profile} nodes: {:.0} ms, again {:.0} ms",
-            first.as_secs_f64() * 1000.0,
-            start.elapsed().as_secs_f64() * 1000.0
-        );
-    }
-}
-
 /// `node` is a plain map of the row: a column the inventory lacks is still an error under the
 /// strict undefined behaviour, filtered or not, and is caught by the load-time check.
 #[test]

@@ -96,7 +96,16 @@ struct PeerSlot {
 }
 
 impl Peers {
+    /// Counts per address; for IPv6 per /64, which one machine usually holds whole (so it cannot
+    /// escape its cap by using more of its own addresses).
     fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<PeerSlot> {
+        let ip = match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6((u128::from(v6) & !0u128 << 64).into()),
+            },
+            v4 => v4,
+        };
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(ip).or_default();
         if *n >= max {
@@ -502,6 +511,23 @@ impl AsyncWrite for SendDeadline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peers_count_per_address_and_per_ipv6_64() {
+        let peers = Arc::new(Peers::default());
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let b: IpAddr = "2001:db8::ffff:2".parse().unwrap();
+        let other: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        let held = peers.take(a, 2).unwrap();
+        let _held2 = peers.take(b, 2).unwrap();
+        assert!(peers.take(a, 2).is_none(), "the same /64");
+        assert!(peers.take(other, 2).is_some(), "another /64");
+        drop(held);
+        assert!(peers.take(b, 2).is_some(), "a slot is given back when its connection ends");
+        let v4: IpAddr = "10.0.0.1".parse().unwrap();
+        let _v4 = peers.take(v4, 1).unwrap();
+        assert!(peers.take("::ffff:10.0.0.1".parse().unwrap(), 1).is_none(), "mapped IPv4");
+    }
 
     #[test]
     fn queries_are_decoded_and_bounded() {
