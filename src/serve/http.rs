@@ -442,6 +442,22 @@ impl SendDeadline {
         SendDeadline { inner, timeout, stalled: None }
     }
 
+    /// After a write attempt: progress disarms the deadline; a write that would block arms it,
+    /// or reports it passed.
+    fn track(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<usize>>,
+    ) -> Poll<std::io::Result<usize>> {
+        match polled {
+            Poll::Pending => self.poll_stalled(cx),
+            done => {
+                self.stalled = None;
+                done
+            }
+        }
+    }
+
     /// Called when a write would block: arms the deadline, or reports it passed.
     fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         let timeout = self.timeout;
@@ -472,13 +488,8 @@ impl AsyncWrite for SendDeadline {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write(cx, buf) {
-            Poll::Pending => self.poll_stalled(cx),
-            done => {
-                self.stalled = None;
-                done
-            }
-        }
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.track(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -486,13 +497,8 @@ impl AsyncWrite for SendDeadline {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
-            Poll::Pending => self.poll_stalled(cx),
-            done => {
-                self.stalled = None;
-                done
-            }
-        }
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.track(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
