@@ -3,7 +3,9 @@
 //! filters on their own, and the load-time check of every node.
 
 use bootforge::inventory::{Inventory, Node};
-use bootforge::serve::profiles::{ipxe_arg, shell_word, yaml_string, Profiles, RenderContext};
+use bootforge::serve::profiles::{
+    ipxe_arg, preseed_value, shell_word, yaml_string, Profiles, RenderContext,
+};
 use std::path::{Path, PathBuf};
 
 const HEADER: &str = "hostname,ip,gateway,dns,mac,profile,role,install_disk,iface,cluster_token,cluster_vip,join_server,password_hash,ssh_key";
@@ -521,6 +523,41 @@ fn yaml_filter() {
     ] {
         assert_eq!(serde_json::from_str::<String>(&yaml_string(value)).unwrap(), value);
     }
+}
+
+#[test]
+fn preseed_filter() {
+    for ok in ["", "eno1", "/dev/disk/by-id/x", "$6$salt$hash", "a b\\c", "a#b"] {
+        assert_eq!(preseed_value(ok), Ok(ok), "{ok:?}");
+    }
+    for bad in ["/dev/sda\\", "a\nd-i x string y", " eno1", "eno1\t", "a\0"] {
+        let err = preseed_value(bad).expect_err(bad);
+        assert!(err.contains("`preseed` filter"), "{err}");
+        assert!(!err.contains("d-i x"), "the value is not echoed: {err}");
+    }
+}
+
+/// The Debian profile's preseed puts free columns through `preseed`: a disk ending in `\`,
+/// which would join the next preseed line to it, stops the render.
+#[test]
+fn a_trailing_backslash_never_reaches_a_preseed_line() {
+    let profiles = Profiles::load(&examples()).unwrap();
+    let inv = inventory(&[row(
+        7,
+        "debian",
+        "",
+        "/dev/sda\\",
+        "eno1",
+        "tok-123",
+        "https://10.1.0.250:443",
+        "$6$salt$hash",
+        KEY,
+    )]);
+    let node = inv.get("node07").unwrap();
+    let err = profiles.render("debian", "config/preseed.cfg", &ctx(node)).unwrap_err();
+    assert!(err.contains("preseed.cfg") && err.contains("`preseed` filter"), "{err}");
+    let err = profiles.check_inventory(&inv).unwrap_err();
+    assert!(err.starts_with("nodes.csv:2 (node07): "), "{err}");
 }
 
 /// A throwaway profile whose boot.ipxe puts `node.role` through the `ipxe` filter on line 3.

@@ -28,6 +28,8 @@
 //!   refused. See [`shell_word`]. Write no quotes around it.
 //! * `{{ node.password_hash | yaml }}`: a YAML scalar (a value, a list item or a mapping key),
 //!   written as a double-quoted string. See [`yaml_string`]. Write no quotes around it.
+//! * `{{ node.install_disk | preseed }}`: the value of a debian-installer preseed line, which
+//!   has no quoting: the filter refuses what would change the line. See [`preseed_value`].
 //!
 //! [`Profiles::check_against`] renders every template for every node at load time, so a value
 //! that a filter refuses stops the load (or the reload) with the CSV line and host name, instead
@@ -141,6 +143,9 @@ impl Profiles {
         env.add_filter("ipxe", |v: Cow<'_, str>| ipxe_arg(&v).map(str::to_string).map_err(refused));
         env.add_filter("shell", |v: Cow<'_, str>| shell_word(&v).map_err(refused));
         env.add_filter("yaml", |v: Cow<'_, str>| yaml_string(&v));
+        env.add_filter("preseed", |v: Cow<'_, str>| {
+            preseed_value(&v).map(str::to_string).map_err(refused)
+        });
         let mut profiles = BTreeMap::new();
         let mut errors = Vec::new();
         let entries = std::fs::read_dir(dir).map_err(|e| {
@@ -438,6 +443,30 @@ pub fn shell_word(value: &str) -> Result<String, String> {
         return Ok(value.to_string());
     }
     Ok(format!("'{}'", value.replace('\'', "'\\''")))
+}
+
+/// The `preseed` filter: `value` as the value of a debian-installer preseed line (`d-i KEY TYPE
+/// VALUE`), which is everything to the end of the line, unquoted. There is nothing to escape, so
+/// the filter refuses what would change the line's meaning: a line break or NUL, a trailing `\`
+/// (it joins the next line to this one), and leading or trailing blanks (dropped by the parser,
+/// so the value would not be what the CSV says).
+pub fn preseed_value(value: &str) -> Result<&str, String> {
+    let bad = value.char_indices().find(|&(_, c)| matches!(c, '\n' | '\r' | '\0'));
+    if let Some((at, c)) = bad {
+        let rule = "a preseed value must be one line without NULs";
+        return Err(refusal("preseed", value, at, c, rule));
+    }
+    if value.ends_with('\\') {
+        let at = value.len() - 1;
+        let rule = "a preseed value may not end in `\\`, which would join the next line to it";
+        return Err(refusal("preseed", value, at, '\\', rule));
+    }
+    if value.trim() != value {
+        let (at, c) = value.char_indices().find(|(_, c)| c.is_whitespace()).expect("a blank");
+        let rule = "a preseed value may not begin or end with blanks";
+        return Err(refusal("preseed", value, at, c, rule));
+    }
+    Ok(value)
 }
 
 /// The `yaml` filter: `value` as a YAML double-quoted scalar. Ordinary text comes out exactly as
