@@ -20,8 +20,9 @@ Examples:
   curl -X PUT -H \"Authorization: Bearer $TOKEN\" http://bootsvc:8080/hosts/node01/reimage
 
 Unflagged, unknown or mismatching nodes always get a local-boot script. The inventory,
-profiles and tokens file are reloaded when they change (or on SIGHUP); a failed reload keeps
-the old ones, and removing a line from the tokens file revokes that token at the next reload.
+profiles and tokens file are reloaded when they change (or on SIGHUP); a failed reload of the
+inventory or profiles keeps the old ones. Removing a line from the tokens file revokes that
+token at the next reload; a tokens file that cannot be loaded refuses every token until fixed.
 Flags and the audit log live in --state-dir, which several instances may share.
 Without --tokens-file the API (/hosts, /events, reimage) refuses every request with 401.
 URLs written into install chains and configs come from the row's `server`, else --public-url,
@@ -65,10 +66,12 @@ pub struct ServeArgs {
     /// and never wait on the disk themselves.
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub workers: usize,
-    /// Open connections at most; beyond it new ones wait in the kernel's backlog.
+    /// Open connections at most; beyond it new ones wait in the kernel's backlog. Lowered to fit
+    /// the open-files limit (raised to its hard limit at start).
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub max_connections: usize,
-    /// Open connections at most from one peer address; beyond it they are closed at once.
+    /// Open connections at most from one peer address (an IPv6 /64); beyond it they are closed
+    /// at once. Raise it when many nodes reach the service through one proxy or NAT address.
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub max_connections_per_peer: usize,
 }
