@@ -341,6 +341,14 @@ impl LastBoots {
         boots.extend(seen);
     }
 
+    /// Starts following the log `bytes` before its end instead of at its start, so that a
+    /// restart over a log of gigabytes does not spend minutes reading it back: last boots older
+    /// than that stretch of the log show again once the host boots again.
+    pub fn start_near_end(&self, audit: &Audit, bytes: u64) {
+        let len = std::fs::metadata(&audit.path).map_or(0, |m| m.len());
+        *self.read_to.lock().unwrap_or_else(|p| p.into_inner()) = len.saturating_sub(bytes);
+    }
+
     /// The host's last verified boot as of the last [`LastBoots::refresh`].
     pub fn get(&self, host: &str) -> Option<BootRecord> {
         self.boots.lock().unwrap_or_else(|p| p.into_inner()).get(host).cloned()
