@@ -238,6 +238,19 @@ fn only_verified_boots_update_last_boot() {
     f.stop();
 }
 
+/// A refused boot of an inventory host (wrong MAC or token) still leaves iPXE the host's own
+/// way: deb1's row says `local_boot = 0x81`.
+#[test]
+fn a_refused_boot_still_uses_the_rows_local_boot() {
+    let mut f = start(true);
+    let tok = node_token("deb1");
+    for extra in [String::new(), format!("&token={tok}")] {
+        let r = call("GET", &boot_url(&f.base, "deb1", "aa:bb:cc:dd:ee:99", &extra), None, None);
+        assert!(is_local(&r.body) && r.body.contains("--drive 0x81"), "{}", r.body);
+    }
+    f.stop();
+}
+
 /// Without a secret, `done` for invented names created a lock file per name.
 #[test]
 fn callbacks_for_hosts_outside_the_inventory_store_nothing() {

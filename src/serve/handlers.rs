@@ -274,7 +274,12 @@ async fn boot(svc: &Arc<Service>, req: &Arc<Req>, raw: Option<String>) -> Reply 
     let q = BootQuery::parse(req);
     let snap = svc.catalog.snapshot();
     match verify(svc, &snap, req, &q, raw.as_deref()) {
-        Err((why, host)) => return boot_local(svc, req, &q, host.as_deref(), None, why),
+        Err((why, host)) => {
+            // A refused request of an inventory host (a wrong token or MAC) still boots that
+            // host's disk its own way: the row's `local_boot` is configuration, not request text.
+            let node = host.as_deref().and_then(|h| snap.inventory.get(h));
+            return boot_local(svc, req, &q, host.as_deref(), node, why);
+        }
         Ok(node) if !svc.store.may_decide(&node.hostname) => {
             let why = Local::NoInstall(NoInstall::NotFlagged);
             return boot_local(svc, req, &q, Some(&node.hostname), Some(node), why);
@@ -316,7 +321,8 @@ fn boot_look(svc: &Service, req: &Req, raw: Option<&str>) -> BootStep {
     let node = match verify(svc, &snap, req, &q, raw) {
         Ok(node) => node,
         Err((why, host)) => {
-            return BootStep::Answered(boot_local(svc, req, &q, host.as_deref(), None, why))
+            let node = host.as_deref().and_then(|h| snap.inventory.get(h));
+            return BootStep::Answered(boot_local(svc, req, &q, host.as_deref(), node, why));
         }
     };
     let mut st = match svc.store.read(&node.hostname) {
