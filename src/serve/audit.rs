@@ -4,7 +4,7 @@
 //! answer with its reason is recorded. One writer thread per instance appends every record, in
 //! the order they were made, in batches of whole lines, each batch one `write(2)` on an `O_APPEND`
 //! descriptor, so lines from instances sharing the file never interleave. Records of state
-//! changes are `fdatasync`ed *before* the change is written ([`Audit::append`] with `durable`,
+//! changes are `fdatasync`ed *before* the change is written ([`Audit::append_durable`],
 //! which waits; several waiting changes share one sync), and a change whose record cannot be
 //! written is refused: nothing the service acknowledges is missing from the log. Other records
 //! ([`Audit::note`]) never make a request wait.
@@ -160,13 +160,9 @@ impl Audit {
         Ok(Audit { path, notes, dropped: Default::default() })
     }
 
-    /// Appends one record stamped with the time; `durable` waits for the disk. An error means
-    /// the record may be missing: callers that change state refuse the change.
-    pub fn append(&self, event: &Event, durable: bool) -> std::io::Result<()> {
-        if !durable {
-            self.note(event);
-            return Ok(());
-        }
+    /// Appends a record a change depends on, stamped with the time, and waits until it is
+    /// written and synced. An error means the record may be missing: the change is refused.
+    pub fn append_durable(&self, event: &Event) -> std::io::Result<()> {
         // Through the writer, like notes, so that this instance's records keep their order.
         let (tx, rx) = std::sync::mpsc::channel();
         self.notes
@@ -452,7 +448,7 @@ mod tests {
             let host = format!("h{i}");
             a.note(&Event::Reload { by: host.clone(), peer, ok: true });
             a.sync();
-            b.append(&Event::Done { host, install: "x".into(), peer }, true).unwrap();
+            b.append_durable(&Event::Done { host, install: "x".into(), peer }).unwrap();
         }
         let (all, end) = a.read_since(0, 100, usize::MAX).unwrap();
         assert_eq!(all.len(), 10);

@@ -266,14 +266,14 @@ enum BootStep {
 
 /// `GET /boot/{host}`: always 200 with an iPXE script. Only a verified request of a flagged host
 /// gets its install chain; everything else boots the local disk, with the reason on the console
-/// and in the audit log. Most boots (not flagged) read one file and write one audit line; only a
-/// flagged host's answer takes its lock.
+/// and in the audit log. Most boots (not flagged) are answered from memory with one audit note;
+/// a host whose file may decide reads it, and only an answer that changes it takes its lock.
 async fn boot(svc: &Arc<Service>, req: &Arc<Req>, raw: Option<String>) -> Reply {
     // On the connection's task: verifying is CPU work and `may_decide` a look-up in memory, so
     // an unflagged host (almost every boot) is answered without a thread hand-off or a read.
     let q = BootQuery::parse(req);
     let snap = svc.catalog.snapshot();
-    match verify(svc, &snap, req, &q, raw.as_deref()) {
+    let host = match verify(svc, &snap, req, &q, raw.as_deref()) {
         Err((why, host)) => {
             // A refused request of an inventory host (a wrong token or MAC) still boots that
             // host's disk its own way: the row's `local_boot` is configuration, not request text.
@@ -284,11 +284,11 @@ async fn boot(svc: &Arc<Service>, req: &Arc<Req>, raw: Option<String>) -> Reply 
             let why = Local::NoInstall(NoInstall::NotFlagged);
             return boot_local(svc, req, &q, Some(&node.hostname), Some(node), why);
         }
-        Ok(_) => {}
-    }
+        Ok(node) => node.hostname.clone(),
+    };
     drop(snap);
     let r = req.clone();
-    let first = svc.blocking(move |svc| boot_look(svc, &r, raw.as_deref())).await;
+    let first = svc.blocking(move |svc| boot_look(svc, &r, host)).await;
     let host = match first {
         Ok(BootStep::Answered(reply)) => return reply,
         Ok(BootStep::Change(host)) => host,
@@ -314,29 +314,20 @@ async fn boot(svc: &Arc<Service>, req: &Arc<Req>, raw: Option<String>) -> Reply 
     }
 }
 
-/// The lock-free look: verify, read the state, and answer unless the state must change.
-fn boot_look(svc: &Service, req: &Req, raw: Option<&str>) -> BootStep {
+/// The lock-free look at a verified host's state: answer, unless the state must change.
+fn boot_look(svc: &Service, req: &Req, host: String) -> BootStep {
     let q = BootQuery::parse(req);
     let snap = svc.catalog.snapshot();
-    let node = match verify(svc, &snap, req, &q, raw) {
-        Ok(node) => node,
-        Err((why, host)) => {
-            let node = host.as_deref().and_then(|h| snap.inventory.get(h));
-            return BootStep::Answered(boot_local(svc, req, &q, host.as_deref(), node, why));
-        }
+    // The inventory may have been reloaded since the request was verified.
+    let Some(node) = snap.inventory.get(&host) else {
+        return BootStep::Answered(boot_local(svc, req, &q, Some(&host), None, Local::UnknownHost));
     };
-    let mut st = match svc.store.read(&node.hostname) {
+    let mut st = match svc.store.read(&host) {
         Ok(st) => st,
         Err(e) => {
             tracing::error!("{e}");
-            return BootStep::Answered(boot_local(
-                svc,
-                req,
-                &q,
-                Some(&node.hostname),
-                None,
-                Local::StateError,
-            ));
+            let why = Local::StateError;
+            return BootStep::Answered(boot_local(svc, req, &q, Some(&host), Some(node), why));
         }
     };
     let (answer, write) = lifecycle::answer_boot(&mut st, rules(&snap), now_ms());
@@ -902,7 +893,7 @@ struct ReimageBody {
 /// `PUT /hosts/{host}/reimage`: sets the flag. Idempotent: a second PUT with the same profile
 /// keeps the open install; another profile replaces the flag (and so any open install).
 async fn set_flag(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Reply, HttpError> {
-    let caller = authorize(svc, req, Role::Reimage).await?;
+    let by = authorize(svc, req, Role::Reimage).await?.name;
     let host = api_host(&raw)?;
     let body: ReimageBody = if req.body.iter().all(u8::is_ascii_whitespace) {
         ReimageBody { profile: None }
@@ -934,20 +925,19 @@ async fn set_flag(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Rep
     }
     drop(snap);
     let peer = req.peer;
-    let h = host.clone();
+    let (h, who) = (host.clone(), by.clone());
     let (view, changed) = svc
         .change(&host, move |svc, st| {
             let id = hex::encode(rand::random::<[u8; 16]>());
-            let by = caller.name.clone();
             let (outcome, write) =
-                lifecycle::set_flag(st, &profile, &by, &peer.to_string(), id, now_ms());
+                lifecycle::set_flag(st, &profile, &who, &peer.to_string(), id, now_ms());
             let install = match &outcome {
                 SetFlag::Set { install, .. } | SetFlag::Unchanged { install } => install.clone(),
             };
             let record = Event::FlagSet {
                 host: h.clone(),
                 profile: profile.clone(),
-                by,
+                by: who,
                 peer,
                 changed: write,
                 install,
@@ -960,7 +950,7 @@ async fn set_flag(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Rep
     if changed {
         super::metrics::Metrics::inc(&svc.metrics.flags_set);
     }
-    tracing::info!(host = %host, by = %view_by(&view), %peer, "reimage flag set");
+    tracing::info!(host = %host, by = %by, %peer, "reimage flag set");
     Ok(Reply::json(&view))
 }
 
@@ -971,10 +961,6 @@ fn preview(st: &HostState, write: bool) -> HostState {
         shown.version += 1;
     }
     shown
-}
-
-fn view_by(view: &HostView) -> &str {
-    view.flag.as_ref().map_or("-", |f| f.set_by.as_str())
 }
 
 #[derive(Serialize)]

@@ -197,7 +197,7 @@ impl Service {
             return Ok(value);
         }
         if let Some(record) = &record {
-            self.audit.append(record, true).map_err(|e| {
+            self.audit.append_durable(record).map_err(|e| {
                 tracing::error!(error = %e, "cannot append to the audit log; the change is refused");
                 HttpError::new(500, "the audit log cannot be written, so nothing was changed")
             })?;

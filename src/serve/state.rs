@@ -199,8 +199,8 @@ impl Store {
         self.lock_with(host, libc::LOCK_EX | libc::LOCK_NB)
     }
 
-    /// Takes the host's lock, waiting as long as it takes. Only for threads that may block
-    /// (the reload thread's orphan sweep, tests), never for a request.
+    /// Takes the host's lock, waiting as long as it takes (tests; the service never waits so).
+    #[cfg(test)]
     pub fn lock_blocking(&self, host: &str) -> Result<HostLock, StoreError> {
         Ok(self.lock_with(host, libc::LOCK_EX)?.expect("a blocking flock returns with the lock"))
     }
