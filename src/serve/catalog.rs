@@ -97,12 +97,13 @@ impl Catalog {
         self.tokens.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Reloads the tokens file if it changed (or with `force`); returns its error, if any.
-    fn reload_tokens(&self, force: bool) -> Option<String> {
+    /// Reloads the tokens file if it changed (or with `force`), and records the outcome in the
+    /// status: a failure stays shown until a later load succeeds.
+    fn reload_tokens(&self, force: bool) {
         let now = tokens_fingerprint(&self.sources);
         let mut stamp = self.tokens_stamp.lock().unwrap_or_else(|p| p.into_inner());
         if !force && *stamp == now {
-            return None;
+            return;
         }
         *stamp = now;
         let (tokens, error) = match load_tokens(&self.sources) {
@@ -113,21 +114,19 @@ impl Catalog {
             }
         };
         *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tokens);
-        error
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        if error.is_some() {
+            status.last_attempt_at = Some(super::util::now_ms());
+            status.failures += 1;
+        }
+        status.tokens_error = error;
     }
 
     /// Reloads if a file changed (or always, with `force`). Returns whether a new snapshot is in
     /// place.
     pub fn reload_if_changed(&self, force: bool) -> bool {
         let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = self.reload_tokens(force) {
-            let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-            status.last_attempt_at = Some(super::util::now_ms());
-            status.tokens_error = Some(e);
-            status.failures += 1;
-        } else if self.sources.tokens.is_some() {
-            self.status.lock().unwrap_or_else(|p| p.into_inner()).tokens_error = None;
-        }
+        self.reload_tokens(force);
         let now = fingerprint(&self.sources);
         {
             let mut fp = self.fingerprint.lock().unwrap_or_else(|p| p.into_inner());
