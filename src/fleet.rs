@@ -185,6 +185,8 @@ fn build_into(
     let firmware_map: BTreeMap<String, String> =
         firmware_files.iter().map(|f| (f.name.clone(), f.sha256.clone())).collect();
 
+    // One template per shape (format, arches, room the node's files take), built once and shared.
+    let templates = media::Templates::new(opts.firmware.clone(), 16);
     let bar = progress_bar(inventory.len() as u64, opts.progress);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.jobs)
@@ -203,8 +205,7 @@ fn build_into(
             nodes
                 .par_iter()
                 .map(|node| {
-                    let entry =
-                        build_node(node, opts, staging.path(), &image_firmware, &firmware_map)
+                    let entry = build_node(node, opts, &templates, staging.path(), &firmware_map)
                             .with_context(|| {
                                 format!(
                                     "{}:{}: node {}",
@@ -297,62 +298,99 @@ impl ManifestWriter {
     }
 }
 
+/// One node's image of one format, made from the shape's template, and what the manifest says
+/// of it. `build` and the service's `GET /media/` both come here, so a served image and a built
+/// one are the same bytes by construction.
+pub struct NodeMedium {
+    pub image: media::NodeImage,
+    pub medium: Medium,
+    pub script_sha256: String,
+}
+
+/// What decides a node's image besides its row: `build`'s options, or a `/media/` URL's.
+pub struct ImageOptions<'a> {
+    pub format: Format,
+    pub arches: &'a [Arch],
+    /// How an ISO will be attached (USB and EFI images know theirs).
+    pub iso_medium: Medium,
+    pub epoch: u64,
+}
+
+/// `node`'s image for `opts`, asking `server`, with the node's token when there is a secret.
+pub fn node_medium(
+    templates: &media::Templates,
+    node: &Node,
+    server: &ServerUrl,
+    secret: Option<&Secret>,
+    opts: &ImageOptions,
+) -> anyhow::Result<NodeMedium> {
+    let format = opts.format;
+    let medium = match format {
+        Format::Iso => opts.iso_medium,
+        Format::Usb => Medium::Usb,
+        Format::Efi => Medium::Esp,
+    };
+    let token = secret.map(|s| s.node_token(&node.hostname));
+    let summary = NodeSummary::new(node, server);
+    let settings = ScriptSettings { server, token: token.clone(), medium };
+    let node_script = script::node_script(node, &settings);
+    let script_sha256 = hex::encode(Sha256::digest(node_script.as_bytes()));
+    let firmware = templates.firmware().versions_for(format, opts.arches)?;
+    let info = ImageInfo {
+        bootforge: env!("CARGO_PKG_VERSION"),
+        node: &summary,
+        format: format.to_string(),
+        medium,
+        token: token.is_some(),
+        script_sha256: script_sha256.clone(),
+        source_date_epoch: opts.epoch,
+        firmware: &firmware,
+    };
+    let mut info_json = serde_json::to_vec_pretty(&info)?;
+    info_json.push(b'\n');
+    let spec = ImageSpec {
+        hostname: &node.hostname,
+        bios_script: node_script.as_bytes(),
+        efi_script: node_script.as_bytes(),
+        info_json: &info_json,
+        arches: opts.arches,
+        epoch: opts.epoch,
+    };
+    let image = templates.image(format, &spec)?;
+    Ok(NodeMedium { image, medium, script_sha256 })
+}
+
 /// Builds, hashes and stages one node's images.
 fn build_node<'a>(
     node: &Node,
     opts: &BuildOptions,
+    templates: &media::Templates,
     staging: &Path,
-    image_firmware: &HashMap<Format, Vec<FirmwareFile>>,
     firmware_map: &'a BTreeMap<String, String>,
 ) -> anyhow::Result<ManifestNode<'a>> {
     let server = node.server.as_ref().or(opts.server.as_ref()).expect("checked before the build");
-    let token = opts.secret.as_ref().map(|s| s.node_token(&node.hostname));
     let summary = NodeSummary::new(node, server);
     let mut files = Vec::with_capacity(opts.formats.len());
     for &format in &opts.formats {
-        let medium = match format {
-            Format::Iso => opts.iso_medium,
-            Format::Usb => Medium::Usb,
-            Format::Efi => Medium::Esp,
-        };
-        let settings = ScriptSettings { server, token: token.clone(), medium };
-        let node_script = script::node_script(node, &settings);
-        let script_sha256 = hex::encode(Sha256::digest(node_script.as_bytes()));
-        let info = ImageInfo {
-            bootforge: env!("CARGO_PKG_VERSION"),
-            node: &summary,
-            format: format.to_string(),
-            medium,
-            token: token.is_some(),
-            script_sha256: script_sha256.clone(),
-            source_date_epoch: opts.epoch,
-            firmware: &image_firmware[&format],
-        };
-        let info_json = serde_json::to_vec_pretty(&info)?;
-        let spec = ImageSpec {
-            hostname: &node.hostname,
-            bios_script: node_script.as_bytes(),
-            efi_script: node_script.as_bytes(),
-            info_json: &info_json,
-            arches: &opts.arches,
-            epoch: opts.epoch,
-        };
+        let options =
+            ImageOptions { format, arches: &opts.arches, iso_medium: opts.iso_medium, epoch: opts.epoch };
+        let built = node_medium(templates, node, server, opts.secret.as_ref(), &options)
+            .with_context(|| format!("cannot build the {format} image"))?;
         let file = format.file_name(&node.hostname);
         let path = staging.join(&file);
         let out = std::fs::File::create(&path)
             .with_context(|| format!("cannot create {file} in the staging folder"))?;
-        // Straight to the file, hashed on the way: no second copy of the image in memory.
+        // Straight to the file, hashed on the way: no copy of the image in memory.
         let mut writer = HashingWriter::new(std::io::BufWriter::with_capacity(256 << 10, out));
-        media::write_image(format, &spec, &opts.firmware, &mut writer)
-            .with_context(|| format!("cannot build the {format} image"))?;
+        built.image.write_to(&mut writer).with_context(|| format!("cannot write {file}"))?;
         let (size, sha256) = writer.finish().with_context(|| format!("cannot write {file}"))?;
         files.push(ManifestFile {
             format: format.to_string(),
             size,
             sha256,
             file,
-            medium,
-            script_sha256,
+            medium: built.medium,
+            script_sha256: built.script_sha256,
         });
     }
     Ok(ManifestNode { node: summary, files, firmware: firmware_map })
@@ -376,9 +414,6 @@ fn check_targets(out: &Path, files: impl Iterator<Item = String>) -> anyhow::Res
 }
 
 /// Passes bytes through to a file while hashing them, so an image is hashed as it is written.
-///
-/// The media writers write front to back and never seek back (their contract), so `Seek` here
-/// only answers "where am I"; any real seek is refused rather than silently breaking the hash.
 struct HashingWriter<W: std::io::Write> {
     inner: W,
     hasher: Sha256,
@@ -407,19 +442,6 @@ impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
-    }
-}
-
-impl<W: std::io::Write> std::io::Seek for HashingWriter<W> {
-    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
-        match pos {
-            std::io::SeekFrom::Current(0) => Ok(self.written),
-            std::io::SeekFrom::Start(n) if n == self.written => Ok(n),
-            _ => Err(std::io::Error::new(
-                std::io::ErrorKind::Unsupported,
-                "image writers must write front to back",
-            )),
-        }
     }
 }
 

@@ -8,6 +8,7 @@
 
 use bootforge::firmware::{Arch, EfiLoader, Firmware};
 use bootforge::inventory::{Inventory, ServerUrl};
+use bootforge::media::template::pad;
 use bootforge::media::{self, Format, ImageSpec};
 use bootforge::script::{node_script, Medium, ScriptSettings};
 use std::io::Cursor;
@@ -53,6 +54,11 @@ struct Sample {
     info: String,
 }
 
+/// Node files take whole 2 KiB slots in every image (see `media::template`).
+fn padded(text: &str) -> String {
+    String::from_utf8(pad(text.as_bytes())).unwrap()
+}
+
 fn sample() -> Sample {
     let csv = format!(
         "hostname,ip,gateway,dns,mac\n{HOST},10.20.0.17/24,10.20.0.1,10.20.0.2,52:54:00:12:34:56\n"
@@ -65,7 +71,7 @@ fn sample() -> Sample {
     Sample {
         bios: script(Medium::Cd),
         efi: script(Medium::Esp),
-        info: format!("{{\"hostname\":\"{HOST}\",\"source_date_epoch\":{EPOCH}}}"),
+        info: format!("{{\"hostname\":\"{HOST}\",\"source_date_epoch\":{EPOCH}}}\n"),
     }
 }
 
@@ -187,8 +193,8 @@ fn iso_has_bios_and_uefi_el_torito_entries_and_hybrid_tables() {
     let cfg = String::from_utf8(get("/isolinux/isolinux.cfg")).unwrap();
     assert!(cfg.contains("KERNEL /ipxe.lkrn"), "{cfg}");
     assert!(cfg.contains("APPEND initrd=/bios.ipxe"), "{cfg}");
-    assert_eq!(get("/bios.ipxe"), s.bios.as_bytes());
-    assert_eq!(get("/bootforge.json"), s.info.as_bytes());
+    assert_eq!(get("/bios.ipxe"), pad(s.bios.as_bytes()));
+    assert_eq!(get("/bootforge.json"), pad(s.info.as_bytes()));
     assert_eq!(get("/ipxe.lkrn"), fw.lkrn());
     assert_eq!(get("/isolinux/ldlinux.c32"), fw.ldlinux_c32());
 
@@ -196,8 +202,8 @@ fn iso_has_bios_and_uefi_el_torito_entries_and_hybrid_tables() {
     let off = esp_start_512 * 512;
     let boot = mtools("mdir", &iso, off, "::/EFI/BOOT");
     assert!(boot.contains("BOOTX64  EFI") && boot.contains("BOOTAA64 EFI"), "{boot}");
-    assert_eq!(mtools("mtype", &iso, off, "::/autoexec.ipxe"), s.efi);
-    assert_eq!(mtools("mtype", &iso, off, "::/bootforge.json"), s.info);
+    assert_eq!(mtools("mtype", &iso, off, "::/autoexec.ipxe"), padded(&s.efi));
+    assert_eq!(mtools("mtype", &iso, off, "::/bootforge.json"), padded(&s.info));
 
     // The volume label follows the hostname.
     let pvd = &bytes[0x8000 + 40..0x8000 + 72];
@@ -240,8 +246,8 @@ fn usb_is_a_gpt_disk_with_one_esp() {
     let off = start * 512;
     let boot = mtools("mdir", &usb, off, "::/EFI/BOOT");
     assert!(boot.contains("BOOTX64  EFI") && !boot.contains("BOOTAA64"), "{boot}");
-    assert_eq!(mtools("mtype", &usb, off, "::/autoexec.ipxe"), s.efi);
-    assert_eq!(mtools("mtype", &usb, off, "::/bootforge.json"), s.info);
+    assert_eq!(mtools("mtype", &usb, off, "::/autoexec.ipxe"), padded(&s.efi));
+    assert_eq!(mtools("mtype", &usb, off, "::/bootforge.json"), padded(&s.info));
 }
 
 #[test]
@@ -253,8 +259,8 @@ fn efi_is_a_fat_superfloppy() {
     assert!(root.contains(&media::fat_label(HOST)), "label:\n{root}");
     let boot = mtools("mdir", &efi, 0, "::/EFI/BOOT");
     assert!(boot.contains("BOOTAA64 EFI") && !boot.contains("BOOTX64"), "{boot}");
-    assert_eq!(mtools("mtype", &efi, 0, "::/autoexec.ipxe"), s.efi);
-    assert_eq!(mtools("mtype", &efi, 0, "::/bootforge.json"), s.info);
+    assert_eq!(mtools("mtype", &efi, 0, "::/autoexec.ipxe"), padded(&s.efi));
+    assert_eq!(mtools("mtype", &efi, 0, "::/bootforge.json"), padded(&s.info));
     let bytes = std::fs::read(&efi).unwrap();
     let fat = &bytes[0x36..0x3B];
     assert!(

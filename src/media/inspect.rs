@@ -125,11 +125,14 @@ fn read_esp(esp: &[u8], prefix: &str) -> anyhow::Result<Inspection> {
     })
 }
 
+/// A node file's text, without the newlines that pad it to its slot (see [`super::template`]).
 fn read_text(mut reader: impl Read, path: &str) -> anyhow::Result<String> {
     let mut text = String::new();
     reader
         .read_to_string(&mut text)
         .with_context(|| format!("{path} is not readable UTF-8 text"))?;
+    let len = super::template::unpad(&text).len();
+    text.truncate(len);
     Ok(text)
 }
 

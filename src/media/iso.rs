@@ -30,9 +30,10 @@ pub(crate) const ISOLINUX_DIR: &str = "isolinux";
 /// The ISOLINUX configuration: boot `ipxe.lkrn` at once, with the BIOS script as its initrd,
 /// which iPXE runs as its script. Absolute paths, because ISOLINUX's working folder is that of
 /// the configuration file.
-pub(crate) fn isolinux_cfg(hostname: &str) -> String {
+/// The same for every node, so that it is part of the template (see [`super::template`]).
+pub(crate) fn isolinux_cfg() -> String {
     format!(
-        "# bootforge: BIOS boot of {hostname} through iPXE\n\
+        "# bootforge: BIOS boot through iPXE\n\
          DEFAULT bootforge\n\
          PROMPT 0\n\
          TIMEOUT 0\n\
@@ -48,7 +49,7 @@ fn tree(spec: &ImageSpec, fw: &Firmware) -> Result<Tree, hadris_fs::PathError> {
     let file = |c: &Content| Node::file(c.clone());
     tree.insert("isolinux/isolinux.bin", file(fw.isolinux_content()))?;
     tree.insert("isolinux/ldlinux.c32", file(fw.ldlinux_content()))?;
-    tree.insert("isolinux/isolinux.cfg", Node::file(Content::bytes(isolinux_cfg(spec.hostname))))?;
+    tree.insert("isolinux/isolinux.cfg", Node::file(Content::bytes(isolinux_cfg())))?;
     tree.insert("ipxe.lkrn", file(fw.lkrn_content()))?;
     tree.insert(BIOS_SCRIPT_FILE, Node::file(Content::bytes(spec.bios_script)))?;
     tree.insert(INFO_FILE, Node::file(Content::bytes(spec.info_json)))?;
@@ -81,7 +82,9 @@ pub(crate) fn options(spec: &ImageSpec, fw: &Firmware, esp: Vec<u8>) -> anyhow::
         .with_joliet()
         .with_rock_ridge()
         .with_time(time)
-        .with_seed(u64::from_le_bytes(super::derived_id(spec.hostname, "iso guid seed")))
+        // The GUIDs hadris draws from its seed are replaced per node (`template::Gpt`), so the
+        // seed is fixed: the template then depends on nothing of the node's.
+        .with_seed(u64::from_le_bytes(super::derived_id("", "iso guid seed")))
         .with_el_torito(el_torito)
         .with_hybrid(hybrid))
 }

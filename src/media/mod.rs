@@ -16,9 +16,11 @@
 mod esp;
 mod inspect;
 mod iso;
+pub mod template;
 mod usb;
 
 pub use inspect::{inspect, inspect_bytes, Inspection};
+pub use template::{NodeImage, Templates};
 
 use crate::firmware::{Arch, Firmware};
 use anyhow::{bail, Context};
@@ -150,10 +152,24 @@ pub(crate) fn derived_guid(hostname: &str, purpose: &str) -> hadris_fs::Guid {
     hadris_fs::Guid::from_bytes(bytes)
 }
 
-/// Writes the image of `format` for `spec` to `out`, starting at its current position, and
-/// returns the number of bytes written. Writes are sequential (no seeking back), so `out` can be
-/// a file, a `Cursor<Vec<u8>>` or a pipe-like writer with a no-op `Seek`.
-pub fn write_image<W: Write + Seek>(
+/// Writes the image of `format` for `spec` to `out` and returns its size: the bytes `build`
+/// writes for such a node. For one image; a fleet shares [`Templates`] instead.
+pub fn write_image<W: Write>(
+    format: Format,
+    spec: &ImageSpec,
+    fw: &Firmware,
+    mut out: W,
+) -> anyhow::Result<u64> {
+    let image = Templates::new(fw.clone(), 1).image(format, spec)?;
+    image.write_to(&mut out)?;
+    out.flush()?;
+    Ok(image.len())
+}
+
+/// Writes the image of `format` for `spec` to `out` with the writers that define the layout,
+/// and returns the number of bytes written. Only templates use this (see [`template`]): the
+/// GPT's GUIDs it writes are replaced, and `spec`'s files must be padded for a template.
+pub(crate) fn write_layout<W: Write + Seek>(
     format: Format,
     spec: &ImageSpec,
     fw: &Firmware,
