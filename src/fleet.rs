@@ -206,14 +206,9 @@ fn build_into(
                 .par_iter()
                 .map(|node| {
                     let entry = build_node(node, opts, &templates, staging.path(), &firmware_map)
-                            .with_context(|| {
-                                format!(
-                                    "{}:{}: node {}",
-                                    inventory.source(),
-                                    node.line,
-                                    node.hostname
-                                )
-                            });
+                        .with_context(|| {
+                            format!("{}:{}: node {}", inventory.source(), node.line, node.hostname)
+                        });
                     bar.inc(1);
                     entry
                 })
@@ -372,8 +367,12 @@ fn build_node<'a>(
     let summary = NodeSummary::new(node, server);
     let mut files = Vec::with_capacity(opts.formats.len());
     for &format in &opts.formats {
-        let options =
-            ImageOptions { format, arches: &opts.arches, iso_medium: opts.iso_medium, epoch: opts.epoch };
+        let options = ImageOptions {
+            format,
+            arches: &opts.arches,
+            iso_medium: opts.iso_medium,
+            epoch: opts.epoch,
+        };
         let built = node_medium(templates, node, server, opts.secret.as_ref(), &options)
             .with_context(|| format!("cannot build the {format} image"))?;
         let file = format.file_name(&node.hostname);

@@ -50,6 +50,13 @@ impl Secret {
         }
     }
 
+    /// A second key for another `purpose`, independent of the node tokens: keyed with the
+    /// HMAC of a message no host name can be (host names hold no NUL).
+    pub fn derive(&self, purpose: &str) -> Secret {
+        let key = self.mac(&format!("\0bootforge key\0{purpose}")).finalize().into_bytes();
+        Secret::new(key.to_vec()).expect("a 32-byte key is not empty")
+    }
+
     fn mac(&self, hostname: &str) -> HmacSha256 {
         let mut mac = self.0.clone();
         mac.update(hostname.as_bytes());

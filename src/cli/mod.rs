@@ -30,6 +30,7 @@ pub enum Command {
     Inspect(build::InspectArgs),
     Serve(serve::ServeArgs),
     Reimage(serve::ReimageArgs),
+    MediaUrl(serve::MediaUrlArgs),
 }
 
 /// Runs one command. `Ok(false)` means the command ran but reports failure (exit status 1)
@@ -42,5 +43,6 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Inspect(args) => build::inspect(args).map(|()| true),
         Command::Serve(args) => serve::serve(args).map(|()| true),
         Command::Reimage(args) => serve::reimage(args).map(|()| true),
+        Command::MediaUrl(args) => serve::media_url(args).map(|()| true),
     }
 }

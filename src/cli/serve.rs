@@ -74,6 +74,61 @@ pub struct ServeArgs {
     /// at once. Raise it when many nodes reach the service through one proxy or NAT address.
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub max_connections_per_peer: usize,
+    /// iPXE loaders for the images served at /media/, as `build --firmware-dir` takes them
+    /// (default: the embedded Debian build). Images served at /media/ are dated
+    /// SOURCE_DATE_EPOCH when it is set, else the time the service started.
+    #[arg(long, value_name = "DIR")]
+    pub firmware_dir: Option<PathBuf>,
+}
+
+const MEDIA_URL_HELP: &str = "\
+Examples:
+  # A week-long URL of node01's ISO, for a BMC, a hypervisor or curl:
+  bootforge media-url node01 --server http://bootsvc:8080 --token-file ~/.bootforge-token
+
+  # Its USB image with both EFI loaders, valid for one hour:
+  bootforge media-url node01 --format usb --arch x86_64,arm64 --ttl 3600 \\
+      --server http://bootsvc:8080 --token-file t
+
+  # Fetch it; resumable, since the service answers Range requests:
+  curl -fC - -o node01.iso \"$(bootforge media-url node01 --server ... --token-file t)\"
+
+The URL carries its own credential (an expiry and a signature over host, format and options),
+because BMCs cannot send an Authorization header: treat it like a password until it expires.
+The image is byte-identical to what `bootforge build` writes with the same options and
+SOURCE_DATE_EPOCH. The token needs the reimage (or admin) role.";
+
+/// Print a signed, expiring URL of a node's boot medium, served by the boot service.
+#[derive(clap::Args, Debug)]
+#[command(after_help = MEDIA_URL_HELP)]
+pub struct MediaUrlArgs {
+    /// The host whose medium to sign.
+    #[arg(value_name = "HOSTNAME")]
+    pub host: String,
+    /// Base URL of the boot service.
+    #[arg(long, value_name = "URL")]
+    pub server: String,
+    /// File holding the API token (first line).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: PathBuf,
+    /// Image format: iso, usb or efi.
+    #[arg(long, default_value = "iso")]
+    pub format: String,
+    /// EFI loaders in the image, comma-separated: x86_64, arm64.
+    #[arg(long, value_name = "ARCHES", default_value = "x86_64")]
+    pub arch: String,
+    /// How the ISO is attached on BIOS machines: cd or usb (as `build --iso-medium`).
+    #[arg(long, default_value = "cd")]
+    pub medium: String,
+    /// UEFI loader: ipxe or snponly (as `build --efi-loader`).
+    #[arg(long, default_value = "ipxe")]
+    pub efi_loader: String,
+    /// Seconds the URL stays valid (at most a year).
+    #[arg(long, value_name = "SECONDS", default_value_t = 7 * 24 * 3600)]
+    pub ttl: u64,
+    /// Print the whole answer as JSON (url, expires_at, size) instead of the URL alone.
+    #[arg(long)]
+    pub json: bool,
 }
 
 const REIMAGE_HELP: &str = "\
@@ -122,6 +177,13 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.workers = args.workers;
     config.limits.max_connections = args.max_connections;
     config.limits.max_connections_per_peer = args.max_connections_per_peer;
+    config.firmware_dir = args.firmware_dir;
+    config.media_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(text) => Some(text.trim().parse().map_err(|_| {
+            anyhow::anyhow!("SOURCE_DATE_EPOCH={text:?} is not a number of seconds since 1970")
+        })?),
+        Err(_) => None,
+    };
     Server::start(config)?.run_until_signalled()
 }
 
@@ -132,6 +194,25 @@ pub fn reimage(args: ReimageArgs) -> anyhow::Result<()> {
         if args.cancel { client::Action::Cancel } else { client::Action::Flag(args.profile) };
     for line in client::run(&args.server, &token, &args.hosts, &action)? {
         println!("{line}");
+    }
+    Ok(())
+}
+
+/// `bootforge media-url`: one API request; prints the URL.
+pub fn media_url(args: MediaUrlArgs) -> anyhow::Result<()> {
+    let token = client::read_token(&args.token_file)?;
+    let body = serde_json::json!({
+        "format": args.format,
+        "arch": args.arch,
+        "medium": args.medium,
+        "efi_loader": args.efi_loader,
+        "ttl": args.ttl,
+    });
+    let answer = client::media_url(&args.server, &token, &args.host, &body)?;
+    if args.json {
+        println!("{answer}");
+    } else {
+        println!("{}", answer["url"].as_str().unwrap_or_default());
     }
     Ok(())
 }

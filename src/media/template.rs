@@ -71,7 +71,7 @@ pub struct Shape {
 impl Shape {
     /// The shape of `spec`'s image in `format`; `spec`'s files must already be padded.
     fn of(format: Format, spec: &ImageSpec) -> anyhow::Result<Shape> {
-        let padded = |b: &[u8]| !b.is_empty() && b.len() % SLOT == 0;
+        let padded = |b: &[u8]| !b.is_empty() && b.len().is_multiple_of(SLOT);
         if !padded(spec.efi_script) || !padded(spec.info_json) {
             bail!("internal error: node files must be padded before they go into a template");
         }
@@ -145,7 +145,8 @@ impl Template {
         let image = reference::write(shape.format, &markers.spec(TEMPLATE_HOST, shape), fw)?;
         let places = Places::find(shape, &image, &markers)?;
         let digest = Sha256::digest(&image).into();
-        let template = Arc::new(Template { shape: shape.clone(), image: image.into(), places, digest });
+        let template =
+            Arc::new(Template { shape: shape.clone(), image: image.into(), places, digest });
 
         // The check: a probe node patched in must equal the probe node written in full.
         let probe = Contents::markers(shape, "probe");
@@ -171,6 +172,10 @@ impl Template {
 
     pub fn len(&self) -> u64 {
         self.image.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.image.is_empty()
     }
 
     /// `spec`'s image from this template. `spec`'s files must be padded to this shape.
@@ -305,10 +310,14 @@ pub struct Templates {
     map: Mutex<TemplateMap>,
 }
 
+/// A template being built or built (or the reason it could not be), shared by its askers.
+type Slot = Arc<std::sync::OnceLock<Result<Arc<Template>, String>>>;
+
 #[derive(Default)]
 struct TemplateMap {
     tick: u64,
-    entries: HashMap<Shape, (u64, Arc<std::sync::OnceLock<Result<Arc<Template>, String>>>)>,
+    /// Shape → (last use, slot).
+    entries: HashMap<Shape, (u64, Slot)>,
 }
 
 impl Templates {
@@ -343,7 +352,8 @@ impl Templates {
             map.tick += 1;
             let tick = map.tick;
             if !map.entries.contains_key(&shape) && map.entries.len() >= self.capacity {
-                let oldest = map.entries.iter().min_by_key(|(_, (t, _))| *t).map(|(s, _)| s.clone());
+                let oldest =
+                    map.entries.iter().min_by_key(|(_, (t, _))| *t).map(|(s, _)| s.clone());
                 if let Some(oldest) = oldest {
                     map.entries.remove(&oldest);
                 }
@@ -458,10 +468,12 @@ impl Places {
             let at = (fat_boot + at) as usize;
             image[at..at + n].iter().rev().fold(0u64, |acc, b| acc << 8 | u64::from(*b))
         };
-        let (sector_size, reserved, fats, fat_sectors) = (bpb(11, 2), bpb(14, 2), bpb(16, 1), bpb(22, 2));
+        let (sector_size, reserved, fats, fat_sectors) =
+            (bpb(11, 2), bpb(14, 2), bpb(16, 1), bpb(22, 2));
         let root = fat_boot + sector_size * (reserved + fats * fat_sectors);
         let root_len = (bpb(17, 2) * 32) as usize;
-        let fat_label_entry = once("FAT label entry", &label, root as usize..root as usize + root_len)?;
+        let fat_label_entry =
+            once("FAT label entry", &label, root as usize..root as usize + root_len)?;
 
         let efi_script = once("ESP script", &markers.efi, esp.clone())?;
         let info_esp = once("ESP bootforge.json", &markers.info, esp.clone())?;
@@ -575,7 +587,8 @@ impl Gpt {
             ("usb", 0) => "usb esp".to_string(),
             (p, i) => format!("{p} partition {i}"),
         };
-        let mut array = image[self.entries as usize..self.entries as usize + self.entries_len].to_vec();
+        let mut array =
+            image[self.entries as usize..self.entries as usize + self.entries_len].to_vec();
         let mut out = Vec::new();
         for &i in &self.used {
             let g = guid(part_purpose(i));
@@ -626,7 +639,12 @@ mod tests {
     use super::*;
     use crate::firmware::EfiLoader;
 
-    fn spec<'a>(host: &'a str, script: &'a [u8], info: &'a [u8], arches: &'a [Arch]) -> ImageSpec<'a> {
+    fn spec<'a>(
+        host: &'a str,
+        script: &'a [u8],
+        info: &'a [u8],
+        arches: &'a [Arch],
+    ) -> ImageSpec<'a> {
         ImageSpec {
             hostname: host,
             bios_script: script,
@@ -658,7 +676,8 @@ mod tests {
         for format in Format::ALL {
             for arches in [&[Arch::X86_64][..], &[Arch::X86_64, Arch::Arm64]] {
                 for (i, host) in hosts.iter().enumerate() {
-                    let script = if i == 1 { long.clone() } else { format!("#!ipxe\necho {host}\n") };
+                    let script =
+                        if i == 1 { long.clone() } else { format!("#!ipxe\necho {host}\n") };
                     let info = format!("{{\"hostname\": \"{host}\"}}\n");
                     let s = spec(host, script.as_bytes(), info.as_bytes(), arches);
                     let got = templates.image(format, &s).unwrap();
@@ -669,7 +688,8 @@ mod tests {
                     // Ranges cut anywhere give the same bytes.
                     let len = got.len();
                     for (a, z) in [(0, 1), (511, 1100), (len - 3000, len), (33_000, 40_000)] {
-                        let part: Vec<u8> = got.chunks(a, z, 777).flat_map(|c| c.to_vec()).collect();
+                        let part: Vec<u8> =
+                            got.chunks(a, z, 777).flat_map(|c| c.to_vec()).collect();
                         assert!(part == want[a as usize..z as usize], "{format} {a}-{z}");
                     }
                 }

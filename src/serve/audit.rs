@@ -93,6 +93,29 @@ pub enum Event {
         profile: String,
         peer: IpAddr,
     },
+    /// A `/media/` URL refused: unsigned, expired or altered. `host` only for inventory hosts;
+    /// the signature itself is never recorded.
+    MediaDenied {
+        host: Option<String>,
+        format: &'static str,
+        reason: &'static str,
+        peer: IpAddr,
+    },
+    /// A medium read from its start (a BMC mounting it, a download).
+    MediaServed {
+        host: String,
+        format: &'static str,
+        peer: IpAddr,
+        status: u16,
+    },
+    /// A signed media URL handed out; `expires` in seconds since 1970.
+    MediaUrl {
+        host: String,
+        format: &'static str,
+        by: String,
+        peer: IpAddr,
+        expires: u64,
+    },
     /// An API request refused for its API token.
     Denied {
         route: &'static str,

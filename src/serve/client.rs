@@ -1,4 +1,4 @@
-//! `bootforge reimage`: a thin client of the HTTP API, one request per host.
+//! `bootforge reimage` and `media-url`: thin clients of the HTTP API, one request per host.
 
 use std::path::Path;
 use std::time::Duration;
@@ -87,4 +87,30 @@ pub fn run(
 
 fn json_of(resp: ureq::Response) -> serde_json::Value {
     resp.into_string().ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
+}
+
+/// `POST /hosts/{host}/media-url` with `body` (the options as JSON): the answer, or the
+/// server's own error message.
+pub fn media_url(
+    server: &str,
+    token: &str,
+    host: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
+    let base = server.trim_end_matches('/');
+    let url = format!("{base}/hosts/{}/media-url", super::util::encode(host));
+    match agent
+        .post(&url)
+        .set("Authorization", &format!("Bearer {token}"))
+        .set("Content-Type", "application/json")
+        .send_string(&body.to_string())
+    {
+        Ok(resp) => Ok(json_of(resp)),
+        Err(ureq::Error::Status(code, resp)) => {
+            let v = json_of(resp);
+            anyhow::bail!("{host}: HTTP {code}: {}", v["error"].as_str().unwrap_or("no details"))
+        }
+        Err(e) => anyhow::bail!("{host}: cannot reach {base}: {e}"),
+    }
 }

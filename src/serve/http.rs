@@ -75,6 +75,8 @@ pub struct Req {
     pub query: HashMap<String, String>,
     pub authorization: Option<String>,
     pub range: Option<String>,
+    pub if_range: Option<String>,
+    pub if_none_match: Option<String>,
     pub peer: IpAddr,
     pub body: Bytes,
 }
@@ -128,7 +130,10 @@ impl Drop for PeerSlot {
     }
 }
 
-type ResBody = http_body_util::Either<http_body_util::Full<Bytes>, ChannelBody>;
+type ResBody = http_body_util::Either<
+    http_body_util::Full<Bytes>,
+    http_body_util::Either<ChannelBody, IterBody>,
+>;
 
 /// Accepts connections until told to stop, then waits (up to [`DRAIN`]) for the requests in
 /// progress; idle keep-alive connections are closed at once.
@@ -272,6 +277,8 @@ async fn to_req(
         query: parse_query(target.query().unwrap_or("")),
         authorization: header(hyper::header::AUTHORIZATION),
         range: header(hyper::header::RANGE),
+        if_range: header(hyper::header::IF_RANGE),
+        if_none_match: header(hyper::header::IF_NONE_MATCH),
         peer: peer.ip(),
         body,
     })
@@ -335,20 +342,68 @@ fn to_response(reply: Reply, head: bool) -> hyper::Response<ResBody> {
             let len = text.len() as u64;
             (len, http_body_util::Either::Left(http_body_util::Full::new(Bytes::from(text))))
         }
-        Payload::Stream(_, len) if head => (len, empty()),
-        Payload::Stream(reader, len) => (len, http_body_util::Either::Right(pump(reader, len))),
+        Payload::Stream(_, len) | Payload::Chunks(_, len) if head => (len, empty()),
+        Payload::Stream(reader, len) => {
+            (len, http_body_util::Either::Right(http_body_util::Either::Left(pump(reader, len))))
+        }
+        Payload::Chunks(chunks, len) => (
+            len,
+            http_body_util::Either::Right(http_body_util::Either::Right(IterBody {
+                chunks,
+                remaining: len,
+            })),
+        ),
     };
     let mut response = hyper::Response::new(body);
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
-    headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    // A 304 has no body, and its Content-Length would have to be the full image's: omit it.
+    if status != hyper::StatusCode::NOT_MODIFIED {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    }
     for (k, v) in reply.headers {
         if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(&v)) {
             headers.append(k, v);
         }
     }
     response
+}
+
+/// A body of buffers already in memory: each poll hands hyper the next one, without copying.
+pub struct IterBody {
+    chunks: Box<dyn Iterator<Item = Bytes> + Send>,
+    remaining: u64,
+}
+
+impl hyper::body::Body for IterBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        Poll::Ready(Some(match self.chunks.next() {
+            Some(bytes) if bytes.len() as u64 <= self.remaining => {
+                self.remaining -= bytes.len() as u64;
+                Ok(hyper::body::Frame::data(bytes))
+            }
+            // Never more or fewer bytes than announced: cut the connection instead.
+            _ => Err(std::io::Error::other("the body does not match its announced length")),
+        }))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.remaining)
+    }
 }
 
 /// A body fed by [`pump`]: chunks of a file read on the blocking pool.

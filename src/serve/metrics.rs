@@ -19,6 +19,8 @@ pub struct Metrics {
     pub reloads_ok: AtomicU64,
     /// Connections closed at once because their peer address held too many.
     pub connections_refused: AtomicU64,
+    /// Bytes of `/media/` images answered (whole or ranges).
+    pub media_bytes: AtomicU64,
 }
 
 impl Metrics {
@@ -30,6 +32,10 @@ impl Metrics {
 
     pub fn response(&self, status: u16) {
         *self.responses.lock().unwrap_or_else(|p| p.into_inner()).entry(status).or_default() += 1;
+    }
+
+    pub fn media_bytes(&self, n: u64) {
+        self.media_bytes.fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn refused_connection(&self) {
@@ -85,6 +91,11 @@ impl Metrics {
                 "bootforge_connections_refused_total",
                 "Connections closed at once: their peer address was at its connection cap.",
                 &self.connections_refused,
+            ),
+            (
+                "bootforge_media_bytes_total",
+                "Bytes of /media/ images answered, whole or in ranges.",
+                &self.media_bytes,
             ),
         ];
         for (name, help, c) in counters {

@@ -27,6 +27,7 @@ pub mod client;
 pub mod handlers;
 pub mod http;
 pub mod lifecycle;
+pub mod media;
 pub mod metrics;
 pub mod profiles;
 pub mod reply;
@@ -64,6 +65,10 @@ pub struct Config {
     pub public_url: Option<ServerUrl>,
     /// Threads for work that may block (the state directory, fsync, renders, file reads).
     pub workers: usize,
+    /// iPXE loaders for `/media/` images instead of the embedded ones (`build --firmware-dir`).
+    pub firmware_dir: Option<PathBuf>,
+    /// `SOURCE_DATE_EPOCH` of `/media/` images; `None`: the time the service started.
+    pub media_epoch: Option<u64>,
     pub limits: http::Limits,
 }
 
@@ -80,6 +85,8 @@ impl Config {
             tokens_file: None,
             public_url: None,
             workers: 16,
+            firmware_dir: None,
+            media_epoch: None,
             limits: http::Limits::default(),
         }
     }
@@ -98,6 +105,8 @@ pub struct Service {
     /// The base URL for nodes without a `server` column: `--public-url`, else the listen
     /// address if it is a specific one.
     pub default_base: Option<ServerUrl>,
+    /// Templates and the URL key for `/media/`.
+    pub media: media::Media,
     host_locks: HostLocks,
 }
 
@@ -366,6 +375,14 @@ impl Server {
             );
         }
         let secret = config.secret_file.as_deref().map(Secret::from_file).transpose()?;
+        let signer = media::Signer::new(secret.as_ref())?;
+        if signer.ephemeral {
+            tracing::warn!(
+                "no --secret-file: media URLs are signed with a key of this process only; they stop working when it restarts and other instances refuse them"
+            );
+        }
+        let epoch = config.media_epoch.unwrap_or_else(|| util::now_ms() / 1000);
+        let media = media::Media::new(config.firmware_dir.as_deref(), epoch, signer)?;
         let snap = catalog.snapshot();
         tracing::info!(
             listen = %local_addr,
@@ -391,6 +408,7 @@ impl Server {
             metrics: metrics::Metrics::default(),
             last_boot: audit::LastBoots::default(),
             default_base,
+            media,
             host_locks: HostLocks::default(),
         });
         service.sweep_orphans();

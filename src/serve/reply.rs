@@ -19,6 +19,8 @@ pub enum Payload {
     Text(String),
     /// A reader and the exact number of bytes it yields (sent as `Content-Length`).
     Stream(Box<dyn Read + Send>, u64),
+    /// Buffers already in memory (a node image's template runs and patches), and their total.
+    Chunks(Box<dyn Iterator<Item = bytes::Bytes> + Send>, u64),
 }
 
 impl Reply {

@@ -26,8 +26,12 @@ pub enum Route {
     },
     /// `/assets/{path...}`; `None` when the path is malformed.
     Asset(Option<String>),
+    /// `/media/{file}`: a node's image (`HOST.iso`, `HOST.usb.img`, `HOST.efi.img`).
+    Media(String),
     Hosts,
     Host(String),
+    /// `/hosts/{host}/media-url`: mint a signed `/media/` URL.
+    MediaUrl(String),
     Reimage(String),
     Done(String),
     Failed(String),
@@ -54,7 +58,9 @@ impl Route {
                 Route::Config { host: seg(1), token, file: file_path(file) }
             }
             ["assets", rest @ ..] if !rest.is_empty() => Route::Asset(file_path(rest)),
+            ["media", _] => Route::Media(seg(1)),
             ["hosts"] => Route::Hosts,
+            ["hosts", _, "media-url"] => Route::MediaUrl(seg(1)),
             ["hosts", _] => Route::Host(seg(1)),
             ["hosts", _, "reimage"] => Route::Reimage(seg(1)),
             ["hosts", _, "done"] => Route::Done(seg(1)),
@@ -74,6 +80,8 @@ impl Route {
             Route::Boot(_) | Route::BootOther => "/boot/{host}",
             Route::Config { .. } => "/config/{host}/{file}",
             Route::Asset(_) => "/assets/{path}",
+            Route::Media(_) => "/media/{file}",
+            Route::MediaUrl(_) => "/hosts/{host}/media-url",
             Route::Hosts => "/hosts",
             Route::Host(_) => "/hosts/{host}",
             Route::Reimage(_) => "/hosts/{host}/reimage",
@@ -93,7 +101,8 @@ impl Route {
             Route::Healthz | Route::Status | Route::Metrics | Route::Hosts | Route::Host(_) => {
                 "GET, HEAD"
             }
-            Route::Events | Route::Asset(_) => "GET, HEAD",
+            Route::Events | Route::Asset(_) | Route::Media(_) => "GET, HEAD",
+            Route::MediaUrl(_) => "POST",
             // A boot answer may open an install; a config fetch is audited: GET only.
             Route::Boot(_) | Route::BootOther | Route::Config { .. } => "GET",
             Route::Reimage(_) => "PUT, DELETE",
