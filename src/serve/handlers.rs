@@ -139,6 +139,8 @@ async fn status(svc: &Arc<Service>, req: &Req) -> Result<Reply, HttpError> {
         "api_enabled": svc.catalog.tokens().enabled(),
         "node_tokens": svc.secret.is_some(),
         "base_url": svc.default_base.as_ref().map(|u| u.to_string()),
+        "media_templates": svc.media.templates(),
+        "media_epoch": svc.media.epoch,
     })))
 }
 
