@@ -307,3 +307,23 @@ fn the_cli_prints_a_working_url() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not in the inventory"));
 }
+
+/// BMCs often reach the service at another address (the management network) than the nodes:
+/// `--media-base-url` sets the minted URLs' base, and leaves the image's own server URL alone.
+#[test]
+fn media_urls_can_name_the_bmc_side_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = full_config(dir.path(), true);
+    config.media_epoch = Some(EPOCH);
+    config.media_base_url = Some("http://192.0.2.7:8080".parse().unwrap());
+    let f = start_with(dir, config);
+    let r = call("POST", &f.url("/hosts/node01/media-url"), Some(REIMAGE_TOKEN), Some("{}"));
+    let url = r.json()["url"].as_str().unwrap().to_string();
+    let rest = url.strip_prefix("http://192.0.2.7:8080").expect("the media base");
+    let (status, _, bytes) = get(&f.url(rest), &[]);
+    assert_eq!(status, 200);
+    // The node's script still asks the node-side address (the listen address here).
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.contains(&format!("set bootforge-server {}", f.base)), "server URL in the image");
+    assert!(!text.contains("192.0.2.7"));
+}

@@ -79,6 +79,11 @@ pub struct ServeArgs {
     /// SOURCE_DATE_EPOCH when it is set, else the time the service started.
     #[arg(long, value_name = "DIR")]
     pub firmware_dir: Option<PathBuf>,
+    /// Base of the /media/ URLs handed to BMCs (`media-url`, `attach`): this service's address
+    /// as the BMCs' management network reaches it. Default: the node's own base URL (its row's
+    /// `server`, else --public-url).
+    #[arg(long, value_name = "URL")]
+    pub media_base_url: Option<ServerUrl>,
 }
 
 const MEDIA_URL_HELP: &str = "\
@@ -178,6 +183,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.limits.max_connections = args.max_connections;
     config.limits.max_connections_per_peer = args.max_connections_per_peer;
     config.firmware_dir = args.firmware_dir;
+    config.media_base_url = args.media_base_url;
     config.media_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(text) => Some(text.trim().parse().map_err(|_| {
             anyhow::anyhow!("SOURCE_DATE_EPOCH={text:?} is not a number of seconds since 1970")

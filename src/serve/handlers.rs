@@ -862,7 +862,10 @@ async fn media_url(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Re
         ))
     })?;
     drop(snap);
-    let base = svc.base_for(&node).ok_or_else(|| HttpError::internal("no base URL"))?;
+    let base = match &svc.config.media_base_url {
+        Some(url) => url.to_string(),
+        None => svc.base_for(&node).ok_or_else(|| HttpError::internal("no base URL"))?,
+    };
     // Built now, so a URL is never handed out for an image that cannot be made.
     let server = node.server.clone().or_else(|| svc.default_base.clone());
     let o = opts.clone();

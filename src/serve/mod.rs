@@ -69,6 +69,9 @@ pub struct Config {
     pub firmware_dir: Option<PathBuf>,
     /// `SOURCE_DATE_EPOCH` of `/media/` images; `None`: the time the service started.
     pub media_epoch: Option<u64>,
+    /// The base of minted `/media/` URLs: where BMCs reach this service, which is often another
+    /// network (the management one) than the nodes'. `None`: the node's own base URL.
+    pub media_base_url: Option<ServerUrl>,
     pub limits: http::Limits,
 }
 
@@ -87,6 +90,7 @@ impl Config {
             workers: 16,
             firmware_dir: None,
             media_epoch: None,
+            media_base_url: None,
             limits: http::Limits::default(),
         }
     }
