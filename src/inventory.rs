@@ -16,7 +16,7 @@ use std::str::FromStr;
 
 /// Columns with a meaning of their own; any other column is a free template variable.
 pub const KNOWN_COLUMNS: &[&str] =
-    &["hostname", "ip", "netmask", "gateway", "dns", "mac", "vlan", "server", "profile"];
+    &["hostname", "ip", "netmask", "gateway", "dns", "mac", "vlan", "server", "profile", "bmc"];
 
 /// The longest value accepted in a free template column.
 const MAX_FREE_VALUE: usize = 4096;
@@ -39,6 +39,8 @@ pub struct Node {
     pub server: Option<ServerUrl>,
     /// Install profile used by the boot service.
     pub profile: Option<String>,
+    /// The node's BMC, for attaching its medium through Redfish (see [`crate::redfish`]).
+    pub bmc: Option<BmcUrl>,
     /// Every other column, by header name: free template variables.
     pub vars: BTreeMap<String, String>,
 }
@@ -72,6 +74,7 @@ impl Node {
         put("vlan", self.vlan.map(|v| v.to_string()));
         put("server", self.server.as_ref().map(|s| s.to_string()));
         put("profile", self.profile.clone());
+        put("bmc", self.bmc.as_ref().map(|b| b.to_string()));
         vars
     }
 }
@@ -373,6 +376,7 @@ impl RowParser<'_> {
         let vlan = get("vlan").and_then(|v| self.check(parse_vlan(&v), "vlan"));
         let server = get("server").and_then(|s| self.check(s.parse::<ServerUrl>(), "server"));
         let profile = get("profile").and_then(|p| self.check(parse_profile(&p), "profile"));
+        let bmc = get("bmc").and_then(|b| self.check(b.parse::<BmcUrl>(), "bmc"));
 
         let mut vars = BTreeMap::new();
         for (name, value) in &fields {
@@ -415,6 +419,7 @@ impl RowParser<'_> {
             vlan,
             server,
             profile,
+            bmc,
             vars,
         })
     }
@@ -680,41 +685,7 @@ impl FromStr for ServerUrl {
         if text.contains('#') {
             return Err(bad("a fragment (`#`) is not allowed"));
         }
-        let port = if let Some(v6) = authority.strip_prefix('[') {
-            let (addr, after) = v6.split_once(']').ok_or_else(|| bad("unclosed `[`"))?;
-            if addr.parse::<std::net::Ipv6Addr>().is_err() {
-                return Err(bad("the part in brackets is not an IPv6 address"));
-            }
-            match after.strip_prefix(':') {
-                Some(port) => Some(port),
-                None if after.is_empty() => None,
-                None => return Err(bad("only :PORT may follow the `]` of an IPv6 address")),
-            }
-        } else {
-            let (host, port) = match authority.split_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (authority, None),
-            };
-            if host.is_empty() {
-                return Err(bad("no host"));
-            }
-            if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-                if host.parse::<Ipv4Addr>().is_err() {
-                    return Err(bad("the host is not a valid IPv4 address"));
-                }
-            } else if parse_hostname(host).is_err() {
-                return Err(bad("the host is not a host name, IPv4 address or [IPv6] address"));
-            }
-            port
-        };
-        if let Some(port) = port {
-            let digits =
-                !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit());
-            match port.parse::<u32>() {
-                Ok(p) if digits && (1..=65535).contains(&p) => {}
-                _ => return Err(bad("the port must be a number from 1 to 65535")),
-            }
-        }
+        check_authority(authority).map_err(bad)?;
         let path_ok = path
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'.' | b'_' | b'~'));
@@ -724,6 +695,179 @@ impl FromStr for ServerUrl {
             ));
         }
         Ok(ServerUrl(text.trim_end_matches('/').to_string()))
+    }
+}
+
+/// Checks the `HOST[:PORT]` part of a URL: an RFC 1123 host name, a dotted IPv4 address or a
+/// bracketed IPv6 address without zone id, then an optional port from 1 to 65535. The error is
+/// the reason alone, for the caller to wrap.
+fn check_authority(authority: &str) -> Result<(), &'static str> {
+    let port = if let Some(v6) = authority.strip_prefix('[') {
+        let (addr, after) = v6.split_once(']').ok_or("unclosed `[`")?;
+        if addr.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err("the part in brackets is not an IPv6 address");
+        }
+        match after.strip_prefix(':') {
+            Some(port) => Some(port),
+            None if after.is_empty() => None,
+            None => return Err("only :PORT may follow the `]` of an IPv6 address"),
+        }
+    } else {
+        let (host, port) = match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        };
+        if host.is_empty() {
+            return Err("no host");
+        }
+        if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            if host.parse::<Ipv4Addr>().is_err() {
+                return Err("the host is not a valid IPv4 address");
+            }
+        } else if parse_hostname(host).is_err() {
+            return Err("the host is not a host name, IPv4 address or [IPv6] address");
+        }
+        port
+    };
+    if let Some(port) = port {
+        let digits =
+            !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit());
+        match port.parse::<u32>() {
+            Ok(p) if digits && (1..=65535).contains(&p) => {}
+            _ => return Err("the port must be a number from 1 to 65535"),
+        }
+    }
+    Ok(())
+}
+
+/// Where a node's BMC answers Redfish: the `bmc` column.
+///
+/// Two forms are accepted, and nothing else:
+///
+/// * the BMC's **Redfish root**: `https://10.1.0.11`, `https://bmc1.lab:8443`, with or without
+///   a trailing `/redfish/v1` (and `/`). The client then walks `/redfish/v1` to the `Systems`
+///   collection and uses its only member; a BMC that manages several systems (a blade chassis,
+///   a multi-node enclosure) needs the second form.
+/// * a **System URL**: `https://10.1.0.11/redfish/v1/Systems/1`, the resource of one computer
+///   system. Its ID is one path segment of letters, digits and `- . _ ~`.
+///
+/// The scheme is `http://` or `https://` in lower case. `http://` exists for emulators: the BMC's
+/// password then crosses the network in clear text. The host is an RFC 1123 host name, a dotted
+/// IPv4 address or a bracketed IPv6 address, with an optional port. User information (`@`),
+/// queries and fragments are refused: credentials come from the `--bmc-credentials` file, never
+/// from the inventory. A trailing `/` is dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BmcUrl {
+    /// The URL as normalised: no trailing `/`.
+    text: String,
+    /// Length of `scheme://authority` in `text`.
+    origin_len: usize,
+    /// Whether `text` names a System rather than the Redfish root.
+    system: bool,
+}
+
+impl BmcUrl {
+    /// The URL as written (without a trailing `/`).
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// `scheme://host[:port]`, the part every Redfish path is joined to.
+    pub fn origin(&self) -> &str {
+        &self.text[..self.origin_len]
+    }
+
+    /// The host as written in the URL, without the port; an IPv6 address keeps its brackets.
+    /// This is what a credentials-file line names.
+    pub fn host(&self) -> &str {
+        let authority = &self.origin()[self.origin().find("://").map_or(0, |i| i + 3)..];
+        if authority.starts_with('[') {
+            authority.find(']').map_or(authority, |i| &authority[..=i])
+        } else {
+            authority.split(':').next().unwrap_or(authority)
+        }
+    }
+
+    /// Whether the BMC is reached over TLS.
+    pub fn is_https(&self) -> bool {
+        self.text.starts_with("https://")
+    }
+
+    /// The System's path (`/redfish/v1/Systems/ID`) when the URL names one; `None` for a root.
+    pub fn system_path(&self) -> Option<&str> {
+        self.system.then(|| &self.text[self.origin_len..])
+    }
+}
+
+impl fmt::Display for BmcUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Serialize for BmcUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl FromStr for BmcUrl {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!("{text:?} is not a usable BMC URL ({why}); expected the Redfish root https://HOST[:PORT] or a System URL https://HOST[:PORT]/redfish/v1/Systems/ID")
+        };
+        if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(bad("it holds whitespace or a control character"));
+        }
+        let Some(rest) = text.strip_prefix("http://").or_else(|| text.strip_prefix("https://"))
+        else {
+            let lower = text.to_ascii_lowercase();
+            if lower.starts_with("http://") || lower.starts_with("https://") {
+                return Err(bad("the scheme must be written in lower case"));
+            }
+            return Err(bad("it must start with https:// or http://"));
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        if authority.contains('@') {
+            return Err(bad(
+                "a user name or password (`@`) is not allowed; put credentials in the --bmc-credentials file",
+            ));
+        }
+        if text.contains('?') {
+            return Err(bad("a query (`?`) is not allowed"));
+        }
+        if text.contains('#') {
+            return Err(bad("a fragment (`#`) is not allowed"));
+        }
+        check_authority(authority).map_err(bad)?;
+        let origin_len = text.len() - path.len();
+        let path = path.strip_suffix('/').unwrap_or(path);
+        let (path, system) = match path {
+            "" | "/redfish/v1" => ("", false),
+            p => match p.strip_prefix("/redfish/v1/Systems/") {
+                Some(id)
+                    if !id.is_empty()
+                        && id.bytes().all(|b| {
+                            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+                        })
+                        && id != "."
+                        && id != ".." =>
+                {
+                    (p, true)
+                }
+                _ => {
+                    return Err(bad(
+                        "the path must be empty, /redfish/v1, or /redfish/v1/Systems/ID with an ID of letters, digits and - . _ ~",
+                    ))
+                }
+            },
+        };
+        Ok(BmcUrl { text: format!("{}{path}", &text[..origin_len]), origin_len, system })
     }
 }
 
@@ -817,6 +961,58 @@ mod tests {
                 err.contains("expected http://HOST[:PORT][/PATH]"),
                 "{bad:?}: the message shows the expected form: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn bmc_urls() {
+        for (text, origin, host, system) in [
+            ("https://10.1.0.11", "https://10.1.0.11", "10.1.0.11", None),
+            ("https://10.1.0.11/", "https://10.1.0.11", "10.1.0.11", None),
+            ("https://bmc1.lab:8443/redfish/v1/", "https://bmc1.lab:8443", "bmc1.lab", None),
+            ("http://127.0.0.1:8000/redfish/v1", "http://127.0.0.1:8000", "127.0.0.1", None),
+            (
+                "https://[fd00::11]:443/redfish/v1/Systems/System.Embedded.1",
+                "https://[fd00::11]:443",
+                "[fd00::11]",
+                Some("/redfish/v1/Systems/System.Embedded.1"),
+            ),
+            ("https://h/redfish/v1/Systems/1/", "https://h", "h", Some("/redfish/v1/Systems/1")),
+        ] {
+            let url: BmcUrl = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(url.origin(), origin, "{text}");
+            assert_eq!(url.host(), host, "{text}");
+            assert_eq!(url.system_path(), system, "{text}");
+            assert!(!url.as_str().ends_with('/'), "{text}");
+        }
+        assert_eq!("https://h/redfish/v1/".parse::<BmcUrl>().unwrap().as_str(), "https://h");
+        assert!("https://h".parse::<BmcUrl>().unwrap().is_https());
+        assert!(!"http://h".parse::<BmcUrl>().unwrap().is_https());
+    }
+
+    #[test]
+    fn bmc_urls_refused() {
+        for (bad, why) in [
+            ("10.1.0.11", "must start with https://"),
+            ("ftp://h", "must start with https://"),
+            ("HTTPS://h", "lower case"),
+            ("https://", "no host"),
+            ("https://admin:pw@h", "--bmc-credentials"),
+            ("https://h?x=1", "query"),
+            ("https://h#x", "fragment"),
+            ("https://h:0", "port"),
+            ("https://h/redfish", "the path must be"),
+            ("https://h/redfish/v1/Systems", "the path must be"),
+            ("https://h/redfish/v1/Systems/", "the path must be"),
+            ("https://h/redfish/v1/Systems/1/Bios", "the path must be"),
+            ("https://h/redfish/v1/Systems/..", "the path must be"),
+            ("https://h/redfish/v1/Managers/1", "the path must be"),
+            ("https://h/redfish/v1/Systems/a%2Fb", "the path must be"),
+            ("https://h /x", "whitespace"),
+        ] {
+            let err = bad.parse::<BmcUrl>().expect_err(bad);
+            assert!(err.contains(why), "{bad:?}: {err}");
+            assert!(err.contains("/redfish/v1/Systems/ID"), "{bad:?}: shows the forms: {err}");
         }
     }
 

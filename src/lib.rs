@@ -17,6 +17,7 @@ pub mod firmware;
 pub mod fleet;
 pub mod inventory;
 pub mod media;
+pub mod redfish;
 pub mod script;
 pub mod serve;
 pub mod token;

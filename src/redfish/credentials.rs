@@ -1,0 +1,421 @@
+//! The BMC credentials file (`serve --bmc-credentials FILE`): which user and password, and which
+//! TLS policy, to use for each BMC.
+//!
+//! # Format
+//!
+//! One line per BMC, fields separated by spaces or tabs; `#` starts a comment line and blank
+//! lines are ignored:
+//!
+//! ```text
+//! # HOST-or-*   USER    PASSWORD-SOURCE                 [OPTIONS]
+//! 10.1.0.11     admin   /etc/bootforge/bmc/node01.pass
+//! bmc7.lab      root    env:BMC7_PASSWORD               insecure-tls
+//! [fd00::21]    admin   file:/etc/bootforge/bmc/v6.pass
+//! *             admin   /etc/bootforge/bmc/default.pass
+//! ```
+//!
+//! * **HOST** is the host of the inventory's `bmc` URL exactly as written there, without the
+//!   port (an IPv6 address keeps its brackets), compared case-insensitively; or `*`, the default
+//!   for every BMC no other line names. A line naming the host wins over `*`, whatever their
+//!   order. Each host, and `*`, may appear once.
+//! * **USER** is the Redfish user name (HTTP Basic authentication), printable, without `:`.
+//! * **PASSWORD-SOURCE** says where the password is; the password itself is never in this file:
+//!   * `env:NAME`: the environment variable `NAME` of the process (letters, digits, `_`);
+//!   * `file:PATH` or a plain `PATH`: the first line of that file, without its line ending. A
+//!     relative path is taken from the folder holding the credentials file.
+//! * **OPTIONS**, any of:
+//!   * `insecure-tls`: do not verify this BMC's TLS certificate. For BMCs that still carry their
+//!     factory self-signed certificate. Prefer giving their CA with `--bmc-ca FILE`: without
+//!     verification anyone on the path can read the password.
+//!
+//! Passwords are read, and every line checked, when the file is loaded, so a missing password
+//! file or variable fails the load (at start-up or reload) rather than the first attach.
+//!
+//! # Permissions
+//!
+//! Like ssh with its keys, the credentials file and every password file are refused when their
+//! group or others may read or write them (any bit of `0o077`): `chmod 600` them. The message
+//! names the file and its mode.
+//!
+//! # Errors
+//!
+//! Every error names `FILE:LINE` and says what is expected; all lines are checked and all errors
+//! are reported at once. No error, log line or `Debug` output holds a password.
+
+use super::{BmcTarget, Credentials, Password, TlsPolicy};
+use crate::inventory::BmcUrl;
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A loaded credentials file.
+#[derive(Debug, Clone)]
+pub struct CredentialsFile {
+    path: PathBuf,
+    /// By host, lower case.
+    hosts: HashMap<String, Entry>,
+    /// The `*` line.
+    default: Option<Entry>,
+}
+
+/// One line's credentials and TLS policy.
+#[derive(Debug, Clone)]
+struct Entry {
+    credentials: Credentials,
+    tls: TlsPolicy,
+}
+
+/// Why a credentials file cannot be used: one message per problem, each starting `FILE:LINE:`
+/// (or `FILE:` for the file as a whole).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialsError(pub Vec<String>);
+
+impl fmt::Display for CredentialsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("\n"))
+    }
+}
+
+impl std::error::Error for CredentialsError {}
+
+impl CredentialsFile {
+    /// Reads and checks `path`, reading every password it points to, with the process's
+    /// environment for `env:` sources.
+    pub fn load(path: &Path) -> Result<CredentialsFile, CredentialsError> {
+        CredentialsFile::load_with_env(path, |name| std::env::var(name).ok())
+    }
+
+    /// [`CredentialsFile::load`] with `env` standing in for the environment.
+    pub fn load_with_env(
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<CredentialsFile, CredentialsError> {
+        let shown = path.display().to_string();
+        check_private(path).map_err(|m| CredentialsError(vec![format!("{shown}: {m}")]))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CredentialsError(vec![format!("{shown}: cannot read: {e}")]))?;
+        let folder = path.parent().unwrap_or(Path::new("."));
+
+        let mut errors = Vec::new();
+        let mut hosts: HashMap<String, (usize, Entry)> = HashMap::new();
+        let mut default: Option<(usize, Entry)> = None;
+        for (index, line) in text.lines().enumerate() {
+            let number = index + 1;
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let at = format!("{shown}:{number}");
+            let entry = match parse_line(line, &at, folder, &env) {
+                Ok(entry) => entry,
+                Err(message) => {
+                    errors.push(format!("{at}: {message}"));
+                    continue;
+                }
+            };
+            let (host, entry) = entry;
+            let slot = if host == "*" {
+                &mut default
+            } else {
+                match hosts.entry(host.clone()) {
+                    std::collections::hash_map::Entry::Occupied(o) => {
+                        errors.push(format!(
+                            "{at}: host {host} already has a line ({shown}:{}); give each host one line",
+                            o.get().0
+                        ));
+                        continue;
+                    }
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert((number, entry));
+                        continue;
+                    }
+                }
+            };
+            match slot {
+                Some((first, _)) => errors.push(format!(
+                    "{at}: `*` already has a line ({shown}:{first}); give the default one line"
+                )),
+                None => *slot = Some((number, entry)),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(CredentialsError(errors));
+        }
+        Ok(CredentialsFile {
+            path: path.to_path_buf(),
+            hosts: hosts.into_iter().map(|(h, (_, e))| (h, e)).collect(),
+            default: default.map(|(_, e)| e),
+        })
+    }
+
+    /// Where the file was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The credentials and TLS policy for `url`'s host: its own line, else the `*` line.
+    pub fn lookup(&self, url: &BmcUrl) -> Option<(&Credentials, TlsPolicy)> {
+        let entry = self.hosts.get(&url.host().to_ascii_lowercase()).or(self.default.as_ref())?;
+        Some((&entry.credentials, entry.tls))
+    }
+
+    /// A ready [`BmcTarget`] for `url`, or an error saying that no line covers its host.
+    pub fn target(&self, url: &BmcUrl) -> Result<BmcTarget, String> {
+        let (credentials, tls) = self.lookup(url).ok_or_else(|| {
+            format!(
+                "{} has no line for BMC host {} and no `*` line; add `{} USER PASSWORD-SOURCE`",
+                self.path.display(),
+                url.host(),
+                url.host()
+            )
+        })?;
+        Ok(BmcTarget { url: url.clone(), credentials: credentials.clone(), tls })
+    }
+}
+
+/// Parses one non-comment line into (host in lower case or `*`, entry).
+fn parse_line(
+    line: &str,
+    at: &str,
+    folder: &Path,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<(String, Entry), String> {
+    let fields: Vec<&str> = line.split_ascii_whitespace().collect();
+    if fields.len() < 3 {
+        return Err(format!(
+            "the line has {} field{}; expected `HOST-or-* USER PASSWORD-SOURCE [OPTIONS]`",
+            fields.len(),
+            if fields.len() == 1 { "" } else { "s" }
+        ));
+    }
+    let host = parse_host(fields[0])?;
+    let user = fields[1];
+    if user.contains(':') || user.chars().any(char::is_control) || user.len() > 256 {
+        return Err(format!(
+            "user {:?} cannot be sent by HTTP Basic authentication; expected printable text without `:`",
+            super::untrusted(user, 64)
+        ));
+    }
+    let password = read_password(fields[2], folder, env)?;
+    let mut tls = TlsPolicy::Verify;
+    for option in &fields[3..] {
+        match *option {
+            "insecure-tls" => tls = TlsPolicy::Insecure,
+            other => {
+                return Err(format!(
+                    "unknown option {:?}; expected `insecure-tls`",
+                    super::untrusted(other, 64)
+                ))
+            }
+        }
+    }
+    let credentials =
+        Credentials { user: user.to_string(), password, source: Some(at.to_string()) };
+    Ok((host, Entry { credentials, tls }))
+}
+
+/// `*`, or a host as a `bmc` URL would hold it, lower case.
+fn parse_host(text: &str) -> Result<String, String> {
+    if text == "*" {
+        return Ok(text.into());
+    }
+    let url = format!("https://{text}");
+    match url.parse::<BmcUrl>() {
+        Ok(u) if u.host() == text && u.origin() == url => Ok(text.to_ascii_lowercase()),
+        _ => Err(format!(
+            "host {:?} is not a host name, IPv4 address or [IPv6] address; expected the host of an inventory bmc URL (no scheme, port or path), or `*`",
+            super::untrusted(text, 64)
+        )),
+    }
+}
+
+fn read_password(
+    source: &str,
+    folder: &Path,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Password, String> {
+    let password = if let Some(name) = source.strip_prefix("env:") {
+        let valid = !name.is_empty()
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !name.as_bytes()[0].is_ascii_digit();
+        if !valid {
+            return Err(format!(
+                "{:?} is not an environment variable name; expected env:NAME with letters, digits and `_`",
+                super::untrusted(source, 64)
+            ));
+        }
+        match env(name) {
+            Some(v) if !v.is_empty() => v,
+            Some(_) => return Err(format!("environment variable {name} is empty")),
+            None => return Err(format!("environment variable {name} is not set")),
+        }
+    } else {
+        let path = Path::new(source.strip_prefix("file:").unwrap_or(source));
+        let path = if path.is_absolute() { path.to_path_buf() } else { folder.join(path) };
+        let shown = path.display();
+        check_private(&path).map_err(|m| format!("password file {shown}: {m}"))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read password file {shown}: {e}"))?;
+        let first = text.lines().next().unwrap_or("").to_string();
+        if first.is_empty() {
+            return Err(format!(
+                "password file {shown} is empty; expected the password on its first line"
+            ));
+        }
+        first
+    };
+    if password.chars().any(char::is_control) {
+        return Err(
+            "the password holds a control character; HTTP Basic authentication cannot carry it"
+                .into(),
+        );
+    }
+    Ok(Password::new(password))
+}
+
+/// Refuses a file that its group or others may read or write, as ssh does with keys.
+fn check_private(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err("is not a regular file".into());
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "mode {mode:04o} lets its group or others read or write it, and it holds secrets; run chmod 600 on it"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn private(path: &Path, text: &str) {
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "BMC_PW" => Some("from-env".into()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn most_specific_line_wins_and_passwords_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        private(&dir.path().join("default.pass"), "default-pw\nsecond line ignored\n");
+        private(&dir.path().join("n1.pass"), "n1-pw\r\n");
+        let creds = dir.path().join("creds");
+        private(
+            &creds,
+            "# comment\n\n*  admin  default.pass\n10.1.0.11\troot\tfile:n1.pass\n  BMC7.lab admin env:BMC_PW insecure-tls\n[fd00::1] v6 env:BMC_PW\n",
+        );
+        let file = CredentialsFile::load_with_env(&creds, env).unwrap();
+        let get = |url: &str| {
+            let t = file.target(&url.parse().unwrap()).unwrap();
+            (t.credentials.user.clone(), t.credentials.password.expose().to_string(), t.tls)
+        };
+        assert_eq!(get("https://10.1.0.11"), ("root".into(), "n1-pw".into(), TlsPolicy::Verify));
+        assert_eq!(
+            get("https://bmc7.LAB:8443/redfish/v1/Systems/1"),
+            ("admin".into(), "from-env".into(), TlsPolicy::Insecure)
+        );
+        assert_eq!(get("https://[fd00::1]").0, "v6");
+        assert_eq!(
+            get("https://10.1.0.12"),
+            ("admin".into(), "default-pw".into(), TlsPolicy::Verify)
+        );
+        let t = file.target(&"https://10.1.0.11".parse().unwrap()).unwrap();
+        assert_eq!(t.credentials.source.as_deref(), Some(&*format!("{}:4", creds.display())));
+        let debug = format!("{file:?} {t:?}");
+        for pw in ["n1-pw", "from-env", "default-pw"] {
+            assert!(!debug.contains(pw), "Debug shows a password: {debug}");
+        }
+    }
+
+    #[test]
+    fn no_default_names_the_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("creds");
+        private(&creds, "10.1.0.11 root env:BMC_PW\n");
+        let file = CredentialsFile::load_with_env(&creds, env).unwrap();
+        let err = file.target(&"https://10.9.9.9".parse().unwrap()).unwrap_err();
+        assert!(err.contains("no line for BMC host 10.9.9.9"), "{err}");
+    }
+
+    #[test]
+    fn every_bad_line_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        private(&dir.path().join("empty.pass"), "\n");
+        std::fs::write(dir.path().join("open.pass"), "pw\n").unwrap();
+        std::fs::set_permissions(
+            dir.path().join("open.pass"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let creds = dir.path().join("creds");
+        private(
+            &creds,
+            "10.1.0.11 root\n\
+             h1 us:er env:BMC_PW\n\
+             h2 root env:NOPE\n\
+             h3 root env:EMPTY\n\
+             h4 root env:9X\n\
+             h5 root missing.pass\n\
+             h6 root empty.pass\n\
+             h7 root open.pass\n\
+             h8 root env:BMC_PW verify-nothing\n\
+             https://h9 root env:BMC_PW\n\
+             h10:443 root env:BMC_PW\n\
+             *  root env:BMC_PW\n\
+             *  root env:BMC_PW\n\
+             H11 root env:BMC_PW\n\
+             h11 root env:BMC_PW\n",
+        );
+        let err = CredentialsFile::load_with_env(&creds, env).unwrap_err();
+        let c = creds.display();
+        let expect = [
+            (1, "expected `HOST-or-* USER PASSWORD-SOURCE [OPTIONS]`"),
+            (2, "without `:`"),
+            (3, "NOPE is not set"),
+            (4, "EMPTY is empty"),
+            (5, "not an environment variable name"),
+            (6, "missing.pass: cannot read"),
+            (7, "is empty; expected the password on its first line"),
+            (8, "mode 0644"),
+            (9, "unknown option \"verify-nothing\""),
+            (10, "not a host name"),
+            (11, "not a host name"),
+            (13, "`*` already has a line"),
+            (15, "host h11 already has a line"),
+        ];
+        assert_eq!(err.0.len(), expect.len(), "{err}");
+        for ((line, phrase), message) in expect.iter().zip(&err.0) {
+            assert!(message.starts_with(&format!("{c}:{line}: ")), "{message}");
+            assert!(message.contains(phrase), "line {line}: {message}");
+        }
+        assert!(err.0[7].contains("open.pass"), "names the password file: {}", err.0[7]);
+    }
+
+    #[test]
+    fn an_open_credentials_file_is_refused_with_its_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("creds");
+        private(&creds, "* root env:BMC_PW\n");
+        for mode in [0o640, 0o604, 0o620, 0o660] {
+            std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = CredentialsFile::load_with_env(&creds, env).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("{}: mode {mode:04o}", creds.display())), "{err}");
+            assert!(err.contains("chmod 600"), "{err}");
+        }
+        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(CredentialsFile::load_with_env(&creds, env).is_ok());
+    }
+}
