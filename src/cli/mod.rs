@@ -31,6 +31,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     Reimage(serve::ReimageArgs),
     MediaUrl(serve::MediaUrlArgs),
+    Attach(serve::AttachArgs),
+    Detach(serve::DetachArgs),
 }
 
 /// Runs one command. `Ok(false)` means the command ran but reports failure (exit status 1)
@@ -44,5 +46,7 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Serve(args) => serve::serve(args).map(|()| true),
         Command::Reimage(args) => serve::reimage(args).map(|()| true),
         Command::MediaUrl(args) => serve::media_url(args).map(|()| true),
+        Command::Attach(args) => serve::attach(args),
+        Command::Detach(args) => serve::detach(args),
     }
 }

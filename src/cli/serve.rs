@@ -84,6 +84,14 @@ pub struct ServeArgs {
     /// `server`, else --public-url).
     #[arg(long, value_name = "URL")]
     pub media_base_url: Option<ServerUrl>,
+    /// BMC credentials for `attach`/`detach` (PUT/DELETE /hosts/{h}/media): lines
+    /// `HOST-or-* USER PASSWORD-SOURCE [insecure-tls]`, PASSWORD-SOURCE a file path or env:NAME.
+    /// Mode 600, like every password file. See docs/BMC.md.
+    #[arg(long, value_name = "FILE")]
+    pub bmc_credentials: Option<PathBuf>,
+    /// Extra CA certificates (PEM) to trust for BMC TLS, for BMCs with a private CA.
+    #[arg(long, value_name = "FILE")]
+    pub bmc_ca: Option<PathBuf>,
 }
 
 const MEDIA_URL_HELP: &str = "\
@@ -184,6 +192,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.limits.max_connections_per_peer = args.max_connections_per_peer;
     config.firmware_dir = args.firmware_dir;
     config.media_base_url = args.media_base_url;
+    config.bmc_credentials = args.bmc_credentials;
+    config.bmc_ca = args.bmc_ca;
     config.media_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(text) => Some(text.trim().parse().map_err(|_| {
             anyhow::anyhow!("SOURCE_DATE_EPOCH={text:?} is not a number of seconds since 1970")
@@ -221,4 +231,116 @@ pub fn media_url(args: MediaUrlArgs) -> anyhow::Result<()> {
         println!("{}", answer["url"].as_str().unwrap_or_default());
     }
     Ok(())
+}
+
+const ATTACH_HELP: &str = "\
+Examples:
+  # Mount each node's ISO on its BMC's virtual CD and boot from it at every boot:
+  bootforge attach --all --server http://bootsvc:8080 --token-file ~/.bootforge-token
+
+  # Two nodes, boot from the CD once, and reset them now:
+  bootforge attach node01 node02 --boot once --reset --server http://bootsvc:8080 --token-file t
+
+  # Eject and drop the CD boot override:
+  bootforge detach --all --server http://bootsvc:8080 --token-file t
+
+The service does the Redfish work: it needs --bmc-credentials, and each host a `bmc` column
+(its BMC's Redfish root, https://10.1.0.11, or System URL). Prints one line per host: ok, or the
+BMC's own error message; the exit status is 1 if any host failed. The URL given to a BMC expires
+(--ttl, default 90 days); attach again to renew it. See docs/BMC.md.";
+
+/// Mount each host's boot ISO on its BMC's virtual CD (Redfish), through the boot service.
+#[derive(clap::Args, Debug)]
+#[command(after_help = ATTACH_HELP)]
+pub struct AttachArgs {
+    #[command(flatten)]
+    pub hosts: BmcHosts,
+    /// Which boots use the CD: continuous (every boot, until detached), once (the next boot
+    /// only), none (mount only; leave the boot order alone).
+    #[arg(long, default_value = "continuous", value_parser = ["continuous", "once", "none"])]
+    pub boot: String,
+    /// Reset (or power on) each machine once its CD is mounted.
+    #[arg(long)]
+    pub reset: bool,
+    /// EFI loaders in the ISO, comma-separated: x86_64, arm64.
+    #[arg(long, value_name = "ARCHES", default_value = "x86_64")]
+    pub arch: String,
+    /// UEFI loader: ipxe or snponly.
+    #[arg(long, default_value = "ipxe")]
+    pub efi_loader: String,
+    /// Seconds the URL handed to each BMC stays valid (at most a year).
+    #[arg(long, value_name = "SECONDS", default_value_t = 90 * 24 * 3600)]
+    pub ttl: u64,
+}
+
+/// Eject each host's virtual CD and drop its CD boot override (Redfish), through the service.
+#[derive(clap::Args, Debug)]
+#[command(after_help = ATTACH_HELP)]
+pub struct DetachArgs {
+    #[command(flatten)]
+    pub hosts: BmcHosts,
+}
+
+/// Which hosts, and how to reach the service.
+#[derive(clap::Args, Debug)]
+pub struct BmcHosts {
+    /// Host names (or --all).
+    #[arg(value_name = "HOSTNAME", required_unless_present = "all", conflicts_with = "all")]
+    pub hosts: Vec<String>,
+    /// Every inventory host with a `bmc` column.
+    #[arg(long)]
+    pub all: bool,
+    /// Base URL of the boot service.
+    #[arg(long, value_name = "URL")]
+    pub server: String,
+    /// File holding the API token (first line; role reimage).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: PathBuf,
+    /// BMCs worked on at once.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub jobs: usize,
+}
+
+/// `bootforge attach` / `detach`: one API request per host, in parallel; `Ok(false)` if any failed.
+pub fn bmc_media(hosts: BmcHosts, action: client::MediaAction) -> anyhow::Result<bool> {
+    use std::io::IsTerminal;
+    let token = client::read_token(&hosts.token_file)?;
+    let list = if hosts.all {
+        let list = client::hosts_with_bmc(&hosts.server, &token)?;
+        anyhow::ensure!(!list.is_empty(), "no inventory host has a `bmc` column value");
+        list
+    } else {
+        hosts.hosts
+    };
+    let results = client::bmc_media(
+        &hosts.server,
+        &token,
+        &list,
+        &action,
+        hosts.jobs,
+        std::io::stderr().is_terminal(),
+    );
+    let failed = results.iter().filter(|(_, ok)| !ok).count();
+    for (line, _) in &results {
+        println!("{line}");
+    }
+    if failed > 0 {
+        eprintln!("{failed} of {} hosts failed", results.len());
+    }
+    Ok(failed == 0)
+}
+
+pub fn attach(args: AttachArgs) -> anyhow::Result<bool> {
+    let body = serde_json::json!({
+        "boot": args.boot,
+        "reset": args.reset,
+        "arch": args.arch,
+        "efi_loader": args.efi_loader,
+        "ttl": args.ttl,
+    });
+    bmc_media(args.hosts, client::MediaAction::Attach(body))
+}
+
+pub fn detach(args: DetachArgs) -> anyhow::Result<bool> {
+    bmc_media(args.hosts, client::MediaAction::Detach)
 }

@@ -116,6 +116,16 @@ pub enum Event {
         peer: IpAddr,
         expires: u64,
     },
+    /// A BMC told to mount (`attach`) or eject (`detach`) the host's medium, and whether it did.
+    BmcMedia {
+        host: String,
+        action: &'static str,
+        by: String,
+        peer: IpAddr,
+        ok: bool,
+        boot: Option<&'static str>,
+        reset: bool,
+    },
     /// An API request refused for its API token.
     Denied {
         route: &'static str,

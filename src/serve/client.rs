@@ -1,4 +1,5 @@
-//! `bootforge reimage` and `media-url`: thin clients of the HTTP API, one request per host.
+//! `bootforge reimage`, `media-url`, `attach` and `detach`: thin clients of the HTTP API, one
+//! request per host.
 
 use std::path::Path;
 use std::time::Duration;
@@ -112,5 +113,157 @@ pub fn media_url(
             anyhow::bail!("{host}: HTTP {code}: {}", v["error"].as_str().unwrap_or("no details"))
         }
         Err(e) => anyhow::bail!("{host}: cannot reach {base}: {e}"),
+    }
+}
+
+/// `attach` (PUT) or `detach` (DELETE) of `/hosts/{host}/media`.
+#[derive(Debug, Clone)]
+pub enum MediaAction {
+    /// The JSON body: boot, reset, arch, efi_loader, ttl.
+    Attach(serde_json::Value),
+    Detach,
+}
+
+/// The inventory hosts that have a BMC (`GET /hosts`, their `bmc` field), for `--all`.
+pub fn hosts_with_bmc(server: &str, token: &str) -> anyhow::Result<Vec<String>> {
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
+    let base = server.trim_end_matches('/');
+    let v = match agent
+        .get(&format!("{base}/hosts"))
+        .set("Authorization", &format!("Bearer {token}"))
+        .call()
+    {
+        Ok(resp) => json_of(resp),
+        Err(ureq::Error::Status(code, resp)) => {
+            let v = json_of(resp);
+            anyhow::bail!(
+                "listing hosts: HTTP {code}: {}",
+                v["error"].as_str().unwrap_or("no details")
+            )
+        }
+        Err(e) => anyhow::bail!("cannot reach {base}: {e}"),
+    };
+    Ok(v["hosts"]
+        .as_array()
+        .map(|hosts| {
+            hosts
+                .iter()
+                .filter(|h| h["bmc"].is_string())
+                .filter_map(|h| h["hostname"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Runs `action` for every host, `jobs` at a time (BMCs are slow: seconds to a minute each), with
+/// a progress bar when `progress`. Returns one line per host, in the order given, and whether
+/// each succeeded. A BMC's own error message is passed on as the service reports it.
+pub fn bmc_media(
+    server: &str,
+    token: &str,
+    hosts: &[String],
+    action: &MediaAction,
+    jobs: usize,
+    progress: bool,
+) -> Vec<(String, bool)> {
+    // A BMC may take minutes (task monitors, retries); the service bounds each step itself.
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(900)).build();
+    let base = server.trim_end_matches('/');
+    let bar = if progress {
+        let bar = indicatif::ProgressBar::new(hosts.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:40}] {pos}/{len} hosts, {elapsed}",
+            )
+            .expect("the template is valid")
+            .progress_chars("=> "),
+        );
+        bar.set_message(match action {
+            MediaAction::Attach(_) => "attaching",
+            MediaAction::Detach => "detaching",
+        });
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<(String, bool)>>> =
+        hosts.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.clamp(1, hosts.len().max(1)) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(host) = hosts.get(i) else { break };
+                let line = one_media(&agent, base, token, host, action);
+                bar.inc(1);
+                if !line.1 {
+                    bar.println(&line.0);
+                }
+                *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(line);
+            });
+        }
+    });
+    bar.finish_and_clear();
+    results
+        .into_iter()
+        .map(|r| r.into_inner().unwrap_or_else(|p| p.into_inner()).expect("every host was run"))
+        .collect()
+}
+
+fn one_media(
+    agent: &ureq::Agent,
+    base: &str,
+    token: &str,
+    host: &str,
+    action: &MediaAction,
+) -> (String, bool) {
+    let url = format!("{base}/hosts/{}/media", super::util::encode(host));
+    let auth = format!("Bearer {token}");
+    let started = std::time::Instant::now();
+    let result = match action {
+        MediaAction::Attach(body) => agent
+            .put(&url)
+            .set("Authorization", &auth)
+            .set("Content-Type", "application/json")
+            .send_string(&body.to_string()),
+        MediaAction::Detach => agent.delete(&url).set("Authorization", &auth).call(),
+    };
+    let secs = started.elapsed().as_secs_f64();
+    match result {
+        Ok(resp) => {
+            let v = json_of(resp);
+            let r = &v["report"];
+            let line = match action {
+                MediaAction::Attach(_) => {
+                    let boot = match r["boot_override"].as_str() {
+                        Some(mode) => format!("boots from CD: {mode}"),
+                        None => "boot override untouched".to_string(),
+                    };
+                    let reset =
+                        r["reset"].as_str().map(|t| format!(", reset ({t})")).unwrap_or_default();
+                    format!(
+                        "{host}: ok: ISO attached, {boot}{reset}; URL valid until {} ({secs:.1} s)",
+                        v["url_expires_at"].as_str().unwrap_or("?")
+                    )
+                }
+                MediaAction::Detach => {
+                    let what =
+                        if r["ejected"].is_string() { "ejected" } else { "nothing was mounted" };
+                    format!("{host}: ok: {what} ({secs:.1} s)")
+                }
+            };
+            (line, true)
+        }
+        Err(ureq::Error::Status(code, resp)) => {
+            let v = json_of(resp);
+            (
+                format!(
+                    "{host}: FAILED (HTTP {code}): {}",
+                    v["error"].as_str().unwrap_or("no details")
+                ),
+                false,
+            )
+        }
+        Err(e) => (format!("{host}: FAILED: cannot reach {base}: {e}"), false),
     }
 }

@@ -56,6 +56,13 @@ pub async fn handle(svc: Arc<Service>, req: Req) -> Reply {
         }
         Route::Media(file) => media(&svc, &req, file).await,
         Route::MediaUrl(host) => media_url(&svc, &req, host).await,
+        Route::BmcMedia(host) if req.method == hyper::Method::PUT => {
+            super::bmc::attach(&svc, &req, host).await
+        }
+        Route::BmcMedia(host) if req.method == hyper::Method::DELETE => {
+            super::bmc::detach(&svc, &req, host).await
+        }
+        Route::BmcMedia(host) => super::bmc::show(&svc, &req, host).await,
         Route::Hosts => list_hosts(&svc, &req).await,
         Route::Host(host) => show_host(&svc, &req, host).await,
         Route::Reimage(host) if req.method == hyper::Method::PUT => {
@@ -73,7 +80,11 @@ pub async fn handle(svc: Arc<Service>, req: Req) -> Reply {
 
 /// Checks the API token against the current tokens file, auditing a refusal by route and reason
 /// (never the token, never the path).
-async fn authorize(svc: &Arc<Service>, req: &Req, need: Role) -> Result<Caller, HttpError> {
+pub(super) async fn authorize(
+    svc: &Arc<Service>,
+    req: &Req,
+    need: Role,
+) -> Result<Caller, HttpError> {
     let checked = svc.catalog.tokens().check(req.authorization.as_deref(), need);
     let denied = match checked {
         Ok(caller) => return Ok(caller),
@@ -86,7 +97,7 @@ async fn authorize(svc: &Arc<Service>, req: &Req, need: Role) -> Result<Caller, 
     Err(HttpError::new(status, denied.message()))
 }
 
-fn api_host(raw: &str) -> Result<String, HttpError> {
+pub(super) fn api_host(raw: &str) -> Result<String, HttpError> {
     parse_hostname(raw).map_err(|_| {
         HttpError::bad_request("the host name is not valid: letters, digits, `-` and dots")
     })
@@ -905,6 +916,8 @@ struct HostView {
     ip: Option<String>,
     mac: Option<String>,
     default_profile: Option<String>,
+    /// The row's `bmc` URL (its Redfish root or System).
+    bmc: Option<String>,
     flagged: bool,
     profile: Option<String>,
     phase: Option<Phase>,
@@ -1003,6 +1016,7 @@ fn host_view(
         ip: node.map(|n| n.cidr()),
         mac: node.and_then(|n| n.mac.map(|m| m.to_string())),
         default_profile: node.and_then(|n| n.profile.clone()),
+        bmc: node.and_then(|n| n.bmc.as_ref().map(|b| b.to_string())),
         flagged: false,
         profile: None,
         phase: None,

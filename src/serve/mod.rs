@@ -22,6 +22,7 @@
 pub mod assets;
 pub mod audit;
 pub mod auth;
+pub mod bmc;
 pub mod catalog;
 pub mod client;
 pub mod handlers;
@@ -72,6 +73,11 @@ pub struct Config {
     /// The base of minted `/media/` URLs: where BMCs reach this service, which is often another
     /// network (the management one) than the nodes'. `None`: the node's own base URL.
     pub media_base_url: Option<ServerUrl>,
+    /// The BMC credentials file (see `redfish::credentials`); without it, `/hosts/{h}/media`
+    /// answers 409.
+    pub bmc_credentials: Option<PathBuf>,
+    /// Extra CA certificates (PEM) trusted for BMCs.
+    pub bmc_ca: Option<PathBuf>,
     pub limits: http::Limits,
 }
 
@@ -91,6 +97,8 @@ impl Config {
             firmware_dir: None,
             media_epoch: None,
             media_base_url: None,
+            bmc_credentials: None,
+            bmc_ca: None,
             limits: http::Limits::default(),
         }
     }
@@ -111,6 +119,8 @@ pub struct Service {
     pub default_base: Option<ServerUrl>,
     /// Templates and the URL key for `/media/`.
     pub media: media::Media,
+    /// The Redfish client and credentials, when started with `--bmc-credentials`.
+    pub bmc: Option<bmc::Bmc>,
     host_locks: HostLocks,
 }
 
@@ -387,6 +397,10 @@ impl Server {
         }
         let epoch = config.media_epoch.unwrap_or_else(|| util::now_ms() / 1000);
         let media = media::Media::new(config.firmware_dir.as_deref(), epoch, signer)?;
+        let bmc = match &config.bmc_credentials {
+            Some(file) => Some(bmc::Bmc::new(file.clone(), config.bmc_ca.clone())?),
+            None => None,
+        };
         let snap = catalog.snapshot();
         tracing::info!(
             listen = %local_addr,
@@ -413,6 +427,7 @@ impl Server {
             last_boot: audit::LastBoots::default(),
             default_base,
             media,
+            bmc,
             host_locks: HostLocks::default(),
         });
         service.sweep_orphans();

@@ -32,6 +32,8 @@ pub enum Route {
     Host(String),
     /// `/hosts/{host}/media-url`: mint a signed `/media/` URL.
     MediaUrl(String),
+    /// `/hosts/{host}/media`: the host's BMC virtual CD (GET shows, PUT attaches, DELETE ejects).
+    BmcMedia(String),
     Reimage(String),
     Done(String),
     Failed(String),
@@ -61,6 +63,7 @@ impl Route {
             ["media", _] => Route::Media(seg(1)),
             ["hosts"] => Route::Hosts,
             ["hosts", _, "media-url"] => Route::MediaUrl(seg(1)),
+            ["hosts", _, "media"] => Route::BmcMedia(seg(1)),
             ["hosts", _] => Route::Host(seg(1)),
             ["hosts", _, "reimage"] => Route::Reimage(seg(1)),
             ["hosts", _, "done"] => Route::Done(seg(1)),
@@ -82,6 +85,7 @@ impl Route {
             Route::Asset(_) => "/assets/{path}",
             Route::Media(_) => "/media/{file}",
             Route::MediaUrl(_) => "/hosts/{host}/media-url",
+            Route::BmcMedia(_) => "/hosts/{host}/media",
             Route::Hosts => "/hosts",
             Route::Host(_) => "/hosts/{host}",
             Route::Reimage(_) => "/hosts/{host}/reimage",
@@ -103,6 +107,8 @@ impl Route {
             }
             Route::Events | Route::Asset(_) | Route::Media(_) => "GET, HEAD",
             Route::MediaUrl(_) => "POST",
+            // GET asks the BMC (a slow remote call): not offered as HEAD.
+            Route::BmcMedia(_) => "GET, PUT, DELETE",
             // A boot answer may open an install; a config fetch is audited: GET only.
             Route::Boot(_) | Route::BootOther | Route::Config { .. } => "GET",
             Route::Reimage(_) => "PUT, DELETE",

@@ -1,0 +1,268 @@
+//! `PUT`, `DELETE` and `GET /hosts/{host}/media`: the node's BMC mounts (or ejects) the node's
+//! boot ISO by signed URL, through Redfish.
+//!
+//! The service does this work rather than the command line, so that every client (the CLI's
+//! `attach`/`detach`, a console, a script with `curl`) goes through one place that holds the BMC
+//! passwords, mints the URL, and audits who attached what. The Redfish walk itself is
+//! [`crate::redfish`]; this module only gathers its inputs (the row's `bmc` URL, the credentials
+//! file's line for it, the signed URL), runs it on the blocking pool, and answers.
+
+use super::audit::Event;
+use super::auth::Role;
+use super::handlers::{api_host, authorize};
+use super::http::Req;
+use super::media::MediaOptions;
+use super::reply::{HttpError, Reply};
+use super::util::{now_ms, rfc3339};
+use super::Service;
+use crate::media::Format;
+use crate::redfish::{self, BootMode, CredentialsFile};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// How long a URL handed to a BMC lives when the request does not say: BMCs read attached media
+/// at every boot, so it must outlive the attachment. `attach` again to renew it.
+pub const ATTACH_TTL_SECS: u64 = 90 * 24 * 3600;
+
+/// What the service needs for Redfish: one client for every BMC, and the credentials file.
+pub struct Bmc {
+    client: redfish::Client,
+    credentials: PathBuf,
+}
+
+impl Bmc {
+    /// Loads the credentials file once (so a bad one fails the start, naming its lines) and
+    /// builds the client. The file is read again for every request, so a password change or a
+    /// removed line takes effect without a restart.
+    pub fn new(credentials: PathBuf, ca_file: Option<PathBuf>) -> anyhow::Result<Bmc> {
+        CredentialsFile::load(&credentials).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let client =
+            redfish::Client::new(redfish::ClientOptions { ca_file, ..Default::default() })?;
+        Ok(Bmc { client, credentials })
+    }
+}
+
+/// The body of `PUT /hosts/{host}/media`; every field is optional.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AttachBody {
+    /// `continuous` (default), `once` or `none`.
+    boot: Option<String>,
+    /// Reset the machine once mounted (default false).
+    reset: Option<bool>,
+    /// EFI loaders in the ISO (default x86_64) and the UEFI loader flavour (default ipxe).
+    arch: Option<String>,
+    efi_loader: Option<String>,
+    /// Seconds the URL given to the BMC stays valid (default 90 days).
+    ttl: Option<u64>,
+}
+
+/// What `PUT` and `DELETE` answer.
+#[derive(Serialize)]
+struct Done<T: Serialize> {
+    host: String,
+    action: &'static str,
+    /// When the URL the BMC now holds stops working (attach only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url_expires_at: Option<String>,
+    report: T,
+}
+
+/// Everything about a host's BMC a request needs, checked: the row's URL and its credentials.
+fn target(
+    svc: &Service,
+    host: &str,
+) -> Result<(redfish::BmcTarget, crate::inventory::Node), HttpError> {
+    let bmc = svc.bmc.as_ref().ok_or_else(|| {
+        HttpError::new(
+            409,
+            "this service was started without --bmc-credentials; it cannot talk to BMCs",
+        )
+    })?;
+    let snap = svc.catalog.snapshot();
+    let node = snap.inventory.get(host).cloned().ok_or_else(|| {
+        HttpError::not_found(format!(
+            "{host} is not in the inventory {}; add it there first",
+            snap.inventory.source()
+        ))
+    })?;
+    let url = node.bmc.clone().ok_or_else(|| {
+        HttpError::new(
+            409,
+            format!("{host} has no BMC: fill the `bmc` column of {}", snap.inventory.source()),
+        )
+    })?;
+    let file = CredentialsFile::load(&bmc.credentials).map_err(|e| {
+        tracing::error!("the BMC credentials file cannot be used: {e}");
+        HttpError::new(503, "the BMC credentials file cannot be used; the server log says why")
+    })?;
+    let target = file.target(&url).map_err(|e| {
+        tracing::warn!("{e}");
+        HttpError::new(
+            409,
+            format!("no line of the BMC credentials file covers {host}'s BMC ({})", url.host()),
+        )
+    })?;
+    Ok((target, node))
+}
+
+/// A BMC's failure for the caller and the log: its message (already made safe by the Redfish
+/// client), with the URL's signature, should a BMC echo it, cut out.
+fn bmc_failure(host: &str, e: &redfish::RedfishError, sig: Option<&str>) -> HttpError {
+    let mut text = e.to_string();
+    if let Some(sig) = sig {
+        text = text.replace(sig, "<signature>");
+    }
+    tracing::warn!(host, "BMC operation failed: {text}");
+    HttpError::new(502, format!("{host}: {text}"))
+}
+
+/// `PUT /hosts/{host}/media` (role reimage): mount the host's ISO on its BMC's virtual CD.
+pub async fn attach(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Reply, HttpError> {
+    let by = authorize(svc, req, Role::Reimage).await?.name;
+    let host = api_host(&raw)?;
+    let body: AttachBody = if req.body.iter().all(u8::is_ascii_whitespace) {
+        AttachBody::default()
+    } else {
+        serde_json::from_slice(&req.body).map_err(|_| {
+            HttpError::bad_request(
+                "the body must be JSON with any of boot (continuous, once, none), reset (true, \
+                 false), arch (x86_64,arm64), efi_loader (ipxe, snponly), ttl (seconds)",
+            )
+        })?
+    };
+    let boot: BootMode = body
+        .boot
+        .as_deref()
+        .unwrap_or("continuous")
+        .parse()
+        .map_err(|_| HttpError::bad_request("boot must be continuous, once or none"))?;
+    let reset = body.reset.unwrap_or(false);
+    let opts = MediaOptions::parse(
+        Format::Iso,
+        body.arch.as_deref(),
+        Some("cd"),
+        body.efi_loader.as_deref(),
+    )
+    .map_err(|e| HttpError::bad_request(format!("bad media option {e}")))?;
+    let ttl = body.ttl.unwrap_or(ATTACH_TTL_SECS);
+    if ttl == 0 || ttl > super::media::MAX_TTL_SECS {
+        return Err(HttpError::bad_request(format!(
+            "ttl must be 1 to {} seconds",
+            super::media::MAX_TTL_SECS
+        )));
+    }
+    let (target, node) = target(svc, &host)?;
+    let base = match &svc.config.media_base_url {
+        Some(url) => url.to_string(),
+        None => svc.base_for(&node).ok_or_else(|| HttpError::internal("no base URL"))?,
+    };
+    let exp = now_ms() / 1000 + ttl;
+    let url = svc.media.url(&base, &host, &opts, exp);
+    let sig = svc.media.signer.sign(&host, &opts, exp);
+    let h = host.clone();
+    let result = svc
+        .blocking(move |svc| {
+            let bmc = svc.bmc.as_ref().expect("checked by target()");
+            bmc.client.attach(&target, &url, boot, reset)
+        })
+        .await?;
+    svc.audit.note(&Event::BmcMedia {
+        host: host.clone(),
+        action: "attach",
+        by,
+        peer: req.peer,
+        ok: result.is_ok(),
+        boot: Some(boot_name(boot)),
+        reset,
+    });
+    let mut report = result.map_err(|e| bmc_failure(&h, &e, Some(&sig)))?;
+    report.media_after.image = report.media_after.image.map(|i| redact(&i));
+    report.ejected = report.ejected.map(|i| redact(&i));
+    Ok(Reply::json(&Done {
+        host,
+        action: "attach",
+        url_expires_at: Some(rfc3339(exp * 1000)),
+        report,
+    }))
+}
+
+/// `DELETE /hosts/{host}/media` (role reimage): eject the virtual CD and drop a CD boot override.
+pub async fn detach(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Reply, HttpError> {
+    let by = authorize(svc, req, Role::Reimage).await?.name;
+    let host = api_host(&raw)?;
+    let (target, _) = target(svc, &host)?;
+    let result =
+        svc.blocking(move |svc| svc.bmc.as_ref().expect("checked").client.detach(&target)).await?;
+    svc.audit.note(&Event::BmcMedia {
+        host: host.clone(),
+        action: "detach",
+        by,
+        peer: req.peer,
+        ok: result.is_ok(),
+        boot: None,
+        reset: false,
+    });
+    let mut report = result.map_err(|e| bmc_failure(&host, &e, None))?;
+    report.ejected = report.ejected.map(|i| redact(&i));
+    Ok(Reply::json(&Done { host, action: "detach", url_expires_at: None, report }))
+}
+
+/// `GET /hosts/{host}/media` (role read): the BMC's own view of the virtual CD, the boot
+/// override and the power state. The signature of a mounted URL is not shown: a `read` caller
+/// must not be able to fetch the image, which holds the node's token.
+pub async fn show(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Reply, HttpError> {
+    authorize(svc, req, Role::Read).await?;
+    let host = api_host(&raw)?;
+    let (target, _) = target(svc, &host)?;
+    let mut view = svc
+        .blocking(move |svc| svc.bmc.as_ref().expect("checked").client.status(&target))
+        .await?
+        .map_err(|e| bmc_failure(&host, &e, None))?;
+    let expires = view.media.image.as_deref().and_then(expiry);
+    view.media.image = view.media.image.map(|i| redact(&i));
+    Ok(Reply::json(&serde_json::json!({
+        "host": host,
+        "bmc": view,
+        "url_expires_at": expires.map(|e| rfc3339(e * 1000)),
+    })))
+}
+
+fn boot_name(b: BootMode) -> &'static str {
+    match b {
+        BootMode::Continuous => "continuous",
+        BootMode::Once => "once",
+        BootMode::None => "none",
+    }
+}
+
+/// `url` with the value of its `sig` parameter replaced.
+fn redact(url: &str) -> String {
+    match url.find("sig=") {
+        Some(at) => {
+            let end = url[at..].find('&').map_or(url.len(), |e| at + e);
+            format!("{}sig=redacted{}", &url[..at], &url[end..])
+        }
+        None => url.to_string(),
+    }
+}
+
+/// The `exp` of one of our media URLs.
+fn expiry(url: &str) -> Option<u64> {
+    url.split(['?', '&']).find_map(|p| p.strip_prefix("exp="))?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_are_redacted_and_expiry_read() {
+        let u = "http://s/media/n.iso?arch=x86_64&exp=123&sig=abcdef";
+        assert_eq!(redact(u), "http://s/media/n.iso?arch=x86_64&exp=123&sig=redacted");
+        assert_eq!(redact("http://s/x?sig=1&a=2"), "http://s/x?sig=redacted&a=2");
+        assert_eq!(expiry(u), Some(123));
+        assert_eq!(expiry("http://other/x.iso"), None);
+    }
+}
