@@ -1,0 +1,310 @@
+//! Media attached through BMCs, end to end: `bootforge attach`/`detach` (the real binary) ask
+//! the real service, which mints each node's signed `/media/` URL and tells the node's BMC
+//! through Redfish; the BMC is the sushy-tools emulator, whose fake driver really downloads the
+//! URL it is given. One test then boots, in QEMU, the very ISO the emulator was told to mount.
+//!
+//! The emulator harness is `tests/serve_support/sushy.rs`, the QEMU harness `tests/common`.
+//! Neither skips: a missing emulator or QEMU fails the test and names the setup step.
+
+mod common;
+#[path = "serve_support/sushy.rs"]
+mod sushy;
+
+use bootforge::serve::{Config, Server};
+use common::*;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use sushy::{Emulator, EmulatorConfig};
+
+const REIMAGE_TOKEN: &str = "bmc-reimage-token-1234";
+const READ_TOKEN: &str = "bmc-read-token-5678";
+
+fn sha_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A service over `rows` (CSV lines after the header `hostname,ip,gateway,dns,mac,profile,bmc`)
+/// with node tokens, API tokens and the emulator's credentials. The nodes' scripts ask
+/// `public_url`; BMCs are handed URLs under the service's loopback address.
+struct Fixture {
+    dir: tempfile::TempDir,
+    server: Option<Server>,
+    base: String,
+    token_file: PathBuf,
+}
+
+impl Fixture {
+    fn start(rows: &str, port: u16, public_url: Option<&str>, credentials: bool) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let inventory = d.join("nodes.csv");
+        std::fs::write(&inventory, format!("hostname,ip,gateway,dns,mac,profile,bmc\n{rows}")).unwrap();
+        let profiles = d.join("profiles");
+        std::fs::create_dir_all(&profiles).unwrap();
+        copy_dir(&repo_path("tests/profiles/e2e"), &profiles.join("e2e"));
+        std::fs::write(d.join("secret"), b"bmc-test-secret\n").unwrap();
+        let sha = |t: &str| hex::encode(Sha256::digest(t.as_bytes()));
+        std::fs::write(
+            d.join("tokens"),
+            format!("ops reimage {}\nviewer read {}\n", sha(REIMAGE_TOKEN), sha(READ_TOKEN)),
+        )
+        .unwrap();
+        let mut config = Config::new(inventory, profiles, d.join("state"));
+        config.listen = format!("127.0.0.1:{port}");
+        config.secret_file = Some(d.join("secret"));
+        config.tokens_file = Some(d.join("tokens"));
+        config.workers = 8;
+        config.media_epoch = Some(1_700_000_000);
+        config.public_url = public_url.map(|u| u.parse().unwrap());
+        config.media_base_url = Some(format!("http://127.0.0.1:{port}").parse().unwrap());
+        if credentials {
+            let pass = d.join("bmc.pass");
+            std::fs::write(&pass, "password\n").unwrap();
+            std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let creds = d.join("bmc-credentials");
+            std::fs::write(&creds, format!("* admin {}\n", pass.display())).unwrap();
+            std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+            config.bmc_credentials = Some(creds);
+        }
+        let server = Server::start(config).expect("the service starts");
+        let base = format!("http://{}", server.local_addr());
+        let token_file = d.join("token");
+        std::fs::write(&token_file, format!("{REIMAGE_TOKEN}\n")).unwrap();
+        Fixture { dir, server: Some(server), base, token_file }
+    }
+
+    /// Runs `bootforge ARGS --server BASE --token-file T`: (success, stdout, stderr).
+    fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(bootforge_bin())
+            .args(args)
+            .args(["--server", &self.base, "--token-file"])
+            .arg(&self.token_file)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The audit log once it holds `needle` (notes are written by a writer thread).
+    fn audit_with(&self, needle: &str) -> String {
+        let path = self.dir.path().join("state/audit.jsonl");
+        for _ in 0..200 {
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            if log.contains(needle) {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::fs::read_to_string(&path).unwrap_or_default()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown();
+        }
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// GET a Redfish resource of the emulator, as its admin.
+fn redfish(url: &str) -> Value {
+    let auth = format!("Basic {}", base64_admin());
+    let resp = ureq::get(url).set("Authorization", &auth).call().unwrap();
+    serde_json::from_str(&resp.into_string().unwrap()).unwrap()
+}
+
+fn base64_admin() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode("admin:password")
+}
+
+/// The emulator's virtual CD of system `i`.
+fn cd(emu: &Emulator, i: usize) -> Value {
+    redfish(&format!("{}/VirtualMedia/Cd", emu.system_url(i)))
+}
+
+fn api(method: &str, url: &str, token: &str, body: &str) -> (u16, Value) {
+    let req = ureq::request(method, url)
+        .set("Authorization", &format!("Bearer {token}"))
+        .timeout(Duration::from_secs(300));
+    let resp = match req.send_string(body) {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let status = resp.status();
+    (status, serde_json::from_str(&resp.into_string().unwrap()).unwrap_or(Value::Null))
+}
+
+/// The whole path: `bootforge attach` → service → Redfish → the emulator downloads the signed
+/// URL; the ISO behind the URL the emulator holds boots in QEMU, configures the node's static
+/// address and reaches the service's `/boot`; `bootforge detach` ejects it.
+#[test]
+fn attach_mount_and_boot_what_the_bmc_was_given() {
+    let emu = Emulator::start(EmulatorConfig::new(1));
+    let port = free_port();
+    let row = format!("node01,10.0.2.15/24,10.0.2.2,10.0.2.3,{NODE_MAC},e2e,{}\n", emu.system_url(0));
+    let f = Fixture::start(&row, port, Some(&format!("http://10.0.2.2:{port}")), true);
+
+    let (ok, out, err) = f.cli(&["attach", "node01"]);
+    assert!(ok, "attach failed:\n{out}\n{err}\n{}", emu.log_text());
+    assert!(out.starts_with("node01: ok: ISO attached, boots from CD: Continuous"), "{out}");
+
+    // What the BMC holds: our signed URL, inserted, and a CD boot override.
+    let media = cd(&emu, 0);
+    let image = media["Image"].as_str().expect("an image is mounted").to_string();
+    assert!(image.starts_with(&format!("http://127.0.0.1:{port}/media/node01.iso?")), "{image}");
+    assert!(image.contains("&sig="), "{image}");
+    assert_eq!(media["Inserted"], true);
+    let system = redfish(&emu.system_url(0));
+    assert_eq!(system["Boot"]["BootSourceOverrideTarget"], "Cd");
+    // The emulator fetched the image from the service (its fake driver downloads it).
+    let log = f.audit_with("\"event\":\"media-served\"");
+    assert!(log.contains("\"event\":\"bmc-media\",\"host\":\"node01\",\"action\":\"attach\""), "{log}");
+    assert!(log.contains("\"event\":\"media-served\",\"host\":\"node01\",\"format\":\"iso\""), "{log}");
+    let sig = image.rsplit_once("sig=").unwrap().1;
+    assert!(!log.contains(sig), "the URL's signature reached the audit log");
+
+    // A read caller sees the BMC's view, with the signature redacted.
+    let (status, view) = api("GET", &format!("{}/hosts/node01/media", f.base), READ_TOKEN, "");
+    assert_eq!(status, 200, "{view}");
+    let shown = view["bmc"]["media"]["image"].as_str().unwrap();
+    assert!(shown.ends_with("sig=redacted") && !shown.contains(sig), "{shown}");
+    assert_eq!(view["bmc"]["boot"]["target"], "Cd");
+    assert!(view["url_expires_at"].as_str().is_some());
+
+    // Boot the bytes behind the mounted URL: the node's static address reaches /boot.
+    let iso_bytes = {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut ureq::get(&image).call().unwrap().into_reader(), &mut bytes)
+            .unwrap();
+        bytes
+    };
+    let vm = Vm::new(Firmware::Bios, "bmc-attached-iso");
+    let iso = vm.dir().join("mounted.iso");
+    std::fs::write(&iso, &iso_bytes).unwrap();
+    let disk = local_disk(vm.dir());
+    let run = vm
+        .medium(&iso, Attach::Cd)
+        .disk(&disk)
+        .nic(NODE_MAC)
+        .timeout(Duration::from_secs(150))
+        .stop_on(&format!("{LOCAL_DISK_MARKER} "))
+        .run();
+    let log = f.audit_with("\"event\":\"boot\"");
+    let boot = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["event"] == "boot" && e["host"] == "node01")
+        .unwrap_or_else(|| panic!("no /boot from node01\n{}\n{log}", run.report()));
+    assert_eq!(boot["ip"], "10.0.2.15", "the static address from the inventory\n{boot}");
+    assert_eq!(boot["verified"], true, "token and MAC checked\n{boot}");
+    assert_eq!(boot["answer"], "local");
+    assert!(run.serial.contains(LOCAL_DISK_MARKER), "the local disk was not reached\n{}", run.report());
+    eprintln!("attached ISO ({} bytes, sha256 {}) booted in {:.1}s", iso_bytes.len(), &sha_hex(&iso_bytes)[..16], run.elapsed.as_secs_f64());
+
+    // Detach: ejected, override dropped.
+    let (ok, out, err) = f.cli(&["detach", "node01"]);
+    assert!(ok, "detach failed:\n{out}\n{err}");
+    assert!(out.starts_with("node01: ok: ejected"), "{out}");
+    let media = cd(&emu, 0);
+    assert_eq!(media["Inserted"], false, "{media}");
+    assert!(media["Image"].is_null() || media["Image"] == "", "{media}");
+}
+
+/// Many hosts at once, and the failures an operator meets: a BMC that is down, a host without a
+/// `bmc` value, wrong credentials, a `read` token, a service without credentials.
+#[test]
+fn attach_all_in_parallel_reports_each_host() {
+    const N: usize = 50;
+    let emu = Emulator::start(EmulatorConfig::new(N));
+    let port = free_port();
+    let mut rows = String::new();
+    for i in 0..N {
+        rows += &format!("n{i:02},10.9.0.{}/24,,,,e2e,{}\n", i + 10, emu.system_url(i));
+    }
+    let closed = free_port(); // nothing listens there
+    rows += &format!("down,10.9.0.200/24,,,,e2e,http://127.0.0.1:{closed}\n");
+    rows += "nobmc,10.9.0.201/24,,,,e2e,\n";
+    let f = Fixture::start(&rows, port, None, true);
+
+    let started = std::time::Instant::now();
+    let (ok, out, err) = f.cli(&["attach", "--all", "--boot", "once"]);
+    let elapsed = started.elapsed();
+    assert!(!ok, "one BMC is down: the exit status must say so\n{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), N + 1, "one line per host with a bmc value, in order:\n{out}");
+    for (i, line) in lines.iter().take(N).enumerate() {
+        assert!(line.starts_with(&format!("n{i:02}: ok: ISO attached, boots from CD: Once")), "{line}");
+    }
+    assert!(lines[N].starts_with("down: FAILED (HTTP 502): down: cannot reach the BMC"), "{}", lines[N]);
+    assert!(err.contains("1 of 51 hosts failed"), "{err}");
+    eprintln!("attach --all: {N} BMCs (plus one down) in {:.1}s", elapsed.as_secs_f64());
+    for i in [0, N / 2, N - 1] {
+        let media = cd(&emu, i);
+        assert_eq!(media["Inserted"], true);
+        assert!(media["Image"].as_str().unwrap().contains(&format!("/media/n{i:02}.iso?")));
+    }
+
+    // A named host without a bmc value, and an unknown one: clear messages.
+    let (ok, out, _) = f.cli(&["attach", "nobmc", "ghost"]);
+    assert!(!ok);
+    assert!(out.contains("nobmc: FAILED (HTTP 409): nobmc has no BMC: fill the `bmc` column"), "{out}");
+    assert!(out.contains("ghost: FAILED (HTTP 404)"), "{out}");
+
+    // A read token may look but not attach.
+    let (status, _) = api("PUT", &format!("{}/hosts/n00/media", f.base), READ_TOKEN, "{}");
+    assert_eq!(status, 403);
+    let (status, _) = api("PUT", &format!("{}/hosts/n00/media", f.base), REIMAGE_TOKEN, r#"{"boot": "sometimes"}"#);
+    assert_eq!(status, 400);
+
+    let (ok, out, err) = f.cli(&["detach", "n00", "n01"]);
+    assert!(ok, "{out}\n{err}");
+    assert_eq!(cd(&emu, 0)["Inserted"], false);
+    assert_eq!(cd(&emu, 2)["Inserted"], true, "detach touched only the hosts named");
+}
+
+#[test]
+fn wrong_credentials_and_no_credentials_are_explained() {
+    let emu = Emulator::start(EmulatorConfig::new(1));
+    let port = free_port();
+    let row = format!("n1,10.9.0.10/24,,,,e2e,{}\n", emu.system_url(0));
+    let f = Fixture::start(&row, port, None, true);
+    // Change the password file: the credentials are read again for each request.
+    std::fs::write(f.dir.path().join("bmc.pass"), "not-the-password\n").unwrap();
+    let (ok, out, _) = f.cli(&["attach", "n1"]);
+    assert!(!ok);
+    assert!(out.contains("refused the credentials of user \"admin\""), "{out}");
+    assert!(!out.contains("not-the-password"), "a password reached the output");
+    assert_eq!(cd(&emu, 0)["Inserted"], false);
+    drop(f);
+
+    let f = Fixture::start(&row, free_port(), None, false);
+    let (ok, out, _) = f.cli(&["attach", "n1"]);
+    assert!(!ok);
+    assert!(out.contains("HTTP 409") && out.contains("--bmc-credentials"), "{out}");
+}
