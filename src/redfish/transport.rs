@@ -209,7 +209,10 @@ impl<'a> Session<'a> {
             Ok(r) => r,
             Err(ureq::Error::Status(_, r)) => r,
             Err(ureq::Error::Transport(t)) => {
-                let mut message = t.to_string();
+                // ureq's text starts with the URL, which the error names already.
+                let full = t.to_string();
+                let mut message =
+                    full.strip_prefix(&format!("{url}: ")).unwrap_or(&full).to_string();
                 let mut source = std::error::Error::source(&t);
                 while let Some(s) = source {
                     let text = s.to_string();
