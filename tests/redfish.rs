@@ -168,6 +168,11 @@ fn root_with_several_systems_asks_for_the_system_url() {
     assert!(text.contains("give the full System URL"), "{text}");
     assert!(text.contains(&format!("{}/redfish/v1/Systems/", emu.base)), "an example: {text}");
 
+    // A System URL that does not exist: the BMC's own message.
+    let err = c.status(&target(&format!("{}/redfish/v1/Systems/nope", emu.base))).unwrap_err();
+    assert!(matches!(err, RedfishError::Status { status: 404, .. }), "{err:?}");
+    assert!(err.to_string().contains("Fake system nope was not found"), "{err}");
+
     let second = emu.system_url(1);
     let report =
         c.attach(&target(&second), &img.url("/media/node01.iso"), BootMode::Once, false).unwrap();
@@ -365,7 +370,7 @@ fn bmc_messages_surface_and_only_5xx_is_retried() {
 fn task_monitors_and_etags() {
     let emu = Emulator::start(EmulatorConfig::new(1));
     let img = images();
-    let proxy = Proxy::start(emu.port, Quirks { tasks: true, etags: true });
+    let proxy = Proxy::start(emu.port, Quirks { tasks: true, etags: true, ..Quirks::default() });
     let t = target(&emu.system_url(0).replace(&emu.base, &proxy.base));
     let c = client();
     let image = img.url("/media/node01.iso");
@@ -382,6 +387,36 @@ fn task_monitors_and_etags() {
         assert_eq!(patch.header("If-Match").as_deref(), Some(format!("\"v{round}\"").as_str()));
     }
     assert_eq!(c.status(&t).unwrap().boot.target.as_deref(), Some("Cd"));
+
+    // Someone else changes the System between our GET and our PATCH: 412, read again, retry.
+    let proxy =
+        Proxy::start(emu.port, Quirks { etags: true, etag_race: true, ..Quirks::default() });
+    let t = target(&emu.system_url(0).replace(&emu.base, &proxy.base));
+    c.attach(&t, &image, BootMode::Once, false).unwrap();
+    let patches: Vec<_> = proxy.seen().into_iter().filter(|s| s.method == "PATCH").collect();
+    assert_eq!(patches.len(), 2, "one refused with 412, one retried: {patches:?}");
+    assert_eq!(patches[0].header("If-Match").as_deref(), Some("\"v0\""));
+    assert_eq!(patches[1].header("If-Match").as_deref(), Some("\"v1\""), "the fresh ETag");
+}
+
+/// Virtual media found through the System's manager (`Links.ManagedBy` → Manager →
+/// `VirtualMedia`) when the System does not link them, as on iDRAC and iLO.
+#[test]
+fn virtual_media_under_the_manager() {
+    let emu = Emulator::start(EmulatorConfig::new(1));
+    let img = images();
+    let proxy = Proxy::start(emu.port, Quirks { manager_media: true, ..Quirks::default() });
+    let t = target(&emu.system_url(0).replace(&emu.base, &proxy.base));
+    let c = client();
+    let report = c.attach(&t, &img.url("/media/node01.iso"), BootMode::Once, false).unwrap();
+    assert_eq!(report.media_after.image, Some(img.url("/media/node01.iso")));
+    let seen = proxy.seen();
+    let system = seen.iter().find(|s| s.path.starts_with("/redfish/v1/Systems/")).unwrap();
+    assert!(!system.path.contains("VirtualMedia"), "the System was read first: {system:?}");
+    assert!(
+        seen.iter().any(|s| s.method == "GET" && s.path.starts_with("/redfish/v1/Managers/")),
+        "the manager was read: {seen:?}"
+    );
 }
 
 /// TLS: the emulator's certificate comes from a private CA. Refused without the CA, accepted

@@ -367,6 +367,12 @@ pub struct Quirks {
     pub tasks: bool,
     /// Give GETs an ETag and answer 412 to a PATCH whose If-Match is not the current one.
     pub etags: bool,
+    /// With `etags`: the first PATCH of each resource finds it changed by someone else (its
+    /// ETag moves on, 412), as when two clients race.
+    pub etag_race: bool,
+    /// Hide the System's `VirtualMedia` link, so virtual media are found only through
+    /// `Links.ManagedBy` → Manager → `VirtualMedia` (the iDRAC/iLO layout).
+    pub manager_media: bool,
 }
 
 /// A recording HTTP proxy in front of a plain-HTTP emulator (one request per connection).
@@ -431,8 +437,15 @@ fn proxy_one(
         let key = path.trim_end_matches('/').to_string();
         let etag = |v: &HashMap<String, u32>| format!("\"v{}\"", v.get(&key).copied().unwrap_or(0));
         if quirks.etags && method == "PATCH" {
-            let current = etag(&versions.lock().unwrap());
-            if seen.header("If-Match").as_deref() != Some(current.as_str()) {
+            let mut v = versions.lock().unwrap();
+            let raced = quirks.etag_race && !v.contains_key(&format!("raced {key}"));
+            if raced {
+                v.insert(format!("raced {key}"), 0);
+                *v.entry(key.clone()).or_insert(0) += 1;
+            }
+            let current = etag(&v);
+            drop(v);
+            if raced || seen.header("If-Match").as_deref() != Some(current.as_str()) {
                 let msg = r#"{"error":{"code":"Base.1.0.PreconditionFailed","message":"ETag mismatch","@Message.ExtendedInfo":[{"Message":"The ETag supplied did not match the ETag required to change this resource."}]}}"#;
                 let _ = write!(
                     out,
@@ -457,6 +470,15 @@ fn proxy_one(
         let _ = up.read_to_end(&mut answer);
         let text = String::from_utf8_lossy(&answer).into_owned();
         let (resp_head, resp_body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let mut resp_body = resp_body.to_string();
+        let is_system =
+            key.strip_prefix("/redfish/v1/Systems/").is_some_and(|id| !id.contains('/'));
+        if quirks.manager_media && method == "GET" && is_system {
+            if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&resp_body) {
+                v.as_object_mut().unwrap().remove("VirtualMedia");
+                resp_body = v.to_string();
+            }
+        }
         let mut resp_lines = resp_head.lines();
         let mut status_line = resp_lines.next().unwrap_or("HTTP/1.1 502 Bad Gateway").to_string();
         let status: u16 = status_line.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
