@@ -801,7 +801,7 @@ fn eject(s: &Session<'_>, media: &Resource) -> Result<Option<String>, RedfishErr
             )?;
         }
     }
-    Ok(Some(image.unwrap_or_default()))
+    Ok(Some(image.unwrap_or_else(|| "(a medium without an image URL)".into())))
 }
 
 /// Inserts the image; returns how.
@@ -947,6 +947,13 @@ mod tests {
             Credentials { user: "admin".into(), password: Password::new("hunter2"), source: None };
         let shown = format!("{c:?}");
         assert!(shown.contains("admin") && !shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn a_client_is_shared_across_threads() {
+        fn shared<T: Send + Sync + Clone>() {}
+        shared::<Client>();
+        shared::<BmcTarget>();
     }
 
     #[test]
