@@ -50,7 +50,9 @@
 //!
 //! Action URLs are always the `target` the resource gives, never built by hand. Detach ejects,
 //! then disables the boot override if it still points at the CD (an override to something else
-//! was not ours, and stays).
+//! was not ours, and stays). That PATCH carries `BootSourceOverrideEnabled: "Disabled"` with a
+//! target, since some BMCs (sushy-tools among them) refuse a Boot PATCH without one: `None`
+//! where the BMC allows it or lists nothing, else `Hdd`.
 //!
 //! # Slow and quirky BMCs
 //!
