@@ -185,3 +185,33 @@ fn hostile_server_url_is_refused_with_file_line_and_column() {
     assert!(err.contains(&format!("{source}:4: column server: ")), "{err}");
     assert!(!err.contains(&format!("{source}:2:")), "the good row is not blamed: {err}");
 }
+
+#[test]
+fn bmc_column_is_parsed_and_a_bad_one_named_by_file_line_and_column() {
+    let inv = parse(
+        "hostname,ip,bmc\n\
+         n1,10.0.0.5/24,https://10.1.0.11\n\
+         n2,10.0.0.6/24,https://bmc2.lab:8443/redfish/v1/Systems/System.Embedded.1/\n\
+         n3,10.0.0.7/24,\n",
+    )
+    .unwrap();
+    let n1 = inv.get("n1").unwrap().bmc.clone().unwrap();
+    assert_eq!((n1.origin(), n1.system_path()), ("https://10.1.0.11", None));
+    let n2 = inv.get("n2").unwrap().bmc.clone().unwrap();
+    assert_eq!(n2.system_path(), Some("/redfish/v1/Systems/System.Embedded.1"));
+    assert_eq!(n2.host(), "bmc2.lab");
+    assert_eq!(inv.get("n3").unwrap().bmc, None, "the column is optional");
+    assert_eq!(inv.get("n2").unwrap().template_vars()["bmc"], n2.as_str());
+    assert!(!inv.get("n1").unwrap().vars.contains_key("bmc"), "a known column, not a free one");
+
+    let errs = errors(
+        "hostname,ip,bmc\n\
+         n1,10.0.0.5/24,https://admin:pw@10.1.0.11\n\
+         n2,10.0.0.6/24,https://10.1.0.12/redfish/v1/Managers/1\n",
+    );
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(errs[0].starts_with("nodes.csv:2: column bmc: "), "{}", errs[0]);
+    assert!(errs[0].contains("--bmc-credentials"), "{}", errs[0]);
+    assert!(errs[1].starts_with("nodes.csv:3: column bmc: "), "{}", errs[1]);
+    assert!(errs[1].contains("/redfish/v1/Systems/ID"), "{}", errs[1]);
+}

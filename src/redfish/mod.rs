@@ -50,7 +50,9 @@
 //!
 //! Action URLs are always the `target` the resource gives, never built by hand. Detach ejects,
 //! then disables the boot override if it still points at the CD (an override to something else
-//! was not ours, and stays).
+//! was not ours, and stays). That PATCH carries `BootSourceOverrideEnabled: "Disabled"` with a
+//! target, since some BMCs (sushy-tools among them) refuse a Boot PATCH without one: `None`
+//! where the BMC allows it or lists nothing, else `Hdd`.
 //!
 //! # Slow and quirky BMCs
 //!
@@ -801,7 +803,7 @@ fn eject(s: &Session<'_>, media: &Resource) -> Result<Option<String>, RedfishErr
             )?;
         }
     }
-    Ok(Some(image.unwrap_or_default()))
+    Ok(Some(image.unwrap_or_else(|| "(a medium without an image URL)".into())))
 }
 
 /// Inserts the image; returns how.
@@ -947,6 +949,13 @@ mod tests {
             Credentials { user: "admin".into(), password: Password::new("hunter2"), source: None };
         let shown = format!("{c:?}");
         assert!(shown.contains("admin") && !shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn a_client_is_shared_across_threads() {
+        fn shared<T: Send + Sync + Clone>() {}
+        shared::<Client>();
+        shared::<BmcTarget>();
     }
 
     #[test]

@@ -45,8 +45,8 @@ pub(super) struct Reply {
 enum Failure {
     /// No HTTP answer: connect, TLS, DNS, timeout, reset.
     Transport { message: String, tls: bool, sent: bool },
-    /// An answer that is not a success.
-    Status(Reply),
+    /// An answer that is not a success (boxed: a reply is large, a failure rare).
+    Status(Box<Reply>),
 }
 
 /// The requests of one operation on one BMC.
@@ -158,11 +158,10 @@ impl<'a> Session<'a> {
                     }
                 }
                 Failure::Status(reply) => {
-                    let retryable = match (reply.status, retry) {
-                        (503 | 429, _) => true,
-                        (500..=599, Retry::Idempotent) => true,
-                        _ => false,
-                    };
+                    let retryable = matches!(
+                        (reply.status, retry),
+                        (503 | 429, _) | (500..=599, Retry::Idempotent)
+                    );
                     (retryable, reply.retry_after, self.status_error(method, &reply))
                 }
                 Failure::Transport { message, tls: true, .. } => {
@@ -209,7 +208,10 @@ impl<'a> Session<'a> {
             Ok(r) => r,
             Err(ureq::Error::Status(_, r)) => r,
             Err(ureq::Error::Transport(t)) => {
-                let mut message = t.to_string();
+                // ureq's text starts with the URL, which the error names already.
+                let full = t.to_string();
+                let mut message =
+                    full.strip_prefix(&format!("{url}: ")).unwrap_or(&full).to_string();
                 let mut source = std::error::Error::source(&t);
                 while let Some(s) = source {
                     let text = s.to_string();
@@ -235,7 +237,7 @@ impl<'a> Session<'a> {
         if (200..300).contains(&reply.status) {
             Ok(reply)
         } else {
-            Err(Failure::Status(reply))
+            Err(Failure::Status(Box::new(reply)))
         }
     }
 
