@@ -42,7 +42,8 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let inventory = d.join("nodes.csv");
-        std::fs::write(&inventory, format!("hostname,ip,gateway,dns,mac,profile,bmc\n{rows}")).unwrap();
+        std::fs::write(&inventory, format!("hostname,ip,gateway,dns,mac,profile,bmc\n{rows}"))
+            .unwrap();
         let profiles = d.join("profiles");
         std::fs::create_dir_all(&profiles).unwrap();
         copy_dir(&repo_path("tests/profiles/e2e"), &profiles.join("e2e"));
@@ -167,7 +168,8 @@ fn api(method: &str, url: &str, token: &str, body: &str) -> (u16, Value) {
 fn attach_mount_and_boot_what_the_bmc_was_given() {
     let emu = Emulator::start(EmulatorConfig::new(1));
     let port = free_port();
-    let row = format!("node01,10.0.2.15/24,10.0.2.2,10.0.2.3,{NODE_MAC},e2e,{}\n", emu.system_url(0));
+    let row =
+        format!("node01,10.0.2.15/24,10.0.2.2,10.0.2.3,{NODE_MAC},e2e,{}\n", emu.system_url(0));
     let f = Fixture::start(&row, port, Some(&format!("http://10.0.2.2:{port}")), true);
 
     let (ok, out, err) = f.cli(&["attach", "node01"]);
@@ -184,8 +186,14 @@ fn attach_mount_and_boot_what_the_bmc_was_given() {
     assert_eq!(system["Boot"]["BootSourceOverrideTarget"], "Cd");
     // The emulator fetched the image from the service (its fake driver downloads it).
     let log = f.audit_with("\"event\":\"media-served\"");
-    assert!(log.contains("\"event\":\"bmc-media\",\"host\":\"node01\",\"action\":\"attach\""), "{log}");
-    assert!(log.contains("\"event\":\"media-served\",\"host\":\"node01\",\"format\":\"iso\""), "{log}");
+    assert!(
+        log.contains("\"event\":\"bmc-media\",\"host\":\"node01\",\"action\":\"attach\""),
+        "{log}"
+    );
+    assert!(
+        log.contains("\"event\":\"media-served\",\"host\":\"node01\",\"format\":\"iso\""),
+        "{log}"
+    );
     let sig = image.rsplit_once("sig=").unwrap().1;
     assert!(!log.contains(sig), "the URL's signature reached the audit log");
 
@@ -200,8 +208,11 @@ fn attach_mount_and_boot_what_the_bmc_was_given() {
     // Boot the bytes behind the mounted URL: the node's static address reaches /boot.
     let iso_bytes = {
         let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut ureq::get(&image).call().unwrap().into_reader(), &mut bytes)
-            .unwrap();
+        std::io::Read::read_to_end(
+            &mut ureq::get(&image).call().unwrap().into_reader(),
+            &mut bytes,
+        )
+        .unwrap();
         bytes
     };
     let vm = Vm::new(Firmware::Bios, "bmc-attached-iso");
@@ -224,8 +235,17 @@ fn attach_mount_and_boot_what_the_bmc_was_given() {
     assert_eq!(boot["ip"], "10.0.2.15", "the static address from the inventory\n{boot}");
     assert_eq!(boot["verified"], true, "token and MAC checked\n{boot}");
     assert_eq!(boot["answer"], "local");
-    assert!(run.serial.contains(LOCAL_DISK_MARKER), "the local disk was not reached\n{}", run.report());
-    eprintln!("attached ISO ({} bytes, sha256 {}) booted in {:.1}s", iso_bytes.len(), &sha_hex(&iso_bytes)[..16], run.elapsed.as_secs_f64());
+    assert!(
+        run.serial.contains(LOCAL_DISK_MARKER),
+        "the local disk was not reached\n{}",
+        run.report()
+    );
+    eprintln!(
+        "attached ISO ({} bytes, sha256 {}) booted in {:.1}s",
+        iso_bytes.len(),
+        &sha_hex(&iso_bytes)[..16],
+        run.elapsed.as_secs_f64()
+    );
 
     // Detach: ejected, override dropped.
     let (ok, out, err) = f.cli(&["detach", "node01"]);
@@ -259,9 +279,16 @@ fn attach_all_in_parallel_reports_each_host() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), N + 1, "one line per host with a bmc value, in order:\n{out}");
     for (i, line) in lines.iter().take(N).enumerate() {
-        assert!(line.starts_with(&format!("n{i:02}: ok: ISO attached, boots from CD: Once")), "{line}");
+        assert!(
+            line.starts_with(&format!("n{i:02}: ok: ISO attached, boots from CD: Once")),
+            "{line}"
+        );
     }
-    assert!(lines[N].starts_with("down: FAILED (HTTP 502): down: cannot reach the BMC"), "{}", lines[N]);
+    assert!(
+        lines[N].starts_with("down: FAILED (HTTP 502): down: cannot reach the BMC"),
+        "{}",
+        lines[N]
+    );
     assert!(err.contains("1 of 51 hosts failed"), "{err}");
     eprintln!("attach --all: {N} BMCs (plus one down) in {:.1}s", elapsed.as_secs_f64());
     for i in [0, N / 2, N - 1] {
@@ -273,13 +300,21 @@ fn attach_all_in_parallel_reports_each_host() {
     // A named host without a bmc value, and an unknown one: clear messages.
     let (ok, out, _) = f.cli(&["attach", "nobmc", "ghost"]);
     assert!(!ok);
-    assert!(out.contains("nobmc: FAILED (HTTP 409): nobmc has no BMC: fill the `bmc` column"), "{out}");
+    assert!(
+        out.contains("nobmc: FAILED (HTTP 409): nobmc has no BMC: fill the `bmc` column"),
+        "{out}"
+    );
     assert!(out.contains("ghost: FAILED (HTTP 404)"), "{out}");
 
     // A read token may look but not attach.
     let (status, _) = api("PUT", &format!("{}/hosts/n00/media", f.base), READ_TOKEN, "{}");
     assert_eq!(status, 403);
-    let (status, _) = api("PUT", &format!("{}/hosts/n00/media", f.base), REIMAGE_TOKEN, r#"{"boot": "sometimes"}"#);
+    let (status, _) = api(
+        "PUT",
+        &format!("{}/hosts/n00/media", f.base),
+        REIMAGE_TOKEN,
+        r#"{"boot": "sometimes"}"#,
+    );
     assert_eq!(status, 400);
 
     let (ok, out, err) = f.cli(&["detach", "n00", "n01"]);

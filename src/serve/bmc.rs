@@ -25,10 +25,15 @@ use std::sync::Arc;
 /// at every boot, so it must outlive the attachment. `attach` again to renew it.
 pub const ATTACH_TTL_SECS: u64 = 90 * 24 * 3600;
 
+/// BMC operations running at once, at most; more wait their turn.
+const BMC_SLOTS: usize = 64;
+
 /// What the service needs for Redfish: one client for every BMC, and the credentials file.
 pub struct Bmc {
     client: redfish::Client,
     credentials: PathBuf,
+    /// Bounds the threads BMC operations run on (see [`Bmc::run`]).
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Bmc {
@@ -39,7 +44,29 @@ impl Bmc {
         CredentialsFile::load(&credentials).map_err(|e| anyhow::anyhow!("{e}"))?;
         let client =
             redfish::Client::new(redfish::ClientOptions { ca_file, ..Default::default() })?;
-        Ok(Bmc { client, credentials })
+        Ok(Bmc { client, credentials, slots: Arc::new(tokio::sync::Semaphore::new(BMC_SLOTS)) })
+    }
+
+    /// Runs a Redfish operation on a thread of its own, never on the service's blocking pool.
+    ///
+    /// A BMC can take a minute, and while it works it downloads the node's image from this very
+    /// service, whose `/media/` handler needs the blocking pool: were the operations on that
+    /// pool, enough parallel attaches would hold every one of its threads waiting for BMCs that
+    /// wait for us. So each operation gets its own thread, and [`BMC_SLOTS`] bounds how many.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&redfish::Client) -> T + Send + 'static,
+    ) -> Result<T, HttpError> {
+        let _slot = self.slots.clone().acquire_owned().await.map_err(HttpError::internal)?;
+        let client = self.client.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("bmc".into())
+            .spawn(move || {
+                let _ = tx.send(work(&client));
+            })
+            .map_err(|e| HttpError::internal(format!("cannot start a BMC thread: {e}")))?;
+        rx.await.map_err(|_| HttpError::internal("a BMC operation panicked"))
     }
 }
 
@@ -162,12 +189,8 @@ pub async fn attach(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<R
     let url = svc.media.url(&base, &host, &opts, exp);
     let sig = svc.media.signer.sign(&host, &opts, exp);
     let h = host.clone();
-    let result = svc
-        .blocking(move |svc| {
-            let bmc = svc.bmc.as_ref().expect("checked by target()");
-            bmc.client.attach(&target, &url, boot, reset)
-        })
-        .await?;
+    let bmc = svc.bmc.as_ref().expect("checked by target()");
+    let result = bmc.run(move |client| client.attach(&target, &url, boot, reset)).await?;
     svc.audit.note(&Event::BmcMedia {
         host: host.clone(),
         action: "attach",
@@ -178,8 +201,8 @@ pub async fn attach(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<R
         reset,
     });
     let mut report = result.map_err(|e| bmc_failure(&h, &e, Some(&sig)))?;
-    report.media_after.image = report.media_after.image.map(|i| redact(&i));
-    report.ejected = report.ejected.map(|i| redact(&i));
+    report.media_after.image = report.media_after.image.map(|i: String| redact(&i));
+    report.ejected = report.ejected.map(|i: String| redact(&i));
     Ok(Reply::json(&Done {
         host,
         action: "attach",
@@ -205,7 +228,7 @@ pub async fn detach(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<R
         reset: false,
     });
     let mut report = result.map_err(|e| bmc_failure(&host, &e, None))?;
-    report.ejected = report.ejected.map(|i| redact(&i));
+    report.ejected = report.ejected.map(|i: String| redact(&i));
     Ok(Reply::json(&Done { host, action: "detach", url_expires_at: None, report }))
 }
 
@@ -216,12 +239,13 @@ pub async fn show(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Rep
     authorize(svc, req, Role::Read).await?;
     let host = api_host(&raw)?;
     let (target, _) = target(svc, &host)?;
-    let mut view = svc
-        .blocking(move |svc| svc.bmc.as_ref().expect("checked").client.status(&target))
+    let bmc = svc.bmc.as_ref().expect("checked by target()");
+    let mut view = bmc
+        .run(move |client| client.status(&target))
         .await?
         .map_err(|e| bmc_failure(&host, &e, None))?;
     let expires = view.media.image.as_deref().and_then(expiry);
-    view.media.image = view.media.image.map(|i| redact(&i));
+    view.media.image = view.media.image.map(|i: String| redact(&i));
     Ok(Reply::json(&serde_json::json!({
         "host": host,
         "bmc": view,
