@@ -31,15 +31,26 @@ fn boot_request(
     setup: impl FnOnce(Vm) -> Vm,
 ) -> (listener::Request, VmRun, String) {
     let listener = Listener::start();
-    let media = build_media(NODE_CSV, &listener.url_for_guest(), iso_medium);
+    let media = build_media_for(NODE_CSV, &listener.url_for_guest(), iso_medium, arches(firmware));
     let vm = Vm::new(firmware, name).medium(image.path(&media), attach);
     let run = setup(vm).timeout(BOOT_TIMEOUT).stop_on(ANSWERED_MARKER).run();
     let context = format!("{}\n--- listener ---\n{}", run.report(), listener.log());
     let request = listener
         .wait_for_boot(NODE, Duration::from_secs(1))
         .unwrap_or_else(|| panic!("{name}: no GET /boot/{NODE} reached the listener\n{context}"));
-    assert_boot_request(&request, firmware.ipxe_platform(), image.medium(iso_medium), &context);
+    let (platform, arch) = (firmware.ipxe_platform(), Some(firmware.ipxe_arch()));
+    assert_boot_request_from(&request, platform, arch, image.medium(iso_medium), &context);
     (request, run, context)
+}
+
+/// The architectures the media of a test on `firmware` are built for: arm64 media are built
+/// as the hybrid `x86_64,arm64` a mixed fleet uses, so the arm64 loader is proven to be picked
+/// from among two.
+fn arches(firmware: Firmware) -> &'static str {
+    match firmware {
+        Firmware::UefiArm64 => "x86_64,arm64",
+        Firmware::Bios | Firmware::Uefi => "x86_64",
+    }
 }
 
 /// Boots `image` attached as `attach` on `firmware` with node01's NIC and checks the boot
@@ -115,6 +126,26 @@ fn efi_image_on_uefi() {
     boots_and_asks(Firmware::Uefi, None, Image::Efi, Attach::Disk);
 }
 
+#[test]
+fn iso_as_arm64_cd() {
+    boots_and_asks(Firmware::UefiArm64, None, Image::Iso, Attach::Cd);
+}
+
+#[test]
+fn iso_as_arm64_usb() {
+    boots_and_asks(Firmware::UefiArm64, Some("usb"), Image::Iso, Attach::Usb);
+}
+
+#[test]
+fn usb_image_on_arm64() {
+    boots_and_asks(Firmware::UefiArm64, None, Image::Usb, Attach::Usb);
+}
+
+#[test]
+fn efi_image_on_arm64() {
+    boots_and_asks(Firmware::UefiArm64, None, Image::Efi, Attach::Disk);
+}
+
 /// What OVMF logs when it falls back to its setup menu: no further boot option will be tried.
 const OVMF_MENU: &str = "starting Boot0000 \"UiApp\"";
 
@@ -122,7 +153,7 @@ const OVMF_MENU: &str = "starting Boot0000 \"UiApp\"";
 /// local disk, whose marker appears on the console.
 fn falls_back(firmware: Firmware, iso_medium: Option<&str>, attach: Attach) {
     let server = closed_url_for_guest();
-    let media = build_media(NODE_CSV, &server, iso_medium);
+    let media = build_media_for(NODE_CSV, &server, iso_medium, arches(firmware));
     let name = format!("fallback-{firmware:?}-{attach:?}").to_lowercase();
     let vm = Vm::new(firmware, &name);
     let disk = local_disk(vm.dir());
@@ -179,6 +210,11 @@ fn fallback_uefi_cd() {
 #[test]
 fn fallback_uefi_usb() {
     falls_back(Firmware::Uefi, Some("usb"), Attach::Usb);
+}
+
+#[test]
+fn fallback_arm64_cd() {
+    falls_back(Firmware::UefiArm64, None, Attach::Cd);
 }
 
 /// Two NICs, node01's MAC on the second: the script must pick net1 by its MAC, so the request

@@ -4,7 +4,7 @@
 
 use bootforge::inventory::{Inventory, Node};
 use bootforge::serve::profiles::{
-    ipxe_arg, preseed_value, shell_word, yaml_string, Profiles, RenderContext,
+    ipxe_arg, parse_url, preseed_value, shell_word, yaml_string, Profiles, RenderContext,
 };
 use std::path::{Path, PathBuf};
 
@@ -656,7 +656,89 @@ fn unknown_column_is_still_an_error() {
         Inventory::parse("nodes.csv", "hostname,ip,profile,role\nn1,10.0.0.5/24,p,r\n".as_bytes())
             .unwrap();
     let err = profiles.render("p", "boot.ipxe", &ctx(inv.get("n1").unwrap())).unwrap_err();
-    assert!(err.contains("p/boot.ipxe:3: undefined value"), "{err}");
+    let named = "p/boot.ipxe:3: undefined value in `{{ node.nope | ipxe }}`: `node.nope`: the \
+                 inventory has no `nope` column";
+    assert!(err.contains(named), "{err}");
     let err = profiles.check_inventory(&inv).unwrap_err();
-    assert!(err.starts_with("nodes.csv:2 (n1): ") && err.contains("undefined value"), "{err}");
+    assert!(err.starts_with("nodes.csv:2 (n1): ") && err.contains(named), "{err}");
+    // Only the undefined one of several names in a tag is named.
+    std::fs::write(p.join("boot.ipxe"), "#!ipxe\necho {{ node.role ~ node.gone ~ node.ip }}\n")
+        .unwrap();
+    let profiles = Profiles::load(dir.path()).unwrap();
+    let err = profiles.render("p", "boot.ipxe", &ctx(inv.get("n1").unwrap())).unwrap_err();
+    assert!(err.contains(": `node.gone`: the inventory has no `gone` column"), "{err}");
+    assert!(!err.contains("`node.role`:") && !err.contains("`node.ip`:"), "{err}");
+}
+
+/// `[vars]` in profile.toml: defaults for `vars.NAME`, overridden per node by a non-empty CSV
+/// column of the same name; an undeclared one is an error naming it and saying where to declare
+/// it.
+#[test]
+fn profile_vars_have_defaults_and_per_node_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p");
+    std::fs::create_dir_all(&p).unwrap();
+    std::fs::write(
+        p.join("profile.toml"),
+        "[vars]\nconsole = \"ttyS0,115200n8 tty0\"\nmirror = \"\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        p.join("boot.ipxe"),
+        "#!ipxe\nkernel k{% for c in vars.console | split %} console={{ c | ipxe }}{% endfor %}\n\
+         # {{ vars.mirror or asset_url('debian/mirror') }}\n",
+    )
+    .unwrap();
+    let profiles = Profiles::load(dir.path()).unwrap();
+    let inv = Inventory::parse(
+        "nodes.csv",
+        "hostname,ip,profile,console,mirror\n\
+         n1,10.0.0.5/24,p,,\n\
+         n2,10.0.0.6/24,p,tty0 ttyS1,https://m.example:8443/deb\n"
+            .as_bytes(),
+    )
+    .unwrap();
+    let one = profiles.render("p", "boot.ipxe", &ctx(inv.get("n1").unwrap())).unwrap();
+    assert!(one.contains("kernel k console=ttyS0,115200n8 console=tty0\n"), "{one}");
+    assert!(one.contains("# http://10.1.0.5:8080/assets/debian/mirror\n"), "{one}");
+    let two = profiles.render("p", "boot.ipxe", &ctx(inv.get("n2").unwrap())).unwrap();
+    assert!(two.contains("kernel k console=tty0 console=ttyS1\n"), "{two}");
+    assert!(two.contains("# https://m.example:8443/deb\n"), "{two}");
+
+    std::fs::write(p.join("boot.ipxe"), "#!ipxe\necho {{ vars.proxy }}\n").unwrap();
+    let profiles = Profiles::load(dir.path()).unwrap();
+    let err = profiles.render("p", "boot.ipxe", &ctx(inv.get("n1").unwrap())).unwrap_err();
+    assert!(err.contains("p/boot.ipxe:2: undefined value in `{{ vars.proxy }}`: `vars.proxy`"));
+    assert!(err.contains("`proxy` is not under [vars] in this profile's profile.toml"), "{err}");
+}
+
+#[test]
+fn url_filter() {
+    let u = parse_url("http://10.20.0.5:3142/debian").unwrap();
+    assert_eq!(
+        (u.scheme.as_str(), u.host.as_str(), u.port, u.hostport.as_str(), u.path.as_str()),
+        ("http", "10.20.0.5", Some(3142), "10.20.0.5:3142", "/debian")
+    );
+    let u = parse_url("HTTPS://mirror.example.net").unwrap();
+    assert_eq!((u.scheme.as_str(), u.port, u.path.as_str()), ("https", None, "/"));
+    assert_eq!(u.url(), "https://mirror.example.net/");
+    let u = parse_url("ftp://[fd00::5]:21/pub/debian/").unwrap();
+    assert_eq!((u.host.as_str(), u.hostport.as_str()), ("[fd00::5]", "[fd00::5]:21"));
+    for (bad, why) in [
+        ("mirror.example.net/debian", "no `://`"),
+        ("file:///srv/debian", "scheme \"file\" is not supported"),
+        ("http://user:pw@m.example/", "a user name"),
+        ("http://m.example:0/", "the port is not a number"),
+        ("http://m.example:99999/", "the port is not a number"),
+        ("http://m.example:/", "the port is not a number"),
+        ("http://m example/", "the host is not"),
+        ("http:///debian", "the host is not"),
+        ("http://m.example/debian?x=1", "a query"),
+        ("http://m.example/debian#x", "a fragment"),
+        ("http://m.example/a b", "a space at position 3"),
+        ("http://m.example/$(reboot)", "`$` at position 2"),
+    ] {
+        let err = parse_url(bad).unwrap_err();
+        assert!(err.contains(why), "{bad}: {err}");
+    }
 }
