@@ -4,11 +4,15 @@
 //! stand-in boot service (or, for the fallback cases, that the machine ended up on its local
 //! disk). They never skip: a missing QEMU or OVMF fails the test and names the package.
 //!
+//! arm64 runs on `qemu-system-aarch64 -M virt` with AAVMF ([`Firmware::UefiArm64`]): the hybrid
+//! ISO (built `--arch x86_64,arm64`) as a SCSI CD and as a USB disk, the USB image, the EFI image
+//! as a disk, and the fallback with the service down.
+//!
 //! The harness runs one VM at a time per test binary (TCG keeps a core busy), so the tests may
 //! run on parallel threads but their machines queue. Measured VM times on the 2-core build
-//! machine: BIOS cases about 2.5 s each, UEFI cases about 10 s, BIOS fallbacks about 18 s and
-//! UEFI fallbacks about 30 s (the script's four tries with 5 s pauses, then the local disk);
-//! the whole file takes about 2.5 minutes.
+//! machine: BIOS cases about 2.5 s each, UEFI cases about 10 s, arm64 cases about 10.5 s, BIOS
+//! fallbacks about 18 s and UEFI fallbacks about 30 s, arm64's too (the script's four tries with
+//! 5 s pauses, then the local disk); the whole file takes about 3.5 minutes.
 
 mod common;
 
