@@ -24,10 +24,9 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
 
 const READ_TOKEN: &str = "cycle-read-token-5f1e";
 const REIMAGE_TOKEN: &str = "cycle-reimage-token-9a27";
@@ -51,17 +50,6 @@ const SINGLE_BOOT_TIMEOUT: Duration = Duration::from_secs(150);
 
 /// What OVMF logs when it falls back to its setup menu: no further boot option will be tried.
 const OVMF_MENU: &str = "starting Boot0000 \"UiApp\"";
-
-fn sha_hex(t: &str) -> String {
-    hex::encode(Sha256::digest(t.as_bytes()))
-}
-
-/// A port on 127.0.0.1 that was free a moment ago (the media must know the port before the
-/// service starts, because `build` bakes `--server` into the ISO).
-fn free_port() -> u16 {
-    let s = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a throwaway port");
-    s.local_addr().expect("throwaway address").port()
-}
 
 /// Inputs of one cycle: inventory, secret, tokens, profiles, and the node's ISO.
 struct Fleet {
@@ -113,143 +101,19 @@ impl Fleet {
         assert!(iso.is_file(), "bootforge build did not write {}:\n{said}", iso.display());
         Fleet { dir, inventory, secret, tokens, profiles, iso }
     }
-}
 
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display())) {
-        let e = e.expect("dir entry");
-        let target = to.join(e.file_name());
-        if e.path().is_dir() {
-            copy_tree(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).expect("copy a profile file");
-        }
-    }
-}
-
-/// `bootforge serve` as a child process; stopped by its PID when dropped (also on panic).
-struct Service {
-    child: Option<Child>,
-    base: String,
-    stderr_path: PathBuf,
-    audit_path: PathBuf,
-}
-
-impl Service {
-    fn start(fleet: &Fleet, port: u16) -> Service {
-        let state = fleet.dir.path().join("state");
-        let stderr_path = fleet.dir.path().join("serve.stderr");
-        let stderr = std::fs::File::create(&stderr_path).expect("create the service log");
-        let mut cmd = Command::new(bootforge_bin());
-        cmd.arg("serve").arg("--inventory").arg(&fleet.inventory);
-        cmd.arg("--profiles").arg(&fleet.profiles).arg("--state-dir").arg(&state);
-        cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--workers", "4"]);
-        // The guest reaches the host's loopback at 10.0.2.2 (QEMU user network): the URL the
-        // media were built with, and the one rendered URLs must carry.
-        cmd.args(["--public-url", &format!("http://10.0.2.2:{port}")]);
-        cmd.arg("--secret-file").arg(&fleet.secret).arg("--tokens-file").arg(&fleet.tokens);
-        cmd.env("BOOTFORGE_LOG", "info");
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
-        let child = cmd.spawn().expect("start bootforge serve");
-        let mut svc = Service {
-            child: Some(child),
-            base: format!("http://127.0.0.1:{port}"),
-            stderr_path,
-            audit_path: state.join("audit.jsonl"),
-        };
-        svc.wait_listening();
-        svc
-    }
-
-    fn wait_listening(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("bootforge serve exited at start ({status})\n{}", self.logs());
-            }
-            let healthy = ureq::get(&format!("{}/healthz", self.base))
-                .timeout(Duration::from_secs(2))
-                .call()
-                .is_ok();
-            if healthy {
-                return;
-            }
-            if Instant::now() >= deadline {
-                panic!("bootforge serve did not answer /healthz within 20 s\n{}", self.logs());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// One API request with `token`; returns status and parsed JSON body.
-    fn api(&self, method: &str, path: &str, token: &str) -> (u16, Value) {
-        let result = ureq::request(method, &format!("{}{path}", self.base))
-            .set("Authorization", &format!("Bearer {token}"))
-            .timeout(Duration::from_secs(10))
-            .call();
-        let (status, body) = match result {
-            Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
-            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
-            Err(e) => panic!("{method} {path}: {e}\n{}", self.logs()),
-        };
-        let json = serde_json::from_str(&body).unwrap_or_else(|e| {
-            panic!("{method} {path}: answer is not JSON ({e}): {body}\n{}", self.logs())
-        });
-        (status, json)
-    }
-
-    /// Every audit record, through `GET /events` (following `next`).
-    fn events(&self) -> Vec<Value> {
-        let mut all = Vec::new();
-        let mut since = 0u64;
-        loop {
-            let (status, body) = self.api("GET", &format!("/events?since={since}"), READ_TOKEN);
-            assert_eq!(status, 200, "GET /events: {body}\n{}", self.logs());
-            let events = body["events"].as_array().cloned().unwrap_or_default();
-            let next = body["next"].as_u64().expect("next offset");
-            if events.is_empty() || next == since {
-                return all;
-            }
-            all.extend(events);
-            since = next;
-        }
-    }
-
-    /// The service's stderr and the audit log as stored, for panic messages (read from the files,
-    /// so they are there even if the service died).
-    fn logs(&self) -> String {
-        let stderr = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
-        let audit = std::fs::read_to_string(&self.audit_path).unwrap_or_default();
-        format!(
-            "--- bootforge serve stderr ---\n{}\n--- audit log ---\n{}\n--- end of service logs ---",
-            stderr.trim_end(),
-            audit.trim_end()
-        )
-    }
-
-    /// Stops the service: SIGTERM to its PID, then SIGKILL if it has not exited after 5 s.
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        if let Ok(None) = child.try_wait() {
-            // SAFETY: kill(2) on the PID of our own child, which has not been reaped yet.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-        }
-        let _ = child.wait();
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.stop();
+    /// `bootforge serve` for this fleet on `port`.
+    fn serve(&self, port: u16) -> Service {
+        Service::start(&ServeInputs {
+            dir: self.dir.path(),
+            inventory: &self.inventory,
+            profiles: &self.profiles,
+            secret: &self.secret,
+            tokens: &self.tokens,
+            read_token: READ_TOKEN,
+            assets: None,
+            port,
+        })
     }
 }
 
@@ -311,7 +175,7 @@ fn flagged_cycle(firmware: Firmware, timeout: Duration) {
     let port = free_port();
     let guest_url = format!("http://10.0.2.2:{port}");
     let fleet = Fleet::build_for(&guest_url, firmware);
-    let service = Service::start(&fleet, port);
+    let service = fleet.serve(port);
 
     // The operator's one request.
     let (status, flagged) = service.api("PUT", "/hosts/node01/reimage", REIMAGE_TOKEN);
@@ -483,7 +347,7 @@ fn unflagged_boots_local_arm64_cd() {
 fn unflagged_boots_local(firmware: Firmware) {
     let port = free_port();
     let fleet = Fleet::build_for(&format!("http://10.0.2.2:{port}"), firmware);
-    let service = Service::start(&fleet, port);
+    let service = fleet.serve(port);
     let name = format!("cycle-unflagged-{firmware:?}").to_lowercase();
     let vm = Vm::new(firmware, &name);
     let disk = local_disk(vm.dir());

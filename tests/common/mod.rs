@@ -23,16 +23,21 @@
 
 pub mod disks;
 pub mod listener;
+pub mod pcap;
+pub mod service;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)]
 pub use disks::{local_disk, LOCAL_DISK_MARKER};
 // Not every test file uses every item.
 #[allow(unused_imports)]
 pub use listener::{closed_url_for_guest, Answer, Listener, Request, ANSWERED_MARKER};
+#[allow(unused_imports)]
+pub use service::{copy_tree, free_port, sha_hex, ServeInputs, Service};
 
 pub const QEMU: &str = "qemu-system-x86_64";
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
@@ -206,6 +211,8 @@ pub struct Vm {
     uuid: Option<String>,
     serial_number: Option<String>,
     extra: Vec<String>,
+    stop_when: Option<Box<dyn Fn() -> bool>>,
+    capture: Option<PathBuf>,
     dir: tempfile::TempDir,
 }
 
@@ -268,6 +275,8 @@ impl Vm {
             uuid: None,
             serial_number: None,
             extra: Vec::new(),
+            stop_when: None,
+            capture: None,
             dir: tempfile::Builder::new()
                 .prefix(&format!("bootforge-vm-{name}-"))
                 .tempdir()
@@ -334,6 +343,21 @@ impl Vm {
     pub fn serial_number(mut self, serial: &str) -> Vm {
         assert!(!serial.contains(','), "QEMU's -smbios option cannot take a comma here");
         self.serial_number = Some(serial.to_string());
+        self
+    }
+
+    /// Stops the VM as soon as `done` returns true (asked every 100 ms with the console check),
+    /// for ends that show outside the guest, such as a record in the service's audit log.
+    pub fn stop_when(mut self, done: impl Fn() -> bool + 'static) -> Vm {
+        self.stop_when = Some(Box::new(done));
+        self
+    }
+
+    /// Records every frame of the first NIC, both ways, to `file` (QEMU's `filter-dump`, a
+    /// pcap file; read it with [`pcap::read_ipv4`]), to check what the guest put on the wire.
+    /// The file is the caller's: it outlives the VM's temp dir.
+    pub fn capture_net(mut self, file: &Path) -> Vm {
+        self.capture = Some(file.to_path_buf());
         self
     }
 
@@ -421,6 +445,10 @@ impl Vm {
             // Fixed, increasing PCI slots pin the order iPXE numbers the NICs in.
             cmd.arg("-device").arg(format!("{nic},netdev=net{i},mac={mac},addr={:#x}", 0x18 + i));
         }
+        if let Some(file) = self.capture.as_ref().filter(|_| !self.macs.is_empty()) {
+            cmd.arg("-object")
+                .arg(format!("filter-dump,id=dump0,netdev=net0,file={}", file.display()));
+        }
         if let Some(uuid) = &self.uuid {
             cmd.args(["-uuid", uuid]);
         }
@@ -464,6 +492,10 @@ impl Vm {
                     stopped_on = Some(t.clone());
                     break None;
                 }
+            }
+            if self.stop_when.as_ref().is_some_and(|done| done()) {
+                stopped_on = Some("(stop_when condition)".to_string());
+                break None;
             }
             if started.elapsed() >= self.timeout {
                 timed_out = true;
