@@ -20,9 +20,9 @@
 //! column puts the installer's screens on the serial port (`tty0 ttyS0,…`: the last console
 //! shows them), which proves that per-node override as well.
 //!
-//! Measured on the 2-core build machine (TCG): BIOS about 90 s from power-on to the `failed`
+//! Measured on the 2-core build machine (TCG): BIOS about 76 s from power-on to the `failed`
 //! report (the 49 MB of kernel and initrd over iPXE's HTTP, the kernel's start, the installer
-//! up to its mirror check), UEFI about 100 s.
+//! up to its mirror check), UEFI about 93 s.
 
 mod common;
 
@@ -46,7 +46,7 @@ const SECRET: &[u8] = b"installer-test-fleet-secret\n";
 const INSTALLER_CSV: &str = "hostname,ip,gateway,dns,mac,profile,install_disk,password_hash,ssh_key,console\n\
      node01,10.0.2.15/24,10.0.2.2,10.0.2.3,52:54:00:12:34:56,debian,/dev/vda,!,ssh-ed25519 AAAAC3Nz ops@example,\"tty0 ttyS0,115200n8\"\n";
 
-/// About 90-100 s measured; twice that bounds a slow, shared machine, and a hang.
+/// About 76 s (BIOS) and 93 s (UEFI) measured; this bounds a slow, shared machine, and a hang.
 const INSTALLER_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// What the profile's watcher reports for a mirror without the release.
