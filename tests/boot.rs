@@ -4,11 +4,15 @@
 //! stand-in boot service (or, for the fallback cases, that the machine ended up on its local
 //! disk). They never skip: a missing QEMU or OVMF fails the test and names the package.
 //!
+//! arm64 runs on `qemu-system-aarch64 -M virt` with AAVMF ([`Firmware::UefiArm64`]): the hybrid
+//! ISO (built `--arch x86_64,arm64`) as a SCSI CD and as a USB disk, the USB image, the EFI image
+//! as a disk, and the fallback with the service down.
+//!
 //! The harness runs one VM at a time per test binary (TCG keeps a core busy), so the tests may
 //! run on parallel threads but their machines queue. Measured VM times on the 2-core build
-//! machine: BIOS cases about 2.5 s each, UEFI cases about 10 s, BIOS fallbacks about 18 s and
-//! UEFI fallbacks about 30 s (the script's four tries with 5 s pauses, then the local disk);
-//! the whole file takes about 2.5 minutes.
+//! machine: BIOS cases about 2.5 s each, UEFI cases about 10 s, arm64 cases about 10.5 s, BIOS
+//! fallbacks about 18 s and UEFI fallbacks about 30 s, arm64's too (the script's four tries with
+//! 5 s pauses, then the local disk); the whole file takes about 3.5 minutes.
 
 mod common;
 
@@ -31,15 +35,26 @@ fn boot_request(
     setup: impl FnOnce(Vm) -> Vm,
 ) -> (listener::Request, VmRun, String) {
     let listener = Listener::start();
-    let media = build_media(NODE_CSV, &listener.url_for_guest(), iso_medium);
+    let media = build_media_for(NODE_CSV, &listener.url_for_guest(), iso_medium, arches(firmware));
     let vm = Vm::new(firmware, name).medium(image.path(&media), attach);
     let run = setup(vm).timeout(BOOT_TIMEOUT).stop_on(ANSWERED_MARKER).run();
     let context = format!("{}\n--- listener ---\n{}", run.report(), listener.log());
     let request = listener
         .wait_for_boot(NODE, Duration::from_secs(1))
         .unwrap_or_else(|| panic!("{name}: no GET /boot/{NODE} reached the listener\n{context}"));
-    assert_boot_request(&request, firmware.ipxe_platform(), image.medium(iso_medium), &context);
+    let (platform, arch) = (firmware.ipxe_platform(), Some(firmware.ipxe_arch()));
+    assert_boot_request_from(&request, platform, arch, image.medium(iso_medium), &context);
     (request, run, context)
+}
+
+/// The architectures the media of a test on `firmware` are built for: arm64 media are built
+/// as the hybrid `x86_64,arm64` a mixed fleet uses, so the arm64 loader is proven to be picked
+/// from among two.
+fn arches(firmware: Firmware) -> &'static str {
+    match firmware {
+        Firmware::UefiArm64 => "x86_64,arm64",
+        Firmware::Bios | Firmware::Uefi => "x86_64",
+    }
 }
 
 /// Boots `image` attached as `attach` on `firmware` with node01's NIC and checks the boot
@@ -115,6 +130,26 @@ fn efi_image_on_uefi() {
     boots_and_asks(Firmware::Uefi, None, Image::Efi, Attach::Disk);
 }
 
+#[test]
+fn iso_as_arm64_cd() {
+    boots_and_asks(Firmware::UefiArm64, None, Image::Iso, Attach::Cd);
+}
+
+#[test]
+fn iso_as_arm64_usb() {
+    boots_and_asks(Firmware::UefiArm64, Some("usb"), Image::Iso, Attach::Usb);
+}
+
+#[test]
+fn usb_image_on_arm64() {
+    boots_and_asks(Firmware::UefiArm64, None, Image::Usb, Attach::Usb);
+}
+
+#[test]
+fn efi_image_on_arm64() {
+    boots_and_asks(Firmware::UefiArm64, None, Image::Efi, Attach::Disk);
+}
+
 /// What OVMF logs when it falls back to its setup menu: no further boot option will be tried.
 const OVMF_MENU: &str = "starting Boot0000 \"UiApp\"";
 
@@ -122,7 +157,7 @@ const OVMF_MENU: &str = "starting Boot0000 \"UiApp\"";
 /// local disk, whose marker appears on the console.
 fn falls_back(firmware: Firmware, iso_medium: Option<&str>, attach: Attach) {
     let server = closed_url_for_guest();
-    let media = build_media(NODE_CSV, &server, iso_medium);
+    let media = build_media_for(NODE_CSV, &server, iso_medium, arches(firmware));
     let name = format!("fallback-{firmware:?}-{attach:?}").to_lowercase();
     let vm = Vm::new(firmware, &name);
     let disk = local_disk(vm.dir());
@@ -179,6 +214,11 @@ fn fallback_uefi_cd() {
 #[test]
 fn fallback_uefi_usb() {
     falls_back(Firmware::Uefi, Some("usb"), Attach::Usb);
+}
+
+#[test]
+fn fallback_arm64_cd() {
+    falls_back(Firmware::UefiArm64, None, Attach::Cd);
 }
 
 /// Two NICs, node01's MAC on the second: the script must pick net1 by its MAC, so the request

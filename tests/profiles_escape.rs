@@ -4,7 +4,7 @@
 
 use bootforge::inventory::{Inventory, Node};
 use bootforge::serve::profiles::{
-    ipxe_arg, preseed_value, shell_word, yaml_string, Profiles, RenderContext,
+    ipxe_arg, parse_url, preseed_value, shell_word, yaml_string, Profiles, RenderContext,
 };
 use std::path::{Path, PathBuf};
 
@@ -366,11 +366,20 @@ fn normal_values_render_as_before() {
     assert!(ks.contains(
         "\ncurl -fsS 'http://10.1.0.5:8080/config/node01/restore-boot-order.sh?token=0123abcd' | sh\n"
     ));
-    assert!(ks.contains(
-        "\ncurl -fsS -X POST 'http://10.1.0.5:8080/hosts/node01/done?install=00ff&token=0123abcd'\n"
-    ));
+    // Reports: started in %pre, done with retries in %post (never failing it), failed with a
+    // reason in %onerror.
+    for want in [
+        "\n%pre\n# The installer runs: tell the boot service (phase `started`); never fatal.\ncurl -fsS -X POST 'http://10.1.0.5:8080/hosts/node01/started?install=00ff&token=0123abcd' || true\n%end\n",
+        "\nfor try in 1 2 3 4 5; do curl -fsS -X POST 'http://10.1.0.5:8080/hosts/node01/done?install=00ff&token=0123abcd' && break; sleep 5; done\ntrue\n%end\n",
+        "\nfor try in 1 2 3; do curl -fsS -X POST 'http://10.1.0.5:8080/hosts/node01/failed?install=00ff&token=0123abcd&reason=anaconda%3A%20the%20install%20failed%20%28kickstart%20onerror%29%3B%20see%20%2Ftmp%2Fanaconda.log' && break; sleep 5; done\ntrue\n%end\n",
+    ] {
+        assert!(ks.contains(want), "{want:?} in\n{ks}");
+    }
     let boot = get(&files, "boot.ipxe");
     assert!(boot.contains(" ip=10.1.0.3::10.1.0.1:255.255.0.0:node01:eno1:none "), "{boot}");
+    assert!(boot.contains(" BOOTIF=01-52-54-00-00-00-01 "), "{boot}");
+    assert!(boot.contains(" inst.text console=ttyS0,115200n8 console=tty0\n"), "{boot}");
+    assert!(boot.contains(" inst.repo=http://10.1.0.5:8080/assets/rocky/repo "), "{boot}");
 
     let files = render_all(&profiles, node("node02"));
     let p = get(&files, "config/preseed.cfg");
@@ -381,12 +390,23 @@ fn normal_values_render_as_before() {
         "\nd-i mirror/http/hostname string 10.1.0.5:8080\n",
         "\n  mkdir -p /target/home/ops/.ssh && echo 'ssh-ed25519 AAAA op' > /target/home/ops/.ssh/authorized_keys && in-target chown -R ops:ops /home/ops/.ssh; \\\n",
         "\n  in-target sh -c \"curl -fsS 'http://10.1.0.5:8080/config/node02/restore-boot-order.sh?token=0123abcd' | sh\"; \\\n",
-        "\n  in-target curl -fsS -X POST 'http://10.1.0.5:8080/hosts/node02/done?install=00ff&token=0123abcd'\n",
-        "is done.\nd-i preseed/late_command string \\\n",
+        "\n  for try in 1 2 3 4 5; do wget -q -O /dev/null 'http://10.1.0.5:8080/hosts/node02/done?install=00ff&token=0123abcd' && break; sleep 5; done; true\n",
+        "\nd-i preseed/early_command string \\\n  wget -q -O /dev/null 'http://10.1.0.5:8080/hosts/node02/started?install=00ff&token=0123abcd'; \\\n",
+        "\n  wget -q -O /tmp/bootforge-report-failure.sh 'http://10.1.0.5:8080/config/node02/report-failure.sh?token=0123abcd' && (sh /tmp/bootforge-report-failure.sh </dev/null >/dev/null 2>&1 &); \\\n  true\n",
+        "\nd-i mirror/protocol string http\n",
+        "\nd-i mirror/http/directory string /assets/debian/mirror\n",
+        "\nd-i mirror/http/proxy string \n",
     ] {
         assert!(p.contains(want), "{want:?} in\n{p}");
     }
-    assert!(get(&files, "boot.ipxe").contains(" interface=eno1 "));
+    let boot = get(&files, "boot.ipxe");
+    assert!(boot.contains(" interface=eno1 BOOTIF=01-52-54-00-00-00-02 "), "{boot}");
+    assert!(boot.contains(" console=ttyS0,115200n8 console=tty0 ---\n"), "{boot}");
+    let watcher = get(&files, "config/report-failure.sh");
+    assert!(
+        watcher.contains("wget -q -O /dev/null 'http://10.1.0.5:8080/hosts/node02/failed?install=00ff&token=0123abcd'\"&reason=$reason\""),
+        "{watcher}"
+    );
 
     let files = render_all(&profiles, node("node03"));
     let ud = get(&files, "config/user-data");
@@ -396,8 +416,10 @@ fn normal_values_render_as_before() {
         "\n      \"eno1\":\n",
         "\n        set-name: \"eno1\"\n",
         "\n        path: \"/dev/sda\"\n",
-        "\n    - curtin in-target --target=/target -- sh -c \"curl -fsS 'http://10.1.0.5:8080/config/node03/restore-boot-order.sh?token=0123abcd' | sh\"\n",
-        "\n    - curl -fsS -X POST 'http://10.1.0.5:8080/hosts/node03/failed?install=00ff&token=0123abcd'\n",
+        "\n    - curtin in-target --target=/target -- sh -c \"curl -fsS 'http://10.1.0.5:8080/config/node03/restore-boot-order.sh?token=0123abcd' | sh\" || true\n",
+        "\n    - curl -fsS -X POST 'http://10.1.0.5:8080/hosts/node03/started?install=00ff&token=0123abcd' || true\n",
+        "\n    - for try in 1 2 3 4 5; do curl -fsS -X POST 'http://10.1.0.5:8080/hosts/node03/done?install=00ff&token=0123abcd' && break; sleep 5; done; true\n",
+        "\n    - curl -fsS -X POST 'http://10.1.0.5:8080/hosts/node03/failed?install=00ff&token=0123abcd&reason=subiquity%3A%20the%20install%20failed%20%28error-commands%29%3B%20see%20%2Fvar%2Flog%2Finstaller%2F' || true\n",
     ] {
         assert!(ud.contains(want), "{want:?} in\n{ud}");
     }
@@ -410,9 +432,15 @@ fn normal_values_render_as_before() {
         "\n  vip: \"10.1.0.250\"\n",
         "\n      - name: \"eno1\"\n",
         "\n    - \"curl -fsS 'http://10.1.0.5:8080/config/node04/restore-boot-order.sh?token=0123abcd' | sh\"\n",
+        "\n    - event: STARTED\n      method: GET\n      url: \"http://10.1.0.5:8080/hosts/node04/started?install=00ff&token=0123abcd\"\n",
+        "\n    - event: FAILED\n      method: GET\n      url: \"http://10.1.0.5:8080/hosts/node04/failed?install=00ff&token=0123abcd&reason=harvester-installer%3A%20the%20install%20failed%20%28FAILED%20webhook%29%3B%20see%20%2Fvar%2Flog%2Fconsole.log\"\n",
     ] {
         assert!(y.contains(want), "{want:?} in\n{y}");
     }
+    let boot = get(&files, "boot.ipxe");
+    assert!(boot.contains(
+        " BOOTIF=01-52-54-00-00-00-04 net.ifnames=1 console=ttyS0,115200n8 console=tty1 "
+    ));
     let files = render_all(&profiles, node("node05"));
     let y = get(&files, "config/config-join.yaml");
     assert!(y.contains("\nserver_url: \"https://10.1.0.250:443\"\n"), "{y}");
@@ -617,10 +645,10 @@ fn check_names_the_row_of_a_bad_value() {
     let err = profiles.check_against(bad.nodes()).unwrap_err();
     let boot = examples().join("rocky/boot.ipxe").display().to_string();
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.starts_with(&format!("inventory line 8 (node07): {boot}:6: ")), "{err}");
+    assert!(err.starts_with(&format!("inventory line 8 (node07): {boot}:8: ")), "{err}");
     assert!(err.contains("a space at position 5"), "{err}");
     let err = profiles.check_inventory(&bad).unwrap_err();
-    assert!(err.starts_with(&format!("nodes.csv:8 (node07): {boot}:6: ")), "{err}");
+    assert!(err.starts_with(&format!("nodes.csv:8 (node07): {boot}:8: ")), "{err}");
 
     // Many bad rows: the first 20 errors are listed, in file order, and the rest counted.
     let dir = tempfile::tempdir().unwrap();
@@ -656,7 +684,149 @@ fn unknown_column_is_still_an_error() {
         Inventory::parse("nodes.csv", "hostname,ip,profile,role\nn1,10.0.0.5/24,p,r\n".as_bytes())
             .unwrap();
     let err = profiles.render("p", "boot.ipxe", &ctx(inv.get("n1").unwrap())).unwrap_err();
-    assert!(err.contains("p/boot.ipxe:3: undefined value"), "{err}");
+    let named = "p/boot.ipxe:3: undefined value in `{{ node.nope | ipxe }}`: `node.nope`: the \
+                 inventory has no `nope` column";
+    assert!(err.contains(named), "{err}");
     let err = profiles.check_inventory(&inv).unwrap_err();
-    assert!(err.starts_with("nodes.csv:2 (n1): ") && err.contains("undefined value"), "{err}");
+    assert!(err.starts_with("nodes.csv:2 (n1): ") && err.contains(named), "{err}");
+    // Only the undefined one of several names in a tag is named.
+    std::fs::write(p.join("boot.ipxe"), "#!ipxe\necho {{ node.role ~ node.gone ~ node.ip }}\n")
+        .unwrap();
+    let profiles = Profiles::load(dir.path()).unwrap();
+    let err = profiles.render("p", "boot.ipxe", &ctx(inv.get("n1").unwrap())).unwrap_err();
+    assert!(err.contains(": `node.gone`: the inventory has no `gone` column"), "{err}");
+    assert!(!err.contains("`node.role`:") && !err.contains("`node.ip`:"), "{err}");
+}
+
+/// `[vars]` in profile.toml: defaults for `vars.NAME`, overridden per node by a non-empty CSV
+/// column of the same name; an undeclared one is an error naming it and saying where to declare
+/// it.
+#[test]
+fn profile_vars_have_defaults_and_per_node_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p");
+    std::fs::create_dir_all(&p).unwrap();
+    std::fs::write(
+        p.join("profile.toml"),
+        "[vars]\nconsole = \"ttyS0,115200n8 tty0\"\nmirror = \"\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        p.join("boot.ipxe"),
+        "#!ipxe\nkernel k{% for c in vars.console | split %} console={{ c | ipxe }}{% endfor %}\n\
+         # {{ vars.mirror or asset_url('debian/mirror') }}\n",
+    )
+    .unwrap();
+    let profiles = Profiles::load(dir.path()).unwrap();
+    let inv = Inventory::parse(
+        "nodes.csv",
+        "hostname,ip,profile,console,mirror\n\
+         n1,10.0.0.5/24,p,,\n\
+         n2,10.0.0.6/24,p,tty0 ttyS1,https://m.example:8443/deb\n"
+            .as_bytes(),
+    )
+    .unwrap();
+    let one = profiles.render("p", "boot.ipxe", &ctx(inv.get("n1").unwrap())).unwrap();
+    assert!(one.contains("kernel k console=ttyS0,115200n8 console=tty0\n"), "{one}");
+    assert!(one.contains("# http://10.1.0.5:8080/assets/debian/mirror\n"), "{one}");
+    let two = profiles.render("p", "boot.ipxe", &ctx(inv.get("n2").unwrap())).unwrap();
+    assert!(two.contains("kernel k console=tty0 console=ttyS1\n"), "{two}");
+    assert!(two.contains("# https://m.example:8443/deb\n"), "{two}");
+
+    std::fs::write(p.join("boot.ipxe"), "#!ipxe\necho {{ vars.proxy }}\n").unwrap();
+    let profiles = Profiles::load(dir.path()).unwrap();
+    let err = profiles.render("p", "boot.ipxe", &ctx(inv.get("n1").unwrap())).unwrap_err();
+    assert!(err.contains("p/boot.ipxe:2: undefined value in `{{ vars.proxy }}`: `vars.proxy`"));
+    assert!(err.contains("`proxy` is not under [vars] in this profile's profile.toml"), "{err}");
+}
+
+#[test]
+fn url_filter() {
+    let u = parse_url("http://10.20.0.5:3142/debian").unwrap();
+    assert_eq!(
+        (u.scheme.as_str(), u.host.as_str(), u.port, u.hostport.as_str(), u.path.as_str()),
+        ("http", "10.20.0.5", Some(3142), "10.20.0.5:3142", "/debian")
+    );
+    let u = parse_url("HTTPS://mirror.example.net").unwrap();
+    assert_eq!((u.scheme.as_str(), u.port, u.path.as_str()), ("https", None, "/"));
+    assert_eq!(u.url(), "https://mirror.example.net/");
+    let u = parse_url("ftp://[fd00::5]:21/pub/debian/").unwrap();
+    assert_eq!((u.host.as_str(), u.hostport.as_str()), ("[fd00::5]", "[fd00::5]:21"));
+    for (bad, why) in [
+        ("mirror.example.net/debian", "no `://`"),
+        ("file:///srv/debian", "scheme \"file\" is not supported"),
+        ("http://user:pw@m.example/", "a user name"),
+        ("http://m.example:0/", "the port is not a number"),
+        ("http://m.example:99999/", "the port is not a number"),
+        ("http://m.example:/", "the port is not a number"),
+        ("http://m example/", "the host is not"),
+        ("http:///debian", "the host is not"),
+        ("http://m.example/debian?x=1", "a query"),
+        ("http://m.example/debian#x", "a fragment"),
+        ("http://m.example/a b", "a space at position 3"),
+        ("http://m.example/$(reboot)", "`$` at position 2"),
+    ] {
+        let err = parse_url(bad).unwrap_err();
+        assert!(err.contains(why), "{bad}: {err}");
+    }
+}
+
+/// A node on a VLAN: iPXE tagged its NIC, so each installer must tag its own too, or its static
+/// address lands on the untagged network (Debian's netcfg, dracut's vlan= for Rocky and
+/// Harvester), and the installed system keeps the tag.
+#[test]
+fn vlan_nodes_tag_the_installer_nic_too() {
+    let profiles = Profiles::load(&examples()).unwrap();
+    let header = "hostname,ip,gateway,dns,mac,vlan,profile,install_disk,password_hash,ssh_key,iface,role,cluster_token,cluster_vip,join_server";
+    let text = format!(
+        "{header}\n\
+         d1,10.1.0.5/24,10.1.0.1,10.1.0.2,52:54:00:00:00:01,130,debian,/dev/sda,x,k,,,,,\n\
+         r1,10.1.0.6/24,10.1.0.1,10.1.0.2,,130,rocky,/dev/sda,x,k,eno1,,,,\n\
+         h1,10.1.0.7/24,10.1.0.1,10.1.0.2,,130,harvester,/dev/sda,x,k,ens3,create,t,10.1.0.9,\n"
+    );
+    let inv = Inventory::parse("vlan.csv", text.as_bytes()).unwrap();
+    profiles.check_inventory(&inv).unwrap();
+    let files = render_all(&profiles, inv.get("d1").unwrap());
+    let boot = get(&files, "boot.ipxe");
+    assert!(boot.contains(" netcfg/use_vlan=true netcfg/vlan_id=130 "), "{boot}");
+    assert!(boot.contains(" interface=auto BOOTIF=01-52-54-00-00-00-01 "), "{boot}");
+    let preseed = get(&files, "config/preseed.cfg");
+    assert!(
+        preseed.contains(
+            "\nd-i netcfg/disable_autoconfig boolean true\nd-i netcfg/use_vlan boolean true\nd-i netcfg/vlan_id string 130\nd-i netcfg/get_ipaddress string 10.1.0.5\n"
+        ),
+        "{preseed}"
+    );
+    let files = render_all(&profiles, inv.get("r1").unwrap());
+    let boot = get(&files, "boot.ipxe");
+    assert!(
+        boot.contains(" ip=10.1.0.6::10.1.0.1:255.255.255.0:r1:eno1.130:none vlan=eno1.130:eno1 "),
+        "{boot}"
+    );
+    assert!(!boot.contains("BOOTIF="), "no MAC, no BOOTIF: {boot}");
+    assert!(get(&files, "config/ks.cfg").contains(" --nameserver=10.1.0.2 --vlanid=130 "));
+    let files = render_all(&profiles, inv.get("h1").unwrap());
+    assert!(get(&files, "boot.ipxe").contains(":h1:ens3.130:none vlan=ens3.130:ens3 "));
+    let y = get(&files, "config/config-create.yaml");
+    assert!(
+        y.contains("\n    gateway: 10.1.0.1\n    vlan_id: 130\n    default_route: true\n"),
+        "{y}"
+    );
+}
+
+/// The bundled examples are one working whole: `bootforge serve --inventory examples/nodes.csv
+/// --profiles examples/profiles` must start, so every template of every profile renders for
+/// every example row that uses it, and every profile has a row.
+#[test]
+fn the_bundled_examples_load_together() {
+    let profiles = Profiles::load(&examples()).unwrap();
+    let csv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/nodes.csv");
+    let inv = Inventory::load(&csv).unwrap_or_else(|e| panic!("{e}"));
+    profiles.check_inventory(&inv).unwrap_or_else(|e| panic!("{e}"));
+    for name in profiles.names() {
+        assert!(
+            inv.nodes().iter().any(|n| n.profile.as_deref() == Some(name)),
+            "examples/nodes.csv has no row for the {name} profile"
+        );
+    }
 }

@@ -250,6 +250,61 @@ fn node_tokens_guard_boot_config_and_callbacks() {
     f.stop();
 }
 
+/// The installer's own reports: `started` shows it runs, `failed?reason=` shows why it stopped
+/// (cleaned to one bounded printable line), the retry's answer shows `installing` again; both are
+/// audited, only the open install's id counts, and `HEAD` never reports.
+#[test]
+fn installer_reports_started_and_failure_reasons() {
+    let mut f = start(false);
+    call("PUT", &f.url("/hosts/node01/reimage"), Some(REIMAGE_TOKEN), None);
+    let id = install_id(&call("GET", &boot_url(&f.base, "node01", MAC1, ""), None, None).body);
+    let phase = |f: &Fixture| {
+        let h = call("GET", &f.url("/hosts/node01"), Some(READ_TOKEN), None).json();
+        h["phase"].as_str().unwrap_or_default().to_string()
+    };
+    assert_eq!(phase(&f), "installing");
+    let started = f.url(&format!("/hosts/node01/started?install={id}"));
+    assert_eq!(call("HEAD", &started, None, None).status, 405);
+    let other = f.url(&format!("/hosts/node01/started?install={}", "0".repeat(32)));
+    assert_eq!(call("POST", &other, None, None).status, 409);
+    assert_eq!(phase(&f), "installing", "a wrong id changes nothing");
+    let r = call("GET", &started, None, None);
+    assert_eq!((r.status, r.json()["result"].as_str()), (200, Some("started")), "{}", r.body);
+    assert_eq!(r.json()["flagged"], true);
+    assert_eq!(phase(&f), "started");
+
+    // A reason with a line break, a control character, a tab and 300 more characters.
+    let raw = format!("choose-mirror:%20Bad%20archive%20mirror%0A%1B[31m%09{}", "x".repeat(300));
+    let r = call(
+        "POST",
+        &f.url(&format!("/hosts/node01/failed?install={id}&reason={raw}")),
+        None,
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let h = call("GET", &f.url("/hosts/node01"), Some(READ_TOKEN), None).json();
+    assert_eq!(h["phase"], "failed");
+    let reason = h["flag"]["install"]["last_failure_reason"].as_str().unwrap().to_string();
+    assert!(reason.starts_with("choose-mirror: Bad archive mirror [31m xxx"), "{reason}");
+    assert_eq!(reason.chars().count(), 201, "200 characters and an ellipsis: {reason}");
+    assert!(h["flag"]["install"]["started_at"].as_str().unwrap().ends_with('Z'));
+    let events = call("GET", &f.url("/events?since=0"), Some(READ_TOKEN), None).json();
+    let events = events["events"].as_array().unwrap().clone();
+    let find = |kind: &str| events.iter().find(|e| e["event"] == kind).cloned();
+    assert_eq!(find("started").unwrap()["install"], id.as_str());
+    assert_eq!(find("failed").unwrap()["reason"], reason.as_str());
+
+    // The retry: its answer shows installing, its installer started again.
+    call("GET", &boot_url(&f.base, "node01", MAC1, ""), None, None);
+    assert_eq!(phase(&f), "installing");
+    call("POST", &started, None, None);
+    assert_eq!(phase(&f), "started");
+    call("POST", &f.url(&format!("/hosts/node01/done?install={id}")), None, None);
+    assert_eq!(phase(&f), "done");
+    assert_eq!(call("POST", &started, None, None).status, 409, "no install is open");
+    f.stop();
+}
+
 #[test]
 fn every_example_profile_renders() {
     let mut f = start(false);

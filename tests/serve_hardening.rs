@@ -257,7 +257,7 @@ fn callbacks_for_hosts_outside_the_inventory_store_nothing() {
     let mut f = start(false);
     let id = "0".repeat(32);
     for name in ["ghost1", "ghost2", "a-b-c"] {
-        for cb in ["done", "failed"] {
+        for cb in ["done", "started", "failed"] {
             let r = call("POST", &f.url(&format!("/hosts/{name}/{cb}?install={id}")), None, None);
             assert_eq!(r.status, 404, "{}", r.body);
         }

@@ -266,6 +266,7 @@ const ROUTES: &[(&str, &[&str], bool)] = &[
     ("/hosts/node02/reimage", &["PUT", "DELETE"], true),
     ("/hosts/node01/done", &["GET", "POST"], false),
     ("/hosts/node02/done", &["GET", "POST"], false),
+    ("/hosts/node02/started", &["GET", "POST"], false),
     ("/hosts/node02/failed", &["GET", "POST"], false),
     ("/config/node01/install.cfg", &["GET"], false),
     ("/config/node02/~0123abcd/install.cfg", &["GET"], false),
@@ -731,10 +732,13 @@ fn methods_are_exact_and_head_ends_nothing() {
     let tok = node_token("node02");
     let done = format!("/hosts/node02/done?install={install}&token={tok}");
     let failed = format!("/hosts/node02/failed?install={install}&token={tok}");
+    let started = format!("/hosts/node02/started?install={install}&token={tok}");
     let boot = format!("/boot/node02?mac={MAC2}&token={tok}&medium=cd");
     for (method, target) in [
         ("HEAD", done.as_str()),
         ("HEAD", failed.as_str()),
+        ("HEAD", started.as_str()),
+        ("post", started.as_str()),
         ("HEAD", boot.as_str()),
         ("head", done.as_str()),
         ("get", done.as_str()),

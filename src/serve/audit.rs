@@ -68,10 +68,19 @@ pub enum Event {
         install: String,
         peer: IpAddr,
     },
+    /// The installer reported that it runs (`/hosts/{host}/started`).
+    Started {
+        host: String,
+        install: String,
+        peer: IpAddr,
+    },
+    /// The installer reported a failure; `reason` is its text cleaned by
+    /// [`super::lifecycle::failure_reason`] (one printable line, bounded).
     Failed {
         host: String,
         install: String,
         peer: IpAddr,
+        reason: Option<String>,
     },
     /// A callback for an install that is not open (late, replayed, cancelled): nothing changed.
     CallbackIgnored {

@@ -70,6 +70,7 @@ pub async fn handle(svc: Arc<Service>, req: Req) -> Reply {
         }
         Route::Reimage(host) => cancel(&svc, &req, host).await,
         Route::Done(host) => callback(&svc, &req, host, Which::Done).await,
+        Route::Started(host) => callback(&svc, &req, host, Which::Started).await,
         Route::Failed(host) => callback(&svc, &req, host, Which::Failed).await,
         Route::Events => events(&svc, &req).await,
         Route::Reload => reload(&svc, &req).await,
@@ -559,6 +560,7 @@ fn config(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Which {
     Done,
+    Started,
     Failed,
 }
 
@@ -570,16 +572,21 @@ struct CallbackView<'a> {
     flagged: bool,
 }
 
-/// `POST|GET /hosts/{host}/done` and `/failed`: the installer's callbacks. Only the open
-/// install's id counts; anything else is answered 409 and changes nothing. A host outside the
-/// inventory is answered 404 before anything is stored (no lock file per invented name).
+/// `POST|GET /hosts/{host}/done`, `/started` and `/failed[?reason=TEXT]`: the installer's
+/// callbacks. Only the open install's id counts; anything else is answered 409 and changes
+/// nothing. A host outside the inventory is answered 404 before anything is stored (no lock file
+/// per invented name).
 async fn callback(
     svc: &Arc<Service>,
     req: &Arc<Req>,
     raw: String,
     which: Which,
 ) -> Result<Reply, HttpError> {
-    let name = if which == Which::Done { "done" } else { "failed" };
+    let name = match which {
+        Which::Done => "done",
+        Which::Started => "started",
+        Which::Failed => "failed",
+    };
     let host = api_host(&raw)?;
     let snap = svc.catalog.snapshot();
     let in_inventory = snap.inventory.get(&host).is_some();
@@ -605,17 +612,24 @@ async fn callback(
             )
         })?;
     drop(snap);
+    let reason = req.param("reason").and_then(lifecycle::failure_reason);
     let (h, i, peer) = (host.clone(), id.clone(), req.peer);
     let outcome = svc
         .change(&host, move |svc, st| {
             let snap = svc.catalog.snapshot();
             let (outcome, write) = match which {
                 Which::Done => lifecycle::finish(st, &i, rules(&snap), now_ms()),
-                Which::Failed => lifecycle::fail(st, &i, now_ms()),
+                Which::Started => lifecycle::start(st, &i, now_ms()),
+                Which::Failed => lifecycle::fail(st, &i, reason.clone(), now_ms()),
             };
             let record = match (outcome, which) {
                 (Callback::Accepted, Which::Done) => Event::Done { host: h, install: i, peer },
-                (Callback::Accepted, Which::Failed) => Event::Failed { host: h, install: i, peer },
+                (Callback::Accepted, Which::Started) => {
+                    Event::Started { host: h, install: i, peer }
+                }
+                (Callback::Accepted, Which::Failed) => {
+                    Event::Failed { host: h, install: i, peer, reason }
+                }
                 (Callback::NotOpen { .. }, _) => {
                     Event::CallbackIgnored { host: h, callback: name, install: Some(i), peer }
                 }
@@ -626,14 +640,16 @@ async fn callback(
     match outcome {
         Callback::Accepted => {
             let m = &svc.metrics;
-            if which == Which::Done {
-                super::metrics::Metrics::inc(&m.installs_done);
-                super::metrics::Metrics::inc(&m.flags_cleared);
-            } else {
-                super::metrics::Metrics::inc(&m.installs_failed);
+            match which {
+                Which::Done => {
+                    super::metrics::Metrics::inc(&m.installs_done);
+                    super::metrics::Metrics::inc(&m.flags_cleared);
+                }
+                Which::Started => {}
+                Which::Failed => super::metrics::Metrics::inc(&m.installs_failed),
             }
             tracing::info!(host = %host, install = %id, "install {name}");
-            let flagged = which == Which::Failed;
+            let flagged = which != Which::Done;
             Ok(Reply::json(&CallbackView { host: &host, install: &id, result: name, flagged }))
         }
         Callback::NotOpen { other_open } => {
@@ -946,6 +962,10 @@ struct InstallView {
     answers: u32,
     failures: u32,
     last_failure_at: Option<String>,
+    /// What the installer said about its last failure.
+    last_failure_reason: Option<String>,
+    /// The installer's last `started` report.
+    started_at: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -981,6 +1001,8 @@ impl From<&Flag> for FlagView {
                 answers: i.answers,
                 failures: i.failures,
                 last_failure_at: i.last_failure_at.map(rfc3339),
+                last_failure_reason: i.last_failure_reason.clone(),
+                started_at: i.started_at.map(rfc3339),
             },
         }
     }

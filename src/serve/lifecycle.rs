@@ -9,10 +9,17 @@
 //! ```text
 //!            PUT (set_flag)                 boot (answer_boot)              done (finish)
 //!   idle ───────────────────▶ pending ─────────────────────────▶ installing ──────────────▶ done
-//!    ▲                           │                                 │   ▲  │ failed (fail)
-//!    │      DELETE (cancel)      │                                 │   └──┘ (next boot retries)
-//!    └───────────────────────────┴─────────────────────────────────┘
+//!    ▲                           │                                 │  ▲  │  ▲
+//!    │                           │              started (start)    ▼  │  │  │ done (finish)
+//!    │                           │                              started ─┼──┘
+//!    │                           │                                 │     │ failed (fail),
+//!    │      DELETE (cancel)      │                                 ▼     │ next boot retries
+//!    └───────────────────────────┴──────────────────────────────  failed ┘
 //! ```
+//!
+//! `installing`, `started` and `failed` are all "flagged, install open"; which one the operator
+//! sees is whichever of the last answer, the installer's last `started` and its last `failed`
+//! came last (see [`HostState::phase`]).
 //!
 //! A flag carries its install id from the moment it is set, so every rendered config (even one
 //! fetched while the flag is pending) carries a callback that can succeed. Profiles that cannot
@@ -38,6 +45,9 @@ pub enum Phase {
     Pending,
     /// Flagged; the install chain has been served.
     Installing,
+    /// Flagged; the installer itself reported that it runs (its `started` callback) since the
+    /// last answer: the kernel booted, its network came up and it reached the service.
+    Started,
     /// Flagged; the installer reported a failure since the last answer (the next boot retries).
     Failed,
     /// The last install finished (callback, or ended by its first answer); boots local.
@@ -78,6 +88,12 @@ pub struct Install {
     pub failures: u32,
     #[serde(default)]
     pub last_failure_at: Option<Millis>,
+    /// The installer's last `started` callback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Millis>,
+    /// What the installer said about its last failure ([`failure_reason`]), if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_reason: Option<String>,
 }
 
 /// Why an install ended.
@@ -194,7 +210,7 @@ impl InstallKind {
     }
 }
 
-/// Outcome of [`finish`] and [`fail`].
+/// Outcome of [`finish`], [`start`] and [`fail`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Callback {
     Accepted,
@@ -206,16 +222,25 @@ pub enum Callback {
 
 impl HostState {
     /// The phase the operator sees.
+    ///
+    /// For a flag, the latest of the last install-chain answer, the installer's last `started`
+    /// and its last `failed` decides (a failure wins a tie, then `started`): an answer after a
+    /// failure is the retry, a `started` after it is the retry's installer running.
     pub fn phase(&self) -> Phase {
         match &self.flag {
             Some(flag) => {
                 let install = &flag.install;
-                match (install.last_answer_at, install.last_failure_at) {
-                    (None, None) => Phase::Pending,
-                    (Some(answer), Some(failure)) if failure >= answer => Phase::Failed,
-                    (None, Some(_)) => Phase::Failed,
-                    _ => Phase::Installing,
-                }
+                let latest = [
+                    (install.last_failure_at, Phase::Failed),
+                    (install.started_at, Phase::Started),
+                    (install.last_answer_at, Phase::Installing),
+                ]
+                .into_iter()
+                .filter_map(|(at, phase)| at.map(|at| (at, phase)))
+                // max_by_key keeps the last of equal keys: reverse so the first listed wins ties.
+                .rev()
+                .max_by_key(|&(at, _)| at);
+                latest.map_or(Phase::Pending, |(_, phase)| phase)
             }
             None => match self.last_install.as_ref().map(|e| e.how) {
                 Some(Ending::Done | Ending::FirstAnswer) => Phase::Done,
@@ -318,6 +343,8 @@ pub fn set_flag(
             answers: 0,
             failures: 0,
             last_failure_at: None,
+            started_at: None,
+            last_failure_reason: None,
         },
     });
     (SetFlag::Set { install: new_id, replaced }, true)
@@ -418,13 +445,29 @@ pub fn finish(
     }
 }
 
-/// The installer's `failed` for install `id`: counts the failure and keeps the flag, so the next
-/// boot installs again with the same id.
-pub fn fail(st: &mut HostState, id: &str, now: Millis) -> (Callback, bool) {
+/// The installer's `started` for install `id`: it runs and reached the service (the phase
+/// becomes [`Phase::Started`]). Only a standing flag's install counts; a first-answer install
+/// has already ended and has nothing to record.
+pub fn start(st: &mut HostState, id: &str, now: Millis) -> (Callback, bool) {
+    match st.flag.as_mut() {
+        Some(flag) if flag.install.id == id => {
+            flag.install.started_at = Some(now);
+            (Callback::Accepted, true)
+        }
+        Some(_) => (Callback::NotOpen { other_open: true }, false),
+        None => (Callback::NotOpen { other_open: false }, false),
+    }
+}
+
+/// The installer's `failed` for install `id`, with what it said about the failure (already
+/// cleaned by [`failure_reason`]): counts the failure, keeps the reason (or forgets the previous
+/// one when none is given) and keeps the flag, so the next boot installs again with the same id.
+pub fn fail(st: &mut HostState, id: &str, reason: Option<String>, now: Millis) -> (Callback, bool) {
     match st.flag.as_mut() {
         Some(flag) if flag.install.id == id => {
             flag.install.failures = flag.install.failures.saturating_add(1);
             flag.install.last_failure_at = Some(now);
+            flag.install.last_failure_reason = reason;
             (Callback::Accepted, true)
         }
         Some(_) => (Callback::NotOpen { other_open: true }, false),
@@ -439,6 +482,36 @@ pub fn orphan(st: &mut HostState, now: Millis) -> (Option<String>, bool) {
     let closed = st.close_window();
     let changed = ended.is_some() || closed;
     (ended, changed)
+}
+
+/// The longest failure reason kept, in characters; the rest is cut off (and an ellipsis put on).
+pub const MAX_REASON_CHARS: usize = 200;
+
+/// An installer's failure reason (`failed?reason=…`) as it is stored, shown and audited: at most
+/// [`MAX_REASON_CHARS`] characters of printable ASCII, each run of anything else (line breaks,
+/// controls, non-ASCII) one space, trimmed. `None` when nothing printable is left. The installer
+/// is the node itself, which holds its node token, so the text is trusted to be *its* words but
+/// not to be well-formed: it is bounded and made one plain line, never refused, because losing a
+/// failure report would hide the failure.
+pub fn failure_reason(raw: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut blank = false;
+    for c in raw.chars() {
+        if c.is_ascii_graphic() {
+            if blank && !out.is_empty() {
+                out.push(' ');
+            }
+            blank = false;
+            if out.chars().count() == MAX_REASON_CHARS {
+                out.push('…');
+                break;
+            }
+            out.push(c);
+        } else {
+            blank = true;
+        }
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// Whether `text` has the shape of an install id (32 lower-case hex digits), so that nothing
@@ -458,6 +531,8 @@ fn install_or_legacy_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Inst
         answers: 0,
         failures: 0,
         last_failure_at: None,
+        started_at: None,
+        last_failure_reason: None,
     }))
 }
 
@@ -559,8 +634,8 @@ mod tests {
     fn failure_keeps_the_flag_and_the_next_answer_retries() {
         let mut st = flagged(1);
         answer_boot(&mut st, callback, 2);
-        assert_eq!(fail(&mut st, ID2, 3), (Callback::NotOpen { other_open: true }, false));
-        assert_eq!(fail(&mut st, ID1, 3), (Callback::Accepted, true));
+        assert_eq!(fail(&mut st, ID2, None, 3), (Callback::NotOpen { other_open: true }, false));
+        assert_eq!(fail(&mut st, ID1, None, 3), (Callback::Accepted, true));
         assert_eq!(st.phase(), Phase::Failed);
         let (a, _) = answer_boot(&mut st, callback, 4);
         assert_eq!(install_id(&a), Some(ID1));
@@ -573,6 +648,49 @@ mod tests {
             (Callback::NotOpen { other_open: false }, false)
         );
         assert_eq!(answer_boot(&mut st, callback, 7).0, BootAnswer::Local(NoInstall::NotFlagged));
+    }
+
+    /// The installer's own reports: `started` shows it runs, a `failed` after it shows the
+    /// failure and its reason, the next answer (the retry) shows `installing` again, and its
+    /// `started` shows the retry running; the reason stays until the next failure replaces it.
+    #[test]
+    fn started_and_failed_reports_follow_the_installer() {
+        let mut st = flagged(1);
+        assert_eq!(start(&mut st, ID2, 2), (Callback::NotOpen { other_open: true }, false));
+        answer_boot(&mut st, callback, 2);
+        assert_eq!(st.phase(), Phase::Installing);
+        assert_eq!(start(&mut st, ID1, 3), (Callback::Accepted, true));
+        assert_eq!(st.phase(), Phase::Started);
+        let reason = failure_reason("choose-mirror: Bad archive mirror");
+        assert_eq!(fail(&mut st, ID1, reason.clone(), 4), (Callback::Accepted, true));
+        assert_eq!(st.phase(), Phase::Failed);
+        let install = &st.flag.as_ref().unwrap().install;
+        assert_eq!((install.failures, install.last_failure_reason.clone()), (1, reason.clone()));
+        // A failure in the same millisecond as `started` still shows as the failure.
+        let mut tie = st.clone();
+        start(&mut tie, ID1, 4);
+        assert_eq!(tie.phase(), Phase::Failed);
+        answer_boot(&mut st, callback, 5);
+        assert_eq!(st.phase(), Phase::Installing, "the retry's answer");
+        start(&mut st, ID1, 6);
+        assert_eq!(st.phase(), Phase::Started, "the retry's installer runs");
+        assert_eq!(st.flag.as_ref().unwrap().install.last_failure_reason, reason);
+        assert_eq!(finish(&mut st, ID1, callback, 7), (Callback::Accepted, true));
+        assert_eq!(st.phase(), Phase::Done);
+        assert_eq!(start(&mut st, ID1, 8), (Callback::NotOpen { other_open: false }, false));
+    }
+
+    #[test]
+    fn failure_reasons_are_one_bounded_printable_line() {
+        assert_eq!(failure_reason("  a\tb\r\n\u{7f}c  ").as_deref(), Some("a b c"));
+        assert_eq!(failure_reason("Bad archive mirror").as_deref(), Some("Bad archive mirror"));
+        assert_eq!(failure_reason("\u{1b}[31m").as_deref(), Some("[31m"));
+        assert_eq!(failure_reason("é\n\t "), None);
+        assert_eq!(failure_reason(""), None);
+        let long = failure_reason(&"x".repeat(5000)).unwrap();
+        assert_eq!(long.chars().count(), MAX_REASON_CHARS + 1);
+        assert!(long.ends_with('…'));
+        assert_eq!(failure_reason(&"x".repeat(MAX_REASON_CHARS)).unwrap().len(), MAX_REASON_CHARS);
     }
 
     #[test]

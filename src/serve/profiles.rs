@@ -8,9 +8,12 @@
 //! is reported by a reload, which keeps the old profiles) with file and line. Rendering is strict:
 //! a misspelt variable is an error, not an empty string that would produce a broken installer
 //! configuration. Templates see `node` (every CSV column, [`crate::inventory::Node::template_vars`]),
-//! `server`, `token`, `hostname`, `install_id`, `done_url`, `failed_url`, `config_base_url`, and
-//! the functions
-//! `config_url(file)` and `asset_url(path)`.
+//! `vars` (the profile's variables, [`Settings::vars`], each overridden by the node's non-empty
+//! CSV column of the same name), `server`, `token`, `hostname`, `install_id`, `done_url`,
+//! `started_url`, `failed_url`, `config_base_url`, and the functions `config_url(file)`,
+//! `asset_url(path)` and `failed_url_with(reason)`. An undefined value is an error that names
+//! the variable and its tag (``undefined value in `{{ node.iface | ipxe }}`: `node.iface`: the
+//! inventory has no `iface` column…``).
 //!
 //! # Escaping
 //!
@@ -30,6 +33,9 @@
 //!   written as a double-quoted string. See [`yaml_string`]. Write no quotes around it.
 //! * `{{ node.install_disk | preseed }}`: the value of a debian-installer preseed line, which
 //!   has no quoting: the filter refuses what would change the line. See [`preseed_value`].
+//! * `{{ vars.mirror | url }}`: not an escape but a parse: the value must be an `http`, `https`
+//!   or `ftp` URL of safe characters, and the result has its parts (`scheme`, `host`, `port`,
+//!   `hostport`, `path`, `url`) for installers that take them separately. See [`parse_url`].
 //!
 //! [`Profiles::check_against`] renders every template for every node at load time, so a value
 //! that a filter refuses stops the load (or the reload) with the CSV line and host name, instead
@@ -72,6 +78,11 @@ pub struct Settings {
     /// How hosts using this profile leave iPXE for their disk: auto, exit or 0x80….
     #[serde(default, deserialize_with = "de_local_boot")]
     pub local_boot: Option<LocalBoot>,
+    /// `[vars]`: the profile's variables and their defaults (`mirror = "…"`), seen by templates
+    /// as `vars.NAME`. A node's CSV column of the same name, when not empty, overrides the
+    /// default for that node. Values are free text, like free columns: filter them.
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
 }
 
 fn default_clear() -> ClearOn {
@@ -93,6 +104,7 @@ impl Default for Settings {
             clear: ClearOn::Callback,
             repeat_window_secs: default_window(),
             local_boot: None,
+            vars: BTreeMap::new(),
         }
     }
 }
@@ -122,7 +134,12 @@ pub struct Profiles {
     dir: PathBuf,
     env: Environment<'static>,
     profiles: BTreeMap<String, Profile>,
+    /// Every template's text by template name, to quote the expression an error is about.
+    sources: Sources,
 }
+
+/// Template sources by template name (`PROFILE/FILE`).
+type Sources = BTreeMap<String, String>;
 
 impl std::fmt::Debug for Profiles {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -146,6 +163,10 @@ impl Profiles {
         env.add_filter("preseed", |v: Cow<'_, str>| {
             preseed_value(&v).map(str::to_string).map_err(refused)
         });
+        env.add_filter("url", |v: Cow<'_, str>| {
+            parse_url(&v).map(UrlParts::into_value).map_err(refused)
+        });
+        let mut sources = Sources::new();
         let mut profiles = BTreeMap::new();
         let mut errors = Vec::new();
         let entries = std::fs::read_dir(dir).map_err(|e| {
@@ -166,7 +187,7 @@ impl Profiles {
                 errors.push(format!("{}: {e}", path.display()));
                 continue;
             }
-            match load_one(&mut env, &path, &name) {
+            match load_one(&mut env, &mut sources, &path, &name) {
                 Ok(p) => {
                     profiles.insert(name, p);
                 }
@@ -180,7 +201,7 @@ impl Profiles {
             ));
         }
         anyhow::ensure!(errors.is_empty(), "{}", errors.join("\n"));
-        Ok(Profiles { dir: dir.to_path_buf(), env, profiles })
+        Ok(Profiles { dir: dir.to_path_buf(), env, profiles, sources })
     }
 
     pub fn get(&self, name: &str) -> Option<&Profile> {
@@ -209,7 +230,8 @@ impl Profiles {
     ) -> Result<String, String> {
         let name = format!("{profile}/{file}");
         let template = self.env.get_template(&name).map_err(|e| self.describe(&e))?;
-        template.render(context(ctx)).map_err(|e| self.describe(&e))
+        let vars = self.profiles.get(profile).map(|p| &p.settings.vars);
+        template.render(context(ctx, vars)).map_err(|e| self.describe_render(&e, ctx.node, profile))
     }
 
     /// Renders every template of every profile for every node that uses it, so a template that
@@ -241,19 +263,20 @@ impl Profiles {
             let found: Vec<Vec<String>> = users
                 .par_iter()
                 .map(|node| {
-                    let ctx = context(&RenderContext {
+                    let render = RenderContext {
                         node,
                         server: "http://bootforge.invalid:8080",
                         token: Some("0"),
                         install_id: "check",
-                    });
+                    };
+                    let ctx = context(&render, Some(&p.settings.vars));
                     let mut mine = Vec::new();
                     for template in &files {
                         let result =
                             template.as_ref().map_err(|e| self.describe(e)).and_then(|t| {
                                 t.render_captured_to(&ctx, std::io::sink())
                                     .map(drop)
-                                    .map_err(|e| self.describe(&e))
+                                    .map_err(|e| self.describe_render(&e, node, &p.name))
                             });
                         if let Err(e) = result {
                             mine.push(format!("{}: {e}", origin(node)));
@@ -277,22 +300,102 @@ impl Profiles {
     }
 
     fn describe(&self, e: &minijinja::Error) -> String {
-        describe(&self.dir, e)
+        describe(&self.dir, e, &self.sources, None)
+    }
+
+    /// [`Profiles::describe`] for an error of a render for `node` with `profile`'s variables,
+    /// which lets an undefined value be named exactly.
+    fn describe_render(&self, e: &minijinja::Error, node: &Node, profile: &str) -> String {
+        let columns = node.template_vars();
+        let vars = self.profiles.get(profile).map(|p| &p.settings.vars);
+        let names = Names { node: &columns, vars };
+        describe(&self.dir, e, &self.sources, Some(&names))
     }
 }
 
-fn describe(dir: &Path, e: &minijinja::Error) -> String {
+/// An error as `DIR/PROFILE/FILE:LINE: what`; see [`describe_undefined`] for undefined values.
+fn describe(dir: &Path, e: &minijinja::Error, sources: &Sources, names: Option<&Names>) -> String {
     let file =
         e.name().map_or_else(|| dir.display().to_string(), |n| dir.join(n).display().to_string());
-    let detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
+    let mut detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
+    if e.kind() == ErrorKind::UndefinedError {
+        let tag = e
+            .name()
+            .and_then(|n| sources.get(n))
+            .zip(e.range())
+            .and_then(|(src, range)| enclosing_tag(src, range));
+        if let Some(tag) = tag {
+            detail = format!("{}{detail}", describe_undefined(&tag, names));
+        }
+    }
     match e.line() {
         Some(line) => format!("{file}:{line}: {}{detail}", e.kind()),
         None => format!("{file}: {}{detail}", e.kind()),
     }
 }
 
+/// The names a render could see: the node's columns and the profile's `[vars]`.
+struct Names<'a> {
+    node: &'a BTreeMap<String, String>,
+    vars: Option<&'a BTreeMap<String, String>>,
+}
+
+/// The `{{ … }}` or `{% … %}` tag around `range` of `src`, on one line.
+fn enclosing_tag(src: &str, range: std::ops::Range<usize>) -> Option<String> {
+    let before = src.get(..range.start)?;
+    let open = before.rfind("{{").into_iter().chain(before.rfind("{%")).max()?;
+    let after = src.get(range.end..)?;
+    let close = after.find("}}").into_iter().chain(after.find("%}")).min()? + range.end + 2;
+    let tag = src.get(open..close)?;
+    Some(tag.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+/// ` `node.iface` in `{{ node.iface | ipxe }}`: the inventory has no `iface` column…`: which
+/// `node.NAME` or `vars.NAME` of the failing tag is undefined for this node, and where such a
+/// value comes from. Without `names` (an error outside a render) every such name in the tag is
+/// listed as a candidate.
+fn describe_undefined(tag: &str, names: Option<&Names>) -> String {
+    let mut missing = Vec::new();
+    for (prefix, kind) in [("node.", "node"), ("vars.", "vars")] {
+        for (at, _) in tag.match_indices(prefix) {
+            if tag[..at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+                continue;
+            }
+            let rest = &tag[at + prefix.len()..];
+            let end =
+                rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+            let name = &rest[..end];
+            let defined = names.map(|n| match kind {
+                "node" => n.node.contains_key(name),
+                _ => n.vars.is_some_and(|v| v.contains_key(name)),
+            });
+            if !name.is_empty() && defined != Some(true) && !missing.contains(&(kind, name)) {
+                missing.push((kind, name));
+            }
+        }
+    }
+    let hints: Vec<String> = missing
+        .iter()
+        .map(|(kind, name)| match *kind {
+            "node" => format!(
+                "`node.{name}`: the inventory has no `{name}` column; add it, with a value for \
+                 every node of this profile"
+            ),
+            _ => format!(
+                "`vars.{name}`: `{name}` is not under [vars] in this profile's profile.toml; \
+                 declare it there with a default (a CSV column `{name}` overrides it per node)"
+            ),
+        })
+        .collect();
+    match hints.is_empty() {
+        true => format!(" in `{tag}`"),
+        false => format!(" in `{tag}`: {}", hints.join("; ")),
+    }
+}
+
 fn load_one(
     env: &mut Environment<'static>,
+    sources: &mut Sources,
     path: &Path,
     name: &str,
 ) -> Result<Profile, Vec<String>> {
@@ -311,8 +414,10 @@ fn load_one(
     let mut add = |env: &mut Environment<'static>, rel: &str, file: &Path| {
         match std::fs::read_to_string(file) {
             Ok(src) => {
-                if let Err(e) = env.add_template_owned(format!("{name}/{rel}"), src) {
-                    errors.push(describe(path.parent().unwrap_or(path), &e));
+                let template = format!("{name}/{rel}");
+                sources.insert(template.clone(), src.clone());
+                if let Err(e) = env.add_template_owned(template, src) {
+                    errors.push(describe(path.parent().unwrap_or(path), &e, sources, None));
                 }
             }
             Err(e) => errors.push(format!("{}: {e}", file.display())),
@@ -497,8 +602,115 @@ pub fn yaml_string(value: &str) -> String {
     out
 }
 
-/// The template context; see the module documentation.
-fn context(ctx: &RenderContext<'_>) -> Value {
+/// A URL taken apart by [`parse_url`] (the `url` filter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlParts {
+    /// `http`, `https` or `ftp`, lower case.
+    pub scheme: String,
+    /// A DNS name, an IPv4 address or a bracketed IPv6 address.
+    pub host: String,
+    pub port: Option<u16>,
+    /// `host` or `host:port`, as installers that ask for a "hostname" want it.
+    pub hostport: String,
+    /// Begins with `/`; `/` when the URL has none.
+    pub path: String,
+}
+
+impl UrlParts {
+    /// The whole URL again, normalised (lower-case scheme).
+    pub fn url(&self) -> String {
+        format!("{}://{}{}", self.scheme, self.hostport, self.path)
+    }
+
+    fn into_value(self) -> Value {
+        let port = self.port.map(|p| p.to_string()).unwrap_or_default();
+        let url = self.url();
+        minijinja::context! {
+            scheme => self.scheme,
+            host => self.host,
+            port => port,
+            hostport => self.hostport,
+            path => self.path,
+            url => url,
+        }
+    }
+}
+
+/// The `url` filter: `text` must be `SCHEME://HOST[:PORT][/PATH]` with scheme `http`, `https`
+/// or `ftp`, a host of letters, digits, `.` and `-` (or a bracketed IPv6 address), and a path of
+/// letters, digits and `/ . _ - ~ % + @ : , =`. Those characters are safe unquoted in an iPXE
+/// argument, a shell word and a preseed value, so the parts may go anywhere. User names,
+/// queries and fragments are refused: no installer mirror or proxy needs them. The error says
+/// what is wrong without repeating the value.
+pub fn parse_url(text: &str) -> Result<UrlParts, String> {
+    let shape = "expected SCHEME://HOST[:PORT][/PATH] with scheme http, https or ftp";
+    let (scheme, rest) =
+        text.split_once("://").ok_or_else(|| format!("the `url` filter: no `://`; {shape}"))?;
+    let scheme = scheme.to_ascii_lowercase();
+    if !matches!(scheme.as_str(), "http" | "https" | "ftp") {
+        return Err(format!("the `url` filter: scheme {scheme:?} is not supported; {shape}"));
+    }
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.contains('@') {
+        return Err("the `url` filter: a user name (`user@`) is not supported; put credentials in the proxy or mirror itself".into());
+    }
+    let (host, port) = match authority.rfind(':') {
+        Some(i) if !authority[i..].contains(']') => (&authority[..i], Some(&authority[i + 1..])),
+        _ => (authority, None),
+    };
+    let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        !v6.is_empty() && v6.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+    } else {
+        !host.is_empty()
+            && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+            && !host.starts_with(['.', '-'])
+    };
+    if !host_ok {
+        return Err(format!("the `url` filter: the host is not a DNS name, an IPv4 address or a bracketed IPv6 address; {shape}"));
+    }
+    let port = match port {
+        None => None,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 && p.chars().all(|c| c.is_ascii_digit()) => Some(n),
+            _ => {
+                return Err(format!(
+                    "the `url` filter: the port is not a number from 1 to 65535; {shape}"
+                ))
+            }
+        },
+    };
+    let path_char = |c: char| {
+        c.is_ascii_alphanumeric()
+            || matches!(c, '/' | '.' | '_' | '-' | '~' | '%' | '+' | '@' | ':' | ',' | '=')
+    };
+    if let Some((at, c)) = path.char_indices().find(|&(_, c)| !path_char(c)) {
+        let what = match c {
+            '?' => "a query (`?`) is not supported".to_string(),
+            '#' => "a fragment (`#`) is not supported".to_string(),
+            c => format!("the path holds {} at position {}", char_class(c), at + 1),
+        };
+        return Err(format!(
+            "the `url` filter: {what}; the path may hold letters, digits and / . _ - ~ % + @ : , ="
+        ));
+    }
+    let hostport = match port {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    };
+    Ok(UrlParts { scheme, host: host.to_string(), port, hostport, path: path.to_string() })
+}
+
+/// What `failed_url_with(reason)` percent-encodes: everything but letters, digits and `- . _ ~`
+/// (RFC 3986's unreserved characters), so the URL stays one word for iPXE, a shell and YAML.
+const REASON_ENCODE: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// The template context; see the module documentation. `vars` are the profile's variables
+/// (none when the profile is not loaded, which a render then reports as undefined).
+fn context(ctx: &RenderContext<'_>, vars: Option<&BTreeMap<String, String>>) -> Value {
     let server = ctx.server.to_string();
     let host = super::util::encode(&ctx.node.hostname);
     let token_q = ctx.token.map(|t| format!("token={t}"));
@@ -512,7 +724,23 @@ fn context(ctx: &RenderContext<'_>) -> Value {
     };
     let install = Some(format!("install={}", ctx.install_id));
     let done_url = with_token(format!("{server}/hosts/{host}/done"), install.clone());
+    let started_url = with_token(format!("{server}/hosts/{host}/started"), install.clone());
     let failed_url = with_token(format!("{server}/hosts/{host}/failed"), install);
+    let failed_base = failed_url.clone();
+    // `failed_url` with `&reason=TEXT`, percent-encoded so it is one safe word in any format.
+    let failed_url_with = Value::from_function(move |reason: String| {
+        let encoded = percent_encoding::utf8_percent_encode(&reason, REASON_ENCODE);
+        format!("{failed_base}&reason={encoded}")
+    });
+    let node_vars = ctx.node.template_vars();
+    let vars: BTreeMap<String, String> = vars
+        .into_iter()
+        .flatten()
+        .map(|(name, default)| {
+            let value = ctx.node.vars.get(name).filter(|v| !v.is_empty()).unwrap_or(default);
+            (name.clone(), value.clone())
+        })
+        .collect();
     let config_base = format!("{server}/config/{host}/");
     let token_for_config = token_q.clone();
     let config_url = Value::from_function(move |file: String| {
@@ -534,13 +762,16 @@ fn context(ctx: &RenderContext<'_>) -> Value {
         format!("{asset_base}{}", super::util::encode_path(path.trim_start_matches('/')))
     });
     minijinja::context! {
-        node => Value::from(ctx.node.template_vars()),
+        node => Value::from(node_vars),
+        vars => Value::from(vars),
         hostname => ctx.node.hostname.clone(),
         server => server,
         token => ctx.token.unwrap_or(""),
         install_id => ctx.install_id,
         done_url => done_url,
+        started_url => started_url,
         failed_url => failed_url,
+        failed_url_with => failed_url_with,
         config_url => config_url,
         config_base_url => config_base_url,
         asset_url => asset_url,

@@ -36,6 +36,8 @@ pub enum Route {
     BmcMedia(String),
     Reimage(String),
     Done(String),
+    /// `/hosts/{host}/started`: the installer reports that it runs.
+    Started(String),
     Failed(String),
     Events,
     Reload,
@@ -67,6 +69,7 @@ impl Route {
             ["hosts", _] => Route::Host(seg(1)),
             ["hosts", _, "reimage"] => Route::Reimage(seg(1)),
             ["hosts", _, "done"] => Route::Done(seg(1)),
+            ["hosts", _, "started"] => Route::Started(seg(1)),
             ["hosts", _, "failed"] => Route::Failed(seg(1)),
             ["events"] => Route::Events,
             ["admin", "reload"] => Route::Reload,
@@ -90,6 +93,7 @@ impl Route {
             Route::Host(_) => "/hosts/{host}",
             Route::Reimage(_) => "/hosts/{host}/reimage",
             Route::Done(_) => "/hosts/{host}/done",
+            Route::Started(_) => "/hosts/{host}/started",
             Route::Failed(_) => "/hosts/{host}/failed",
             Route::Events => "/events",
             Route::Reload => "/admin/reload",
@@ -113,7 +117,7 @@ impl Route {
             Route::Boot(_) | Route::BootOther | Route::Config { .. } => "GET",
             Route::Reimage(_) => "PUT, DELETE",
             // iPXE can only GET; installers POST.
-            Route::Done(_) | Route::Failed(_) => "GET, POST",
+            Route::Done(_) | Route::Started(_) | Route::Failed(_) => "GET, POST",
             Route::Reload => "POST",
             Route::NotFound => "",
         }
@@ -160,6 +164,7 @@ mod tests {
     fn encoded_slashes_stay_inside_their_segment() {
         assert_eq!(Route::parse("/hosts/n1%2Freimage"), Route::Host("n1/reimage".into()));
         assert_eq!(Route::parse("/hosts/n1/reimage"), Route::Reimage("n1".into()));
+        assert_eq!(Route::parse("/hosts/n1/started"), Route::Started("n1".into()));
         assert_eq!(Route::parse("/boot/n%301"), Route::Boot("n01".into()));
         assert_eq!(Route::parse("/boot/a%2Fb"), Route::Boot("a/b".into()));
         assert_eq!(Route::parse("/boot/a/b"), Route::BootOther);
@@ -206,7 +211,9 @@ mod tests {
     #[test]
     fn methods_are_case_sensitive_and_head_never_changes_state() {
         assert!(Route::Healthz.allows("GET") && !Route::Healthz.allows("get"));
-        for r in [Route::Done("h".into()), Route::Failed("h".into()), Route::Boot("h".into())] {
+        let callbacks =
+            [Route::Done("h".into()), Route::Started("h".into()), Route::Failed("h".into())];
+        for r in callbacks.into_iter().chain([Route::Boot("h".into())]) {
             assert!(!r.allows("HEAD"), "{r:?}");
         }
         assert!(Route::Asset(None).allows("HEAD"));

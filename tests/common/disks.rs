@@ -8,8 +8,9 @@
 //!   [`LOCAL_DISK_MARKER`] and stops the VM (see [`bios_boot_code`]). The partition-table area of
 //!   the sector stays zero, which UEFI's partition driver reads as "no MBR partitions" and so
 //!   mounts the whole disk as FAT.
-//! * **UEFI** boots the removable-media path `\EFI\BOOT\BOOTX64.EFI`, which is the vendored
-//!   iPXE, whose `\autoexec.ipxe` prints the marker and powers off. A real installed system is
+//! * **UEFI** boots the removable-media path `\EFI\BOOT\BOOTX64.EFI` (`BOOTAA64.EFI` on
+//!   arm64), which is the vendored iPXE, whose `\autoexec.ipxe` prints the marker and powers
+//!   off. A real installed system is
 //!   this shape too (a loader on an ESP). OVMF tries it as soon as the medium's boot option fails.
 //!   A `startup.nsh` (marker with ` efi-shell`, then `reset -s`) is written as well. Verified
 //!   with OVMF 2022.11 (Debian bookworm): with `bootindex` set, BootOrder is the named devices
@@ -66,6 +67,9 @@ pub fn local_disk(dir: &Path) -> PathBuf {
         let ipxe = std::fs::read(super::repo_path("vendor/ipxe/ipxe-amd64.efi"))
             .expect("read vendor/ipxe/ipxe-amd64.efi");
         put(&boot, "BOOTX64.EFI", &ipxe);
+        let ipxe_arm64 = std::fs::read(super::repo_path("vendor/ipxe/ipxe-arm64.efi"))
+            .expect("read vendor/ipxe/ipxe-arm64.efi");
+        put(&boot, "BOOTAA64.EFI", &ipxe_arm64);
         put(
             &root,
             "autoexec.ipxe",

@@ -23,20 +23,31 @@
 
 pub mod disks;
 pub mod listener;
+pub mod pcap;
+pub mod service;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)]
 pub use disks::{local_disk, LOCAL_DISK_MARKER};
 // Not every test file uses every item.
 #[allow(unused_imports)]
 pub use listener::{closed_url_for_guest, Answer, Listener, Request, ANSWERED_MARKER};
+#[allow(unused_imports)]
+pub use service::{copy_tree, free_port, sha_hex, ServeInputs, Service};
 
 pub const QEMU: &str = "qemu-system-x86_64";
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// QEMU for the arm64 machines ([`Firmware::UefiArm64`]).
+pub const QEMU_ARM64: &str = "qemu-system-aarch64";
+/// AAVMF, edk2 for arm64 (Debian's `qemu-efi-aarch64`): code and the pristine variable store
+/// each VM gets a writable copy of. Both are 64 MiB pflash images.
+pub const AAVMF_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
+pub const AAVMF_VARS: &str = "/usr/share/AAVMF/AAVMF_VARS.fd";
 
 /// The node every boot test uses. Its address is slirp's default guest address, so the guest's
 /// view of the network matches what QEMU's user-mode stack expects.
@@ -57,6 +68,7 @@ pub fn repo_path(rel: &str) -> PathBuf {
 pub fn require(cmd: &str) -> PathBuf {
     let package = match cmd {
         QEMU => "qemu-system-x86",
+        QEMU_ARM64 => "qemu-system-arm",
         "xorriso" => "xorriso",
         "mcopy" | "mformat" => "mtools",
         _ => "(unknown package)",
@@ -90,10 +102,17 @@ pub fn require_file(path: &str, package: &str) -> PathBuf {
 
 /// Everything a VM of this firmware needs.
 pub fn require_for(firmware: Firmware) {
-    require(QEMU);
-    if firmware == Firmware::Uefi {
-        require_file(OVMF_CODE, "ovmf");
-        require_file(OVMF_VARS, "ovmf");
+    require(firmware.qemu());
+    match firmware {
+        Firmware::Bios => {}
+        Firmware::Uefi => {
+            require_file(OVMF_CODE, "ovmf");
+            require_file(OVMF_VARS, "ovmf");
+        }
+        Firmware::UefiArm64 => {
+            require_file(AAVMF_CODE, "qemu-efi-aarch64");
+            require_file(AAVMF_VARS, "qemu-efi-aarch64");
+        }
     }
 }
 
@@ -112,6 +131,11 @@ pub enum Firmware {
     Bios,
     /// OVMF from the `ovmf` package, with a fresh copy of its variable store per VM.
     Uefi,
+    /// An arm64 machine: `qemu-system-aarch64 -M virt -cpu cortex-a57` with AAVMF (the
+    /// `qemu-efi-aarch64` package), again with a fresh copy of its variable store per VM. Its
+    /// CD is a SCSI CD on virtio-scsi and its NICs are virtio (the `virt` board has no IDE, and
+    /// Debian's arm64 iPXE drives virtio-net).
+    UefiArm64,
 }
 
 impl Firmware {
@@ -119,20 +143,51 @@ impl Firmware {
     pub fn ipxe_platform(self) -> &'static str {
         match self {
             Firmware::Bios => "pcbios",
-            Firmware::Uefi => "efi",
+            Firmware::Uefi | Firmware::UefiArm64 => "efi",
         }
+    }
+
+    /// What iPXE's `${buildarch}` says on this firmware (the request's `arch=`).
+    pub fn ipxe_arch(self) -> &'static str {
+        match self {
+            Firmware::Bios => "i386",
+            Firmware::Uefi => "x86_64",
+            Firmware::UefiArm64 => "arm64",
+        }
+    }
+
+    /// The `--arch` media must be built with to boot on this firmware.
+    pub fn build_arch(self) -> &'static str {
+        match self {
+            Firmware::Bios | Firmware::Uefi => "x86_64",
+            Firmware::UefiArm64 => "arm64",
+        }
+    }
+
+    /// The QEMU binary that emulates this machine.
+    pub fn qemu(self) -> &'static str {
+        match self {
+            Firmware::Bios | Firmware::Uefi => QEMU,
+            Firmware::UefiArm64 => QEMU_ARM64,
+        }
+    }
+
+    /// Whether this is a UEFI machine (local boot leaves iPXE with `exit 1`).
+    pub fn is_uefi(self) -> bool {
+        self != Firmware::Bios
     }
 }
 
 /// How an image is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attach {
-    /// An IDE CD-ROM drive (`ide-cd` on the second IDE bus).
+    /// A CD-ROM drive: `ide-cd` on the second IDE bus on x86, `scsi-cd` on a virtio-scsi
+    /// controller on arm64.
     Cd,
     /// A USB mass-storage stick on an xHCI controller, flagged removable. SeaBIOS then numbers it
     /// as a hard disk, in boot order, and OVMF treats it as a removable disk.
     Usb,
-    /// A fixed virtio disk: the machine's own "local disk".
+    /// A fixed virtio disk: the machine's own "local disk" (or the EFI image as a disk).
     Disk,
 }
 
@@ -156,6 +211,8 @@ pub struct Vm {
     uuid: Option<String>,
     serial_number: Option<String>,
     extra: Vec<String>,
+    stop_when: Option<Box<dyn Fn() -> bool>>,
+    capture: Option<PathBuf>,
     dir: tempfile::TempDir,
 }
 
@@ -212,11 +269,14 @@ impl Vm {
             macs: Vec::new(),
             timeout: Duration::from_secs(120),
             stop_on: Vec::new(),
-            memory_mb: 256,
+            // AAVMF needs more than OVMF: with 256 MiB it stops before its boot manager.
+            memory_mb: if firmware == Firmware::UefiArm64 { 512 } else { 256 },
             reboot: false,
             uuid: None,
             serial_number: None,
             extra: Vec::new(),
+            stop_when: None,
+            capture: None,
             dir: tempfile::Builder::new()
                 .prefix(&format!("bootforge-vm-{name}-"))
                 .tempdir()
@@ -240,7 +300,13 @@ impl Vm {
         self
     }
 
-    /// Adds a NIC (e1000 on slirp) with this MAC. NICs get PCI slots in the order they are added,
+    /// Sets the guest's memory (default 256 MiB, 512 MiB on arm64); a real installer needs more.
+    pub fn memory_mb(mut self, mb: u32) -> Vm {
+        self.memory_mb = mb;
+        self
+    }
+
+    /// Adds a NIC (e1000 on slirp, virtio-net on arm64) with this MAC. NICs get PCI slots in the order they are added,
     /// so the first is iPXE's net0, the second net1, and so on.
     pub fn nic(mut self, mac: &str) -> Vm {
         self.macs.push(mac.to_string());
@@ -280,6 +346,21 @@ impl Vm {
         self
     }
 
+    /// Stops the VM as soon as `done` returns true (asked every 100 ms with the console check),
+    /// for ends that show outside the guest, such as a record in the service's audit log.
+    pub fn stop_when(mut self, done: impl Fn() -> bool + 'static) -> Vm {
+        self.stop_when = Some(Box::new(done));
+        self
+    }
+
+    /// Records every frame of the first NIC, both ways, to `file` (QEMU's `filter-dump`, a
+    /// pcap file; read it with [`pcap::read_ipv4`]), to check what the guest put on the wire.
+    /// The file is the caller's: it outlives the VM's temp dir.
+    pub fn capture_net(mut self, file: &Path) -> Vm {
+        self.capture = Some(file.to_path_buf());
+        self
+    }
+
     /// Appends raw QEMU arguments (for a one-off device or option the builder does not model).
     pub fn qemu_args(mut self, args: &[&str]) -> Vm {
         self.extra.extend(args.iter().map(|a| a.to_string()));
@@ -293,14 +374,30 @@ impl Vm {
 
     fn command(&self) -> Command {
         let dir = self.dir.path();
-        let mut cmd = Command::new(QEMU);
-        cmd.args(["-name", &self.name, "-machine", "pc", "-accel", "tcg"]);
+        let arm64 = self.firmware == Firmware::UefiArm64;
+        let mut cmd = Command::new(self.firmware.qemu());
+        cmd.args(["-name", &self.name]);
+        if arm64 {
+            cmd.args(["-machine", "virt", "-cpu", "cortex-a57", "-accel", "tcg"]);
+        } else {
+            cmd.args(["-machine", "pc", "-accel", "tcg"]);
+        }
         cmd.args(["-m", &self.memory_mb.to_string(), "-display", "none"]);
         if !self.reboot {
             cmd.arg("-no-reboot");
         }
-        cmd.args(["-nodefaults", "-vga", "std", "-no-user-config"]);
+        cmd.args(["-nodefaults", "-no-user-config"]);
+        if !arm64 {
+            // The `virt` board has no VGA; AAVMF's console is the PL011 serial port.
+            cmd.args(["-vga", "std"]);
+        }
         cmd.arg("-serial").arg(format!("file:{}", dir.join("serial.log").display()));
+        let pflash = |cmd: &mut Command, code: &str, vars_template: &str, vars_name: &str| {
+            let vars = dir.join(vars_name);
+            std::fs::copy(vars_template, &vars).expect("copy the UEFI variable store");
+            cmd.arg("-drive").arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={code}"));
+            cmd.arg("-drive").arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+        };
         match self.firmware {
             Firmware::Bios => {
                 let port = dir.join("sercon-port");
@@ -309,20 +406,18 @@ impl Vm {
                 cmd.arg("-device")
                     .arg(format!("isa-debug-exit,iobase={:#x},iosize=1", disks::DEBUG_EXIT_PORT));
             }
-            Firmware::Uefi => {
-                let vars = dir.join("OVMF_VARS.fd");
-                std::fs::copy(OVMF_VARS, &vars).expect("copy the OVMF variable store");
-                cmd.arg("-drive")
-                    .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"));
-                cmd.arg("-drive")
-                    .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
-            }
+            Firmware::Uefi => pflash(&mut cmd, OVMF_CODE, OVMF_VARS, "OVMF_VARS.fd"),
+            Firmware::UefiArm64 => pflash(&mut cmd, AAVMF_CODE, AAVMF_VARS, "AAVMF_VARS.fd"),
         }
         if self.drives.iter().any(|d| d.attach == Attach::Usb) {
             cmd.args(["-device", "qemu-xhci,id=xhci,addr=0x08"]);
         }
+        if arm64 && self.drives.iter().any(|d| d.attach == Attach::Cd) {
+            cmd.args(["-device", "virtio-scsi-pci,id=scsi,addr=0x09"]);
+        }
         // -nodefaults removed the default IDE CD; the PIIX IDE controller itself stays.
         let mut ide_cd_bus = 1;
+        let mut scsi_lun = 0;
         for (i, d) in self.drives.iter().enumerate() {
             let id = format!("drive{i}");
             let ro = if d.readonly { ",readonly=on" } else { "" };
@@ -330,6 +425,10 @@ impl Vm {
             cmd.arg("-drive")
                 .arg(format!("if=none,id={id},format=raw{ro}{media},file={}", d.path.display()));
             let device = match d.attach {
+                Attach::Cd if arm64 => {
+                    scsi_lun += 1;
+                    format!("scsi-cd,bus=scsi.0,drive={id},lun={}", scsi_lun - 1)
+                }
                 Attach::Cd => {
                     let bus = ide_cd_bus;
                     ide_cd_bus = 1 - ide_cd_bus;
@@ -340,10 +439,15 @@ impl Vm {
             };
             cmd.arg("-device").arg(format!("{device},bootindex={i}"));
         }
+        let nic = if arm64 { "virtio-net-pci" } else { "e1000" };
         for (i, mac) in self.macs.iter().enumerate() {
             cmd.arg("-netdev").arg(format!("user,id=net{i}"));
             // Fixed, increasing PCI slots pin the order iPXE numbers the NICs in.
-            cmd.arg("-device").arg(format!("e1000,netdev=net{i},mac={mac},addr={:#x}", 0x18 + i));
+            cmd.arg("-device").arg(format!("{nic},netdev=net{i},mac={mac},addr={:#x}", 0x18 + i));
+        }
+        if let Some(file) = self.capture.as_ref().filter(|_| !self.macs.is_empty()) {
+            cmd.arg("-object")
+                .arg(format!("filter-dump,id=dump0,netdev=net0,file={}", file.display()));
         }
         if let Some(uuid) = &self.uuid {
             cmd.args(["-uuid", uuid]);
@@ -371,7 +475,8 @@ impl Vm {
         let stderr_file = std::fs::File::create(&stderr_path).expect("create QEMU stderr file");
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr_file);
         let started = Instant::now();
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {QEMU}: {e}"));
+        let child =
+            cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", self.firmware.qemu()));
         let mut guard = KillOnDrop(Some(child));
 
         let mut timed_out = false;
@@ -387,6 +492,10 @@ impl Vm {
                     stopped_on = Some(t.clone());
                     break None;
                 }
+            }
+            if self.stop_when.as_ref().is_some_and(|done| done()) {
+                stopped_on = Some("(stop_when condition)".to_string());
+                break None;
             }
             if started.elapsed() >= self.timeout {
                 timed_out = true;
@@ -486,13 +595,18 @@ pub fn run_ok(cmd: &mut Command) -> String {
 /// [--iso-medium MEDIUM]` for `csv`, and fails the test with bootforge's output if it fails or
 /// an image is missing.
 pub fn build_media(csv: &str, server: &str, iso_medium: Option<&str>) -> Media {
+    build_media_for(csv, server, iso_medium, "x86_64")
+}
+
+/// [`build_media`] with `--arch ARCHES` (`x86_64`, `arm64` or `x86_64,arm64`).
+pub fn build_media_for(csv: &str, server: &str, iso_medium: Option<&str>, arches: &str) -> Media {
     let dir = tempfile::Builder::new().prefix("bootforge-media-").tempdir().expect("temp dir");
     let nodes = dir.path().join("nodes.csv");
     std::fs::write(&nodes, csv).expect("write nodes.csv");
     let out = dir.path().join("out");
     let mut cmd = Command::new(bootforge_bin());
     cmd.arg("build").arg(&nodes).args(["--server", server]).arg("--out").arg(&out);
-    cmd.args(["--formats", "iso,usb,efi"]);
+    cmd.args(["--formats", "iso,usb,efi", "--arch", arches]);
     if let Some(m) = iso_medium {
         cmd.args(["--iso-medium", m]);
     }
@@ -512,6 +626,18 @@ pub fn build_media(csv: &str, server: &str, iso_medium: Option<&str>) -> Media {
 /// Asserts that `request` is node01's boot request from `platform` on `medium`, with the
 /// node's address and MAC.
 pub fn assert_boot_request(request: &Request, platform: &str, medium: &str, context: &str) {
+    assert_boot_request_from(request, platform, None, medium, context)
+}
+
+/// [`assert_boot_request`], also checking the request's `arch` when `arch` is given.
+pub fn assert_boot_request_from(
+    request: &Request,
+    platform: &str,
+    arch: Option<&str>,
+    medium: &str,
+    context: &str,
+) {
+    let arch = arch.map(|a| ("arch", request.q("arch"), a));
     let problems: Vec<String> = [
         ("method", request.method.as_str(), "GET"),
         ("path", request.path.as_str(), "/boot/node01"),
@@ -520,7 +646,8 @@ pub fn assert_boot_request(request: &Request, platform: &str, medium: &str, cont
         ("platform", request.q("platform"), platform),
         ("medium", request.q("medium"), medium),
     ]
-    .iter()
+    .into_iter()
+    .chain(arch)
     .filter(|(_, got, want)| got != want)
     .map(|(what, got, want)| format!("{what}: got {got:?}, expected {want:?}"))
     .collect();
