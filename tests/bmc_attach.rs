@@ -39,6 +39,16 @@ struct Fixture {
 
 impl Fixture {
     fn start(rows: &str, port: u16, public_url: Option<&str>, credentials: bool) -> Fixture {
+        Fixture::start_with(rows, port, public_url, credentials, true)
+    }
+
+    fn start_with(
+        rows: &str,
+        port: u16,
+        public_url: Option<&str>,
+        credentials: bool,
+        secret: bool,
+    ) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let inventory = d.join("nodes.csv");
@@ -56,7 +66,7 @@ impl Fixture {
         .unwrap();
         let mut config = Config::new(inventory, profiles, d.join("state"));
         config.listen = format!("127.0.0.1:{port}");
-        config.secret_file = Some(d.join("secret"));
+        config.secret_file = secret.then(|| d.join("secret"));
         config.tokens_file = Some(d.join("tokens"));
         config.workers = 8;
         config.media_epoch = Some(1_700_000_000);
@@ -201,7 +211,10 @@ fn attach_mount_and_boot_what_the_bmc_was_given() {
     let (status, view) = api("GET", &format!("{}/hosts/node01/media", f.base), READ_TOKEN, "");
     assert_eq!(status, 200, "{view}");
     let shown = view["bmc"]["media"]["image"].as_str().unwrap();
-    assert!(shown.ends_with("sig=redacted") && !shown.contains(sig), "{shown}");
+    assert!(
+        shown.ends_with("/media/node01.iso?(signed query hidden)") && !shown.contains(sig),
+        "{shown}"
+    );
     assert_eq!(view["bmc"]["boot"]["target"], "Cd");
     assert!(view["url_expires_at"].as_str().is_some());
 
@@ -342,4 +355,18 @@ fn wrong_credentials_and_no_credentials_are_explained() {
     let (ok, out, _) = f.cli(&["attach", "n1"]);
     assert!(!ok);
     assert!(out.contains("HTTP 409") && out.contains("--bmc-credentials"), "{out}");
+}
+
+/// Without --secret-file, media URLs die with the process: attach refuses rather than leave
+/// every BMC with a CD that stops working at the next restart.
+#[test]
+fn attach_needs_a_lasting_key() {
+    let emu = Emulator::start(EmulatorConfig::new(1));
+    let row = format!("n1,10.9.0.10/24,,,,e2e,{}\n", emu.system_url(0));
+    let mut f = Fixture::start_with(&row, free_port(), None, true, false);
+    let (ok, out, _) = f.cli(&["attach", "n1"]);
+    assert!(!ok);
+    assert!(out.contains("HTTP 409") && out.contains("attach needs --secret-file"), "{out}");
+    assert_eq!(cd(&emu, 0)["Inserted"], false);
+    f.server.take().unwrap().shutdown();
 }

@@ -76,7 +76,8 @@ pub struct ServeArgs {
     pub max_connections_per_peer: usize,
     /// iPXE loaders for the images served at /media/, as `build --firmware-dir` takes them
     /// (default: the embedded Debian build). Images served at /media/ are dated
-    /// SOURCE_DATE_EPOCH when it is set, else the time the service started.
+    /// SOURCE_DATE_EPOCH when it is set, else 1700000000 (a fixed date, so restarts and other
+    /// instances serve the same bytes).
     #[arg(long, value_name = "DIR")]
     pub firmware_dir: Option<PathBuf>,
     /// Base of the /media/ URLs handed to BMCs (`media-url`, `attach`): this service's address
@@ -310,7 +311,9 @@ pub fn bmc_media(hosts: BmcHosts, action: client::MediaAction) -> anyhow::Result
         anyhow::ensure!(!list.is_empty(), "no inventory host has a `bmc` column value");
         list
     } else {
-        hosts.hosts
+        // A host named twice is worked on once.
+        let mut seen = std::collections::HashSet::new();
+        hosts.hosts.into_iter().filter(|h| seen.insert(h.clone())).collect()
     };
     let results = client::bmc_media(
         &hosts.server,

@@ -72,7 +72,11 @@ pub enum RangeSpec {
 
 /// Parses `bytes=A-B`, `bytes=A-` and `bytes=-N`.
 pub fn parse_range(header: Option<&str>, len: u64) -> RangeSpec {
-    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+    // The range unit is case-insensitive (RFC 9110 §14.1).
+    let Some(spec) = header
+        .map(str::trim)
+        .and_then(|h| h.get(..6).filter(|u| u.eq_ignore_ascii_case("bytes=")).map(|_| &h[6..]))
+    else {
         return RangeSpec::Full;
     };
     if spec.contains(',') {
@@ -149,6 +153,7 @@ mod tests {
         use RangeSpec::*;
         assert_eq!(parse_range(None, 10), Full);
         assert_eq!(parse_range(Some("bytes=0-3"), 10), Part(0, 3));
+        assert_eq!(parse_range(Some("Bytes=0-3"), 10), Part(0, 3));
         assert_eq!(parse_range(Some("bytes=5-"), 10), Part(5, 9));
         assert_eq!(parse_range(Some("bytes=-4"), 10), Part(6, 9));
         assert_eq!(parse_range(Some("bytes=-40"), 10), Part(0, 9));

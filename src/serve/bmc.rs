@@ -25,8 +25,9 @@ use std::sync::Arc;
 /// at every boot, so it must outlive the attachment. `attach` again to renew it.
 pub const ATTACH_TTL_SECS: u64 = 90 * 24 * 3600;
 
-/// BMC operations running at once, at most; more wait their turn.
+/// BMC operations running at once, at most; more wait their turn, up to [`SLOT_WAIT`].
 const BMC_SLOTS: usize = 64;
+const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What the service needs for Redfish: one client for every BMC, and the credentials file.
 pub struct Bmc {
@@ -34,6 +35,21 @@ pub struct Bmc {
     credentials: PathBuf,
     /// Bounds the threads BMC operations run on (see [`Bmc::run`]).
     slots: Arc<tokio::sync::Semaphore>,
+    /// Hosts with an attach or detach under way: one at a time per host, so two operators (or
+    /// a host named twice) never interleave eject, insert and reset on one machine.
+    busy: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+/// A host's claim on its BMC, released when dropped.
+struct Claim {
+    busy: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    host: String,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.host);
+    }
 }
 
 impl Bmc {
@@ -44,7 +60,24 @@ impl Bmc {
         CredentialsFile::load(&credentials).map_err(|e| anyhow::anyhow!("{e}"))?;
         let client =
             redfish::Client::new(redfish::ClientOptions { ca_file, ..Default::default() })?;
-        Ok(Bmc { client, credentials, slots: Arc::new(tokio::sync::Semaphore::new(BMC_SLOTS)) })
+        Ok(Bmc {
+            client,
+            credentials,
+            slots: Arc::new(tokio::sync::Semaphore::new(BMC_SLOTS)),
+            busy: Arc::default(),
+        })
+    }
+
+    /// Claims `host` for one attach or detach; 409 while another runs.
+    fn claim(&self, host: &str) -> Result<Claim, HttpError> {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        if !busy.insert(host.to_string()) {
+            return Err(HttpError::new(
+                409,
+                format!("an attach or detach of {host} is already running; wait for it"),
+            ));
+        }
+        Ok(Claim { busy: self.busy.clone(), host: host.to_string() })
     }
 
     /// Runs a Redfish operation on a thread of its own, never on the service's blocking pool.
@@ -57,12 +90,22 @@ impl Bmc {
         &self,
         work: impl FnOnce(&redfish::Client) -> T + Send + 'static,
     ) -> Result<T, HttpError> {
-        let _slot = self.slots.clone().acquire_owned().await.map_err(HttpError::internal)?;
+        let busy = || {
+            HttpError::new(503, "every BMC slot is busy; try again shortly")
+                .header("Retry-After", "5".into())
+        };
+        let slot = tokio::time::timeout(SLOT_WAIT, self.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| busy())?
+            .map_err(|_| busy())?;
         let client = self.client.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("bmc".into())
             .spawn(move || {
+                // The slot lives as long as the thread, whether or not anyone still waits for
+                // the answer: a caller that hangs up does not free a slot a BMC still holds.
+                let _slot = slot;
                 let _ = tx.send(work(&client));
             })
             .map_err(|e| HttpError::internal(format!("cannot start a BMC thread: {e}")))?;
@@ -135,12 +178,9 @@ fn target(
 }
 
 /// A BMC's failure for the caller and the log: its message (already made safe by the Redfish
-/// client), with the URL's signature, should a BMC echo it, cut out.
-fn bmc_failure(host: &str, e: &redfish::RedfishError, sig: Option<&str>) -> HttpError {
-    let mut text = e.to_string();
-    if let Some(sig) = sig {
-        text = text.replace(sig, "<signature>");
-    }
+/// client), with anything shaped like a signature or token, should a BMC echo it, cut out.
+fn bmc_failure(host: &str, e: &redfish::RedfishError) -> HttpError {
+    let text = scrub(&e.to_string());
     tracing::warn!(host, "BMC operation failed: {text}");
     HttpError::new(502, format!("{host}: {text}"))
 }
@@ -180,6 +220,13 @@ pub async fn attach(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<R
             super::media::MAX_TTL_SECS
         )));
     }
+    if svc.media.signer.ephemeral {
+        return Err(HttpError::new(
+            409,
+            "attach needs --secret-file: without it, media URLs are signed with a key of this \
+             process, and every attached BMC would lose its CD when the service restarts",
+        ));
+    }
     let (target, node) = target(svc, &host)?;
     let base = match &svc.config.media_base_url {
         Some(url) => url.to_string(),
@@ -187,9 +234,9 @@ pub async fn attach(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<R
     };
     let exp = now_ms() / 1000 + ttl;
     let url = svc.media.url(&base, &host, &opts, exp);
-    let sig = svc.media.signer.sign(&host, &opts, exp);
     let h = host.clone();
     let bmc = svc.bmc.as_ref().expect("checked by target()");
+    let _busy = bmc.claim(&host)?;
     let result = bmc.run(move |client| client.attach(&target, &url, boot, reset)).await?;
     svc.audit.note(&Event::BmcMedia {
         host: host.clone(),
@@ -200,7 +247,7 @@ pub async fn attach(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<R
         boot: Some(boot_name(boot)),
         reset,
     });
-    let mut report = result.map_err(|e| bmc_failure(&h, &e, Some(&sig)))?;
+    let mut report = result.map_err(|e| bmc_failure(&h, &e))?;
     report.media_after.image = report.media_after.image.map(|i: String| redact(&i));
     report.ejected = report.ejected.map(|i: String| redact(&i));
     Ok(Reply::json(&Done {
@@ -216,8 +263,9 @@ pub async fn detach(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<R
     let by = authorize(svc, req, Role::Reimage).await?.name;
     let host = api_host(&raw)?;
     let (target, _) = target(svc, &host)?;
-    let result =
-        svc.blocking(move |svc| svc.bmc.as_ref().expect("checked").client.detach(&target)).await?;
+    let bmc = svc.bmc.as_ref().expect("checked by target()");
+    let _busy = bmc.claim(&host)?;
+    let result = bmc.run(move |client| client.detach(&target)).await?;
     svc.audit.note(&Event::BmcMedia {
         host: host.clone(),
         action: "detach",
@@ -227,7 +275,7 @@ pub async fn detach(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<R
         boot: None,
         reset: false,
     });
-    let mut report = result.map_err(|e| bmc_failure(&host, &e, None))?;
+    let mut report = result.map_err(|e| bmc_failure(&host, &e))?;
     report.ejected = report.ejected.map(|i: String| redact(&i));
     Ok(Reply::json(&Done { host, action: "detach", url_expires_at: None, report }))
 }
@@ -240,10 +288,8 @@ pub async fn show(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Rep
     let host = api_host(&raw)?;
     let (target, _) = target(svc, &host)?;
     let bmc = svc.bmc.as_ref().expect("checked by target()");
-    let mut view = bmc
-        .run(move |client| client.status(&target))
-        .await?
-        .map_err(|e| bmc_failure(&host, &e, None))?;
+    let mut view =
+        bmc.run(move |client| client.status(&target)).await?.map_err(|e| bmc_failure(&host, &e))?;
     let expires = view.media.image.as_deref().and_then(expiry);
     view.media.image = view.media.image.map(|i: String| redact(&i));
     Ok(Reply::json(&serde_json::json!({
@@ -261,15 +307,35 @@ fn boot_name(b: BootMode) -> &'static str {
     }
 }
 
-/// `url` with the value of its `sig` parameter replaced.
+/// An image URL as a `read` caller may see it: without its query, which holds the signature
+/// (in whatever encoding a BMC reports it back).
 fn redact(url: &str) -> String {
-    match url.find("sig=") {
-        Some(at) => {
-            let end = url[at..].find('&').map_or(url.len(), |e| at + e);
-            format!("{}sig=redacted{}", &url[..at], &url[end..])
-        }
+    match url.split_once('?') {
+        Some((path, _)) => format!("{path}?(signed query hidden)"),
         None => url.to_string(),
     }
+}
+
+/// `text` with every run of 64 or more hex digits (a URL signature, a node token) hidden: BMC
+/// messages may echo the URL they were given.
+fn scrub(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    for c in text.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+            continue;
+        }
+        if run.len() >= 64 {
+            out.push_str("<redacted>");
+        } else {
+            out.push_str(&run);
+        }
+        run.clear();
+        out.push(c);
+    }
+    out.pop();
+    out
 }
 
 /// The `exp` of one of our media URLs.
@@ -284,9 +350,13 @@ mod tests {
     #[test]
     fn signatures_are_redacted_and_expiry_read() {
         let u = "http://s/media/n.iso?arch=x86_64&exp=123&sig=abcdef";
-        assert_eq!(redact(u), "http://s/media/n.iso?arch=x86_64&exp=123&sig=redacted");
-        assert_eq!(redact("http://s/x?sig=1&a=2"), "http://s/x?sig=redacted&a=2");
+        assert_eq!(redact(u), "http://s/media/n.iso?(signed query hidden)");
+        assert_eq!(redact("http://s/x.iso"), "http://s/x.iso");
         assert_eq!(expiry(u), Some(123));
         assert_eq!(expiry("http://other/x.iso"), None);
+        let sig = "a1".repeat(32);
+        assert_eq!(scrub(&format!("bad image {sig}: no")), "bad image <redacted>: no");
+        assert_eq!(scrub(&format!("%3Dsig%3D{}", sig.to_uppercase())), "%3Dsig%<redacted>");
+        assert_eq!(scrub("HTTP 400: abc 12"), "HTTP 400: abc 12");
     }
 }

@@ -732,7 +732,7 @@ async fn media(svc: &Arc<Service>, req: &Arc<Req>, file: String) -> Result<Reply
             peer: req.peer,
         };
         svc.audit.note(&record);
-        tracing::warn!(peer = %req.peer, reason = refusal.as_str(), "media URL refused");
+        tracing::debug!(peer = %req.peer, reason = refusal.as_str(), "media URL refused");
         let why = match refusal {
             Refusal::Unsigned => "media URLs must be signed",
             Refusal::Expired => "this media URL has expired",
@@ -789,9 +789,10 @@ async fn media(svc: &Arc<Service>, req: &Arc<Req>, file: String) -> Result<Reply
         }
     }
     // A range applies only if the client still has these bytes (RFC 9110 §13.1.5): If-Range
-    // must name this ETag, or this exact Last-Modified date.
+    // must name this (strong) ETag. A date is not enough: two inventories loaded within one
+    // second share a Last-Modified but not their bytes.
     let range = match &req.if_range {
-        Some(v) if *v != etag && *v != modified => None,
+        Some(v) if *v != etag => None,
         _ => req.range.as_deref(),
     };
     let (status, start, end) = match super::assets::parse_range(range, len) {
@@ -813,7 +814,9 @@ async fn media(svc: &Arc<Service>, req: &Arc<Req>, file: String) -> Result<Reply
             status,
         });
     }
-    svc.metrics.media_bytes(end - start);
+    if req.method == hyper::Method::GET {
+        svc.metrics.media_bytes(end - start);
+    }
     Ok(Reply {
         status,
         content_type,

@@ -23,6 +23,9 @@ use crate::token::Secret;
 pub const MAX_TTL_SECS: u64 = 366 * 24 * 3600;
 /// The life of a URL when the caller does not say.
 pub const DEFAULT_TTL_SECS: u64 = 7 * 24 * 3600;
+/// The date of served images when `SOURCE_DATE_EPOCH` is not set (2023-11-14 22:13:20 UTC): a
+/// fixed one, so every restart and every instance serves the same bytes and validators.
+pub const DEFAULT_EPOCH: u64 = 1_700_000_000;
 /// Templates kept per loader flavour (a fleet uses one or two shapes per format).
 const TEMPLATES_KEPT: usize = 16;
 

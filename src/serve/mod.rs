@@ -68,7 +68,7 @@ pub struct Config {
     pub workers: usize,
     /// iPXE loaders for `/media/` images instead of the embedded ones (`build --firmware-dir`).
     pub firmware_dir: Option<PathBuf>,
-    /// `SOURCE_DATE_EPOCH` of `/media/` images; `None`: the time the service started.
+    /// `SOURCE_DATE_EPOCH` of `/media/` images; `None`: [`media::DEFAULT_EPOCH`].
     pub media_epoch: Option<u64>,
     /// The base of minted `/media/` URLs: where BMCs reach this service, which is often another
     /// network (the management one) than the nodes'. `None`: the node's own base URL.
@@ -395,7 +395,7 @@ impl Server {
                 "no --secret-file: media URLs are signed with a key of this process only; they stop working when it restarts and other instances refuse them"
             );
         }
-        let epoch = config.media_epoch.unwrap_or_else(|| util::now_ms() / 1000);
+        let epoch = config.media_epoch.unwrap_or(media::DEFAULT_EPOCH);
         let media = media::Media::new(config.firmware_dir.as_deref(), epoch, signer)?;
         let bmc = match &config.bmc_credentials {
             Some(file) => Some(bmc::Bmc::new(file.clone(), config.bmc_ca.clone())?),
