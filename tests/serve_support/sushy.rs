@@ -144,21 +144,7 @@ impl Emulator {
         let venv = venv();
         let dir = tempfile::tempdir().unwrap();
         let htpasswd = dir.path().join("htpasswd");
-        let mut lines = String::new();
-        for (user, password) in &config.users {
-            // Cost 4, the least bcrypt allows: the emulator checks the hash on every request.
-            let out = Command::new(venv.join("bin/python"))
-                .args([
-                    "-c",
-                    "import bcrypt, sys; print(bcrypt.hashpw(sys.argv[1].encode(), bcrypt.gensalt(rounds=4)).decode())",
-                    password,
-                ])
-                .output()
-                .expect("run the virtualenv's python");
-            assert!(out.status.success(), "bcrypt: {}", String::from_utf8_lossy(&out.stderr));
-            lines += &format!("{user}:{}", String::from_utf8_lossy(&out.stdout));
-        }
-        std::fs::write(&htpasswd, lines).unwrap();
+        write_htpasswd(&venv, &config.users, &htpasswd);
         let systems: Vec<String> = config
             .systems
             .iter()
@@ -239,6 +225,25 @@ impl Emulator {
     pub fn system_url(&self, i: usize) -> String {
         format!("{}/redfish/v1/Systems/{}", self.base, self.systems[i].uuid)
     }
+}
+
+/// Writes an htpasswd file of `users` (bcrypt, the only format the emulator accepts).
+fn write_htpasswd(venv: &Path, users: &[(String, String)], path: &Path) {
+    let mut lines = String::new();
+    for (user, password) in users {
+        // Cost 4, the least bcrypt allows: the emulator checks the hash on every request.
+        let out = Command::new(venv.join("bin/python"))
+            .args([
+                "-c",
+                "import bcrypt, sys; print(bcrypt.hashpw(sys.argv[1].encode(), bcrypt.gensalt(rounds=4)).decode())",
+                password,
+            ])
+            .output()
+            .expect("run the virtualenv's python");
+        assert!(out.status.success(), "bcrypt: {}", String::from_utf8_lossy(&out.stderr));
+        lines += &format!("{user}:{}", String::from_utf8_lossy(&out.stdout));
+    }
+    std::fs::write(path, lines).unwrap();
 }
 
 impl Drop for Emulator {
@@ -599,5 +604,111 @@ impl Ca {
             "ext.cnf",
         ]);
         Ca { ca_cert: p("ca.pem"), server_cert: p("bmc.pem"), server_key: p("bmc.key"), dir }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The libvirt driver (tests/libvirt_e2e.rs): the same emulator, with no `--fake`, but
+// `--libvirt-uri URI`, so its Systems are the domains of a real libvirt daemon. Read from
+// sushy-tools 2.2.0 (`resources/systems/libvirtdriver.py`, `resources/vmedia.py`):
+// * InsertMedia downloads the image (`requests.get`, into a fresh folder under TMPDIR, named
+//   after the URL's last path segment), uploads it as volume `NAME-EXT-UUID.img` of the libvirt
+//   storage pool `default` (`SUSHY_EMULATOR_STORAGE_POOL`; the daemon must have it), then
+//   rewrites the domain: every `device='cdrom'` disk is removed and one `<disk type='file'
+//   device='cdrom'>` with that volume as source is added (`hdc` on IDE for an i440fx machine),
+//   read-only. EjectMedia removes the cdrom disks and the download; the volume stays.
+// * A Boot PATCH with `BootSourceOverrideTarget: Cd` drops `<os><boot dev=…>` and gives the CD
+//   `<boot order='1'/>`, the disks that were in the old order the next ones (the libvirt driver
+//   ignores `BootSourceOverrideEnabled`: its override is always continuous).
+// * `ComputerSystem.Reset` `On` starts an inactive domain; `ForceRestart` destroys and starts.
+// Each change is a `defineXML` of the domain: a running domain sees it at its next start.
+// ---------------------------------------------------------------------------------------------
+
+/// The libvirt-python version `scripts/setup --test` builds into the virtualenv.
+pub const LIBVIRT_PYTHON_VERSION: &str = "9.0.0";
+
+/// The virtualenv, checked to hold the Python `libvirt` module the libvirt driver imports;
+/// fails the test loudly, naming the setup step, when it does not.
+pub fn libvirt_venv() -> PathBuf {
+    let dir = venv();
+    let out = Command::new(dir.join("bin/python")).args(["-c", "import libvirt"]).output();
+    match out {
+        Ok(o) if o.status.success() => dir,
+        Ok(o) => panic!(
+            "PREREQUISITE MISSING: the virtualenv {} lacks the Python module `libvirt` that \
+             sushy-tools' libvirt driver imports ({}). Run `scripts/setup --test`: it installs the \
+             Debian packages `libvirt-dev`, `pkg-config`, `python3-dev` and `gcc` and builds \
+             libvirt-python=={LIBVIRT_PYTHON_VERSION} into the virtualenv with pip.",
+            dir.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => panic!("cannot run {}/bin/python: {e}", dir.display()),
+    }
+}
+
+impl Emulator {
+    /// Starts `sushy-emulator --libvirt-uri URI`, serving only the domains in `systems` (by
+    /// UUID: `SUSHY_EMULATOR_ALLOWED_INSTANCES`), one user `admin` with password `password`.
+    /// Images it downloads land in its own folder (`images/` of [`Emulator::dir`]) before it
+    /// uploads them into the daemon's pool `default`.
+    pub fn start_libvirt(uri: &str, systems: Vec<FakeSystem>) -> Emulator {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Emulator::try_start_libvirt(uri, &systems) {
+                Ok(e) => return e,
+                Err(log) if log.contains("Address already in use") => last = log,
+                Err(log) => {
+                    panic!("sushy-emulator (libvirt driver) did not start; its log:\n{log}")
+                }
+            }
+        }
+        panic!("sushy-emulator (libvirt driver) did not start; its log:\n{last}");
+    }
+
+    fn try_start_libvirt(uri: &str, systems: &[FakeSystem]) -> Result<Emulator, String> {
+        let venv = libvirt_venv();
+        let dir = tempfile::tempdir().unwrap();
+        let htpasswd = dir.path().join("htpasswd");
+        write_htpasswd(&venv, &[("admin".into(), "password".into())], &htpasswd);
+        let images = dir.path().join("images");
+        std::fs::create_dir_all(&images).unwrap();
+        let allowed: Vec<String> = systems.iter().map(|s| format!("'{}'", s.uuid)).collect();
+        let port = free_port();
+        let conf = format!(
+            "SUSHY_EMULATOR_LISTEN_IP = '127.0.0.1'\n\
+             SUSHY_EMULATOR_LISTEN_PORT = {port}\n\
+             SUSHY_EMULATOR_STATE_DIR = '{state}'\n\
+             SUSHY_EMULATOR_AUTH_FILE = '{htpasswd}'\n\
+             SUSHY_EMULATOR_ALLOWED_INSTANCES = [{allowed}]\n",
+            state = dir.path().join("state").display(),
+            htpasswd = htpasswd.display(),
+            allowed = allowed.join(", "),
+        );
+        let conf_path = dir.path().join("emulator.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let log = dir.path().join("emulator.log");
+        let bin = venv.join("bin/sushy-emulator");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(&bin)
+            .arg("--libvirt-uri")
+            .arg(uri)
+            .arg("--config")
+            .arg(&conf_path)
+            .env("TMPDIR", &images)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let mut emulator = Emulator {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+            systems: systems.to_vec(),
+            log,
+            dir,
+        };
+        emulator.wait_ready()?;
+        Ok(emulator)
     }
 }
