@@ -106,7 +106,7 @@ pub fn select(keys: &[HostKey], q: &HostQuery) -> (Vec<usize>, usize) {
             SortKey::Ip => a.ip.cmp(&b.ip),
             SortKey::Phase => phase_rank(a.phase).cmp(&phase_rank(b.phase)),
             SortKey::Profile => a.profile.cmp(&b.profile),
-            // Hosts never booted / not installing sort last in either order.
+            // Oldest first in `asc`; hosts never booted / not installing last in either order.
             SortKey::LastBoot => none_last(a.last_boot, b.last_boot, q.desc),
             SortKey::InstallAge => none_last(a.install_since, b.install_since, !q.desc),
         };
@@ -223,7 +223,9 @@ mod tests {
         assert_eq!(select(&keys, &q(&[("sort", "ip")])).0, vec![2, 1, 0]);
         assert_eq!(select(&keys, &q(&[("sort", "hostname"), ("order", "desc")])).0, vec![2, 0, 1]);
         assert_eq!(select(&keys, &q(&[("sort", "phase")])).0, vec![1, 2, 0]);
-        assert_eq!(select(&keys, &q(&[("sort", "last-boot")])).0, vec![0, 1, 2], "newest first");
+        assert_eq!(select(&keys, &q(&[("sort", "last-boot")])).0, vec![2, 1, 0], "oldest first");
+        let newest = q(&[("sort", "last-boot"), ("order", "desc")]);
+        assert_eq!(select(&keys, &newest).0, vec![0, 1, 2]);
         assert_eq!(select(&keys, &q(&[("profile", "rocky")])), (vec![0, 2], 2));
         assert_eq!(select(&keys, &q(&[("phase", "failed")])), (vec![1], 1));
         assert_eq!(select(&keys, &q(&[("q", "10.0.0.3")])), (vec![0], 1));
