@@ -46,7 +46,12 @@ fn a_token_login_flags_a_host_watches_it_boot_and_cancels() {
 
     // The node boots with its own token: the page shows the install without a reload.
     let token = bootforge::token::Secret::new(SECRET.to_vec()).unwrap().node_token("node01");
-    let script = call("GET", &boot_url(&fx.base, "node01", "aa:bb:cc:dd:ee:01", &format!("&token={token}")), None, None);
+    let script = call(
+        "GET",
+        &boot_url(&fx.base, "node01", "aa:bb:cc:dd:ee:01", &format!("&token={token}")),
+        None,
+        None,
+    );
     assert!(script.body.contains("install="), "{}", script.body);
     b.wait_text(phase, 10, |t| t == "installing");
     b.wait_text("#hosts tr[data-host='node01'] td:nth-child(8)", 10, |t| t.contains("install"));
@@ -60,7 +65,10 @@ fn a_token_login_flags_a_host_watches_it_boot_and_cancels() {
     // Both actions are audited with the login, its role and how it logged in.
     let events = audit(&fx);
     let set = events.iter().find(|e| e["event"] == "flag-set").expect("flag-set audited");
-    assert_eq!((set["by"].as_str(), set["role"].as_str(), set["via"].as_str()), (Some("ops"), Some("reimage"), Some("token-session")));
+    assert_eq!(
+        (set["by"].as_str(), set["role"].as_str(), set["via"].as_str()),
+        (Some("ops"), Some("reimage"), Some("token-session"))
+    );
     let cancel = events.iter().find(|e| e["event"] == "flag-cancelled").expect("cancel audited");
     assert_eq!(cancel["via"], "token-session");
     assert!(events.iter().any(|e| e["event"] == "login" && e["name"] == "ops"));
@@ -69,7 +77,13 @@ fn a_token_login_flags_a_host_watches_it_boot_and_cancels() {
     let cookie = b.session_cookie();
     b.click("#logout");
     b.find("#login-token-form");
-    let r = call_h("GET", &fx.url("/hosts"), None, None, &[("Cookie", &format!("bf_session={cookie}"))]);
+    let r = call_h(
+        "GET",
+        &fx.url("/hosts"),
+        None,
+        None,
+        &[("Cookie", &format!("bf_session={cookie}"))],
+    );
     assert_eq!(r.status, 401);
     fx.stop();
 }
@@ -106,13 +120,20 @@ fn a_read_user_has_no_controls_and_forged_requests_are_refused() {
     assert_eq!(h(&[]), 403);
     assert_eq!(h(&[("X-CSRF-Token", &"0".repeat(64))]), 403);
     let events = audit(&fx);
-    let denied: Vec<&str> = events.iter().filter(|e| e["event"] == "denied").filter_map(|e| e["reason"].as_str()).collect();
+    let denied: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "denied")
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
     assert!(denied.contains(&"cross-site"), "{denied:?}");
     assert!(denied.contains(&"csrf"), "{denied:?}");
     assert!(denied.contains(&"role-too-small"), "{denied:?}");
     let flagged = call("GET", &fx.url("/hosts/node01"), Some(READ_TOKEN), None).json();
     assert_eq!(flagged["flagged"], false, "nothing forged went through");
-    assert!(!events.iter().any(|e| e["event"] == "media-url"), "the cross-site form minted nothing");
+    assert!(
+        !events.iter().any(|e| e["event"] == "media-url"),
+        "the cross-site form minted nothing"
+    );
     fx.stop();
 }
 
@@ -163,7 +184,10 @@ fn an_invalid_edit_shows_the_fields_error_and_leaves_the_csv_as_it_was() {
     assert_eq!(host["ip"], "10.0.0.99/24", "reloaded");
     let events = audit(&fx);
     let changed = events.iter().find(|e| e["event"] == "inventory-changed").expect("audited");
-    assert_eq!((changed["action"].as_str(), changed["host"].as_str(), changed["role"].as_str()), (Some("change"), Some("node02"), Some("admin")));
+    assert_eq!(
+        (changed["action"].as_str(), changed["host"].as_str(), changed["role"].as_str()),
+        (Some("change"), Some("node02"), Some("admin"))
+    );
 
     // The status and audit views.
     b.click("#nav-status");
@@ -197,10 +221,15 @@ fn directory_users_log_in_over_ldaps_and_starttls_with_their_groups_role() {
     }
     // A directory whose certificate does not chain to the configured CA is refused.
     let wrong_ca = dir.path().join("other.toml");
-    let text = slapd.config(false).replace(&slapd.ca.display().to_string(), "/etc/ssl/certs/ca-certificates.crt");
+    let text = slapd
+        .config(false)
+        .replace(&slapd.ca.display().to_string(), "/etc/ssl/certs/ca-certificates.crt");
     std::fs::write(&wrong_ca, text).unwrap();
     if let Ok(d) = Directory::load(&wrong_ca) {
-        assert!(matches!(rt.block_on(d.login("alice", "alice-pw")), Err(LoginError::Unavailable(_))));
+        assert!(matches!(
+            rt.block_on(d.login("alice", "alice-pw")),
+            Err(LoginError::Unavailable(_))
+        ));
     }
 
     // In the browser, over LDAPS.
@@ -248,7 +277,13 @@ fn directory_users_log_in_over_ldaps_and_starttls_with_their_groups_role() {
         .collect();
     assert_eq!(failed, vec![("carol", "bad-credentials"), ("dave", "no-role")]);
     let log = std::fs::read_to_string(fx.config.state_dir.join("audit.jsonl")).unwrap();
-    assert!(!log.contains("carol-pw") && !log.contains("alice-pw") && !log.contains("\"wrong\""), "no password in the audit log");
-    assert!(events.iter().any(|e| e["event"] == "login" && e["name"] == "alice" && e["role"] == "admin" && e["via"] == "ldap-session"));
+    assert!(
+        !log.contains("carol-pw") && !log.contains("alice-pw") && !log.contains("\"wrong\""),
+        "no password in the audit log"
+    );
+    assert!(events.iter().any(|e| e["event"] == "login"
+        && e["name"] == "alice"
+        && e["role"] == "admin"
+        && e["via"] == "ldap-session"));
     fx.stop();
 }

@@ -55,7 +55,9 @@ pub fn harden(mut reply: Reply, page: bool) -> Reply {
 /// `GET /ui/{file}`: a file of the page; `/ui` itself redirects to `/ui/`.
 pub fn ui_file(file: Option<&str>) -> Result<Reply, HttpError> {
     let Some(file) = file else {
-        return Ok(Reply::text("see /ui/\n".into()).with_status(308).header("Location", "/ui/".into()));
+        return Ok(Reply::text("see /ui/\n".into())
+            .with_status(308)
+            .header("Location", "/ui/".into()));
     };
     let (_, content_type, body) = FILES
         .iter()
@@ -79,8 +81,11 @@ pub fn secure(svc: &Service) -> bool {
 /// The origin a browser on this service has: `Origin` must equal it.
 pub fn own_origin(svc: &Service, req: &Req) -> Option<String> {
     let host = req.host.as_deref()?.trim();
-    let ok = !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
-    ok.then(|| format!("{}://{}", if secure(svc) { "https" } else { "http" }, host.to_ascii_lowercase()))
+    let ok = !host.is_empty()
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+    ok.then(|| {
+        format!("{}://{}", if secure(svc) { "https" } else { "http" }, host.to_ascii_lowercase())
+    })
 }
 
 /// What `GET /session` and a login answer: who, with which role, and the CSRF token to send
@@ -128,7 +133,8 @@ async fn whoami(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> 
             ldap: svc.directory.is_some(),
         })),
         Err(_) => {
-            let body = serde_json::json!({ "error": "not logged in", "ldap": svc.directory.is_some() });
+            let body =
+                serde_json::json!({ "error": "not logged in", "ldap": svc.directory.is_some() });
             Ok(Reply::json(&body)
                 .with_status(401)
                 .header("Set-Cookie", session::clear_cookie(secure(svc))))
@@ -186,8 +192,11 @@ async fn login(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {
     if !svc.login_limiter.allowed(peer, now_ms()) {
         let via = if body.token.is_some() { Via::TokenSession } else { Via::LdapSession };
         svc.audit.note(&Event::LoginFailed { name: None, via, peer, reason: "rate-limited" });
-        return Err(HttpError::new(429, "too many failed logins from this address; wait five minutes")
-            .header("Retry-After", (session::LIMIT_WINDOW_MS / 1000).to_string()));
+        return Err(HttpError::new(
+            429,
+            "too many failed logins from this address; wait five minutes",
+        )
+        .header("Retry-After", (session::LIMIT_WINDOW_MS / 1000).to_string()));
     }
     let now = now_ms();
     let (opened, caller) = match (body.token, body.username, body.password) {
@@ -196,7 +205,10 @@ async fn login(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {
             match tokens.known(Some(token.trim())) {
                 Ok(hash) => {
                     let caller = tokens.by_hash(&hash).expect("known");
-                    (svc.sessions.open_token(hash, now), Caller { via: Via::TokenSession, ..caller })
+                    (
+                        svc.sessions.open_token(hash, now),
+                        Caller { via: Via::TokenSession, ..caller },
+                    )
                 }
                 Err(denied) => {
                     return Err(login_failed(svc, peer, None, Via::TokenSession, denied.kind()));
@@ -221,11 +233,16 @@ async fn login(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {
                     if let super::ldap::LoginError::Unavailable(detail) = &e {
                         tracing::error!("directory login: {detail}");
                     }
-                    let status = if matches!(e, super::ldap::LoginError::Unavailable(_)) { 502 } else { 401 };
+                    let status = if matches!(e, super::ldap::LoginError::Unavailable(_)) {
+                        502
+                    } else {
+                        401
+                    };
                     let mut err = login_failed(svc, peer, name, Via::LdapSession, e.kind());
                     err.status = status;
                     if status == 502 {
-                        err.message = "the directory cannot be reached; the server log says why".into();
+                        err.message =
+                            "the directory cannot be reached; the server log says why".into();
                     }
                     return Err(err);
                 }
@@ -238,7 +255,12 @@ async fn login(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {
         }
     };
     svc.login_limiter.succeeded(peer);
-    svc.audit.note(&Event::Login { name: caller.name.clone(), role: caller.role, via: caller.via, peer });
+    svc.audit.note(&Event::Login {
+        name: caller.name.clone(),
+        role: caller.role,
+        via: caller.via,
+        peer,
+    });
     tracing::info!(name = %caller.name, role = caller.role.as_str(), %peer, "console login");
     let cookie = session::set_cookie(&opened.id, secure(svc), svc.sessions_life());
     Ok(Reply::json(&Who {
@@ -291,12 +313,16 @@ pub async fn inventory(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, Http
     authorize(svc, req, Role::Admin).await?;
     svc.blocking(|svc| {
         let text = read_inventory(svc)?;
-        let (columns, rows) = editor::rows(&text).map_err(|e| HttpError::new(409, e.to_string()))?;
+        let (columns, rows) =
+            editor::rows(&text).map_err(|e| HttpError::new(409, e.to_string()))?;
         let rows: Vec<_> = rows
             .into_iter()
             .map(|r| {
-                let fields: BTreeMap<&str, &str> =
-                    columns.iter().map(String::as_str).zip(r.fields.iter().map(String::as_str)).collect();
+                let fields: BTreeMap<&str, &str> = columns
+                    .iter()
+                    .map(String::as_str)
+                    .zip(r.fields.iter().map(String::as_str))
+                    .collect();
                 serde_json::json!({ "line": r.line, "fields": fields })
             })
             .collect();
@@ -315,7 +341,8 @@ fn read_inventory(svc: &Service) -> Result<String, HttpError> {
     let path = &svc.config.inventory;
     let bytes = std::fs::read(path)
         .map_err(|e| HttpError::internal(format!("cannot read {}: {e}", path.display())))?;
-    String::from_utf8(bytes).map_err(|_| HttpError::new(409, "the inventory is not UTF-8; fix it by hand"))
+    String::from_utf8(bytes)
+        .map_err(|_| HttpError::new(409, "the inventory is not UTF-8; fix it by hand"))
 }
 
 /// A short fingerprint of the text, so an edit made against an old version is refused (409).
@@ -369,7 +396,10 @@ pub async fn edit_row(
         let _one = svc.inventory_edit.lock().unwrap_or_else(|p| p.into_inner());
         let text = read_inventory(svc)?;
         if expected.as_deref().is_some_and(|v| v != version(&text)) {
-            return Err(HttpError::new(409, "the inventory changed since the form was opened; reload it and edit again"));
+            return Err(HttpError::new(
+                409,
+                "the inventory changed since the form was opened; reload it and edit again",
+            ));
         }
         let (new, line) = editor::apply(&text, &edit).map_err(|e| match e {
             editor::EditError::NoSuchHost(_) => HttpError::not_found(e.to_string()),
@@ -392,7 +422,8 @@ pub async fn check_upload(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, H
         let source = upload_source(svc);
         Ok(match checked(svc, &source, &text, None) {
             Ok(n) => Reply::json(&serde_json::json!({ "valid": true, "nodes": n })),
-            Err(errors) => Reply::json(&serde_json::json!({ "valid": false, "errors": errors })).with_status(422),
+            Err(errors) => Reply::json(&serde_json::json!({ "valid": false, "errors": errors }))
+                .with_status(422),
         })
     })
     .await?
@@ -411,7 +442,8 @@ pub async fn replace_upload(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply,
 }
 
 fn upload_text(req: &Req) -> Result<String, HttpError> {
-    String::from_utf8(req.body.to_vec()).map_err(|_| HttpError::bad_request("the CSV must be UTF-8"))
+    String::from_utf8(req.body.to_vec())
+        .map_err(|_| HttpError::bad_request("the CSV must be UTF-8"))
 }
 
 /// Uploads are named like the file they would replace, so errors read as `bootforge check`'s.
@@ -421,18 +453,22 @@ fn upload_source(svc: &Service) -> String {
 
 /// Validates `text` as the inventory: the CSV itself, then what a reload checks (profiles,
 /// `server` columns). Errors by line and column; `row` marks those of the edited row.
-fn checked(svc: &Service, source: &str, text: &str, row: Option<u64>) -> Result<usize, Vec<FieldErrorView>> {
+fn checked(
+    svc: &Service,
+    source: &str,
+    text: &str,
+    row: Option<u64>,
+) -> Result<usize, Vec<FieldErrorView>> {
     let view = |line: u64, column: String, message: String| FieldErrorView {
         on_row: row == Some(line),
         line,
         column,
         message,
     };
-    let inv = editor::validate(source, text)
-        .map_err(|errors| errors.into_iter().map(|e| view(e.line, e.column, e.message)).collect::<Vec<_>>())?;
-    svc.catalog
-        .check(&inv)
-        .map_err(|e| vec![view(0, "-".into(), e)])?;
+    let inv = editor::validate(source, text).map_err(|errors| {
+        errors.into_iter().map(|e| view(e.line, e.column, e.message)).collect::<Vec<_>>()
+    })?;
+    svc.catalog.check(&inv).map_err(|e| vec![view(0, "-".into(), e)])?;
     Ok(inv.len())
 }
 
@@ -458,7 +494,8 @@ fn replace(
             .with_status(422))
         }
     };
-    let record = Event::InventoryChanged { who: who.clone(), peer, action, host: host.clone(), nodes };
+    let record =
+        Event::InventoryChanged { who: who.clone(), peer, action, host: host.clone(), nodes };
     svc.audit.append_durable(&record).map_err(|e| {
         tracing::error!(error = %e, "cannot append to the audit log; the inventory edit is refused");
         HttpError::new(500, "the audit log cannot be written, so nothing was changed")

@@ -39,10 +39,9 @@ impl std::fmt::Display for EditError {
         match self {
             EditError::Unreadable(m) => write!(f, "the inventory cannot be edited: {m}"),
             EditError::NoSuchHost(h) => write!(f, "no row of the inventory has host name {h:?}"),
-            EditError::NoSuchColumn(c) => write!(
-                f,
-                "the inventory has no column {c:?}; add columns by uploading a new CSV"
-            ),
+            EditError::NoSuchColumn(c) => {
+                write!(f, "the inventory has no column {c:?}; add columns by uploading a new CSV")
+            }
             EditError::BadValue { column, message } => write!(f, "column {column}: {message}"),
         }
     }
@@ -167,9 +166,10 @@ fn put(
 ) -> Result<(), EditError> {
     for (name, value) in fields {
         let key = name.trim().to_ascii_lowercase();
-        let i = header.iter().position(|c| *c == key).ok_or_else(|| {
-            EditError::NoSuchColumn(key.chars().take(64).collect())
-        })?;
+        let i = header
+            .iter()
+            .position(|c| *c == key)
+            .ok_or_else(|| EditError::NoSuchColumn(key.chars().take(64).collect()))?;
         if value.contains(['\n', '\r', '\0']) {
             return Err(EditError::BadValue {
                 column: key,
@@ -228,7 +228,11 @@ mod tests {
 
     #[test]
     fn add_and_remove_keep_every_other_byte() {
-        let (out, line) = apply(CSV, &Edit::Add(f(&[("hostname", "n4"), ("ip", "10.0.0.4/24"), ("role", "a\"q")]))).unwrap();
+        let (out, line) = apply(
+            CSV,
+            &Edit::Add(f(&[("hostname", "n4"), ("ip", "10.0.0.4/24"), ("role", "a\"q")])),
+        )
+        .unwrap();
         assert_eq!(out, format!("{CSV}n4,10.0.0.4/24,,\"a\"\"q\"\r\n"));
         assert_eq!(line, rows(&out).unwrap().1.last().map(|r| r.line));
         let (back, _) = apply(&out, &Edit::Remove { host: "n4".into() }).unwrap();
@@ -236,9 +240,17 @@ mod tests {
         let (out, _) = apply(CSV, &Edit::Remove { host: "n2".into() }).unwrap();
         assert_eq!(out, "\u{feff}hostname,ip,mac,role\r\n# rack 1\r\nn1,10.0.0.1/24,,\"a,b\"\r\nn3,10.0.0.3/24,,x\r\n");
         // No line end at the end of the file.
-        let (out, _) = apply("hostname,ip\nn1,10.0.0.1/24", &Edit::Add(f(&[("hostname", "n2"), ("ip", "10.0.0.2/24")]))).unwrap();
+        let (out, _) = apply(
+            "hostname,ip\nn1,10.0.0.1/24",
+            &Edit::Add(f(&[("hostname", "n2"), ("ip", "10.0.0.2/24")])),
+        )
+        .unwrap();
         assert_eq!(out, "hostname,ip\nn1,10.0.0.1/24\nn2,10.0.0.2/24\n");
-        let (out, _) = apply("hostname,ip\nn1,10.0.0.1/24", &Edit::Change { host: "n1".into(), fields: f(&[("ip", "10.0.0.3/24")]) }).unwrap();
+        let (out, _) = apply(
+            "hostname,ip\nn1,10.0.0.1/24",
+            &Edit::Change { host: "n1".into(), fields: f(&[("ip", "10.0.0.3/24")]) },
+        )
+        .unwrap();
         assert_eq!(out, "hostname,ip\nn1,10.0.0.3/24");
     }
 
@@ -255,7 +267,8 @@ mod tests {
     #[test]
     fn validation_reports_the_edited_line_and_column() {
         let csv = "hostname,ip,role\n# rack 1\nn1,10.0.0.1/24,\"a,b\"\n";
-        let (out, line) = apply(csv, &Edit::Add(f(&[("hostname", "n5"), ("ip", "10.0.0.300/24")]))).unwrap();
+        let (out, line) =
+            apply(csv, &Edit::Add(f(&[("hostname", "n5"), ("ip", "10.0.0.300/24")]))).unwrap();
         let errors = validate("nodes.csv", &out).unwrap_err();
         assert_eq!(errors.len(), 1);
         assert_eq!((Some(errors[0].line), errors[0].column.as_str()), (line, "ip"));

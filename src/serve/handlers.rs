@@ -41,7 +41,11 @@ pub async fn handle(svc: Arc<Service>, req: Req) -> Reply {
     let req = Arc::new(req);
     let console = !matches!(
         req.route,
-        Route::Boot(_) | Route::BootOther | Route::Config { .. } | Route::Asset(_) | Route::Media(_)
+        Route::Boot(_)
+            | Route::BootOther
+            | Route::Config { .. }
+            | Route::Asset(_)
+            | Route::Media(_)
     );
     let page = matches!(req.route, Route::Ui(_));
     let result = match req.route.clone() {
@@ -1213,7 +1217,9 @@ fn host_page(svc: &Service, q: &HostQuery) -> Reply {
     }
     let hosts: Vec<HostView> = page
         .into_iter()
-        .map(|i| host_view(svc, &snap, &nodes[i].hostname, states[i].as_ref().map_err(Clone::clone)))
+        .map(|i| {
+            host_view(svc, &snap, &nodes[i].hostname, states[i].as_ref().map_err(Clone::clone))
+        })
         .collect();
     Reply::json(&serde_json::json!({
         "hosts": hosts,

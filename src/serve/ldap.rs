@@ -275,15 +275,22 @@ fn tls_config(ca_file: Option<&Path>, source: &str) -> anyhow::Result<Arc<rustls
     match ca_file {
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
         Some(path) => {
-            let pem = std::fs::read(path).with_context(|| {
-                format!("{source}: ca_file: cannot read {}", path.display())
-            })?;
+            let pem = std::fs::read(path)
+                .with_context(|| format!("{source}: ca_file: cannot read {}", path.display()))?;
             for (i, cert) in CertificateDer::pem_slice_iter(&pem).enumerate() {
                 let cert = cert.map_err(|e| {
-                    anyhow::anyhow!("{source}: ca_file {}: certificate {}: {e}", path.display(), i + 1)
+                    anyhow::anyhow!(
+                        "{source}: ca_file {}: certificate {}: {e}",
+                        path.display(),
+                        i + 1
+                    )
                 })?;
                 roots.add(cert).map_err(|e| {
-                    anyhow::anyhow!("{source}: ca_file {}: certificate {}: {e}", path.display(), i + 1)
+                    anyhow::anyhow!(
+                        "{source}: ca_file {}: certificate {}: {e}",
+                        path.display(),
+                        i + 1
+                    )
                 })?;
             }
             anyhow::ensure!(
@@ -345,7 +352,10 @@ mod tests {
         let d = config("").unwrap();
         let g = |list: &[&str]| list.iter().map(|s| normalize_dn(s)).collect::<Vec<_>>();
         assert_eq!(role_for(&d.roles, &g(&["CN=ops,OU=Groups,DC=x"])), Some(Role::Reimage));
-        assert_eq!(role_for(&d.roles, &g(&["cn=ops,ou=groups,dc=x", "cn=root,ou=groups,dc=x"])), Some(Role::Admin));
+        assert_eq!(
+            role_for(&d.roles, &g(&["cn=ops,ou=groups,dc=x", "cn=root,ou=groups,dc=x"])),
+            Some(Role::Admin)
+        );
         assert_eq!(role_for(&d.roles, &g(&["cn=other,dc=x"])), None);
     }
 

@@ -42,16 +42,19 @@ impl HostQuery {
     /// Whether the request asks for the paged form at all (otherwise `/hosts` answers as before:
     /// every host).
     pub fn wanted(param: impl Fn(&str) -> Option<String>) -> bool {
-        ["phase", "profile", "q", "sort", "order", "offset", "limit"].iter().any(|p| param(p).is_some())
+        ["phase", "profile", "q", "sort", "order", "offset", "limit"]
+            .iter()
+            .any(|p| param(p).is_some())
     }
 
     pub fn parse(param: impl Fn(&str) -> Option<String>) -> Result<HostQuery, String> {
         let phase = match param("phase").filter(|p| !p.is_empty()) {
             None => None,
-            Some(p) => Some(
-                serde_json::from_value(serde_json::Value::String(p))
-                    .map_err(|_| "phase must be idle, pending, installing, started, failed or done".to_string())?,
-            ),
+            Some(p) => {
+                Some(serde_json::from_value(serde_json::Value::String(p)).map_err(|_| {
+                    "phase must be idle, pending, installing, started, failed or done".to_string()
+                })?)
+            }
         };
         let sort = match param("sort").as_deref().unwrap_or("hostname") {
             "" | "hostname" => SortKey::Hostname,
@@ -60,7 +63,11 @@ impl HostQuery {
             "profile" => SortKey::Profile,
             "last-boot" => SortKey::LastBoot,
             "install-age" => SortKey::InstallAge,
-            _ => return Err("sort must be hostname, ip, phase, profile, last-boot or install-age".into()),
+            _ => {
+                return Err(
+                    "sort must be hostname, ip, phase, profile, last-boot or install-age".into()
+                )
+            }
         };
         let desc = match param("order").as_deref().unwrap_or("asc") {
             "" | "asc" => false,
@@ -116,7 +123,11 @@ pub fn select(keys: &[HostKey], q: &HostQuery) -> (Vec<usize>, usize) {
             _ => primary,
         };
         let by_name = a.hostname.cmp(b.hostname);
-        primary.then(if q.desc && q.sort == SortKey::Hostname { by_name.reverse() } else { by_name })
+        primary.then(if q.desc && q.sort == SortKey::Hostname {
+            by_name.reverse()
+        } else {
+            by_name
+        })
     };
     hits.sort_by(|&a, &b| cmp(&keys[a], &keys[b]));
     let matched = hits.len();
@@ -175,7 +186,11 @@ pub struct EventFilter {
 impl EventFilter {
     pub fn parse(param: impl Fn(&str) -> Option<String>) -> EventFilter {
         let get = |n: &str| param(n).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
-        EventFilter { host: get("host").map(|h| h.to_lowercase()), event: get("event"), by: get("by") }
+        EventFilter {
+            host: get("host").map(|h| h.to_lowercase()),
+            event: get("event"),
+            by: get("by"),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -185,7 +200,9 @@ impl EventFilter {
     /// Whether a record passes. `by` matches the record's `by` (actions) or `name` (logins).
     pub fn keeps(&self, record: &serde_json::Value) -> bool {
         let field = |k: &str| record.get(k).and_then(|v| v.as_str());
-        self.host.as_deref().is_none_or(|h| field("host").is_some_and(|x| x.eq_ignore_ascii_case(h)))
+        self.host
+            .as_deref()
+            .is_none_or(|h| field("host").is_some_and(|x| x.eq_ignore_ascii_case(h)))
             && self.event.as_deref().is_none_or(|e| field("event") == Some(e))
             && self.by.as_deref().is_none_or(|b| field("by") == Some(b) || field("name") == Some(b))
     }
@@ -195,7 +212,12 @@ impl EventFilter {
 mod tests {
     use super::*;
 
-    fn key(h: &'static str, last: u8, phase: Phase, profile: Option<&'static str>) -> HostKey<'static> {
+    fn key(
+        h: &'static str,
+        last: u8,
+        phase: Phase,
+        profile: Option<&'static str>,
+    ) -> HostKey<'static> {
         HostKey {
             hostname: h,
             ip: Ipv4Addr::new(10, 0, 0, last),
@@ -209,7 +231,8 @@ mod tests {
     }
 
     fn q(pairs: &[(&str, &str)]) -> HostQuery {
-        HostQuery::parse(|n| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string())).unwrap()
+        HostQuery::parse(|n| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string()))
+            .unwrap()
     }
 
     #[test]
@@ -235,9 +258,8 @@ mod tests {
 
     #[test]
     fn bad_parameters_are_named() {
-        let bad = |k: &str, v: &str| {
-            HostQuery::parse(|n| (n == k).then(|| v.to_string())).unwrap_err()
-        };
+        let bad =
+            |k: &str, v: &str| HostQuery::parse(|n| (n == k).then(|| v.to_string())).unwrap_err();
         assert!(bad("phase", "asleep").starts_with("phase"));
         assert!(bad("sort", "mood").starts_with("sort"));
         assert!(bad("offset", "-1").starts_with("offset"));

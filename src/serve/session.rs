@@ -378,7 +378,10 @@ mod tests {
         s.end(&o.id);
         let p = presented(&o.id, Method::Safe, None);
         assert_eq!(s.check(&t, &p, Role::Read, 2001).unwrap_err(), Denied::NoSession, "logout");
-        assert_eq!(s.check(&t, &presented("zz", Method::Safe, None), Role::Read, 1).unwrap_err(), Denied::NoSession);
+        assert_eq!(
+            s.check(&t, &presented("zz", Method::Safe, None), Role::Read, 1).unwrap_err(),
+            Denied::NoSession
+        );
     }
 
     #[test]

@@ -41,11 +41,7 @@ fn wait_for_port(port: u16, what: &str, child: &mut Child) {
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// A killed-on-drop child process.
@@ -85,18 +81,44 @@ impl Slapd {
         let d = dir.join("ldap");
         std::fs::create_dir_all(d.join("db")).unwrap();
         let p = |n: &str| d.join(n).display().to_string();
-        run(Command::new(&openssl).args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=bootforge test CA"])
-            .args(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+        run(Command::new(&openssl)
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=bootforge test CA",
+            ])
+            .args([
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ])
             .args(["-keyout", &p("ca.key"), "-out", &p("ca.pem")]));
-        run(Command::new(&openssl).args(["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost"])
+        run(Command::new(&openssl)
+            .args(["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost"])
             .args(["-keyout", &p("server.key"), "-out", &p("server.csr")]));
         std::fs::write(
             d.join("ext.cnf"),
             "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
         )
         .unwrap();
-        run(Command::new(&openssl).args(["x509", "-req", "-days", "2", "-in", &p("server.csr"), "-CA", &p("ca.pem")])
-            .args(["-CAkey", &p("ca.key"), "-CAcreateserial", "-out", &p("server.pem"), "-extfile", &p("ext.cnf")]));
+        run(Command::new(&openssl)
+            .args(["x509", "-req", "-days", "2", "-in", &p("server.csr"), "-CA", &p("ca.pem")])
+            .args([
+                "-CAkey",
+                &p("ca.key"),
+                "-CAcreateserial",
+                "-out",
+                &p("server.pem"),
+                "-extfile",
+                &p("ext.cnf"),
+            ]));
         let conf = format!(
             "include /etc/ldap/schema/core.schema\ninclude /etc/ldap/schema/cosine.schema\n\
              include /etc/ldap/schema/inetorgperson.schema\npidfile {pid}\nmodulepath /usr/lib/ldap\n\
@@ -294,7 +316,12 @@ impl Browser {
     /// The value of the session cookie (HttpOnly: only WebDriver sees it).
     pub fn session_cookie(&self) -> String {
         let cookies = self.rt.block_on(self.client.get_all_cookies()).unwrap();
-        cookies.iter().find(|c| c.name() == "bf_session").expect("a session cookie").value().to_string()
+        cookies
+            .iter()
+            .find(|c| c.name() == "bf_session")
+            .expect("a session cookie")
+            .value()
+            .to_string()
     }
 }
 
