@@ -287,3 +287,41 @@ fn directory_users_log_in_over_ldaps_and_starttls_with_their_groups_role() {
         && e["via"] == "ldap-session"));
     fx.stop();
 }
+
+/// The fleet view's query on 10,000 hosts, 1,000 of them flagged (so with state files): one
+/// page, sorted and filtered on the server. Prints the figure for docs/BENCHMARKS.md.
+#[test]
+fn a_page_of_ten_thousand_hosts_is_answered_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = full_config(dir.path(), false);
+    let mut csv = String::from("hostname,ip,mac,vlan,profile\n");
+    for i in 0..10_000u32 {
+        let (a, b) = (i / 250, i % 250 + 1);
+        csv += &format!("n{i:05},10.{}.{a}.{b}/16,52:54:00:00:{:02x}:{:02x},{},e2e\n", 100 + a / 256, i >> 8, i & 0xff, 100 + i % 7);
+    }
+    std::fs::write(&config.inventory, csv).unwrap();
+    config.workers = 2;
+    let mut fx = start_with(dir, config);
+    for i in (0..10_000).step_by(10) {
+        let r = call("PUT", &fx.url(&format!("/hosts/n{i:05}/reimage")), Some(REIMAGE_TOKEN), None);
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let measure = |query: &str| {
+        let mut times = Vec::new();
+        for _ in 0..30 {
+            let t = std::time::Instant::now();
+            let r = call("GET", &fx.url(query), Some(READ_TOKEN), None);
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+            assert_eq!(r.status, 200);
+            assert!(r.json()["hosts"].as_array().unwrap().len() <= 50);
+        }
+        times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let (median, p95) = (times[15], times[28]);
+        eprintln!("console bench: GET {query}: median {median:.1} ms, p95 {p95:.1} ms");
+        assert!(median < 1000.0, "{query}: {median} ms");
+    };
+    measure("/hosts?limit=50");
+    measure("/hosts?limit=50&sort=phase&order=desc&offset=5000");
+    measure("/hosts?limit=50&phase=pending&q=n09");
+    fx.stop();
+}
