@@ -297,7 +297,13 @@ fn a_page_of_ten_thousand_hosts_is_answered_quickly() {
     let mut csv = String::from("hostname,ip,mac,vlan,profile\n");
     for i in 0..10_000u32 {
         let (a, b) = (i / 250, i % 250 + 1);
-        csv += &format!("n{i:05},10.{}.{a}.{b}/16,52:54:00:00:{:02x}:{:02x},{},e2e\n", 100 + a / 256, i >> 8, i & 0xff, 100 + i % 7);
+        csv += &format!(
+            "n{i:05},10.{}.{a}.{b}/16,52:54:00:00:{:02x}:{:02x},{},e2e\n",
+            100 + a / 256,
+            i >> 8,
+            i & 0xff,
+            100 + i % 7
+        );
     }
     std::fs::write(&config.inventory, csv).unwrap();
     config.workers = 2;

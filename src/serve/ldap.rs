@@ -100,13 +100,6 @@ impl LoginError {
     }
 }
 
-impl<'de> serde::Deserialize<'de> for Role {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Role, D::Error> {
-        let text = String::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
-
 impl Directory {
     /// Reads and checks the configuration file; every problem names the file and the field.
     pub fn load(path: &Path) -> anyhow::Result<Directory> {
