@@ -28,7 +28,8 @@ Without --tokens-file the API (/hosts, /events, reimage) refuses every request w
 URLs written into install chains and configs come from the row's `server`, else --public-url,
 else the listen address if it is a specific one; never from the request's Host header. With
 neither (listening on 0.0.0.0), every row needs a `server` column.
-See docs/API.md, docs/PROFILES.md and docs/STATE.md.";
+The operator's console is at /ui/ (API tokens, and directory accounts with --ldap-config).
+See docs/API.md, docs/CONSOLE.md, docs/PROFILES.md and docs/STATE.md.";
 
 /// Run the boot decision service: answer every boot with "install" or "boot the local disk".
 #[derive(clap::Args, Debug)]
@@ -93,6 +94,20 @@ pub struct ServeArgs {
     /// Extra CA certificates (PEM) to trust for BMC TLS, for BMCs with a private CA.
     #[arg(long, value_name = "FILE")]
     pub bmc_ca: Option<PathBuf>,
+    /// Directory logins for the console at /ui/ (TOML: LDAPS or StartTLS URL, bind DN template,
+    /// group search, group → role map). See docs/CONSOLE.md.
+    #[arg(long, value_name = "FILE")]
+    pub ldap_config: Option<PathBuf>,
+    /// Mark console session cookies Secure (automatic when --public-url is https://): for a TLS
+    /// proxy in front of the service.
+    #[arg(long)]
+    pub console_secure_cookie: bool,
+    /// Console sessions end after this many minutes without a request.
+    #[arg(long, value_name = "MINUTES", default_value_t = 30)]
+    pub session_idle_minutes: u64,
+    /// Console sessions end this many hours after login, whatever happens.
+    #[arg(long, value_name = "HOURS", default_value_t = 12)]
+    pub session_max_hours: u64,
 }
 
 const MEDIA_URL_HELP: &str = "\
@@ -195,6 +210,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.media_base_url = args.media_base_url;
     config.bmc_credentials = args.bmc_credentials;
     config.bmc_ca = args.bmc_ca;
+    config.ldap_config = args.ldap_config;
+    config.secure_cookies = args.console_secure_cookie;
+    config.sessions = crate::serve::session::Lifetimes {
+        idle_ms: args.session_idle_minutes.clamp(1, 24 * 60) * 60_000,
+        absolute_ms: args.session_max_hours.clamp(1, 24 * 30) * 3_600_000,
+    };
     config.media_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(text) => Some(text.trim().parse().map_err(|_| {
             anyhow::anyhow!("SOURCE_DATE_EPOCH={text:?} is not a number of seconds since 1970")

@@ -14,6 +14,7 @@
 //! paths, token *names* instead of tokens. No request text reaches the log unparsed, so no
 //! secret can, and every record is a few hundred bytes whatever the request held.
 
+use super::auth::{Actor, Role, Via};
 use crate::inventory::Mac;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -46,14 +47,16 @@ pub enum Event {
     FlagSet {
         host: String,
         profile: String,
-        by: String,
+        #[serde(flatten)]
+        who: Actor,
         peer: IpAddr,
         changed: bool,
         install: String,
     },
     FlagCancelled {
         host: String,
-        by: String,
+        #[serde(flatten)]
+        who: Actor,
         peer: IpAddr,
         outcome: &'static str,
         install: Option<String>,
@@ -121,7 +124,8 @@ pub enum Event {
     MediaUrl {
         host: String,
         format: &'static str,
-        by: String,
+        #[serde(flatten)]
+        who: Actor,
         peer: IpAddr,
         expires: u64,
     },
@@ -129,7 +133,8 @@ pub enum Event {
     BmcMedia {
         host: String,
         action: &'static str,
-        by: String,
+        #[serde(flatten)]
+        who: Actor,
         peer: IpAddr,
         ok: bool,
         boot: Option<&'static str>,
@@ -143,9 +148,40 @@ pub enum Event {
         reason: &'static str,
     },
     Reload {
-        by: String,
+        #[serde(flatten)]
+        who: Actor,
         peer: IpAddr,
         ok: bool,
+    },
+    /// A console login. `name` is the token's name or the directory login name.
+    Login {
+        name: String,
+        role: Role,
+        via: Via,
+        peer: IpAddr,
+    },
+    /// A refused console login, never with the password or token. `name` is the directory
+    /// login name asked for, only when it has the shape of one (see `session::login_name`).
+    LoginFailed {
+        name: Option<String>,
+        via: Via,
+        peer: IpAddr,
+        reason: &'static str,
+    },
+    Logout {
+        #[serde(flatten)]
+        who: Actor,
+        peer: IpAddr,
+    },
+    /// The inventory CSV replaced from the console: `action` is `add`, `change`, `remove` or
+    /// `upload`; `host` the row's host name; `nodes` the number of rows after the change.
+    InventoryChanged {
+        #[serde(flatten)]
+        who: Actor,
+        peer: IpAddr,
+        action: &'static str,
+        host: Option<String>,
+        nodes: usize,
     },
     /// A change whose audit record was written but whose state write failed afterwards.
     ChangeNotApplied {
@@ -185,6 +221,8 @@ const NOTE_BATCH: usize = 64 * 1024;
 
 /// Largest answer of one `/events` page, whatever `limit` asks for.
 pub const MAX_PAGE_BYTES: usize = 1 << 20;
+/// Most log read for one filtered `/events` page.
+pub const MAX_SCAN_BYTES: usize = 64 << 20;
 
 impl Audit {
     pub fn open(state_dir: &Path) -> anyhow::Result<Audit> {
@@ -257,6 +295,73 @@ impl Audit {
             true
         })?;
         Ok((events, next))
+    }
+
+    /// Like [`Audit::read_since`], keeping only records `filter` passes; `limit` and `max_bytes`
+    /// count the records kept, and at most [`MAX_SCAN_BYTES`] of log are read per page (the
+    /// page then ends early, and `next` says where to go on).
+    pub fn read_since_filtered(
+        &self,
+        since: u64,
+        limit: usize,
+        max_bytes: usize,
+        filter: &super::query::EventFilter,
+    ) -> std::io::Result<(Vec<Value>, u64)> {
+        if filter.is_empty() {
+            return self.read_since(since, limit, max_bytes);
+        }
+        let (mut events, mut bytes, mut scanned) = (Vec::new(), 0usize, 0usize);
+        let next = self.scan_since(since, |line, offset| {
+            scanned += line.len();
+            if events.len() >= limit || bytes > max_bytes || scanned > MAX_SCAN_BYTES {
+                return false;
+            }
+            if let Ok(mut v) = serde_json::from_slice::<Value>(line) {
+                if filter.keeps(&v) {
+                    bytes += line.len();
+                    if let Value::Object(o) = &mut v {
+                        o.insert("offset".into(), json!(offset));
+                    }
+                    events.push(v);
+                }
+            }
+            true
+        })?;
+        Ok((events, next))
+    }
+
+    /// The newest `limit` records that `filter` passes among those starting before byte
+    /// offset `before` (default: the end), newest first, reading at most [`MAX_SCAN_BYTES`] of
+    /// the log back (the console's audit view pages backwards with these). `next` is where the
+    /// scan stopped.
+    pub fn read_newest(
+        &self,
+        limit: usize,
+        before: Option<u64>,
+        filter: &super::query::EventFilter,
+    ) -> std::io::Result<(Vec<Value>, u64)> {
+        let len = std::fs::metadata(&self.path)?.len();
+        let end = before.unwrap_or(len).min(len);
+        let start = end.saturating_sub(MAX_SCAN_BYTES as u64);
+        let mut kept: std::collections::VecDeque<Value> = Default::default();
+        let next = self.scan_since(start, |line, offset| {
+            if offset >= end {
+                return false;
+            }
+            if let Ok(mut v) = serde_json::from_slice::<Value>(line) {
+                if filter.keeps(&v) {
+                    if let Value::Object(o) = &mut v {
+                        o.insert("offset".into(), json!(offset));
+                    }
+                    kept.push_back(v);
+                    if kept.len() > limit {
+                        kept.pop_front();
+                    }
+                }
+            }
+            true
+        })?;
+        Ok((kept.into_iter().rev().collect(), next))
     }
 
     /// Calls `take(line, offset)` for each whole line from byte offset `since` on, until it
@@ -387,6 +492,12 @@ impl LastBoots {
         *self.read_to.lock().unwrap_or_else(|p| p.into_inner()) = len.saturating_sub(bytes);
     }
 
+    /// Every host's last verified boot time, for sorting the fleet.
+    pub fn times(&self) -> HashMap<String, u64> {
+        let boots = self.boots.lock().unwrap_or_else(|p| p.into_inner());
+        boots.iter().map(|(h, b)| (h.clone(), b.at)).collect()
+    }
+
     /// The host's last verified boot as of the last [`LastBoots::refresh`].
     pub fn get(&self, host: &str) -> Option<BootRecord> {
         self.boots.lock().unwrap_or_else(|p| p.into_inner()).get(host).cloned()
@@ -488,7 +599,11 @@ mod tests {
         let peer: IpAddr = "10.0.0.1".parse().unwrap();
         for i in 0..5 {
             let host = format!("h{i}");
-            a.note(&Event::Reload { by: host.clone(), peer, ok: true });
+            a.note(&Event::Reload {
+                who: Actor { by: host.clone(), role: Role::Admin, via: Via::Token },
+                peer,
+                ok: true,
+            });
             a.sync();
             b.append_durable(&Event::Done { host, install: "x".into(), peer }).unwrap();
         }

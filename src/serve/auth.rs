@@ -30,6 +30,14 @@ impl Role {
     }
 }
 
+/// Roles in configuration files (`--ldap-config`'s `[roles]`), with the same words and error.
+impl<'de> serde::Deserialize<'de> for Role {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Role, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl std::str::FromStr for Role {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -42,11 +50,40 @@ impl std::str::FromStr for Role {
     }
 }
 
-/// An authenticated caller.
+/// An authenticated caller: who (a token's name from the tokens file, or a directory login
+/// name), with which role, and how they proved it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub name: String,
     pub role: Role,
+    pub via: Via,
+}
+
+/// How a caller authenticated, recorded with every action they take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Via {
+    /// `Authorization: Bearer TOKEN` on the request itself.
+    Token,
+    /// A console session opened with an API token.
+    TokenSession,
+    /// A console session opened with a directory (LDAP) account.
+    LdapSession,
+}
+
+/// Who did something, as audit records carry it (flattened into the record:
+/// `"by": NAME, "role": ROLE, "via": HOW`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Actor {
+    pub by: String,
+    pub role: Role,
+    pub via: Via,
+}
+
+impl From<&Caller> for Actor {
+    fn from(c: &Caller) -> Actor {
+        Actor { by: c.name.clone(), role: c.role, via: c.via }
+    }
 }
 
 /// Why a request was not allowed.
@@ -62,12 +99,20 @@ pub enum Denied {
     UnknownToken,
     /// 403: a known token whose role is too small.
     RoleTooSmall { name: String, has: Role, needs: Role },
+    /// 401: a console session cookie that is unknown, expired, logged out, or whose token was
+    /// revoked.
+    NoSession,
+    /// 403: a state-changing console request without the session's CSRF token.
+    Csrf,
+    /// 403: a console request that the browser says comes from another site (`Origin`,
+    /// `Sec-Fetch-Site`).
+    CrossSite,
 }
 
 impl Denied {
     pub fn status(&self) -> u16 {
         match self {
-            Denied::RoleTooSmall { .. } => 403,
+            Denied::RoleTooSmall { .. } | Denied::Csrf | Denied::CrossSite => 403,
             _ => 401,
         }
     }
@@ -80,6 +125,9 @@ impl Denied {
             Denied::MissingToken => "missing-token",
             Denied::UnknownToken => "unknown-token",
             Denied::RoleTooSmall { .. } => "role-too-small",
+            Denied::NoSession => "no-session",
+            Denied::Csrf => "csrf",
+            Denied::CrossSite => "cross-site",
         }
     }
 
@@ -95,6 +143,9 @@ impl Denied {
                 has.as_str(),
                 needs.as_str()
             ),
+            Denied::NoSession => "the console session has expired or was ended: log in again".into(),
+            Denied::Csrf => "missing or wrong X-CSRF-Token: reload the console".into(),
+            Denied::CrossSite => "refused: the request comes from another site".into(),
         }
     }
 }
@@ -159,7 +210,7 @@ impl Tokens {
                 ));
                 continue;
             }
-            let caller = Caller { name: fields[0].to_string(), role };
+            let caller = Caller { name: fields[0].to_string(), role, via: Via::Token };
             if map.insert(hash, caller).is_some() {
                 errors.push(format!("{source}:{n}: this token hash appears twice"));
             }
@@ -178,28 +229,42 @@ impl Tokens {
 
     /// Checks the `Authorization` header value against the role `need`.
     pub fn check(&self, authorization: Option<&str>, need: Role) -> Result<Caller, Denied> {
-        let Some(map) = &self.by_hash else {
-            return Err(if self.unusable { Denied::TokensUnusable } else { Denied::ApiDisabled });
-        };
         let token = authorization
             .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
             .map(str::trim)
             .filter(|t| !t.is_empty());
-        let Some(token) = token else {
-            return Err(Denied::MissingToken);
+        let hash = self.known(token)?;
+        let caller = self.by_hash(&hash).ok_or(Denied::UnknownToken)?;
+        caller.at_least(need)
+    }
+
+    /// The SHA-256 of `token` if the tokens file holds it: what a console session opened with
+    /// a token keeps, so that removing the line ends the session too.
+    pub fn known(&self, token: Option<&str>) -> Result<[u8; 32], Denied> {
+        let Some(map) = &self.by_hash else {
+            return Err(if self.unusable { Denied::TokensUnusable } else { Denied::ApiDisabled });
         };
+        let token = token.ok_or(Denied::MissingToken)?;
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let Some(caller) = map.get(&hash) else {
+        if !map.contains_key(&hash) {
             return Err(Denied::UnknownToken);
-        };
-        if caller.role < need {
-            return Err(Denied::RoleTooSmall {
-                name: caller.name.clone(),
-                has: caller.role,
-                needs: need,
-            });
         }
-        Ok(caller.clone())
+        Ok(hash)
+    }
+
+    /// The caller a token hash stands for now (`None` once its line is gone).
+    pub fn by_hash(&self, hash: &[u8; 32]) -> Option<Caller> {
+        self.by_hash.as_ref()?.get(hash).cloned()
+    }
+}
+
+impl Caller {
+    /// The caller, if its role is `need` or more.
+    pub fn at_least(self, need: Role) -> Result<Caller, Denied> {
+        if self.role < need {
+            return Err(Denied::RoleTooSmall { name: self.name, has: self.role, needs: need });
+        }
+        Ok(self)
     }
 }
 

@@ -8,7 +8,7 @@
 //! file's line for it, the signed URL), runs it on the blocking pool, and answers.
 
 use super::audit::Event;
-use super::auth::Role;
+use super::auth::{Actor, Role};
 use super::handlers::{api_host, authorize};
 use super::http::Req;
 use super::media::MediaOptions;
@@ -187,7 +187,7 @@ fn bmc_failure(host: &str, e: &redfish::RedfishError) -> HttpError {
 
 /// `PUT /hosts/{host}/media` (role reimage): mount the host's ISO on its BMC's virtual CD.
 pub async fn attach(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Reply, HttpError> {
-    let by = authorize(svc, req, Role::Reimage).await?.name;
+    let who = Actor::from(&authorize(svc, req, Role::Reimage).await?);
     let host = api_host(&raw)?;
     let body: AttachBody = if req.body.iter().all(u8::is_ascii_whitespace) {
         AttachBody::default()
@@ -241,7 +241,7 @@ pub async fn attach(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<R
     svc.audit.note(&Event::BmcMedia {
         host: host.clone(),
         action: "attach",
-        by,
+        who,
         peer: req.peer,
         ok: result.is_ok(),
         boot: Some(boot_name(boot)),
@@ -260,7 +260,7 @@ pub async fn attach(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<R
 
 /// `DELETE /hosts/{host}/media` (role reimage): eject the virtual CD and drop a CD boot override.
 pub async fn detach(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Reply, HttpError> {
-    let by = authorize(svc, req, Role::Reimage).await?.name;
+    let who = Actor::from(&authorize(svc, req, Role::Reimage).await?);
     let host = api_host(&raw)?;
     let (target, _) = target(svc, &host)?;
     let bmc = svc.bmc.as_ref().expect("checked by target()");
@@ -269,7 +269,7 @@ pub async fn detach(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<R
     svc.audit.note(&Event::BmcMedia {
         host: host.clone(),
         action: "detach",
-        by,
+        who,
         peer: req.peer,
         ok: result.is_ok(),
         boot: None,

@@ -179,11 +179,34 @@ impl Catalog {
     }
 }
 
+impl Catalog {
+    /// Checks an inventory the way a reload would, against the profiles loaded now: what the
+    /// console runs before it writes an edited CSV, so an edit that a reload would refuse is
+    /// never written.
+    pub fn check(&self, inv: &Inventory) -> Result<(), String> {
+        let snap = self.snapshot();
+        check_inventory(&self.sources, inv, &snap.profiles).map_err(|e| format!("{e:#}"))
+    }
+}
+
 fn load_snapshot(sources: &Sources, generation: u64) -> anyhow::Result<Snapshot> {
     let start = Instant::now();
     let inv = Inventory::load(&sources.inventory)?;
+    let profiles = Profiles::load(&sources.profiles)?;
+    check_inventory(sources, &inv, &profiles)?;
+    Ok(Snapshot {
+        inventory: inv,
+        profiles,
+        generation,
+        loaded_at: super::util::now_ms(),
+        load_ms: start.elapsed().as_secs_f64() * 1000.0,
+    })
+}
+
+/// What a loaded inventory must satisfy besides its own rules: a base URL for every row, and
+/// templates that render for every row of each profile.
+fn check_inventory(sources: &Sources, inv: &Inventory, profiles: &Profiles) -> anyhow::Result<()> {
     let profiles_dir = &sources.profiles;
-    let profiles = Profiles::load(profiles_dir)?;
     if sources.rows_need_server {
         let missing: Vec<String> = inv
             .nodes()
@@ -216,14 +239,8 @@ fn load_snapshot(sources: &Sources, generation: u64) -> anyhow::Result<Snapshot>
             unknown.join(", ")
         );
     }
-    profiles.check_inventory(&inv).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(Snapshot {
-        inventory: inv,
-        profiles,
-        generation,
-        loaded_at: super::util::now_ms(),
-        load_ms: start.elapsed().as_secs_f64() * 1000.0,
-    })
+    profiles.check_inventory(inv).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
 }
 
 fn load_tokens(sources: &Sources) -> anyhow::Result<Tokens> {

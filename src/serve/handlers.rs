@@ -7,7 +7,7 @@
 
 use super::assets::RangeSpec;
 use super::audit::Event;
-use super::auth::{Caller, Role};
+use super::auth::{Actor, Caller, Role};
 use super::catalog::Snapshot;
 use super::http::Req;
 use super::lifecycle::{
@@ -16,6 +16,7 @@ use super::lifecycle::{
 };
 use super::media::{MediaOptions, Refusal};
 use super::profiles::{ClearOn, RenderContext};
+use super::query::{select, EventFilter, HostKey, HostQuery};
 use super::reply::{HttpError, Payload, Reply, TEXT};
 use super::routes::Route;
 use super::util::{now_ms, rfc3339};
@@ -38,6 +39,15 @@ pub async fn handle(svc: Arc<Service>, req: Req) -> Reply {
         return e.into_reply();
     }
     let req = Arc::new(req);
+    let console = !matches!(
+        req.route,
+        Route::Boot(_)
+            | Route::BootOther
+            | Route::Config { .. }
+            | Route::Asset(_)
+            | Route::Media(_)
+    );
+    let page = matches!(req.route, Route::Ui(_));
     let result = match req.route.clone() {
         Route::Healthz => Ok(healthz(&svc)),
         Route::Metrics => Ok(metrics(&svc)),
@@ -74,19 +84,41 @@ pub async fn handle(svc: Arc<Service>, req: Req) -> Reply {
         Route::Failed(host) => callback(&svc, &req, host, Which::Failed).await,
         Route::Events => events(&svc, &req).await,
         Route::Reload => reload(&svc, &req).await,
+        Route::Ui(file) => super::console::ui_file(file.as_deref()),
+        Route::Session => super::console::session(&svc, &req).await,
+        Route::Inventory if req.method == hyper::Method::PUT => {
+            super::console::replace_upload(&svc, &req).await
+        }
+        Route::Inventory => super::console::inventory(&svc, &req).await,
+        Route::InventoryCheck => super::console::check_upload(&svc, &req).await,
+        Route::InventoryRows => super::console::edit_row(&svc, &req, None).await,
+        Route::InventoryRow(host) => super::console::edit_row(&svc, &req, Some(host)).await,
         Route::NotFound => unreachable!("answered above: no method is allowed"),
     };
-    result.unwrap_or_else(HttpError::into_reply)
+    let reply = result.unwrap_or_else(HttpError::into_reply);
+    if console {
+        return super::console::harden(reply, page);
+    }
+    reply
 }
 
-/// Checks the API token against the current tokens file, auditing a refusal by route and reason
-/// (never the token, never the path).
+/// Checks the API token against the current tokens file, or, for a request with a console
+/// session cookie and no `Authorization`, the session (alive, same site, CSRF token on a
+/// change; see [`super::session`]). A refusal is audited by route and reason (never the token,
+/// the cookie or the path).
 pub(super) async fn authorize(
     svc: &Arc<Service>,
     req: &Req,
     need: Role,
 ) -> Result<Caller, HttpError> {
-    let checked = svc.catalog.tokens().check(req.authorization.as_deref(), need);
+    let tokens = svc.catalog.tokens();
+    let checked = match (&req.authorization, &req.session) {
+        (None, Some(id)) => {
+            let p = super::console::presented(svc, req, id);
+            svc.sessions.check(&tokens, &p.get(), need, now_ms()).map(|(c, _)| c)
+        }
+        _ => tokens.check(req.authorization.as_deref(), need),
+    };
     let denied = match checked {
         Ok(caller) => return Ok(caller),
         Err(denied) => denied,
@@ -153,6 +185,11 @@ async fn status(svc: &Arc<Service>, req: &Req) -> Result<Reply, HttpError> {
         "base_url": svc.default_base.as_ref().map(|u| u.to_string()),
         "media_templates": svc.media.templates(),
         "media_epoch": svc.media.epoch,
+        "started_at": rfc3339(svc.started_at),
+        "uptime_secs": now_ms().saturating_sub(svc.started_at) / 1000,
+        "firmware": svc.media.firmware_versions(),
+        "ldap": svc.directory.as_ref().map(|d| d.source().to_string()),
+        "sessions": svc.sessions.len(),
     })))
 }
 
@@ -852,7 +889,7 @@ pub struct MediaUrl {
 
 /// `POST /hosts/{host}/media-url` (role reimage): a signed URL of the host's medium.
 async fn media_url(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Reply, HttpError> {
-    let by = authorize(svc, req, Role::Reimage).await?.name;
+    let who = Actor::from(&authorize(svc, req, Role::Reimage).await?);
     let host = api_host(&raw)?;
     let body: MediaUrlBody = if req.body.iter().all(u8::is_ascii_whitespace) {
         MediaUrlBody::default()
@@ -911,7 +948,7 @@ async fn media_url(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Re
     svc.audit.note(&Event::MediaUrl {
         host: host.clone(),
         format: format.as_str(),
-        by,
+        who,
         peer: req.peer,
         expires: exp,
     });
@@ -934,6 +971,7 @@ struct HostView {
     in_inventory: bool,
     ip: Option<String>,
     mac: Option<String>,
+    vlan: Option<u16>,
     default_profile: Option<String>,
     /// The row's `bmc` URL (its Redfish root or System).
     bmc: Option<String>,
@@ -1040,6 +1078,7 @@ fn host_view(
         in_inventory: node.is_some(),
         ip: node.map(|n| n.cidr()),
         mac: node.and_then(|n| n.mac.map(|m| m.to_string())),
+        vlan: node.and_then(|n| n.vlan),
         default_profile: node.and_then(|n| n.profile.clone()),
         bmc: node.and_then(|n| n.bmc.as_ref().map(|b| b.to_string())),
         flagged: false,
@@ -1087,6 +1126,11 @@ struct HostList {
 /// keeps its state file from being read (the others are listed all the same).
 async fn list_hosts(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {
     authorize(svc, req, Role::Read).await?;
+    let param = |n: &str| req.param(n).map(str::to_string);
+    if HostQuery::wanted(param) {
+        let q = HostQuery::parse(param).map_err(HttpError::bad_request)?;
+        return svc.blocking(move |svc| host_page(svc, &q)).await;
+    }
     let only_flagged = matches!(req.param("flagged"), Some("1" | "true" | "yes"));
     svc.blocking(move |svc| {
         let snap = svc.catalog.snapshot();
@@ -1135,6 +1179,62 @@ async fn list_hosts(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpErr
     .await
 }
 
+/// The paged form of `GET /hosts` (see [`super::query`]): every inventory host's state is
+/// read (hosts without a state file are idle without a read), filtered and sorted on a few
+/// fields, and only the page's views are built.
+fn host_page(svc: &Service, q: &HostQuery) -> Reply {
+    let snap = svc.catalog.snapshot();
+    refresh_last_boots(svc, &snap);
+    let with_state: std::collections::HashSet<String> = svc.store.hosts().into_iter().collect();
+    let nodes = snap.inventory.nodes();
+    let states: Vec<Result<HostState, String>> = nodes
+        .iter()
+        .map(|n| match with_state.contains(&n.hostname) {
+            true => svc.store.read(&n.hostname).map_err(|e| e.to_string()),
+            false => Ok(HostState::default()),
+        })
+        .collect();
+    let boots = svc.last_boot.times();
+    let keys: Vec<HostKey> = nodes
+        .iter()
+        .zip(&states)
+        .map(|(n, st)| {
+            let st = st.as_ref().ok();
+            let flag = st.and_then(|s| s.flag.as_ref());
+            HostKey {
+                hostname: &n.hostname,
+                ip: n.ip,
+                mac: n.mac.map(|m| m.to_string()),
+                vlan: n.vlan,
+                profile: flag.map(|f| f.profile.as_str()).or(n.profile.as_deref()),
+                phase: st.map_or(Phase::Idle, HostState::phase),
+                last_boot: boots.get(&n.hostname).copied(),
+                install_since: flag.map(|f| f.set_at),
+            }
+        })
+        .collect();
+    let (page, matched) = select(&keys, q);
+    let mut counts: std::collections::BTreeMap<Phase, usize> = Default::default();
+    for k in &keys {
+        *counts.entry(k.phase).or_default() += 1;
+    }
+    let hosts: Vec<HostView> = page
+        .into_iter()
+        .map(|i| {
+            host_view(svc, &snap, &nodes[i].hostname, states[i].as_ref().map_err(Clone::clone))
+        })
+        .collect();
+    Reply::json(&serde_json::json!({
+        "hosts": hosts,
+        "total": nodes.len(),
+        "matched": matched,
+        "offset": q.offset,
+        "limit": q.limit,
+        "phases": counts,
+        "profiles": snap.profiles.names().collect::<Vec<_>>(),
+    }))
+}
+
 async fn show_host(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Reply, HttpError> {
     authorize(svc, req, Role::Read).await?;
     let host = api_host(&raw)?;
@@ -1159,7 +1259,8 @@ struct ReimageBody {
 /// `PUT /hosts/{host}/reimage`: sets the flag. Idempotent: a second PUT with the same profile
 /// keeps the open install; another profile replaces the flag (and so any open install).
 async fn set_flag(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Reply, HttpError> {
-    let by = authorize(svc, req, Role::Reimage).await?.name;
+    let caller = authorize(svc, req, Role::Reimage).await?;
+    let by = caller.name.clone();
     let host = api_host(&raw)?;
     let body: ReimageBody = if req.body.iter().all(u8::is_ascii_whitespace) {
         ReimageBody { profile: None }
@@ -1191,19 +1292,19 @@ async fn set_flag(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Rep
     }
     drop(snap);
     let peer = req.peer;
-    let (h, who) = (host.clone(), by.clone());
+    let (h, who) = (host.clone(), Actor::from(&caller));
     let (view, changed) = svc
         .change(&host, move |svc, st| {
             let id = hex::encode(rand::random::<[u8; 16]>());
             let (outcome, write) =
-                lifecycle::set_flag(st, &profile, &who, &peer.to_string(), id, now_ms());
+                lifecycle::set_flag(st, &profile, &who.by, &peer.to_string(), id, now_ms());
             let install = match &outcome {
                 SetFlag::Set { install, .. } | SetFlag::Unchanged { install } => install.clone(),
             };
             let record = Event::FlagSet {
                 host: h.clone(),
                 profile: profile.clone(),
-                by: who,
+                who,
                 peer,
                 changed: write,
                 install,
@@ -1265,7 +1366,7 @@ async fn cancel(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Reply
             };
             let record = Event::FlagCancelled {
                 host: h.clone(),
-                by: caller.name.clone(),
+                who: Actor::from(&caller),
                 peer,
                 outcome: name,
                 install,
@@ -1301,12 +1402,21 @@ async fn events(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> 
     };
     let since = parse("since", 0)?;
     let limit = parse("limit", 1000)?.clamp(1, 1000) as usize;
+    let filter = EventFilter::parse(|n| req.param(n).map(str::to_string));
+    let newest = matches!(req.param("order"), Some("newest"));
+    let before = match req.param("before") {
+        None | Some("") => None,
+        Some(_) => Some(parse("before", 0)?),
+    };
     svc.blocking(move |svc| {
         svc.audit.sync();
-        let (events, next) = svc
-            .audit
-            .read_since(since, limit, super::audit::MAX_PAGE_BYTES)
-            .map_err(|e| HttpError::internal(format!("cannot read the audit log: {e}")))?;
+        let read = if newest {
+            svc.audit.read_newest(limit, before, &filter)
+        } else {
+            svc.audit.read_since_filtered(since, limit, super::audit::MAX_PAGE_BYTES, &filter)
+        };
+        let (events, next) =
+            read.map_err(|e| HttpError::internal(format!("cannot read the audit log: {e}")))?;
         Ok(Reply::json(&serde_json::json!({ "events": events, "next": next })))
     })
     .await?
@@ -1325,7 +1435,7 @@ async fn reload(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> 
         }
         let status = svc.catalog.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let ok = reloaded && status.tokens_error.is_none();
-        svc.audit.note(&Event::Reload { by: caller.name, peer, ok });
+        svc.audit.note(&Event::Reload { who: Actor::from(&caller), peer, ok });
         let generation = svc.catalog.snapshot().generation;
         let error = status.last_error.or(status.tokens_error);
         let body = serde_json::json!({ "reloaded": ok, "generation": generation, "error": error });

@@ -34,6 +34,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Largest request body accepted (a reimage body is a few bytes).
 pub const MAX_BODY: usize = 64 * 1024;
+/// Largest body of an inventory upload or check (`PUT /inventory`, `POST /inventory/check`):
+/// a CSV of tens of thousands of rows.
+pub const MAX_UPLOAD: usize = 8 << 20;
 /// Query parameters kept per request, and the longest value kept; the rest is ignored.
 const MAX_PARAMS: usize = 32;
 const MAX_PARAM_LEN: usize = 512;
@@ -77,6 +80,16 @@ pub struct Req {
     pub range: Option<String>,
     pub if_range: Option<String>,
     pub if_none_match: Option<String>,
+    /// The console's session cookie (`bf_session`), when the request carries one.
+    pub session: Option<String>,
+    /// `X-CSRF-Token`: the console's synchronizer token, for state-changing requests.
+    pub csrf: Option<String>,
+    /// `Origin` and `Sec-Fetch-Site`, checked on session requests when the browser sends them.
+    pub origin: Option<String>,
+    /// `Host`: read only to compare with `Origin` (a browser sets both; a page of another site
+    /// cannot). Never written into anything.
+    pub host: Option<String>,
+    pub fetch_site: Option<String>,
     pub peer: IpAddr,
     pub body: Bytes,
 }
@@ -252,17 +265,22 @@ async fn to_req(
     let header = |name: HeaderName| {
         parts.headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
     };
+    let route = Route::parse(target.path());
+    let limit = match route {
+        Route::Inventory | Route::InventoryCheck => MAX_UPLOAD,
+        _ => MAX_BODY,
+    };
     let too_big = || {
-        HttpError::new(413, format!("the body is larger than {MAX_BODY} bytes"))
+        HttpError::new(413, format!("the body is larger than {limit} bytes"))
             .header("Connection", "close".into())
     };
     let announced =
         parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let over = announced.is_some_and(|n| n > MAX_BODY as u64);
+    let over = announced.is_some_and(|n| n > limit as u64);
     if over && parts.headers.contains_key(hyper::header::EXPECT) {
         return Err(too_big()); // the client waits for 100-continue: it has sent nothing yet
     }
-    let body = match tokio::time::timeout(body_timeout, read_body(body, over)).await {
+    let body = match tokio::time::timeout(body_timeout, read_body(body, over, limit)).await {
         Ok(Ok(Some(body))) => body,
         Ok(Ok(None)) => return Err(too_big()),
         Ok(Err(())) => return Err(HttpError::bad_request("the body could not be read")),
@@ -273,28 +291,50 @@ async fn to_req(
     };
     Ok(Req {
         method: parts.method,
-        route: Route::parse(target.path()),
+        route,
         query: parse_query(target.query().unwrap_or("")),
         authorization: header(hyper::header::AUTHORIZATION),
         range: header(hyper::header::RANGE),
         if_range: header(hyper::header::IF_RANGE),
         if_none_match: header(hyper::header::IF_NONE_MATCH),
+        session: session_cookie(&parts.headers),
+        csrf: header(HeaderName::from_static("x-csrf-token")),
+        origin: header(hyper::header::ORIGIN),
+        host: header(hyper::header::HOST),
+        fetch_site: header(HeaderName::from_static("sec-fetch-site")),
         peer: peer.ip(),
         body,
     })
 }
 
-/// Reads a body of at most [`MAX_BODY`] bytes; `None` if it is larger. Past the limit it keeps
+/// The value of the `bf_session` cookie, from any `Cookie` header; only a value of the shape the
+/// service hands out (64 hex digits) is kept, so nothing else of a cookie ever reaches a handler.
+fn session_cookie(headers: &hyper::HeaderMap) -> Option<String> {
+    headers
+        .get_all(hyper::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().strip_prefix(super::session::COOKIE_EQ))
+        .find(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_string)
+}
+
+/// Reads a body of at most `limit` bytes; `None` if it is larger. Past the limit it keeps
 /// reading (up to [`DISCARD`]) and drops what it reads, so that a client that writes its whole
 /// body before reading gets the 413 rather than a connection reset.
-async fn read_body(mut body: hyper::body::Incoming, mut over: bool) -> Result<Option<Bytes>, ()> {
+async fn read_body(
+    mut body: hyper::body::Incoming,
+    mut over: bool,
+    limit: usize,
+) -> Result<Option<Bytes>, ()> {
     use http_body_util::BodyExt;
     let mut kept = Vec::new();
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame.map_err(|_| ())?.into_data() else { continue }; // trailers
         seen += data.len();
-        over |= seen > MAX_BODY;
+        over |= seen > limit;
         if over {
             kept = Vec::new();
             if seen > DISCARD {

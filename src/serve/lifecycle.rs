@@ -36,7 +36,7 @@ pub type Millis = u64;
 pub const CLOCK_SKEW_MS: Millis = 5_000;
 
 /// What the operator sees of a host; derived from the state, never stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     /// Not flagged: boots its local disk.

@@ -180,6 +180,8 @@ pub struct Media {
     pub epoch: u64,
     ipxe: Templates,
     snponly: Templates,
+    /// The payload files of both loader flavours, with their origins and SHA-256 pins.
+    firmware: Vec<crate::firmware::FirmwareFile>,
 }
 
 impl Media {
@@ -192,11 +194,19 @@ impl Media {
             Some(dir) => Firmware::from_dir(dir, loader),
             None => Ok(Firmware::embedded(loader)),
         };
+        let (ipxe, snponly) = (fw(EfiLoader::Ipxe)?, fw(EfiLoader::SnpOnly)?);
+        let mut firmware = ipxe.versions();
+        for f in snponly.versions() {
+            if !firmware.iter().any(|g| g.name == f.name) {
+                firmware.push(f);
+            }
+        }
         Ok(Media {
             signer,
             epoch,
-            ipxe: Templates::new(fw(EfiLoader::Ipxe)?, TEMPLATES_KEPT),
-            snponly: Templates::new(fw(EfiLoader::SnpOnly)?, TEMPLATES_KEPT),
+            ipxe: Templates::new(ipxe, TEMPLATES_KEPT),
+            snponly: Templates::new(snponly, TEMPLATES_KEPT),
+            firmware,
         })
     }
 
@@ -231,6 +241,11 @@ impl Media {
             epoch: self.epoch,
         };
         fleet::node_medium(templates, node, server, secret, &options)
+    }
+
+    /// The firmware payload files and their pins, for `/status`.
+    pub fn firmware_versions(&self) -> &[crate::firmware::FirmwareFile] {
+        &self.firmware
     }
 
     /// Templates held, for `/status`.

@@ -25,14 +25,19 @@ pub mod auth;
 pub mod bmc;
 pub mod catalog;
 pub mod client;
+pub mod console;
+pub mod editor;
 pub mod handlers;
 pub mod http;
+pub mod ldap;
 pub mod lifecycle;
 pub mod media;
 pub mod metrics;
 pub mod profiles;
+pub mod query;
 pub mod reply;
 pub mod routes;
+pub mod session;
 pub mod state;
 pub mod util;
 
@@ -79,6 +84,13 @@ pub struct Config {
     /// Extra CA certificates (PEM) trusted for BMCs.
     pub bmc_ca: Option<PathBuf>,
     pub limits: http::Limits,
+    /// The console's directory logins (`--ldap-config`, TOML; see [`ldap`]).
+    pub ldap_config: Option<PathBuf>,
+    /// Mark session cookies `Secure` even when `--public-url` is not `https://` (a TLS proxy
+    /// in front of a service reached by another name).
+    pub secure_cookies: bool,
+    /// How long console sessions last.
+    pub sessions: session::Lifetimes,
 }
 
 impl Config {
@@ -100,6 +112,9 @@ impl Config {
             bmc_credentials: None,
             bmc_ca: None,
             limits: http::Limits::default(),
+            ldap_config: None,
+            secure_cookies: false,
+            sessions: session::Lifetimes::default(),
         }
     }
 }
@@ -121,6 +136,14 @@ pub struct Service {
     pub media: media::Media,
     /// The Redfish client and credentials, when started with `--bmc-credentials`.
     pub bmc: Option<bmc::Bmc>,
+    /// The console's sessions, failed-login counts, and directory (with `--ldap-config`).
+    pub sessions: session::Sessions,
+    pub login_limiter: session::LoginLimiter,
+    pub directory: Option<ldap::Directory>,
+    /// One inventory edit at a time (read, change, validate, write, reload).
+    pub inventory_edit: Mutex<()>,
+    /// When this process started (milliseconds since 1970), for `/status`.
+    pub started_at: u64,
     host_locks: HostLocks,
 }
 
@@ -139,6 +162,11 @@ pub struct Change<T> {
 }
 
 impl Service {
+    /// How long console sessions last.
+    pub fn sessions_life(&self) -> session::Lifetimes {
+        self.config.sessions
+    }
+
     /// The base URL that `node` reaches this service at: its row's `server`, else the
     /// service's own. Never `None` for a loaded inventory (the catalog refuses rows without
     /// one when the service has none, see `rows_need_server`).
@@ -401,6 +429,7 @@ impl Server {
             Some(file) => Some(bmc::Bmc::new(file.clone(), config.bmc_ca.clone())?),
             None => None,
         };
+        let directory = config.ldap_config.as_deref().map(ldap::Directory::load).transpose()?;
         let snap = catalog.snapshot();
         tracing::info!(
             listen = %local_addr,
@@ -417,6 +446,7 @@ impl Server {
             .enable_io()
             .enable_time()
             .build()?;
+        let sessions = session::Sessions::new(config.sessions);
         let service = Arc::new(Service {
             config,
             catalog,
@@ -428,6 +458,11 @@ impl Server {
             default_base,
             media,
             bmc,
+            sessions,
+            login_limiter: session::LoginLimiter::default(),
+            directory,
+            inventory_edit: Mutex::new(()),
+            started_at: util::now_ms(),
             host_locks: HostLocks::default(),
         });
         service.sweep_orphans();

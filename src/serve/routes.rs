@@ -41,6 +41,19 @@ pub enum Route {
     Failed(String),
     Events,
     Reload,
+    /// `/ui` (redirected to `/ui/`) and `/ui/{file}`: the console's embedded page and files;
+    /// `None` for `/ui` itself.
+    Ui(Option<String>),
+    /// `/session`: the console's login (POST), who am I (GET), logout (DELETE).
+    Session,
+    /// `/inventory`: the CSV (GET) and its replacement (PUT).
+    Inventory,
+    /// `/inventory/check`: validate a CSV without replacing anything.
+    InventoryCheck,
+    /// `/inventory/hosts`: add a row (POST).
+    InventoryRows,
+    /// `/inventory/hosts/{host}`: change (PUT) or remove (DELETE) a row.
+    InventoryRow(String),
     NotFound,
 }
 
@@ -73,6 +86,14 @@ impl Route {
             ["hosts", _, "failed"] => Route::Failed(seg(1)),
             ["events"] => Route::Events,
             ["admin", "reload"] => Route::Reload,
+            ["ui"] => Route::Ui(None),
+            ["ui", ""] => Route::Ui(Some("index.html".into())),
+            ["ui", _] => Route::Ui(Some(seg(1))),
+            ["session"] => Route::Session,
+            ["inventory"] => Route::Inventory,
+            ["inventory", "check"] => Route::InventoryCheck,
+            ["inventory", "hosts"] => Route::InventoryRows,
+            ["inventory", "hosts", _] => Route::InventoryRow(seg(2)),
             _ => Route::NotFound,
         }
     }
@@ -97,6 +118,12 @@ impl Route {
             Route::Failed(_) => "/hosts/{host}/failed",
             Route::Events => "/events",
             Route::Reload => "/admin/reload",
+            Route::Ui(_) => "/ui/{file}",
+            Route::Session => "/session",
+            Route::Inventory => "/inventory",
+            Route::InventoryCheck => "/inventory/check",
+            Route::InventoryRows => "/inventory/hosts",
+            Route::InventoryRow(_) => "/inventory/hosts/{host}",
             Route::NotFound => "-",
         }
     }
@@ -119,6 +146,11 @@ impl Route {
             // iPXE can only GET; installers POST.
             Route::Done(_) | Route::Started(_) | Route::Failed(_) => "GET, POST",
             Route::Reload => "POST",
+            Route::Ui(_) => "GET, HEAD",
+            Route::Session => "GET, POST, DELETE",
+            Route::Inventory => "GET, PUT",
+            Route::InventoryCheck | Route::InventoryRows => "POST",
+            Route::InventoryRow(_) => "PUT, DELETE",
             Route::NotFound => "",
         }
     }

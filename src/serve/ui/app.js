@@ -1,0 +1,385 @@
+// bootforge console: vanilla JavaScript over the service's JSON API.
+// Every value from the API is put into the page with textContent (never as HTML). The session
+// cookie is HttpOnly; the CSRF token lives in this closure only and is sent as X-CSRF-Token on
+// every request that changes something.
+"use strict";
+(() => {
+  const $ = (sel) => document.querySelector(sel);
+  const el = (tag, props, ...kids) => {
+    const e = document.createElement(tag);
+    Object.assign(e, props || {});
+    for (const k of kids) e.append(k instanceof Node ? k : document.createTextNode(k == null ? "" : String(k)));
+    return e;
+  };
+  const ROLES = { read: 0, reimage: 1, admin: 2 };
+  let me = null; // {name, role, via, csrf}
+  const fleet = { offset: 0, sort: "hostname", order: "asc", selected: new Set(), timer: null, hosts: [] };
+  let audit = { before: null, pages: [] };
+
+  async function api(method, path, body, raw) {
+    const headers = {};
+    if (method !== "GET" && me) headers["X-CSRF-Token"] = me.csrf;
+    let payload;
+    if (body !== undefined) {
+      payload = raw ? body : JSON.stringify(body);
+      headers["Content-Type"] = raw ? "text/csv" : "application/json";
+    }
+    const r = await fetch(path, { method, headers, body: payload, credentials: "same-origin", cache: "no-store" });
+    let data = null;
+    try { data = await r.json(); } catch (_) { data = null; }
+    if (r.status === 401 && me && path !== "/session") { showLogin("Your session has ended: log in again."); }
+    return { status: r.status, ok: r.ok, data: data || {} };
+  }
+  const can = (role) => me && ROLES[me.role] >= ROLES[role];
+  const ago = (iso) => {
+    if (!iso) return "";
+    const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
+    if (s < 90) return s + " s ago";
+    if (s < 5400) return Math.round(s / 60) + " min ago";
+    if (s < 129600) return Math.round(s / 3600) + " h ago";
+    return Math.round(s / 86400) + " d ago";
+  };
+
+  // ---------------------------------------------------------------- login
+  function showLogin(message) {
+    me = null;
+    clearInterval(fleet.timer);
+    $("#nav").hidden = true; $("#who").hidden = true;
+    show("login");
+    $("#login-error").textContent = message || "";
+  }
+  async function start() {
+    const r = await api("GET", "/session");
+    $("#login-ldap-form").hidden = !r.data.ldap;
+    if (r.ok) { loggedIn(r.data); } else { showLogin(""); }
+  }
+  function loggedIn(who) {
+    me = who;
+    $("#whoami").textContent = `${who.name} (${who.role}${who.via === "ldap-session" ? ", directory" : ""})`;
+    $("#nav").hidden = false; $("#who").hidden = false;
+    for (const e of document.querySelectorAll("[data-role]")) e.hidden = !can(e.dataset.role);
+    $("#password").value = ""; $("#token").value = "";
+    show("fleet");
+  }
+  async function login(body) {
+    $("#login-error").textContent = "";
+    const r = await api("POST", "/session", body);
+    if (r.ok) { loggedIn(r.data); } else { $("#login-error").textContent = r.data.error || "login refused"; }
+  }
+  $("#login-token-form").addEventListener("submit", (ev) => { ev.preventDefault(); login({ token: $("#token").value }); });
+  $("#login-ldap-form").addEventListener("submit", (ev) => {
+    ev.preventDefault(); login({ username: $("#username").value, password: $("#password").value });
+  });
+  $("#logout").addEventListener("click", async () => { await api("DELETE", "/session"); showLogin("Logged out."); });
+
+  // ---------------------------------------------------------------- views
+  function show(view) {
+    for (const s of document.querySelectorAll(".view")) s.hidden = s.id !== "view-" + view;
+    for (const b of document.querySelectorAll("#nav button")) b.classList.toggle("active", b.dataset.view === view);
+    clearInterval(fleet.timer);
+    if (view === "fleet") { loadFleet(); fleet.timer = setInterval(loadFleet, 2000); }
+    if (view === "audit") { audit = { before: null, pages: [] }; loadAudit(); }
+    if (view === "status") loadStatus();
+    if (view === "inventory") loadInventory();
+  }
+  for (const b of document.querySelectorAll("#nav button")) b.addEventListener("click", () => show(b.dataset.view));
+
+  // ---------------------------------------------------------------- fleet
+  function fleetQuery() {
+    const p = new URLSearchParams({
+      phase: $("#f-phase").value, profile: $("#f-profile").value, q: $("#f-q").value.trim(),
+      sort: fleet.sort, order: fleet.order, offset: fleet.offset, limit: $("#page-size").value,
+    });
+    return "/hosts?" + p.toString();
+  }
+  let loading = false;
+  async function loadFleet() {
+    if (loading || !me) return;
+    loading = true;
+    try {
+      const r = await api("GET", fleetQuery());
+      if (r.ok) renderFleet(r.data);
+    } finally { loading = false; }
+  }
+  function fillProfiles(select, names, keepFirst) {
+    const have = [...select.options].slice(keepFirst).map((o) => o.value).join(",");
+    if (have === names.join(",")) return;
+    const value = select.value;
+    while (select.options.length > keepFirst) select.remove(keepFirst);
+    for (const n of names) select.append(el("option", { value: n, textContent: n }));
+    select.value = value;
+  }
+  function renderFleet(d) {
+    fillProfiles($("#f-profile"), d.profiles, 1);
+    fillProfiles($("#sel-profile"), d.profiles, 1);
+    const counts = $("#counts"); counts.textContent = "";
+    counts.append(el("span", {}, `${d.total} hosts`));
+    for (const [phase, n] of Object.entries(d.phases)) counts.append(el("span", {}, `${phase}: ${n}`));
+    fleet.hosts = d.hosts;
+    const body = $("#hosts tbody");
+    body.textContent = "";
+    for (const h of d.hosts) body.append(hostRow(h));
+    const last = Math.min(d.offset + d.hosts.length, d.matched);
+    $("#page-info").textContent = d.matched ? `${d.offset + 1}–${last} of ${d.matched}` : "no host matches";
+    $("#prev").disabled = d.offset === 0;
+    $("#next").disabled = last >= d.matched;
+    for (const th of document.querySelectorAll("#hosts th[data-sort]")) {
+      th.classList.toggle("sorted", th.dataset.sort === fleet.sort);
+      th.classList.toggle("desc", fleet.order === "desc");
+    }
+    updateSelection();
+  }
+  function hostRow(h) {
+    const tr = el("tr");
+    tr.dataset.host = h.hostname;
+    if (can("reimage")) {
+      const box = el("input", { type: "checkbox", className: "sel", checked: fleet.selected.has(h.hostname) });
+      box.setAttribute("aria-label", "select " + h.hostname);
+      box.addEventListener("change", () => {
+        if (box.checked) fleet.selected.add(h.hostname); else fleet.selected.delete(h.hostname);
+        updateSelection();
+      });
+      tr.append(el("td", {}, box));
+    }
+    const phase = h.phase || (h.state_error ? "error" : "");
+    const profile = h.profile || h.default_profile || "";
+    const lb = h.last_boot;
+    const boot = lb ? el("td", { title: lb.time }, ago(lb.time),
+      el("small", {}, `from ${lb.peer}: ${lb.answer}`), el("small", {}, lb.reason)) : el("td", {}, "—");
+    const inst = h.flag ? el("td", { className: "mono", title: h.flag.install.id },
+      h.flag.install.id.slice(0, 8), el("small", {}, `flagged ${ago(h.flag.set_at)} by ${h.flag.set_by}`))
+      : el("td", {}, h.last_install ? el("small", {}, `last: ${h.last_install.how} ${ago(h.last_install.ended_at)}`) : "—");
+    const failure = h.flag && h.flag.install.last_failure_reason;
+    tr.append(
+      el("td", {}, el("strong", {}, h.hostname)),
+      el("td", { className: "mono" }, h.ip || ""),
+      el("td", { className: "mono" }, h.mac || ""),
+      el("td", {}, h.vlan == null ? "" : h.vlan),
+      el("td", {}, profile),
+      el("td", {}, el("span", { className: "phase phase-" + phase }, phase), failure ? el("small", {}, failure) : ""),
+      boot, inst,
+    );
+    if (can("reimage")) {
+      const acts = el("div", { className: "row-actions" });
+      const btn = (cls, text, fn) => { const b = el("button", { className: cls, textContent: text }); b.addEventListener("click", fn); acts.append(b); };
+      if (h.flagged) btn("cancel danger", "Cancel", () => confirmFlag([h.hostname], false));
+      else btn("reimage", "Reimage", () => confirmFlag([h.hostname], true));
+      btn("download", "ISO", () => download(h.hostname, "iso"));
+      btn("download-usb", "USB", () => download(h.hostname, "usb"));
+      btn("download-efi", "EFI", () => download(h.hostname, "efi"));
+      if (h.bmc) {
+        btn("media-attach", "Attach", () => bmcMedia(h.hostname, "PUT"));
+        btn("media-detach", "Detach", () => bmcMedia(h.hostname, "DELETE"));
+      }
+      tr.append(el("td", {}, acts));
+    }
+    return tr;
+  }
+  function updateSelection() {
+    const n = fleet.selected.size;
+    $("#sel-count").textContent = `${n} selected`;
+    $("#sel-reimage").disabled = n === 0;
+    $("#sel-cancel").disabled = n === 0;
+  }
+  const refilter = () => { fleet.offset = 0; loadFleet(); };
+  for (const id of ["#f-phase", "#f-profile", "#page-size"]) $(id).addEventListener("change", refilter);
+  let typing;
+  $("#f-q").addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(refilter, 250); });
+  $("#prev").addEventListener("click", () => { fleet.offset = Math.max(0, fleet.offset - +$("#page-size").value); loadFleet(); });
+  $("#next").addEventListener("click", () => { fleet.offset += +$("#page-size").value; loadFleet(); });
+  for (const th of document.querySelectorAll("#hosts th[data-sort]")) {
+    th.addEventListener("click", () => {
+      if (fleet.sort === th.dataset.sort) fleet.order = fleet.order === "asc" ? "desc" : "asc";
+      else { fleet.sort = th.dataset.sort; fleet.order = "asc"; }
+      loadFleet();
+    });
+  }
+  $("#sel-all").addEventListener("change", () => {
+    for (const h of fleet.hosts) { if ($("#sel-all").checked) fleet.selected.add(h.hostname); else fleet.selected.delete(h.hostname); }
+    loadFleet();
+  });
+  $("#sel-reimage").addEventListener("click", () => confirmFlag([...fleet.selected], true));
+  $("#sel-cancel").addEventListener("click", () => confirmFlag([...fleet.selected], false));
+
+  function confirmFlag(hosts, flag) {
+    const profile = $("#sel-profile").value;
+    const what = flag ? `Flag ${hosts.length} host(s) for reimage${profile ? " with profile " + profile : ""}? Their next boot installs.`
+      : `Cancel the reimage flag of ${hosts.length} host(s)? Their next boot is local.`;
+    ask(what, hosts, async () => {
+      const results = [];
+      for (const h of hosts) {
+        const path = `/hosts/${encodeURIComponent(h)}/reimage`;
+        const r = flag ? await api("PUT", path, profile ? { profile } : undefined) : await api("DELETE", path);
+        results.push(r.ok ? `${h}: ${flag ? "flagged" : r.data.outcome}` : `${h}: ${r.data.error}`);
+      }
+      fleet.selected.clear();
+      $("#fleet-msg").textContent = results.join("; ");
+      loadFleet();
+    });
+  }
+  function ask(text, hosts, action) {
+    $("#confirm-text").textContent = text;
+    const list = $("#confirm-hosts"); list.textContent = "";
+    for (const h of hosts) list.append(el("li", {}, h));
+    $("#confirm").hidden = false;
+    $("#confirm-ok").onclick = () => { $("#confirm").hidden = true; action(); };
+    $("#confirm-cancel").onclick = () => { $("#confirm").hidden = true; };
+  }
+  async function download(host, format) {
+    // A short-lived signed URL, fetched by the browser's download machinery: the page never
+    // shows it, and the URL dies ten minutes after.
+    const r = await api("POST", `/hosts/${encodeURIComponent(host)}/media-url`, { format, ttl: 600 });
+    if (!r.ok) { $("#fleet-msg").textContent = `${host}: ${r.data.error}`; return; }
+    const a = el("a", { href: new URL(r.data.url).pathname + new URL(r.data.url).search, download: "" });
+    a.rel = "noreferrer"; document.body.append(a); a.click(); a.remove();
+    $("#fleet-msg").textContent = `${host}: downloading its ${format} image (${Math.round(r.data.size / 1048576)} MiB)`;
+  }
+  async function bmcMedia(host, method) {
+    const verb = method === "PUT" ? "attach its ISO to" : "eject the virtual CD of";
+    ask(`Tell the BMC to ${verb} this host?`, [host], async () => {
+      $("#fleet-msg").textContent = `${host}: asking its BMC…`;
+      const r = await api(method, `/hosts/${encodeURIComponent(host)}/media`);
+      $("#fleet-msg").textContent = r.ok ? `${host}: ${r.data.action} done` : `${host}: ${r.data.error}`;
+    });
+  }
+
+  // ---------------------------------------------------------------- inventory (admin)
+  const inv = { columns: [], rows: [], version: null, editing: null };
+  async function loadInventory() {
+    const r = await api("GET", "/inventory");
+    if (!r.ok) { $("#form-errors").textContent = r.data.error; return; }
+    Object.assign(inv, { columns: r.data.columns, rows: r.data.rows, version: r.data.version });
+    renderInventory();
+  }
+  function renderInventory() {
+    const body = $("#inv-rows tbody"); body.textContent = "";
+    const q = $("#inv-q").value.trim().toLowerCase();
+    let shown = 0;
+    for (const row of inv.rows) {
+      const f = row.fields;
+      if (q && !Object.values(f).some((v) => v.toLowerCase().includes(q))) continue;
+      if (++shown > 500) break;
+      const edit = el("button", { className: "edit", textContent: "Edit" });
+      edit.addEventListener("click", () => openForm(f.hostname));
+      const remove = el("button", { className: "remove danger", textContent: "Remove" });
+      remove.addEventListener("click", () => ask(`Remove this host from the inventory? Its row is deleted from the CSV.`, [f.hostname], () => removeRow(f.hostname)));
+      const tr = el("tr", {}, el("td", {}, row.line), el("td", {}, f.hostname), el("td", { className: "mono" }, f.ip), el("td", {}, edit, " ", remove));
+      tr.dataset.host = f.hostname;
+      body.append(tr);
+    }
+  }
+  $("#inv-q").addEventListener("input", renderInventory);
+  function openForm(host) {
+    inv.editing = host;
+    const row = host ? inv.rows.find((r) => r.fields.hostname === host) : null;
+    $("#row-title").textContent = host ? `Change ${host}` : "Add a host";
+    const box = $("#row-fields"); box.textContent = "";
+    for (const c of inv.columns) {
+      const input = el("input", { name: c, value: row ? row.fields[c] || "" : "" });
+      input.id = "field-" + c;
+      const err = el("span", { className: "field-error" });
+      err.dataset.for = c;
+      box.append(el("label", {}, c, input, err));
+    }
+    $("#form-errors").textContent = "";
+    $("#row-form").hidden = false;
+  }
+  $("#row-new").addEventListener("click", () => openForm(null));
+  $("#row-close").addEventListener("click", () => { $("#row-form").hidden = true; });
+  function showErrors(errors) {
+    for (const e of document.querySelectorAll("#row-fields .field-error")) e.textContent = "";
+    for (const i of document.querySelectorAll("#row-fields input")) i.classList.remove("invalid");
+    const general = [];
+    for (const e of errors || []) {
+      const slot = e.on_row && document.querySelector(`#row-fields .field-error[data-for="${CSS.escape(e.column)}"]`);
+      if (slot) { slot.textContent = e.message; $("#field-" + CSS.escape(e.column)).classList.add("invalid"); }
+      else general.push(`line ${e.line}, column ${e.column}: ${e.message}`);
+    }
+    $("#form-errors").textContent = general.join("\n");
+  }
+  $("#row-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const fields = {};
+    for (const i of document.querySelectorAll("#row-fields input")) fields[i.name] = i.value;
+    const path = inv.editing ? `/inventory/hosts/${encodeURIComponent(inv.editing)}` : "/inventory/hosts";
+    const r = await api(inv.editing ? "PUT" : "POST", path, { fields, version: inv.version });
+    if (r.status === 422) { showErrors(r.data.errors); return; }
+    if (!r.ok) { $("#form-errors").textContent = r.data.error; return; }
+    $("#row-form").hidden = true;
+    $("#form-errors").textContent = "";
+    await loadInventory();
+  });
+  async function removeRow(host) {
+    const r = await api("DELETE", `/inventory/hosts/${encodeURIComponent(host)}`, { version: inv.version });
+    if (!r.ok) { $("#form-errors").textContent = r.status === 422 ? r.data.errors.map((e) => e.message).join("\n") : r.data.error; }
+    await loadInventory();
+  }
+  let uploadText = null;
+  $("#csv-check").addEventListener("click", async () => {
+    const file = $("#csv-file").files[0];
+    const out = $("#csv-result"); out.textContent = "";
+    $("#csv-replace").disabled = true;
+    if (!file) { out.append(el("p", { className: "error" }, "choose a CSV file first")); return; }
+    uploadText = await file.text();
+    const r = await api("POST", "/inventory/check", uploadText, true);
+    if (r.ok) {
+      out.append(el("p", {}, `${r.data.nodes} hosts; the file is valid.`));
+      $("#csv-replace").disabled = false;
+    } else if (r.status === 422) {
+      const t = el("table", { className: "errors" }, el("tr", {}, el("th", {}, "Line"), el("th", {}, "Column"), el("th", {}, "Error")));
+      for (const e of r.data.errors) t.append(el("tr", {}, el("td", {}, e.line), el("td", {}, e.column), el("td", {}, e.message)));
+      out.append(el("p", { className: "error" }, `${r.data.errors.length} error(s); nothing was replaced.`), t);
+    } else { out.append(el("p", { className: "error" }, r.data.error)); }
+  });
+  $("#csv-replace").addEventListener("click", () => ask("Replace the whole inventory with this file?", [], async () => {
+    const r = await api("PUT", "/inventory", uploadText, true);
+    $("#csv-result").textContent = r.ok ? `Replaced: ${r.data.nodes} hosts.` : (r.data.error || "refused");
+    $("#csv-replace").disabled = true;
+    loadInventory();
+  }));
+
+  // ---------------------------------------------------------------- audit
+  async function loadAudit() {
+    const p = new URLSearchParams({ order: "newest", limit: 100, host: $("#a-host").value.trim(), event: $("#a-event").value, by: $("#a-by").value.trim() });
+    if (audit.before != null) p.set("before", audit.before);
+    const r = await api("GET", "/events?" + p.toString());
+    if (!r.ok) return;
+    const body = $("#events tbody"); body.textContent = "";
+    for (const e of r.data.events) {
+      const details = Object.entries(e).filter(([k]) => !["time", "ms", "event", "host", "by", "name", "offset"].includes(k))
+        .map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(" ");
+      const who = e.by || e.name || "";
+      body.append(el("tr", {}, el("td", { title: e.time }, e.time.replace("T", " ").slice(0, 19)), el("td", {}, e.event),
+        el("td", {}, e.host || ""), el("td", {}, who + (e.role ? ` (${e.role})` : "")), el("td", { className: "mono" }, details)));
+    }
+    audit.oldest = r.data.events.length ? r.data.events[r.data.events.length - 1].offset : null;
+    $("#a-older").disabled = r.data.events.length < 100;
+    $("#a-newer").disabled = audit.pages.length === 0;
+  }
+  $("#a-apply").addEventListener("click", () => { audit = { before: null, pages: [] }; loadAudit(); });
+  $("#a-older").addEventListener("click", () => { audit.pages.push(audit.before); audit.before = audit.oldest; loadAudit(); });
+  $("#a-newer").addEventListener("click", () => { audit.before = audit.pages.pop() ?? null; loadAudit(); });
+
+  // ---------------------------------------------------------------- status
+  async function loadStatus() {
+    const r = await api("GET", "/status");
+    if (!r.ok) return;
+    const s = r.data;
+    const up = s.uptime_secs;
+    const rows = [
+      ["Version", s.version], ["Uptime", `${Math.floor(up / 86400)} d ${Math.floor(up / 3600) % 24} h ${Math.floor(up / 60) % 60} min`],
+      ["Inventory", `${s.inventory} (${s.nodes} hosts)`], ["Profiles", s.profiles.join(", ")],
+      ["Loaded", `generation ${s.generation} at ${s.loaded_at}`],
+      ["Last reload error", (s.reload && (s.reload.last_error || s.reload.tokens_error)) || "none"],
+      ["Node tokens", s.node_tokens ? "on" : "off (no --secret-file)"], ["Base URL", s.base_url || "—"],
+      ["Directory logins", s.ldap || "not configured"], ["Console sessions", s.sessions],
+      ["Media templates", s.media_templates],
+    ];
+    const body = $("#status-main tbody"); body.textContent = "";
+    for (const [k, v] of rows) body.append(el("tr", {}, el("th", {}, k), el("td", { className: k === "Last reload error" && v !== "none" ? "error" : "" }, v)));
+    const fw = $("#status-fw tbody"); fw.textContent = "";
+    for (const f of s.firmware) fw.append(el("tr", {}, el("td", {}, f.name), el("td", {}, f.origin), el("td", { className: "mono" }, f.sha256.slice(0, 16) + "…")));
+  }
+
+  start();
+})();

@@ -1,0 +1,333 @@
+//! The operator's console in a real browser: headless Chromium through chromedriver
+//! (`console_support::Browser`), against a real service, with directory logins against a real
+//! slapd (`console_support::Slapd`). Screenshots of what the browser shows go to `docs/`.
+
+#[path = "serve_support/mod.rs"]
+mod support;
+
+#[path = "console_support/mod.rs"]
+mod console_support;
+
+use bootforge::serve::auth::Role;
+use bootforge::serve::ldap::{Directory, LoginError};
+use console_support::{Browser, Slapd};
+use support::*;
+
+/// Logs in through the token form and waits for the fleet table.
+fn token_login(b: &Browser, base: &str, token: &str) {
+    b.goto(&format!("{base}/ui/"));
+    b.type_into("#token", token);
+    b.click("#token-submit");
+    b.find("#hosts tbody tr[data-host='node01']");
+}
+
+fn audit(fx: &Fixture) -> Vec<serde_json::Value> {
+    let r = call("GET", &fx.url("/events?limit=1000"), Some(ADMIN_TOKEN), None);
+    r.json()["events"].as_array().unwrap().clone()
+}
+
+#[test]
+fn a_token_login_flags_a_host_watches_it_boot_and_cancels() {
+    let mut fx = start(true);
+    let b = Browser::start();
+    token_login(&b, &fx.base, REIMAGE_TOKEN);
+    assert!(b.text("#whoami").contains("ops (reimage)"));
+    let rows = b.all("#hosts tbody tr");
+    assert_eq!(rows.len(), 7, "every inventory host is listed");
+    let phase = "#hosts tr[data-host='node01'] .phase";
+    assert_eq!(b.text(phase), "idle");
+
+    // Flag node01: the confirmation names it.
+    b.click("#hosts tr[data-host='node01'] button.reimage");
+    assert!(b.displayed("#confirm"));
+    assert_eq!(b.text("#confirm-hosts"), "node01");
+    b.click("#confirm-ok");
+    b.wait_text(phase, 10, |t| t == "pending");
+
+    // The node boots with its own token: the page shows the install without a reload.
+    let token = bootforge::token::Secret::new(SECRET.to_vec()).unwrap().node_token("node01");
+    let script = call(
+        "GET",
+        &boot_url(&fx.base, "node01", "aa:bb:cc:dd:ee:01", &format!("&token={token}")),
+        None,
+        None,
+    );
+    assert!(script.body.contains("install="), "{}", script.body);
+    b.wait_text(phase, 10, |t| t == "installing");
+    b.wait_text("#hosts tr[data-host='node01'] td:nth-child(8)", 10, |t| t.contains("install"));
+    b.screenshot("console-fleet.png");
+
+    // Cancel it.
+    b.click("#hosts tr[data-host='node01'] button.cancel");
+    b.click("#confirm-ok");
+    b.wait_text(phase, 10, |t| t == "idle");
+
+    // Both actions are audited with the login, its role and how it logged in.
+    let events = audit(&fx);
+    let set = events.iter().find(|e| e["event"] == "flag-set").expect("flag-set audited");
+    assert_eq!(
+        (set["by"].as_str(), set["role"].as_str(), set["via"].as_str()),
+        (Some("ops"), Some("reimage"), Some("token-session"))
+    );
+    let cancel = events.iter().find(|e| e["event"] == "flag-cancelled").expect("cancel audited");
+    assert_eq!(cancel["via"], "token-session");
+    assert!(events.iter().any(|e| e["event"] == "login" && e["name"] == "ops"));
+
+    // Logout ends the session: the cookie no longer authorizes anything.
+    let cookie = b.session_cookie();
+    b.click("#logout");
+    b.find("#login-token-form");
+    let r = call_h(
+        "GET",
+        &fx.url("/hosts"),
+        None,
+        None,
+        &[("Cookie", &format!("bf_session={cookie}"))],
+    );
+    assert_eq!(r.status, 401);
+    fx.stop();
+}
+
+#[test]
+fn a_read_user_has_no_controls_and_forged_requests_are_refused() {
+    let mut fx = start(true);
+    let b = Browser::start();
+    token_login(&b, &fx.base, READ_TOKEN);
+    assert!(b.all("#hosts button.reimage").is_empty(), "no reimage buttons for read");
+    assert!(!b.displayed("#actions") && !b.displayed("#nav-inventory"));
+    // The API refuses it anyway, even with the page's own CSRF token.
+    let status = b.js("return fetch('/session').then(r => r.json()).then(w => fetch('/hosts/node01/reimage', {method: 'PUT', headers: {'X-CSRF-Token': w.csrf}})).then(r => r.status)");
+    assert_eq!(status, 403);
+    b.click("#logout");
+
+    // A reimage session: a request without the CSRF token is refused, from the page itself.
+    token_login(&b, &fx.base, REIMAGE_TOKEN);
+    let status = b.js("return fetch('/hosts/node01/reimage', {method: 'PUT'}).then(r => r.status)");
+    assert_eq!(status, 403);
+    // Another origin (another port of the same host is the same *site*, so the browser even
+    // sends the SameSite=Strict cookie): a page there posts a form to the service.
+    let evil = evil_page(&format!("{}/hosts/node01/media-url", fx.base));
+    b.goto(&evil);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let cookie = b.session_cookie();
+    // And a client that stole the cookie but not the CSRF token, or claims another origin.
+    let h = |extra: &[(&str, &str)]| {
+        let c = format!("bf_session={cookie}");
+        let mut headers = vec![("Cookie", c.as_str())];
+        headers.extend_from_slice(extra);
+        call_h("PUT", &fx.url("/hosts/node01/reimage"), None, None, &headers).status
+    };
+    assert_eq!(h(&[]), 403);
+    assert_eq!(h(&[("X-CSRF-Token", &"0".repeat(64))]), 403);
+    let events = audit(&fx);
+    let denied: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "denied")
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    assert!(denied.contains(&"cross-site"), "{denied:?}");
+    assert!(denied.contains(&"csrf"), "{denied:?}");
+    assert!(denied.contains(&"role-too-small"), "{denied:?}");
+    let flagged = call("GET", &fx.url("/hosts/node01"), Some(READ_TOKEN), None).json();
+    assert_eq!(flagged["flagged"], false, "nothing forged went through");
+    assert!(
+        !events.iter().any(|e| e["event"] == "media-url"),
+        "the cross-site form minted nothing"
+    );
+    fx.stop();
+}
+
+/// Serves one page on another port that auto-submits a form to `target` (a cross-origin
+/// forgery attempt); returns its URL.
+fn evil_page(target: &str) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let page = format!(
+        "<!doctype html><form id=f method=POST action=\"{target}\"><input name=format value=iso></form><script>document.getElementById('f').submit()</script>"
+    );
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming().take(3) {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}", page.len());
+        }
+    });
+    url
+}
+
+#[test]
+fn an_invalid_edit_shows_the_fields_error_and_leaves_the_csv_as_it_was() {
+    let mut fx = start(true);
+    let csv = fx.config.inventory.clone();
+    let before = std::fs::read(&csv).unwrap();
+    let b = Browser::start();
+    token_login(&b, &fx.base, ADMIN_TOKEN);
+    b.click("#nav-inventory");
+    b.click("#inv-rows tr[data-host='node02'] button.edit");
+    b.type_into("#field-ip", "10.0.0.300/24");
+    b.click("#row-save");
+    let error = b.wait_text("#row-fields .field-error[data-for='ip']", 10, |t| !t.is_empty());
+    assert!(error.contains("10.0.0.300"), "{error}");
+    b.screenshot("console-inventory.png");
+    assert_eq!(std::fs::read(&csv).unwrap(), before, "the CSV is byte-identical");
+
+    // A valid change writes only that row, keeps the column order, and is reloaded.
+    b.type_into("#field-ip", "10.0.0.99/24");
+    b.click("#row-save");
+    b.wait_text("#inv-rows tr[data-host='node02'] td:nth-child(3)", 10, |t| t == "10.0.0.99/24");
+    let after = String::from_utf8(std::fs::read(&csv).unwrap()).unwrap();
+    let old = String::from_utf8(before).unwrap();
+    assert_eq!(after, old.replace("node02,10.0.0.12/24", "node02,10.0.0.99/24"));
+    let host = call("GET", &fx.url("/hosts/node02"), Some(READ_TOKEN), None).json();
+    assert_eq!(host["ip"], "10.0.0.99/24", "reloaded");
+    let events = audit(&fx);
+    let changed = events.iter().find(|e| e["event"] == "inventory-changed").expect("audited");
+    assert_eq!(
+        (changed["action"].as_str(), changed["host"].as_str(), changed["role"].as_str()),
+        (Some("change"), Some("node02"), Some("admin"))
+    );
+
+    // The status and audit views.
+    b.click("#nav-status");
+    b.wait_text("#status-fw tbody", 10, |t| t.contains("ipxe"));
+    b.screenshot("console-status.png");
+    b.click("#nav-audit");
+    b.wait_text("#events tbody", 10, |t| t.contains("inventory-changed"));
+    b.screenshot("console-audit.png");
+    fx.stop();
+}
+
+#[test]
+fn directory_users_log_in_over_ldaps_and_starttls_with_their_groups_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let slapd = Slapd::start(dir.path());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for starttls in [false, true] {
+        let path = dir.path().join(format!("ldap-{starttls}.toml"));
+        std::fs::write(&path, slapd.config(starttls)).unwrap();
+        let d = Directory::load(&path).unwrap();
+        let login = |u: &str, p: &str| rt.block_on(d.login(u, p));
+        assert_eq!(login("alice", "alice-pw").unwrap(), Role::Admin, "starttls={starttls}");
+        assert_eq!(login("bob", "bob-pw").unwrap(), Role::Reimage);
+        assert_eq!(login("carol", "carol-pw").unwrap(), Role::Read);
+        assert!(matches!(login("dave", "dave-pw"), Err(LoginError::NoRole)));
+        assert!(matches!(login("alice", "wrong"), Err(LoginError::BadCredentials)));
+        assert!(matches!(login("alice", ""), Err(LoginError::BadCredentials)));
+        // Injection: escaped into the DN, so no other entry is bound or matched.
+        assert!(matches!(login("*", "alice-pw"), Err(LoginError::BadCredentials)));
+        assert!(matches!(login("alice,ou=people", "alice-pw"), Err(LoginError::BadCredentials)));
+    }
+    // A directory whose certificate does not chain to the configured CA is refused.
+    let wrong_ca = dir.path().join("other.toml");
+    let text = slapd
+        .config(false)
+        .replace(&slapd.ca.display().to_string(), "/etc/ssl/certs/ca-certificates.crt");
+    std::fs::write(&wrong_ca, text).unwrap();
+    if let Ok(d) = Directory::load(&wrong_ca) {
+        assert!(matches!(
+            rt.block_on(d.login("alice", "alice-pw")),
+            Err(LoginError::Unavailable(_))
+        ));
+    }
+
+    // In the browser, over LDAPS.
+    let fxdir = tempfile::tempdir().unwrap();
+    let mut config = full_config(fxdir.path(), true);
+    let ldap = fxdir.path().join("ldap.toml");
+    std::fs::write(&ldap, slapd.config(false)).unwrap();
+    config.ldap_config = Some(ldap);
+    let mut fx = start_with(fxdir, config);
+    let b = Browser::start();
+    b.goto(&format!("{}/ui/", fx.base));
+    b.find("#login-ldap-form:not([hidden])");
+    b.type_into("#username", "carol");
+    b.type_into("#password", "wrong");
+    b.click("#ldap-submit");
+    b.wait_text("#login-error", 10, |t| t.contains("refused"));
+    b.type_into("#username", "dave");
+    b.type_into("#password", "dave-pw");
+    b.click("#ldap-submit");
+    b.wait_text("#login-error", 10, |t| t.contains("refused"));
+    b.screenshot("console-login.png");
+    b.type_into("#username", "carol");
+    b.type_into("#password", "carol-pw");
+    b.click("#ldap-submit");
+    b.find("#hosts tbody tr[data-host='node01']");
+    assert!(b.text("#whoami").contains("carol (read, directory)"));
+    assert!(b.all("#hosts button.reimage").is_empty());
+    b.click("#logout");
+    b.type_into("#username", "alice");
+    b.type_into("#password", "alice-pw");
+    b.click("#ldap-submit");
+    b.find("#hosts tbody tr[data-host='node01'] button.reimage");
+    assert!(b.displayed("#nav-inventory"));
+    b.click("#hosts tr[data-host='node02'] input.sel");
+    b.click("#hosts tr[data-host='rocky1'] input.sel");
+    b.click("#sel-reimage");
+    assert_eq!(b.text("#confirm-hosts").replace('\n', " "), "node02 rocky1");
+    b.click("#confirm-cancel");
+
+    let events = audit(&fx);
+    let failed: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|e| e["event"] == "login-failed")
+        .map(|e| (e["name"].as_str().unwrap_or("-"), e["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(failed, vec![("carol", "bad-credentials"), ("dave", "no-role")]);
+    let log = std::fs::read_to_string(fx.config.state_dir.join("audit.jsonl")).unwrap();
+    assert!(
+        !log.contains("carol-pw") && !log.contains("alice-pw") && !log.contains("\"wrong\""),
+        "no password in the audit log"
+    );
+    assert!(events.iter().any(|e| e["event"] == "login"
+        && e["name"] == "alice"
+        && e["role"] == "admin"
+        && e["via"] == "ldap-session"));
+    fx.stop();
+}
+
+/// The fleet view's query on 10,000 hosts, 1,000 of them flagged (so with state files): one
+/// page, sorted and filtered on the server. Prints the figure for docs/BENCHMARKS.md.
+#[test]
+fn a_page_of_ten_thousand_hosts_is_answered_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = full_config(dir.path(), false);
+    let mut csv = String::from("hostname,ip,mac,vlan,profile\n");
+    for i in 0..10_000u32 {
+        let (a, b) = (i / 250, i % 250 + 1);
+        csv += &format!(
+            "n{i:05},10.{}.{a}.{b}/16,52:54:00:00:{:02x}:{:02x},{},e2e\n",
+            100 + a / 256,
+            i >> 8,
+            i & 0xff,
+            100 + i % 7
+        );
+    }
+    std::fs::write(&config.inventory, csv).unwrap();
+    config.workers = 2;
+    let mut fx = start_with(dir, config);
+    for i in (0..10_000).step_by(10) {
+        let r = call("PUT", &fx.url(&format!("/hosts/n{i:05}/reimage")), Some(REIMAGE_TOKEN), None);
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let measure = |query: &str| {
+        let mut times = Vec::new();
+        for _ in 0..30 {
+            let t = std::time::Instant::now();
+            let r = call("GET", &fx.url(query), Some(READ_TOKEN), None);
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+            assert_eq!(r.status, 200);
+            assert!(r.json()["hosts"].as_array().unwrap().len() <= 50);
+        }
+        times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let (median, p95) = (times[15], times[28]);
+        eprintln!("console bench: GET {query}: median {median:.1} ms, p95 {p95:.1} ms");
+        assert!(median < 1000.0, "{query}: {median} ms");
+    };
+    measure("/hosts?limit=50");
+    measure("/hosts?limit=50&sort=phase&order=desc&offset=5000");
+    measure("/hosts?limit=50&phase=pending&q=n09");
+    fx.stop();
+}

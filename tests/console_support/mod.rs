@@ -1,0 +1,333 @@
+//! The console tests' outside world (included with `#[path]`): a real OpenLDAP `slapd` with a
+//! throwaway CA, and headless Chromium driven through `chromedriver` (WebDriver).
+//!
+//! Both run as child processes of the test on free loopback ports, with generated
+//! configurations in a temporary folder, and are killed when their handle drops. A missing tool
+//! fails the test and names the Debian package that has it; nothing is skipped.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Fails loudly when `tool` is missing, naming its Debian package.
+pub fn need(tool: &str, package: &str) -> PathBuf {
+    let path = PathBuf::from(tool);
+    assert!(
+        path.exists(),
+        "{tool} is missing: install the Debian package `{package}` (scripts/setup --test does)"
+    );
+    path
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_for_port(port: u16, what: &str, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited before listening: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not listen on port {port} within 20 s");
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A killed-on-drop child process.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Users of the test directory: (uid, password, group).
+pub const USERS: &[(&str, &str, &str)] = &[
+    ("alice", "alice-pw", "boot-admins"),
+    ("bob", "bob-pw", "boot-ops"),
+    ("carol", "carol-pw", "boot-viewers"),
+    ("dave", "dave-pw", "staff"),
+];
+
+/// A running slapd: `ldap://` (StartTLS offered) and `ldaps://` on loopback, its CA.
+pub struct Slapd {
+    _proc: Proc,
+    pub ldap_port: u16,
+    pub ldaps_port: u16,
+    pub ca: PathBuf,
+}
+
+impl Slapd {
+    /// Generates a CA and a server certificate for 127.0.0.1/localhost with `openssl`, a
+    /// `slapd.conf` with an MDB database loaded by `slapadd`, and starts slapd in the
+    /// foreground as this (unprivileged) user. The system's slapd service is not used.
+    pub fn start(dir: &Path) -> Slapd {
+        let slapd = need("/usr/sbin/slapd", "slapd");
+        let slapadd = need("/usr/sbin/slapadd", "slapd");
+        let openssl = need("/usr/bin/openssl", "openssl");
+        let d = dir.join("ldap");
+        std::fs::create_dir_all(d.join("db")).unwrap();
+        let p = |n: &str| d.join(n).display().to_string();
+        run(Command::new(&openssl)
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=bootforge test CA",
+            ])
+            .args([
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ])
+            .args(["-keyout", &p("ca.key"), "-out", &p("ca.pem")]));
+        run(Command::new(&openssl)
+            .args(["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost"])
+            .args(["-keyout", &p("server.key"), "-out", &p("server.csr")]));
+        std::fs::write(
+            d.join("ext.cnf"),
+            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .unwrap();
+        run(Command::new(&openssl)
+            .args(["x509", "-req", "-days", "2", "-in", &p("server.csr"), "-CA", &p("ca.pem")])
+            .args([
+                "-CAkey",
+                &p("ca.key"),
+                "-CAcreateserial",
+                "-out",
+                &p("server.pem"),
+                "-extfile",
+                &p("ext.cnf"),
+            ]));
+        let conf = format!(
+            "include /etc/ldap/schema/core.schema\ninclude /etc/ldap/schema/cosine.schema\n\
+             include /etc/ldap/schema/inetorgperson.schema\npidfile {pid}\nmodulepath /usr/lib/ldap\n\
+             moduleload back_mdb\nTLSCACertificateFile {ca}\nTLSCertificateFile {cert}\n\
+             TLSCertificateKeyFile {key}\ndatabase mdb\nmaxsize 10485760\nsuffix \"dc=example,dc=org\"\n\
+             rootdn \"cn=admin,dc=example,dc=org\"\nrootpw unused-{rand}\ndirectory {db}\n\
+             access to attrs=userPassword by anonymous auth by self read by * none\n\
+             access to * by users read by * none\n",
+            pid = p("slapd.pid"),
+            ca = p("ca.pem"),
+            cert = p("server.pem"),
+            key = p("server.key"),
+            db = p("db"),
+            rand = std::process::id(),
+        );
+        std::fs::write(d.join("slapd.conf"), conf).unwrap();
+        let mut ldif = String::from(
+            "dn: dc=example,dc=org\nobjectClass: dcObject\nobjectClass: organization\ndc: example\no: example\n\n\
+             dn: ou=people,dc=example,dc=org\nobjectClass: organizationalUnit\nou: people\n\n\
+             dn: ou=groups,dc=example,dc=org\nobjectClass: organizationalUnit\nou: groups\n\n",
+        );
+        for (uid, pw, _) in USERS {
+            ldif += &format!(
+                "dn: uid={uid},ou=people,dc=example,dc=org\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\nsn: {uid}\nuserPassword: {pw}\n\n"
+            );
+        }
+        for group in ["boot-admins", "boot-ops", "boot-viewers", "staff"] {
+            ldif += &format!("dn: cn={group},ou=groups,dc=example,dc=org\nobjectClass: groupOfNames\ncn: {group}\n");
+            for (uid, _, g) in USERS.iter().filter(|u| u.2 == group) {
+                let _ = g;
+                ldif += &format!("member: uid={uid},ou=people,dc=example,dc=org\n");
+            }
+            ldif += "\n";
+        }
+        std::fs::write(d.join("data.ldif"), ldif).unwrap();
+        run(Command::new(&slapadd).args(["-f", &p("slapd.conf"), "-l", &p("data.ldif")]));
+        let (ldap_port, ldaps_port) = (free_port(), free_port());
+        let urls = format!("ldap://127.0.0.1:{ldap_port}/ ldaps://127.0.0.1:{ldaps_port}/");
+        let mut child = Command::new(&slapd)
+            .args(["-f", &p("slapd.conf"), "-h", &urls, "-d", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("slapd starts");
+        wait_for_port(ldap_port, "slapd", &mut child);
+        wait_for_port(ldaps_port, "slapd", &mut child);
+        Slapd { _proc: Proc(child), ldap_port, ldaps_port, ca: d.join("ca.pem") }
+    }
+
+    /// A `--ldap-config` for this directory: over LDAPS, or over LDAP with StartTLS.
+    pub fn config(&self, starttls: bool) -> String {
+        let url = if starttls {
+            format!("ldap://127.0.0.1:{}", self.ldap_port)
+        } else {
+            format!("ldaps://127.0.0.1:{}", self.ldaps_port)
+        };
+        format!(
+            "url = \"{url}\"\nstarttls = {starttls}\nca_file = \"{}\"\n\
+             bind_dn = \"uid={{user}},ou=people,dc=example,dc=org\"\n\
+             group_base = \"ou=groups,dc=example,dc=org\"\ngroup_filter = \"(member={{dn}})\"\n\
+             timeout_secs = 5\n\n[roles]\n\
+             \"cn=boot-admins,ou=groups,dc=example,dc=org\" = \"admin\"\n\
+             \"cn=boot-ops,ou=groups,dc=example,dc=org\" = \"reimage\"\n\
+             \"cn=boot-viewers,ou=groups,dc=example,dc=org\" = \"read\"\n",
+            self.ca.display()
+        )
+    }
+}
+
+/// Headless Chromium through chromedriver, and the tokio runtime fantoccini needs.
+pub struct Browser {
+    pub client: fantoccini::Client,
+    pub rt: tokio::runtime::Runtime,
+    _driver: Proc,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    pub fn start() -> Browser {
+        let chromium = need("/usr/bin/chromium", "chromium");
+        let driver = need("/usr/bin/chromedriver", "chromium-driver");
+        let port = free_port();
+        let mut child = Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        wait_for_port(port, "chromedriver", &mut child);
+        let profile = tempfile::tempdir().unwrap();
+        let args = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--window-size=1400,900",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .chain([format!("--user-data-dir={}", profile.path().display())])
+        .collect::<Vec<_>>();
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({ "binary": chromium, "args": args }),
+        );
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let client = rt
+            .block_on(
+                fantoccini::ClientBuilder::new(connector)
+                    .capabilities(caps)
+                    .connect(&format!("http://127.0.0.1:{port}")),
+            )
+            .expect("a WebDriver session with Chromium");
+        Browser { client, rt, _driver: Proc(child), _profile: profile }
+    }
+
+    pub fn goto(&self, url: &str) {
+        self.rt.block_on(self.client.goto(url)).unwrap();
+    }
+
+    /// Waits (up to 15 s) for an element.
+    pub fn find(&self, css: &str) -> fantoccini::elements::Element {
+        self.rt
+            .block_on(
+                self.client
+                    .wait()
+                    .at_most(Duration::from_secs(15))
+                    .for_element(fantoccini::Locator::Css(css)),
+            )
+            .unwrap_or_else(|e| panic!("no element {css}: {e}"))
+    }
+
+    pub fn all(&self, css: &str) -> Vec<fantoccini::elements::Element> {
+        self.rt.block_on(self.client.find_all(fantoccini::Locator::Css(css))).unwrap()
+    }
+
+    pub fn click(&self, css: &str) {
+        let e = self.find(css);
+        self.rt.block_on(e.click()).unwrap_or_else(|e| panic!("click {css}: {e}"));
+    }
+
+    pub fn type_into(&self, css: &str, text: &str) {
+        let e = self.find(css);
+        self.rt.block_on(async {
+            e.clear().await.unwrap();
+            e.send_keys(text).await.unwrap();
+        });
+    }
+
+    pub fn text(&self, css: &str) -> String {
+        let e = self.find(css);
+        self.rt.block_on(e.text()).unwrap()
+    }
+
+    pub fn displayed(&self, css: &str) -> bool {
+        self.all(css).iter().any(|e| self.rt.block_on(e.is_displayed()).unwrap_or(false))
+    }
+
+    /// Runs JavaScript in the page (a returned promise is awaited).
+    pub fn js(&self, script: &str) -> serde_json::Value {
+        self.rt.block_on(self.client.execute(script, vec![])).unwrap()
+    }
+
+    /// Waits (up to `secs`) until `css`'s text satisfies `ok`; returns the text.
+    pub fn wait_text(&self, css: &str, secs: u64, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let text = self
+                .all(css)
+                .first()
+                .map(|e| self.rt.block_on(e.text()).unwrap_or_default())
+                .unwrap_or_default();
+            if ok(&text) {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "{css}: still {text:?} after {secs} s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Saves a screenshot of the page as `docs/NAME` in the repository.
+    pub fn screenshot(&self, name: &str) {
+        let png = self.rt.block_on(self.client.screenshot()).unwrap();
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs").join(name);
+        std::fs::write(&path, png).unwrap();
+    }
+
+    /// The value of the session cookie (HttpOnly: only WebDriver sees it).
+    pub fn session_cookie(&self) -> String {
+        let cookies = self.rt.block_on(self.client.get_all_cookies()).unwrap();
+        cookies
+            .iter()
+            .find(|c| c.name() == "bf_session")
+            .expect("a session cookie")
+            .value()
+            .to_string()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let client = self.client.clone();
+        let _ = self.rt.block_on(client.close());
+    }
+}
