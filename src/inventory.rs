@@ -99,13 +99,25 @@ impl Inventory {
     }
 
     /// Validates CSV text from any reader; `source` names it in error messages.
-    pub fn parse<R: Read>(source: &str, reader: R) -> Result<Inventory, InventoryError> {
+    pub fn parse<R: Read>(source: &str, mut reader: R) -> Result<Inventory, InventoryError> {
         let mut errors = Vec::new();
+        // Line numbers are counted here, from byte offsets: the csv crate's own count leaves out
+        // comment and blank lines between records, so errors after one named the wrong line.
+        let mut text = Vec::new();
+        reader.read_to_end(&mut text).map_err(|e| {
+            InventoryError::Invalid(vec![FieldError {
+                source: source.to_string(),
+                line: 0,
+                column: "-".into(),
+                message: format!("cannot read: {e}"),
+            }])
+        })?;
+        let lines = Lines::new(&text);
         let mut csv = csv::ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
             .comment(Some(b'#'))
-            .from_reader(reader);
+            .from_reader(text.as_slice());
         let mut records = csv.byte_records();
         let err = |line: u64, column: &str, message: String| FieldError {
             source: source.to_string(),
@@ -124,10 +136,12 @@ impl Inventory {
                         .into(),
                 )]))
             }
-            Some(Err(e)) => return Err(InventoryError::Invalid(vec![csv_error(source, &e)])),
+            Some(Err(e)) => {
+                return Err(InventoryError::Invalid(vec![csv_error(source, &e, &lines)]))
+            }
             Some(Ok(h)) => h,
         };
-        let header_line = header.position().map_or(1, |p| p.line());
+        let header_line = header.position().map_or(1, |p| lines.of(p));
         let mut columns = Vec::new();
         for (i, raw) in header.iter().enumerate() {
             let raw = if i == 0 { raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw) } else { raw };
@@ -170,11 +184,11 @@ impl Inventory {
             let record = match record {
                 Ok(r) => r,
                 Err(e) => {
-                    errors.push(csv_error(source, &e));
+                    errors.push(csv_error(source, &e, &lines));
                     continue;
                 }
             };
-            let line = record.position().map_or(0, |p| p.line());
+            let line = record.position().map_or(0, |p| lines.of(p));
             if record.iter().all(|f| f.iter().all(u8::is_ascii_whitespace)) {
                 continue; // a blank line with separators only
             }
@@ -304,10 +318,52 @@ impl fmt::Display for FieldError {
     }
 }
 
-fn csv_error(source: &str, e: &csv::Error) -> FieldError {
+/// Where a record really starts in `text`: the csv crate places a record that follows comment
+/// or blank lines at the start of those lines, or (after CRLF) on the line break before them,
+/// and its line count leaves them out. Used for line numbers here and by the console's editor
+/// to find a row's bytes, so both agree with the file as the operator sees it.
+pub fn record_start(text: &[u8], reported: usize) -> usize {
+    let mut at = reported;
+    loop {
+        while matches!(text.get(at), Some(b'\r' | b'\n')) {
+            at += 1;
+        }
+        if text.get(at) != Some(&b'#') {
+            return at.min(text.len());
+        }
+        // A comment line: on to the next line.
+        at = memchr::memchr(b'\n', &text[at..]).map_or(text.len(), |i| at + i + 1);
+    }
+}
+
+/// Where each line of the file starts, to turn a record's position into its line number.
+pub struct Lines<'a> {
+    text: &'a [u8],
+    starts: Vec<usize>,
+}
+
+impl<'a> Lines<'a> {
+    pub fn new(text: &'a [u8]) -> Lines<'a> {
+        let mut starts = vec![0];
+        starts.extend(memchr::memchr_iter(b'\n', text).map(|i| i + 1));
+        Lines { text, starts }
+    }
+
+    /// The record at `pos`: its first byte and its 1-based line.
+    pub fn record(&self, pos: &csv::Position) -> (usize, u64) {
+        let start = record_start(self.text, pos.byte() as usize);
+        (start, self.starts.partition_point(|&s| s <= start) as u64)
+    }
+
+    fn of(&self, pos: &csv::Position) -> u64 {
+        self.record(pos).1
+    }
+}
+
+fn csv_error(source: &str, e: &csv::Error, lines: &Lines) -> FieldError {
     FieldError {
         source: source.to_string(),
-        line: e.position().map_or(0, |p| p.line()),
+        line: e.position().map_or(0, |p| lines.of(p)),
         column: "-".into(),
         message: format!("the CSV cannot be read here: {e}"),
     }

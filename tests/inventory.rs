@@ -215,3 +215,29 @@ fn bmc_column_is_parsed_and_a_bad_one_named_by_file_line_and_column() {
     assert!(errs[1].starts_with("nodes.csv:3: column bmc: "), "{}", errs[1]);
     assert!(errs[1].contains("/redfish/v1/Systems/ID"), "{}", errs[1]);
 }
+
+/// Errors name the line the row is on, after comment and blank lines, with LF or CRLF endings.
+#[test]
+fn line_numbers_count_comments_and_blank_lines() {
+    for eol in ["\n", "\r\n"] {
+        let text = [
+            "# fleet",
+            "hostname,ip",
+            "n1,bad1",
+            "# rack 2",
+            "",
+            "n2,10.0.0.2/24",
+            "",
+            "n3,bad3",
+            "",
+        ]
+        .join(eol);
+        let err = Inventory::parse("x.csv", text.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("x.csv:3: column ip: \"bad1\""), "{eol:?}: {err}");
+        assert!(err.contains("x.csv:8: column ip: \"bad3\""), "{eol:?}: {err}");
+        let ok = text.replace("bad1", "10.0.0.1/24").replace("bad3", "10.0.0.3/24");
+        let inv = Inventory::parse("x.csv", ok.as_bytes()).unwrap();
+        let lines: Vec<u64> = inv.nodes().iter().map(|n| n.line).collect();
+        assert_eq!(lines, vec![3, 6, 8], "{eol:?}");
+    }
+}

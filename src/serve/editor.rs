@@ -65,6 +65,7 @@ pub fn rows(text: &str) -> Result<(Vec<String>, Vec<RawRow>), EditError> {
         .flexible(true)
         .comment(Some(b'#'))
         .from_reader(text.as_bytes());
+    let lines = crate::inventory::Lines::new(text.as_bytes());
     let mut header = None;
     let mut out = Vec::new();
     for record in csv.records() {
@@ -82,18 +83,11 @@ pub fn rows(text: &str) -> Result<(Vec<String>, Vec<RawRow>), EditError> {
             header = Some(names);
             continue;
         }
-        // After a CRLF the reader's offset may still point at the `\n`: start at the record.
-        let mut start = pos.byte() as usize;
-        while text.as_bytes().get(start).is_some_and(|b| matches!(b, b'\r' | b'\n')) {
-            start += 1;
-        }
+        // The reader's offset may point at comment or blank lines before the record, or at the
+        // `\n` of a CRLF: the inventory's own reckoning finds the record and its line.
+        let (start, line) = lines.record(pos);
         let end = record_end(text.as_bytes(), start);
-        out.push(RawRow {
-            line: pos.line(),
-            start,
-            end,
-            fields: record.iter().map(str::to_string).collect(),
-        });
+        out.push(RawRow { line, start, end, fields: record.iter().map(str::to_string).collect() });
     }
     let header = header.ok_or_else(|| EditError::Unreadable("the file has no header".into()))?;
     Ok((header, out))
@@ -252,6 +246,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out, "hostname,ip\nn1,10.0.0.3/24");
+    }
+
+    /// A row right after a comment or a blank line: its own bytes change, not the lines before
+    /// it (the CSV reader reports such a record where the skipped lines begin).
+    #[test]
+    fn rows_after_comments_and_blank_lines_are_found() {
+        let edit = Edit::Change { host: "n1".into(), fields: f(&[("ip", "10.0.0.7/24")]) };
+        let (out, line) = apply(CSV, &edit).unwrap();
+        assert_eq!(
+            out,
+            "\u{feff}hostname,ip,mac,role\r\n# rack 1\r\nn1,10.0.0.7/24,,\"a,b\"\r\nn2,10.0.0.2/24,,\"multi\r\nline\"\r\nn3,10.0.0.3/24,,x\r\n"
+        );
+        assert_eq!(line, Some(3));
+        let lf = "hostname,ip\nn1,10.0.0.1/24\n\n# two\n\nn2,10.0.0.2/24\n";
+        let (out, line) = apply(lf, &Edit::Remove { host: "n2".into() }).unwrap();
+        assert_eq!((out.as_str(), line), ("hostname,ip\nn1,10.0.0.1/24\n\n# two\n\n", None));
+        let rows = rows(lf).unwrap().1;
+        assert_eq!(rows.iter().map(|r| r.line).collect::<Vec<_>>(), vec![2, 6]);
     }
 
     #[test]
