@@ -1,5 +1,6 @@
 //! The console tests' outside world (included with `#[path]`): a real OpenLDAP `slapd` with a
-//! throwaway CA, and headless Chromium driven through `chromedriver` (WebDriver).
+//! throwaway CA, and headless Chromium driven through `chromedriver` or headless Firefox ESR
+//! through `geckodriver` (WebDriver).
 //!
 //! Both run as child processes of the test on free loopback ports, with generated
 //! configurations in a temporary folder, and are killed when their handle drops. A missing tool
@@ -239,6 +240,59 @@ impl Browser {
                     .connect(&format!("http://127.0.0.1:{port}")),
             )
             .expect("a WebDriver session with Chromium");
+        Browser { client, rt, _driver: Proc(child), _profile: profile }
+    }
+
+    /// Headless Firefox ESR (Debian `firefox-esr`) through geckodriver, which Debian does not
+    /// package: `scripts/setup --test` installs it with `cargo install geckodriver`.
+    pub fn start_firefox() -> Browser {
+        let firefox = need("/usr/bin/firefox-esr", "firefox-esr");
+        let driver = std::env::var_os("PATH")
+            .iter()
+            .flat_map(std::env::split_paths)
+            .chain(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin")))
+            .map(|d| d.join("geckodriver"))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| {
+                panic!(
+                    "geckodriver is missing: `scripts/setup --test` installs it with `cargo \
+                     install geckodriver` (Debian has no package for it)"
+                )
+            });
+        let port = free_port();
+        let mut child = Command::new(driver)
+            .args(["--port", &port.to_string(), "--host", "127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("geckodriver starts");
+        wait_for_port(port, "geckodriver", &mut child);
+        let profile = tempfile::tempdir().unwrap();
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "moz:firefoxOptions".into(),
+            serde_json::json!({
+                "binary": firefox,
+                "args": ["-headless", "-width", "1400", "-height", "900", "-profile", profile.path()],
+                // No update checks, telemetry or captive-portal probes on a closed network.
+                "prefs": {
+                    "app.update.enabled": false,
+                    "network.captive-portal-service.enabled": false,
+                    "datareporting.policy.dataSubmissionEnabled": false,
+                    "toolkit.telemetry.enabled": false,
+                    "browser.shell.checkDefaultBrowser": false
+                }
+            }),
+        );
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let client = rt
+            .block_on(
+                fantoccini::ClientBuilder::new(connector)
+                    .capabilities(caps)
+                    .connect(&format!("http://127.0.0.1:{port}")),
+            )
+            .expect("a WebDriver session with Firefox");
         Browser { client, rt, _driver: Proc(child), _profile: profile }
     }
 
