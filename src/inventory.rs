@@ -717,31 +717,8 @@ impl FromStr for ServerUrl {
         let bad = |why: &str| {
             format!("{text:?} is not a usable server URL ({why}); expected http://HOST[:PORT][/PATH], such as http://10.20.0.5:8080")
         };
-        if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(bad("it holds whitespace or a control character"));
-        }
-        let Some(rest) = text.strip_prefix("http://").or_else(|| text.strip_prefix("https://"))
-        else {
-            let lower = text.to_ascii_lowercase();
-            if lower.starts_with("http://") || lower.starts_with("https://") {
-                return Err(bad("the scheme must be written in lower case"));
-            }
-            return Err(bad("it must start with http:// or https://"));
-        };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => rest.split_at(i),
-            None => (rest, ""),
-        };
-        if authority.contains('@') {
-            return Err(bad("a user name or password (`@`) is not allowed"));
-        }
-        if text.contains('?') {
-            return Err(bad("a query (`?`) is not allowed"));
-        }
-        if text.contains('#') {
-            return Err(bad("a fragment (`#`) is not allowed"));
-        }
-        check_authority(authority).map_err(bad)?;
+        let path = split_http_url(text, "a user name or password (`@`) is not allowed")
+            .map_err(|why| bad(&why))?;
         let path_ok = path
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'.' | b'_' | b'~'));
@@ -752,6 +729,38 @@ impl FromStr for ServerUrl {
         }
         Ok(ServerUrl(text.trim_end_matches('/').to_string()))
     }
+}
+
+/// The checks every URL of the inventory shares (`server`, `bmc`): no whitespace or control
+/// character, a lower-case `http://` or `https://`, no user or password (`userinfo_reason` says
+/// why, for the column), no query or fragment, a valid `HOST[:PORT]`. Returns the path (from its
+/// `/`, or empty); the error is the reason alone, for the caller to wrap.
+fn split_http_url<'a>(text: &'a str, userinfo_reason: &str) -> Result<&'a str, String> {
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("it holds whitespace or a control character".into());
+    }
+    let Some(rest) = text.strip_prefix("http://").or_else(|| text.strip_prefix("https://")) else {
+        let lower = text.to_ascii_lowercase();
+        if lower.starts_with("http://") || lower.starts_with("https://") {
+            return Err("the scheme must be written in lower case".into());
+        }
+        return Err("it must start with http:// or https://".into());
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if authority.contains('@') {
+        return Err(userinfo_reason.into());
+    }
+    if text.contains('?') {
+        return Err("a query (`?`) is not allowed".into());
+    }
+    if text.contains('#') {
+        return Err("a fragment (`#`) is not allowed".into());
+    }
+    check_authority(authority)?;
+    Ok(path)
 }
 
 /// Checks the `HOST[:PORT]` part of a URL: an RFC 1123 host name, a dotted IPv4 address or a
@@ -874,33 +883,11 @@ impl FromStr for BmcUrl {
         let bad = |why: &str| {
             format!("{text:?} is not a usable BMC URL ({why}); expected the Redfish root https://HOST[:PORT] or a System URL https://HOST[:PORT]/redfish/v1/Systems/ID")
         };
-        if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(bad("it holds whitespace or a control character"));
-        }
-        let Some(rest) = text.strip_prefix("http://").or_else(|| text.strip_prefix("https://"))
-        else {
-            let lower = text.to_ascii_lowercase();
-            if lower.starts_with("http://") || lower.starts_with("https://") {
-                return Err(bad("the scheme must be written in lower case"));
-            }
-            return Err(bad("it must start with https:// or http://"));
-        };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => rest.split_at(i),
-            None => (rest, ""),
-        };
-        if authority.contains('@') {
-            return Err(bad(
-                "a user name or password (`@`) is not allowed; put credentials in the --bmc-credentials file",
-            ));
-        }
-        if text.contains('?') {
-            return Err(bad("a query (`?`) is not allowed"));
-        }
-        if text.contains('#') {
-            return Err(bad("a fragment (`#`) is not allowed"));
-        }
-        check_authority(authority).map_err(bad)?;
+        let path = split_http_url(
+            text,
+            "a user name or password (`@`) is not allowed; put credentials in the --bmc-credentials file",
+        )
+        .map_err(|why| bad(&why))?;
         let origin_len = text.len() - path.len();
         let path = path.strip_suffix('/').unwrap_or(path);
         let (path, system) = match path {
@@ -1049,8 +1036,8 @@ mod tests {
     #[test]
     fn bmc_urls_refused() {
         for (bad, why) in [
-            ("10.1.0.11", "must start with https://"),
-            ("ftp://h", "must start with https://"),
+            ("10.1.0.11", "must start with http:// or https://"),
+            ("ftp://h", "must start with http:// or https://"),
             ("HTTPS://h", "lower case"),
             ("https://", "no host"),
             ("https://admin:pw@h", "--bmc-credentials"),
