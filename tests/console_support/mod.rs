@@ -231,6 +231,17 @@ impl Browser {
             "goog:chromeOptions".into(),
             serde_json::json!({ "binary": chromium, "args": args }),
         );
+        Browser::connect(port, caps, child, profile, "Chromium")
+    }
+
+    /// A WebDriver session on the driver at `port`, which owns `child` and `profile`.
+    fn connect(
+        port: u16,
+        caps: serde_json::Map<String, serde_json::Value>,
+        child: Child,
+        profile: tempfile::TempDir,
+        what: &str,
+    ) -> Browser {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
         let client = rt
@@ -239,7 +250,7 @@ impl Browser {
                     .capabilities(caps)
                     .connect(&format!("http://127.0.0.1:{port}")),
             )
-            .expect("a WebDriver session with Chromium");
+            .unwrap_or_else(|e| panic!("a WebDriver session with {what}: {e}"));
         Browser { client, rt, _driver: Proc(child), _profile: profile }
     }
 
@@ -284,16 +295,7 @@ impl Browser {
                 }
             }),
         );
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        let client = rt
-            .block_on(
-                fantoccini::ClientBuilder::new(connector)
-                    .capabilities(caps)
-                    .connect(&format!("http://127.0.0.1:{port}")),
-            )
-            .expect("a WebDriver session with Firefox");
-        Browser { client, rt, _driver: Proc(child), _profile: profile }
+        Browser::connect(port, caps, child, profile, "Firefox")
     }
 
     pub fn goto(&self, url: &str) {
