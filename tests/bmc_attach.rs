@@ -6,135 +6,21 @@
 //! The emulator harness is `tests/serve_support/sushy.rs`, the QEMU harness `tests/common`.
 //! Neither skips: a missing emulator or QEMU fails the test and names the setup step.
 
+#[path = "serve_support/bmc.rs"]
+mod bmc;
 mod common;
 #[path = "serve_support/sushy.rs"]
 mod sushy;
 
-use bootforge::serve::{Config, Server};
+use bmc::{BmcService as Fixture, READ_TOKEN, REIMAGE_TOKEN};
 use common::*;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 use sushy::{Emulator, EmulatorConfig};
 
-const REIMAGE_TOKEN: &str = "bmc-reimage-token-1234";
-const READ_TOKEN: &str = "bmc-read-token-5678";
-
 fn sha_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
-}
-
-/// A service over `rows` (CSV lines after the header `hostname,ip,gateway,dns,mac,profile,bmc`)
-/// with node tokens, API tokens and the emulator's credentials. The nodes' scripts ask
-/// `public_url`; BMCs are handed URLs under the service's loopback address.
-struct Fixture {
-    dir: tempfile::TempDir,
-    server: Option<Server>,
-    base: String,
-    token_file: PathBuf,
-}
-
-impl Fixture {
-    fn start(rows: &str, port: u16, public_url: Option<&str>, credentials: bool) -> Fixture {
-        Fixture::start_with(rows, port, public_url, credentials, true)
-    }
-
-    fn start_with(
-        rows: &str,
-        port: u16,
-        public_url: Option<&str>,
-        credentials: bool,
-        secret: bool,
-    ) -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let inventory = d.join("nodes.csv");
-        std::fs::write(&inventory, format!("hostname,ip,gateway,dns,mac,profile,bmc\n{rows}"))
-            .unwrap();
-        let profiles = d.join("profiles");
-        std::fs::create_dir_all(&profiles).unwrap();
-        copy_dir(&repo_path("tests/profiles/e2e"), &profiles.join("e2e"));
-        std::fs::write(d.join("secret"), b"bmc-test-secret\n").unwrap();
-        let sha = |t: &str| hex::encode(Sha256::digest(t.as_bytes()));
-        std::fs::write(
-            d.join("tokens"),
-            format!("ops reimage {}\nviewer read {}\n", sha(REIMAGE_TOKEN), sha(READ_TOKEN)),
-        )
-        .unwrap();
-        let mut config = Config::new(inventory, profiles, d.join("state"));
-        config.listen = format!("127.0.0.1:{port}");
-        config.secret_file = secret.then(|| d.join("secret"));
-        config.tokens_file = Some(d.join("tokens"));
-        config.workers = 8;
-        config.media_epoch = Some(1_700_000_000);
-        config.public_url = public_url.map(|u| u.parse().unwrap());
-        config.media_base_url = Some(format!("http://127.0.0.1:{port}").parse().unwrap());
-        if credentials {
-            let pass = d.join("bmc.pass");
-            std::fs::write(&pass, "password\n").unwrap();
-            std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
-            let creds = d.join("bmc-credentials");
-            std::fs::write(&creds, format!("* admin {}\n", pass.display())).unwrap();
-            std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
-            config.bmc_credentials = Some(creds);
-        }
-        let server = Server::start(config).expect("the service starts");
-        let base = format!("http://{}", server.local_addr());
-        let token_file = d.join("token");
-        std::fs::write(&token_file, format!("{REIMAGE_TOKEN}\n")).unwrap();
-        Fixture { dir, server: Some(server), base, token_file }
-    }
-
-    /// Runs `bootforge ARGS --server BASE --token-file T`: (success, stdout, stderr).
-    fn cli(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(bootforge_bin())
-            .args(args)
-            .args(["--server", &self.base, "--token-file"])
-            .arg(&self.token_file)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    /// The audit log once it holds `needle` (notes are written by a writer thread).
-    fn audit_with(&self, needle: &str) -> String {
-        let path = self.dir.path().join("state/audit.jsonl");
-        for _ in 0..200 {
-            let log = std::fs::read_to_string(&path).unwrap_or_default();
-            if log.contains(needle) {
-                return log;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::fs::read_to_string(&path).unwrap_or_default()
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        if let Some(s) = self.server.take() {
-            s.shutdown();
-        }
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 fn free_port() -> u16 {

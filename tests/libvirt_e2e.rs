@@ -22,21 +22,20 @@
 //!
 //! Run alone: `cargo test --release --test libvirt_e2e -- --nocapture` (one VM, TCG).
 
+#[path = "serve_support/bmc.rs"]
+mod bmc;
 mod common;
 #[path = "serve_support/sushy.rs"]
 mod sushy;
 
-use bootforge::serve::{Config, Server};
-use common::{bootforge_bin, local_disk, repo_path, LOCAL_DISK_MARKER, NODE_MAC};
+use bmc::BmcService;
+use common::{local_disk, LOCAL_DISK_MARKER, NODE_MAC};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use sushy::{Emulator, FakeSystem};
-
-const REIMAGE_TOKEN: &str = "libvirt-reimage-token-1234";
 
 // --- a private libvirt daemon ---------------------------------------------------------------
 
@@ -307,94 +306,13 @@ fn cdroms(xml: &str) -> Vec<String> {
 
 // --- the service ----------------------------------------------------------------------------
 
-/// The real service for one node whose `bmc` is `bmc_url`: the node's script asks
+/// The real service for node01 whose `bmc` is `bmc_url`: the node's script asks
 /// `http://10.0.2.2:PORT` (slirp's view of the host), the BMC is handed URLs under
 /// `http://127.0.0.1:PORT`, and the BMC credentials are admin/password.
-struct Service {
-    dir: tempfile::TempDir,
-    server: Option<Server>,
-    base: String,
-    token_file: PathBuf,
-}
-
-impl Service {
-    fn start(bmc_url: &str) -> Service {
-        let port = sushy::free_port();
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let inventory = d.join("nodes.csv");
-        std::fs::write(
-            &inventory,
-            format!(
-                "hostname,ip,gateway,dns,mac,profile,bmc\n\
-                 node01,10.0.2.15/24,10.0.2.2,10.0.2.3,{NODE_MAC},e2e,{bmc_url}\n"
-            ),
-        )
-        .unwrap();
-        let profiles = d.join("profiles");
-        common::copy_tree(&repo_path("tests/profiles/e2e"), &profiles.join("e2e"));
-        std::fs::write(d.join("secret"), b"libvirt-test-secret\n").unwrap();
-        std::fs::write(
-            d.join("tokens"),
-            format!("ops reimage {}\n", hex::encode(Sha256::digest(REIMAGE_TOKEN.as_bytes()))),
-        )
-        .unwrap();
-        let pass = d.join("bmc.pass");
-        std::fs::write(&pass, "password\n").unwrap();
-        let creds = d.join("bmc-credentials");
-        std::fs::write(&creds, format!("* admin {}\n", pass.display())).unwrap();
-        for f in [&pass, &creds] {
-            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
-        }
-        let mut config = Config::new(inventory, profiles, d.join("state"));
-        config.listen = format!("127.0.0.1:{port}");
-        config.secret_file = Some(d.join("secret"));
-        config.tokens_file = Some(d.join("tokens"));
-        config.workers = 4;
-        config.public_url = Some(format!("http://10.0.2.2:{port}").parse().unwrap());
-        config.media_base_url = Some(format!("http://127.0.0.1:{port}").parse().unwrap());
-        config.bmc_credentials = Some(creds);
-        let server = Server::start(config).expect("the service starts");
-        let base = format!("http://{}", server.local_addr());
-        let token_file = d.join("token");
-        std::fs::write(&token_file, format!("{REIMAGE_TOKEN}\n")).unwrap();
-        Service { dir, server: Some(server), base, token_file }
-    }
-
-    /// Runs the real `bootforge ARGS --server BASE --token-file T`: (success, stdout, stderr).
-    fn cli(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(bootforge_bin())
-            .args(args)
-            .args(["--server", &self.base, "--token-file"])
-            .arg(&self.token_file)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn audit(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("state/audit.jsonl")).unwrap_or_default()
-    }
-
-    /// node01's first `boot` record, if any.
-    fn boot_record(&self) -> Option<Value> {
-        self.audit()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|e| e["event"] == "boot" && e["host"] == "node01")
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        if let Some(s) = self.server.take() {
-            s.shutdown();
-        }
-    }
+fn start_service(bmc_url: &str) -> BmcService {
+    let port = sushy::free_port();
+    let row = format!("node01,10.0.2.15/24,10.0.2.2,10.0.2.3,{NODE_MAC},e2e,{bmc_url}\n");
+    BmcService::start(&row, port, Some(&format!("http://10.0.2.2:{port}")), true)
 }
 
 /// GET a Redfish resource of the emulator, as its admin.
@@ -448,7 +366,7 @@ fn attach_reset_boots_a_libvirt_domain_through_redfish() {
     assert_eq!(before["PowerState"], "Off", "{before}");
     mark("domain defined, emulator up", &mut times);
 
-    let svc = Service::start(&system_url);
+    let svc = start_service(&system_url);
     mark("service up", &mut times);
 
     // The real CLI: attach, boot from CD, reset (the domain is off, so: power on).
@@ -495,7 +413,7 @@ fn attach_reset_boots_a_libvirt_domain_through_redfish() {
     // to the local disk, whose boot code prints the marker and ends QEMU.
     let deadline = Instant::now() + Duration::from_secs(150);
     let boot = loop {
-        if let Some(b) = svc.boot_record() {
+        if let Some(b) = svc.boot_record("node01") {
             break b;
         }
         if Instant::now() > deadline {
