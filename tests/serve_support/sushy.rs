@@ -469,10 +469,22 @@ fn proxy_one(
             }
         }
         head += "Connection: close\r\n\r\n";
-        up.write_all(head.as_bytes()).unwrap();
-        up.write_all(&body).unwrap();
+        // The request in one write, then a half-close. The emulator's server (werkzeug), after
+        // answering, drains whatever the client sent that the handler did not read, and it
+        // reads until EOF; handlers that ignore their body (EjectMedia) leave it there when it
+        // arrives while they run. Without the EOF it would never close, and this proxy, which
+        // reads the answer to EOF, would wait forever (seen once in CI as a 30 s client
+        // timeout).
+        let mut request = head.into_bytes();
+        request.extend_from_slice(&body);
+        up.write_all(&request).unwrap();
+        let _ = up.shutdown(std::net::Shutdown::Write);
+        // A safety net: an upstream that still never closes fails the request loudly.
+        let _ = up.set_read_timeout(Some(Duration::from_secs(20)));
         let mut answer = Vec::new();
-        let _ = up.read_to_end(&mut answer);
+        if let Err(e) = up.read_to_end(&mut answer) {
+            panic!("proxy: no complete answer from the emulator for {line}: {e}");
+        }
         let text = String::from_utf8_lossy(&answer).into_owned();
         let (resp_head, resp_body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
         let mut resp_body = resp_body.to_string();
