@@ -9,6 +9,8 @@
 #[path = "serve_support/bmc.rs"]
 mod bmc;
 mod common;
+#[path = "console_support/mod.rs"]
+mod console_support;
 #[path = "serve_support/sushy.rs"]
 mod sushy;
 
@@ -153,6 +155,87 @@ fn attach_mount_and_boot_what_the_bmc_was_given() {
     let media = cd(&emu, 0);
     assert_eq!(media["Inserted"], false, "{media}");
     assert!(media["Image"].is_null() || media["Image"] == "", "{media}");
+}
+
+/// The console's media buttons in Chromium, as an operator with the reimage role uses them:
+/// the ISO button downloads exactly what `bootforge build` writes for the row; Attach, with
+/// "once" and a restart chosen in its dialog, leaves the BMC holding our signed URL with a
+/// one-time CD override and a reset; Detach ejects it. The page reports each step in the words
+/// the CLI uses, and the audit log names the console login.
+#[test]
+fn the_console_downloads_attaches_and_detaches() {
+    let emu = Emulator::start(EmulatorConfig::new(1));
+    let port = free_port();
+    let row =
+        format!("node01,10.0.2.15/24,10.0.2.2,10.0.2.3,{NODE_MAC},e2e,{}\n", emu.system_url(0));
+    let f = Fixture::start(&row, port, None, true);
+    let b = console_support::Browser::start();
+    b.goto(&format!("{}/ui/", f.base));
+    b.type_into("#token", REIMAGE_TOKEN);
+    b.click("#token-submit");
+    let host = "#hosts tr[data-host='node01']";
+
+    // Download: the same bytes as `bootforge build` for this row, secret and epoch.
+    b.click(&format!("{host} button.download"));
+    let downloaded = b.downloaded("node01.iso", 60);
+    b.wait_text("#fleet-msg", 10, |t| t.starts_with("node01: downloading its iso image"));
+    let out = f.dir.path().join("built");
+    let status = std::process::Command::new(bootforge_bin())
+        .arg("build")
+        .arg(f.dir.path().join("nodes.csv"))
+        .args(["--server", &f.base, "--secret-file"])
+        .arg(f.dir.path().join("secret"))
+        .arg("--out")
+        .arg(&out)
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let built = std::fs::read(out.join("node01.iso")).unwrap();
+    assert_eq!(downloaded.len(), built.len());
+    assert_eq!(sha_hex(&downloaded), sha_hex(&built), "the download is build's ISO");
+
+    // Attach, once, with a restart.
+    b.click(&format!("{host} button.media-attach"));
+    assert!(b.displayed("#attach-options"), "attach asks how to boot");
+    assert_eq!(b.text("#confirm-hosts"), "node01");
+    b.click("#attach-boot option[value='once']");
+    b.click("#attach-reset");
+    b.click("#confirm-ok");
+    let msg = b.wait_text("#fleet-msg", 120, |t| t.contains("attached") || t.contains("failed"));
+    assert!(
+        msg.starts_with(
+            "node01: ISO attached, boots from CD: Once, reset (ForceRestart); URL valid until "
+        ),
+        "{msg}\n{}",
+        emu.log_text()
+    );
+    let media = cd(&emu, 0);
+    let image = media["Image"].as_str().expect("an image is mounted");
+    assert!(image.starts_with(&format!("http://127.0.0.1:{port}/media/node01.iso?")), "{image}");
+    assert_eq!(media["Inserted"], true);
+    assert_eq!(redfish(&emu.system_url(0))["Boot"]["BootSourceOverrideTarget"], "Cd");
+    let log = f.audit_with("\"action\":\"attach\"");
+    let attach = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["event"] == "bmc-media" && e["action"] == "attach")
+        .unwrap_or_else(|| panic!("the attach is audited:\n{log}"));
+    assert_eq!(
+        (attach["boot"].as_str(), attach["reset"].as_bool(), attach["via"].as_str()),
+        (Some("once"), Some(true), Some("token-session")),
+        "{attach}"
+    );
+    assert_eq!(attach["by"], "ops");
+
+    // Detach: no boot options asked, the CD ejected.
+    b.click(&format!("{host} button.media-detach"));
+    assert!(!b.displayed("#attach-options"));
+    b.click("#confirm-ok");
+    let msg = b.wait_text("#fleet-msg", 120, |t| t == "node01: ejected" || t.contains("failed"));
+    assert_eq!(msg, "node01: ejected");
+    let media = cd(&emu, 0);
+    assert_eq!(media["Inserted"], false, "{media}");
 }
 
 /// Many hosts at once, and the failures an operator meets: a BMC that is down, a host without a

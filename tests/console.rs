@@ -212,6 +212,61 @@ fn an_invalid_edit_shows_the_fields_error_and_leaves_the_csv_as_it_was() {
     fx.stop();
 }
 
+/// The CSV upload form: a file with two bad rows lists both by line and column and cannot
+/// replace anything; a valid file, checked and confirmed, becomes the inventory byte for byte
+/// and its hosts are served at once.
+#[test]
+fn a_csv_upload_lists_every_error_before_anything_is_replaced() {
+    let mut fx = start(true);
+    let csv = fx.config.inventory.clone();
+    let before = std::fs::read(&csv).unwrap();
+    let bad = "hostname,ip,mac,profile\n# rack 9\nn9a,10.0.9.1/24,,e2e\nn9b,10.0.9.300/24,,e2e\nn9c,10.0.9.3/24,zz:zz,e2e\n";
+    let bad_file = fx.dir.path().join("upload-bad.csv");
+    std::fs::write(&bad_file, bad).unwrap();
+    let good = bad.replace("10.0.9.300", "10.0.9.2").replace("zz:zz", "");
+    let good_file = fx.dir.path().join("upload-good.csv");
+    std::fs::write(&good_file, &good).unwrap();
+
+    let b = Browser::start();
+    token_login(&b, &fx.base, ADMIN_TOKEN);
+    b.click("#nav-inventory");
+    b.choose_file("#csv-file", &bad_file);
+    b.click("#csv-check");
+    let result = b.wait_text("#csv-result", 10, |t| t.contains("error"));
+    assert!(result.contains("2 error(s); nothing was replaced."), "{result}");
+    let rows: Vec<String> = b
+        .all("#csv-result table tr")
+        .iter()
+        .skip(1)
+        .map(|r| b.rt.block_on(r.text()).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows[0].starts_with("4 ip ") && rows[0].contains("10.0.9.300"), "{rows:?}");
+    assert!(rows[1].starts_with("5 mac ") && rows[1].contains("zz:zz"), "{rows:?}");
+    let replace = b.find("#csv-replace");
+    assert!(!b.rt.block_on(replace.is_enabled()).unwrap(), "a bad file cannot be sent");
+    assert_eq!(std::fs::read(&csv).unwrap(), before, "checking writes nothing");
+
+    b.choose_file("#csv-file", &good_file);
+    b.click("#csv-check");
+    b.wait_text("#csv-result", 10, |t| t == "3 hosts; the file is valid.");
+    b.click("#csv-replace");
+    assert_eq!(b.text("#confirm-text"), "Replace the whole inventory with this file?");
+    assert!(!b.displayed("#attach-options"));
+    b.click("#confirm-ok");
+    b.wait_text("#csv-result", 10, |t| t == "Replaced: 3 hosts.");
+    assert_eq!(std::fs::read_to_string(&csv).unwrap(), good, "the file, byte for byte");
+    b.wait_text("#inv-rows tbody", 10, |t| t.contains("n9b") && !t.contains("node01"));
+    assert_eq!(call("GET", &fx.url("/hosts/n9c"), Some(READ_TOKEN), None).status, 200);
+    let events = audit(&fx);
+    let replaced = events
+        .iter()
+        .find(|e| e["event"] == "inventory-changed" && e["action"] == "upload")
+        .unwrap_or_else(|| panic!("the replacement is audited: {events:?}"));
+    assert_eq!(replaced["role"], "admin");
+    fx.stop();
+}
+
 #[test]
 fn directory_users_log_in_over_ldaps_and_starttls_with_their_groups_role() {
     let dir = tempfile::tempdir().unwrap();

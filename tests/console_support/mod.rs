@@ -227,9 +227,14 @@ impl Browser {
         .chain([format!("--user-data-dir={}", profile.path().display())])
         .collect::<Vec<_>>();
         let mut caps = serde_json::Map::new();
+        // Downloads land in the profile's `downloads` folder, without a prompt.
+        let prefs = serde_json::json!({
+            "download.default_directory": profile.path().join("downloads"),
+            "download.prompt_for_download": false,
+        });
         caps.insert(
             "goog:chromeOptions".into(),
-            serde_json::json!({ "binary": chromium, "args": args }),
+            serde_json::json!({ "binary": chromium, "args": args, "prefs": prefs }),
         );
         Browser::connect(port, caps, child, profile, "Chromium")
     }
@@ -331,6 +336,14 @@ impl Browser {
         });
     }
 
+    /// Chooses `file` in the file input `css` (WebDriver types the path into it).
+    pub fn choose_file(&self, css: &str, file: &Path) {
+        let e = self.find(css);
+        self.rt
+            .block_on(e.send_keys(&file.display().to_string()))
+            .unwrap_or_else(|e| panic!("choose {} in {css}: {e}", file.display()));
+    }
+
     pub fn text(&self, css: &str) -> String {
         let e = self.find(css);
         self.rt.block_on(e.text()).unwrap()
@@ -358,6 +371,30 @@ impl Browser {
                 return text;
             }
             assert!(Instant::now() < deadline, "{css}: still {text:?} after {secs} s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits (up to `secs`) for Chromium to finish downloading `name` and returns its bytes.
+    pub fn downloaded(&self, name: &str, secs: u64) -> Vec<u8> {
+        let dir = self._profile.path().join("downloads");
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let busy = std::fs::read_dir(&dir)
+                .map(|d| {
+                    d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".crdownload"))
+                })
+                .unwrap_or(false);
+            if !busy {
+                if let Ok(bytes) = std::fs::read(dir.join(name)) {
+                    return bytes;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no download {name} in {} after {secs} s",
+                dir.display()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }

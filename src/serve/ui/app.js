@@ -217,7 +217,8 @@
       loadFleet();
     });
   }
-  function ask(text, hosts, action) {
+  function ask(text, hosts, action, attach) {
+    $("#attach-options").hidden = !attach;
     $("#confirm-text").textContent = text;
     const list = $("#confirm-hosts"); list.textContent = "";
     for (const h of hosts) list.append(el("li", {}, h));
@@ -235,12 +236,23 @@
     $("#fleet-msg").textContent = `${host}: downloading its ${format} image (${Math.round(r.data.size / 1048576)} MiB)`;
   }
   async function bmcMedia(host, method) {
-    const verb = method === "PUT" ? "attach its ISO to" : "eject the virtual CD of";
+    const attach = method === "PUT";
+    const verb = attach ? "attach its ISO to the virtual CD of" : "eject the virtual CD of";
+    if (attach) { $("#attach-boot").value = "continuous"; $("#attach-reset").checked = false; }
     ask(`Tell the BMC to ${verb} this host?`, [host], async () => {
+      const body = attach ? { boot: $("#attach-boot").value, reset: $("#attach-reset").checked } : undefined;
       $("#fleet-msg").textContent = `${host}: asking its BMC…`;
-      const r = await api(method, `/hosts/${encodeURIComponent(host)}/media`);
-      $("#fleet-msg").textContent = r.ok ? `${host}: ${r.data.action} done` : `${host}: ${r.data.error}`;
-    });
+      const r = await api(method, `/hosts/${encodeURIComponent(host)}/media`, body);
+      $("#fleet-msg").textContent = r.ok ? mediaDone(host, r.data) : `${host}: failed: ${r.data.error || "HTTP " + r.status}`;
+    }, attach);
+  }
+  // The same words as `bootforge attach` and `detach` print.
+  function mediaDone(host, d) {
+    const rep = d.report || {};
+    if (d.action === "detach") return `${host}: ${rep.ejected ? "ejected" : "nothing was mounted"}`;
+    const boot = rep.boot_override ? `boots from CD: ${rep.boot_override}` : "boot override untouched";
+    const reset = rep.reset ? `, reset (${rep.reset})` : "";
+    return `${host}: ISO attached, ${boot}${reset}; URL valid until ${d.url_expires_at}`;
   }
 
   // ---------------------------------------------------------------- inventory (admin)
