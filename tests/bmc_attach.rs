@@ -339,3 +339,47 @@ fn attach_needs_a_lasting_key() {
     assert_eq!(cd(&emu, 0)["Inserted"], false);
     f.server.take().unwrap().shutdown();
 }
+
+/// A credentials file by network: the BMC inside `127.0.0.0/8` gets the password; a row pointed
+/// at a name outside every line (as an inventory edit could do) is refused before any
+/// connection, so the password never leaves the network. A listener there counts connections.
+#[test]
+fn a_network_line_keeps_the_password_inside_its_network() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let emu = Emulator::start(EmulatorConfig::new(1));
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let trap_port = trap.local_addr().unwrap().port();
+    let knocks = Arc::new(AtomicUsize::new(0));
+    let counted = knocks.clone();
+    std::thread::spawn(move || {
+        for stream in trap.incoming() {
+            counted.fetch_add(1, Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    let port = free_port();
+    let rows = format!(
+        "inside,10.9.0.10/24,,,,e2e,{}\noutside,10.9.0.11/24,,,,e2e,http://localhost:{trap_port}\n",
+        emu.system_url(0)
+    );
+    let f = Fixture::start(&rows, port, None, true);
+    // The file is read again for every request: narrow it to the loopback network.
+    let creds = f.dir.path().join("bmc-credentials");
+    let pass = f.dir.path().join("bmc.pass");
+    std::fs::write(&creds, format!("127.0.0.0/8 admin {}\n", pass.display())).unwrap();
+
+    let (ok, out, err) = f.cli(&["attach", "inside", "outside"]);
+    assert!(!ok, "one host failed: the exit status says so\n{out}\n{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("inside: ok: ISO attached"), "{out}");
+    assert!(
+        lines[1].starts_with(
+            "outside: FAILED (HTTP 409): no line of the BMC credentials file covers outside's BMC (localhost)"
+        ),
+        "{out}"
+    );
+    assert_eq!(cd(&emu, 0)["Inserted"], true);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(knocks.load(Ordering::SeqCst), 0, "nothing was sent outside the network");
+}

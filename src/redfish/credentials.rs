@@ -7,17 +7,25 @@
 //! lines are ignored:
 //!
 //! ```text
-//! # HOST-or-*   USER    PASSWORD-SOURCE                 [OPTIONS]
-//! 10.1.0.11     admin   /etc/bootforge/bmc/node01.pass
-//! bmc7.lab      root    env:BMC7_PASSWORD               insecure-tls
-//! [fd00::21]    admin   file:/etc/bootforge/bmc/v6.pass
-//! *             admin   /etc/bootforge/bmc/default.pass
+//! # BMC          USER    PASSWORD-SOURCE                 [OPTIONS]
+//! 10.1.0.11      admin   /etc/bootforge/bmc/node01.pass
+//! bmc7.lab       root    env:BMC7_PASSWORD               insecure-tls
+//! [fd00::21]     admin   file:/etc/bootforge/bmc/v6.pass
+//! 10.1.0.0/16    admin   /etc/bootforge/bmc/rack.pass
+//! *.bmc.lab      admin   /etc/bootforge/bmc/lab.pass
 //! ```
 //!
-//! * **HOST** is the host of the inventory's `bmc` URL exactly as written there, without the
-//!   port (an IPv6 address keeps its brackets), compared case-insensitively; or `*`, the default
-//!   for every BMC no other line names. A line naming the host wins over `*`, whatever their
-//!   order. Each host, and `*`, may appear once.
+//! * **BMC** says which BMCs the line is for, by the host of the inventory's `bmc` URL:
+//!   * a host exactly as written there, without the port (an IPv6 address keeps its brackets),
+//!     compared case-insensitively;
+//!   * a network, `10.1.0.0/16` or `fd00:10::/48`: every BMC whose URL holds an address in it;
+//!   * a domain, `*.bmc.lab`: every BMC whose URL holds a name ending in `.bmc.lab`;
+//!   * `*`: every BMC. It sends its password to whatever host the inventory's `bmc` column
+//!     names, and the inventory can be edited from the console; prefer a network or a domain,
+//!     which keep passwords inside the management network whatever a row says.
+//!
+//!   The most specific line wins, whatever the order: the host's own line, then the narrowest
+//!   network or the longest domain, then `*`. Each pattern may appear once.
 //! * **USER** is the Redfish user name (HTTP Basic authentication), printable, without `:`.
 //! * **PASSWORD-SOURCE** says where the password is; the password itself is never in this file:
 //!   * `env:NAME`: the environment variable `NAME` of the process (letters, digits, `_`);
@@ -44,8 +52,10 @@
 
 use super::{BmcTarget, Credentials, Password, TlsPolicy};
 use crate::inventory::BmcUrl;
+use ipnet::IpNet;
 use std::collections::HashMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 /// A loaded credentials file.
@@ -54,8 +64,36 @@ pub struct CredentialsFile {
     path: PathBuf,
     /// By host, lower case.
     hosts: HashMap<String, Entry>,
+    /// Network lines, narrowest first.
+    networks: Vec<(IpNet, Entry)>,
+    /// Domain lines by suffix (`.bmc.lab`, lower case), longest first.
+    domains: Vec<(String, Entry)>,
     /// The `*` line.
     default: Option<Entry>,
+}
+
+/// Which BMCs a line is for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Pattern {
+    /// One host, lower case, as a `bmc` URL holds it.
+    Host(String),
+    /// Every address in a network.
+    Network(IpNet),
+    /// Every name ending in this suffix, which starts with `.`.
+    Domain(String),
+    /// `*`.
+    Any,
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pattern::Host(h) => f.write_str(h),
+            Pattern::Network(n) => write!(f, "{n}"),
+            Pattern::Domain(d) => write!(f, "*{d}"),
+            Pattern::Any => f.write_str("*"),
+        }
+    }
 }
 
 /// One line's credentials and TLS policy.
@@ -97,8 +135,15 @@ impl CredentialsFile {
         let folder = path.parent().unwrap_or(Path::new("."));
 
         let mut errors = Vec::new();
-        let mut hosts: HashMap<String, (usize, Entry)> = HashMap::new();
-        let mut default: Option<(usize, Entry)> = None;
+        // Each pattern once: the line that first gave it.
+        let mut seen: HashMap<Pattern, usize> = HashMap::new();
+        let mut file = CredentialsFile {
+            path: path.to_path_buf(),
+            hosts: HashMap::new(),
+            networks: Vec::new(),
+            domains: Vec::new(),
+            default: None,
+        };
         for (index, line) in text.lines().enumerate() {
             let number = index + 1;
             let line = line.trim();
@@ -106,46 +151,35 @@ impl CredentialsFile {
                 continue;
             }
             let at = format!("{shown}:{number}");
-            let entry = match parse_line(line, &at, folder, &env) {
-                Ok(entry) => entry,
+            let (pattern, entry) = match parse_line(line, &at, folder, &env) {
+                Ok(parsed) => parsed,
                 Err(message) => {
                     errors.push(format!("{at}: {message}"));
                     continue;
                 }
             };
-            let (host, entry) = entry;
-            let slot = if host == "*" {
-                &mut default
-            } else {
-                match hosts.entry(host.clone()) {
-                    std::collections::hash_map::Entry::Occupied(o) => {
-                        errors.push(format!(
-                            "{at}: host {host} already has a line ({shown}:{}); give each host one line",
-                            o.get().0
-                        ));
-                        continue;
-                    }
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        v.insert((number, entry));
-                        continue;
-                    }
+            if let Some(first) = seen.get(&pattern) {
+                errors.push(format!(
+                    "{at}: `{pattern}` already has a line ({shown}:{first}); give each one line"
+                ));
+                continue;
+            }
+            seen.insert(pattern.clone(), number);
+            match pattern {
+                Pattern::Host(h) => {
+                    file.hosts.insert(h, entry);
                 }
-            };
-            match slot {
-                Some((first, _)) => errors.push(format!(
-                    "{at}: `*` already has a line ({shown}:{first}); give the default one line"
-                )),
-                None => *slot = Some((number, entry)),
+                Pattern::Network(n) => file.networks.push((n, entry)),
+                Pattern::Domain(d) => file.domains.push((d, entry)),
+                Pattern::Any => file.default = Some(entry),
             }
         }
         if !errors.is_empty() {
             return Err(CredentialsError(errors));
         }
-        Ok(CredentialsFile {
-            path: path.to_path_buf(),
-            hosts: hosts.into_iter().map(|(h, (_, e))| (h, e)).collect(),
-            default: default.map(|(_, e)| e),
-        })
+        file.networks.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix_len()));
+        file.domains.sort_by_key(|(d, _)| std::cmp::Reverse(d.len()));
+        Ok(file)
     }
 
     /// Where the file was read from.
@@ -153,9 +187,26 @@ impl CredentialsFile {
         &self.path
     }
 
-    /// The credentials and TLS policy for `url`'s host: its own line, else the `*` line.
+    /// Whether the file has a `*` line, which sends a password to any host a `bmc` URL names.
+    pub fn has_catch_all(&self) -> bool {
+        self.default.is_some()
+    }
+
+    /// The credentials and TLS policy for `url`'s host: its own line, else the narrowest
+    /// network holding its address or the longest domain ending its name, else the `*` line.
     pub fn lookup(&self, url: &BmcUrl) -> Option<(&Credentials, TlsPolicy)> {
-        let entry = self.hosts.get(&url.host().to_ascii_lowercase()).or(self.default.as_ref())?;
+        let host = url.host().to_ascii_lowercase();
+        let address = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().ok();
+        let entry = self
+            .hosts
+            .get(&host)
+            .or_else(|| match address {
+                Some(ip) => self.networks.iter().find(|(n, _)| n.contains(&ip)).map(|(_, e)| e),
+                None => {
+                    self.domains.iter().find(|(d, _)| host.ends_with(d.as_str())).map(|(_, e)| e)
+                }
+            })
+            .or(self.default.as_ref())?;
         Some((&entry.credentials, entry.tls))
     }
 
@@ -163,7 +214,8 @@ impl CredentialsFile {
     pub fn target(&self, url: &BmcUrl) -> Result<BmcTarget, String> {
         let (credentials, tls) = self.lookup(url).ok_or_else(|| {
             format!(
-                "{} has no line for BMC host {} and no `*` line; add `{} USER PASSWORD-SOURCE`",
+                "{} has no line for BMC host {}: no line names it, no network or domain line \
+                 holds it, and there is no `*` line; add `{} USER PASSWORD-SOURCE`",
                 self.path.display(),
                 url.host(),
                 url.host()
@@ -173,22 +225,22 @@ impl CredentialsFile {
     }
 }
 
-/// Parses one non-comment line into (host in lower case or `*`, entry).
+/// Parses one non-comment line into (the BMCs it is for, entry).
 fn parse_line(
     line: &str,
     at: &str,
     folder: &Path,
     env: &impl Fn(&str) -> Option<String>,
-) -> Result<(String, Entry), String> {
+) -> Result<(Pattern, Entry), String> {
     let fields: Vec<&str> = line.split_ascii_whitespace().collect();
     if fields.len() < 3 {
         return Err(format!(
-            "the line has {} field{}; expected `HOST-or-* USER PASSWORD-SOURCE [OPTIONS]`",
+            "the line has {} field{}; expected `BMC USER PASSWORD-SOURCE [OPTIONS]`",
             fields.len(),
             if fields.len() == 1 { "" } else { "s" }
         ));
     }
-    let host = parse_host(fields[0])?;
+    let pattern = parse_pattern(fields[0])?;
     let user = fields[1];
     if user.contains(':') || user.chars().any(char::is_control) || user.len() > 256 {
         return Err(format!(
@@ -211,19 +263,48 @@ fn parse_line(
     }
     let credentials =
         Credentials { user: user.to_string(), password, source: Some(at.to_string()) };
-    Ok((host, Entry { credentials, tls }))
+    Ok((pattern, Entry { credentials, tls }))
 }
 
-/// `*`, or a host as a `bmc` URL would hold it, lower case.
-fn parse_host(text: &str) -> Result<String, String> {
+/// A line's first field: `*`, a network, `*.domain`, or a host as a `bmc` URL would hold it.
+fn parse_pattern(text: &str) -> Result<Pattern, String> {
+    let shown = super::untrusted(text, 64);
     if text == "*" {
-        return Ok(text.into());
+        return Ok(Pattern::Any);
     }
+    if text.contains('/') && !text.contains("://") {
+        let net: IpNet = text.parse().map_err(|_| {
+            format!("{shown:?} is not a network; expected an address and a prefix length, like 10.1.0.0/16 or fd00:10::/48")
+        })?;
+        if net.trunc() != net {
+            return Err(format!(
+                "network {shown} has bits set after its /{}; did you mean {}?",
+                net.prefix_len(),
+                net.trunc()
+            ));
+        }
+        return Ok(Pattern::Network(net));
+    }
+    if let Some(domain) = text.strip_prefix("*.") {
+        return match parse_host(domain) {
+            Ok(d) if d.parse::<IpAddr>().is_err() && !d.starts_with('[') => {
+                Ok(Pattern::Domain(format!(".{d}")))
+            }
+            _ => Err(format!(
+                "{shown:?} is not a domain pattern; expected `*.` and a DNS name, like *.bmc.lab"
+            )),
+        };
+    }
+    parse_host(text).map(Pattern::Host)
+}
+
+/// A host as a `bmc` URL would hold it, lower case.
+fn parse_host(text: &str) -> Result<String, String> {
     let url = format!("https://{text}");
     match url.parse::<BmcUrl>() {
         Ok(u) if u.host() == text && u.origin() == url => Ok(text.to_ascii_lowercase()),
         _ => Err(format!(
-            "host {:?} is not a host name, IPv4 address or [IPv6] address; expected the host of an inventory bmc URL (no scheme, port or path), or `*`",
+            "{:?} is not a host name, IPv4 address, [IPv6] address, network or *.domain; expected which BMCs the line is for: the host of an inventory bmc URL (no scheme, port or path), 10.1.0.0/16, *.bmc.lab or `*`",
             super::untrusted(text, 64)
         )),
     }
@@ -350,6 +431,41 @@ mod tests {
         assert!(err.contains("no line for BMC host 10.9.9.9"), "{err}");
     }
 
+    /// Networks and domains: the host's own line, then the narrowest network or the longest
+    /// domain, then `*`; whatever the order of the lines.
+    #[test]
+    fn networks_and_domains_are_ranked_by_how_narrow_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("creds");
+        private(
+            &creds,
+            "* any env:BMC_PW\n10.0.0.0/8 wide env:BMC_PW\n10.1.0.0/16 rack env:BMC_PW\n\
+             10.1.0.11 own env:BMC_PW\nfd00::/16 v6wide env:BMC_PW\nfd00:10::/48 v6 env:BMC_PW\n\
+             *.lab lab env:BMC_PW\n*.bmc.lab bmc env:BMC_PW\n",
+        );
+        let file = CredentialsFile::load_with_env(&creds, env).unwrap();
+        assert!(file.has_catch_all());
+        let user = |url: &str| file.target(&url.parse().unwrap()).unwrap().credentials.user;
+        assert_eq!(user("https://10.1.0.11"), "own");
+        assert_eq!(user("https://10.1.7.1:8443"), "rack");
+        assert_eq!(user("https://10.200.0.1"), "wide");
+        assert_eq!(user("https://192.0.2.1"), "any");
+        assert_eq!(user("https://[fd00:10::5]"), "v6");
+        assert_eq!(user("https://[fd00:11::5]"), "v6wide");
+        assert_eq!(user("https://r1.BMC.lab"), "bmc");
+        assert_eq!(user("https://r1.other.lab"), "lab");
+        // A suffix matches at a dot only, and a name is never matched by a network.
+        assert_eq!(user("https://evilbmc.lab.example"), "any");
+        assert_eq!(user("https://notbmc.lab"), "lab");
+
+        private(&creds, "10.1.0.0/16 rack env:BMC_PW\n*.bmc.lab bmc env:BMC_PW\n");
+        let file = CredentialsFile::load_with_env(&creds, env).unwrap();
+        assert!(!file.has_catch_all());
+        let err = file.target(&"https://attacker.example".parse().unwrap()).unwrap_err();
+        assert!(err.contains("no line for BMC host attacker.example"), "{err}");
+        assert!(file.target(&"https://10.2.0.1".parse().unwrap()).is_err());
+    }
+
     #[test]
     fn every_bad_line_is_named() {
         let dir = tempfile::tempdir().unwrap();
@@ -377,12 +493,20 @@ mod tests {
              *  root env:BMC_PW\n\
              *  root env:BMC_PW\n\
              H11 root env:BMC_PW\n\
-             h11 root env:BMC_PW\n",
+             h11 root env:BMC_PW\n\
+             10.1.0.5/16 root env:BMC_PW\n\
+             10.1.0.0/33 root env:BMC_PW\n\
+             *.10.1.0.1 root env:BMC_PW\n\
+             *.bmc..lab root env:BMC_PW\n\
+             10.1.0.0/16 root env:BMC_PW\n\
+             10.1.0.0/16 root env:BMC_PW\n\
+             *.Bmc.lab root env:BMC_PW\n\
+             *.bmc.lab root env:BMC_PW\n",
         );
         let err = CredentialsFile::load_with_env(&creds, env).unwrap_err();
         let c = creds.display();
         let expect = [
-            (1, "expected `HOST-or-* USER PASSWORD-SOURCE [OPTIONS]`"),
+            (1, "expected `BMC USER PASSWORD-SOURCE [OPTIONS]`"),
             (2, "without `:`"),
             (3, "NOPE is not set"),
             (4, "EMPTY is empty"),
@@ -393,13 +517,20 @@ mod tests {
             (9, "unknown option \"verify-nothing\""),
             (10, "not a host name"),
             (11, "not a host name"),
-            (13, "`*` already has a line"),
-            (15, "host h11 already has a line"),
+            (13, "`*` already has a line (FILE:12)"),
+            (15, "`h11` already has a line"),
+            (16, "network 10.1.0.5/16 has bits set after its /16; did you mean 10.1.0.0/16?"),
+            (17, "is not a network; expected an address and a prefix length"),
+            (18, "is not a domain pattern"),
+            (19, "is not a domain pattern"),
+            (21, "`10.1.0.0/16` already has a line"),
+            (23, "`*.bmc.lab` already has a line"),
         ];
         assert_eq!(err.0.len(), expect.len(), "{err}");
         for ((line, phrase), message) in expect.iter().zip(&err.0) {
             assert!(message.starts_with(&format!("{c}:{line}: ")), "{message}");
-            assert!(message.contains(phrase), "line {line}: {message}");
+            let phrase = phrase.replace("FILE", &c.to_string());
+            assert!(message.contains(&phrase), "line {line}: {message}");
         }
         assert!(err.0[7].contains("open.pass"), "names the password file: {}", err.0[7]);
     }

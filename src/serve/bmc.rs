@@ -57,7 +57,15 @@ impl Bmc {
     /// builds the client. The file is read again for every request, so a password change or a
     /// removed line takes effect without a restart.
     pub fn new(credentials: PathBuf, ca_file: Option<PathBuf>) -> anyhow::Result<Bmc> {
-        CredentialsFile::load(&credentials).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let file = CredentialsFile::load(&credentials).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if file.has_catch_all() {
+            tracing::warn!(
+                file = %credentials.display(),
+                "the `*` line sends its password to any BMC the inventory names, and whoever \
+                 edits the inventory chooses those; a network (10.1.0.0/16) or domain \
+                 (*.bmc.example) line keeps it inside the management network"
+            );
+        }
         let client =
             redfish::Client::new(redfish::ClientOptions { ca_file, ..Default::default() })?;
         Ok(Bmc {
