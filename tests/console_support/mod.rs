@@ -194,7 +194,8 @@ pub struct Browser {
     pub client: fantoccini::Client,
     pub rt: tokio::runtime::Runtime,
     _driver: Proc,
-    _profile: tempfile::TempDir,
+    /// The browser's throwaway profile; Chromium downloads into its `downloads` folder.
+    profile: tempfile::TempDir,
 }
 
 impl Browser {
@@ -256,7 +257,7 @@ impl Browser {
                     .connect(&format!("http://127.0.0.1:{port}")),
             )
             .unwrap_or_else(|e| panic!("a WebDriver session with {what}: {e}"));
-        Browser { client, rt, _driver: Proc(child), _profile: profile }
+        Browser { client, rt, _driver: Proc(child), profile }
     }
 
     /// Headless Firefox ESR (Debian `firefox-esr`) through geckodriver, which Debian does not
@@ -377,7 +378,7 @@ impl Browser {
 
     /// Waits (up to `secs`) for Chromium to finish downloading `name` and returns its bytes.
     pub fn downloaded(&self, name: &str, secs: u64) -> Vec<u8> {
-        let dir = self._profile.path().join("downloads");
+        let dir = self.profile.path().join("downloads");
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             let busy = std::fs::read_dir(&dir)
