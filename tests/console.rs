@@ -287,6 +287,31 @@ fn directory_users_log_in_over_ldaps_and_starttls_with_their_groups_role() {
         assert!(matches!(login("*", "alice-pw"), Err(LoginError::BadCredentials)));
         assert!(matches!(login("alice,ou=people", "alice-pw"), Err(LoginError::BadCredentials)));
     }
+    // The user-search configuration (what Active Directory setups use: find the entry with
+    // user_filter, then its groups by the DN found): the DN comes from the search, a filter
+    // that matches several entries is a configuration error, one that matches none gives no
+    // role.
+    let searching = |user_filter: &str| {
+        let path = dir.path().join("ldap-search.toml");
+        let text = slapd.config(false).replace(
+            "group_base =",
+            &format!("user_base = \"ou=people,dc=example,dc=org\"\nuser_filter = \"{user_filter}\"\ngroup_base ="),
+        );
+        std::fs::write(&path, text).unwrap();
+        Directory::load(&path).unwrap()
+    };
+    let d = searching("(&(objectClass=inetOrgPerson)(uid={user}))");
+    assert_eq!(rt.block_on(d.login("alice", "alice-pw")).unwrap(), Role::Admin);
+    assert_eq!(rt.block_on(d.login("carol", "carol-pw")).unwrap(), Role::Read);
+    assert!(matches!(rt.block_on(d.login("alice", "nope")), Err(LoginError::BadCredentials)));
+    let d = searching("(objectClass=inetOrgPerson)");
+    match rt.block_on(d.login("bob", "bob-pw")) {
+        Err(LoginError::Unavailable(m)) => assert!(m.contains("several entries match"), "{m}"),
+        other => panic!("a filter matching everyone must fail: {other:?}"),
+    }
+    let d = searching("(uid=nobody-{user})");
+    assert!(matches!(rt.block_on(d.login("bob", "bob-pw")), Err(LoginError::NoRole)));
+
     // A directory whose certificate does not chain to the configured CA is refused.
     let wrong_ca = dir.path().join("other.toml");
     let text = slapd
