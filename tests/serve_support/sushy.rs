@@ -173,31 +173,10 @@ impl Emulator {
                 key.display()
             );
         }
-        let conf_path = dir.path().join("emulator.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let log = dir.path().join("emulator.log");
-        let bin = venv.join("bin/sushy-emulator");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(&bin)
-            .arg("--fake")
-            .arg("--config")
-            .arg(&conf_path)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let scheme = if config.tls.is_some() { "https" } else { "http" };
-        let mut emulator = Emulator {
-            child,
-            base: format!("{scheme}://127.0.0.1:{port}"),
-            port,
-            systems: config.systems.clone(),
-            log,
-            dir,
-        };
-        emulator.wait_ready()?;
-        Ok(emulator)
+        let mut cmd = Command::new(venv.join("bin/sushy-emulator"));
+        cmd.arg("--fake");
+        Emulator::launch(cmd, dir, &conf, scheme, port, config.systems.clone())
     }
 
     /// Waits up to 30 s for the service root; returns the emulator's log if it exits or never
@@ -696,30 +675,36 @@ impl Emulator {
             htpasswd = htpasswd.display(),
             allowed = allowed.join(", "),
         );
+        let mut cmd = Command::new(venv.join("bin/sushy-emulator"));
+        cmd.arg("--libvirt-uri").arg(uri).env("TMPDIR", &images);
+        Emulator::launch(cmd, dir, &conf, "http", port, systems.to_vec())
+    }
+
+    /// Writes `conf` as `dir/emulator.conf`, runs `cmd` (the emulator with its driver's
+    /// arguments) with `--config` and its output in `dir/emulator.log`, and waits for it to
+    /// answer on `port`; `Err` holds its log.
+    fn launch(
+        mut cmd: Command,
+        dir: tempfile::TempDir,
+        conf: &str,
+        scheme: &str,
+        port: u16,
+        systems: Vec<FakeSystem>,
+    ) -> Result<Emulator, String> {
         let conf_path = dir.path().join("emulator.conf");
         std::fs::write(&conf_path, conf).unwrap();
         let log = dir.path().join("emulator.log");
-        let bin = venv.join("bin/sushy-emulator");
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(&bin)
-            .arg("--libvirt-uri")
-            .arg(uri)
+        let child = cmd
             .arg("--config")
             .arg(&conf_path)
-            .env("TMPDIR", &images)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let mut emulator = Emulator {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            port,
-            systems: systems.to_vec(),
-            log,
-            dir,
-        };
+            .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
+        let base = format!("{scheme}://127.0.0.1:{port}");
+        let mut emulator = Emulator { child, base, port, systems, log, dir };
         emulator.wait_ready()?;
         Ok(emulator)
     }
