@@ -98,11 +98,9 @@ impl Inventory {
         Inventory::parse(&path.display().to_string(), std::io::BufReader::new(file))
     }
 
-    /// Validates CSV text from any reader; `source` names it in error messages.
+    /// Validates CSV text from any reader; `source` names it in error messages. Every error is
+    /// returned (this is `bootforge check`, run by an operator on their own file).
     pub fn parse<R: Read>(source: &str, mut reader: R) -> Result<Inventory, InventoryError> {
-        let mut errors = Vec::new();
-        // Line numbers are counted here, from byte offsets: the csv crate's own count leaves out
-        // comment and blank lines between records, so errors after one named the wrong line.
         let mut text = Vec::new();
         reader.read_to_end(&mut text).map_err(|e| {
             InventoryError::Invalid(vec![FieldError {
@@ -112,13 +110,16 @@ impl Inventory {
                 message: format!("cannot read: {e}"),
             }])
         })?;
-        let lines = Lines::new(&text);
-        let mut csv = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .comment(Some(b'#'))
-            .from_reader(text.as_slice());
-        let mut records = csv.byte_records();
+        Inventory::check(source, &text, usize::MAX)
+            .map_err(|report| InventoryError::Invalid(report.errors))
+    }
+
+    /// Validates `text` like [`Inventory::parse`], keeping only the first `keep` errors in file
+    /// order (plus their total): what the service answers to an upload, whose errors could
+    /// otherwise outgrow the upload many times over.
+    pub fn check(source: &str, text: &[u8], keep: usize) -> Result<Inventory, ErrorReport> {
+        let mut errors = ErrorReport { errors: Vec::new(), total: 0, keep };
+        let mut records = source_records(text);
         let err = |line: u64, column: &str, message: String| FieldError {
             source: source.to_string(),
             line,
@@ -129,21 +130,24 @@ impl Inventory {
         // Header row.
         let header = match records.next() {
             None => {
-                return Err(InventoryError::Invalid(vec![err(
+                errors.push(err(
                     1,
                     "-",
                     "the file is empty; expected a header row such as `hostname,ip,gateway,dns,mac`"
                         .into(),
-                )]))
+                ));
+                return Err(errors);
             }
             Some(Err(e)) => {
-                return Err(InventoryError::Invalid(vec![csv_error(source, &e, &lines)]))
+                errors.push(csv_error(source, &e, &records.lines));
+                return Err(errors);
             }
             Some(Ok(h)) => h,
         };
-        let header_line = header.position().map_or(1, |p| lines.of(p));
+        let header_line = header.line;
         let mut columns = Vec::new();
-        for (i, raw) in header.iter().enumerate() {
+        let mut seen = std::collections::HashSet::new();
+        for (i, raw) in header.fields.iter().enumerate() {
             let raw = if i == 0 { raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw) } else { raw };
             let name = String::from_utf8_lossy(raw).trim().to_ascii_lowercase();
             if !is_column_name(&name) {
@@ -151,10 +155,11 @@ impl Inventory {
                     header_line,
                     &format!("#{}", i + 1),
                     format!(
-                        "header {name:?} is not a usable column name; expected letters, digits, `_` or `-`, starting with a letter"
+                        "header {} is not a usable column name; expected letters, digits, `_` or `-`, starting with a letter",
+                        quoted(&name)
                     ),
                 ));
-            } else if columns.contains(&name) {
+            } else if !seen.insert(name.clone()) {
                 errors.push(err(
                     header_line,
                     &name,
@@ -172,23 +177,22 @@ impl Inventory {
                 ));
             }
         }
-        if !errors.is_empty() {
-            return Err(InventoryError::Invalid(errors));
+        if errors.total > 0 {
+            return Err(errors);
         }
 
         let mut nodes = Vec::new();
         let mut by_hostname = HashMap::new();
         let mut by_mac: HashMap<Mac, u64> = HashMap::new();
         let mut by_ip: HashMap<Ipv4Addr, u64> = HashMap::new();
-        for record in records {
-            let record = match record {
-                Ok(r) => r,
+        while let Some(record) = records.next() {
+            let (line, record) = match record {
+                Ok(r) => (r.line, r.fields),
                 Err(e) => {
-                    errors.push(csv_error(source, &e, &lines));
+                    errors.push(csv_error(source, &e, &records.lines));
                     continue;
                 }
             };
-            let line = record.position().map_or(0, |p| lines.of(p));
             if record.iter().all(|f| f.iter().all(u8::is_ascii_whitespace)) {
                 continue; // a blank line with separators only
             }
@@ -212,7 +216,8 @@ impl Inventory {
                     row.fail(
                         "hostname",
                         format!(
-                            "{key:?} is already used on line {}; hostnames must be unique",
+                            "{} is already used on line {}; hostnames must be unique",
+                            quoted(&key),
                             nodes.get(first).map_or(0, |n: &Node| n.line)
                         ),
                     );
@@ -239,17 +244,20 @@ impl Inventory {
                     nodes.push(node);
                 }
             }
-            errors.append(&mut row.errors);
+            for e in row.errors.drain(..) {
+                errors.push(e);
+            }
         }
-        if !errors.is_empty() {
-            return Err(InventoryError::Invalid(errors));
+        if errors.total > 0 {
+            return Err(errors);
         }
         if nodes.is_empty() {
-            return Err(InventoryError::Invalid(vec![err(
+            errors.push(err(
                 header_line,
                 "-",
                 "the file has a header but no nodes; add one row per node".into(),
-            )]));
+            ));
+            return Err(errors);
         }
         Ok(Inventory { source: source.to_string(), columns, nodes, by_hostname })
     }
@@ -318,11 +326,130 @@ impl fmt::Display for FieldError {
     }
 }
 
+/// The errors of an invalid inventory, the first `keep` of them in file order, and how many
+/// there were in all. The service keeps [`MAX_REPORTED_ERRORS`]: a hostile 8 MiB upload of bad
+/// rows then costs a bounded answer, not one a hundred times its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorReport {
+    /// The first errors, in file order (at most `keep`).
+    pub errors: Vec<FieldError>,
+    /// Every error found, kept or not.
+    pub total: usize,
+    keep: usize,
+}
+
+impl ErrorReport {
+    /// A report of errors found outside the CSV itself (a reload's own checks).
+    pub fn of(errors: Vec<FieldError>, keep: usize) -> ErrorReport {
+        let mut report = ErrorReport { errors: Vec::new(), total: 0, keep };
+        for e in errors {
+            report.push(e);
+        }
+        report
+    }
+
+    fn push(&mut self, e: FieldError) {
+        self.total += 1;
+        if self.errors.len() < self.keep {
+            self.errors.push(e);
+        }
+    }
+
+    /// Whether errors were left out.
+    pub fn truncated(&self) -> bool {
+        self.total > self.errors.len()
+    }
+}
+
+/// How many errors the service lists for one upload or edit (the total is always given).
+pub const MAX_REPORTED_ERRORS: usize = 100;
+
+/// The most characters of a value quoted in a message.
+const MAX_QUOTED: usize = 64;
+
+/// A value for a message: escaped like `{:?}` (quotes, no control character passes), and cut
+/// to [`MAX_QUOTED`] characters with `…`, so that no message grows with the value it names.
+pub fn quoted(text: &str) -> String {
+    match text.char_indices().nth(MAX_QUOTED) {
+        None => format!("{text:?}"),
+        Some((cut, _)) => format!("{:?}…", &text[..cut]),
+    }
+}
+
+/// The one CSV reader of the inventory: `bootforge check`, the service's loads and the
+/// console's row editor all read records through it, so they cannot disagree on where a record
+/// ends (a stray `"` inside an unquoted field, `5" disk`, is text to it).
+fn csv_reader(text: &[u8]) -> csv::Reader<&[u8]> {
+    csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .comment(Some(b'#'))
+        .from_reader(text)
+}
+
+/// One record of an inventory text (the header included) as [`csv_reader`] reads it, with
+/// where it is in the text.
+#[derive(Debug, Clone)]
+pub struct SourceRecord {
+    /// The fields, unescaped.
+    pub fields: csv::ByteRecord,
+    /// The 1-based line the record starts on, counting every line of the file (comments and
+    /// blank lines included, which the csv crate's own count leaves out).
+    pub line: u64,
+    /// The record's first byte (after any comment or blank lines before it).
+    pub start: usize,
+    /// The byte after the record's line end (quoted line breaks are inside the record), or
+    /// the end of the text. `start..end` is exactly the record's bytes.
+    pub end: usize,
+}
+
+/// The records of `text`, in file order; see [`SourceRecord`].
+pub fn source_records(text: &[u8]) -> SourceRecords<'_> {
+    SourceRecords { text, lines: Lines::new(text), csv: csv_reader(text), done: false }
+}
+
+pub struct SourceRecords<'a> {
+    text: &'a [u8],
+    lines: Lines<'a>,
+    csv: csv::Reader<&'a [u8]>,
+    done: bool,
+}
+
+impl Iterator for SourceRecords<'_> {
+    type Item = Result<SourceRecord, csv::Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let mut fields = csv::ByteRecord::new();
+        match self.csv.read_byte_record(&mut fields) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.done = true;
+                return None;
+            }
+            Err(e) => {
+                // Byte records from memory fail only on I/O, which does not recover.
+                self.done = true;
+                return Some(Err(e));
+            }
+        }
+        let reported = fields.position().map_or(0, |p| p.byte() as usize);
+        let (start, line) = self.lines.record(reported);
+        // The reader stops right after the record's terminator; for CRLF that is after the
+        // `\r`, its `\n` being consumed with the next record.
+        let mut end = (self.csv.position().byte() as usize).min(self.text.len());
+        if end > 0 && self.text[end - 1] == b'\r' && self.text.get(end) == Some(&b'\n') {
+            end += 1;
+        }
+        Some(Ok(SourceRecord { fields, line, start, end: end.max(start) }))
+    }
+}
+
 /// Where a record really starts in `text`: the csv crate places a record that follows comment
-/// or blank lines at the start of those lines, or (after CRLF) on the line break before them,
-/// and its line count leaves them out. Used for line numbers here and by the console's editor
-/// to find a row's bytes, so both agree with the file as the operator sees it.
-pub fn record_start(text: &[u8], reported: usize) -> usize {
+/// or blank lines at the start of those lines, or (after CRLF) on the line break before them.
+fn record_start(text: &[u8], reported: usize) -> usize {
     let mut at = reported;
     loop {
         while matches!(text.get(at), Some(b'\r' | b'\n')) {
@@ -337,33 +464,29 @@ pub fn record_start(text: &[u8], reported: usize) -> usize {
 }
 
 /// Where each line of the file starts, to turn a record's position into its line number.
-pub struct Lines<'a> {
+struct Lines<'a> {
     text: &'a [u8],
     starts: Vec<usize>,
 }
 
 impl<'a> Lines<'a> {
-    pub fn new(text: &'a [u8]) -> Lines<'a> {
+    fn new(text: &'a [u8]) -> Lines<'a> {
         let mut starts = vec![0];
         starts.extend(memchr::memchr_iter(b'\n', text).map(|i| i + 1));
         Lines { text, starts }
     }
 
-    /// The record at `pos`: its first byte and its 1-based line.
-    pub fn record(&self, pos: &csv::Position) -> (usize, u64) {
-        let start = record_start(self.text, pos.byte() as usize);
+    /// The record the reader reported at byte `reported`: its first byte and its 1-based line.
+    fn record(&self, reported: usize) -> (usize, u64) {
+        let start = record_start(self.text, reported);
         (start, self.starts.partition_point(|&s| s <= start) as u64)
-    }
-
-    fn of(&self, pos: &csv::Position) -> u64 {
-        self.record(pos).1
     }
 }
 
 fn csv_error(source: &str, e: &csv::Error, lines: &Lines) -> FieldError {
     FieldError {
         source: source.to_string(),
-        line: e.position().map_or(0, |p| lines.of(p)),
+        line: e.position().map_or(0, |p| lines.record(p.byte() as usize).1),
         column: "-".into(),
         message: format!("the CSV cannot be read here: {e}"),
     }
@@ -499,7 +622,10 @@ impl RowParser<'_> {
                 _ => {
                     self.fail(
                         "ip",
-                        format!("prefix /{p} is not valid; expected /1 to /32, such as /24"),
+                        format!(
+                            "prefix {} is not valid; expected /1 to /32, such as /24",
+                            quoted(&format!("/{p}"))
+                        ),
                     );
                     return (Some(ip), None);
                 }
@@ -550,7 +676,7 @@ pub fn parse_hostname(text: &str) -> Result<String, String> {
     let lower = text.to_ascii_lowercase();
     let expected = "expected an RFC 1123 host name: letters, digits and `-`, labels of 1 to 63 characters separated by dots";
     if lower.is_empty() || lower.len() > 253 {
-        return Err(format!("{text:?} is {} characters long; {expected}", text.len()));
+        return Err(format!("{} is {} characters long; {expected}", quoted(text), text.len()));
     }
     for label in lower.split('.') {
         let ok = !label.is_empty()
@@ -559,7 +685,7 @@ pub fn parse_hostname(text: &str) -> Result<String, String> {
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !ok {
-            return Err(format!("{text:?} is not a valid host name; {expected}"));
+            return Err(format!("{} is not a valid host name; {expected}", quoted(text)));
         }
     }
     Ok(lower)
@@ -567,14 +693,20 @@ pub fn parse_hostname(text: &str) -> Result<String, String> {
 
 fn parse_ipv4(text: &str, what: &str) -> Result<Ipv4Addr, String> {
     Ipv4Addr::from_str(text).map_err(|_| {
-        format!("{text:?} is not an IPv4 address; expected {what} in dotted form such as 10.20.0.1")
+        format!(
+            "{} is not an IPv4 address; expected {what} in dotted form such as 10.20.0.1",
+            quoted(text)
+        )
     })
 }
 
 fn parse_vlan(text: &str) -> Result<u16, String> {
     match text.parse::<u16>() {
         Ok(v) if (1..=4094).contains(&v) => Ok(v),
-        _ => Err(format!("{text:?} is not a VLAN ID; expected a whole number from 1 to 4094")),
+        _ => Err(format!(
+            "{} is not a VLAN ID; expected a whole number from 1 to 4094",
+            quoted(text)
+        )),
     }
 }
 
@@ -586,7 +718,7 @@ pub fn parse_profile(text: &str) -> Result<String, String> {
     if ok {
         Ok(text.to_string())
     } else {
-        Err(format!("{text:?} is not a profile name; expected letters, digits, `-`, `_` or `.`, as the name of a folder under --profiles"))
+        Err(format!("{} is not a profile name; expected letters, digits, `-`, `_` or `.`, as the name of a folder under --profiles", quoted(text)))
     }
 }
 
@@ -639,7 +771,7 @@ impl FromStr for Mac {
 
     fn from_str(text: &str) -> Result<Self, String> {
         let bad = || {
-            format!("{text:?} is not a MAC address; expected six hex pairs as aa:bb:cc:dd:ee:ff, aa-bb-cc-dd-ee-ff or aabbccddeeff")
+            format!("{} is not a MAC address; expected six hex pairs as aa:bb:cc:dd:ee:ff, aa-bb-cc-dd-ee-ff or aabbccddeeff", quoted(text))
         };
         let hex: String = if text.len() == 17 {
             let sep = text.as_bytes()[2];
@@ -715,7 +847,7 @@ impl FromStr for ServerUrl {
 
     fn from_str(text: &str) -> Result<Self, String> {
         let bad = |why: &str| {
-            format!("{text:?} is not a usable server URL ({why}); expected http://HOST[:PORT][/PATH], such as http://10.20.0.5:8080")
+            format!("{} is not a usable server URL ({why}); expected http://HOST[:PORT][/PATH], such as http://10.20.0.5:8080", quoted(text))
         };
         let path = split_http_url(text, "a user name or password (`@`) is not allowed")
             .map_err(|why| bad(&why))?;
@@ -881,7 +1013,7 @@ impl FromStr for BmcUrl {
 
     fn from_str(text: &str) -> Result<Self, String> {
         let bad = |why: &str| {
-            format!("{text:?} is not a usable BMC URL ({why}); expected the Redfish root https://HOST[:PORT] or a System URL https://HOST[:PORT]/redfish/v1/Systems/ID")
+            format!("{} is not a usable BMC URL ({why}); expected the Redfish root https://HOST[:PORT] or a System URL https://HOST[:PORT]/redfish/v1/Systems/ID", quoted(text))
         };
         let path = split_http_url(
             text,
@@ -1056,6 +1188,53 @@ mod tests {
             let err = bad.parse::<BmcUrl>().expect_err(bad);
             assert!(err.contains(why), "{bad:?}: {err}");
             assert!(err.contains("/redfish/v1/Systems/ID"), "{bad:?}: shows the forms: {err}");
+        }
+    }
+
+    /// A message quoting a value quotes at most 64 characters of it, escaped.
+    #[test]
+    fn messages_quote_values_cut_and_escaped() {
+        let long = "a\u{1}".repeat(5_000);
+        for message in [
+            parse_hostname(&long).unwrap_err(),
+            parse_ipv4(&long, "x").unwrap_err(),
+            long.parse::<Mac>().unwrap_err(),
+            long.parse::<ServerUrl>().unwrap_err(),
+            long.parse::<BmcUrl>().unwrap_err(),
+            parse_profile(&long).unwrap_err(),
+            parse_vlan(&long).unwrap_err(),
+        ] {
+            assert!(message.len() < 400, "{} bytes: {message}", message.len());
+            assert!(message.contains("\"a\\u{1}a") && message.contains("…"), "{message}");
+            assert!(!message.contains('\u{1}'), "control characters are escaped: {message}");
+        }
+        let text = format!("hostname,ip\nn1,10.0.0.1/{}\n", "9".repeat(10_000));
+        let report = Inventory::check("x.csv", text.as_bytes(), 100).unwrap_err();
+        assert!(report.errors[0].message.len() < 200, "{}", report.errors[0].message);
+        let header = format!("hostname,ip,{}\nn1,10.0.0.1/24,x\n", "é".repeat(10_000));
+        let report = Inventory::check("x.csv", header.as_bytes(), 100).unwrap_err();
+        assert!(report.errors[0].message.len() < 300, "{}", report.errors[0].message);
+        assert_eq!(quoted("ab"), "\"ab\"");
+        assert_eq!(quoted(&"é".repeat(64)), format!("\"{}\"", "é".repeat(64)));
+        assert_eq!(quoted(&"é".repeat(65)), format!("\"{}\"…", "é".repeat(64)));
+    }
+
+    /// The service keeps the first errors in file order and counts them all; `parse` (the
+    /// command line) keeps every one.
+    #[test]
+    fn error_reports_keep_the_first_and_count_all() {
+        let mut text = String::from("hostname,ip\n");
+        for i in 0..1000 {
+            text.push_str(&format!("bad_{i},10.0.0.300/24\n"));
+        }
+        let report = Inventory::check("x.csv", text.as_bytes(), 100).unwrap_err();
+        assert_eq!((report.errors.len(), report.total), (100, 2000));
+        assert!(report.truncated());
+        assert_eq!(report.errors[0].line, 2);
+        assert!(report.errors.windows(2).all(|w| w[0].line <= w[1].line), "file order");
+        match Inventory::parse("x.csv", text.as_bytes()) {
+            Err(InventoryError::Invalid(all)) => assert_eq!(all.len(), 2000),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -351,12 +351,42 @@ fn version(text: &str) -> String {
     hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8])
 }
 
-/// The body of an edit.
+/// Every change of the inventory is conditional: it names the `version` (from `GET /inventory`
+/// or `POST /inventory/check`) the operator saw. Without one the change could silently undo
+/// another made meanwhile, so it is refused (428); a version that is no longer the file's is a
+/// conflict (409). Called with the edit lock held.
+fn require_version(expected: Option<&str>, text: &str) -> Result<(), HttpError> {
+    match expected {
+        None => Err(HttpError::new(
+            428,
+            "this change must name the inventory version it was made against: send the `version` from GET /inventory (or POST /inventory/check)",
+        )),
+        Some(v) if v != version(text) => Err(HttpError::new(
+            409,
+            "the inventory changed since it was loaded; reload it and make the change again",
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// The version a request names: its `version` query parameter, or for a row edit the body's
+/// `version` field (both given must agree).
+fn requested_version(req: &Req, body: Option<String>) -> Result<Option<String>, HttpError> {
+    match (req.param("version").map(str::to_string), body) {
+        (Some(q), Some(b)) if q != b => Err(HttpError::bad_request(
+            "the `version` query parameter and the body's `version` differ; send one",
+        )),
+        (q, b) => Ok(q.or(b)),
+    }
+}
+
+/// The body of a row edit. `fields` keeps every key as sent (see [`editor::Fields`]), so a
+/// repeated column is refused rather than silently taken once.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RowBody {
     #[serde(default)]
-    fields: BTreeMap<String, String>,
+    fields: editor::Fields,
     /// The `version` the form was filled from; when it no longer matches, 409.
     version: Option<String>,
 }
@@ -371,6 +401,40 @@ struct FieldErrorView {
     on_row: bool,
 }
 
+/// The errors of an invalid inventory as answered: the first
+/// [`crate::inventory::MAX_REPORTED_ERRORS`] in file order, their total, and a note when some
+/// were left out.
+#[derive(Serialize)]
+struct ErrorsView {
+    errors: Vec<FieldErrorView>,
+    total: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+}
+
+impl ErrorsView {
+    fn new(report: crate::inventory::ErrorReport, row: Option<u64>) -> ErrorsView {
+        let note = report.truncated().then(|| {
+            format!(
+                "only the first {} of {} errors are listed; fix them and check again",
+                report.errors.len(),
+                report.total
+            )
+        });
+        let errors = report
+            .errors
+            .into_iter()
+            .map(|e| FieldErrorView {
+                on_row: row == Some(e.line),
+                line: e.line,
+                column: e.column,
+                message: e.message,
+            })
+            .collect();
+        ErrorsView { errors, total: report.total, note }
+    }
+}
+
 /// `POST /inventory/hosts`, `PUT` and `DELETE /inventory/hosts/{host}` (role admin).
 pub async fn edit_row(
     svc: &Arc<Service>,
@@ -379,64 +443,74 @@ pub async fn edit_row(
 ) -> Result<Reply, HttpError> {
     let caller = authorize(svc, req, Role::Admin).await?;
     let body: RowBody = if req.body.iter().all(u8::is_ascii_whitespace) {
-        RowBody { fields: BTreeMap::new(), version: None }
+        RowBody { fields: editor::Fields::default(), version: None }
     } else {
         serde_json::from_slice(&req.body).map_err(|_| {
             HttpError::bad_request("the body must be JSON: {\"fields\": {\"COLUMN\": \"VALUE\", …}, \"version\": \"…\"}")
         })?
     };
+    let expected = requested_version(req, body.version)?;
     let (edit, action) = match (host, &req.method) {
         (None, _) => (Edit::Add(body.fields), "add"),
         (Some(h), &hyper::Method::DELETE) => (Edit::Remove { host: h }, "remove"),
         (Some(h), _) => (Edit::Change { host: h, fields: body.fields }, "change"),
     };
-    let expected = body.version;
     let peer = req.peer;
     svc.blocking(move |svc| {
         let _one = svc.inventory_edit.lock().unwrap_or_else(|p| p.into_inner());
         let text = read_inventory(svc)?;
-        if expected.as_deref().is_some_and(|v| v != version(&text)) {
-            return Err(HttpError::new(
-                409,
-                "the inventory changed since the form was opened; reload it and edit again",
-            ));
-        }
-        let (new, line) = editor::apply(&text, &edit).map_err(|e| match e {
+        require_version(expected.as_deref(), &text)?;
+        let applied = editor::apply(&text, &edit).map_err(|e| match e {
             editor::EditError::NoSuchHost(_) => HttpError::not_found(e.to_string()),
+            editor::EditError::WouldTouchOthers(_) => HttpError::new(409, e.to_string()),
             _ => HttpError::bad_request(e.to_string()),
         })?;
-        let host = match &edit {
-            Edit::Remove { host } | Edit::Change { host, .. } => Some(host.to_ascii_lowercase()),
-            Edit::Add(f) => f.get("hostname").map(|h| h.trim().to_ascii_lowercase()),
-        };
-        replace(svc, &Actor::from(&caller), peer, action, host, &new, line)
+        let change = Change { action, removed: (action == "remove").then_some(applied.host) };
+        replace(svc, &Actor::from(&caller), peer, change, &applied.text, applied.line)
     })
     .await?
 }
 
-/// `POST /inventory/check` (role admin): validates a CSV body; writes nothing.
+/// `POST /inventory/check` (role admin): validates a CSV body; writes nothing. Answers the
+/// current file's `version` too: the one a `PUT /inventory` of this body must name.
 pub async fn check_upload(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {
     authorize(svc, req, Role::Admin).await?;
     let text = upload_text(req)?;
     svc.blocking(move |svc| {
         let source = upload_source(svc);
-        Ok(match checked(svc, &source, &text, None) {
-            Ok(n) => Reply::json(&serde_json::json!({ "valid": true, "nodes": n })),
-            Err(errors) => Reply::json(&serde_json::json!({ "valid": false, "errors": errors }))
-                .with_status(422),
+        let current = read_inventory(svc).map(|t| version(&t)).ok();
+        Ok(match checked(svc, &source, &text) {
+            Ok(inv) => Reply::json(
+                &serde_json::json!({ "valid": true, "nodes": inv.len(), "version": current }),
+            ),
+            Err(report) => {
+                let view = ErrorsView::new(report, None);
+                Reply::json(&serde_json::json!({
+                    "valid": false,
+                    "errors": view.errors,
+                    "total": view.total,
+                    "note": view.note,
+                    "version": current,
+                }))
+                .with_status(422)
+            }
         })
     })
     .await?
 }
 
-/// `PUT /inventory` (role admin): replaces the whole CSV with the body, if it is valid.
+/// `PUT /inventory?version=V` (role admin): replaces the whole CSV with the body, if it is
+/// valid and the file is still at version `V`.
 pub async fn replace_upload(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {
     let caller = authorize(svc, req, Role::Admin).await?;
+    let expected = requested_version(req, None)?;
     let text = upload_text(req)?;
     let peer = req.peer;
     svc.blocking(move |svc| {
         let _one = svc.inventory_edit.lock().unwrap_or_else(|p| p.into_inner());
-        replace(svc, &Actor::from(&caller), peer, "upload", None, &text, None)
+        require_version(expected.as_deref(), &read_inventory(svc)?)?;
+        let change = Change { action: "upload", removed: None };
+        replace(svc, &Actor::from(&caller), peer, change, &text, None)
     })
     .await?
 }
@@ -452,47 +526,76 @@ fn upload_source(svc: &Service) -> String {
 }
 
 /// Validates `text` as the inventory: the CSV itself, then what a reload checks (profiles,
-/// `server` columns). Errors by line and column; `row` marks those of the edited row.
+/// `server` columns). At most [`crate::inventory::MAX_REPORTED_ERRORS`] errors are kept.
 fn checked(
     svc: &Service,
     source: &str,
     text: &str,
-    row: Option<u64>,
-) -> Result<usize, Vec<FieldErrorView>> {
-    let view = |line: u64, column: String, message: String| FieldErrorView {
-        on_row: row == Some(line),
-        line,
-        column,
-        message,
-    };
-    let inv = editor::validate(source, text).map_err(|errors| {
-        errors.into_iter().map(|e| view(e.line, e.column, e.message)).collect::<Vec<_>>()
+) -> Result<crate::inventory::Inventory, crate::inventory::ErrorReport> {
+    let inv = editor::validate(source, text)?;
+    svc.catalog.check(&inv).map_err(|e| {
+        let error = crate::inventory::FieldError {
+            source: source.to_string(),
+            line: 0,
+            column: "-".into(),
+            message: e,
+        };
+        crate::inventory::ErrorReport::of(vec![error], crate::inventory::MAX_REPORTED_ERRORS)
     })?;
-    svc.catalog.check(&inv).map_err(|e| vec![view(0, "-".into(), e)])?;
-    Ok(inv.len())
+    Ok(inv)
+}
+
+/// What a write changes, for its audit record.
+struct Change {
+    /// `add`, `change`, `remove` or `upload`.
+    action: &'static str,
+    /// For a removal, the host name of the row removed, as the file had it.
+    removed: Option<String>,
 }
 
 /// Validates `new` and, only if it is valid, writes it over the inventory (temp file, fsync,
 /// rename, keeping the file's mode), audits the change and reloads.
+///
+/// The audit record names what was written, never what was asked: the host of an added or
+/// changed row is the validated row's own name (found by its line in the new text), that of a
+/// removed row the name its row had; both are bounded (a host name is at most 253 characters,
+/// and a removed row's odd name is quoted and cut, see [`crate::inventory::quoted`]).
 fn replace(
     svc: &Service,
     who: &Actor,
     peer: std::net::IpAddr,
-    action: &'static str,
-    host: Option<String>,
+    change: Change,
     new: &str,
     row: Option<u64>,
 ) -> Result<Reply, HttpError> {
+    let action = change.action;
     let source = upload_source(svc);
-    let nodes = match checked(svc, &source, new, row) {
-        Ok(n) => n,
-        Err(errors) => {
+    let inv = match checked(svc, &source, new) {
+        Ok(inv) => inv,
+        Err(report) => {
+            let view = ErrorsView::new(report, row);
             return Ok(Reply::json(&serde_json::json!({
                 "error": "the inventory would not be valid; nothing was written",
-                "errors": errors,
+                "errors": view.errors,
+                "total": view.total,
+                "note": view.note,
             }))
-            .with_status(422))
+            .with_status(422));
         }
+    };
+    let nodes = inv.len();
+    let host = match (row, change.removed) {
+        (Some(line), _) => {
+            let node = inv.nodes().iter().find(|n| n.line == line).ok_or_else(|| {
+                HttpError::internal("the edited row is not in the validated inventory")
+            })?;
+            Some(node.hostname.clone())
+        }
+        (None, Some(removed)) => Some(match crate::inventory::parse_hostname(&removed) {
+            Ok(name) => name,
+            Err(_) => crate::inventory::quoted(&removed),
+        }),
+        (None, None) => None,
     };
     let record =
         Event::InventoryChanged { who: who.clone(), peer, action, host: host.clone(), nodes };

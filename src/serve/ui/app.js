@@ -298,7 +298,7 @@
   }
   $("#row-new").addEventListener("click", () => openForm(null));
   $("#row-close").addEventListener("click", () => { $("#row-form").hidden = true; });
-  function showErrors(errors) {
+  function showErrors(errors, note) {
     for (const e of document.querySelectorAll("#row-fields .field-error")) e.textContent = "";
     for (const i of document.querySelectorAll("#row-fields input")) i.classList.remove("invalid");
     const general = [];
@@ -307,6 +307,7 @@
       if (slot) { slot.textContent = e.message; $("#field-" + CSS.escape(e.column)).classList.add("invalid"); }
       else general.push(`line ${e.line}, column ${e.column}: ${e.message}`);
     }
+    if (note) general.push(note);
     $("#form-errors").textContent = general.join("\n");
   }
   $("#row-form").addEventListener("submit", async (ev) => {
@@ -315,7 +316,7 @@
     for (const i of document.querySelectorAll("#row-fields input")) fields[i.name] = i.value;
     const path = inv.editing ? `/inventory/hosts/${encodeURIComponent(inv.editing)}` : "/inventory/hosts";
     const r = await api(inv.editing ? "PUT" : "POST", path, { fields, version: inv.version });
-    if (r.status === 422) { showErrors(r.data.errors); return; }
+    if (r.status === 422) { showErrors(r.data.errors, r.data.note); return; }
     if (!r.ok) { $("#form-errors").textContent = r.data.error; return; }
     $("#row-form").hidden = true;
     $("#form-errors").textContent = "";
@@ -326,7 +327,10 @@
     if (!r.ok) { $("#form-errors").textContent = r.status === 422 ? r.data.errors.map((e) => e.message).join("\n") : r.data.error; }
     await loadInventory();
   }
-  let uploadText = null;
+  // The file checked, and the version of the inventory it was checked against: the
+  // replacement names that version, so a change made since (a row edit in another tab) is not
+  // silently undone (the server answers 409 and nothing is replaced).
+  let uploadText = null, uploadVersion = null;
   $("#csv-check").addEventListener("click", async () => {
     const file = $("#csv-file").files[0];
     const out = $("#csv-result"); out.textContent = "";
@@ -334,17 +338,20 @@
     if (!file) { out.append(el("p", { className: "error" }, "choose a CSV file first")); return; }
     uploadText = await file.text();
     const r = await api("POST", "/inventory/check", uploadText, true);
+    uploadVersion = r.data.version || null;
     if (r.ok) {
       out.append(el("p", {}, `${r.data.nodes} hosts; the file is valid.`));
-      $("#csv-replace").disabled = false;
+      $("#csv-replace").disabled = !uploadVersion;
     } else if (r.status === 422) {
       const t = el("table", { className: "errors" }, el("tr", {}, el("th", {}, "Line"), el("th", {}, "Column"), el("th", {}, "Error")));
       for (const e of r.data.errors) t.append(el("tr", {}, el("td", {}, e.line), el("td", {}, e.column), el("td", {}, e.message)));
-      out.append(el("p", { className: "error" }, `${r.data.errors.length} error(s); nothing was replaced.`), t);
+      out.append(el("p", { className: "error" }, `${r.data.total ?? r.data.errors.length} error(s); nothing was replaced.`));
+      if (r.data.note) out.append(el("p", { className: "error" }, r.data.note));
+      out.append(t);
     } else { out.append(el("p", { className: "error" }, r.data.error)); }
   });
   $("#csv-replace").addEventListener("click", () => ask("Replace the whole inventory with this file?", [], async () => {
-    const r = await api("PUT", "/inventory", uploadText, true);
+    const r = await api("PUT", "/inventory?version=" + encodeURIComponent(uploadVersion), uploadText, true);
     $("#csv-result").textContent = r.ok ? `Replaced: ${r.data.nodes} hosts.` : (r.data.error || "refused");
     $("#csv-replace").disabled = true;
     loadInventory();
