@@ -5,6 +5,18 @@
 //! (an `Ipv4Addr`, a [`Mac`], a checked hostname, a [`ServerUrl`]); free template columns are kept
 //! as text but must be printable. Every error names the file, the line and the column, and all of
 //! them are reported at once so an operator fixes the file in one pass.
+//!
+//! Invariants, and the threats they answer:
+//!
+//! * **One reader.** Every consumer of the CSV (`bootforge check`, the service's loads, the
+//!   console's row editor) reads records through [`source_records`], one configuration of the
+//!   csv crate, so they agree on where each record starts and ends.
+//! * **Bounded messages.** A message quotes a value through [`quoted`]: escaped, and cut to 64
+//!   characters, so a hostile value cannot make an error (or a log line built from one) large.
+//! * **Bounded reports where the input is hostile.** [`Inventory::check`] keeps only the first
+//!   errors (the service keeps [`MAX_REPORTED_ERRORS`]) and counts the rest, so an upload of bad
+//!   rows cannot make an answer, or the memory behind it, many times its own size.
+//!   [`Inventory::parse`], for the operator's own file, keeps them all.
 
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};

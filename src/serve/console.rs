@@ -11,7 +11,10 @@
 //! Inventory edits go through [`super::editor`] (one row, every other byte kept), are validated
 //! whole by [`crate::inventory::Inventory::parse`] (the code behind `bootforge check`) plus the
 //! service's own checks of a reload, and only then written atomically ([`crate::atomic`]) and
-//! reloaded. An invalid edit writes nothing and answers 422 with every error by line and column.
+//! reloaded. An invalid edit writes nothing and answers 422 with its errors by line and column
+//! (the first [`crate::inventory::MAX_REPORTED_ERRORS`], with their total). Every change names
+//! the inventory `version` it was made against (428 without one, 409 when the file has changed
+//! since), so no change silently undoes another.
 
 use super::audit::Event;
 use super::auth::{Actor, Caller, Denied, Role, Via};
