@@ -9,7 +9,7 @@
 //! memory, the session id is an `HttpOnly` cookie) and puts none into a URL.
 //!
 //! Inventory edits go through [`super::editor`] (one row, every other byte kept), are validated
-//! whole by [`crate::inventory::Inventory::parse`] (the code behind `bootforge check`) plus the
+//! whole by [`crate::inventory::Inventory::check`] (the code behind `bootforge check`) plus the
 //! service's own checks of a reload, and only then written atomically ([`crate::atomic`]) and
 //! reloaded. An invalid edit writes nothing and answers 422 with its errors by line and column
 //! (the first [`crate::inventory::MAX_REPORTED_ERRORS`], with their total). Every change names
@@ -436,6 +436,11 @@ impl ErrorsView {
             .collect();
         ErrorsView { errors, total: report.total, note }
     }
+
+    /// The view as a JSON object, for the answer to add its own fields to.
+    fn into_json(self) -> serde_json::Value {
+        serde_json::to_value(self).expect("plain data serializes")
+    }
 }
 
 /// `POST /inventory/hosts`, `PUT` and `DELETE /inventory/hosts/{host}` (role admin).
@@ -487,15 +492,10 @@ pub async fn check_upload(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, H
                 &serde_json::json!({ "valid": true, "nodes": inv.len(), "version": current }),
             ),
             Err(report) => {
-                let view = ErrorsView::new(report, None);
-                Reply::json(&serde_json::json!({
-                    "valid": false,
-                    "errors": view.errors,
-                    "total": view.total,
-                    "note": view.note,
-                    "version": current,
-                }))
-                .with_status(422)
+                let mut body = ErrorsView::new(report, None).into_json();
+                body["valid"] = false.into();
+                body["version"] = current.into();
+                Reply::json(&body).with_status(422)
             }
         })
     })
@@ -576,14 +576,9 @@ fn replace(
     let inv = match checked(svc, &source, new) {
         Ok(inv) => inv,
         Err(report) => {
-            let view = ErrorsView::new(report, row);
-            return Ok(Reply::json(&serde_json::json!({
-                "error": "the inventory would not be valid; nothing was written",
-                "errors": view.errors,
-                "total": view.total,
-                "note": view.note,
-            }))
-            .with_status(422));
+            let mut body = ErrorsView::new(report, row).into_json();
+            body["error"] = "the inventory would not be valid; nothing was written".into();
+            return Ok(Reply::json(&body).with_status(422));
         }
     };
     let nodes = inv.len();
