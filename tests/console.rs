@@ -10,7 +10,7 @@ mod console_support;
 
 use bootforge::serve::auth::Role;
 use bootforge::serve::ldap::{Directory, LoginError};
-use console_support::{Browser, Slapd};
+use console_support::{Browser, Samba, Slapd, AD_USERS};
 use support::*;
 
 /// Logs in through the token form and waits for the fleet table.
@@ -277,9 +277,22 @@ fn directory_users_log_in_over_ldaps_and_starttls_with_their_groups_role() {
         std::fs::write(&path, slapd.config(starttls)).unwrap();
         let d = Directory::load(&path).unwrap();
         let login = |u: &str, p: &str| rt.block_on(d.login(u, p));
-        assert_eq!(login("alice", "alice-pw").unwrap(), Role::Admin, "starttls={starttls}");
-        assert_eq!(login("bob", "bob-pw").unwrap(), Role::Reimage);
-        assert_eq!(login("carol", "carol-pw").unwrap(), Role::Read);
+        let alice = login("alice", "alice-pw").unwrap();
+        assert_eq!(alice.role, Role::Admin, "starttls={starttls}");
+        assert_eq!(
+            (alice.name.as_str(), alice.dn.as_str()),
+            ("alice", "uid=alice,ou=people,dc=example,dc=org")
+        );
+        assert_eq!(login("bob", "bob-pw").unwrap().role, Role::Reimage);
+        assert_eq!(login("carol", "carol-pw").unwrap().role, Role::Read);
+        // The recorded name is the entry's uid (slapd's WhoAmI says which entry bound), not
+        // the typed text: one person whatever the case or width typed.
+        assert_eq!(login("ALICE", "alice-pw").unwrap().name, "alice");
+        match login("\u{ff41}\u{ff4c}\u{ff49}\u{ff43}\u{ff45}", "alice-pw") {
+            Ok(a) => assert_eq!((a.name.as_str(), a.role), ("alice", Role::Admin)),
+            Err(e) => assert!(matches!(e, LoginError::BadCredentials), "{e:?}"),
+        }
+        assert!(matches!(login("CORP\\alice", "alice-pw"), Err(LoginError::ForeignDomain)));
         assert!(matches!(login("dave", "dave-pw"), Err(LoginError::NoRole)));
         assert!(matches!(login("alice", "wrong"), Err(LoginError::BadCredentials)));
         assert!(matches!(login("alice", ""), Err(LoginError::BadCredentials)));
@@ -287,10 +300,9 @@ fn directory_users_log_in_over_ldaps_and_starttls_with_their_groups_role() {
         assert!(matches!(login("*", "alice-pw"), Err(LoginError::BadCredentials)));
         assert!(matches!(login("alice,ou=people", "alice-pw"), Err(LoginError::BadCredentials)));
     }
-    // The user-search configuration (what Active Directory setups use: find the entry with
-    // user_filter, then its groups by the DN found): the DN comes from the search, a filter
-    // that matches several entries is a configuration error, one that matches none gives no
-    // role.
+    // user_filter no longer finds the entry (issue 13: the entry it found was not checked to
+    // be the one that bound); it is an extra condition on the account that bound, and a
+    // filter naming {user} is refused at start.
     let searching = |user_filter: &str| {
         let path = dir.path().join("ldap-search.toml");
         let text = slapd.config(false).replace(
@@ -298,19 +310,19 @@ fn directory_users_log_in_over_ldaps_and_starttls_with_their_groups_role() {
             &format!("user_base = \"ou=people,dc=example,dc=org\"\nuser_filter = \"{user_filter}\"\ngroup_base ="),
         );
         std::fs::write(&path, text).unwrap();
-        Directory::load(&path).unwrap()
+        Directory::load(&path)
     };
-    let d = searching("(&(objectClass=inetOrgPerson)(uid={user}))");
-    assert_eq!(rt.block_on(d.login("alice", "alice-pw")).unwrap(), Role::Admin);
-    assert_eq!(rt.block_on(d.login("carol", "carol-pw")).unwrap(), Role::Read);
+    let err = searching("(&(objectClass=inetOrgPerson)(uid={user}))").err().unwrap().to_string();
+    assert!(err.contains("user_filter") && err.contains("{user}"), "{err}");
+    let d = searching("(objectClass=inetOrgPerson)").unwrap();
+    let a = rt.block_on(d.login("bob", "bob-pw")).unwrap();
+    assert_eq!((a.name.as_str(), a.role), ("bob", Role::Reimage));
     assert!(matches!(rt.block_on(d.login("alice", "nope")), Err(LoginError::BadCredentials)));
-    let d = searching("(objectClass=inetOrgPerson)");
+    let d = searching("(objectClass=organizationalUnit)").unwrap();
     match rt.block_on(d.login("bob", "bob-pw")) {
-        Err(LoginError::Unavailable(m)) => assert!(m.contains("several entries match"), "{m}"),
-        other => panic!("a filter matching everyone must fail: {other:?}"),
+        Err(LoginError::Unidentified(m)) => assert!(m.contains("0 entries match"), "{m}"),
+        other => panic!("an account outside user_filter must be refused: {other:?}"),
     }
-    let d = searching("(uid=nobody-{user})");
-    assert!(matches!(rt.block_on(d.login("bob", "bob-pw")), Err(LoginError::NoRole)));
 
     // A directory whose certificate does not chain to the configured CA is refused.
     let wrong_ca = dir.path().join("other.toml");
@@ -378,6 +390,207 @@ fn directory_users_log_in_over_ldaps_and_starttls_with_their_groups_role() {
         && e["name"] == "alice"
         && e["role"] == "admin"
         && e["via"] == "ldap-session"));
+    fx.stop();
+}
+
+/// The password of an [`AD_USERS`] account.
+fn ad_pw(user: &str) -> &'static str {
+    AD_USERS.iter().find(|u| u.0 == user).unwrap().1
+}
+
+/// `POST /session` as a directory user; the cookie (`bf_session=…`) and the answer.
+fn ad_login(fx: &Fixture, user: &str, pw: &str) -> (Option<String>, Resp) {
+    let body = serde_json::json!({ "username": user, "password": pw }).to_string();
+    let r = call("POST", &fx.url("/session"), None, Some(&body));
+    let cookie = r.header("set-cookie").map(|c| c.split(';').next().unwrap().to_string());
+    (cookie, r)
+}
+
+fn who(fx: &Fixture, cookie: &str) -> Resp {
+    call_h("GET", &fx.url("/session"), None, None, &[("Cookie", cookie)])
+}
+
+/// Issue 13 against a real Active Directory (Samba 4, provisioned by the test): the account
+/// that bound decides the role and the recorded name, whichever of the three Windows login
+/// forms was typed; nested groups; a disabled account; sessions re-checked with a lookup
+/// account and ended when the account leaves its group or is disabled; an admin ends all
+/// sessions of a name.
+#[test]
+fn active_directory_logins_find_the_account_that_bound_and_are_rechecked() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = std::time::Instant::now();
+    let dc = Samba::start(dir.path());
+    eprintln!(
+        "samba: provisioned in {:.1} s, ready (users, groups, server) in {:.1} s, on {}",
+        dc.provision_secs,
+        t.elapsed().as_secs_f64(),
+        dc.ip
+    );
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let path = dir.path().join("ad.toml");
+    std::fs::write(&path, dc.config("")).unwrap();
+    let d = Directory::load(&path).unwrap();
+    let login = |u: &str, p: &str| rt.block_on(d.login(u, p));
+
+    // Bug 3: ann's principal name is x@corp.example; the account named x is an admin. Typing
+    // `x` with ann's password binds ann: ann's role and name, never x's.
+    let a = login("x", ad_pw("ann")).unwrap();
+    assert_eq!((a.name.as_str(), a.role), ("ann", Role::Read), "{a:?}");
+    assert_eq!(a.dn, Samba::user_dn("ann"));
+    let x = login("CORP\\x", ad_pw("x")).unwrap();
+    assert_eq!((x.name.as_str(), x.role), ("x", Role::Admin));
+    assert!(
+        matches!(login("x", ad_pw("x")), Err(LoginError::BadCredentials)),
+        "x@corp.example is ann"
+    );
+
+    // The three Windows forms (any case) reach one account, role and name.
+    for form in ["bob", "bob@corp.example", "CORP\\bob", "BOB", "corp\\Bob", "Bob@CORP.EXAMPLE"] {
+        let b = login(form, ad_pw("bob")).unwrap_or_else(|e| panic!("{form}: {e:?}"));
+        assert_eq!((b.name.as_str(), b.role), ("bob", Role::Reimage), "{form}");
+        assert_eq!(b.dn, Samba::user_dn("bob"), "{form}");
+    }
+    for foreign in ["bob@evil.example", "bob@ad.corp.example", "EVIL\\bob"] {
+        assert!(
+            matches!(login(foreign, ad_pw("bob")), Err(LoginError::ForeignDomain)),
+            "{foreign}"
+        );
+    }
+    assert!(matches!(login("bob", "wrong"), Err(LoginError::BadCredentials)));
+    // Nested: carol is in Nested, a member of BootOps.
+    assert_eq!(login("carol", ad_pw("carol")).unwrap().role, Role::Reimage);
+    // Disabled: AD refuses the bind; were it allowed, userAccountControl would refuse it.
+    assert!(matches!(
+        login("dave", ad_pw("dave")),
+        Err(LoginError::BadCredentials | LoginError::Disabled)
+    ));
+    // Legal names are recorded as themselves, whichever form found them.
+    for (form, name) in [
+        ("CORP\\jürgen", "jürgen"),
+        ("juergen", "jürgen"),
+        ("CORP\\o'brien", "o'brien"),
+        ("CORP\\john smith", "john smith"),
+        ("john.smith@corp.example", "john smith"),
+    ] {
+        let pw = ad_pw(name);
+        let acc = login(form, pw).unwrap_or_else(|e| panic!("{form}: {e:?}"));
+        assert_eq!((acc.name.as_str(), acc.role), (name, Role::Read), "{form}");
+    }
+    // Fullwidth letters: refused, or the account's own name.
+    match login("\u{ff42}\u{ff4f}\u{ff42}", ad_pw("bob")) {
+        Ok(b) => assert_eq!(b.name, "bob"),
+        Err(e) => assert!(matches!(e, LoginError::BadCredentials), "{e:?}"),
+    }
+    // Re-checks as the lookup account.
+    let pwfile = dir.path().join("lookup.pw");
+    std::fs::write(&pwfile, format!("{}\n", ad_pw("svc-lookup"))).unwrap();
+    let lookup = format!(
+        "lookup_dn = \"svc-lookup@corp.example\"\nlookup_password_file = \"{}\"\nrecheck_secs = 2\n",
+        pwfile.display()
+    );
+    std::fs::write(&path, dc.config(&lookup)).unwrap();
+    let d = Directory::load(&path).unwrap();
+    let checked = rt.block_on(d.recheck(&Samba::user_dn("bob"))).unwrap().unwrap();
+    assert_eq!((checked.name.as_str(), checked.role), ("bob", Role::Reimage));
+    assert_eq!(rt.block_on(d.recheck(&Samba::user_dn("dave"))).unwrap(), None, "disabled");
+    assert_eq!(
+        rt.block_on(d.recheck(&format!("CN=nobody,CN=Users,{}", console_support::AD_BASE)))
+            .unwrap(),
+        None
+    );
+
+    // Through the service: sessions carry the canonical name; re-checks end them.
+    let fxdir = tempfile::tempdir().unwrap();
+    let mut config = full_config(fxdir.path(), true);
+    let ldap = fxdir.path().join("ldap.toml");
+    std::fs::write(&ldap, dc.config(&lookup)).unwrap();
+    config.ldap_config = Some(ldap);
+    let mut fx = start_with(fxdir, config);
+    let mut bob_cookies = Vec::new();
+    for form in ["bob", "bob@corp.example", "CORP\\BOB"] {
+        let (cookie, r) = ad_login(&fx, form, ad_pw("bob"));
+        assert_eq!(r.status, 200, "{form}: {}", r.body);
+        assert_eq!(
+            (r.json()["name"].as_str(), r.json()["role"].as_str()),
+            (Some("bob"), Some("reimage"))
+        );
+        let cookie = cookie.unwrap();
+        assert_eq!(who(&fx, &cookie).json()["name"], "bob");
+        bob_cookies.push(cookie);
+    }
+    let (ann, r) = ad_login(&fx, "x", ad_pw("ann"));
+    assert_eq!((r.json()["name"].as_str(), r.json()["role"].as_str()), (Some("ann"), Some("read")));
+    let ann = ann.unwrap();
+    let (erin, _) = ad_login(&fx, "erin", ad_pw("erin"));
+    let (frank, _) = ad_login(&fx, "CORP\\frank", ad_pw("frank"));
+    let (erin, frank) = (erin.unwrap(), frank.unwrap());
+    let r = ad_login(&fx, "bob@evil.example", ad_pw("bob")).1;
+    assert_eq!(r.status, 401, "{}", r.body);
+    // erin leaves BootOps; frank is disabled (userAccountControl NORMAL_ACCOUNT|ACCOUNTDISABLE).
+    dc.modify(&format!(
+        "dn: CN=BootOps,CN=Users,{base}\nchangetype: modify\ndelete: member\nmember: {erin}\n\n\
+         dn: {frank}\nchangetype: modify\nreplace: userAccountControl\nuserAccountControl: 514\n\n",
+        base = console_support::AD_BASE,
+        erin = Samba::user_dn("erin"),
+        frank = Samba::user_dn("frank"),
+    ));
+    let changed = std::time::Instant::now();
+    let gone = |cookie: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if who(&fx, cookie).status == 401 {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        false
+    };
+    assert!(gone(&erin), "erin left the group: her session ends");
+    assert!(gone(&frank), "frank was disabled: his session ends");
+    eprintln!(
+        "re-check ended both sessions {:.1} s after the change",
+        changed.elapsed().as_secs_f64()
+    );
+    assert_eq!(who(&fx, &ann).status, 200, "others keep theirs");
+    assert_eq!(who(&fx, &bob_cookies[0]).status, 200);
+
+    // An admin ends every session of a name (CSRF-checked).
+    let (admin, r) = ad_login(&fx, "CORP\\x", ad_pw("x"));
+    let (admin, csrf) = (admin.unwrap(), r.json()["csrf"].as_str().unwrap().to_string());
+    let url = fx.url("/sessions?name=BOB");
+    let r = call_h("DELETE", &url, None, None, &[("Cookie", &admin)]);
+    assert_eq!(r.status, 403, "no CSRF token: {}", r.body);
+    let r = call_h("DELETE", &url, None, None, &[("Cookie", &ann), ("X-CSRF-Token", "00")]);
+    assert!(r.status == 403, "a read session cannot: {}", r.body);
+    let r = call_h("DELETE", &url, None, None, &[("Cookie", &admin), ("X-CSRF-Token", &csrf)]);
+    assert_eq!((r.status, r.json()["ended"].as_u64()), (200, Some(3)), "{}", r.body);
+    for c in &bob_cookies {
+        assert_eq!(who(&fx, c).status, 401);
+    }
+    assert_eq!(who(&fx, &ann).status, 200);
+
+    let events = audit(&fx);
+    let logins: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "login" && e["via"] == "ldap-session")
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(logins, vec!["bob", "bob", "bob", "ann", "erin", "frank", "x"]);
+    let ended: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|e| e["event"] == "sessions-ended")
+        .map(|e| (e["name"].as_str().unwrap(), e["reason"].as_str().unwrap()))
+        .collect();
+    assert!(
+        ended.contains(&("erin", "recheck")) && ended.contains(&("frank", "recheck")),
+        "{ended:?}"
+    );
+    assert!(events.iter().any(|e| e["event"] == "sessions-ended"
+        && e["name"] == "BOB"
+        && e["by"] == "x"
+        && e["reason"] == "admin"
+        && e["ended"] == 3));
+    assert!(events.iter().any(|e| e["event"] == "login-failed" && e["reason"] == "foreign-domain"));
     fx.stop();
 }
 

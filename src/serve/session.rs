@@ -53,8 +53,22 @@ impl Default for Lifetimes {
 enum Holder {
     /// Opened with the API token of this hash: its caller is looked up again on every request.
     Token([u8; 32]),
-    /// Opened with a directory account: the name and role found at login.
-    Directory(Caller),
+    /// Opened with a directory account: its canonical name and role, as found at login and
+    /// lowered by re-checks.
+    Directory(DirectoryHolder),
+}
+
+/// A directory session's account and how fresh its role is.
+#[derive(Debug, Clone)]
+struct DirectoryHolder {
+    caller: Caller,
+    /// The account's entry, by which re-checks find it.
+    dn: String,
+    /// When the directory last granted the role (login, then each successful re-check).
+    confirmed: u64,
+    /// The session is refused once `confirmed` is this old: re-checks did not confirm it (see
+    /// [`Sessions::open_directory`]).
+    stale_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +90,15 @@ pub struct Opened {
 pub struct Sessions {
     by_id_hash: Mutex<HashMap<[u8; 32], Session>>,
     life: Lifetimes,
+}
+
+/// What [`Sessions::confirm`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Rechecked {
+    /// The names the account's sessions carried.
+    pub names: Vec<String>,
+    pub lowered: usize,
+    pub ended: usize,
 }
 
 /// A session request's method, as far as CSRF is concerned.
@@ -109,9 +132,85 @@ impl Sessions {
         self.open(Holder::Token(hash), now)
     }
 
-    /// Opens a session for a directory account.
-    pub fn open_directory(&self, name: String, role: Role, now: u64) -> Opened {
-        self.open(Holder::Directory(Caller { name, role, via: Via::LdapSession }), now)
+    /// Opens a session for a directory account (its canonical name, role and entry). The
+    /// session is refused once its role has gone `stale_ms` without being confirmed by
+    /// [`Sessions::confirm`]: with a lookup account, a few re-check intervals (an outage of the
+    /// directory does not end sessions at once); without one, the re-check interval itself
+    /// (logging in again is the re-check).
+    pub fn open_directory(
+        &self,
+        name: String,
+        role: Role,
+        dn: String,
+        stale_ms: u64,
+        now: u64,
+    ) -> Opened {
+        let caller = Caller { name, role, via: Via::LdapSession };
+        self.open(Holder::Directory(DirectoryHolder { caller, dn, confirmed: now, stale_ms }), now)
+    }
+
+    /// The entries (DNs) of live directory sessions whose role was last confirmed `every_ms`
+    /// or longer ago: the accounts to re-check now, each once.
+    pub fn due_for_recheck(&self, every_ms: u64, now: u64) -> Vec<String> {
+        let map = self.by_id_hash.lock().unwrap_or_else(|p| p.into_inner());
+        let mut due: Vec<String> = map
+            .values()
+            .filter(|s| self.alive(s, now))
+            .filter_map(|s| match &s.holder {
+                Holder::Directory(d) if now.saturating_sub(d.confirmed) >= every_ms => {
+                    Some(d.dn.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        due.sort_unstable();
+        due.dedup();
+        due
+    }
+
+    /// Applies a re-check of the account of entry `dn` (compared case-insensitively):
+    /// `Some(role)` confirms its sessions, lowering a role larger than `role` (a re-check
+    /// never raises one); `None` (gone, disabled, in no mapped group) ends them. Returns the
+    /// sessions' names and how many were lowered and ended.
+    pub fn confirm(&self, dn: &str, role: Option<Role>, now: u64) -> Rechecked {
+        let mut map = self.by_id_hash.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Rechecked::default();
+        map.retain(|_, s| {
+            let Holder::Directory(d) = &mut s.holder else { return true };
+            if !d.dn.eq_ignore_ascii_case(dn) {
+                return true;
+            }
+            if !out.names.contains(&d.caller.name) {
+                out.names.push(d.caller.name.clone());
+            }
+            match role {
+                None => {
+                    out.ended += 1;
+                    false
+                }
+                Some(r) => {
+                    if r < d.caller.role {
+                        d.caller.role = r;
+                        out.lowered += 1;
+                    }
+                    d.confirmed = now;
+                    true
+                }
+            }
+        });
+        out
+    }
+
+    /// Ends every directory session of the account named `name` (compared case-insensitively,
+    /// as directories compare names). Returns how many.
+    pub fn end_name(&self, name: &str) -> usize {
+        let mut map = self.by_id_hash.lock().unwrap_or_else(|p| p.into_inner());
+        let before = map.len();
+        map.retain(|_, s| match &s.holder {
+            Holder::Directory(d) => !d.caller.name.to_lowercase().eq(&name.to_lowercase()),
+            Holder::Token(_) => true,
+        });
+        before - map.len()
     }
 
     fn open(&self, holder: Holder, now: u64) -> Opened {
@@ -160,7 +259,11 @@ impl Sessions {
             return Err(Denied::NoSession);
         }
         let caller = match &session.holder {
-            Holder::Directory(c) => c.clone(),
+            Holder::Directory(d) if now.saturating_sub(d.confirmed) >= d.stale_ms => {
+                map.remove(&key); // no re-check confirmed the role in time
+                return Err(Denied::NoSession);
+            }
+            Holder::Directory(d) => d.caller.clone(),
             Holder::Token(h) => match tokens.by_hash(h) {
                 Some(c) => Caller { via: Via::TokenSession, ..c },
                 None => {
