@@ -712,6 +712,74 @@ mod tests {
         assert_eq!(role_for(&d.roles, &g(&["cn=other,dc=x"])), None);
     }
 
+    fn ad() -> Directory {
+        let text = "url = \"ldaps://dc\"\nbind_dn = \"{user}@corp.example\"\nnetbios_domain = \"CORP\"\nuser_base = \"DC=ad\"\ngroup_base = \"DC=ad\"\n[roles]\n\"cn=a\" = \"read\"\n";
+        Directory::new(toml::from_str(text).unwrap(), "ad.toml".into()).unwrap()
+    }
+
+    #[test]
+    fn the_three_windows_forms_bind_one_account_and_other_domains_are_refused() {
+        let d = ad();
+        let upn = |s: &str| Ok((s.to_string(), Ident::Upn(s.to_string())));
+        assert_eq!(d.bind_name("bob").map_err(|e| e.kind()), upn("bob@corp.example"));
+        assert_eq!(d.bind_name("bob@CORP.Example").map_err(|e| e.kind()), upn("bob@corp.example"));
+        assert_eq!(
+            d.bind_name("corp\\bob").map_err(|e| e.kind()),
+            Ok(("CORP\\bob".to_string(), Ident::Sam("bob".into())))
+        );
+        for foreign in ["bob@evil.example", "EVIL\\bob", "bob@corp.example.evil"] {
+            assert!(matches!(d.bind_name(foreign), Err(LoginError::ForeignDomain)), "{foreign}");
+        }
+        for bad in ["CORP\\", "CORP\\a\\b", "CORP\\a@corp.example", "@corp.example"] {
+            assert!(matches!(d.bind_name(bad), Err(LoginError::BadCredentials)), "{bad}");
+        }
+        assert_eq!(d.name_attribute, "sAMAccountName");
+        // OpenLDAP: a DN template; the typed text is escaped into it, `\` is no domain.
+        let o = config("").unwrap();
+        assert_eq!(o.name_attribute, "uid");
+        assert_eq!(
+            o.bind_name("a,ou=x").map_err(|e| e.kind()),
+            Ok((
+                "uid=a\\2cou\\3dx,ou=people,dc=x".into(),
+                Ident::Dn("uid=a\\2cou\\3dx,ou=people,dc=x".into())
+            ))
+        );
+        assert!(matches!(o.bind_name("CORP\\alice"), Err(LoginError::ForeignDomain)));
+    }
+
+    #[test]
+    fn configuration_mistakes_of_the_identity_keys_are_named() {
+        let err = config("user_base = \"dc=x\"\nuser_filter = \"(uid={user})\"")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("user_filter") && err.contains("{user}"), "{err}");
+        assert!(config("user_base = \"dc=x\"\nuser_filter = \"(objectClass=person)\"").is_ok());
+        let err = config("lookup_dn = \"cn=svc\"").err().unwrap().to_string();
+        assert!(err.contains("lookup_password_file"), "{err}");
+        let err = config("recheck_secs = 0").err().unwrap().to_string();
+        assert!(err.contains("recheck_secs"), "{err}");
+        let err = config("name_attribute = \"uid)(x\"").err().unwrap().to_string();
+        assert!(err.contains("name_attribute"), "{err}");
+        let text = "url = \"ldaps://dc\"\nbind_dn = \"{user}@corp.example\"\ngroup_base = \"DC=ad\"\n[roles]\n\"cn=a\" = \"read\"\n";
+        let err = Directory::new(toml::from_str(text).unwrap(), "ad.toml".into()).err().unwrap();
+        assert!(err.to_string().contains("user_base"), "{err}");
+        let d = config("").unwrap();
+        assert_eq!((d.recheck_ms(), d.can_recheck()), (300_000, false));
+    }
+
+    #[test]
+    fn names_are_recorded_as_the_directory_spells_them_or_not_at_all() {
+        for ok in ["alice", "jürgen", "o'brien", "john smith", "Zoë-Ann.Ø_1"] {
+            assert_eq!(recordable_name(ok).as_deref(), Some(ok));
+        }
+        let long = "a".repeat(MAX_NAME_CHARS + 1);
+        for bad in ["", " lead", "trail ", "a\nb", "a\u{1b}[31m", "evil\u{202e}nimda", &long] {
+            assert_eq!(recordable_name(bad), None, "{bad:?}");
+        }
+        assert!(recordable_name(&"ü".repeat(MAX_NAME_CHARS)).is_some(), "characters, not bytes");
+    }
+
     #[test]
     fn user_input_is_escaped_for_filters_and_dns() {
         assert_eq!(ldap3::ldap_escape("*)(uid=*"), "\\2a\\29\\28uid=\\2a");

@@ -499,6 +499,55 @@ mod tests {
     }
 
     #[test]
+    fn directory_sessions_are_rechecked_lowered_ended_and_go_stale() {
+        let (t, _) = tokens();
+        let s = Sessions::new(Lifetimes::default());
+        let dn = "CN=bob,CN=Users,DC=ad";
+        let bob1 = s.open_directory("bob".into(), Role::Admin, dn.into(), 300, 0);
+        let bob2 = s.open_directory("bob".into(), Role::Admin, dn.into(), 300, 50);
+        let ann = s.open_directory("ann".into(), Role::Read, "CN=ann,DC=ad".into(), 300, 0);
+        let p = |o: &Opened| presented(&o.id, Method::Safe, None).id.to_string();
+        let check =
+            |id: &str, need, now| s.check(&t, &presented(id, Method::Safe, None), need, now);
+        assert_eq!(s.due_for_recheck(100, 99), Vec::<String>::new());
+        assert_eq!(s.due_for_recheck(100, 150), vec!["CN=ann,DC=ad".to_string(), dn.into()]);
+        // A smaller role lowers both of bob's sessions (DNs compared case-insensitively).
+        let r = s.confirm("cn=BOB,cn=users,dc=ad", Some(Role::Reimage), 200);
+        assert_eq!(r, Rechecked { names: vec!["bob".into()], lowered: 2, ended: 0 });
+        assert_eq!(check(&p(&bob1), Role::Read, 210).unwrap().0.role, Role::Reimage);
+        assert_eq!(check(&p(&bob2), Role::Admin, 210).unwrap_err().kind(), "role-too-small");
+        // A larger one never raises it.
+        s.confirm(dn, Some(Role::Admin), 220);
+        assert_eq!(check(&p(&bob1), Role::Read, 230).unwrap().0.role, Role::Reimage);
+        // ann was not confirmed: 300 ms after login her session is refused, for good.
+        assert!(check(&p(&ann), Role::Read, 299).is_ok());
+        assert_eq!(check(&p(&ann), Role::Read, 300).unwrap_err(), Denied::NoSession);
+        assert_eq!(check(&p(&ann), Role::Read, 301).unwrap_err(), Denied::NoSession);
+        // Gone, disabled, or out of the groups: every session of the account ends.
+        let r = s.confirm(dn, None, 240);
+        assert_eq!(r, Rechecked { names: vec!["bob".into()], lowered: 0, ended: 2 });
+        assert_eq!(check(&p(&bob1), Role::Read, 241).unwrap_err(), Denied::NoSession);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn an_admin_ends_every_directory_session_of_a_name() {
+        let (t, h) = tokens();
+        let s = Sessions::new(Lifetimes::default());
+        let dn = || "CN=bob,DC=ad".to_string();
+        let a = s.open_directory("bob".into(), Role::Read, dn(), 1000, 0);
+        let b = s.open_directory("bob".into(), Role::Read, dn(), 1000, 0);
+        let c = s.open_directory("carol".into(), Role::Read, "CN=carol".into(), 1000, 0);
+        let tok = s.open_token(h, 0);
+        assert_eq!(s.end_name("BOB"), 2);
+        assert_eq!(s.end_name("bob"), 0);
+        for (o, alive) in [(&a, false), (&b, false), (&c, true), (&tok, true)] {
+            let r = s.check(&t, &presented(&o.id, Method::Safe, None), Role::Read, 1);
+            assert_eq!(r.is_ok(), alive);
+        }
+    }
+
+    #[test]
     fn other_sites_are_refused() {
         let (t, h) = tokens();
         let s = Sessions::new(Lifetimes::default());
@@ -517,7 +566,7 @@ mod tests {
     fn directory_sessions_keep_their_login() {
         let (t, _) = tokens();
         let s = Sessions::new(Lifetimes::default());
-        let o = s.open_directory("alice".into(), Role::Admin, 0);
+        let o = s.open_directory("alice".into(), Role::Admin, "uid=alice".into(), u64::MAX, 0);
         let (c, _) = s.check(&t, &presented(&o.id, Method::Safe, None), Role::Admin, 1).unwrap();
         assert_eq!((c.name.as_str(), c.role, c.via), ("alice", Role::Admin, Via::LdapSession));
     }
