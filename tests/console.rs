@@ -288,7 +288,9 @@ fn directory_users_log_in_over_ldaps_and_starttls_with_their_groups_role() {
         // The recorded name is the entry's uid (slapd's WhoAmI says which entry bound), not
         // the typed text: one person whatever the case or width typed.
         assert_eq!(login("ALICE", "alice-pw").unwrap().name, "alice");
-        match login("\u{ff41}\u{ff4c}\u{ff49}\u{ff43}\u{ff45}", "alice-pw") {
+        let fullwidth = login("\u{ff41}\u{ff4c}\u{ff49}\u{ff43}\u{ff45}", "alice-pw");
+        eprintln!("slapd: fullwidth alice -> {fullwidth:?}");
+        match fullwidth {
             Ok(a) => assert_eq!((a.name.as_str(), a.role), ("alice", Role::Admin)),
             Err(e) => assert!(matches!(e, LoginError::BadCredentials), "{e:?}"),
         }
@@ -336,6 +338,22 @@ fn directory_users_log_in_over_ldaps_and_starttls_with_their_groups_role() {
             Err(LoginError::Unavailable(_))
         ));
     }
+
+    // A certificate without subjectAltName (Samba's self-made one) is refused, with the error
+    // docs/CONSOLE.md quotes.
+    let nosan_dir = tempfile::tempdir().unwrap();
+    let nosan = Slapd::start_with(nosan_dir.path(), false);
+    let path = dir.path().join("nosan.toml");
+    std::fs::write(&path, nosan.config(false)).unwrap();
+    let d = Directory::load(&path).unwrap();
+    match rt.block_on(d.login("alice", "alice-pw")) {
+        Err(LoginError::Unavailable(m)) => assert!(
+            m.contains("cannot connect: I/O error: invalid peer certificate: certificate not valid for name \"127.0.0.1\"; certificate is not valid for any names (according to its subjectAltName extension)"),
+            "{m}"
+        ),
+        other => panic!("a certificate without subjectAltName must be refused: {other:?}"),
+    }
+    drop(nosan);
 
     // In the browser, over LDAPS.
     let fxdir = tempfile::tempdir().unwrap();
@@ -477,10 +495,34 @@ fn active_directory_logins_find_the_account_that_bound_and_are_rechecked() {
         assert_eq!((acc.name.as_str(), acc.role), (name, Role::Read), "{form}");
     }
     // Fullwidth letters: refused, or the account's own name.
-    match login("\u{ff42}\u{ff4f}\u{ff42}", ad_pw("bob")) {
+    let fullwidth = login("\u{ff42}\u{ff4f}\u{ff42}", ad_pw("bob"));
+    eprintln!("samba: fullwidth bob -> {fullwidth:?}");
+    match fullwidth {
         Ok(b) => assert_eq!(b.name, "bob"),
         Err(e) => assert!(matches!(e, LoginError::BadCredentials), "{e:?}"),
     }
+    // Primary group: Domain Users is not in any group's `member`, so only tokenGroups sees
+    // it; tokenGroups also holds nested groups.
+    let domain_users =
+        format!("[roles]\n\"CN=Domain Users,CN=Users,{}\" = \"read\"\n", console_support::AD_BASE);
+    let with_primary = |extra: &str| {
+        let p = dir.path().join("ad-primary.toml");
+        std::fs::write(&p, dc.config(extra).replace("[roles]\n", &domain_users)).unwrap();
+        Directory::load(&p).unwrap()
+    };
+    let member = with_primary("");
+    let svc = rt.block_on(member.login("svc-lookup", ad_pw("svc-lookup")));
+    assert!(
+        matches!(svc, Err(LoginError::NoRole)),
+        "member filters miss the primary group: {svc:?}"
+    );
+    let token = with_primary("group_source = \"token_groups\"\n");
+    let tl = |u: &str, p: &str| rt.block_on(token.login(u, p));
+    assert_eq!(tl("svc-lookup", ad_pw("svc-lookup")).unwrap().role, Role::Read);
+    assert_eq!(tl("carol", ad_pw("carol")).unwrap().role, Role::Reimage, "nested");
+    assert_eq!(tl("CORP\\x", ad_pw("x")).unwrap().role, Role::Admin);
+    assert_eq!(tl("x", ad_pw("ann")).unwrap().name, "ann");
+
     // Re-checks as the lookup account.
     let pwfile = dir.path().join("lookup.pw");
     std::fs::write(&pwfile, format!("{}\n", ad_pw("svc-lookup"))).unwrap();
@@ -493,6 +535,13 @@ fn active_directory_logins_find_the_account_that_bound_and_are_rechecked() {
     let checked = rt.block_on(d.recheck(&Samba::user_dn("bob"))).unwrap().unwrap();
     assert_eq!((checked.name.as_str(), checked.role), ("bob", Role::Reimage));
     assert_eq!(rt.block_on(d.recheck(&Samba::user_dn("dave"))).unwrap(), None, "disabled");
+    let token = with_primary(&format!("group_source = \"token_groups\"\n{lookup}"));
+    let carol = rt.block_on(token.recheck(&Samba::user_dn("carol"))).unwrap().unwrap();
+    assert_eq!(
+        (carol.name.as_str(), carol.role),
+        ("carol", Role::Reimage),
+        "tokenGroups as the lookup account"
+    );
     assert_eq!(
         rt.block_on(d.recheck(&format!("CN=nobody,CN=Users,{}", console_support::AD_BASE)))
             .unwrap(),
@@ -526,6 +575,7 @@ fn active_directory_logins_find_the_account_that_bound_and_are_rechecked() {
     let (erin, frank) = (erin.unwrap(), frank.unwrap());
     let r = ad_login(&fx, "bob@evil.example", ad_pw("bob")).1;
     assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.body.contains("log in as NAME or NAME@corp.example or CORP\\\\NAME"), "{}", r.body);
     // erin leaves BootOps; frank is disabled (userAccountControl NORMAL_ACCOUNT|ACCOUNTDISABLE).
     dc.modify(&format!(
         "dn: CN=BootOps,CN=Users,{base}\nchangetype: modify\ndelete: member\nmember: {erin}\n\n\

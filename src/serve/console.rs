@@ -255,6 +255,13 @@ async fn login(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {
                         err.message =
                             "the directory cannot be reached; the server log says why".into();
                     }
+                    if matches!(e, super::ldap::LoginError::ForeignDomain) {
+                        // Nothing was sent to the directory: saying why reveals no password.
+                        err.message = format!(
+                            "login refused: that domain is not this service's; log in as {}",
+                            dir.login_forms()
+                        );
+                    }
                     return Err(err);
                 }
             }

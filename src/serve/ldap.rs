@@ -99,6 +99,11 @@ pub struct LdapConfig {
     /// audit log. Default `sAMAccountName` when `netbios_domain` is set or `bind_dn` is not a
     /// DN (Active Directory), else `uid`.
     pub name_attribute: Option<String>,
+    /// Where the account's groups come from: `member` (default: `group_filter` under
+    /// `group_base`) or `token_groups` (Active Directory's `tokenGroups` of the account: every
+    /// security group it is in, nested and primary ones included, matched to `roles` by SID).
+    #[serde(default)]
+    pub group_source: GroupSource,
     /// Seconds between re-checks of a directory session's account and groups. Default 300.
     pub recheck_secs: Option<u64>,
     /// The lookup account re-checks bind as (a DN, or a UPN for Active Directory). Without one,
@@ -110,6 +115,17 @@ pub struct LdapConfig {
     pub timeout_secs: Option<u64>,
     /// Group DN (compared case-insensitively) → role.
     pub roles: BTreeMap<String, Role>,
+}
+
+/// Where an account's groups come from (`group_source`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupSource {
+    /// The groups `group_filter` finds under `group_base`.
+    #[default]
+    Member,
+    /// Active Directory's constructed `tokenGroups` attribute of the account's entry.
+    TokenGroups,
 }
 
 /// The account a login or a re-check found.
@@ -285,6 +301,19 @@ impl Directory {
     /// Where the configuration came from.
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// The login forms this directory accepts, for an error message: `NAME`, `NAME@SUFFIX`,
+    /// `DOMAIN\\NAME` as configured.
+    pub fn login_forms(&self) -> String {
+        let mut forms = vec!["NAME".to_string()];
+        if let Some(s) = &self.upn_suffix {
+            forms.push(format!("NAME@{s}"));
+        }
+        if let Some(d) = &self.config.netbios_domain {
+            forms.push(format!("{d}\\NAME"));
+        }
+        forms.join(" or ")
     }
 
     /// Milliseconds between re-checks of a directory session.
@@ -561,6 +590,19 @@ impl Directory {
         name: &str,
     ) -> Result<Option<Role>, LoginError> {
         let c = &self.config;
+        if c.group_source == GroupSource::TokenGroups {
+            // The SIDs of the account's security groups (nested and primary included), then
+            // each mapped group's own SID: a few base-scope reads, no subtree search.
+            let token = self.values(ldap, dn, "tokenGroups").await?;
+            let mut groups = Vec::new();
+            for group in c.roles.keys() {
+                let sids = self.values(ldap, group, "objectSid").await?;
+                if sids.iter().any(|sid| token.contains(sid)) {
+                    groups.push(normalize_dn(group));
+                }
+            }
+            return Ok(role_for(&self.roles, &groups));
+        }
         let filter = c
             .group_filter
             .as_deref()
@@ -576,6 +618,43 @@ impl Directory {
         let groups: Vec<String> =
             entries.into_iter().map(|e| normalize_dn(&SearchEntry::construct(e).dn)).collect();
         Ok(role_for(&self.roles, &groups))
+    }
+}
+
+impl Directory {
+    /// The raw values of `attr` of the entry `dn` (none when the entry does not exist).
+    /// ldap3 files values that are valid UTF-8 as text and others as bytes; a SID may be
+    /// either, so both are taken back as bytes.
+    async fn values(
+        &self,
+        ldap: &mut ldap3::Ldap,
+        dn: &str,
+        attr: &str,
+    ) -> Result<Vec<Vec<u8>>, LoginError> {
+        let r = ldap
+            .with_timeout(self.timeout())
+            .search(dn, Scope::Base, "(objectClass=*)", vec![attr])
+            .await
+            .map_err(|e| self.unavailable(attr, e))?;
+        if r.1.rc == 32 {
+            return Ok(Vec::new());
+        }
+        let (entries, _) = r.success().map_err(|e| self.unavailable(attr, e))?;
+        let mut out = Vec::new();
+        for e in entries {
+            let e = SearchEntry::construct(e);
+            for (k, v) in e.attrs {
+                if k.eq_ignore_ascii_case(attr) {
+                    out.extend(v.into_iter().map(String::into_bytes));
+                }
+            }
+            for (k, v) in e.bin_attrs {
+                if k.eq_ignore_ascii_case(attr) {
+                    out.extend(v);
+                }
+            }
+        }
+        Ok(out)
     }
 }
 

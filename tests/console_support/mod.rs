@@ -76,6 +76,12 @@ impl Slapd {
     /// `slapd.conf` with an MDB database loaded by `slapadd`, and starts slapd in the
     /// foreground as this (unprivileged) user. The system's slapd service is not used.
     pub fn start(dir: &Path) -> Slapd {
+        Slapd::start_with(dir, true)
+    }
+
+    /// As [`Slapd::start`], with a server certificate that has a subjectAltName or (`san`
+    /// false) only a subject CN, as Samba's self-made certificate has.
+    pub fn start_with(dir: &Path, san: bool) -> Slapd {
         let slapd = need("/usr/sbin/slapd", "slapd");
         let slapadd = need("/usr/sbin/slapadd", "slapd");
         let openssl = need("/usr/bin/openssl", "openssl");
@@ -106,7 +112,10 @@ impl Slapd {
             .args(["-keyout", &p("server.key"), "-out", &p("server.csr")]));
         std::fs::write(
             d.join("ext.cnf"),
-            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
+            format!(
+                "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n{}",
+                if san { "subjectAltName=DNS:localhost,IP:127.0.0.1\n" } else { "" }
+            ),
         )
         .unwrap();
         run(Command::new(&openssl)
