@@ -302,6 +302,22 @@ fn directory_users_log_in_over_ldaps_and_starttls_with_their_groups_role() {
         assert!(matches!(login("*", "alice-pw"), Err(LoginError::BadCredentials)));
         assert!(matches!(login("alice,ou=people", "alice-pw"), Err(LoginError::BadCredentials)));
     }
+    // Re-checks on OpenLDAP, as a lookup account (any user may read here).
+    let pwfile = dir.path().join("lookup.pw");
+    std::fs::write(&pwfile, "carol-pw\n").unwrap();
+    let path = dir.path().join("ldap-lookup.toml");
+    let lookup = format!(
+        "lookup_dn = \"uid=carol,ou=people,dc=example,dc=org\"\nlookup_password_file = \"{}\"\n[roles]",
+        pwfile.display()
+    );
+    std::fs::write(&path, slapd.config(false).replace("[roles]", &lookup)).unwrap();
+    let d = Directory::load(&path).unwrap();
+    let recheck = |dn: &str| rt.block_on(d.recheck(dn)).unwrap();
+    let bob = recheck("uid=bob,ou=people,dc=example,dc=org").unwrap();
+    assert_eq!((bob.name.as_str(), bob.role), ("bob", Role::Reimage));
+    assert_eq!(recheck("uid=dave,ou=people,dc=example,dc=org"), None, "in no mapped group");
+    assert_eq!(recheck("uid=gone,ou=people,dc=example,dc=org"), None, "no such entry");
+
     // user_filter no longer finds the entry (issue 13: the entry it found was not checked to
     // be the one that bound); it is an extra condition on the account that bound, and a
     // filter naming {user} is refused at start.
@@ -641,6 +657,25 @@ fn active_directory_logins_find_the_account_that_bound_and_are_rechecked() {
         && e["reason"] == "admin"
         && e["ended"] == 3));
     assert!(events.iter().any(|e| e["event"] == "login-failed" && e["reason"] == "foreign-domain"));
+    fx.stop();
+
+    // Without a lookup account nothing can be re-checked: a session lasts recheck_secs.
+    let fxdir = tempfile::tempdir().unwrap();
+    let mut config = full_config(fxdir.path(), true);
+    let ldap = fxdir.path().join("ldap.toml");
+    std::fs::write(&ldap, dc.config("recheck_secs = 2\n")).unwrap();
+    config.ldap_config = Some(ldap);
+    let mut fx = start_with(fxdir, config);
+    let (bob, r) = ad_login(&fx, "bob", ad_pw("bob"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let bob = bob.unwrap();
+    assert_eq!(who(&fx, &bob).status, 200);
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    assert_eq!(
+        who(&fx, &bob).status,
+        401,
+        "no lookup account: the session ends after recheck_secs"
+    );
     fx.stop();
 }
 
