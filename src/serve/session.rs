@@ -11,7 +11,12 @@
 //! A session ends at logout, after [`Lifetimes::idle`] without a request, after
 //! [`Lifetimes::absolute`] whatever happens, and, for one opened with an API token, as soon as
 //! the token's line leaves the tokens file (the session keeps the token's hash and looks it up
-//! on every request, so revoking a token still revokes everything it opened). Sessions live in
+//! on every request, so revoking a token still revokes everything it opened). A session opened with
+//! a directory account carries the account's canonical name and entry DN; a background re-check
+//! ([`Sessions::due_for_recheck`], [`Sessions::confirm`]) lowers or ends it when the directory no
+//! longer grants the role, a session whose role no re-check confirmed in time is refused (so a
+//! stopped re-check or a long outage fails closed), and an admin can end every session of a name
+//! ([`Sessions::end_name`]). Sessions live in
 //! the process: a restart logs everyone out, and instances sharing a state directory do not share
 //! them (send a browser to one instance).
 //!

@@ -489,7 +489,7 @@ impl Samba {
             .find(|ip| {
                 TcpListener::bind((*ip, 636)).is_ok() && TcpListener::bind((*ip, 389)).is_ok()
             })
-            .expect("a free loopback address for the domain controller");
+            .expect("a free loopback address for the domain controller (samba binds ports 389 and 636: run the test as root, as CI does)");
         let p = |n: &str| d.join(n).display().to_string();
         // The CA and the DC's certificate, with the subjectAltName rustls needs.
         run(Command::new(&openssl)
