@@ -588,17 +588,21 @@ fn active_directory_logins_find_the_account_that_bound_and_are_rechecked() {
     let ann = ann.unwrap();
     let (erin, _) = ad_login(&fx, "erin", ad_pw("erin"));
     let (frank, _) = ad_login(&fx, "CORP\\frank", ad_pw("frank"));
-    let (erin, frank) = (erin.unwrap(), frank.unwrap());
+    let (gina, r) = ad_login(&fx, "gina", ad_pw("gina"));
+    assert_eq!(r.json()["role"], "admin");
+    let (erin, frank, gina) = (erin.unwrap(), frank.unwrap(), gina.unwrap());
     let r = ad_login(&fx, "bob@evil.example", ad_pw("bob")).1;
     assert_eq!(r.status, 401, "{}", r.body);
     assert!(r.body.contains("log in as NAME or NAME@corp.example or CORP\\\\NAME"), "{}", r.body);
     // erin leaves BootOps; frank is disabled (userAccountControl NORMAL_ACCOUNT|ACCOUNTDISABLE).
     dc.modify(&format!(
         "dn: CN=BootOps,CN=Users,{base}\nchangetype: modify\ndelete: member\nmember: {erin}\n\n\
-         dn: {frank}\nchangetype: modify\nreplace: userAccountControl\nuserAccountControl: 514\n\n",
+         dn: {frank}\nchangetype: modify\nreplace: userAccountControl\nuserAccountControl: 514\n\n\
+         dn: CN=BootAdmins,CN=Users,{base}\nchangetype: modify\ndelete: member\nmember: {gina}\n\n",
         base = console_support::AD_BASE,
         erin = Samba::user_dn("erin"),
         frank = Samba::user_dn("frank"),
+        gina = Samba::user_dn("gina"),
     ));
     let changed = std::time::Instant::now();
     let gone = |cookie: &str| {
@@ -618,6 +622,14 @@ fn active_directory_logins_find_the_account_that_bound_and_are_rechecked() {
         changed.elapsed().as_secs_f64()
     );
     assert_eq!(who(&fx, &ann).status, 200, "others keep theirs");
+    // gina left BootAdmins but is still in BootRead: her session is lowered to read, not ended.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while who(&fx, &gina).json()["role"] != "read" && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert_eq!(who(&fx, &gina).json()["role"], "read", "lowered by the re-check");
+    let r = call_h("GET", &fx.url("/inventory"), None, None, &[("Cookie", &gina)]);
+    assert_eq!(r.status, 403, "no longer admin: {}", r.body);
     assert_eq!(who(&fx, &bob_cookies[0]).status, 200);
 
     // An admin ends every session of a name (CSRF-checked).
@@ -641,7 +653,7 @@ fn active_directory_logins_find_the_account_that_bound_and_are_rechecked() {
         .filter(|e| e["event"] == "login" && e["via"] == "ldap-session")
         .map(|e| e["name"].as_str().unwrap())
         .collect();
-    assert_eq!(logins, vec!["bob", "bob", "bob", "ann", "erin", "frank", "x"]);
+    assert_eq!(logins, vec!["bob", "bob", "bob", "ann", "erin", "frank", "gina", "x"]);
     let ended: Vec<(&str, &str)> = events
         .iter()
         .filter(|e| e["event"] == "sessions-ended")

@@ -453,6 +453,7 @@ pub const AD_USERS: &[(&str, &str, &[&str], &str)] = &[
     ("dave", "Dave-Pass1!d", &["BootAdmins"], "dave@corp.example"),
     ("erin", "Erin-Pass1!e", &["BootOps"], "erin@corp.example"),
     ("frank", "Frank-Pass1!f", &["BootOps"], "frank@corp.example"),
+    ("gina", "Gina-Pass1!g", &["BootAdmins", "BootRead"], "gina@corp.example"),
     ("jürgen", "Jurgen-Pass1!j", &["BootRead"], "juergen@corp.example"),
     ("o'brien", "Obrien-Pass1!o", &["BootRead"], "obrien@corp.example"),
     ("john smith", "John-Pass1!js", &["BootRead"], "john.smith@corp.example"),
