@@ -10,7 +10,7 @@ mod console_support;
 
 use bootforge::serve::auth::Role;
 use bootforge::serve::ldap::{Directory, LoginError};
-use console_support::{Browser, Slapd};
+use console_support::{Browser, Samba, Slapd, AD_USERS};
 use support::*;
 
 /// Logs in through the token form and waits for the fleet table.
@@ -277,9 +277,24 @@ fn directory_users_log_in_over_ldaps_and_starttls_with_their_groups_role() {
         std::fs::write(&path, slapd.config(starttls)).unwrap();
         let d = Directory::load(&path).unwrap();
         let login = |u: &str, p: &str| rt.block_on(d.login(u, p));
-        assert_eq!(login("alice", "alice-pw").unwrap(), Role::Admin, "starttls={starttls}");
-        assert_eq!(login("bob", "bob-pw").unwrap(), Role::Reimage);
-        assert_eq!(login("carol", "carol-pw").unwrap(), Role::Read);
+        let alice = login("alice", "alice-pw").unwrap();
+        assert_eq!(alice.role, Role::Admin, "starttls={starttls}");
+        assert_eq!(
+            (alice.name.as_str(), alice.dn.as_str()),
+            ("alice", "uid=alice,ou=people,dc=example,dc=org")
+        );
+        assert_eq!(login("bob", "bob-pw").unwrap().role, Role::Reimage);
+        assert_eq!(login("carol", "carol-pw").unwrap().role, Role::Read);
+        // The recorded name is the entry's uid (slapd's WhoAmI says which entry bound), not
+        // the typed text: one person whatever the case or width typed.
+        assert_eq!(login("ALICE", "alice-pw").unwrap().name, "alice");
+        let fullwidth = login("\u{ff41}\u{ff4c}\u{ff49}\u{ff43}\u{ff45}", "alice-pw");
+        eprintln!("slapd: fullwidth alice -> {fullwidth:?}");
+        match fullwidth {
+            Ok(a) => assert_eq!((a.name.as_str(), a.role), ("alice", Role::Admin)),
+            Err(e) => assert!(matches!(e, LoginError::BadCredentials), "{e:?}"),
+        }
+        assert!(matches!(login("CORP\\alice", "alice-pw"), Err(LoginError::ForeignDomain)));
         assert!(matches!(login("dave", "dave-pw"), Err(LoginError::NoRole)));
         assert!(matches!(login("alice", "wrong"), Err(LoginError::BadCredentials)));
         assert!(matches!(login("alice", ""), Err(LoginError::BadCredentials)));
@@ -287,10 +302,25 @@ fn directory_users_log_in_over_ldaps_and_starttls_with_their_groups_role() {
         assert!(matches!(login("*", "alice-pw"), Err(LoginError::BadCredentials)));
         assert!(matches!(login("alice,ou=people", "alice-pw"), Err(LoginError::BadCredentials)));
     }
-    // The user-search configuration (what Active Directory setups use: find the entry with
-    // user_filter, then its groups by the DN found): the DN comes from the search, a filter
-    // that matches several entries is a configuration error, one that matches none gives no
-    // role.
+    // Re-checks on OpenLDAP, as a lookup account (any user may read here).
+    let pwfile = dir.path().join("lookup.pw");
+    std::fs::write(&pwfile, "carol-pw\n").unwrap();
+    let path = dir.path().join("ldap-lookup.toml");
+    let lookup = format!(
+        "lookup_dn = \"uid=carol,ou=people,dc=example,dc=org\"\nlookup_password_file = \"{}\"\n[roles]",
+        pwfile.display()
+    );
+    std::fs::write(&path, slapd.config(false).replace("[roles]", &lookup)).unwrap();
+    let d = Directory::load(&path).unwrap();
+    let recheck = |dn: &str| rt.block_on(d.recheck(dn)).unwrap();
+    let bob = recheck("uid=bob,ou=people,dc=example,dc=org").unwrap();
+    assert_eq!((bob.name.as_str(), bob.role), ("bob", Role::Reimage));
+    assert_eq!(recheck("uid=dave,ou=people,dc=example,dc=org"), None, "in no mapped group");
+    assert_eq!(recheck("uid=gone,ou=people,dc=example,dc=org"), None, "no such entry");
+
+    // user_filter no longer finds the entry (issue 13: the entry it found was not checked to
+    // be the one that bound); it is an extra condition on the account that bound, and a
+    // filter naming {user} is refused at start.
     let searching = |user_filter: &str| {
         let path = dir.path().join("ldap-search.toml");
         let text = slapd.config(false).replace(
@@ -298,19 +328,19 @@ fn directory_users_log_in_over_ldaps_and_starttls_with_their_groups_role() {
             &format!("user_base = \"ou=people,dc=example,dc=org\"\nuser_filter = \"{user_filter}\"\ngroup_base ="),
         );
         std::fs::write(&path, text).unwrap();
-        Directory::load(&path).unwrap()
+        Directory::load(&path)
     };
-    let d = searching("(&(objectClass=inetOrgPerson)(uid={user}))");
-    assert_eq!(rt.block_on(d.login("alice", "alice-pw")).unwrap(), Role::Admin);
-    assert_eq!(rt.block_on(d.login("carol", "carol-pw")).unwrap(), Role::Read);
+    let err = searching("(&(objectClass=inetOrgPerson)(uid={user}))").err().unwrap().to_string();
+    assert!(err.contains("user_filter") && err.contains("{user}"), "{err}");
+    let d = searching("(objectClass=inetOrgPerson)").unwrap();
+    let a = rt.block_on(d.login("bob", "bob-pw")).unwrap();
+    assert_eq!((a.name.as_str(), a.role), ("bob", Role::Reimage));
     assert!(matches!(rt.block_on(d.login("alice", "nope")), Err(LoginError::BadCredentials)));
-    let d = searching("(objectClass=inetOrgPerson)");
+    let d = searching("(objectClass=organizationalUnit)").unwrap();
     match rt.block_on(d.login("bob", "bob-pw")) {
-        Err(LoginError::Unavailable(m)) => assert!(m.contains("several entries match"), "{m}"),
-        other => panic!("a filter matching everyone must fail: {other:?}"),
+        Err(LoginError::Unidentified(m)) => assert!(m.contains("0 entries match"), "{m}"),
+        other => panic!("an account outside user_filter must be refused: {other:?}"),
     }
-    let d = searching("(uid=nobody-{user})");
-    assert!(matches!(rt.block_on(d.login("bob", "bob-pw")), Err(LoginError::NoRole)));
 
     // A directory whose certificate does not chain to the configured CA is refused.
     let wrong_ca = dir.path().join("other.toml");
@@ -324,6 +354,22 @@ fn directory_users_log_in_over_ldaps_and_starttls_with_their_groups_role() {
             Err(LoginError::Unavailable(_))
         ));
     }
+
+    // A certificate without subjectAltName (Samba's self-made one) is refused, with the error
+    // docs/CONSOLE.md quotes.
+    let nosan_dir = tempfile::tempdir().unwrap();
+    let nosan = Slapd::start_with(nosan_dir.path(), false);
+    let path = dir.path().join("nosan.toml");
+    std::fs::write(&path, nosan.config(false)).unwrap();
+    let d = Directory::load(&path).unwrap();
+    match rt.block_on(d.login("alice", "alice-pw")) {
+        Err(LoginError::Unavailable(m)) => assert!(
+            m.contains("cannot connect: I/O error: invalid peer certificate: certificate not valid for name \"127.0.0.1\"; certificate is not valid for any names (according to its subjectAltName extension)"),
+            "{m}"
+        ),
+        other => panic!("a certificate without subjectAltName must be refused: {other:?}"),
+    }
+    drop(nosan);
 
     // In the browser, over LDAPS.
     let fxdir = tempfile::tempdir().unwrap();
@@ -378,6 +424,270 @@ fn directory_users_log_in_over_ldaps_and_starttls_with_their_groups_role() {
         && e["name"] == "alice"
         && e["role"] == "admin"
         && e["via"] == "ldap-session"));
+    fx.stop();
+}
+
+/// The password of an [`AD_USERS`] account.
+fn ad_pw(user: &str) -> &'static str {
+    AD_USERS.iter().find(|u| u.0 == user).unwrap().1
+}
+
+/// `POST /session` as a directory user; the cookie (`bf_session=…`) and the answer.
+fn ad_login(fx: &Fixture, user: &str, pw: &str) -> (Option<String>, Resp) {
+    let body = serde_json::json!({ "username": user, "password": pw }).to_string();
+    let r = call("POST", &fx.url("/session"), None, Some(&body));
+    let cookie = r.header("set-cookie").map(|c| c.split(';').next().unwrap().to_string());
+    (cookie, r)
+}
+
+fn who(fx: &Fixture, cookie: &str) -> Resp {
+    call_h("GET", &fx.url("/session"), None, None, &[("Cookie", cookie)])
+}
+
+/// Issue 13 against a real Active Directory (Samba 4, provisioned by the test): the account
+/// that bound decides the role and the recorded name, whichever of the three Windows login
+/// forms was typed; nested groups; a disabled account; sessions re-checked with a lookup
+/// account and ended when the account leaves its group or is disabled; an admin ends all
+/// sessions of a name.
+#[test]
+fn active_directory_logins_find_the_account_that_bound_and_are_rechecked() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = std::time::Instant::now();
+    let dc = Samba::start(dir.path());
+    eprintln!(
+        "samba: provisioned in {:.1} s, ready (users, groups, server) in {:.1} s, on {}",
+        dc.provision_secs,
+        t.elapsed().as_secs_f64(),
+        dc.ip
+    );
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let path = dir.path().join("ad.toml");
+    std::fs::write(&path, dc.config("")).unwrap();
+    let d = Directory::load(&path).unwrap();
+    let login = |u: &str, p: &str| rt.block_on(d.login(u, p));
+
+    // Bug 3: ann's principal name is x@corp.example; the account named x is an admin. Typing
+    // `x` with ann's password binds ann: ann's role and name, never x's.
+    let a = login("x", ad_pw("ann")).unwrap();
+    assert_eq!((a.name.as_str(), a.role), ("ann", Role::Read), "{a:?}");
+    assert_eq!(a.dn, Samba::user_dn("ann"));
+    let x = login("CORP\\x", ad_pw("x")).unwrap();
+    assert_eq!((x.name.as_str(), x.role), ("x", Role::Admin));
+    assert!(
+        matches!(login("x", ad_pw("x")), Err(LoginError::BadCredentials)),
+        "x@corp.example is ann"
+    );
+
+    // The three Windows forms (any case) reach one account, role and name.
+    for form in ["bob", "bob@corp.example", "CORP\\bob", "BOB", "corp\\Bob", "Bob@CORP.EXAMPLE"] {
+        let b = login(form, ad_pw("bob")).unwrap_or_else(|e| panic!("{form}: {e:?}"));
+        assert_eq!((b.name.as_str(), b.role), ("bob", Role::Reimage), "{form}");
+        assert_eq!(b.dn, Samba::user_dn("bob"), "{form}");
+    }
+    for foreign in ["bob@evil.example", "bob@ad.corp.example", "EVIL\\bob"] {
+        assert!(
+            matches!(login(foreign, ad_pw("bob")), Err(LoginError::ForeignDomain)),
+            "{foreign}"
+        );
+    }
+    assert!(matches!(login("bob", "wrong"), Err(LoginError::BadCredentials)));
+    // Nested: carol is in Nested, a member of BootOps.
+    assert_eq!(login("carol", ad_pw("carol")).unwrap().role, Role::Reimage);
+    // Disabled: AD refuses the bind; were it allowed, userAccountControl would refuse it.
+    assert!(matches!(
+        login("dave", ad_pw("dave")),
+        Err(LoginError::BadCredentials | LoginError::Disabled)
+    ));
+    // Legal names are recorded as themselves, whichever form found them.
+    for (form, name) in [
+        ("CORP\\jürgen", "jürgen"),
+        ("juergen", "jürgen"),
+        ("CORP\\o'brien", "o'brien"),
+        ("CORP\\john smith", "john smith"),
+        ("john.smith@corp.example", "john smith"),
+    ] {
+        let pw = ad_pw(name);
+        let acc = login(form, pw).unwrap_or_else(|e| panic!("{form}: {e:?}"));
+        assert_eq!((acc.name.as_str(), acc.role), (name, Role::Read), "{form}");
+    }
+    // Fullwidth letters: refused, or the account's own name.
+    let fullwidth = login("\u{ff42}\u{ff4f}\u{ff42}", ad_pw("bob"));
+    eprintln!("samba: fullwidth bob -> {fullwidth:?}");
+    match fullwidth {
+        Ok(b) => assert_eq!(b.name, "bob"),
+        Err(e) => assert!(matches!(e, LoginError::BadCredentials), "{e:?}"),
+    }
+    // Primary group: Domain Users is not in any group's `member`, so only tokenGroups sees
+    // it; tokenGroups also holds nested groups.
+    let domain_users =
+        format!("[roles]\n\"CN=Domain Users,CN=Users,{}\" = \"read\"\n", console_support::AD_BASE);
+    let with_primary = |extra: &str| {
+        let p = dir.path().join("ad-primary.toml");
+        std::fs::write(&p, dc.config(extra).replace("[roles]\n", &domain_users)).unwrap();
+        Directory::load(&p).unwrap()
+    };
+    let member = with_primary("");
+    let svc = rt.block_on(member.login("svc-lookup", ad_pw("svc-lookup")));
+    assert!(
+        matches!(svc, Err(LoginError::NoRole)),
+        "member filters miss the primary group: {svc:?}"
+    );
+    let token = with_primary("group_source = \"token_groups\"\n");
+    let tl = |u: &str, p: &str| rt.block_on(token.login(u, p));
+    assert_eq!(tl("svc-lookup", ad_pw("svc-lookup")).unwrap().role, Role::Read);
+    assert_eq!(tl("carol", ad_pw("carol")).unwrap().role, Role::Reimage, "nested");
+    assert_eq!(tl("CORP\\x", ad_pw("x")).unwrap().role, Role::Admin);
+    assert_eq!(tl("x", ad_pw("ann")).unwrap().name, "ann");
+
+    // Re-checks as the lookup account.
+    let pwfile = dir.path().join("lookup.pw");
+    std::fs::write(&pwfile, format!("{}\n", ad_pw("svc-lookup"))).unwrap();
+    let lookup = format!(
+        "lookup_dn = \"svc-lookup@corp.example\"\nlookup_password_file = \"{}\"\nrecheck_secs = 2\n",
+        pwfile.display()
+    );
+    std::fs::write(&path, dc.config(&lookup)).unwrap();
+    let d = Directory::load(&path).unwrap();
+    let checked = rt.block_on(d.recheck(&Samba::user_dn("bob"))).unwrap().unwrap();
+    assert_eq!((checked.name.as_str(), checked.role), ("bob", Role::Reimage));
+    assert_eq!(rt.block_on(d.recheck(&Samba::user_dn("dave"))).unwrap(), None, "disabled");
+    let token = with_primary(&format!("group_source = \"token_groups\"\n{lookup}"));
+    let carol = rt.block_on(token.recheck(&Samba::user_dn("carol"))).unwrap().unwrap();
+    assert_eq!(
+        (carol.name.as_str(), carol.role),
+        ("carol", Role::Reimage),
+        "tokenGroups as the lookup account"
+    );
+    assert_eq!(
+        rt.block_on(d.recheck(&format!("CN=nobody,CN=Users,{}", console_support::AD_BASE)))
+            .unwrap(),
+        None
+    );
+
+    // Through the service: sessions carry the canonical name; re-checks end them.
+    let fxdir = tempfile::tempdir().unwrap();
+    let mut config = full_config(fxdir.path(), true);
+    let ldap = fxdir.path().join("ldap.toml");
+    std::fs::write(&ldap, dc.config(&lookup)).unwrap();
+    config.ldap_config = Some(ldap);
+    let mut fx = start_with(fxdir, config);
+    let mut bob_cookies = Vec::new();
+    for form in ["bob", "bob@corp.example", "CORP\\BOB"] {
+        let (cookie, r) = ad_login(&fx, form, ad_pw("bob"));
+        assert_eq!(r.status, 200, "{form}: {}", r.body);
+        assert_eq!(
+            (r.json()["name"].as_str(), r.json()["role"].as_str()),
+            (Some("bob"), Some("reimage"))
+        );
+        let cookie = cookie.unwrap();
+        assert_eq!(who(&fx, &cookie).json()["name"], "bob");
+        bob_cookies.push(cookie);
+    }
+    let (ann, r) = ad_login(&fx, "x", ad_pw("ann"));
+    assert_eq!((r.json()["name"].as_str(), r.json()["role"].as_str()), (Some("ann"), Some("read")));
+    let ann = ann.unwrap();
+    let (erin, _) = ad_login(&fx, "erin", ad_pw("erin"));
+    let (frank, _) = ad_login(&fx, "CORP\\frank", ad_pw("frank"));
+    let (gina, r) = ad_login(&fx, "gina", ad_pw("gina"));
+    assert_eq!(r.json()["role"], "admin");
+    let (erin, frank, gina) = (erin.unwrap(), frank.unwrap(), gina.unwrap());
+    let r = ad_login(&fx, "bob@evil.example", ad_pw("bob")).1;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.body.contains("log in as NAME or NAME@corp.example or CORP\\\\NAME"), "{}", r.body);
+    // erin leaves BootOps; frank is disabled (userAccountControl NORMAL_ACCOUNT|ACCOUNTDISABLE).
+    dc.modify(&format!(
+        "dn: CN=BootOps,CN=Users,{base}\nchangetype: modify\ndelete: member\nmember: {erin}\n\n\
+         dn: {frank}\nchangetype: modify\nreplace: userAccountControl\nuserAccountControl: 514\n\n\
+         dn: CN=BootAdmins,CN=Users,{base}\nchangetype: modify\ndelete: member\nmember: {gina}\n\n",
+        base = console_support::AD_BASE,
+        erin = Samba::user_dn("erin"),
+        frank = Samba::user_dn("frank"),
+        gina = Samba::user_dn("gina"),
+    ));
+    let changed = std::time::Instant::now();
+    let gone = |cookie: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if who(&fx, cookie).status == 401 {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        false
+    };
+    assert!(gone(&erin), "erin left the group: her session ends");
+    assert!(gone(&frank), "frank was disabled: his session ends");
+    eprintln!(
+        "re-check ended both sessions {:.1} s after the change",
+        changed.elapsed().as_secs_f64()
+    );
+    assert_eq!(who(&fx, &ann).status, 200, "others keep theirs");
+    // gina left BootAdmins but is still in BootRead: her session is lowered to read, not ended.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while who(&fx, &gina).json()["role"] != "read" && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert_eq!(who(&fx, &gina).json()["role"], "read", "lowered by the re-check");
+    let r = call_h("GET", &fx.url("/inventory"), None, None, &[("Cookie", &gina)]);
+    assert_eq!(r.status, 403, "no longer admin: {}", r.body);
+    assert_eq!(who(&fx, &bob_cookies[0]).status, 200);
+
+    // An admin ends every session of a name (CSRF-checked).
+    let (admin, r) = ad_login(&fx, "CORP\\x", ad_pw("x"));
+    let (admin, csrf) = (admin.unwrap(), r.json()["csrf"].as_str().unwrap().to_string());
+    let url = fx.url("/sessions?name=BOB");
+    let r = call_h("DELETE", &url, None, None, &[("Cookie", &admin)]);
+    assert_eq!(r.status, 403, "no CSRF token: {}", r.body);
+    let r = call_h("DELETE", &url, None, None, &[("Cookie", &ann), ("X-CSRF-Token", "00")]);
+    assert!(r.status == 403, "a read session cannot: {}", r.body);
+    let r = call_h("DELETE", &url, None, None, &[("Cookie", &admin), ("X-CSRF-Token", &csrf)]);
+    assert_eq!((r.status, r.json()["ended"].as_u64()), (200, Some(3)), "{}", r.body);
+    for c in &bob_cookies {
+        assert_eq!(who(&fx, c).status, 401);
+    }
+    assert_eq!(who(&fx, &ann).status, 200);
+
+    let events = audit(&fx);
+    let logins: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "login" && e["via"] == "ldap-session")
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(logins, vec!["bob", "bob", "bob", "ann", "erin", "frank", "gina", "x"]);
+    let ended: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|e| e["event"] == "sessions-ended")
+        .map(|e| (e["name"].as_str().unwrap(), e["reason"].as_str().unwrap()))
+        .collect();
+    assert!(
+        ended.contains(&("erin", "recheck")) && ended.contains(&("frank", "recheck")),
+        "{ended:?}"
+    );
+    assert!(events.iter().any(|e| e["event"] == "sessions-ended"
+        && e["name"] == "BOB"
+        && e["by"] == "x"
+        && e["reason"] == "admin"
+        && e["ended"] == 3));
+    assert!(events.iter().any(|e| e["event"] == "login-failed" && e["reason"] == "foreign-domain"));
+    fx.stop();
+
+    // Without a lookup account nothing can be re-checked: a session lasts recheck_secs.
+    let fxdir = tempfile::tempdir().unwrap();
+    let mut config = full_config(fxdir.path(), true);
+    let ldap = fxdir.path().join("ldap.toml");
+    std::fs::write(&ldap, dc.config("recheck_secs = 2\n")).unwrap();
+    config.ldap_config = Some(ldap);
+    let mut fx = start_with(fxdir, config);
+    let (bob, r) = ad_login(&fx, "bob", ad_pw("bob"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let bob = bob.unwrap();
+    assert_eq!(who(&fx, &bob).status, 200);
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    assert_eq!(
+        who(&fx, &bob).status,
+        401,
+        "no lookup account: the session ends after recheck_secs"
+    );
     fx.stop();
 }
 

@@ -173,6 +173,18 @@ pub enum Event {
         who: Actor,
         peer: IpAddr,
     },
+    /// Directory sessions of the account `name` (its canonical name, checked by
+    /// `ldap::recordable_name`) ended: by an admin (`reason` `admin`, with who and from where),
+    /// or because a re-check found the account gone, disabled or out of the mapped groups
+    /// (`recheck`).
+    SessionsEnded {
+        name: String,
+        ended: usize,
+        reason: &'static str,
+        #[serde(flatten)]
+        who: Option<Actor>,
+        peer: Option<IpAddr>,
+    },
     /// The inventory CSV replaced from the console: `action` is `add`, `change`, `remove` or
     /// `upload`; `host` the row's host name; `nodes` the number of rows after the change.
     InventoryChanged {

@@ -227,14 +227,25 @@ async fn login(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {
             };
             let name = session::login_name(user.trim());
             match dir.login(user.trim(), &password).await {
-                Ok(role) => {
-                    let shown = name.clone().unwrap_or_else(|| "(unnamed)".into());
-                    let caller = Caller { name: shown.clone(), role, via: Via::LdapSession };
-                    (svc.sessions.open_directory(shown, role, now), caller)
+                // The session and the audit carry the directory's name of the account that
+                // bound, never the typed text (see `ldap`).
+                Ok(account) => {
+                    let role = account.role;
+                    let caller = Caller { name: account.name.clone(), role, via: Via::LdapSession };
+                    let stale = directory_stale_ms(dir);
+                    let opened =
+                        svc.sessions.open_directory(account.name, role, account.dn, stale, now);
+                    (opened, caller)
                 }
                 Err(e) => {
-                    if let super::ldap::LoginError::Unavailable(detail) = &e {
-                        tracing::error!("directory login: {detail}");
+                    match &e {
+                        super::ldap::LoginError::Unavailable(detail) => {
+                            tracing::error!("directory login: {detail}")
+                        }
+                        super::ldap::LoginError::Unidentified(detail) => {
+                            tracing::warn!("directory login: {detail}")
+                        }
+                        _ => {}
                     }
                     let status = if matches!(e, super::ldap::LoginError::Unavailable(_)) {
                         502
@@ -246,6 +257,13 @@ async fn login(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {
                     if status == 502 {
                         err.message =
                             "the directory cannot be reached; the server log says why".into();
+                    }
+                    if matches!(e, super::ldap::LoginError::ForeignDomain) {
+                        // Nothing was sent to the directory: saying why reveals no password.
+                        err.message = format!(
+                            "login refused: that domain is not this service's; log in as {}",
+                            dir.login_forms()
+                        );
                     }
                     return Err(err);
                 }
@@ -264,7 +282,7 @@ async fn login(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {
         via: caller.via,
         peer,
     });
-    tracing::info!(name = %caller.name, role = caller.role.as_str(), %peer, "console login");
+    tracing::info!(name = ?caller.name, role = caller.role.as_str(), %peer, "console login");
     let cookie = session::set_cookie(&opened.id, secure(svc), svc.sessions_life());
     Ok(Reply::json(&Who {
         name: caller.name,
@@ -274,6 +292,85 @@ async fn login(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {
         ldap: svc.directory.is_some(),
     })
     .header("Set-Cookie", cookie))
+}
+
+/// How long a directory session's role stays good without a re-check confirming it: three
+/// re-check intervals with a lookup account (two rounds may fail, e.g. during a directory
+/// outage, before anyone is logged out), one without (no re-check runs: logging in again is it).
+fn directory_stale_ms(dir: &super::ldap::Directory) -> u64 {
+    if dir.can_recheck() {
+        dir.recheck_ms().saturating_mul(3)
+    } else {
+        dir.recheck_ms()
+    }
+}
+
+/// Re-checks directory sessions off the request path, for as long as the service runs: every
+/// few seconds, the accounts whose role was last confirmed a re-check interval ago are looked up
+/// as the lookup account, one at a time, each bounded by the directory's timeout. An account
+/// gone, disabled or out of the mapped groups loses its sessions (audited `sessions-ended`,
+/// reason `recheck`); a smaller role lowers them; a directory that cannot answer changes
+/// nothing (the sessions go stale after [`directory_stale_ms`]).
+pub async fn recheck_sessions(svc: Arc<Service>) {
+    let Some(dir) = svc.directory.as_ref() else { return };
+    if !dir.can_recheck() {
+        return;
+    }
+    let every = dir.recheck_ms();
+    let tick = std::time::Duration::from_millis((every / 4).clamp(500, 30_000));
+    loop {
+        tokio::time::sleep(tick).await;
+        for dn in svc.sessions.due_for_recheck(every, now_ms()) {
+            let role = match dir.recheck(&dn).await {
+                Ok(account) => account.map(|a| a.role),
+                Err(e) => {
+                    let detail = match &e {
+                        super::ldap::LoginError::Unavailable(d)
+                        | super::ldap::LoginError::Unidentified(d) => d.as_str(),
+                        other => other.kind(),
+                    };
+                    tracing::warn!("session re-check: {detail}; the sessions are kept for now");
+                    continue;
+                }
+            };
+            let done = svc.sessions.confirm(&dn, role, now_ms());
+            for name in &done.names {
+                if done.ended > 0 {
+                    svc.audit.note(&Event::SessionsEnded {
+                        name: name.clone(),
+                        ended: done.ended,
+                        reason: "recheck",
+                        who: None,
+                        peer: None,
+                    });
+                    tracing::info!(name = ?name, ended = done.ended, "directory sessions ended: the account no longer grants a role");
+                } else if done.lowered > 0 {
+                    tracing::info!(name = ?name, lowered = done.lowered, role = ?role, "directory sessions' role lowered by a re-check");
+                }
+            }
+        }
+    }
+}
+
+/// `DELETE /sessions?name=NAME` (role admin, CSRF-checked like every change): ends every
+/// directory session of that account name (case-insensitive), audited with who asked.
+pub async fn end_sessions(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {
+    let caller = authorize(svc, req, Role::Admin).await?;
+    let Some(name) = req.param("name").and_then(super::ldap::recordable_name) else {
+        return Err(HttpError::bad_request(
+            "name a directory account: DELETE /sessions?name=NAME (1 to 64 characters, no control characters)",
+        ));
+    };
+    let ended = svc.sessions.end_name(&name);
+    svc.audit.note(&Event::SessionsEnded {
+        name: name.clone(),
+        ended,
+        reason: "admin",
+        who: Some(Actor::from(&caller)),
+        peer: Some(req.peer),
+    });
+    tracing::info!(name = ?name, ended, by = ?caller.name, "directory sessions ended by an admin");
+    Ok(Reply::json(&serde_json::json!({ "name": name, "ended": ended })))
 }
 
 /// A failed login: counted for the rate limit, audited, answered 401 without saying which part

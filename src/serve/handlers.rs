@@ -86,6 +86,7 @@ pub async fn handle(svc: Arc<Service>, req: Req) -> Reply {
         Route::Reload => reload(&svc, &req).await,
         Route::Ui(file) => super::console::ui_file(file.as_deref()),
         Route::Session => super::console::session(&svc, &req).await,
+        Route::Sessions => super::console::end_sessions(&svc, &req).await,
         Route::Inventory if req.method == hyper::Method::PUT => {
             super::console::replace_upload(&svc, &req).await
         }

@@ -474,6 +474,9 @@ impl Server {
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let accept = runtime.spawn(http::serve(service.clone(), listener, stop_rx));
+        // Directory sessions' re-checks (a no-op without a lookup account); dropped with the
+        // runtime at shutdown.
+        runtime.spawn(console::recheck_sessions(service.clone()));
         let stop = Arc::new(AtomicBool::new(false));
         let hup = Arc::new(AtomicBool::new(false));
         // SIGHUP forces a reload; registering only sets a flag, so it is safe in any thread.

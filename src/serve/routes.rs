@@ -46,6 +46,8 @@ pub enum Route {
     Ui(Option<String>),
     /// `/session`: the console's login (POST), who am I (GET), logout (DELETE).
     Session,
+    /// `/sessions?name=NAME`: an admin ends every directory session of an account (DELETE).
+    Sessions,
     /// `/inventory`: the CSV (GET) and its replacement (PUT).
     Inventory,
     /// `/inventory/check`: validate a CSV without replacing anything.
@@ -90,6 +92,7 @@ impl Route {
             ["ui", ""] => Route::Ui(Some("index.html".into())),
             ["ui", _] => Route::Ui(Some(seg(1))),
             ["session"] => Route::Session,
+            ["sessions"] => Route::Sessions,
             ["inventory"] => Route::Inventory,
             ["inventory", "check"] => Route::InventoryCheck,
             ["inventory", "hosts"] => Route::InventoryRows,
@@ -120,6 +123,7 @@ impl Route {
             Route::Reload => "/admin/reload",
             Route::Ui(_) => "/ui/{file}",
             Route::Session => "/session",
+            Route::Sessions => "/sessions",
             Route::Inventory => "/inventory",
             Route::InventoryCheck => "/inventory/check",
             Route::InventoryRows => "/inventory/hosts",
@@ -148,6 +152,7 @@ impl Route {
             Route::Reload => "POST",
             Route::Ui(_) => "GET, HEAD",
             Route::Session => "GET, POST, DELETE",
+            Route::Sessions => "DELETE",
             Route::Inventory => "GET, PUT",
             Route::InventoryCheck | Route::InventoryRows => "POST",
             Route::InventoryRow(_) => "PUT, DELETE",

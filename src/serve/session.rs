@@ -11,7 +11,12 @@
 //! A session ends at logout, after [`Lifetimes::idle`] without a request, after
 //! [`Lifetimes::absolute`] whatever happens, and, for one opened with an API token, as soon as
 //! the token's line leaves the tokens file (the session keeps the token's hash and looks it up
-//! on every request, so revoking a token still revokes everything it opened). Sessions live in
+//! on every request, so revoking a token still revokes everything it opened). A session opened with
+//! a directory account carries the account's canonical name and entry DN; a background re-check
+//! ([`Sessions::due_for_recheck`], [`Sessions::confirm`]) lowers or ends it when the directory no
+//! longer grants the role, a session whose role no re-check confirmed in time is refused (so a
+//! stopped re-check or a long outage fails closed), and an admin can end every session of a name
+//! ([`Sessions::end_name`]). Sessions live in
 //! the process: a restart logs everyone out, and instances sharing a state directory do not share
 //! them (send a browser to one instance).
 //!
@@ -53,8 +58,22 @@ impl Default for Lifetimes {
 enum Holder {
     /// Opened with the API token of this hash: its caller is looked up again on every request.
     Token([u8; 32]),
-    /// Opened with a directory account: the name and role found at login.
-    Directory(Caller),
+    /// Opened with a directory account: its canonical name and role, as found at login and
+    /// lowered by re-checks.
+    Directory(DirectoryHolder),
+}
+
+/// A directory session's account and how fresh its role is.
+#[derive(Debug, Clone)]
+struct DirectoryHolder {
+    caller: Caller,
+    /// The account's entry, by which re-checks find it.
+    dn: String,
+    /// When the directory last granted the role (login, then each successful re-check).
+    confirmed: u64,
+    /// The session is refused once `confirmed` is this old: re-checks did not confirm it (see
+    /// [`Sessions::open_directory`]).
+    stale_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +95,15 @@ pub struct Opened {
 pub struct Sessions {
     by_id_hash: Mutex<HashMap<[u8; 32], Session>>,
     life: Lifetimes,
+}
+
+/// What [`Sessions::confirm`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Rechecked {
+    /// The names the account's sessions carried.
+    pub names: Vec<String>,
+    pub lowered: usize,
+    pub ended: usize,
 }
 
 /// A session request's method, as far as CSRF is concerned.
@@ -109,9 +137,85 @@ impl Sessions {
         self.open(Holder::Token(hash), now)
     }
 
-    /// Opens a session for a directory account.
-    pub fn open_directory(&self, name: String, role: Role, now: u64) -> Opened {
-        self.open(Holder::Directory(Caller { name, role, via: Via::LdapSession }), now)
+    /// Opens a session for a directory account (its canonical name, role and entry). The
+    /// session is refused once its role has gone `stale_ms` without being confirmed by
+    /// [`Sessions::confirm`]: with a lookup account, a few re-check intervals (an outage of the
+    /// directory does not end sessions at once); without one, the re-check interval itself
+    /// (logging in again is the re-check).
+    pub fn open_directory(
+        &self,
+        name: String,
+        role: Role,
+        dn: String,
+        stale_ms: u64,
+        now: u64,
+    ) -> Opened {
+        let caller = Caller { name, role, via: Via::LdapSession };
+        self.open(Holder::Directory(DirectoryHolder { caller, dn, confirmed: now, stale_ms }), now)
+    }
+
+    /// The entries (DNs) of live directory sessions whose role was last confirmed `every_ms`
+    /// or longer ago: the accounts to re-check now, each once.
+    pub fn due_for_recheck(&self, every_ms: u64, now: u64) -> Vec<String> {
+        let map = self.by_id_hash.lock().unwrap_or_else(|p| p.into_inner());
+        let mut due: Vec<String> = map
+            .values()
+            .filter(|s| self.alive(s, now))
+            .filter_map(|s| match &s.holder {
+                Holder::Directory(d) if now.saturating_sub(d.confirmed) >= every_ms => {
+                    Some(d.dn.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        due.sort_unstable();
+        due.dedup();
+        due
+    }
+
+    /// Applies a re-check of the account of entry `dn` (compared case-insensitively):
+    /// `Some(role)` confirms its sessions, lowering a role larger than `role` (a re-check
+    /// never raises one); `None` (gone, disabled, in no mapped group) ends them. Returns the
+    /// sessions' names and how many were lowered and ended.
+    pub fn confirm(&self, dn: &str, role: Option<Role>, now: u64) -> Rechecked {
+        let mut map = self.by_id_hash.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Rechecked::default();
+        map.retain(|_, s| {
+            let Holder::Directory(d) = &mut s.holder else { return true };
+            if !d.dn.eq_ignore_ascii_case(dn) {
+                return true;
+            }
+            if !out.names.contains(&d.caller.name) {
+                out.names.push(d.caller.name.clone());
+            }
+            match role {
+                None => {
+                    out.ended += 1;
+                    false
+                }
+                Some(r) => {
+                    if r < d.caller.role {
+                        d.caller.role = r;
+                        out.lowered += 1;
+                    }
+                    d.confirmed = now;
+                    true
+                }
+            }
+        });
+        out
+    }
+
+    /// Ends every directory session of the account named `name` (compared case-insensitively,
+    /// as directories compare names). Returns how many.
+    pub fn end_name(&self, name: &str) -> usize {
+        let mut map = self.by_id_hash.lock().unwrap_or_else(|p| p.into_inner());
+        let before = map.len();
+        map.retain(|_, s| match &s.holder {
+            Holder::Directory(d) => !d.caller.name.to_lowercase().eq(&name.to_lowercase()),
+            Holder::Token(_) => true,
+        });
+        before - map.len()
     }
 
     fn open(&self, holder: Holder, now: u64) -> Opened {
@@ -160,7 +264,11 @@ impl Sessions {
             return Err(Denied::NoSession);
         }
         let caller = match &session.holder {
-            Holder::Directory(c) => c.clone(),
+            Holder::Directory(d) if now.saturating_sub(d.confirmed) >= d.stale_ms => {
+                map.remove(&key); // no re-check confirmed the role in time
+                return Err(Denied::NoSession);
+            }
+            Holder::Directory(d) => d.caller.clone(),
             Holder::Token(h) => match tokens.by_hash(h) {
                 Some(c) => Caller { via: Via::TokenSession, ..c },
                 None => {
@@ -396,6 +504,55 @@ mod tests {
     }
 
     #[test]
+    fn directory_sessions_are_rechecked_lowered_ended_and_go_stale() {
+        let (t, _) = tokens();
+        let s = Sessions::new(Lifetimes::default());
+        let dn = "CN=bob,CN=Users,DC=ad";
+        let bob1 = s.open_directory("bob".into(), Role::Admin, dn.into(), 300, 0);
+        let bob2 = s.open_directory("bob".into(), Role::Admin, dn.into(), 300, 50);
+        let ann = s.open_directory("ann".into(), Role::Read, "CN=ann,DC=ad".into(), 300, 0);
+        let p = |o: &Opened| presented(&o.id, Method::Safe, None).id.to_string();
+        let check =
+            |id: &str, need, now| s.check(&t, &presented(id, Method::Safe, None), need, now);
+        assert_eq!(s.due_for_recheck(100, 99), Vec::<String>::new());
+        assert_eq!(s.due_for_recheck(100, 150), vec!["CN=ann,DC=ad".to_string(), dn.into()]);
+        // A smaller role lowers both of bob's sessions (DNs compared case-insensitively).
+        let r = s.confirm("cn=BOB,cn=users,dc=ad", Some(Role::Reimage), 200);
+        assert_eq!(r, Rechecked { names: vec!["bob".into()], lowered: 2, ended: 0 });
+        assert_eq!(check(&p(&bob1), Role::Read, 210).unwrap().0.role, Role::Reimage);
+        assert_eq!(check(&p(&bob2), Role::Admin, 210).unwrap_err().kind(), "role-too-small");
+        // A larger one never raises it.
+        s.confirm(dn, Some(Role::Admin), 220);
+        assert_eq!(check(&p(&bob1), Role::Read, 230).unwrap().0.role, Role::Reimage);
+        // ann was not confirmed: 300 ms after login her session is refused, for good.
+        assert!(check(&p(&ann), Role::Read, 299).is_ok());
+        assert_eq!(check(&p(&ann), Role::Read, 300).unwrap_err(), Denied::NoSession);
+        assert_eq!(check(&p(&ann), Role::Read, 301).unwrap_err(), Denied::NoSession);
+        // Gone, disabled, or out of the groups: every session of the account ends.
+        let r = s.confirm(dn, None, 240);
+        assert_eq!(r, Rechecked { names: vec!["bob".into()], lowered: 0, ended: 2 });
+        assert_eq!(check(&p(&bob1), Role::Read, 241).unwrap_err(), Denied::NoSession);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn an_admin_ends_every_directory_session_of_a_name() {
+        let (t, h) = tokens();
+        let s = Sessions::new(Lifetimes::default());
+        let dn = || "CN=bob,DC=ad".to_string();
+        let a = s.open_directory("bob".into(), Role::Read, dn(), 1000, 0);
+        let b = s.open_directory("bob".into(), Role::Read, dn(), 1000, 0);
+        let c = s.open_directory("carol".into(), Role::Read, "CN=carol".into(), 1000, 0);
+        let tok = s.open_token(h, 0);
+        assert_eq!(s.end_name("BOB"), 2);
+        assert_eq!(s.end_name("bob"), 0);
+        for (o, alive) in [(&a, false), (&b, false), (&c, true), (&tok, true)] {
+            let r = s.check(&t, &presented(&o.id, Method::Safe, None), Role::Read, 1);
+            assert_eq!(r.is_ok(), alive);
+        }
+    }
+
+    #[test]
     fn other_sites_are_refused() {
         let (t, h) = tokens();
         let s = Sessions::new(Lifetimes::default());
@@ -414,7 +571,7 @@ mod tests {
     fn directory_sessions_keep_their_login() {
         let (t, _) = tokens();
         let s = Sessions::new(Lifetimes::default());
-        let o = s.open_directory("alice".into(), Role::Admin, 0);
+        let o = s.open_directory("alice".into(), Role::Admin, "uid=alice".into(), u64::MAX, 0);
         let (c, _) = s.check(&t, &presented(&o.id, Method::Safe, None), Role::Admin, 1).unwrap();
         assert_eq!((c.name.as_str(), c.role, c.via), ("alice", Role::Admin, Via::LdapSession));
     }

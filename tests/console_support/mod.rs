@@ -76,6 +76,12 @@ impl Slapd {
     /// `slapd.conf` with an MDB database loaded by `slapadd`, and starts slapd in the
     /// foreground as this (unprivileged) user. The system's slapd service is not used.
     pub fn start(dir: &Path) -> Slapd {
+        Slapd::start_with(dir, true)
+    }
+
+    /// As [`Slapd::start`], with a server certificate that has a subjectAltName or (`san`
+    /// false) only a subject CN, as Samba's self-made certificate has.
+    pub fn start_with(dir: &Path, san: bool) -> Slapd {
         let slapd = need("/usr/sbin/slapd", "slapd");
         let slapadd = need("/usr/sbin/slapadd", "slapd");
         let openssl = need("/usr/bin/openssl", "openssl");
@@ -106,7 +112,10 @@ impl Slapd {
             .args(["-keyout", &p("server.key"), "-out", &p("server.csr")]));
         std::fs::write(
             d.join("ext.cnf"),
-            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
+            format!(
+                "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n{}",
+                if san { "subjectAltName=DNS:localhost,IP:127.0.0.1\n" } else { "" }
+            ),
         )
         .unwrap();
         run(Command::new(&openssl)
@@ -423,5 +432,207 @@ impl Drop for Browser {
     fn drop(&mut self) {
         let client = self.client.clone();
         let _ = self.rt.block_on(client.close());
+    }
+}
+
+/// The Active Directory of the tests: realm `AD.CORP.EXAMPLE`, NetBIOS domain `CORP`, users'
+/// principal names in the alternative suffix `corp.example` (as organisations whose AD domain
+/// differs from their mail domain have them).
+pub const AD_BASE: &str = "DC=ad,DC=corp,DC=example";
+pub const AD_ADMIN_PW: &str = "Adm1n-Pass!bootforge";
+
+/// Users of the test AD: (sAMAccountName, password, groups, userPrincipalName). Roles:
+/// BootAdmins admin, BootOps reimage, BootRead read; Nested is a member of BootOps only.
+/// `ann`'s principal name `x@corp.example` has the `sAMAccountName` of another account, `x`,
+/// an admin: the shape of issue 13's role take-over.
+pub const AD_USERS: &[(&str, &str, &[&str], &str)] = &[
+    ("ann", "Ann-Pass1!a", &["BootRead"], "x@corp.example"),
+    ("x", "Xx-Pass1!xx", &["BootAdmins"], "x@ad.corp.example"),
+    ("bob", "Bob-Pass1!b", &["BootOps"], "bob@corp.example"),
+    ("carol", "Carol-Pass1!c", &["Nested"], "carol@corp.example"),
+    ("dave", "Dave-Pass1!d", &["BootAdmins"], "dave@corp.example"),
+    ("erin", "Erin-Pass1!e", &["BootOps"], "erin@corp.example"),
+    ("frank", "Frank-Pass1!f", &["BootOps"], "frank@corp.example"),
+    ("gina", "Gina-Pass1!g", &["BootAdmins", "BootRead"], "gina@corp.example"),
+    ("jürgen", "Jurgen-Pass1!j", &["BootRead"], "juergen@corp.example"),
+    ("o'brien", "Obrien-Pass1!o", &["BootRead"], "obrien@corp.example"),
+    ("john smith", "John-Pass1!js", &["BootRead"], "john.smith@corp.example"),
+    ("svc-lookup", "Lookup-Pass1!l", &[], "svc-lookup@corp.example"),
+];
+
+/// A running Samba 4 Active Directory domain controller, only its LDAP service, on its own
+/// loopback address, with a certificate (subjectAltName IP and DNS) from a throwaway CA.
+pub struct Samba {
+    proc: Option<Proc>,
+    pub dir: PathBuf,
+    pub ip: std::net::Ipv4Addr,
+    pub ca: PathBuf,
+    /// Seconds `samba-tool domain provision` took.
+    pub provision_secs: f64,
+}
+
+impl Samba {
+    /// Provisions a domain in `dir` (`samba-tool domain provision`, no DNS, RFC 2307), makes
+    /// the users and groups of [`AD_USERS`] with `samba-tool` before the server starts, starts
+    /// `samba -i -M single` in the foreground as a child of the test, then sets the principal
+    /// names over LDAPS (samba-tool refuses a UPN suffix the forest does not list; the
+    /// directory itself takes it, as Windows does). Listens on 127.0.0.N: a free address of
+    /// 127/8 (Linux routes all of it to `lo`), chosen from the process id.
+    pub fn start(dir: &Path) -> Samba {
+        let samba = need("/usr/sbin/samba", "samba");
+        let tool = need("/usr/bin/samba-tool", "samba-common-bin");
+        let openssl = need("/usr/bin/openssl", "openssl");
+        need("/usr/bin/ldapmodify", "ldap-utils");
+        let d = dir.join("samba");
+        std::fs::create_dir_all(d.join("tls")).unwrap();
+        let ip = (0..200u32)
+            .map(|i| std::net::Ipv4Addr::new(127, 0, 0, (2 + (std::process::id() + i) % 250) as u8))
+            .find(|ip| {
+                TcpListener::bind((*ip, 636)).is_ok() && TcpListener::bind((*ip, 389)).is_ok()
+            })
+            .expect("a free loopback address for the domain controller (samba binds ports 389 and 636: run the test as root, as CI does)");
+        let p = |n: &str| d.join(n).display().to_string();
+        // The CA and the DC's certificate, with the subjectAltName rustls needs.
+        run(Command::new(&openssl)
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
+            .args(["-nodes", "-days", "2", "-subj", "/CN=bootforge test AD CA"])
+            .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+            .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+            .args(["-keyout", &p("tls/ca.key"), "-out", &p("tls/ca.pem")]));
+        run(Command::new(&openssl)
+            .args(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"])
+            .args(["-subj", "/CN=dc1.ad.corp.example"])
+            .args(["-keyout", &p("tls/dc.key"), "-out", &p("tls/dc.csr")]));
+        std::fs::write(
+            d.join("tls/ext.cnf"),
+            format!("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:{ip},DNS:dc1.ad.corp.example\n"),
+        )
+        .unwrap();
+        run(Command::new(&openssl)
+            .args(["x509", "-req", "-days", "2", "-in", &p("tls/dc.csr"), "-CA", &p("tls/ca.pem")])
+            .args(["-CAkey", &p("tls/ca.key"), "-CAcreateserial", "-out", &p("tls/dc.pem")])
+            .args(["-extfile", &p("tls/ext.cnf")]));
+        let dc = d.join("dc");
+        let started = Instant::now();
+        let opt = |o: String| format!("--option={o}");
+        run(Command::new(&tool)
+            .args(["domain", "provision", "--targetdir", &dc.display().to_string()])
+            .args(["--realm", "AD.CORP.EXAMPLE", "--domain", "CORP", "--host-name", "dc1"])
+            .args(["--adminpass", AD_ADMIN_PW, "--server-role", "dc", "--dns-backend", "NONE"])
+            .arg("--use-rfc2307")
+            .arg(opt("bind interfaces only = yes".into()))
+            // An address of 127/8 that is not lo's own: "ADDR/8" makes Samba take it as is.
+            .arg(opt(format!("interfaces = {ip}/8")))
+            .arg(opt("server services = ldap".into()))
+            .arg(opt(format!("log file = {}", p("samba.log"))))
+            .arg(opt(format!("pid directory = {}", p("pid"))))
+            .arg(opt(format!("tls keyfile = {}", p("tls/dc.key"))))
+            .arg(opt(format!("tls certfile = {}", p("tls/dc.pem"))))
+            .arg(opt(format!("tls cafile = {}", p("tls/ca.pem")))));
+        let provision_secs = started.elapsed().as_secs_f64();
+        let sam = format!("{}/private/sam.ldb", dc.display());
+        let st = |args: &[&str]| {
+            run(Command::new(&tool).args(args).args(["-H", &sam]));
+        };
+        for group in ["BootAdmins", "BootOps", "BootRead", "Nested"] {
+            st(&["group", "add", group]);
+        }
+        st(&["group", "addmembers", "BootOps", "Nested"]);
+        for (user, pw, groups, _) in AD_USERS {
+            st(&["user", "create", user, pw]);
+            for g in *groups {
+                st(&["group", "addmembers", g, user]);
+            }
+        }
+        st(&["user", "disable", "dave"]);
+        let child = Command::new(&samba)
+            .args(["-i", "-M", "single", "-s", &format!("{}/etc/smb.conf", dc.display())])
+            .stdout(Stdio::from(std::fs::File::create(d.join("samba.out")).unwrap()))
+            .stderr(Stdio::from(std::fs::File::create(d.join("samba.err")).unwrap()))
+            .spawn()
+            .expect("samba starts");
+        let mut samba = Samba {
+            proc: Some(Proc(child)),
+            dir: d.clone(),
+            ip,
+            ca: d.join("tls/ca.pem"),
+            provision_secs,
+        };
+        samba.wait_listening();
+        let mut ldif = String::new();
+        for (user, _, _, upn) in AD_USERS.iter().filter(|u| !u.3.ends_with("@ad.corp.example")) {
+            ldif += &format!(
+                "dn: CN={},CN=Users,{AD_BASE}\nchangetype: modify\nreplace: userPrincipalName\nuserPrincipalName: {upn}\n\n",
+                ldap_dn_value(user)
+            );
+        }
+        samba.modify(&ldif);
+        samba
+    }
+
+    fn wait_listening(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let child = &mut self.proc.as_mut().unwrap().0;
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect((self.ip, 636)).is_ok() {
+                return;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "samba exited before listening: {status}: {}",
+                    std::fs::read_to_string(self.dir.join("samba.err")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("samba did not listen on {}:636 within 60 s", self.ip);
+    }
+
+    /// Applies an LDIF of changes as the domain's Administrator, over LDAPS.
+    pub fn modify(&self, ldif: &str) {
+        use std::io::Write as _;
+        let mut child = Command::new("/usr/bin/ldapmodify")
+            .args(["-x", "-H", &format!("ldaps://{}", self.ip)])
+            .args(["-D", "Administrator@ad.corp.example", "-w", AD_ADMIN_PW])
+            .env("LDAPTLS_CACERT", &self.ca)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ldapmodify runs");
+        child.stdin.take().unwrap().write_all(ldif.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "ldapmodify: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The DN of a user made by [`Samba::start`].
+    pub fn user_dn(user: &str) -> String {
+        format!("CN={},CN=Users,{AD_BASE}", ldap_dn_value(user))
+    }
+
+    /// The documented Active Directory `--ldap-config` (docs/CONSOLE.md), for this DC, with
+    /// `extra` lines (e.g. the lookup account) before the roles.
+    pub fn config(&self, extra: &str) -> String {
+        format!(
+            "url = \"ldaps://{ip}\"\nca_file = \"{ca}\"\nbind_dn = \"{{user}}@corp.example\"\n\
+             netbios_domain = \"CORP\"\nuser_base = \"{AD_BASE}\"\ngroup_base = \"{AD_BASE}\"\n\
+             group_filter = \"(member:1.2.840.113556.1.4.1941:={{dn}})\"\ntimeout_secs = 5\n{extra}\n\
+             [roles]\n\"CN=BootAdmins,CN=Users,{AD_BASE}\" = \"admin\"\n\
+             \"CN=BootOps,CN=Users,{AD_BASE}\" = \"reimage\"\n\
+             \"CN=BootRead,CN=Users,{AD_BASE}\" = \"read\"\n",
+            ip = self.ip,
+            ca = self.ca.display(),
+        )
+    }
+}
+
+/// `value` escaped for an RDN value (the few characters our test names need).
+fn ldap_dn_value(value: &str) -> String {
+    value.replace('\\', "\\\\").replace(',', "\\,").replace('+', "\\+").replace('"', "\\\"")
+}
+
+impl Drop for Samba {
+    fn drop(&mut self) {
+        drop(self.proc.take());
     }
 }
