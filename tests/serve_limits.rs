@@ -242,14 +242,16 @@ fn a_trusted_proxys_forwarded_address_is_the_one_limited() {
     assert!(audit_lines(&fx).iter().all(|r| r["peer"].is_null() || r["peer"] == "127.0.0.1"));
 }
 
+/// A request of the flood: method, target, body, bearer token, and the record kind it causes.
+type Flood = (&'static str, String, Option<String>, Option<&'static str>, &'static str);
+
 #[test]
 fn refusals_without_credentials_grow_the_audit_log_by_a_bounded_amount() {
     let mut fx = start(true);
     let base = fx.base.clone();
     let log = fx.config.state_dir.join("audit.jsonl");
     let before = std::fs::metadata(&log).map_or(0, |m| m.len());
-    // (method, path, body, token, record kind it causes)
-    let kinds: Vec<(&str, String, Option<String>, Option<&str>, &str)> = vec![
+    let kinds: Vec<Flood> = vec![
         ("GET", "/hosts".into(), None, None, "denied"),
         ("GET", "/events".into(), None, Some("not-a-token"), "denied"),
         ("GET", "/media/node01.iso".into(), None, None, "media-denied"),
