@@ -266,7 +266,7 @@ async fn login(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {
         tracing::warn!(%peer, "console login refused: the session table is full");
         return Err(HttpError::new(
             503,
-            "too many console sessions are open; try again later, or ask an admin to restart the service",
+            "too many console sessions are open (each of many people holds some); try again in a minute",
         )
         .header("Retry-After", "60".into()));
     };
