@@ -353,6 +353,30 @@ fn service_logs_to_a_file_carry_no_colour_codes() {
     assert!(shown.contains("INFO"), "{shown}");
     assert!(!text.contains(&0x1b), "terminal escape codes in a log file:\n{shown:?}");
 
+    // On a terminal (a pseudo-terminal made by `script`), colour is on, unless NO_COLOR is set.
+    let script = std::path::Path::new("/usr/bin/script");
+    assert!(script.exists(), "script is missing: install the Debian package `bsdutils`");
+    let on_a_terminal = |no_color: Option<&str>| {
+        let cmd = format!(
+            "timeout -s INT 2 '{}' serve --inventory '{}' --profiles '{}' --state-dir '{}' --listen 127.0.0.1:0",
+            env!("CARGO_BIN_EXE_bootforge"),
+            config.inventory.display(),
+            config.profiles.display(),
+            config.state_dir.display(),
+        );
+        let mut c = std::process::Command::new(script);
+        c.args(["-qec", &cmd, "/dev/null"]).stdin(std::process::Stdio::null());
+        c.env_remove("NO_COLOR").env_remove("BOOTFORGE_LOG");
+        if let Some(v) = no_color {
+            c.env("NO_COLOR", v);
+        }
+        let out = c.output().unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains("bootforge serve started"));
+        out.stdout
+    };
+    assert!(on_a_terminal(None).contains(&0x1b), "a terminal gets colour");
+    assert!(!on_a_terminal(Some("1")).contains(&0x1b), "NO_COLOR turns it off");
+
     // A wrong --trusted-proxy is refused with a message that says what is expected.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_bootforge"))
         .args(["serve", "--inventory", "x", "--profiles", "y", "--state-dir", "z"])
