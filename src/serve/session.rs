@@ -15,6 +15,11 @@
 //! the process: a restart logs everyone out, and instances sharing a state directory do not share
 //! them (send a browser to one instance).
 //!
+//! Abuse bounds: an identity holds at most [`MAX_SESSIONS_PER_IDENTITY`] sessions and no login
+//! ends another identity's session ([`Sessions`]); failed logins are limited per address and per
+//! account name, counted before they are checked, in memory an attacker cannot flush
+//! ([`LoginLimiter`]).
+//!
 //! Everything here is a pure core over a clock passed in (`now`, milliseconds), unit-tested
 //! below; the handlers in [`super::console`] wire it to requests.
 
