@@ -42,7 +42,7 @@ const MAX_PARAMS: usize = 32;
 const MAX_PARAM_LEN: usize = 512;
 /// Longest `X-Forwarded-For` (all its lines together) read from a trusted proxy; a longer one
 /// is treated as malformed.
-const MAX_FORWARDED: usize = 1024;
+pub const MAX_FORWARDED: usize = 1024;
 /// How long shutdown waits for requests in progress before dropping their connections.
 const DRAIN: Duration = Duration::from_secs(5);
 /// How much of an oversized body is read and dropped before answering 413.

@@ -349,12 +349,12 @@ pub const LOGIN_FAILURES: u32 = 10;
 pub const LIMIT_WINDOW_MS: u64 = 5 * 60 * 1000;
 /// Addresses (and, separately, account names) tracked at most. See [`LoginLimiter`] for what
 /// happens when a table is full.
-const MAX_TRACKED: usize = 10_000;
+pub const MAX_TRACKED: usize = 10_000;
 /// Failures allowed per window, all together, to addresses or names that found their table full
 /// of live entries (see [`LoginLimiter`]).
-const OVERFLOW_FAILURES: u32 = 10 * LOGIN_FAILURES;
+pub const OVERFLOW_FAILURES: u32 = 10 * LOGIN_FAILURES;
 /// Longest account key kept, in bytes.
-const MAX_ACCOUNT_KEY: usize = 64;
+pub const MAX_ACCOUNT_KEY: usize = 64;
 
 /// The login throttle: failed logins counted per peer address (IPv6 per /64) and per account
 /// name, in a fixed window each.
