@@ -15,6 +15,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(stderr)
+        .with_ansi(colour_on_stderr())
         .init();
     let cli = bootforge::cli::Cli::parse();
     match bootforge::cli::run(cli) {
@@ -25,4 +26,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether log lines may carry terminal colour codes: only when stderr is a terminal (not a
+/// file, a pipe or the journal, where they would be stored as escape bytes) and `NO_COLOR` is
+/// unset or empty (https://no-color.org).
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

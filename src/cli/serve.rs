@@ -29,6 +29,8 @@ URLs written into install chains and configs come from the row's `server`, else 
 else the listen address if it is a specific one; never from the request's Host header. With
 neither (listening on 0.0.0.0), every row needs a `server` column.
 The operator's console is at /ui/ (API tokens, and directory accounts with --ldap-config).
+Behind a reverse proxy, name it with --trusted-proxy (e.g. --trusted-proxy 10.0.0.5) so that
+failed logins are counted per operator address, not for everyone at once.
 See docs/API.md, docs/CONSOLE.md, docs/PROFILES.md and docs/STATE.md.";
 
 /// Run the boot decision service: answer every boot with "install" or "boot the local disk".
@@ -109,6 +111,25 @@ pub struct ServeArgs {
     /// Console sessions end this many hours after login, whatever happens.
     #[arg(long, value_name = "HOURS", default_value_t = 12)]
     pub session_max_hours: u64,
+    /// A reverse proxy in front of the service (an address, or a network such as 10.0.0.0/24;
+    /// repeat for several). Requests from it are attributed to the client its X-Forwarded-For
+    /// names: the rightmost address there that is not itself a trusted proxy. Login throttling,
+    /// the audit log's `peer` and the server log then see each operator, not the proxy. Without
+    /// it X-Forwarded-For is ignored (anyone can send one); a malformed header leaves the proxy's
+    /// own address.
+    #[arg(long = "trusted-proxy", value_name = "ADDR|CIDR", value_parser = parse_trusted_proxy)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// `--trusted-proxy`: an address (one host) or a network in CIDR notation.
+fn parse_trusted_proxy(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        return Ok(ipnet::IpNet::from(ip));
+    }
+    text.parse::<ipnet::IpNet>().map(|n| n.trunc()).map_err(|_| {
+        format!("{text:?} is neither an IP address (10.0.0.5, 2001:db8::5) nor a network (10.0.0.0/24, 2001:db8::/64)")
+    })
 }
 
 const MEDIA_URL_HELP: &str = "\
@@ -213,6 +234,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.bmc_ca = args.bmc_ca;
     config.ldap_config = args.ldap_config;
     config.secure_cookies = args.console_secure_cookie;
+    config.trusted_proxies = args.trusted_proxies;
     config.sessions = crate::serve::session::Lifetimes {
         idle_ms: args.session_idle_minutes.clamp(1, 24 * 60) * 60_000,
         absolute_ms: args.session_max_hours.clamp(1, 24 * 30) * 3_600_000,

@@ -9,6 +9,19 @@
 //! written is refused: nothing the service acknowledges is missing from the log. Other records
 //! ([`Audit::note`]) never make a request wait.
 //!
+//! **Refusals are aggregated**, so that the log's growth is bounded whatever clients without
+//! credentials send. A refusal is a record anyone can cause at will: `denied`, `login-failed`,
+//! `media-denied`, `node-token-denied`, and `boot` answers to unverified requests (see
+//! [`Event::refusal`]). The writer keys them by (record kind, peer, route, reason): the first of
+//! a key in a [`REFUSAL_WINDOW_MS`] window is written in full, as before; the others of that
+//! window are only counted, and written as one [`Event::RefusedSummary`] when the window closes
+//! (or at shutdown, see [`Audit::close_windows`]). At most [`MAX_REFUSAL_KEYS`] keys are open at
+//! once; refusals of further peers are counted, none written in full, under a key without a
+//! peer (one per kind, route and reason, a set fixed by the code). So each window writes at
+//! most `2 × MAX_REFUSAL_KEYS` records plus that fixed set, a few hundred bytes each: about
+//! 25 MB an hour at worst (from more than 512 addresses at once), about 100 KB an hour from
+//! one. Individual refusals plus summary counts add up to every refusal made.
+//!
 //! What a record may hold is fixed by [`Event`]: host names only once validated, install ids
 //! only in their 32-hex shape, addresses only as parsed addresses, route names instead of request
 //! paths, token *names* instead of tokens. No request text reaches the log unparsed, so no
@@ -200,6 +213,54 @@ pub enum Event {
         host: String,
         after: &'static str,
     },
+    /// Refusals of one kind, peer, route and reason that were counted but not written one by
+    /// one (see the module documentation). `refused` is their record kind (`denied`,
+    /// `media-denied`, …); `peer` is `None` for refusals of peers beyond the
+    /// [`MAX_REFUSAL_KEYS`] tracked at once. `count` is the number of refusals not written one
+    /// by one; `first_ms` is when the window opened (the refusal written in full, if any) and
+    /// `last_ms` when the last one counted was made.
+    RefusedSummary {
+        refused: &'static str,
+        peer: Option<IpAddr>,
+        route: &'static str,
+        reason: &'static str,
+        count: u64,
+        first_ms: u64,
+        last_ms: u64,
+    },
+}
+
+/// What refusals are aggregated by: their record kind, peer (`None`: the overflow of peers
+/// beyond [`MAX_REFUSAL_KEYS`]), route and reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Refusal {
+    pub refused: &'static str,
+    pub peer: Option<IpAddr>,
+    pub route: &'static str,
+    pub reason: &'static str,
+}
+
+impl Event {
+    /// The aggregation key of a refusal: a record a client without credentials can cause at
+    /// will. `None` for every other record (those are written one by one, as they are bounded
+    /// by what credentials or inventory hosts allow).
+    pub fn refusal(&self) -> Option<Refusal> {
+        let (refused, peer, route, reason) = match self {
+            Event::Boot { verified: false, kind, peer, .. } => {
+                ("boot", *peer, "/boot/{host}", *kind)
+            }
+            Event::NodeTokenDenied { route, peer, .. } => {
+                ("node-token-denied", *peer, *route, "node-token")
+            }
+            Event::MediaDenied { reason, peer, .. } => {
+                ("media-denied", *peer, "/media/{file}", *reason)
+            }
+            Event::Denied { route, peer, reason, .. } => ("denied", *peer, *route, *reason),
+            Event::LoginFailed { peer, reason, .. } => ("login-failed", *peer, "/session", *reason),
+            _ => return None,
+        };
+        Some(Refusal { refused, peer: Some(peer), route, reason })
+    }
 }
 
 #[derive(Serialize)]
@@ -220,6 +281,10 @@ pub struct Audit {
 
 enum Note {
     Line(Vec<u8>),
+    /// A refusal (see [`Event::refusal`]) made at this time: written, or counted, by the writer.
+    Refusal(Event, u64),
+    /// Closes every refusal window (writing its summary), then answers.
+    CloseWindows(std::sync::mpsc::Sender<()>),
     /// A record a change depends on: answered once it is written and `fdatasync`ed.
     Durable(Vec<u8>, std::sync::mpsc::Sender<std::io::Result<()>>),
     /// Answered once everything queued before it is written.
@@ -230,6 +295,12 @@ enum Note {
 const NOTE_QUEUE: usize = 16_384;
 /// Largest batch of notes written with one `write(2)`.
 const NOTE_BATCH: usize = 64 * 1024;
+/// How long a refusal window lasts: the first refusal of a key is written, the rest of the
+/// window's are counted into one summary.
+pub const REFUSAL_WINDOW_MS: u64 = 60_000;
+/// Refusal keys (kind, peer, route, reason) tracked at once; refusals of further peers are
+/// counted under a key without a peer.
+pub const MAX_REFUSAL_KEYS: usize = 512;
 
 /// Largest answer of one `/events` page, whatever `limit` asks for.
 pub const MAX_PAGE_BYTES: usize = 1 << 20;
@@ -266,13 +337,29 @@ impl Audit {
     /// Queues a record nothing depends on (boot answers, refusals) for the writer thread, which
     /// appends queued notes in batches. Never waits: if the writer is [`NOTE_QUEUE`] records
     /// behind, the note is dropped and counted (`bootforge_audit_notes_dropped_total`).
+    /// Refusals ([`Event::refusal`]) are aggregated by the writer (see the module
+    /// documentation).
     pub fn note(&self, event: &Event) {
-        if self.notes.try_send(Note::Line(line(event))).is_err() {
+        let note = match event.refusal() {
+            Some(_) => Note::Refusal(event.clone(), super::util::now_ms()),
+            None => Note::Line(line(event)),
+        };
+        if self.notes.try_send(note).is_err() {
             self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
-    /// Waits until every note queued so far is written (before reading the log back).
+    /// Closes every open refusal window now: waits until the summaries of refusals counted so
+    /// far (and every note queued before) are written. Called at shutdown, so no count is lost.
+    pub fn close_windows(&self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.notes.send(Note::CloseWindows(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+    }
+
+    /// Waits until every note queued so far is written (before reading the log back). Refusals
+    /// only counted so far are not: see [`Audit::close_windows`].
     pub fn sync(&self) {
         let (tx, rx) = std::sync::mpsc::channel();
         if self.notes.send(Note::Sync(tx)).is_ok() {
@@ -516,41 +603,167 @@ impl LastBoots {
     }
 }
 
+impl Drop for Audit {
+    /// Writes the summaries of refusals still counted.
+    fn drop(&mut self) {
+        self.close_windows();
+    }
+}
+
 /// One record as a line of JSON.
 fn line(event: &Event) -> Vec<u8> {
-    let now = super::util::now_ms();
+    line_at(event, super::util::now_ms())
+}
+
+/// One record as a line of JSON, stamped `now`.
+fn line_at(event: &Event, now: u64) -> Vec<u8> {
     let line = Line { time: super::util::rfc3339(now), ms: now, event };
     let mut bytes = serde_json::to_vec(&line).expect("audit records serialise");
     bytes.push(b'\n');
     bytes
 }
 
+/// The open refusal windows of the writer thread (see the module documentation). Pure over the
+/// times passed in; unit-tested below.
+#[derive(Default)]
+pub struct Refusals {
+    open: HashMap<Refusal, Counted>,
+    /// Keys in the order their windows opened, so in the order they close (windows are all
+    /// [`REFUSAL_WINDOW_MS`] long).
+    closing: std::collections::VecDeque<(u64, Refusal)>,
+}
+
+/// One open window: the refusals counted but not written, and when they were made.
+#[derive(Debug, Clone, Copy)]
+struct Counted {
+    count: u64,
+    first: u64,
+    last: u64,
+}
+
+impl Refusals {
+    /// A refusal made at `now`: `true` if it is to be written in full (the first of its key in
+    /// a window), `false` if it was counted.
+    pub fn take(&mut self, key: Refusal, now: u64) -> bool {
+        if let Some(c) = self.open.get_mut(&key) {
+            c.count += 1;
+            c.first = c.first.min(now);
+            c.last = c.last.max(now);
+            return false;
+        }
+        if self.open.len() < MAX_REFUSAL_KEYS {
+            let counted = Counted { count: 0, first: now, last: now };
+            self.open.insert(key, counted);
+            self.closing.push_back((now, key));
+            return true;
+        }
+        // Too many peers at once: counted without its peer, never written in full.
+        let overflow = Refusal { peer: None, ..key };
+        let c = self.open.entry(overflow).or_insert_with(|| {
+            self.closing.push_back((now, overflow));
+            Counted { count: 0, first: now, last: now }
+        });
+        c.count += 1;
+        c.first = c.first.min(now);
+        c.last = c.last.max(now);
+        false
+    }
+
+    /// Closes the windows opened [`REFUSAL_WINDOW_MS`] before `now` (every window with
+    /// `all`), returning the summaries of those that counted refusals.
+    pub fn close(&mut self, now: u64, all: bool) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Some(&(opened, key)) = self.closing.front() {
+            if !all && now.saturating_sub(opened) < REFUSAL_WINDOW_MS {
+                break;
+            }
+            self.closing.pop_front();
+            if let Some(c) = self.open.remove(&key) {
+                if c.count > 0 {
+                    out.push(Event::RefusedSummary {
+                        refused: key.refused,
+                        peer: key.peer,
+                        route: key.route,
+                        reason: key.reason,
+                        count: c.count,
+                        first_ms: c.first,
+                        last_ms: c.last,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// How long until the next window closes, if one is open.
+    fn next_close(&self, now: u64) -> Option<std::time::Duration> {
+        let &(opened, _) = self.closing.front()?;
+        let at = opened.saturating_add(REFUSAL_WINDOW_MS);
+        Some(std::time::Duration::from_millis(at.saturating_sub(now)))
+    }
+}
+
 /// The writer thread: appends queued notes, a batch of whole lines per `write(2)` (so lines of
 /// instances sharing the file still never interleave), until the [`Audit`] is dropped.
+/// Refusals go through [`Refusals`]; the summaries of windows that closed join the next batch.
 fn write_notes(file: &File, path: &Path, queue: &std::sync::mpsc::Receiver<Note>) {
+    use std::sync::mpsc::RecvTimeoutError;
     let mut batch = Vec::with_capacity(NOTE_BATCH);
     let mut synced = Vec::new();
     let mut durable = Vec::new();
+    let mut closed = Vec::new();
+    let mut refusals = Refusals::default();
     // After a failed or short write the file may end inside a line: start the next batch on a
     // line of its own, so that only the torn line is lost, never a later record.
     let mut torn = false;
-    while let Ok(first) = queue.recv() {
-        if torn {
-            batch.push(b'\n');
-        }
-        let mut next = Some(first);
+    loop {
+        // Wait for a note, or until the next refusal window closes.
+        let mut next = match refusals.next_close(super::util::now_ms()) {
+            None => match queue.recv() {
+                Ok(note) => Some(note),
+                Err(_) => break, // every Audit handle is gone
+            },
+            Some(wait) => match queue.recv_timeout(wait) {
+                Ok(note) => Some(note),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            },
+        };
+        let mut close_all = false;
         while let Some(note) = next.take() {
             match note {
                 Note::Line(bytes) => batch.extend_from_slice(&bytes),
+                Note::Refusal(event, at) => {
+                    let key = event.refusal().expect("only refusals are sent as such");
+                    if refusals.take(key, at) {
+                        batch.extend_from_slice(&line_at(&event, at));
+                    }
+                }
                 Note::Durable(bytes, done) => {
                     batch.extend_from_slice(&bytes);
                     durable.push(done);
                 }
                 Note::Sync(done) => synced.push(done),
+                Note::CloseWindows(done) => {
+                    close_all = true;
+                    closed.push(done);
+                }
             }
-            if batch.len() < NOTE_BATCH {
+            if batch.len() < NOTE_BATCH && !close_all {
                 next = queue.try_recv().ok();
             }
+        }
+        for summary in refusals.close(super::util::now_ms(), close_all) {
+            batch.extend_from_slice(&line(&summary));
+        }
+        if batch.is_empty() {
+            for done in synced.drain(..).chain(closed.drain(..)) {
+                let _ = done.send(());
+            }
+            continue;
+        }
+        if torn {
+            batch.insert(0, b'\n');
         }
         // One write of whole lines: O_APPEND makes it land at the end in one piece. Records
         // that changes wait for are synced together (a group commit).
@@ -577,9 +790,17 @@ fn write_notes(file: &File, path: &Path, queue: &std::sync::mpsc::Receiver<Note>
                     .map_err(|e| std::io::Error::new(e.kind(), e.to_string())),
             );
         }
-        for done in synced.drain(..) {
+        for done in synced.drain(..).chain(closed.drain(..)) {
             let _ = done.send(());
         }
+    }
+    // The last handle is gone: write what is still counted.
+    let mut rest = Vec::new();
+    for summary in refusals.close(0, true) {
+        rest.extend_from_slice(&line(&summary));
+    }
+    if !rest.is_empty() {
+        let _ = (&*file).write_all(&rest);
     }
 }
 
@@ -635,5 +856,88 @@ mod tests {
         let (small, cut) = a.read_since(0, 100, 1).unwrap();
         assert_eq!(small.len(), 1);
         assert_eq!(a.read_since(cut, 100, usize::MAX).unwrap().0.len(), 9);
+    }
+
+    fn denied(peer: IpAddr, reason: &'static str) -> Event {
+        Event::Denied { route: "/hosts", peer, status: 401, reason }
+    }
+
+    #[test]
+    fn refusals_are_written_once_per_window_and_counted() {
+        let mut r = Refusals::default();
+        let p: IpAddr = "10.0.0.1".parse().unwrap();
+        let key = denied(p, "missing-token").refusal().unwrap();
+        let other = denied(p, "unknown-token").refusal().unwrap();
+        assert!(r.take(key, 1000), "the first is written");
+        assert!(!r.take(key, 1001) && !r.take(key, 1500));
+        assert!(r.take(other, 1600), "another reason is another key");
+        assert!(r.close(1000 + REFUSAL_WINDOW_MS - 1, false).is_empty(), "still open");
+        let closed = r.close(1000 + REFUSAL_WINDOW_MS, false);
+        match closed.as_slice() {
+            [Event::RefusedSummary { count: 2, first_ms: 1000, last_ms: 1500, peer, .. }] => {
+                assert_eq!(*peer, Some(p))
+            }
+            other => panic!("{other:?}"),
+        }
+        // `other` counted nothing beyond its first: no summary when it closes.
+        assert!(r.close(u64::MAX, true).is_empty());
+        assert!(r.take(key, 2 * REFUSAL_WINDOW_MS), "a new window writes its first again");
+        // Records that are not refusals are never aggregated.
+        let boot_ok = Event::Done { host: "h".into(), install: "x".into(), peer: p };
+        assert!(boot_ok.refusal().is_none());
+    }
+
+    #[test]
+    fn refusals_of_more_peers_than_tracked_fold_into_one_count_per_reason() {
+        let mut r = Refusals::default();
+        let mut written = 0;
+        for i in 0..(MAX_REFUSAL_KEYS as u32 + 1000) {
+            let peer = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            for _ in 0..3 {
+                written += u64::from(r.take(denied(peer, "missing-token").refusal().unwrap(), 5));
+            }
+        }
+        assert_eq!(written, MAX_REFUSAL_KEYS as u64, "beyond the tracked peers, none in full");
+        let closed = r.close(0, true);
+        let overflow: Vec<_> = closed
+            .iter()
+            .filter_map(|e| match e {
+                Event::RefusedSummary { peer: None, count, .. } => Some(*count),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(overflow, vec![3000]);
+        let counted: u64 = closed
+            .iter()
+            .map(|e| match e {
+                Event::RefusedSummary { count, .. } => *count,
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(written + counted, 3 * (MAX_REFUSAL_KEYS as u64 + 1000), "nothing is lost");
+    }
+
+    #[test]
+    fn the_writer_aggregates_refusals_and_writes_the_rest_at_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Audit::open(dir.path()).unwrap();
+        let p: IpAddr = "10.0.0.7".parse().unwrap();
+        for _ in 0..5000 {
+            a.note(&denied(p, "missing-token"));
+            a.note(&Event::MediaDenied { host: None, format: "iso", reason: "unsigned", peer: p });
+        }
+        a.note(&Event::Done { host: "h".into(), install: "x".into(), peer: p });
+        a.sync();
+        let (records, _) = a.read_since(0, 100, usize::MAX).unwrap();
+        assert_eq!(records.len(), 3, "one of each refusal, and the other record: {records:?}");
+        a.close_windows();
+        let (records, _) = a.read_since(0, 100, usize::MAX).unwrap();
+        let summaries: Vec<_> =
+            records.iter().filter(|r| r["event"] == "refused-summary").collect();
+        assert_eq!(summaries.len(), 2, "{records:?}");
+        for s in summaries {
+            assert_eq!(s["count"], 4999, "{s}");
+            assert_eq!(s["peer"], "10.0.0.7");
+        }
     }
 }

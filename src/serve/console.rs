@@ -171,7 +171,8 @@ impl PresentedOwned<'_> {
     }
 }
 
-/// `POST /session`: `{"token": T}` or `{"username": U, "password": P}`. Rate-limited per peer;
+/// `POST /session`: `{"token": T}` or `{"username": U, "password": P}`. Rate-limited per peer
+/// address and per account name, each attempt counted before it is checked;
 /// every failure audited (with the login name when it has a name's shape, never the secret).
 async fn login(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {
     let peer = req.peer;
@@ -192,15 +193,19 @@ async fn login(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {
             "the body must be JSON: {\"token\": \"…\"} or {\"username\": \"…\", \"password\": \"…\"}",
         )
     })?;
-    if !svc.login_limiter.allowed(peer, now_ms()) {
+    // ---- login throttle (see `session::LoginLimiter`): the attempt is counted as failed
+    // now, before the token is compared or the directory asked; a success refunds it below.
+    let account = if body.token.is_none() { body.username.as_deref() } else { None };
+    let Ok(attempt) = svc.login_limiter.reserve(peer, account, now_ms()) else {
         let via = if body.token.is_some() { Via::TokenSession } else { Via::LdapSession };
         svc.audit.note(&Event::LoginFailed { name: None, via, peer, reason: "rate-limited" });
         return Err(HttpError::new(
             429,
-            "too many failed logins from this address; wait five minutes",
+            "too many failed logins from this address or for this account; wait five minutes",
         )
         .header("Retry-After", (session::LIMIT_WINDOW_MS / 1000).to_string()));
-    }
+    };
+    // ---- end of the login throttle
     let now = now_ms();
     let (opened, caller) = match (body.token, body.username, body.password) {
         (Some(token), None, None) => {
@@ -275,7 +280,17 @@ async fn login(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {
             ))
         }
     };
-    svc.login_limiter.succeeded(peer);
+    svc.login_limiter.refund(attempt); // login throttle: only this attempt, nothing else
+    let Ok(opened) = opened else {
+        // Sessions per identity are capped (its own oldest ends); this is the whole table full
+        // of other identities' live sessions, which a login must not end.
+        tracing::warn!(%peer, "console login refused: the session table is full");
+        return Err(HttpError::new(
+            503,
+            "too many console sessions are open (each of many people holds some); try again in a minute",
+        )
+        .header("Retry-After", "60".into()));
+    };
     svc.audit.note(&Event::Login {
         name: caller.name.clone(),
         role: caller.role,
@@ -373,8 +388,8 @@ pub async fn end_sessions(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, H
     Ok(Reply::json(&serde_json::json!({ "name": name, "ended": ended })))
 }
 
-/// A failed login: counted for the rate limit, audited, answered 401 without saying which part
-/// was wrong.
+/// A failed login (already counted by the throttle before it was checked): audited, answered
+/// 401 without saying which part was wrong.
 fn login_failed(
     svc: &Service,
     peer: std::net::IpAddr,
@@ -382,7 +397,6 @@ fn login_failed(
     via: Via,
     reason: &'static str,
 ) -> HttpError {
-    svc.login_limiter.failed(peer, now_ms());
     svc.audit.note(&Event::LoginFailed { name, via, peer, reason });
     tracing::warn!(%peer, reason, "console login refused");
     HttpError::new(401, "login refused: check the name and password, or the token")

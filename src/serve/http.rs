@@ -40,6 +40,9 @@ pub const MAX_UPLOAD: usize = 8 << 20;
 /// Query parameters kept per request, and the longest value kept; the rest is ignored.
 const MAX_PARAMS: usize = 32;
 const MAX_PARAM_LEN: usize = 512;
+/// Longest `X-Forwarded-For` (all its lines together) read from a trusted proxy; a longer one
+/// is treated as malformed.
+pub const MAX_FORWARDED: usize = 1024;
 /// How long shutdown waits for requests in progress before dropping their connections.
 const DRAIN: Duration = Duration::from_secs(5);
 /// How much of an oversized body is read and dropped before answering 413.
@@ -90,6 +93,9 @@ pub struct Req {
     /// cannot). Never written into anything.
     pub host: Option<String>,
     pub fetch_site: Option<String>,
+    /// The client's address: the TCP peer's, or, when that peer is a trusted proxy
+    /// (`--trusted-proxy`), the one it forwarded (see [`client_address`]). The login limiter,
+    /// the audit log and the server log all use this one.
     pub peer: IpAddr,
     pub body: Bytes,
 }
@@ -242,7 +248,7 @@ async fn handle(
     body_timeout: Duration,
 ) -> hyper::Response<ResBody> {
     let head = request.method() == hyper::Method::HEAD;
-    let reply = match to_req(peer, request, body_timeout).await {
+    let reply = match to_req(peer, request, body_timeout, &svc.config.trusted_proxies).await {
         Ok(req) => super::handlers::handle(svc.clone(), req).await,
         Err(e) => e.into_reply(),
     };
@@ -255,6 +261,7 @@ async fn to_req(
     peer: SocketAddr,
     request: hyper::Request<hyper::body::Incoming>,
     body_timeout: Duration,
+    trusted: &[ipnet::IpNet],
 ) -> Result<Req, HttpError> {
     let (parts, body) = request.into_parts();
     // Only origin-form targets (`/path?query`): absolute-form and `*` are refused.
@@ -302,9 +309,50 @@ async fn to_req(
         origin: header(hyper::header::ORIGIN),
         host: header(hyper::header::HOST),
         fetch_site: header(HeaderName::from_static("sec-fetch-site")),
-        peer: peer.ip(),
+        peer: client_address(peer.ip(), &parts.headers, trusted),
         body,
     })
+}
+
+/// The client's address. Only when the TCP peer is a trusted proxy is `X-Forwarded-For` read:
+/// the rightmost address in it that is not itself a trusted proxy (each proxy appends the
+/// address it was reached from, so entries to the left of that one are the client's own claims
+/// and cannot be believed). A header that is malformed (anything but comma-separated IP
+/// addresses), longer than [`MAX_FORWARDED`], or absent leaves the peer's own address: a proxy
+/// that forwards garbage is not trusted for that request.
+pub fn client_address(
+    peer: IpAddr,
+    headers: &hyper::HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> IpAddr {
+    let is_trusted = |ip: IpAddr| {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        trusted.iter().any(|net| net.contains(&ip))
+    };
+    if trusted.is_empty() || !is_trusted(peer) {
+        return peer;
+    }
+    let mut total = 0usize;
+    let mut hops: Vec<IpAddr> = Vec::new();
+    for value in headers.get_all(HeaderName::from_static("x-forwarded-for")) {
+        total += value.len() + 1;
+        if total > MAX_FORWARDED {
+            return peer;
+        }
+        let Ok(text) = value.to_str() else { return peer };
+        for item in text.split(',') {
+            match item.trim().parse::<IpAddr>() {
+                Ok(ip) => hops.push(ip),
+                Err(_) => return peer,
+            }
+        }
+    }
+    // Right to left: the first hop that is not a trusted proxy is the client; when every hop
+    // is one, the leftmost is as far as the chain goes.
+    hops.iter().rev().find(|ip| !is_trusted(**ip)).or(hops.first()).copied().unwrap_or(peer)
 }
 
 /// The value of the `bf_session` cookie, from any `Cookie` header; only a value of the shape the
@@ -628,6 +676,40 @@ mod tests {
         let v4: IpAddr = "10.0.0.1".parse().unwrap();
         let _v4 = peers.take(v4, 1).unwrap();
         assert!(peers.take("::ffff:10.0.0.1".parse().unwrap(), 1).is_none(), "mapped IPv4");
+    }
+
+    #[test]
+    fn forwarded_addresses_are_taken_only_from_trusted_proxies() {
+        let trusted: Vec<ipnet::IpNet> =
+            vec!["127.0.0.1/32".parse().unwrap(), "10.9.0.0/16".parse().unwrap()];
+        let proxy: IpAddr = "127.0.0.1".parse().unwrap();
+        let other: IpAddr = "192.0.2.7".parse().unwrap();
+        let h = |values: &[&str]| {
+            let mut m = hyper::HeaderMap::new();
+            for v in values {
+                m.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+            }
+            m
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // Not from a trusted proxy, or no proxies configured: the header is ignored.
+        assert_eq!(client_address(other, &h(&["10.0.0.1"]), &trusted), other);
+        assert_eq!(client_address(proxy, &h(&["10.0.0.1"]), &[]), proxy);
+        // From one: the rightmost hop that is not a trusted proxy, across header lines.
+        assert_eq!(client_address(proxy, &h(&["10.0.0.1"]), &trusted), ip("10.0.0.1"));
+        let chain = h(&["6.6.6.6, 10.0.0.2", "10.9.1.1"]);
+        assert_eq!(client_address(proxy, &chain, &trusted), ip("10.0.0.2"), "spoofed left part");
+        assert_eq!(client_address(proxy, &h(&["10.9.3.3"]), &trusted), ip("10.9.3.3"));
+        assert_eq!(client_address(proxy, &h(&[" 2001:db8::1 "]), &trusted), ip("2001:db8::1"));
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert_eq!(client_address(mapped, &h(&["10.0.0.1"]), &trusted), ip("10.0.0.1"));
+        // Malformed, too long or absent: the proxy's own address.
+        for bad in ["10.0.0.1, unknown", "10.0.0.1:5555", "", "10.0.0.1,,10.0.0.2", "_"] {
+            assert_eq!(client_address(proxy, &h(&[bad]), &trusted), proxy, "{bad:?}");
+        }
+        let long = vec!["10.0.0.1"; 200].join(",");
+        assert_eq!(client_address(proxy, &h(&[&long]), &trusted), proxy);
+        assert_eq!(client_address(proxy, &h(&[]), &trusted), proxy);
     }
 
     #[test]

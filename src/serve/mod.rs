@@ -91,6 +91,9 @@ pub struct Config {
     pub secure_cookies: bool,
     /// How long console sessions last.
     pub sessions: session::Lifetimes,
+    /// Proxies (`--trusted-proxy`) whose `X-Forwarded-For` names the client (see
+    /// [`http::client_address`]); empty: the header is never read.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Config {
@@ -115,6 +118,7 @@ impl Config {
             ldap_config: None,
             secure_cookies: false,
             sessions: session::Lifetimes::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -550,6 +554,8 @@ impl Server {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        // Refusals still only counted are written now, not lost with the process.
+        self.service.audit.close_windows();
     }
 }
 

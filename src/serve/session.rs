@@ -20,6 +20,11 @@
 //! the process: a restart logs everyone out, and instances sharing a state directory do not share
 //! them (send a browser to one instance).
 //!
+//! Abuse bounds: an identity holds at most [`MAX_SESSIONS_PER_IDENTITY`] sessions and no login
+//! ends another identity's session ([`Sessions`]); failed logins are limited per address and per
+//! account name, counted before they are checked, in memory an attacker cannot flush
+//! ([`LoginLimiter`]).
+//!
 //! Everything here is a pure core over a clock passed in (`now`, milliseconds), unit-tested
 //! below; the handlers in [`super::console`] wire it to requests.
 
@@ -34,8 +39,12 @@ use subtle_eq::ct_eq;
 pub const COOKIE: &str = "bf_session";
 /// `COOKIE=`, to find the cookie in a `Cookie` header.
 pub const COOKIE_EQ: &str = "bf_session=";
-/// Sessions held at most; beyond, the least recently used one is ended.
-const MAX_SESSIONS: usize = 10_000;
+/// Sessions held at most, of all identities together. When every one is alive, a login of an
+/// identity that holds none is refused (503) rather than ending someone else's session.
+pub const MAX_SESSIONS: usize = 10_000;
+/// Live sessions one identity (an API token, or a directory account) holds at most; its next
+/// login ends its own least recently used one. Enough for a person's browsers and tabs.
+pub const MAX_SESSIONS_PER_IDENTITY: usize = 20;
 
 /// How long sessions last.
 #[derive(Debug, Clone, Copy)]
@@ -76,6 +85,24 @@ struct DirectoryHolder {
     stale_ms: u64,
 }
 
+impl Holder {
+    /// Whom the session belongs to, for [`MAX_SESSIONS_PER_IDENTITY`]: the token (by hash), or
+    /// the directory account (its name, case-folded).
+    fn identity(&self) -> Identity {
+        match self {
+            Holder::Token(h) => Identity::Token(*h),
+            Holder::Directory(d) => Identity::Directory(d.caller.name.to_lowercase()),
+        }
+    }
+}
+
+/// Whom sessions are counted against.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Identity {
+    Token([u8; 32]),
+    Directory(String),
+}
+
 #[derive(Debug, Clone)]
 struct Session {
     holder: Holder,
@@ -92,8 +119,15 @@ pub struct Opened {
 }
 
 /// The live sessions.
+///
+/// Memory is bounded two ways, neither of which lets one identity end another's session: each
+/// identity holds at most [`MAX_SESSIONS_PER_IDENTITY`] (its own least recently used ends when
+/// it logs in again), and the table at most [`MAX_SESSIONS`] (full of live sessions, a login is
+/// refused with [`Full`] unless its identity has a session of its own to give up). Logging in
+/// 12,000 times with one `read` token therefore costs that token its own older sessions and
+/// nobody else anything.
 pub struct Sessions {
-    by_id_hash: Mutex<HashMap<[u8; 32], Session>>,
+    table: Mutex<SessionTable>,
     life: Lifetimes,
 }
 
@@ -105,6 +139,43 @@ pub struct Rechecked {
     pub lowered: usize,
     pub ended: usize,
 }
+
+/// The sessions by id hash, and the id hashes of each identity's sessions (kept in step: every
+/// change goes through [`SessionTable::insert`] and [`SessionTable::remove`]).
+#[derive(Default)]
+struct SessionTable {
+    by_id_hash: HashMap<[u8; 32], Session>,
+    by_identity: HashMap<Identity, Vec<[u8; 32]>>,
+}
+
+impl SessionTable {
+    fn insert(&mut self, key: [u8; 32], session: Session) {
+        self.by_identity.entry(session.holder.identity()).or_default().push(key);
+        self.by_id_hash.insert(key, session);
+    }
+
+    fn remove(&mut self, key: &[u8; 32]) -> Option<Session> {
+        let session = self.by_id_hash.remove(key)?;
+        let who = session.holder.identity();
+        if let Some(keys) = self.by_identity.get_mut(&who) {
+            keys.retain(|k| k != key);
+            if keys.is_empty() {
+                self.by_identity.remove(&who);
+            }
+        }
+        Some(session)
+    }
+
+    /// The identity's session used least recently.
+    fn least_recent(&self, who: &Identity) -> Option<[u8; 32]> {
+        let keys = self.by_identity.get(who)?;
+        keys.iter().copied().min_by_key(|k| self.by_id_hash.get(k).map_or(0, |s| s.seen))
+    }
+}
+
+/// Refused: the table of sessions is full of live sessions of other identities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Full;
 
 /// A session request's method, as far as CSRF is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,11 +200,11 @@ pub struct Presented<'a> {
 
 impl Sessions {
     pub fn new(life: Lifetimes) -> Sessions {
-        Sessions { by_id_hash: Mutex::new(HashMap::new()), life }
+        Sessions { table: Mutex::new(SessionTable::default()), life }
     }
 
     /// Opens a session for a caller authenticated with an API token (by the token's hash).
-    pub fn open_token(&self, hash: [u8; 32], now: u64) -> Opened {
+    pub fn open_token(&self, hash: [u8; 32], now: u64) -> Result<Opened, Full> {
         self.open(Holder::Token(hash), now)
     }
 
@@ -149,7 +220,7 @@ impl Sessions {
         dn: String,
         stale_ms: u64,
         now: u64,
-    ) -> Opened {
+    ) -> Result<Opened, Full> {
         let caller = Caller { name, role, via: Via::LdapSession };
         self.open(Holder::Directory(DirectoryHolder { caller, dn, confirmed: now, stale_ms }), now)
     }
@@ -157,8 +228,9 @@ impl Sessions {
     /// The entries (DNs) of live directory sessions whose role was last confirmed `every_ms`
     /// or longer ago: the accounts to re-check now, each once.
     pub fn due_for_recheck(&self, every_ms: u64, now: u64) -> Vec<String> {
-        let map = self.by_id_hash.lock().unwrap_or_else(|p| p.into_inner());
-        let mut due: Vec<String> = map
+        let t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let mut due: Vec<String> = t
+            .by_id_hash
             .values()
             .filter(|s| self.alive(s, now))
             .filter_map(|s| match &s.holder {
@@ -178,64 +250,80 @@ impl Sessions {
     /// never raises one); `None` (gone, disabled, in no mapped group) ends them. Returns the
     /// sessions' names and how many were lowered and ended.
     pub fn confirm(&self, dn: &str, role: Option<Role>, now: u64) -> Rechecked {
-        let mut map = self.by_id_hash.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Rechecked::default();
-        map.retain(|_, s| {
-            let Holder::Directory(d) = &mut s.holder else { return true };
+        let mut ended = Vec::new();
+        for (key, s) in t.by_id_hash.iter_mut() {
+            let Holder::Directory(d) = &mut s.holder else { continue };
             if !d.dn.eq_ignore_ascii_case(dn) {
-                return true;
+                continue;
             }
             if !out.names.contains(&d.caller.name) {
                 out.names.push(d.caller.name.clone());
             }
             match role {
-                None => {
-                    out.ended += 1;
-                    false
-                }
+                None => ended.push(*key),
                 Some(r) => {
                     if r < d.caller.role {
                         d.caller.role = r;
                         out.lowered += 1;
                     }
                     d.confirmed = now;
-                    true
                 }
             }
-        });
+        }
+        for key in &ended {
+            t.remove(key);
+        }
+        out.ended = ended.len();
         out
     }
 
     /// Ends every directory session of the account named `name` (compared case-insensitively,
     /// as directories compare names). Returns how many.
     pub fn end_name(&self, name: &str) -> usize {
-        let mut map = self.by_id_hash.lock().unwrap_or_else(|p| p.into_inner());
-        let before = map.len();
-        map.retain(|_, s| match &s.holder {
-            Holder::Directory(d) => !d.caller.name.to_lowercase().eq(&name.to_lowercase()),
-            Holder::Token(_) => true,
-        });
-        before - map.len()
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let who = Identity::Directory(name.to_lowercase());
+        let keys = t.by_identity.get(&who).cloned().unwrap_or_default();
+        for key in &keys {
+            t.remove(key);
+        }
+        keys.len()
     }
 
-    fn open(&self, holder: Holder, now: u64) -> Opened {
-        let id: [u8; 32] = rand::random();
-        let csrf: [u8; 32] = rand::random();
-        let mut map = self.by_id_hash.lock().unwrap_or_else(|p| p.into_inner());
-        self.prune(&mut map, now);
-        if map.len() >= MAX_SESSIONS {
-            if let Some(oldest) = map.iter().min_by_key(|(_, s)| s.seen).map(|(k, _)| *k) {
-                map.remove(&oldest);
+    fn open(&self, holder: Holder, now: u64) -> Result<Opened, Full> {
+        let who = holder.identity();
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        // The identity's own ended sessions first (a few keys), then, at its cap, its own
+        // least recently used one.
+        let own: Vec<[u8; 32]> = t.by_identity.get(&who).cloned().unwrap_or_default();
+        for key in own {
+            if t.by_id_hash.get(&key).is_some_and(|s| !self.alive(s, now)) {
+                t.remove(&key);
             }
         }
-        map.insert(hash(&id), Session { holder, csrf, created: now, seen: now });
-        Opened { id: hex::encode(id), csrf: hex::encode(csrf) }
-    }
-
-    fn prune(&self, map: &mut HashMap<[u8; 32], Session>, now: u64) {
-        if map.len() >= MAX_SESSIONS / 2 {
-            map.retain(|_, s| self.alive(s, now));
+        let held = t.by_identity.get(&who).map_or(0, Vec::len);
+        if held >= MAX_SESSIONS_PER_IDENTITY {
+            if let Some(oldest) = t.least_recent(&who) {
+                t.remove(&oldest);
+            }
         }
+        if t.by_id_hash.len() >= MAX_SESSIONS {
+            let dead: Vec<[u8; 32]> =
+                t.by_id_hash.iter().filter(|(_, s)| !self.alive(s, now)).map(|(k, _)| *k).collect();
+            for key in dead {
+                t.remove(&key);
+            }
+        }
+        if t.by_id_hash.len() >= MAX_SESSIONS {
+            // Full of live sessions: only the identity's own may make room.
+            let oldest = t.least_recent(&who).ok_or(Full)?;
+            t.remove(&oldest);
+        }
+        let id: [u8; 32] = rand::random();
+        let csrf: [u8; 32] = rand::random();
+        t.insert(hash(&id), Session { holder, csrf, created: now, seen: now });
+        Ok(Opened { id: hex::encode(id), csrf: hex::encode(csrf) })
     }
 
     fn alive(&self, s: &Session, now: u64) -> bool {
@@ -255,24 +343,24 @@ impl Sessions {
     ) -> Result<(Caller, String), Denied> {
         cross_site(p)?;
         let key = id_hash(p.id).ok_or(Denied::NoSession)?;
-        let mut map = self.by_id_hash.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(session) = map.get(&key).cloned() else {
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(session) = t.by_id_hash.get(&key).cloned() else {
             return Err(Denied::NoSession);
         };
         if !self.alive(&session, now) {
-            map.remove(&key);
+            t.remove(&key);
             return Err(Denied::NoSession);
         }
         let caller = match &session.holder {
             Holder::Directory(d) if now.saturating_sub(d.confirmed) >= d.stale_ms => {
-                map.remove(&key); // no re-check confirmed the role in time
+                t.remove(&key); // no re-check confirmed the role in time
                 return Err(Denied::NoSession);
             }
             Holder::Directory(d) => d.caller.clone(),
             Holder::Token(h) => match tokens.by_hash(h) {
                 Some(c) => Caller { via: Via::TokenSession, ..c },
                 None => {
-                    map.remove(&key); // the token was revoked: so is its session
+                    t.remove(&key); // the token was revoked: so is its session
                     return Err(Denied::NoSession);
                 }
             },
@@ -283,23 +371,23 @@ impl Sessions {
                 return Err(Denied::Csrf);
             }
         }
-        if let Some(s) = map.get_mut(&key) {
+        if let Some(s) = t.by_id_hash.get_mut(&key) {
             s.seen = now;
         }
-        drop(map);
+        drop(t);
         Ok((caller.at_least(need)?, hex::encode(session.csrf)))
     }
 
     /// Ends the session `id` (logout). Unknown ids are ignored.
     pub fn end(&self, id: &str) {
         if let Some(key) = id_hash(id) {
-            self.by_id_hash.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+            self.table.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
         }
     }
 
     /// Sessions held (for tests and `/status`).
     pub fn len(&self) -> usize {
-        self.by_id_hash.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.table.lock().unwrap_or_else(|p| p.into_inner()).by_id_hash.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -365,54 +453,215 @@ pub fn login_name(raw: &str) -> Option<String> {
     ok.then(|| raw.to_string())
 }
 
-/// Failed logins allowed per peer address within [`LIMIT_WINDOW_MS`]; then 429 until the
-/// window has passed.
+/// Failed logins allowed per address (and per account name) within [`LIMIT_WINDOW_MS`]; then
+/// 429 until the window has passed.
 pub const LOGIN_FAILURES: u32 = 10;
 pub const LIMIT_WINDOW_MS: u64 = 5 * 60 * 1000;
-/// Peers tracked at most; beyond, entries whose window has passed are dropped, then the oldest.
-const MAX_PEERS: usize = 10_000;
+/// Addresses (and, separately, account names) tracked at most. See [`LoginLimiter`] for what
+/// happens when a table is full.
+pub const MAX_TRACKED: usize = 10_000;
+/// Failures allowed per window, all together, to addresses or names that found their table full
+/// of live entries (see [`LoginLimiter`]).
+pub const OVERFLOW_FAILURES: u32 = 10 * LOGIN_FAILURES;
+/// Longest account key kept, in bytes.
+pub const MAX_ACCOUNT_KEY: usize = 64;
 
-/// Failed logins per peer address (IPv6 per /64), a fixed window each.
+/// The login throttle: failed logins counted per peer address (IPv6 per /64) and per account
+/// name, in a fixed window each.
+///
+/// Invariants, and the attacks they answer:
+///
+/// * **An attempt is counted before it is checked.** [`LoginLimiter::reserve`] counts a login as
+///   failed *before* the token is compared or the directory asked, under one lock, and refuses
+///   (429) once either the address or the account has [`LOGIN_FAILURES`] in its window. So
+///   parallel guesses cannot all pass the check while the directory is still thinking: at most
+///   `LOGIN_FAILURES` attempts per address and per account reach it per window.
+/// * **Success refunds its own attempt, nothing else.** [`LoginLimiter::refund`] takes back the
+///   one failure a successful login reserved. It never clears other failures, so a valid (say
+///   `read`) token interleaved with guesses does not reset the count.
+/// * **Per account too.** Directory logins also count against the account name (see
+///   [`account_key`]), so guesses at one account from many addresses are bounded. The price is
+///   that anyone can lock an account out of the console for one window; the window is short,
+///   and API tokens are not affected. Token logins have no account before the check, so they
+///   count per address only.
+/// * **Memory an attacker cannot flush.** Each table holds at most [`MAX_TRACKED`] keys. Entries
+///   leave only when their window has passed (or a refund brings them back to zero): a live
+///   entry, locked or not, is never evicted to make room. When a table is full of live entries,
+///   every key not in it shares one overflow window of [`OVERFLOW_FAILURES`] failures. An
+///   attacker who fills a table (10,000 addresses failing within five minutes) thus gains at
+///   most that shared budget, never a fresh count for an address or a name it had locked; the
+///   cost falls on newcomers, who may see 429 until the window passes, while everyone already
+///   in the table keeps their own count. Refusing newcomers is the safe side: the alternative,
+///   forgetting someone, is what let a locked address guess again.
+///
+/// The core is pure over a clock passed in (`now`, milliseconds), unit-tested below.
 #[derive(Default)]
 pub struct LoginLimiter {
-    peers: Mutex<HashMap<IpAddr, (u64, u32)>>,
+    tables: Mutex<(Windows<IpAddr>, Windows<String>)>,
 }
 
-impl LoginLimiter {
-    /// Whether `peer` may try to log in now.
-    pub fn allowed(&self, peer: IpAddr, now: u64) -> bool {
-        let map = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(&key(peer)) {
-            Some(&(start, n)) => now.saturating_sub(start) >= LIMIT_WINDOW_MS || n < LOGIN_FAILURES,
-            None => true,
+/// A fixed window of failures.
+#[derive(Debug, Clone, Copy, Default)]
+struct Window {
+    start: u64,
+    failures: u32,
+}
+
+impl Window {
+    /// The window as of `now`: a passed one starts over.
+    fn current(self, now: u64) -> Window {
+        if now.saturating_sub(self.start) >= LIMIT_WINDOW_MS {
+            Window { start: now, failures: 0 }
+        } else {
+            self
+        }
+    }
+}
+
+/// Where an attempt was counted: a key of the table, or the shared overflow window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Slot<K> {
+    Key(K),
+    Overflow,
+}
+
+/// One table of windows, with its overflow window.
+struct Windows<K> {
+    windows: HashMap<K, Window>,
+    overflow: Window,
+    /// When expired entries were last dropped, so a full table is swept at most once a second.
+    swept: u64,
+}
+
+impl<K> Default for Windows<K> {
+    fn default() -> Self {
+        Windows { windows: HashMap::new(), overflow: Window::default(), swept: 0 }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Windows<K> {
+    /// Where `key` is counted as of `now`, and its current window.
+    fn slot(&mut self, key: &K, now: u64) -> (Slot<K>, Window) {
+        if let Some(w) = self.windows.get(key) {
+            return (Slot::Key(key.clone()), w.current(now));
+        }
+        if self.windows.len() >= MAX_TRACKED && now.saturating_sub(self.swept) >= 1000 {
+            self.swept = now;
+            self.windows.retain(|_, w| now.saturating_sub(w.start) < LIMIT_WINDOW_MS);
+        }
+        if self.windows.len() >= MAX_TRACKED {
+            return (Slot::Overflow, self.overflow.current(now));
+        }
+        (Slot::Key(key.clone()), Window { start: now, failures: 0 })
+    }
+
+    fn limit(slot: &Slot<K>) -> u32 {
+        match slot {
+            Slot::Key(_) => LOGIN_FAILURES,
+            Slot::Overflow => OVERFLOW_FAILURES,
         }
     }
 
-    /// Counts a failed login of `peer`.
-    pub fn failed(&self, peer: IpAddr, now: u64) {
-        let mut map = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_PEERS {
-            map.retain(|_, (start, _)| now.saturating_sub(*start) < LIMIT_WINDOW_MS);
-            if map.len() >= MAX_PEERS {
-                if let Some(oldest) = map.iter().min_by_key(|(_, v)| v.0).map(|(k, _)| *k) {
-                    map.remove(&oldest);
+    fn store(&mut self, slot: &Slot<K>, w: Window) {
+        match slot {
+            Slot::Key(k) => {
+                self.windows.insert(k.clone(), w);
+            }
+            Slot::Overflow => self.overflow = w,
+        }
+    }
+
+    /// Takes back one failure counted in the window that started at `start`.
+    fn refund(&mut self, slot: &Slot<K>, start: u64) {
+        match slot {
+            Slot::Key(k) => {
+                if let Some(w) = self.windows.get_mut(k) {
+                    if w.start == start {
+                        w.failures = w.failures.saturating_sub(1);
+                        if w.failures == 0 {
+                            self.windows.remove(k);
+                        }
+                    }
+                }
+            }
+            Slot::Overflow => {
+                if self.overflow.start == start {
+                    self.overflow.failures = self.overflow.failures.saturating_sub(1);
                 }
             }
         }
-        let entry = map.entry(key(peer)).or_insert((now, 0));
-        if now.saturating_sub(entry.0) >= LIMIT_WINDOW_MS {
-            *entry = (now, 0);
-        }
-        entry.1 += 1;
-    }
-
-    /// A successful login forgets the peer's failures.
-    pub fn succeeded(&self, peer: IpAddr) {
-        self.peers.lock().unwrap_or_else(|p| p.into_inner()).remove(&key(peer));
     }
 }
 
-fn key(ip: IpAddr) -> IpAddr {
+/// A login attempt counted as failed by [`LoginLimiter::reserve`]; hand it to
+/// [`LoginLimiter::refund`] if the login succeeds.
+#[derive(Debug)]
+#[must_use = "a successful login refunds its attempt"]
+pub struct Attempt {
+    addr: (Slot<IpAddr>, u64),
+    account: Option<(Slot<String>, u64)>,
+}
+
+/// Refused: too many failed logins; try again after [`LIMIT_WINDOW_MS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limited;
+
+impl LoginLimiter {
+    /// Counts a login attempt of `peer` (and of the directory `account`, when it names one) as
+    /// failed, before it is checked; refused when either already has its failures.
+    pub fn reserve(
+        &self,
+        peer: IpAddr,
+        account: Option<&str>,
+        now: u64,
+    ) -> Result<Attempt, Limited> {
+        let mut guard = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        let (addrs, accounts) = &mut *guard;
+        let (a_slot, a_win) = addrs.slot(&addr_key(peer), now);
+        if a_win.failures >= Windows::limit(&a_slot) {
+            return Err(Limited);
+        }
+        let account = match account.map(account_key) {
+            Some(key) => {
+                let (slot, win) = accounts.slot(&key, now);
+                if win.failures >= Windows::limit(&slot) {
+                    return Err(Limited);
+                }
+                Some((slot, win))
+            }
+            None => None,
+        };
+        let a_win = Window { failures: a_win.failures + 1, ..a_win };
+        addrs.store(&a_slot, a_win);
+        let account = account.map(|(slot, win)| {
+            let win = Window { failures: win.failures + 1, ..win };
+            accounts.store(&slot, win);
+            (slot, win.start)
+        });
+        Ok(Attempt { addr: (a_slot, a_win.start), account })
+    }
+
+    /// A successful login: takes back the one failure its [`LoginLimiter::reserve`] counted.
+    /// Other failures stay.
+    pub fn refund(&self, attempt: Attempt) {
+        let mut guard = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        let (addrs, accounts) = &mut *guard;
+        addrs.refund(&attempt.addr.0, attempt.addr.1);
+        if let Some((slot, start)) = &attempt.account {
+            accounts.refund(slot, *start);
+        }
+    }
+
+    /// Addresses and account names tracked (for tests).
+    pub fn tracked(&self) -> (usize, usize) {
+        let guard = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        (guard.0.windows.len(), guard.1.windows.len())
+    }
+}
+
+/// The address a failure is counted against: IPv4 as is (IPv4-mapped IPv6 too), IPv6 per /64,
+/// which one machine usually holds whole.
+fn addr_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
@@ -420,6 +669,36 @@ fn key(ip: IpAddr) -> IpAddr {
         },
         v4 => v4,
     }
+}
+
+/// The account a directory login is counted against: the name trimmed, without a `DOMAIN\`
+/// prefix or an `@domain` suffix (so `bob`, `CORP\bob` and `bob@corp.example` share one count),
+/// fullwidth forms folded to ASCII, lower-cased, and cut at [`MAX_ACCOUNT_KEY`] bytes. Not the
+/// directory's canonical name (that is only known after asking it); a name that folds to the
+/// same key as another merely shares its count, which errs on the side of limiting.
+pub fn account_key(raw: &str) -> String {
+    let mut name = raw.trim();
+    if let Some((_, user)) = name.rsplit_once('\\') {
+        name = user;
+    }
+    if let Some((user, _)) = name.split_once('@') {
+        name = user;
+    }
+    let mut key = String::new();
+    for c in name.trim().chars() {
+        // U+FF01..U+FF5E are fullwidth forms of ASCII `!`..`~` (what NFKC folds them to).
+        let c = match c as u32 {
+            0xFF01..=0xFF5E => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
+            _ => c,
+        };
+        for lower in c.to_lowercase() {
+            if key.len() + lower.len_utf8() > MAX_ACCOUNT_KEY {
+                return key;
+            }
+            key.push(lower);
+        }
+    }
+    key
 }
 
 /// Constant-time comparison of equal-length byte strings.
@@ -455,7 +734,7 @@ mod tests {
     fn a_session_needs_its_csrf_token_to_change_anything() {
         let (t, h) = tokens();
         let s = Sessions::new(Lifetimes::default());
-        let o = s.open_token(h, 0);
+        let o = s.open_token(h, 0).unwrap();
         let (c, csrf) = s.check(&t, &presented(&o.id, Method::Safe, None), Role::Read, 1).unwrap();
         assert_eq!((c.name.as_str(), c.via, csrf.as_str()), ("ops", Via::TokenSession, &*o.csrf));
         let no = s.check(&t, &presented(&o.id, Method::Changes, None), Role::Reimage, 2);
@@ -474,15 +753,15 @@ mod tests {
         let (t, h) = tokens();
         let life = Lifetimes { idle_ms: 100, absolute_ms: 250 };
         let s = Sessions::new(life);
-        let o = s.open_token(h, 0);
+        let o = s.open_token(h, 0).unwrap();
         let p = presented(&o.id, Method::Safe, None);
         assert!(s.check(&t, &p, Role::Read, 90).is_ok());
         assert!(s.check(&t, &p, Role::Read, 180).is_ok(), "use keeps it alive");
         assert_eq!(s.check(&t, &p, Role::Read, 260).unwrap_err(), Denied::NoSession, "absolute");
-        let o = s.open_token(h, 1000);
+        let o = s.open_token(h, 1000).unwrap();
         let p = presented(&o.id, Method::Safe, None);
         assert_eq!(s.check(&t, &p, Role::Read, 1100).unwrap_err(), Denied::NoSession, "idle");
-        let o = s.open_token(h, 2000);
+        let o = s.open_token(h, 2000).unwrap();
         s.end(&o.id);
         let p = presented(&o.id, Method::Safe, None);
         assert_eq!(s.check(&t, &p, Role::Read, 2001).unwrap_err(), Denied::NoSession, "logout");
@@ -496,7 +775,7 @@ mod tests {
     fn revoking_the_token_ends_its_sessions() {
         let (t, h) = tokens();
         let s = Sessions::new(Lifetimes::default());
-        let o = s.open_token(h, 0);
+        let o = s.open_token(h, 0).unwrap();
         let p = presented(&o.id, Method::Safe, None);
         let none = Tokens::parse("t", "").unwrap();
         assert_eq!(s.check(&none, &p, Role::Read, 1).unwrap_err(), Denied::NoSession);
@@ -508,9 +787,10 @@ mod tests {
         let (t, _) = tokens();
         let s = Sessions::new(Lifetimes::default());
         let dn = "CN=bob,CN=Users,DC=ad";
-        let bob1 = s.open_directory("bob".into(), Role::Admin, dn.into(), 300, 0);
-        let bob2 = s.open_directory("bob".into(), Role::Admin, dn.into(), 300, 50);
-        let ann = s.open_directory("ann".into(), Role::Read, "CN=ann,DC=ad".into(), 300, 0);
+        let bob1 = s.open_directory("bob".into(), Role::Admin, dn.into(), 300, 0).unwrap();
+        let bob2 = s.open_directory("bob".into(), Role::Admin, dn.into(), 300, 50).unwrap();
+        let ann =
+            s.open_directory("ann".into(), Role::Read, "CN=ann,DC=ad".into(), 300, 0).unwrap();
         let p = |o: &Opened| presented(&o.id, Method::Safe, None).id.to_string();
         let check =
             |id: &str, need, now| s.check(&t, &presented(id, Method::Safe, None), need, now);
@@ -540,10 +820,10 @@ mod tests {
         let (t, h) = tokens();
         let s = Sessions::new(Lifetimes::default());
         let dn = || "CN=bob,DC=ad".to_string();
-        let a = s.open_directory("bob".into(), Role::Read, dn(), 1000, 0);
-        let b = s.open_directory("bob".into(), Role::Read, dn(), 1000, 0);
-        let c = s.open_directory("carol".into(), Role::Read, "CN=carol".into(), 1000, 0);
-        let tok = s.open_token(h, 0);
+        let a = s.open_directory("bob".into(), Role::Read, dn(), 1000, 0).unwrap();
+        let b = s.open_directory("bob".into(), Role::Read, dn(), 1000, 0).unwrap();
+        let c = s.open_directory("carol".into(), Role::Read, "CN=carol".into(), 1000, 0).unwrap();
+        let tok = s.open_token(h, 0).unwrap();
         assert_eq!(s.end_name("BOB"), 2);
         assert_eq!(s.end_name("bob"), 0);
         for (o, alive) in [(&a, false), (&b, false), (&c, true), (&tok, true)] {
@@ -556,7 +836,7 @@ mod tests {
     fn other_sites_are_refused() {
         let (t, h) = tokens();
         let s = Sessions::new(Lifetimes::default());
-        let o = s.open_token(h, 0);
+        let o = s.open_token(h, 0).unwrap();
         let mut p = presented(&o.id, Method::Changes, Some(&o.csrf));
         p.fetch_site = Some("cross-site");
         assert_eq!(s.check(&t, &p, Role::Read, 1).unwrap_err(), Denied::CrossSite);
@@ -571,24 +851,155 @@ mod tests {
     fn directory_sessions_keep_their_login() {
         let (t, _) = tokens();
         let s = Sessions::new(Lifetimes::default());
-        let o = s.open_directory("alice".into(), Role::Admin, "uid=alice".into(), u64::MAX, 0);
+        let o =
+            s.open_directory("alice".into(), Role::Admin, "uid=alice".into(), u64::MAX, 0).unwrap();
         let (c, _) = s.check(&t, &presented(&o.id, Method::Safe, None), Role::Admin, 1).unwrap();
         assert_eq!((c.name.as_str(), c.role, c.via), ("alice", Role::Admin, Via::LdapSession));
     }
 
+    const T0: u64 = 1_000_000;
+
     #[test]
-    fn failed_logins_are_limited_per_peer() {
+    fn attempts_are_counted_before_they_are_checked_per_address_and_account() {
         let l = LoginLimiter::default();
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        for _ in 0..LOGIN_FAILURES {
-            assert!(l.allowed(a, 0));
-            l.failed(a, 0);
+        // Ten attempts in flight at once (none answered yet): the eleventh is refused.
+        let held: Vec<Attempt> =
+            (0..LOGIN_FAILURES).map(|_| l.reserve(a, None, T0).unwrap()).collect();
+        assert_eq!(l.reserve(a, None, T0 + 1).unwrap_err(), Limited);
+        assert!(l.reserve(b, None, T0 + 1).is_ok(), "another address is not affected");
+        // One of them succeeds: only its own attempt is refunded, the nine others stay.
+        let mut held = held.into_iter();
+        l.refund(held.next().unwrap());
+        let again = l.reserve(a, None, T0 + 2).unwrap();
+        assert_eq!(l.reserve(a, None, T0 + 2).unwrap_err(), Limited, "success clears nothing");
+        l.refund(again);
+        assert!(l.reserve(a, None, T0 + LIMIT_WINDOW_MS).is_ok(), "the window passes");
+    }
+
+    #[test]
+    fn a_valid_login_between_guesses_does_not_reset_the_count() {
+        let l = LoginLimiter::default();
+        let a: IpAddr = "10.0.0.9".parse().unwrap();
+        let mut refused = 0;
+        for i in 0..100u64 {
+            if i % 3 == 0 {
+                if let Ok(ok) = l.reserve(a, None, T0 + i) {
+                    l.refund(ok); // the valid read token
+                }
+            } else if l.reserve(a, None, T0 + i).is_err() {
+                refused += 1;
+            }
         }
-        assert!(!l.allowed(a, 10) && l.allowed(b, 10));
-        assert!(l.allowed(a, LIMIT_WINDOW_MS), "the window passes");
-        l.succeeded(a);
-        assert!(l.allowed(a, 11));
+        let guesses = (0..100).filter(|i| i % 3 != 0).count();
+        assert_eq!(refused, guesses - LOGIN_FAILURES as usize, "all after the tenth are refused");
+    }
+
+    #[test]
+    fn an_account_is_limited_across_addresses_and_name_forms() {
+        let l = LoginLimiter::default();
+        for i in 0..LOGIN_FAILURES {
+            let peer = IpAddr::from([10, 1, 0, i as u8]);
+            let name = ["alice", "ALICE", "corp\\alice", "alice@corp.example", " ａｌｉｃｅ "]
+                [i as usize % 5];
+            let _ = l.reserve(peer, Some(name), T0).unwrap();
+        }
+        let fresh: IpAddr = "10.2.0.1".parse().unwrap();
+        assert_eq!(l.reserve(fresh, Some("Alice"), T0 + 1).unwrap_err(), Limited);
+        assert!(l.reserve(fresh, Some("bob"), T0 + 1).is_ok(), "another account");
+        assert!(l.reserve(fresh, None, T0 + 1).is_ok(), "a token login has no account");
+        assert_eq!(account_key(&"é".repeat(100)).len(), MAX_ACCOUNT_KEY);
+        assert_eq!(account_key("  CORP\\Bob "), "bob");
+    }
+
+    #[test]
+    fn a_locked_address_stays_locked_when_ten_thousand_others_fail() {
+        let l = LoginLimiter::default();
+        let locked: IpAddr = "2001:db8:aa::1".parse().unwrap();
+        for _ in 0..LOGIN_FAILURES {
+            let _ = l.reserve(locked, None, T0).unwrap();
+        }
+        // Another address of the same /64 is the same machine.
+        let same64: IpAddr = "2001:db8:aa::ffff:2".parse().unwrap();
+        assert_eq!(l.reserve(same64, None, T0).unwrap_err(), Limited);
+        // 12,000 other /64s fail once each within the window, then try the locked one's
+        // names again.
+        let mut refused_newcomers = 0;
+        for i in 0..12_000u128 {
+            let ip = std::net::Ipv6Addr::from((0x2001_0db8_0001u128 << 80) | (i << 64) | 1);
+            if l.reserve(IpAddr::V6(ip), None, T0 + 10 + i as u64).is_err() {
+                refused_newcomers += 1;
+            }
+            assert_eq!(
+                l.reserve(locked, None, T0 + 10 + i as u64).unwrap_err(),
+                Limited,
+                "after {i} others"
+            );
+        }
+        assert!(l.tracked().0 <= MAX_TRACKED, "memory stays bounded");
+        // Past the table's size, newcomers share one small budget instead of evicting anyone.
+        assert!(refused_newcomers >= 12_000 - MAX_TRACKED - OVERFLOW_FAILURES as usize);
+        // Once the window has passed, the locked address may try again, and newcomers too.
+        let later = T0 + 20_000 + LIMIT_WINDOW_MS;
+        assert!(l.reserve(locked, None, later).is_ok());
+        assert!(l.reserve("2001:db8:ff::1".parse().unwrap(), None, later + 1000).is_ok());
+    }
+
+    #[test]
+    fn an_identity_holds_a_bounded_number_of_sessions_and_cannot_end_anothers() {
+        let (t, h) = tokens();
+        let s = Sessions::new(Lifetimes::default());
+        let alice =
+            s.open_directory("alice".into(), Role::Admin, "uid=x".into(), u64::MAX, 0).unwrap();
+        let mut last = Vec::new();
+        for i in 0..3 * MAX_SESSIONS_PER_IDENTITY as u64 {
+            last.push(s.open_token(h, 1 + i).unwrap());
+        }
+        assert_eq!(s.len(), MAX_SESSIONS_PER_IDENTITY + 1);
+        let p = presented(&alice.id, Method::Safe, None);
+        assert!(s.check(&t, &p, Role::Admin, 100).is_ok(), "alice keeps her session");
+        // The token's newest sessions live; its oldest ended.
+        let newest = last.last().unwrap();
+        assert!(s.check(&t, &presented(&newest.id, Method::Safe, None), Role::Read, 101).is_ok());
+        assert_eq!(
+            s.check(&t, &presented(&last[0].id, Method::Safe, None), Role::Read, 102).unwrap_err(),
+            Denied::NoSession
+        );
+        // The same name in another case is the same identity.
+        for i in 0..MAX_SESSIONS_PER_IDENTITY as u64 {
+            s.open_directory("ALICE".into(), Role::Admin, "uid=x".into(), u64::MAX, 200 + i)
+                .unwrap();
+        }
+        assert_eq!(s.check(&t, &p, Role::Admin, 300).unwrap_err(), Denied::NoSession);
+    }
+
+    #[test]
+    fn a_table_full_of_live_sessions_refuses_newcomers_without_ending_anyone() {
+        let (t, _) = tokens();
+        let s = Sessions::new(Lifetimes::default());
+        let first =
+            s.open_directory("user-0".into(), Role::Read, "uid=x".into(), u64::MAX, 0).unwrap();
+        for i in 1..MAX_SESSIONS as u64 {
+            let name = format!("user-{}", i / MAX_SESSIONS_PER_IDENTITY as u64 + 1);
+            s.open_directory(name, Role::Read, "uid=x".into(), u64::MAX, i).unwrap();
+        }
+        assert_eq!(s.len(), MAX_SESSIONS);
+        assert_eq!(
+            s.open_directory("newcomer".into(), Role::Read, "uid=x".into(), u64::MAX, 20_000).err(),
+            Some(Full)
+        );
+        assert!(s.check(&t, &presented(&first.id, Method::Safe, None), Role::Read, 20_001).is_ok());
+        // An identity with a session of its own gives that up instead.
+        assert!(s
+            .open_directory("user-0".into(), Role::Read, "uid=x".into(), u64::MAX, 20_002)
+            .is_ok());
+        assert_eq!(s.len(), MAX_SESSIONS);
+        // Once sessions have ended (idle), there is room again.
+        let later = 20_002 + Lifetimes::default().idle_ms;
+        assert!(s
+            .open_directory("newcomer".into(), Role::Read, "uid=x".into(), u64::MAX, later)
+            .is_ok());
     }
 
     #[test]
