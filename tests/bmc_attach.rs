@@ -367,7 +367,7 @@ fn a_network_line_keeps_the_password_inside_its_network() {
     // The file is read again for every request: narrow it to the loopback network.
     let creds = f.dir.path().join("bmc-credentials");
     let pass = f.dir.path().join("bmc.pass");
-    std::fs::write(&creds, format!("127.0.0.0/8 admin {}\n", pass.display())).unwrap();
+    std::fs::write(&creds, format!("127.0.0.0/8 admin {} allow-http\n", pass.display())).unwrap();
 
     let (ok, out, err) = f.cli(&["attach", "inside", "outside"]);
     assert!(!ok, "one host failed: the exit status says so\n{out}\n{err}");

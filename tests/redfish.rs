@@ -49,6 +49,9 @@ fn target_as(url: &str, user: &str, password: &str) -> BmcTarget {
             source: Some("test credentials".into()),
         },
         tls: TlsPolicy::Verify,
+        // The emulator of most tests speaks plain HTTP on loopback, as a credentials line with
+        // `allow-http` allows.
+        allow_http: true,
     }
 }
 

@@ -66,7 +66,8 @@ impl BmcService {
             std::fs::write(&pass, "password\n").unwrap();
             std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
             let creds = d.join("bmc-credentials");
-            std::fs::write(&creds, format!("* admin {}\n", pass.display())).unwrap();
+            // The emulator speaks plain HTTP on loopback: the line must allow it.
+            std::fs::write(&creds, format!("* admin {} allow-http\n", pass.display())).unwrap();
             std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
             config.bmc_credentials = Some(creds);
         }
