@@ -87,9 +87,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "URL")]
     pub media_base_url: Option<ServerUrl>,
     /// BMC credentials for `attach`/`detach` (PUT/DELETE /hosts/{h}/media): lines
-    /// `BMC USER PASSWORD-SOURCE [insecure-tls]`; BMC is a host, a network (10.1.0.0/24), a
-    /// domain (*.bmc.lab) or `*`, and PASSWORD-SOURCE a file path or env:NAME. Mode 600, like
-    /// every password file. See docs/BMC.md.
+    /// `BMC USER PASSWORD-SOURCE [insecure-tls] [allow-http]`; BMC is a host, a network
+    /// (10.1.0.0/24), a domain (*.bmc.lab) or `*`, and PASSWORD-SOURCE a file path or env:NAME;
+    /// http:// BMC URLs need `allow-http`. Mode 600, like every password file. See docs/BMC.md.
     #[arg(long, value_name = "FILE")]
     pub bmc_credentials: Option<PathBuf>,
     /// Extra CA certificates (PEM) to trust for BMC TLS, for BMCs with a private CA.

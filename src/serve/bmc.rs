@@ -527,9 +527,8 @@ fn unescape_references(text: &str) -> String {
     while let Some(i) = rest.find(['&', '\\']) {
         out.push_str(&rest[..i]);
         rest = &rest[i..];
-        let (decoded, used) = if rest.starts_with('&') {
-            let end = rest[1..].find(';').map(|e| e + 1).filter(|&e| e <= 12);
-            let name = end.map(|e| &rest[1..e]);
+        let (decoded, used) = if let Some(after) = rest.strip_prefix('&') {
+            let name = after.find(';').filter(|&e| e <= 11).map(|e| &after[..e]);
             let c = name.and_then(|n| {
                 let lower = n.to_ascii_lowercase();
                 if let Some(hex) = lower.strip_prefix("#x") {
@@ -540,8 +539,9 @@ fn unescape_references(text: &str) -> String {
                     NAMED.iter().find(|(k, _)| *k == lower).map(|(_, c)| *c)
                 }
             });
-            match (c, end) {
-                (Some(c), Some(e)) => (c, e + 1),
+            match (c, name) {
+                // `&`, the name, `;`.
+                (Some(c), Some(n)) => (c, n.len() + 2),
                 _ => ('&', 1),
             }
         } else {
