@@ -224,7 +224,7 @@ pub const MAX_PAGE_BYTES: usize = 1 << 20;
 /// Most log read for one `/events` page (a filtered one reads past what it keeps). The page
 /// then ends early with a cursor (`next`, or `before` when paging back), so following cursors
 /// still finds every record, and no caller can make one request cost more than this much
-/// reading and parsing (about 40 ms of CPU).
+/// reading and parsing (tens of milliseconds of CPU, where 64 MiB cost about a second).
 pub const MAX_SCAN_BYTES: usize = 4 << 20;
 
 /// The `event` tag of [`Event::LoginFailed`] records, as they are read back (a unit test holds

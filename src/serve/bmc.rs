@@ -576,17 +576,24 @@ fn medium(decoded: &str) -> Option<(String, &'static str)> {
     })
 }
 
-/// `text` with every run of 64 or more hex digits (a URL signature, a node token) hidden: BMC
-/// messages may echo the URL they were given.
+/// A BMC's message made safe for any caller: BMC messages may echo the URL they were given, in
+/// any encoding. The text is decoded to a fixed point first (as in [`describe`]), made safe
+/// again (decoding can reveal control characters), and every run of 32 or more hex digits (a
+/// URL signature, a node token; Redfish ids and UUIDs have shorter runs) is hidden. A message
+/// that never stops decoding is not shown at all.
 fn scrub(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
+    let Some(plain) = decoded(text) else {
+        return "(the BMC's message is hidden: it could not be decoded safely)".into();
+    };
+    let plain = redfish::untrusted(&plain, 2000);
+    let mut out = String::with_capacity(plain.len());
     let mut run = String::new();
-    for c in text.chars().chain(std::iter::once(' ')) {
+    for c in plain.chars().chain(std::iter::once(' ')) {
         if c.is_ascii_hexdigit() {
             run.push(c);
             continue;
         }
-        if run.len() >= 64 {
+        if run.len() >= 32 {
             out.push_str("<redacted>");
         } else {
             out.push_str(&run);
@@ -672,7 +679,10 @@ mod tests {
     fn failures_are_scrubbed() {
         let sig = "a1".repeat(32);
         assert_eq!(scrub(&format!("bad image {sig}: no")), "bad image <redacted>: no");
-        assert_eq!(scrub(&format!("%3Dsig%3D{}", sig.to_uppercase())), "%3Dsig%<redacted>");
+        assert_eq!(scrub(&format!("%3Dsig%3D{}", sig.to_uppercase())), "=sig=<redacted>");
+        // Every character encoded, twice: still found.
+        let each: String = sig.bytes().map(|b| format!("%25{b:02X}")).collect();
+        assert_eq!(scrub(&format!("bad image ?sig={each} x")), "bad image ?sig=<redacted> x");
         assert_eq!(scrub("HTTP 400: abc 12"), "HTTP 400: abc 12");
     }
 }
