@@ -442,9 +442,12 @@ pub const MINTS_MEDIA_URLS: Role = Role::Reimage;
 /// looks like ours, or like a signed or secret-bearing URL at all, in the raw *or* the decoded
 /// text, is replaced by a description built only from checked pieces (host name, format,
 /// expiry). The raw string reaches roles below [`MINTS_MEDIA_URLS`] only when it is a plain
-/// foreign URL with nothing suspicious in it. When in doubt, hidden.
+/// foreign URL with nothing suspicious in it; the roles that mint also see our own URLs as
+/// reported, but a foreign URL only under the same rule. When in doubt, hidden.
 fn shown(image: &str, role: Role) -> String {
-    if role >= MINTS_MEDIA_URLS {
+    // Roles that mint our URLs may see ours; a foreign signed URL (someone's pre-signed
+    // download) is nobody's to read here.
+    if role >= MINTS_MEDIA_URLS && decoded(image).is_some_and(|d| is_ours(&d)) {
         return image.to_string();
     }
     describe(image)
@@ -662,6 +665,9 @@ mod tests {
         }
         // A foreign image without anything secret-shaped is shown; anything else is hidden.
         assert_eq!(describe("http://files.lab/rocky-9.iso"), "http://files.lab/rocky-9.iso");
+        assert!(
+            shown("http://files.lab/r.iso?X-Amz-Signature=1", Role::Admin).starts_with("(hidden)")
+        );
         for hidden in [
             "http://files.lab/rocky.iso?token=abc",
             "http://user:pw@files.lab/rocky.iso",
