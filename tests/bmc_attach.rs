@@ -14,12 +14,12 @@ mod console_support;
 #[path = "serve_support/sushy.rs"]
 mod sushy;
 
-use bmc::{BmcService as Fixture, READ_TOKEN, REIMAGE_TOKEN};
+use bmc::{BmcService as Fixture, ADMIN_TOKEN, READ_TOKEN, REIMAGE_TOKEN};
 use common::*;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
-use sushy::{Emulator, EmulatorConfig};
+use sushy::{Emulator, EmulatorConfig, Proxy, Quirks};
 
 fn sha_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -99,10 +99,7 @@ fn attach_mount_and_boot_what_the_bmc_was_given() {
     let (status, view) = api("GET", &format!("{}/hosts/node01/media", f.base), READ_TOKEN, "");
     assert_eq!(status, 200, "{view}");
     let shown = view["bmc"]["media"]["image"].as_str().unwrap();
-    assert!(
-        shown.ends_with("/media/node01.iso?(signed query hidden)") && !shown.contains(sig),
-        "{shown}"
-    );
+    assert_eq!(shown, "(hidden) a bootforge iso medium of node01");
     assert_eq!(view["bmc"]["boot"]["target"], "Cd");
     assert!(view["url_expires_at"].as_str().is_some());
 
@@ -367,7 +364,7 @@ fn a_network_line_keeps_the_password_inside_its_network() {
     // The file is read again for every request: narrow it to the loopback network.
     let creds = f.dir.path().join("bmc-credentials");
     let pass = f.dir.path().join("bmc.pass");
-    std::fs::write(&creds, format!("127.0.0.0/8 admin {}\n", pass.display())).unwrap();
+    std::fs::write(&creds, format!("127.0.0.0/8 admin {} allow-http\n", pass.display())).unwrap();
 
     let (ok, out, err) = f.cli(&["attach", "inside", "outside"]);
     assert!(!ok, "one host failed: the exit status says so\n{out}\n{err}");
@@ -382,4 +379,265 @@ fn a_network_line_keeps_the_password_inside_its_network() {
     assert_eq!(cd(&emu, 0)["Inserted"], true);
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(knocks.load(Ordering::SeqCst), 0, "nothing was sent outside the network");
+}
+
+/// POST a Redfish action straight to the emulator, as its admin: (status, body).
+fn redfish_post(url: &str, body: &Value) -> (u16, String) {
+    let auth = format!("Basic {}", base64_admin());
+    let req = ureq::post(url).set("Authorization", &auth).set("Content-Type", "application/json");
+    match req.send_string(&body.to_string()) {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("POST {url}: {e}"),
+    }
+}
+
+/// `text` percent-decoded and HTML-unescaped until it stops changing, lower case: what a
+/// determined reader could make of it.
+fn fully_decoded(text: &str) -> String {
+    let mut current = text.to_lowercase();
+    loop {
+        let next = percent_encoding::percent_decode_str(&current)
+            .decode_utf8_lossy()
+            .replace("&amp;", "&")
+            .replace("&#x3f;", "?")
+            .replace("&#63;", "?")
+            .replace("\\u0026", "&")
+            .to_lowercase();
+        if next == current {
+            return current;
+        }
+        current = next;
+    }
+}
+
+/// How BMCs hand back the URL they were given, besides verbatim.
+fn query_upper(u: &str) -> String {
+    let (path, query) = u.split_once('?').unwrap();
+    format!("{path}%3F{}", query.replace('&', "%26").replace('=', "%3D"))
+}
+fn query_lower(u: &str) -> String {
+    let (path, query) = u.split_once('?').unwrap();
+    format!("{path}%3f{}", query.replace('&', "%26").replace('=', "%3d"))
+}
+fn query_twice(u: &str) -> String {
+    let (path, query) = u.split_once('?').unwrap();
+    format!("{path}%253F{}", query.replace('&', "%2526").replace('=', "%253D"))
+}
+fn html_escaped(u: &str) -> String {
+    u.replace('&', "&amp;")
+}
+fn all_mixed_case(u: &str) -> String {
+    // Every character but letters and digits encoded, every other escape in lower case.
+    let all = percent_encoding::utf8_percent_encode(u, percent_encoding::NON_ALPHANUMERIC);
+    let mut out = String::new();
+    for (i, part) in all.to_string().split('%').enumerate() {
+        if i > 0 {
+            out.push('%');
+            out.push_str(&if i % 2 == 0 { part.to_lowercase() } else { part.to_string() });
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
+}
+fn verbatim(u: &str) -> String {
+    u.to_string()
+}
+
+/// Issue 13, bug 7: a `read` caller must never get a signed media URL from the BMC view,
+/// whatever encoding the BMC reports it in. A real URL minted by the service is mounted on the
+/// emulator directly (which downloads it: it works); the BMC, behind a proxy, reports it back
+/// percent-encoded once or twice, in either case, or HTML-escaped. The `read` answer holds no
+/// signature and no `/media/` URL in any decoding; `reimage` and `admin`, who could mint the
+/// URL themselves, see what the BMC reports.
+#[test]
+fn a_read_caller_never_gets_a_signed_url_in_any_encoding() {
+    let emu = Emulator::start(EmulatorConfig::new(1));
+    let encodings: [fn(&str) -> String; 6] =
+        [verbatim, query_upper, query_lower, query_twice, html_escaped, all_mixed_case];
+    let proxies: Vec<Proxy> = encodings
+        .iter()
+        .map(|&f| Proxy::start(emu.port, Quirks { report_image: Some(f), ..Quirks::default() }))
+        .collect();
+    let system = emu.system_url(0);
+    let system_path = system.strip_prefix(&emu.base).unwrap();
+    let rows: String = proxies
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("h{i},10.9.0.{}/24,,,,e2e,{}{system_path}\n", 10 + i, p.base))
+        .collect();
+    let f = Fixture::start(&rows, free_port(), None, true);
+    let actions = format!("{system}/VirtualMedia/Cd/Actions/VirtualMedia");
+
+    for (i, encode) in encodings.iter().enumerate() {
+        let host = format!("h{i}");
+        let (status, minted) =
+            api("POST", &format!("{}/hosts/{host}/media-url", f.base), REIMAGE_TOKEN, "{}");
+        assert_eq!(status, 200, "{minted}");
+        let url = minted["url"].as_str().unwrap().to_string();
+        let sig = url.rsplit_once("sig=").unwrap().1.to_lowercase();
+        assert_eq!(sig.len(), 64, "{url}");
+        redfish_post(&format!("{actions}.EjectMedia"), &serde_json::json!({}));
+        let (status, body) = redfish_post(
+            &format!("{actions}.InsertMedia"),
+            &serde_json::json!({"Image": url, "Inserted": true, "WriteProtected": true}),
+        );
+        assert!((200..300).contains(&status), "the emulator mounts the URL: {status} {body}");
+        let reported = encode(&url);
+
+        let (status, view) = api("GET", &format!("{}/hosts/{host}/media", f.base), READ_TOKEN, "");
+        assert_eq!(status, 200, "{view}");
+        let text = fully_decoded(&view.to_string());
+        assert!(!text.contains(&sig), "encoding {i}: the signature reached a read caller: {view}");
+        assert!(!text.contains("sig="), "encoding {i}: {view}");
+        assert!(
+            !text.contains("/media/"),
+            "encoding {i}: a media URL reached a read caller: {view}"
+        );
+        assert_eq!(
+            view["bmc"]["media"]["image"],
+            format!("(hidden) a bootforge iso medium of {host}"),
+            "encoding {i}: {reported}"
+        );
+        assert_eq!(view["url_expires_at"], minted["expires_at"], "encoding {i}: {view}");
+
+        // The roles that mint URLs see what the BMC reports, as documented.
+        for token in [REIMAGE_TOKEN, ADMIN_TOKEN] {
+            let (status, view) = api("GET", &format!("{}/hosts/{host}/media", f.base), token, "");
+            assert_eq!(status, 200, "{view}");
+            assert_eq!(view["bmc"]["media"]["image"], reported.as_str(), "encoding {i}");
+        }
+    }
+}
+
+/// Issue 13: a credentials line binds a password to addresses, not to a scheme. A row whose
+/// `bmc` is `http://` gets no request at all (so no Authorization header crosses the network
+/// in clear) unless its line says `allow-http`; the error names the host, the URL and the line.
+#[test]
+fn plain_http_needs_allow_http_on_the_credentials_line() {
+    let emu = Emulator::start(EmulatorConfig::new(1));
+    let proxy = Proxy::start(emu.port, Quirks::default());
+    let system_path = emu.system_url(0).strip_prefix(&emu.base).unwrap().to_string();
+    let bmc_url = format!("{}{system_path}", proxy.base);
+    let row = format!("h1,10.9.0.10/24,,,,e2e,{bmc_url}\n");
+    let f = Fixture::start(&row, free_port(), None, true);
+    let creds = f.dir.path().join("bmc-credentials");
+    let pass = f.dir.path().join("bmc.pass");
+    // Read again for each request: the line for the loopback address, without the option.
+    std::fs::write(&creds, format!("127.0.0.1 admin {}\n", pass.display())).unwrap();
+
+    for (method, token) in [("PUT", REIMAGE_TOKEN), ("DELETE", REIMAGE_TOKEN), ("GET", READ_TOKEN)]
+    {
+        let (status, body) = api(method, &format!("{}/hosts/h1/media", f.base), token, "");
+        assert_eq!(status, 409, "{method}: {body}");
+        let error = body["error"].as_str().unwrap_or_default();
+        for part in ["h1", bmc_url.as_str(), &format!("{}:1", creds.display()), "allow-http"] {
+            assert!(error.contains(part), "{method}: the error names {part}: {error}");
+        }
+    }
+    assert!(
+        proxy.seen().is_empty(),
+        "nothing may reach a BMC over http:// without allow-http: {:?}",
+        proxy
+            .seen()
+            .iter()
+            .map(|s| (&s.method, &s.path, s.header("Authorization").is_some()))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(cd(&emu, 0)["Inserted"], false);
+
+    std::fs::write(&creds, format!("127.0.0.1 admin {} allow-http\n", pass.display())).unwrap();
+    let (status, body) = api("PUT", &format!("{}/hosts/h1/media", f.base), REIMAGE_TOKEN, "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(cd(&emu, 0)["Inserted"], true);
+    assert!(proxy.seen().iter().all(|s| s.header("Authorization").is_some()));
+}
+
+/// Issue 13: a slow BMC cannot hold an attach beyond `--bmc-deadline`: the caller gets 504 at
+/// the deadline (plus a small margin), naming the host and the step reached, and the attempt
+/// is audited as failed.
+#[test]
+fn a_slow_bmc_is_answered_at_the_deadline() {
+    let emu = Emulator::start(EmulatorConfig::new(1));
+    let slow =
+        Proxy::start(emu.port, Quirks { delay: Some(Duration::from_secs(5)), ..Quirks::default() });
+    let system_path = emu.system_url(0).strip_prefix(&emu.base).unwrap().to_string();
+    let row = format!("slow,10.9.0.10/24,,,,e2e,{}{system_path}\n", slow.base);
+    let deadline = Duration::from_secs(2);
+    let f = Fixture::start_config(&row, free_port(), None, true, true, |c, _| {
+        c.bmc_deadline = deadline;
+    });
+    let started = std::time::Instant::now();
+    let (status, body) = api("PUT", &format!("{}/hosts/slow/media", f.base), REIMAGE_TOKEN, "");
+    let elapsed = started.elapsed();
+    assert_eq!(status, 504, "{body}");
+    assert!(elapsed < deadline + Duration::from_secs(2), "answered after {elapsed:?}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.starts_with("slow: "), "{error}");
+    assert!(error.contains("while finding the system"), "names the step reached: {error}");
+    assert!(error.contains("GET /hosts/slow/media"), "says how to look: {error}");
+    let log = f.audit_with("\"action\":\"attach\"");
+    let record = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["event"] == "bmc-media" && e["action"] == "attach")
+        .unwrap_or_else(|| panic!("the attach is audited:\n{log}"));
+    assert_eq!(record["ok"], false, "{record}");
+    // Detach and the status read have the same deadline.
+    let started = std::time::Instant::now();
+    let (status, body) = api("GET", &format!("{}/hosts/slow/media", f.base), READ_TOKEN, "");
+    assert_eq!(status, 504, "{body}");
+    assert!(started.elapsed() < deadline + Duration::from_secs(2));
+}
+
+/// Issue 13: `read` callers cannot take every BMC slot with status reads of slow BMCs: with 64
+/// reads held by a slow BMC (as many as there are slots), an attach by `reimage` on another BMC
+/// still runs at once.
+#[test]
+fn status_reads_leave_slots_for_attach() {
+    let emu = Emulator::start(EmulatorConfig::new(2));
+    let slow = Proxy::start(
+        emu.port,
+        Quirks { delay: Some(Duration::from_secs(12)), ..Quirks::default() },
+    );
+    let path = |i: usize| emu.system_url(i).strip_prefix(&emu.base).unwrap().to_string();
+    let rows = format!(
+        "slow,10.9.0.10/24,,,,e2e,{}{}\nfast,10.9.0.11/24,,,,e2e,{}\n",
+        slow.base,
+        path(0),
+        emu.system_url(1)
+    );
+    let f = Fixture::start(&rows, free_port(), None, true);
+    // Build the ISO once, so the attach below measures slots, not the first build.
+    let (status, minted) =
+        api("POST", &format!("{}/hosts/fast/media-url", f.base), REIMAGE_TOKEN, "{}");
+    assert_eq!(status, 200, "{minted}");
+    let resp = ureq::get(minted["url"].as_str().unwrap()).call().unwrap();
+    std::io::copy(&mut resp.into_reader(), &mut std::io::sink()).unwrap();
+
+    for _ in 0..64 {
+        let url = format!("{}/hosts/slow/media", f.base);
+        // Left running: the service may shut down before the slow BMC answers them.
+        std::thread::spawn(move || {
+            let auth = format!("Bearer {READ_TOKEN}");
+            let _ = ureq::get(&url).set("Authorization", &auth).call();
+        });
+    }
+    // Wait until the reads hold their slots: at least the 48 they may have are at the BMC.
+    let waited = std::time::Instant::now();
+    while slow.seen().len() < 48 {
+        assert!(waited.elapsed() < Duration::from_secs(20), "reads: {}", slow.seen().len());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let held = slow.seen().len();
+
+    let started = std::time::Instant::now();
+    let (status, body) = api("PUT", &format!("{}/hosts/fast/media", f.base), REIMAGE_TOKEN, "");
+    let elapsed = started.elapsed();
+    assert_eq!(status, 200, "{body}");
+    assert!(elapsed < Duration::from_secs(10), "the attach waited {elapsed:?} for a slot");
+    assert_eq!(held, 48, "reads hold at most 48 of the 64 slots");
+    assert_eq!(cd(&emu, 1)["Inserted"], true);
 }

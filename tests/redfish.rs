@@ -49,6 +49,9 @@ fn target_as(url: &str, user: &str, password: &str) -> BmcTarget {
             source: Some("test credentials".into()),
         },
         tls: TlsPolicy::Verify,
+        // The emulator of most tests speaks plain HTTP on loopback, as a credentials line with
+        // `allow-http` allows.
+        allow_http: true,
     }
 }
 
@@ -95,7 +98,8 @@ fn attach_reattach_detach_from_inventory_and_credentials_file() {
     private_file(&dir.path().join("bmc.pass"), &format!("{PASSWORD}\n"));
     private_file(
         &dir.path().join("creds"),
-        "# test\n127.0.0.1 admin bmc.pass\n* nobody env:UNUSED_BUT_SET_IN_TEST\n",
+        // The emulator speaks plain HTTP: its line must allow it.
+        "# test\n127.0.0.1 admin bmc.pass allow-http\n* nobody env:UNUSED_BUT_SET_IN_TEST\n",
     );
     let file = CredentialsFile::load_with_env(&dir.path().join("creds"), |n| {
         (n == "UNUSED_BUT_SET_IN_TEST").then(|| "x".to_string())

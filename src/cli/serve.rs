@@ -89,14 +89,20 @@ pub struct ServeArgs {
     #[arg(long, value_name = "URL")]
     pub media_base_url: Option<ServerUrl>,
     /// BMC credentials for `attach`/`detach` (PUT/DELETE /hosts/{h}/media): lines
-    /// `BMC USER PASSWORD-SOURCE [insecure-tls]`; BMC is a host, a network (10.1.0.0/24), a
-    /// domain (*.bmc.lab) or `*`, and PASSWORD-SOURCE a file path or env:NAME. Mode 600, like
-    /// every password file. See docs/BMC.md.
+    /// `BMC USER PASSWORD-SOURCE [insecure-tls] [allow-http]`; BMC is a host, a network
+    /// (10.1.0.0/24), a domain (*.bmc.lab) or `*`, and PASSWORD-SOURCE a file path or env:NAME;
+    /// http:// BMC URLs need `allow-http`. Mode 600, like every password file. See docs/BMC.md.
     #[arg(long, value_name = "FILE")]
     pub bmc_credentials: Option<PathBuf>,
     /// Extra CA certificates (PEM) to trust for BMC TLS, for BMCs with a private CA.
     #[arg(long, value_name = "FILE")]
     pub bmc_ca: Option<PathBuf>,
+    /// The longest one BMC operation (attach, detach, status) may take, in seconds, waiting
+    /// for a free slot included; after it the caller gets HTTP 504 naming the step reached.
+    /// At most 600 (`bootforge attach` waits 900 s for an answer).
+    #[arg(long, value_name = "SECS", default_value_t = crate::serve::bmc::DEFAULT_DEADLINE.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub bmc_deadline: u64,
     /// Directory logins for the console at /ui/ (TOML: LDAPS or StartTLS URL, bind DN template,
     /// group search, group → role map). See docs/CONSOLE.md.
     #[arg(long, value_name = "FILE")]
@@ -232,6 +238,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.media_base_url = args.media_base_url;
     config.bmc_credentials = args.bmc_credentials;
     config.bmc_ca = args.bmc_ca;
+    config.bmc_deadline = std::time::Duration::from_secs(args.bmc_deadline);
     config.ldap_config = args.ldap_config;
     config.secure_cookies = args.console_secure_cookie;
     config.trusted_proxies = args.trusted_proxies;

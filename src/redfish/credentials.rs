@@ -10,6 +10,7 @@
 //! # BMC          USER    PASSWORD-SOURCE                 [OPTIONS]
 //! 10.1.0.11      admin   /etc/bootforge/bmc/node01.pass
 //! bmc7.lab       root    env:BMC7_PASSWORD               insecure-tls
+//! 127.0.0.1      admin   env:EMULATOR_PASSWORD           allow-http
 //! [fd00::21]     admin   file:/etc/bootforge/bmc/v6.pass
 //! 10.1.0.0/16    admin   /etc/bootforge/bmc/rack.pass
 //! *.bmc.lab      admin   /etc/bootforge/bmc/lab.pass
@@ -35,6 +36,11 @@
 //!   * `insecure-tls`: do not verify this BMC's TLS certificate. For BMCs that still carry their
 //!     factory self-signed certificate. Prefer giving their CA with `--bmc-ca FILE`: without
 //!     verification anyone on the path can read the password.
+//!   * `allow-http`: let this line's password go to `http://` BMC URLs, in clear text. Without
+//!     it, a `bmc` URL with `http://` is refused before any request is made, naming the host,
+//!     the URL and the line: the line binds a password to addresses, and an inventory edit
+//!     that only changes `https` to `http` must not make it cross the network readable. For
+//!     emulators on loopback and labs; never for a real management network.
 //!
 //! Passwords are read, and every line checked, when the file is loaded, so a missing password
 //! file or variable fails the load (at start-up or reload) rather than the first attach.
@@ -101,6 +107,19 @@ impl fmt::Display for Pattern {
 struct Entry {
     credentials: Credentials,
     tls: TlsPolicy,
+    /// The `allow-http` option.
+    allow_http: bool,
+}
+
+/// Why [`CredentialsFile::target`] gives no target for a BMC URL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    /// No line covers the URL's host.
+    #[error("{file} has no line for BMC host {host}: no line names it, no network or domain line holds it, and there is no `*` line; add `{host} USER PASSWORD-SOURCE`")]
+    NoLine { file: String, host: String },
+    /// The URL is `http://` and its line does not say `allow-http`.
+    #[error("the BMC URL {url} of host {host} is plain http://, and its credentials line {line} does not allow sending the password in clear text; use https://, or add the option `allow-http` to that line")]
+    PlainHttp { host: String, url: String, line: String },
 }
 
 /// Why a credentials file cannot be used: one message per problem, each starting `FILE:LINE:`
@@ -195,10 +214,14 @@ impl CredentialsFile {
     /// The credentials and TLS policy for `url`'s host: its own line, else the narrowest
     /// network holding its address or the longest domain ending its name, else the `*` line.
     pub fn lookup(&self, url: &BmcUrl) -> Option<(&Credentials, TlsPolicy)> {
+        self.entry(url).map(|e| (&e.credentials, e.tls))
+    }
+
+    /// The line for `url`'s host (see [`CredentialsFile::lookup`]).
+    fn entry(&self, url: &BmcUrl) -> Option<&Entry> {
         let host = url.host().to_ascii_lowercase();
         let address = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().ok();
-        let entry = self
-            .hosts
+        self.hosts
             .get(&host)
             .or_else(|| match address {
                 Some(ip) => self.networks.iter().find(|(n, _)| n.contains(&ip)).map(|(_, e)| e),
@@ -206,22 +229,29 @@ impl CredentialsFile {
                     self.domains.iter().find(|(d, _)| host.ends_with(d.as_str())).map(|(_, e)| e)
                 }
             })
-            .or(self.default.as_ref())?;
-        Some((&entry.credentials, entry.tls))
+            .or(self.default.as_ref())
     }
 
-    /// A ready [`BmcTarget`] for `url`, or an error saying that no line covers its host.
-    pub fn target(&self, url: &BmcUrl) -> Result<BmcTarget, String> {
-        let (credentials, tls) = self.lookup(url).ok_or_else(|| {
-            format!(
-                "{} has no line for BMC host {}: no line names it, no network or domain line \
-                 holds it, and there is no `*` line; add `{} USER PASSWORD-SOURCE`",
-                self.path.display(),
-                url.host(),
-                url.host()
-            )
+    /// A ready [`BmcTarget`] for `url`, or an error saying that no line covers its host, or
+    /// that the URL is plain `http://` and its line lacks `allow-http`.
+    pub fn target(&self, url: &BmcUrl) -> Result<BmcTarget, TargetError> {
+        let entry = self.entry(url).ok_or_else(|| TargetError::NoLine {
+            file: self.path.display().to_string(),
+            host: url.host().to_string(),
         })?;
-        Ok(BmcTarget { url: url.clone(), credentials: credentials.clone(), tls })
+        if !url.is_https() && !entry.allow_http {
+            return Err(TargetError::PlainHttp {
+                host: url.host().to_string(),
+                url: url.to_string(),
+                line: entry.credentials.source.clone().unwrap_or_default(),
+            });
+        }
+        Ok(BmcTarget {
+            url: url.clone(),
+            credentials: entry.credentials.clone(),
+            tls: entry.tls,
+            allow_http: entry.allow_http,
+        })
     }
 }
 
@@ -250,12 +280,14 @@ fn parse_line(
     }
     let password = read_password(fields[2], folder, env)?;
     let mut tls = TlsPolicy::Verify;
+    let mut allow_http = false;
     for option in &fields[3..] {
         match *option {
             "insecure-tls" => tls = TlsPolicy::Insecure,
+            "allow-http" => allow_http = true,
             other => {
                 return Err(format!(
-                    "unknown option {:?}; expected `insecure-tls`",
+                    "unknown option {:?}; expected `insecure-tls` or `allow-http`",
                     super::untrusted(other, 64)
                 ))
             }
@@ -263,7 +295,7 @@ fn parse_line(
     }
     let credentials =
         Credentials { user: user.to_string(), password, source: Some(at.to_string()) };
-    Ok((pattern, Entry { credentials, tls }))
+    Ok((pattern, Entry { credentials, tls, allow_http }))
 }
 
 /// A line's first field: `*`, a network, `*.domain`, or a host as a `bmc` URL would hold it.
@@ -427,7 +459,7 @@ mod tests {
         let creds = dir.path().join("creds");
         private(&creds, "10.1.0.11 root env:BMC_PW\n");
         let file = CredentialsFile::load_with_env(&creds, env).unwrap();
-        let err = file.target(&"https://10.9.9.9".parse().unwrap()).unwrap_err();
+        let err = file.target(&"https://10.9.9.9".parse().unwrap()).unwrap_err().to_string();
         assert!(err.contains("no line for BMC host 10.9.9.9"), "{err}");
     }
 
@@ -462,8 +494,33 @@ mod tests {
         let file = CredentialsFile::load_with_env(&creds, env).unwrap();
         assert!(!file.has_catch_all());
         let err = file.target(&"https://attacker.example".parse().unwrap()).unwrap_err();
+        let err = err.to_string();
         assert!(err.contains("no line for BMC host attacker.example"), "{err}");
         assert!(file.target(&"https://10.2.0.1".parse().unwrap()).is_err());
+    }
+
+    /// A line binds a password to addresses, not to a scheme: `http://` needs `allow-http`.
+    #[test]
+    fn plain_http_needs_allow_http() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("creds");
+        private(&creds, "10.1.0.0/16 rack env:BMC_PW\n127.0.0.1 emu env:BMC_PW allow-http\n");
+        let file = CredentialsFile::load_with_env(&creds, env).unwrap();
+        assert!(file.target(&"https://10.1.0.11".parse().unwrap()).is_ok());
+        let err = file.target(&"http://10.1.0.11:8000".parse().unwrap()).unwrap_err();
+        assert_eq!(
+            err,
+            TargetError::PlainHttp {
+                host: "10.1.0.11".into(),
+                url: "http://10.1.0.11:8000".into(),
+                line: format!("{}:1", creds.display()),
+            }
+        );
+        let text = err.to_string();
+        assert!(text.contains("allow-http") && text.contains("10.1.0.11:8000"), "{text}");
+        let t = file.target(&"http://127.0.0.1:8000".parse().unwrap()).unwrap();
+        assert!(t.allow_http);
+        assert_eq!(t.credentials.user, "emu");
     }
 
     #[test]

@@ -56,7 +56,11 @@
 //!
 //! # Slow and quirky BMCs
 //!
-//! * Every request has a connect timeout and an overall timeout ([`ClientOptions`]).
+//! * Every request has a connect timeout and an overall timeout ([`ClientOptions`]), and a whole
+//!   operation may have a deadline ([`Progress`]): no request or retry starts after it, a
+//!   request in flight is given only the time left, and the operation fails with
+//!   [`RedfishError::Deadline`], naming the step it had reached, so a caller can say what may
+//!   be half done.
 //! * Connection errors, timeouts and 5xx answers are retried with exponential backoff and
 //!   jitter, honouring `Retry-After`; 4xx answers are not (they will not change). A reset is
 //!   retried only when it certainly did not run (connection refused, 503, 429), so a machine is
@@ -75,8 +79,10 @@
 //! [`ClientOptions::ca_file`] (`--bmc-ca FILE`, PEM). A host can be exempted with the
 //! `insecure-tls` option of its credentials-file line ([`TlsPolicy::Insecure`]): the
 //! connection is still encrypted, but anyone on the path can read the password. Plain
-//! `http://` BMC URLs are accepted for emulators; the password then crosses the network in
-//! clear text, and each operation logs a warning saying so.
+//! `http://` BMC URLs are refused unless the credentials line says `allow-http`
+//! ([`BmcTarget::allow_http`]; for emulators): a client refuses such a target before sending
+//! anything, so no `Authorization` header ever leaves in clear text by accident. When allowed,
+//! each operation logs a warning that the password crosses the network readable.
 //!
 //! The password is sent only as HTTP Basic authentication to the BMC's own origin. It never
 //! appears in an error, a log line or `Debug` output: [`Password`] redacts itself, and the
@@ -95,7 +101,7 @@ mod tls;
 mod transport;
 
 pub use crate::inventory::BmcUrl;
-pub use credentials::{CredentialsError, CredentialsFile};
+pub use credentials::{CredentialsError, CredentialsFile, TargetError};
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -110,6 +116,9 @@ pub struct BmcTarget {
     pub url: BmcUrl,
     pub credentials: Credentials,
     pub tls: TlsPolicy,
+    /// Whether the password may go to an `http://` URL (the `allow-http` credentials option).
+    /// Without it, every operation on an `http://` target fails before any request.
+    pub allow_http: bool,
 }
 
 /// A Redfish user and its password. `Debug` shows the user, never the password.
@@ -342,9 +351,69 @@ pub enum RedfishError {
     /// A task outlived [`ClientOptions::task_deadline`].
     #[error("{what}: the BMC's task {url} was still running after {waited:?}")]
     TaskTimeout { what: String, url: String, waited: Duration },
+    /// The operation's deadline ([`Progress`]) passed; `step` is the one it had reached, and
+    /// what it names may be half done.
+    #[error("the BMC at {url} did not finish within {limit:?}: the deadline passed while {step}")]
+    Deadline { url: String, step: &'static str, limit: Duration },
     /// The caller's input is unusable (an image URL that is not http(s)).
     #[error("{0}")]
     Invalid(String),
+}
+
+/// One operation's deadline and the step it has reached, shared by the thread doing it and
+/// the caller waiting for it (who may answer before the thread ends, and can then still say
+/// how far it got).
+#[derive(Debug)]
+pub struct Progress {
+    /// When the operation must be over, and how long it was given; `None`: no deadline.
+    deadline: Option<(Instant, Duration)>,
+    step: std::sync::Mutex<&'static str>,
+}
+
+impl Progress {
+    /// An operation that must be over within `limit` from now.
+    pub fn within(limit: Duration) -> Progress {
+        Progress {
+            deadline: Some((Instant::now() + limit, limit)),
+            step: std::sync::Mutex::new("starting"),
+        }
+    }
+
+    /// An operation without a deadline of its own (each request still has its timeouts).
+    pub fn unbounded() -> Progress {
+        Progress { deadline: None, step: std::sync::Mutex::new("starting") }
+    }
+
+    /// The step reached, as words that follow "while" (`inserting the image`).
+    pub fn step(&self) -> &'static str {
+        *self.step.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The time the operation was given, if it has a deadline.
+    pub fn limit(&self) -> Option<Duration> {
+        self.deadline.map(|(_, limit)| limit)
+    }
+
+    /// Time left before the deadline (`None`: no deadline).
+    pub(crate) fn left(&self) -> Option<Duration> {
+        self.deadline.map(|(at, _)| at.saturating_duration_since(Instant::now()))
+    }
+
+    /// Starts `step`: recorded, then refused if the deadline has passed.
+    fn enter(&self, url: &BmcUrl, step: &'static str) -> Result<(), RedfishError> {
+        *self.step.lock().unwrap_or_else(|p| p.into_inner()) = step;
+        self.check(&url.to_string())
+    }
+
+    /// [`RedfishError::Deadline`] if the deadline has passed.
+    pub(crate) fn check(&self, url: &str) -> Result<(), RedfishError> {
+        match self.deadline {
+            Some((at, limit)) if Instant::now() >= at => {
+                Err(RedfishError::Deadline { url: url.to_string(), step: self.step(), limit })
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Makes text from a BMC (or any untrusted source) safe for logs, errors and JSON: control
@@ -401,7 +470,21 @@ impl Client {
         &self.opts
     }
 
-    fn session<'a>(&'a self, target: &'a BmcTarget) -> Session<'a> {
+    /// The requests of one operation on `target`; refused, before anything is sent, for an
+    /// `http://` target whose credentials do not allow it.
+    fn session<'a>(
+        &'a self,
+        target: &'a BmcTarget,
+        progress: &'a Progress,
+    ) -> Result<Session<'a>, RedfishError> {
+        if !target.url.is_https() && !target.allow_http {
+            return Err(RedfishError::Invalid(format!(
+                "the BMC URL {} is plain http://, and its credentials{} do not allow sending \
+                 the password in clear text; use https://, or add `allow-http` to the line",
+                target.url,
+                target.credentials.source.as_deref().map(|s| format!(" ({s})")).unwrap_or_default()
+            )));
+        }
         if !target.url.is_https() {
             tracing::warn!(
                 bmc = %target.url,
@@ -412,7 +495,7 @@ impl Client {
             TlsPolicy::Verify => &self.verified,
             TlsPolicy::Insecure => &self.insecure,
         };
-        Session::new(agent, &self.opts, target)
+        Ok(Session::new(agent, &self.opts, target, progress))
     }
 
     /// Mounts `image_url` as the System's virtual CD (ejecting what was there), sets the boot
@@ -425,15 +508,33 @@ impl Client {
         boot: BootMode,
         reset: bool,
     ) -> Result<AttachReport, RedfishError> {
+        self.attach_within(target, image_url, boot, reset, &Progress::unbounded())
+    }
+
+    /// [`Client::attach`] within `progress`'s deadline, recording each step in it.
+    pub fn attach_within(
+        &self,
+        target: &BmcTarget,
+        image_url: &str,
+        boot: BootMode,
+        reset: bool,
+        progress: &Progress,
+    ) -> Result<AttachReport, RedfishError> {
         let started = Instant::now();
         check_image_url(image_url)?;
-        let s = self.session(target);
+        let url = &target.url;
+        let s = self.session(target, progress)?;
+        progress.enter(url, "finding the system")?;
         let system = find_system(&s)?;
         let system_url = system.url.clone();
+        progress.enter(url, "finding the virtual CD")?;
         let media = find_cd(&s, &system)?;
+        progress.enter(url, "ejecting the medium mounted before")?;
         let ejected = eject(&s, &media)?;
         let media = if ejected.is_some() { media.reload(&s)? } else { media };
+        progress.enter(url, "inserting the image")?;
         let inserted_by = insert(&s, &media, image_url)?;
+        progress.enter(url, "reading the virtual CD back after inserting the image")?;
         let media_after = media.reload(&s)?;
         let after = media_after.view();
         if after.image.is_none() && after.inserted != Some(true) {
@@ -446,9 +547,15 @@ impl Client {
         }
         let mut system = system;
         if let Some(enabled) = boot.enabled() {
+            progress.enter(url, "setting the boot override (the image is inserted)")?;
             system = set_boot(&s, system, "Cd", enabled)?;
         }
-        let reset = if reset { Some(reset_system(&s, system)?) } else { None };
+        let reset = if reset {
+            progress.enter(url, "resetting the system (the image is inserted, boot set)")?;
+            Some(reset_system(&s, system)?)
+        } else {
+            None
+        };
         Ok(AttachReport {
             system: system_url,
             media: media.url.clone(),
@@ -463,11 +570,25 @@ impl Client {
 
     /// Ejects the System's virtual CD and disables the boot override if it points at the CD.
     pub fn detach(&self, target: &BmcTarget) -> Result<DetachReport, RedfishError> {
+        self.detach_within(target, &Progress::unbounded())
+    }
+
+    /// [`Client::detach`] within `progress`'s deadline, recording each step in it.
+    pub fn detach_within(
+        &self,
+        target: &BmcTarget,
+        progress: &Progress,
+    ) -> Result<DetachReport, RedfishError> {
         let started = Instant::now();
-        let s = self.session(target);
+        let url = &target.url;
+        let s = self.session(target, progress)?;
+        progress.enter(url, "finding the system")?;
         let system = find_system(&s)?;
+        progress.enter(url, "finding the virtual CD")?;
         let media = find_cd(&s, &system)?;
+        progress.enter(url, "ejecting the medium")?;
         let ejected = eject(&s, &media)?;
+        progress.enter(url, "reading the boot override (the medium is ejected)")?;
         let system = system.reload(&s)?;
         let boot = &system.body["Boot"];
         let override_disabled = boot["BootSourceOverrideTarget"].as_str() == Some("Cd")
@@ -484,6 +605,7 @@ impl Client {
                 }
                 _ => "None",
             };
+            progress.enter(url, "disabling the boot override (the medium is ejected)")?;
             set_boot(&s, system.clone(), target, "Disabled")?;
         }
         Ok(DetachReport {
@@ -497,8 +619,19 @@ impl Client {
 
     /// What the BMC says about the System's power, boot override and virtual CD.
     pub fn status(&self, target: &BmcTarget) -> Result<BmcView, RedfishError> {
-        let s = self.session(target);
+        self.status_within(target, &Progress::unbounded())
+    }
+
+    /// [`Client::status`] within `progress`'s deadline.
+    pub fn status_within(
+        &self,
+        target: &BmcTarget,
+        progress: &Progress,
+    ) -> Result<BmcView, RedfishError> {
+        let s = self.session(target, progress)?;
+        progress.enter(&target.url, "reading the system")?;
         let system = find_system(&s)?;
+        progress.enter(&target.url, "reading the virtual CD")?;
         let media = find_cd(&s, &system)?;
         let boot = &system.body["Boot"];
         Ok(BmcView {

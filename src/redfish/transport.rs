@@ -3,7 +3,7 @@
 //!
 //! Everything here is about HTTP; what the requests mean is in the parent module.
 
-use super::{untrusted, BmcTarget, ClientOptions, RedfishError};
+use super::{untrusted, BmcTarget, ClientOptions, Progress, RedfishError};
 use serde_json::Value;
 use std::io::Read;
 use std::time::{Duration, Instant};
@@ -54,17 +54,25 @@ pub(super) struct Session<'a> {
     agent: &'a ureq::Agent,
     opts: &'a ClientOptions,
     target: &'a BmcTarget,
+    /// The operation's deadline: no attempt starts after it, and none is given more time
+    /// than is left.
+    progress: &'a Progress,
     /// `Basic …`: holds the password, so this type has no `Debug`.
     authorization: String,
 }
 
 impl<'a> Session<'a> {
-    pub fn new(agent: &'a ureq::Agent, opts: &'a ClientOptions, target: &'a BmcTarget) -> Self {
+    pub fn new(
+        agent: &'a ureq::Agent,
+        opts: &'a ClientOptions,
+        target: &'a BmcTarget,
+        progress: &'a Progress,
+    ) -> Self {
         use base64::Engine as _;
         let pair = format!("{}:{}", target.credentials.user, target.credentials.password.expose());
         let authorization =
             format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair));
-        Session { agent, opts, target, authorization }
+        Session { agent, opts, target, progress, authorization }
     }
 
     pub fn target(&self) -> &BmcTarget {
@@ -140,6 +148,7 @@ impl<'a> Session<'a> {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
+            self.progress.check(&url)?;
             let failure = match self.once(method, &url, body, if_match) {
                 Ok(reply) => return Ok(reply),
                 Err(f) => f,
@@ -173,10 +182,15 @@ impl<'a> Session<'a> {
                     RedfishError::Unreachable { url: url.clone(), attempts: attempt, message },
                 ),
             };
+            // A failure at the deadline (a request cut short by it) is the deadline's.
+            self.progress.check(&url)?;
             if !retryable || attempt > self.opts.retries {
                 return Err(error);
             }
-            let pause = backoff(self.opts.backoff, attempt).max(wait.unwrap_or_default());
+            let mut pause = backoff(self.opts.backoff, attempt).max(wait.unwrap_or_default());
+            if let Some(left) = self.progress.left() {
+                pause = pause.min(left);
+            }
             tracing::debug!(%method, %url, attempt, ?pause, "BMC request failed; retrying: {error}");
             std::thread::sleep(pause);
         }
@@ -196,6 +210,9 @@ impl<'a> Session<'a> {
             .set("Authorization", &self.authorization)
             .set("Accept", "application/json")
             .set("OData-Version", "4.0");
+        if let Some(left) = self.progress.left() {
+            req = req.timeout(self.opts.timeout.min(left).max(Duration::from_millis(1)));
+        }
         if let Some(tag) = if_match {
             req = req.set("If-Match", tag);
         }
@@ -286,7 +303,11 @@ impl<'a> Session<'a> {
                     waited,
                 });
             }
-            let left = self.opts.task_deadline - waited;
+            self.progress.check(&monitor)?;
+            let mut left = self.opts.task_deadline - waited;
+            if let Some(overall) = self.progress.left() {
+                left = left.min(overall);
+            }
             std::thread::sleep(pause.unwrap_or(self.opts.task_poll).min(MAX_RETRY_AFTER).min(left));
             let reply = match self.send("GET", &monitor, None, None, Retry::Idempotent) {
                 Ok(r) => r,

@@ -304,8 +304,51 @@ pub const MAX_REFUSAL_KEYS: usize = 512;
 
 /// Largest answer of one `/events` page, whatever `limit` asks for.
 pub const MAX_PAGE_BYTES: usize = 1 << 20;
-/// Most log read for one filtered `/events` page.
-pub const MAX_SCAN_BYTES: usize = 64 << 20;
+/// Most log read for one `/events` page (a filtered one reads past what it keeps). The page
+/// then ends early with a cursor (`next`, or `before` when paging back), so following cursors
+/// still finds every record, and no caller can make one request cost more than this much
+/// reading and parsing (tens of milliseconds of CPU, where 64 MiB cost about a second).
+pub const MAX_SCAN_BYTES: usize = 4 << 20;
+
+/// The `event` tag of [`Event::LoginFailed`] records, as they are read back (a unit test holds
+/// it to the enum's serialization).
+const LOGIN_FAILED: &str = "login-failed";
+
+/// One page of `GET /events`, as answered.
+#[derive(Debug, Serialize)]
+pub struct Page {
+    pub events: Vec<Value>,
+    /// Oldest-first paging: the offset to ask from next (`since`). Newest-first: where the
+    /// scan stopped.
+    pub next: u64,
+    /// Newest-first paging: the `before` of the next (older) page; absent when the log holds
+    /// nothing older. Set also when the page has fewer records than asked because the scan
+    /// budget ran out: the records before it are not read yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<u64>,
+    /// Bytes of log this page read ([`MAX_SCAN_BYTES`] at most, plus one record).
+    pub scanned: u64,
+    /// Oldest-first paging: whether the scan reached the end of the log. `false` with few or no
+    /// events means the budget ran out: ask again from `next`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at_end: Option<bool>,
+}
+
+/// What a caller of `role` may see of a record read back, changed in place.
+///
+/// A refused login's `name` is whatever was typed in the name field, and people type passwords
+/// there: only `admin` sees it; for other roles the field is removed *before* filters look at
+/// the record, so a `by=` filter cannot probe for it either.
+pub fn visible_to(role: Role, record: &mut Value) {
+    if role >= Role::Admin {
+        return;
+    }
+    if let Value::Object(o) = record {
+        if o.get("event").and_then(Value::as_str) == Some(LOGIN_FAILED) {
+            o.remove("name");
+        }
+    }
+}
 
 impl Audit {
     pub fn open(state_dir: &Path) -> anyhow::Result<Audit> {
@@ -378,44 +421,35 @@ impl Audit {
         limit: usize,
         max_bytes: usize,
     ) -> std::io::Result<(Vec<Value>, u64)> {
-        let mut events = Vec::new();
-        let mut bytes = 0usize;
-        let next = self.scan_since(since, |line, offset| {
-            bytes += line.len();
-            if events.len() >= limit || (bytes > max_bytes && !events.is_empty()) {
-                return false;
-            }
-            if let Ok(mut v) = serde_json::from_slice::<Value>(line) {
-                if let Value::Object(o) = &mut v {
-                    o.insert("offset".into(), json!(offset));
-                }
-                events.push(v);
-            }
-            true
-        })?;
-        Ok((events, next))
+        let page = self.read_page(since, limit, max_bytes, &Default::default(), Role::Admin)?;
+        Ok((page.events, page.next))
     }
 
-    /// Like [`Audit::read_since`], keeping only records `filter` passes; `limit` and `max_bytes`
-    /// count the records kept, and at most [`MAX_SCAN_BYTES`] of log are read per page (the
-    /// page then ends early, and `next` says where to go on).
-    pub fn read_since_filtered(
+    /// A page of records from byte offset `since` on (see [`Audit::read_since`]), as `role` may
+    /// see them ([`visible_to`]), keeping those `filter` passes: at most `limit` of them and
+    /// `max_bytes` of their text, reading at most [`MAX_SCAN_BYTES`] of log (at least one
+    /// line). `next` is where to go on; `at_end` whether the log's end was reached.
+    pub fn read_page(
         &self,
         since: u64,
         limit: usize,
         max_bytes: usize,
         filter: &super::query::EventFilter,
-    ) -> std::io::Result<(Vec<Value>, u64)> {
-        if filter.is_empty() {
-            return self.read_since(since, limit, max_bytes);
-        }
+        role: Role,
+    ) -> std::io::Result<Page> {
         let (mut events, mut bytes, mut scanned) = (Vec::new(), 0usize, 0usize);
+        let mut stopped = false;
         let next = self.scan_since(since, |line, offset| {
-            scanned += line.len();
-            if events.len() >= limit || bytes > max_bytes || scanned > MAX_SCAN_BYTES {
+            let full = events.len() >= limit
+                || (bytes + line.len() > max_bytes && !events.is_empty())
+                || (scanned + line.len() > MAX_SCAN_BYTES && scanned > 0);
+            if full {
+                stopped = true;
                 return false;
             }
+            scanned += line.len();
             if let Ok(mut v) = serde_json::from_slice::<Value>(line) {
+                visible_to(role, &mut v);
                 if filter.keeps(&v) {
                     bytes += line.len();
                     if let Value::Object(o) = &mut v {
@@ -426,28 +460,32 @@ impl Audit {
             }
             true
         })?;
-        Ok((events, next))
+        Ok(Page { events, next, before: None, scanned: scanned as u64, at_end: Some(!stopped) })
     }
 
     /// The newest `limit` records that `filter` passes among those starting before byte
-    /// offset `before` (default: the end), newest first, reading at most [`MAX_SCAN_BYTES`] of
-    /// the log back (the console's audit view pages backwards with these). `next` is where the
-    /// scan stopped.
+    /// offset `before` (default: the end), newest first, as `role` may see them, reading at
+    /// most [`MAX_SCAN_BYTES`] of the log back (the console's audit view pages backwards with
+    /// these). `next` is where the scan stopped; `before` the cursor of the next older page.
     pub fn read_newest(
         &self,
         limit: usize,
         before: Option<u64>,
         filter: &super::query::EventFilter,
-    ) -> std::io::Result<(Vec<Value>, u64)> {
+        role: Role,
+    ) -> std::io::Result<Page> {
         let len = std::fs::metadata(&self.path)?.len();
         let end = before.unwrap_or(len).min(len);
         let start = end.saturating_sub(MAX_SCAN_BYTES as u64);
         let mut kept: std::collections::VecDeque<Value> = Default::default();
+        let mut scanned = 0u64;
         let next = self.scan_since(start, |line, offset| {
             if offset >= end {
                 return false;
             }
+            scanned += line.len() as u64;
             if let Ok(mut v) = serde_json::from_slice::<Value>(line) {
+                visible_to(role, &mut v);
                 if filter.keeps(&v) {
                     if let Value::Object(o) = &mut v {
                         o.insert("offset".into(), json!(offset));
@@ -460,7 +498,16 @@ impl Audit {
             }
             true
         })?;
-        Ok((kept.into_iter().rev().collect(), next))
+        let older = if kept.len() >= limit {
+            // A full page: older matches may sit just before its oldest record.
+            kept.front().and_then(|v| v["offset"].as_u64())
+        } else {
+            // The window [start, end) is read; what lies before it is not. A line cut by
+            // `start` begins before it, so the next page (offsets below `start`) holds it.
+            Some(start)
+        };
+        let before = older.filter(|&b| b > 0);
+        Ok(Page { events: kept.into_iter().rev().collect(), next, before, scanned, at_end: None })
     }
 
     /// Calls `take(line, offset)` for each whole line from byte offset `since` on, until it
@@ -938,6 +985,88 @@ mod tests {
         for s in summaries {
             assert_eq!(s["count"], 4999, "{s}");
             assert_eq!(s["peer"], "10.0.0.7");
+        }
+    }
+
+    /// `n` lines of `filler` records, then return the path (written as the service writes).
+    fn big_log(dir: &Path, n: usize) -> PathBuf {
+        let path = dir.join("audit.jsonl");
+        let mut text = String::new();
+        for i in 0..n {
+            let e = Event::Done {
+                host: format!("filler-{i}"),
+                install: "x".into(),
+                peer: [10, 0, 0, 1].into(),
+            };
+            text.push_str(&String::from_utf8(line(&e)).unwrap());
+        }
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn pages_read_at_most_the_budget_and_cursors_find_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = big_log(dir.path(), 80_000);
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert!(len > 2 * MAX_SCAN_BYTES as u64, "{len}");
+        let a = Audit::open(dir.path()).unwrap();
+        let peer: IpAddr = "10.0.0.9".parse().unwrap();
+        a.note(&Event::Done { host: "far".into(), install: "y".into(), peer });
+        a.sync();
+        let filter =
+            super::super::query::EventFilter::parse(|n| (n == "host").then(|| "far".into()));
+        let first = a.read_page(0, 10, MAX_PAGE_BYTES, &filter, Role::Read).unwrap();
+        assert!(first.events.is_empty());
+        assert_eq!(first.at_end, Some(false));
+        assert!(first.scanned <= MAX_SCAN_BYTES as u64 && first.scanned > 0);
+        assert_eq!(first.next, first.scanned);
+        let (mut since, mut found, mut pages) = (first.next, Vec::new(), 1);
+        loop {
+            let page = a.read_page(since, 10, MAX_PAGE_BYTES, &filter, Role::Read).unwrap();
+            pages += 1;
+            found.extend(page.events);
+            since = page.next;
+            if page.at_end == Some(true) {
+                break;
+            }
+        }
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0]["host"], "far");
+        assert!(pages >= 3, "{pages}");
+
+        // Newest first: the record at the end comes at once; paging back to the start walks
+        // the whole log through `before` cursors, each page within the budget.
+        let filler0 =
+            super::super::query::EventFilter::parse(|n| (n == "host").then(|| "filler-0".into()));
+        let (mut before, mut found) = (None, Vec::new());
+        for _ in 0..100 {
+            let page = a.read_newest(10, before, &filler0, Role::Read).unwrap();
+            assert!(page.scanned <= MAX_SCAN_BYTES as u64 + 1024);
+            found.extend(page.events);
+            match page.before {
+                Some(b) => before = Some(b),
+                None => break,
+            }
+        }
+        assert_eq!(found.len(), 1, "filler-0, the first record, reached by cursors");
+        assert_eq!(found[0]["offset"], 0);
+    }
+
+    #[test]
+    fn refused_login_names_are_for_admin_only() {
+        let e = Event::LoginFailed {
+            name: Some("hunter2".into()),
+            via: Via::LdapSession,
+            peer: "10.0.0.1".parse().unwrap(),
+            reason: "bad password",
+        };
+        let v: Value = serde_json::from_slice(&line(&e)).unwrap();
+        assert_eq!(v["event"], LOGIN_FAILED, "the tag visible_to looks for");
+        for (role, shown) in [(Role::Read, false), (Role::Reimage, false), (Role::Admin, true)] {
+            let mut r = v.clone();
+            visible_to(role, &mut r);
+            assert_eq!(r.get("name").is_some(), shown, "{role:?}");
         }
     }
 }

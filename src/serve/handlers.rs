@@ -890,7 +890,7 @@ pub struct MediaUrl {
 
 /// `POST /hosts/{host}/media-url` (role reimage): a signed URL of the host's medium.
 async fn media_url(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Reply, HttpError> {
-    let who = Actor::from(&authorize(svc, req, Role::Reimage).await?);
+    let who = Actor::from(&authorize(svc, req, super::bmc::MINTS_MEDIA_URLS).await?);
     let host = api_host(&raw)?;
     let body: MediaUrlBody = if req.body.iter().all(u8::is_ascii_whitespace) {
         MediaUrlBody::default()
@@ -1388,15 +1388,20 @@ async fn cancel(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Reply
 }
 
 /// `GET /events?since=OFFSET&limit=N`: a page of the audit log (at most 1,000 records and about
-/// 1 MiB, whatever `limit` asks), with the offset to ask from next.
+/// 1 MiB, whatever `limit` asks), with the offset to ask from next. Each page reads at most
+/// [`super::audit::MAX_SCAN_BYTES`] of log, whatever the filters: a filter that matches little
+/// gets short (even empty) pages with a cursor, and says how much it read (`scanned`), so the
+/// cost of a request is bounded and following the cursors still finds everything. Records are
+/// shown as the caller's role may see them ([`super::audit::visible_to`]) before any filter
+/// looks at them.
 async fn events(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {
-    authorize(svc, req, Role::Read).await?;
+    let role = authorize(svc, req, Role::Read).await?.role;
     let parse = |name: &str, default: u64| -> Result<u64, HttpError> {
         match req.param(name) {
             None => Ok(default),
             Some(v) => v.parse().map_err(|_| {
                 HttpError::bad_request(format!(
-                    "{name} must be a whole number (a byte offset from `next`)"
+                    "{name} must be a whole number (a byte offset from `next` or `before`)"
                 ))
             }),
         }
@@ -1411,14 +1416,14 @@ async fn events(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> 
     };
     svc.blocking(move |svc| {
         svc.audit.sync();
-        let read = if newest {
-            svc.audit.read_newest(limit, before, &filter)
+        let page = if newest {
+            svc.audit.read_newest(limit, before, &filter, role)
         } else {
-            svc.audit.read_since_filtered(since, limit, super::audit::MAX_PAGE_BYTES, &filter)
+            svc.audit.read_page(since, limit, super::audit::MAX_PAGE_BYTES, &filter, role)
         };
-        let (events, next) =
-            read.map_err(|e| HttpError::internal(format!("cannot read the audit log: {e}")))?;
-        Ok(Reply::json(&serde_json::json!({ "events": events, "next": next })))
+        let page =
+            page.map_err(|e| HttpError::internal(format!("cannot read the audit log: {e}")))?;
+        Ok(Reply::json(&page))
     })
     .await?
 }

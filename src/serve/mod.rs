@@ -83,6 +83,9 @@ pub struct Config {
     pub bmc_credentials: Option<PathBuf>,
     /// Extra CA certificates (PEM) trusted for BMCs.
     pub bmc_ca: Option<PathBuf>,
+    /// The longest one BMC operation (attach, detach, status) may take; after it the caller
+    /// gets 504 naming the step reached. Default [`bmc::DEFAULT_DEADLINE`].
+    pub bmc_deadline: std::time::Duration,
     pub limits: http::Limits,
     /// The console's directory logins (`--ldap-config`, TOML; see [`ldap`]).
     pub ldap_config: Option<PathBuf>,
@@ -114,6 +117,7 @@ impl Config {
             media_base_url: None,
             bmc_credentials: None,
             bmc_ca: None,
+            bmc_deadline: bmc::DEFAULT_DEADLINE,
             limits: http::Limits::default(),
             ldap_config: None,
             secure_cookies: false,
@@ -430,7 +434,9 @@ impl Server {
         let epoch = config.media_epoch.unwrap_or(media::DEFAULT_EPOCH);
         let media = media::Media::new(config.firmware_dir.as_deref(), epoch, signer)?;
         let bmc = match &config.bmc_credentials {
-            Some(file) => Some(bmc::Bmc::new(file.clone(), config.bmc_ca.clone())?),
+            Some(file) => {
+                Some(bmc::Bmc::new(file.clone(), config.bmc_ca.clone(), config.bmc_deadline)?)
+            }
             None => None,
         };
         let directory = config.ldap_config.as_deref().map(ldap::Directory::load).transpose()?;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 pub const REIMAGE_TOKEN: &str = "bmc-reimage-token-1234";
 pub const READ_TOKEN: &str = "bmc-read-token-5678";
+pub const ADMIN_TOKEN: &str = "bmc-admin-token-9012";
 
 /// A service over `rows` (CSV lines after the header `hostname,ip,gateway,dns,mac,profile,bmc`)
 /// with node tokens, API tokens and the emulator's credentials. The nodes' scripts ask
@@ -35,6 +36,19 @@ impl BmcService {
         credentials: bool,
         secret: bool,
     ) -> BmcService {
+        BmcService::start_config(rows, port, public_url, credentials, secret, |_, _| {})
+    }
+
+    /// [`BmcService::start_with`], with `tweak` changing the configuration (and writing into
+    /// the state folder, the second argument) before the service starts.
+    pub fn start_config(
+        rows: &str,
+        port: u16,
+        public_url: Option<&str>,
+        credentials: bool,
+        secret: bool,
+        tweak: impl FnOnce(&mut Config, &std::path::Path),
+    ) -> BmcService {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let inventory = d.join("nodes.csv");
@@ -50,7 +64,12 @@ impl BmcService {
         let sha = |t: &str| hex::encode(Sha256::digest(t.as_bytes()));
         std::fs::write(
             d.join("tokens"),
-            format!("ops reimage {}\nviewer read {}\n", sha(REIMAGE_TOKEN), sha(READ_TOKEN)),
+            format!(
+                "ops reimage {}\nviewer read {}\nboss admin {}\n",
+                sha(REIMAGE_TOKEN),
+                sha(READ_TOKEN),
+                sha(ADMIN_TOKEN)
+            ),
         )
         .unwrap();
         let mut config = Config::new(inventory, profiles, d.join("state"));
@@ -66,10 +85,12 @@ impl BmcService {
             std::fs::write(&pass, "password\n").unwrap();
             std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
             let creds = d.join("bmc-credentials");
-            std::fs::write(&creds, format!("* admin {}\n", pass.display())).unwrap();
+            // The emulator speaks plain HTTP on loopback: the line must allow it.
+            std::fs::write(&creds, format!("* admin {} allow-http\n", pass.display())).unwrap();
             std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
             config.bmc_credentials = Some(creds);
         }
+        tweak(&mut config, &d.join("state"));
         let server = Server::start(config).expect("the service starts");
         let base = format!("http://{}", server.local_addr());
         let token_file = d.join("token");

@@ -19,7 +19,8 @@
 //!   answers a successful InsertMedia with `202 Accepted` and the emulator's own task
 //!   (`/redfish/v1/TaskService/Tasks/42`) as monitor, as BMCs with task support do; and with
 //!   [`Proxy::etags`] it gives GETs an `ETag` and refuses a PATCH whose `If-Match` differs
-//!   (412). The emulator still does every operation.
+//!   (412). The emulator still does every operation. [`Quirks::delay`] makes it a slow BMC, and
+//!   [`Quirks::report_image`] makes it report the mounted URL in another encoding.
 //! * [`Ca`]: a private CA and a server certificate for 127.0.0.1, made with the `openssl` CLI.
 #![allow(dead_code)]
 
@@ -357,6 +358,11 @@ pub struct Quirks {
     /// Hide the System's `VirtualMedia` link, so virtual media are found only through
     /// `Links.ManagedBy` → Manager → `VirtualMedia` (the iDRAC/iLO layout).
     pub manager_media: bool,
+    /// Hold every request this long before passing it on: a slow BMC.
+    pub delay: Option<Duration>,
+    /// Report the virtual CD's `Image` through this function, as BMCs that hand the URL back
+    /// percent-encoded or HTML-escaped do (the emulator itself keeps what it was given).
+    pub report_image: Option<fn(&str) -> String>,
 }
 
 /// A recording HTTP proxy in front of a plain-HTTP emulator (one request per connection).
@@ -418,6 +424,9 @@ fn proxy_one(
             body: String::from_utf8_lossy(&body).into_owned(),
         };
         log.lock().unwrap().push(seen.clone());
+        if let Some(pause) = quirks.delay {
+            std::thread::sleep(pause);
+        }
         let key = path.trim_end_matches('/').to_string();
         let etag = |v: &HashMap<String, u32>| format!("\"v{}\"", v.get(&key).copied().unwrap_or(0));
         if quirks.etags && method == "PATCH" {
@@ -473,6 +482,14 @@ fn proxy_one(
             if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&resp_body) {
                 v.as_object_mut().unwrap().remove("VirtualMedia");
                 resp_body = v.to_string();
+            }
+        }
+        if let Some(report) = quirks.report_image.filter(|_| method == "GET") {
+            if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&resp_body) {
+                if let Some(image) = v.get("Image").and_then(|i| i.as_str()).map(report) {
+                    v["Image"] = serde_json::Value::String(image);
+                    resp_body = v.to_string();
+                }
             }
         }
         let mut resp_lines = resp_head.lines();

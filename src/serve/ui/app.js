@@ -371,8 +371,10 @@
       body.append(el("tr", {}, el("td", { title: e.time }, e.time.replace("T", " ").slice(0, 19)), el("td", {}, e.event),
         el("td", {}, e.host || ""), el("td", {}, who + (e.role ? ` (${e.role})` : "")), el("td", { className: "mono" }, details)));
     }
-    audit.oldest = r.data.events.length ? r.data.events[r.data.events.length - 1].offset : null;
-    $("#a-older").disabled = r.data.events.length < 100;
+    // The server's cursor: a page may hold fewer records than asked when its scan budget ran
+    // out, and still have older ones to page to.
+    audit.oldest = r.data.before ?? null;
+    $("#a-older").disabled = audit.oldest == null;
     $("#a-newer").disabled = audit.pages.length === 0;
   }
   $("#a-apply").addEventListener("click", () => { audit = { before: null, pages: [] }; loadAudit(); });
