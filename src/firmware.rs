@@ -316,14 +316,11 @@ impl Firmware {
         files
     }
 
-    /// The payload files one image of `format` for `arches` contains, for its `bootforge.json`.
-    pub fn versions_for(
-        &self,
-        format: crate::media::Format,
-        arches: &[Arch],
-    ) -> anyhow::Result<Vec<FirmwareFile>> {
+    /// The payload files one image for `arches` contains, for its `bootforge.json`: the EFI
+    /// loaders, and with `bios` the BIOS loader and ISOLINUX files too. Which formats carry the
+    /// BIOS files is the media builder's knowledge (`media::Format::carries_bios`), not ours.
+    pub fn versions_for(&self, bios: bool, arches: &[Arch]) -> anyhow::Result<Vec<FirmwareFile>> {
         let mut files = Vec::new();
-        let bios = format == crate::media::Format::Iso;
         if bios {
             files.push(self.lkrn.file());
         }

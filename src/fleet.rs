@@ -171,7 +171,7 @@ fn build_into(
     let image_firmware = opts
         .formats
         .iter()
-        .map(|&f| Ok((f, opts.firmware.versions_for(f, &opts.arches)?)))
+        .map(|&f| Ok((f, opts.firmware.versions_for(f.carries_bios(), &opts.arches)?)))
         .collect::<anyhow::Result<HashMap<Format, Vec<FirmwareFile>>>>()?;
     // The fleet's firmware: every payload file some image of this build contains, each once.
     let mut firmware_files: Vec<FirmwareFile> = Vec::new();
@@ -330,7 +330,7 @@ pub fn node_medium(
     let settings = ScriptSettings { server, token: token.clone(), medium };
     let node_script = script::node_script(node, &settings);
     let script_sha256 = hex::encode(Sha256::digest(node_script.as_bytes()));
-    let firmware = templates.firmware().versions_for(format, opts.arches)?;
+    let firmware = templates.firmware().versions_for(format.carries_bios(), opts.arches)?;
     let info = ImageInfo {
         bootforge: env!("CARGO_PKG_VERSION"),
         node: &summary,

@@ -1,6 +1,7 @@
 //! The command line: argument definitions and the thin glue from them to the library.
 
 pub mod build;
+pub mod client;
 pub mod serve;
 
 use clap::{Parser, Subcommand};

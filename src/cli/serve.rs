@@ -2,7 +2,8 @@
 //! [`crate::serve`].
 
 use crate::inventory::ServerUrl;
-use crate::serve::{client, Config, Server};
+use super::client;
+use crate::serve::{Config, Server};
 use std::path::PathBuf;
 
 const SERVE_HELP: &str = "\

@@ -56,6 +56,12 @@ impl Format {
         }
     }
 
+    /// Whether an image of this format carries the BIOS loader (`ipxe.lkrn` and the ISOLINUX
+    /// files) besides the EFI ones: only the hybrid ISO boots from a legacy BIOS.
+    pub fn carries_bios(self) -> bool {
+        self == Format::Iso
+    }
+
     /// The file a node's image of this format is written to: `HOST.iso`, `HOST.usb.img`,
     /// `HOST.efi.img`. Distinct suffixes let all three formats share one output folder.
     pub fn file_name(self, hostname: &str) -> String {

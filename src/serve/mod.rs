@@ -1,4 +1,4 @@
-//! The boot decision service (`bootforge serve`) and its client (`bootforge reimage`).
+//! The boot decision service (`bootforge serve`); its command-line client is `crate::cli::client`.
 //!
 //! Every boot medium asks `GET /boot/{host}?mac=..&ip=..&medium=..[&token=..]` at every boot. The
 //! answer is always a 200 iPXE script: the host's install chain if, and only if, an operator
@@ -24,7 +24,6 @@ pub mod audit;
 pub mod auth;
 pub mod bmc;
 pub mod catalog;
-pub mod client;
 pub mod console;
 pub mod editor;
 pub mod handlers;

@@ -35,7 +35,7 @@ pub fn run(
     let mut lines = Vec::new();
     let mut failed = Vec::new();
     for host in hosts {
-        let url = format!("{base}/hosts/{}/reimage", super::util::encode(host));
+        let url = format!("{base}/hosts/{}/reimage", crate::serve::util::encode(host));
         let auth = format!("Bearer {token}");
         let result = match action {
             Action::Flag(profile) => {
@@ -100,7 +100,7 @@ pub fn media_url(
 ) -> anyhow::Result<serde_json::Value> {
     let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
     let base = server.trim_end_matches('/');
-    let url = format!("{base}/hosts/{}/media-url", super::util::encode(host));
+    let url = format!("{base}/hosts/{}/media-url", crate::serve::util::encode(host));
     match agent
         .post(&url)
         .set("Authorization", &format!("Bearer {token}"))
@@ -217,7 +217,7 @@ fn one_media(
     host: &str,
     action: &MediaAction,
 ) -> (String, bool) {
-    let url = format!("{base}/hosts/{}/media", super::util::encode(host));
+    let url = format!("{base}/hosts/{}/media", crate::serve::util::encode(host));
     let auth = format!("Bearer {token}");
     let started = std::time::Instant::now();
     let result = match action {
