@@ -8,8 +8,8 @@ mod support;
 #[path = "console_support/mod.rs"]
 mod console_support;
 
-use bootforge::serve::auth::Role;
-use bootforge::serve::ldap::{Directory, LoginError};
+use bootforge::serve::auth::ldap::{Directory, LoginError};
+use bootforge::serve::domain::actor::Role;
 use console_support::{Browser, Samba, Slapd, AD_USERS};
 use support::*;
 

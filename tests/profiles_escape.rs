@@ -3,7 +3,7 @@
 //! filters on their own, and the load-time check of every node.
 
 use bootforge::inventory::{Inventory, Node};
-use bootforge::serve::profiles::{
+use bootforge::serve::inputs::profiles::{
     ipxe_arg, parse_url, preseed_value, shell_word, yaml_string, Profiles, RenderContext,
 };
 use std::path::{Path, PathBuf};

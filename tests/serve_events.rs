@@ -8,8 +8,9 @@
 #[path = "serve_support/mod.rs"]
 mod support;
 
-use bootforge::serve::audit::{Audit, Event, MAX_SCAN_BYTES};
-use bootforge::serve::auth::Via;
+use bootforge::serve::domain::actor::Via;
+use bootforge::serve::domain::event::Event;
+use bootforge::serve::store::audit::{Audit, MAX_SCAN_BYTES};
 use serde_json::Value;
 use std::net::IpAddr;
 use support::*;

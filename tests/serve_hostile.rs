@@ -10,7 +10,7 @@
 #[path = "serve_support/mod.rs"]
 mod support;
 
-use bootforge::serve::http::Limits;
+use bootforge::serve::web::limits::Limits;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -1389,7 +1389,7 @@ fn oversized_bodies_get_413() {
     let r = sized(100_000);
     assert_eq!(r.status, 413, "{}", r.text());
     // The limit itself: 64 KiB is read (and refused as bad JSON), one byte more is 413.
-    let max = bootforge::serve::http::MAX_BODY;
+    let max = bootforge::serve::web::limits::MAX_BODY;
     let r = sized(max);
     assert_eq!(r.status, 400, "{}", r.text());
     let r = sized(max + 1);

@@ -10,7 +10,7 @@
 #[path = "serve_support/mod.rs"]
 mod support;
 
-use bootforge::serve::session::{LOGIN_FAILURES, MAX_SESSIONS_PER_IDENTITY};
+use bootforge::serve::auth::session::{LOGIN_FAILURES, MAX_SESSIONS_PER_IDENTITY};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,7 +5,7 @@
 mod support;
 
 use bootforge::media::Format;
-use bootforge::serve::media::{MediaOptions, Signer};
+use bootforge::serve::app::media::{MediaOptions, Signer};
 use bootforge::token::Secret;
 use sha2::{Digest, Sha256};
 use std::process::Command;

@@ -1,8 +1,8 @@
 //! `serve` and `reimage`: the boot service's commands. Parsing only; the work is in
 //! [`crate::serve`].
 
-use crate::inventory::ServerUrl;
 use super::client;
+use crate::inventory::ServerUrl;
 use crate::serve::{Config, Server};
 use std::path::PathBuf;
 
@@ -101,7 +101,7 @@ pub struct ServeArgs {
     /// The longest one BMC operation (attach, detach, status) may take, in seconds, waiting
     /// for a free slot included; after it the caller gets HTTP 504 naming the step reached.
     /// At most 600 (`bootforge attach` waits 900 s for an answer).
-    #[arg(long, value_name = "SECS", default_value_t = crate::serve::bmc::DEFAULT_DEADLINE.as_secs(),
+    #[arg(long, value_name = "SECS", default_value_t = crate::serve::app::bmc::DEFAULT_DEADLINE.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..=600))]
     pub bmc_deadline: u64,
     /// Directory logins for the console at /ui/ (TOML: LDAPS or StartTLS URL, bind DN template,
@@ -243,7 +243,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.ldap_config = args.ldap_config;
     config.secure_cookies = args.console_secure_cookie;
     config.trusted_proxies = args.trusted_proxies;
-    config.sessions = crate::serve::session::Lifetimes {
+    config.sessions = crate::serve::auth::session::Lifetimes {
         idle_ms: args.session_idle_minutes.clamp(1, 24 * 60) * 60_000,
         absolute_ms: args.session_max_hours.clamp(1, 24 * 30) * 3_600_000,
     };

@@ -49,7 +49,7 @@
 //! entry up by DN and answer its current role, or `None` when it is gone, disabled or in no
 //! mapped group.
 
-use super::auth::Role;
+use crate::serve::domain::actor::Role;
 use anyhow::Context as _;
 use ldap3::{LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
 use rustls::pki_types::pem::PemObject as _;

@@ -18,7 +18,8 @@
 //! ([`crate::atomic::write_file`]), all before the API answers: a `kill -9` or a power cut after
 //! the answer cannot lose the change, and a crash before it leaves the old file intact.
 
-use super::lifecycle::HostState;
+use super::{HostStore, StoreError, MAX_STORED_NAME};
+use crate::serve::domain::lifecycle::HostState;
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
@@ -27,22 +28,6 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
-
-/// Errors of the store: I/O, or a file that is not valid JSON (reported with its path). The
-/// paths are for the server log and authenticated callers, never for an unauthenticated answer.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("state file {path}: {source}")]
-    Io { path: String, source: std::io::Error },
-    #[error("state file {path} is not valid JSON ({message}); fix or remove it")]
-    Corrupt { path: String, message: String },
-    #[error("host names longer than {MAX_STORED_NAME} characters cannot have state (file names are limited)")]
-    NameTooLong,
-}
-
-/// The longest host name that can have a state file (`NAME.json` and the temporary files of a
-/// write must fit in the 255 bytes of a file name).
-pub const MAX_STORED_NAME: usize = 200;
 
 /// The per-host flag files of one state directory.
 pub struct Store {
@@ -94,6 +79,43 @@ impl Store {
         Ok(store)
     }
 
+    fn path(&self, host: &str) -> PathBuf {
+        self.dir.join(format!("{host}.json"))
+    }
+
+    /// Takes the host's lock, waiting as long as it takes (tests; the service never waits so).
+    #[cfg(test)]
+    pub fn lock_blocking(&self, host: &str) -> Result<HostLock, StoreError> {
+        Ok(self.lock_with(host, libc::LOCK_EX)?.expect("a blocking flock returns with the lock"))
+    }
+
+    fn lock_with(&self, host: &str, op: libc::c_int) -> Result<Option<HostLock>, StoreError> {
+        if host.len() > MAX_STORED_NAME {
+            return Err(StoreError::NameTooLong);
+        }
+        let path = self.dir.join(format!("{host}.lock"));
+        let io = |e| StoreError::Io { path: path.display().to_string(), source: e };
+        let file =
+            OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io)?;
+        loop {
+            // SAFETY: flock on a descriptor we own; released by close when `file` drops.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
+            if rc == 0 {
+                return Ok(Some(HostLock { file, host: host.to_string() }));
+            }
+            let err = std::io::Error::last_os_error();
+            match err.kind() {
+                ErrorKind::Interrupted => continue,
+                ErrorKind::WouldBlock => return Ok(None),
+                _ => return Err(io(err)),
+            }
+        }
+    }
+}
+
+impl HostStore for Store {
+    type Lock = HostLock;
+
     /// Whether `host`'s file may decide its boot. `false` means the boot is local without
     /// reading the file, which is how a boot storm of unflagged hosts costs no disk access.
     ///
@@ -102,13 +124,13 @@ impl Store {
     /// So a flag set through another instance takes effect here within about that long (on NFS,
     /// within the client's attribute cache time for directories). It can err only towards a
     /// local boot: a `true` is always checked against the file itself, under the host's lock.
-    pub fn may_decide(&self, host: &str) -> bool {
+    fn may_decide(&self, host: &str) -> bool {
         self.deciding.read().unwrap_or_else(|p| p.into_inner()).contains(host)
     }
 
     /// Re-reads the files that changed since the last scan, if the folder changed (a write is a
     /// rename into it), or all of them every [`FULL_SCAN`] or when `force`d.
-    pub fn rescan(&self, force: bool) {
+    fn rescan(&self, force: bool) {
         let mut scan = self.scan.lock().unwrap_or_else(|p| p.into_inner());
         let dir = std::fs::metadata(&self.dir).ok().map(|m| stamp(&m));
         let due = scan.full_at.is_none_or(|t| t.elapsed() >= FULL_SCAN);
@@ -158,14 +180,10 @@ impl Store {
         }
     }
 
-    fn path(&self, host: &str) -> PathBuf {
-        self.dir.join(format!("{host}.json"))
-    }
-
     /// Reads a host's state without a lock (files are replaced by rename, so a reader sees a
     /// whole old or a whole new version). A host never flagged has the default state. `host`
     /// must be a validated host name of the inventory (it becomes a file name).
-    pub fn read(&self, host: &str) -> Result<HostState, StoreError> {
+    fn read(&self, host: &str) -> Result<HostState, StoreError> {
         if host.len() > MAX_STORED_NAME {
             return Ok(HostState::default()); // such a host can never have been written
         }
@@ -181,7 +199,7 @@ impl Store {
     }
 
     /// Host names that have a state file, for listings.
-    pub fn hosts(&self) -> Vec<String> {
+    fn hosts(&self) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
         entries
             .filter_map(|e| e.ok())
@@ -195,44 +213,15 @@ impl Store {
     /// `Service::change`), so a lock held elsewhere never parks a thread. Exclusion between
     /// threads of this process is the caller's job too: on NFS, Linux turns `flock` into POSIX
     /// locks, which do not exclude them.
-    pub fn try_lock(&self, host: &str) -> Result<Option<HostLock>, StoreError> {
+    fn try_lock(&self, host: &str) -> Result<Option<HostLock>, StoreError> {
         self.lock_with(host, libc::LOCK_EX | libc::LOCK_NB)
-    }
-
-    /// Takes the host's lock, waiting as long as it takes (tests; the service never waits so).
-    #[cfg(test)]
-    pub fn lock_blocking(&self, host: &str) -> Result<HostLock, StoreError> {
-        Ok(self.lock_with(host, libc::LOCK_EX)?.expect("a blocking flock returns with the lock"))
-    }
-
-    fn lock_with(&self, host: &str, op: libc::c_int) -> Result<Option<HostLock>, StoreError> {
-        if host.len() > MAX_STORED_NAME {
-            return Err(StoreError::NameTooLong);
-        }
-        let path = self.dir.join(format!("{host}.lock"));
-        let io = |e| StoreError::Io { path: path.display().to_string(), source: e };
-        let file =
-            OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io)?;
-        loop {
-            // SAFETY: flock on a descriptor we own; released by close when `file` drops.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
-            if rc == 0 {
-                return Ok(Some(HostLock { file, host: host.to_string() }));
-            }
-            let err = std::io::Error::last_os_error();
-            match err.kind() {
-                ErrorKind::Interrupted => continue,
-                ErrorKind::WouldBlock => return Ok(None),
-                _ => return Err(io(err)),
-            }
-        }
     }
 
     /// Replaces the host's file durably (temp file, fsync, rename, fsync of the folder) while
     /// `lock` is held, bumping the version.
-    pub fn write(&self, lock: &HostLock, state: &mut HostState) -> Result<(), StoreError> {
+    fn write(&self, lock: &HostLock, state: &mut HostState) -> Result<(), StoreError> {
         state.version += 1;
-        state.updated_at = super::util::now_ms();
+        state.updated_at = crate::serve::util::now_ms();
         let path = self.path(&lock.host);
         let mut bytes = serde_json::to_vec_pretty(&state).expect("state serialises");
         bytes.push(b'\n');
@@ -257,8 +246,8 @@ pub struct HostLock {
     host: String,
 }
 
-impl HostLock {
-    pub fn host(&self) -> &str {
+impl super::Locked for HostLock {
+    fn host(&self) -> &str {
         &self.host
     }
 }
@@ -295,7 +284,8 @@ mod tests {
 
     #[test]
     fn only_files_that_can_decide_a_boot_are_watched() {
-        use super::super::lifecycle::{cancel, set_flag};
+        use crate::serve::domain::lifecycle::cancel;
+        use crate::serve::domain::lifecycle::set_flag;
         let dir = tempfile::tempdir().unwrap();
         let a = Store::open(dir.path()).unwrap();
         let b = Store::open(dir.path()).unwrap();

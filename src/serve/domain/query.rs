@@ -7,7 +7,7 @@
 //! `phase`, `profile`, `last-boot`, `install-age`; `order` `asc` (default) or `desc`.
 //! Unknown values are a 400 naming the parameter.
 
-use super::lifecycle::Phase;
+use crate::serve::domain::lifecycle::Phase;
 use std::cmp::Ordering;
 use std::net::Ipv4Addr;
 

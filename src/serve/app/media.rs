@@ -217,7 +217,7 @@ impl Media {
         format!(
             "{}/media/{}?{}&exp={exp}&sig={sig}",
             base.trim_end_matches('/'),
-            super::util::encode(&file),
+            crate::serve::util::encode(&file),
             opts.query()
         )
     }

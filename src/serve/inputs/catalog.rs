@@ -8,9 +8,9 @@
 //! closed: removing a token revokes it at the next reload whatever state the other inputs are
 //! in, and a tokens file that cannot be loaded refuses every token until it is fixed.
 
-use super::auth::Tokens;
-use super::profiles::Profiles;
 use crate::inventory::Inventory;
+use crate::serve::auth::tokens::Tokens;
+use crate::serve::inputs::profiles::Profiles;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -116,7 +116,7 @@ impl Catalog {
         *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tokens);
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         if error.is_some() {
-            status.last_attempt_at = Some(super::util::now_ms());
+            status.last_attempt_at = Some(crate::serve::util::now_ms());
             status.failures += 1;
         }
         status.tokens_error = error;
@@ -138,7 +138,7 @@ impl Catalog {
         let generation = self.snapshot().generation + 1;
         let result = load_snapshot(&self.sources, generation);
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        status.last_attempt_at = Some(super::util::now_ms());
+        status.last_attempt_at = Some(crate::serve::util::now_ms());
         match result {
             Ok(snap) => {
                 tracing::info!(
@@ -198,7 +198,7 @@ fn load_snapshot(sources: &Sources, generation: u64) -> anyhow::Result<Snapshot>
         inventory: inv,
         profiles,
         generation,
-        loaded_at: super::util::now_ms(),
+        loaded_at: crate::serve::util::now_ms(),
         load_ms: start.elapsed().as_secs_f64() * 1000.0,
     })
 }

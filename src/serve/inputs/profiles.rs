@@ -712,7 +712,7 @@ const REASON_ENCODE: &percent_encoding::AsciiSet =
 /// (none when the profile is not loaded, which a render then reports as undefined).
 fn context(ctx: &RenderContext<'_>, vars: Option<&BTreeMap<String, String>>) -> Value {
     let server = ctx.server.to_string();
-    let host = super::util::encode(&ctx.node.hostname);
+    let host = crate::serve::util::encode(&ctx.node.hostname);
     let token_q = ctx.token.map(|t| format!("token={t}"));
     let with_token = |base: String, extra: Option<String>| {
         let parts: Vec<String> = extra.into_iter().chain(token_q.clone()).collect();
@@ -744,8 +744,10 @@ fn context(ctx: &RenderContext<'_>, vars: Option<&BTreeMap<String, String>>) -> 
     let config_base = format!("{server}/config/{host}/");
     let token_for_config = token_q.clone();
     let config_url = Value::from_function(move |file: String| {
-        let url =
-            format!("{config_base}{}", super::util::encode_path(file.trim_start_matches('/')));
+        let url = format!(
+            "{config_base}{}",
+            crate::serve::util::encode_path(file.trim_start_matches('/'))
+        );
         match &token_for_config {
             Some(t) => format!("{url}?{t}"),
             None => url,
@@ -759,7 +761,7 @@ fn context(ctx: &RenderContext<'_>, vars: Option<&BTreeMap<String, String>>) -> 
     };
     let asset_base = format!("{server}/assets/");
     let asset_url = Value::from_function(move |path: String| {
-        format!("{asset_base}{}", super::util::encode_path(path.trim_start_matches('/')))
+        format!("{asset_base}{}", crate::serve::util::encode_path(path.trim_start_matches('/')))
     });
     minijinja::context! {
         node => Value::from(node_vars),

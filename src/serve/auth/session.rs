@@ -1,7 +1,7 @@
 //! The console's sessions: who a browser is, for how long, and the checks that keep another site
 //! from acting with its cookie.
 //!
-//! A login (an API token, or a directory account through [`super::ldap`]) opens a session: a
+//! A login (an API token, or a directory account through [`crate::serve::auth::ldap`]) opens a session: a
 //! random 256-bit id sent once as the `bf_session` cookie (`HttpOnly`, `SameSite=Strict`, `Path=/`,
 //! `Secure` when the service is reached over TLS), and a random 256-bit CSRF token that the page
 //! fetches from `GET /session` and sends back as `X-CSRF-Token` on every request that changes
@@ -26,9 +26,17 @@
 //! ([`LoginLimiter`]).
 //!
 //! Everything here is a pure core over a clock passed in (`now`, milliseconds), unit-tested
-//! below; the handlers in [`super::console`] wire it to requests.
+//! below; the handlers in [`crate::serve::console::login`] wire it to requests.
 
-use super::auth::{Caller, Denied, Role, Tokens, Via};
+use crate::serve::domain::actor::Caller;
+
+use crate::serve::auth::tokens::Denied;
+
+use crate::serve::domain::actor::Role;
+
+use crate::serve::auth::tokens::Tokens;
+
+use crate::serve::domain::actor::Via;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::net::IpAddr;

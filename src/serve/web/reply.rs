@@ -1,5 +1,5 @@
 //! What handlers answer: a [`Reply`] on success, an [`HttpError`] otherwise. The HTTP adapter
-//! ([`super::http`]) turns both into responses; nothing else builds a status line.
+//! ([`crate::serve::web::accept`]) turns both into responses; nothing else builds a status line.
 
 use serde::Serialize;
 use std::io::Read;
@@ -95,22 +95,13 @@ impl HttpError {
     }
 
     pub fn into_reply(self) -> Reply {
-        let mut body = super::util::error_json(&self.message);
+        let mut body = crate::serve::util::error_json(&self.message);
         body.push('\n');
         Reply {
             status: self.status,
             content_type: JSON,
             body: Payload::Text(body),
             headers: self.headers,
-        }
-    }
-}
-
-impl From<super::state::StoreError> for HttpError {
-    fn from(e: super::state::StoreError) -> Self {
-        match e {
-            super::state::StoreError::NameTooLong => HttpError::bad_request(e.to_string()),
-            _ => HttpError::internal(e),
         }
     }
 }

@@ -27,241 +27,16 @@
 //! paths, token *names* instead of tokens. No request text reaches the log unparsed, so no
 //! secret can, and every record is a few hundred bytes whatever the request held.
 
-use super::auth::{Actor, Role, Via};
-use crate::inventory::Mac;
+use crate::serve::domain::event::{visible_to, Event, Refusal};
+
+use crate::serve::domain::actor::Role;
+
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-
-/// One audit record. Field types are what bounds them: see the module documentation.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "event", rename_all = "kebab-case")]
-pub enum Event {
-    /// A `/boot` answer. `host` is the validated name asked for; `verified` says whether the
-    /// request proved to be that inventory host's (token and MAC), the only kind that may
-    /// update what the operator sees as its last boot.
-    Boot {
-        host: Option<String>,
-        verified: bool,
-        answer: &'static str,
-        kind: &'static str,
-        reason: &'static str,
-        install: Option<String>,
-        peer: IpAddr,
-        ip: Option<Ipv4Addr>,
-        mac: Option<Mac>,
-        medium: &'static str,
-        platform: &'static str,
-    },
-    FlagSet {
-        host: String,
-        profile: String,
-        #[serde(flatten)]
-        who: Actor,
-        peer: IpAddr,
-        changed: bool,
-        install: String,
-    },
-    FlagCancelled {
-        host: String,
-        #[serde(flatten)]
-        who: Actor,
-        peer: IpAddr,
-        outcome: &'static str,
-        install: Option<String>,
-    },
-    /// A standing flag ended because its host left the inventory.
-    FlagOrphaned {
-        host: String,
-        install: String,
-    },
-    Done {
-        host: String,
-        install: String,
-        peer: IpAddr,
-    },
-    /// The installer reported that it runs (`/hosts/{host}/started`).
-    Started {
-        host: String,
-        install: String,
-        peer: IpAddr,
-    },
-    /// The installer reported a failure; `reason` is its text cleaned by
-    /// [`super::lifecycle::failure_reason`] (one printable line, bounded).
-    Failed {
-        host: String,
-        install: String,
-        peer: IpAddr,
-        reason: Option<String>,
-    },
-    /// A callback for an install that is not open (late, replayed, cancelled): nothing changed.
-    CallbackIgnored {
-        host: String,
-        callback: &'static str,
-        install: Option<String>,
-        peer: IpAddr,
-    },
-    /// A callback or config request without a valid node token.
-    /// `host` only when it is an inventory host: invented names are not recorded.
-    NodeTokenDenied {
-        host: Option<String>,
-        route: &'static str,
-        peer: IpAddr,
-    },
-    Config {
-        host: String,
-        file: String,
-        profile: String,
-        peer: IpAddr,
-    },
-    /// A `/media/` URL refused: unsigned, expired or altered. `host` only for inventory hosts;
-    /// the signature itself is never recorded.
-    MediaDenied {
-        host: Option<String>,
-        format: &'static str,
-        reason: &'static str,
-        peer: IpAddr,
-    },
-    /// A medium read from its start (a BMC mounting it, a download).
-    MediaServed {
-        host: String,
-        format: &'static str,
-        peer: IpAddr,
-        status: u16,
-    },
-    /// A signed media URL handed out; `expires` in seconds since 1970.
-    MediaUrl {
-        host: String,
-        format: &'static str,
-        #[serde(flatten)]
-        who: Actor,
-        peer: IpAddr,
-        expires: u64,
-    },
-    /// A BMC told to mount (`attach`) or eject (`detach`) the host's medium, and whether it did.
-    BmcMedia {
-        host: String,
-        action: &'static str,
-        #[serde(flatten)]
-        who: Actor,
-        peer: IpAddr,
-        ok: bool,
-        boot: Option<&'static str>,
-        reset: bool,
-    },
-    /// An API request refused for its API token.
-    Denied {
-        route: &'static str,
-        peer: IpAddr,
-        status: u16,
-        reason: &'static str,
-    },
-    Reload {
-        #[serde(flatten)]
-        who: Actor,
-        peer: IpAddr,
-        ok: bool,
-    },
-    /// A console login. `name` is the token's name or the directory login name.
-    Login {
-        name: String,
-        role: Role,
-        via: Via,
-        peer: IpAddr,
-    },
-    /// A refused console login, never with the password or token. `name` is the directory
-    /// login name asked for, only when it has the shape of one (see `session::login_name`).
-    LoginFailed {
-        name: Option<String>,
-        via: Via,
-        peer: IpAddr,
-        reason: &'static str,
-    },
-    Logout {
-        #[serde(flatten)]
-        who: Actor,
-        peer: IpAddr,
-    },
-    /// Directory sessions of the account `name` (its canonical name, checked by
-    /// `ldap::recordable_name`) ended: by an admin (`reason` `admin`, with who and from where),
-    /// or because a re-check found the account gone, disabled or out of the mapped groups
-    /// (`recheck`).
-    SessionsEnded {
-        name: String,
-        ended: usize,
-        reason: &'static str,
-        #[serde(flatten)]
-        who: Option<Actor>,
-        peer: Option<IpAddr>,
-    },
-    /// The inventory CSV replaced from the console: `action` is `add`, `change`, `remove` or
-    /// `upload`; `host` the row's host name; `nodes` the number of rows after the change.
-    InventoryChanged {
-        #[serde(flatten)]
-        who: Actor,
-        peer: IpAddr,
-        action: &'static str,
-        host: Option<String>,
-        nodes: usize,
-    },
-    /// A change whose audit record was written but whose state write failed afterwards.
-    ChangeNotApplied {
-        host: String,
-        after: &'static str,
-    },
-    /// Refusals of one kind, peer, route and reason that were counted but not written one by
-    /// one (see the module documentation). `refused` is their record kind (`denied`,
-    /// `media-denied`, …); `peer` is `None` for refusals of peers beyond the
-    /// [`MAX_REFUSAL_KEYS`] tracked at once. `count` is the number of refusals not written one
-    /// by one; `first_ms` is when the window opened (the refusal written in full, if any) and
-    /// `last_ms` when the last one counted was made.
-    RefusedSummary {
-        refused: &'static str,
-        peer: Option<IpAddr>,
-        route: &'static str,
-        reason: &'static str,
-        count: u64,
-        first_ms: u64,
-        last_ms: u64,
-    },
-}
-
-/// What refusals are aggregated by: their record kind, peer (`None`: the overflow of peers
-/// beyond [`MAX_REFUSAL_KEYS`]), route and reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Refusal {
-    pub refused: &'static str,
-    pub peer: Option<IpAddr>,
-    pub route: &'static str,
-    pub reason: &'static str,
-}
-
-impl Event {
-    /// The aggregation key of a refusal: a record a client without credentials can cause at
-    /// will. `None` for every other record (those are written one by one, as they are bounded
-    /// by what credentials or inventory hosts allow).
-    pub fn refusal(&self) -> Option<Refusal> {
-        let (refused, peer, route, reason) = match self {
-            Event::Boot { verified: false, kind, peer, .. } => {
-                ("boot", *peer, "/boot/{host}", *kind)
-            }
-            Event::NodeTokenDenied { route, peer, .. } => {
-                ("node-token-denied", *peer, *route, "node-token")
-            }
-            Event::MediaDenied { reason, peer, .. } => {
-                ("media-denied", *peer, "/media/{file}", *reason)
-            }
-            Event::Denied { route, peer, reason, .. } => ("denied", *peer, *route, *reason),
-            Event::LoginFailed { peer, reason, .. } => ("login-failed", *peer, "/session", *reason),
-            _ => return None,
-        };
-        Some(Refusal { refused, peer: Some(peer), route, reason })
-    }
-}
 
 #[derive(Serialize)]
 struct Line<'a> {
@@ -310,10 +85,6 @@ pub const MAX_PAGE_BYTES: usize = 1 << 20;
 /// reading and parsing (tens of milliseconds of CPU, where 64 MiB cost about a second).
 pub const MAX_SCAN_BYTES: usize = 4 << 20;
 
-/// The `event` tag of [`Event::LoginFailed`] records, as they are read back (a unit test holds
-/// it to the enum's serialization).
-const LOGIN_FAILED: &str = "login-failed";
-
 /// One page of `GET /events`, as answered.
 #[derive(Debug, Serialize)]
 pub struct Page {
@@ -332,22 +103,6 @@ pub struct Page {
     /// events means the budget ran out: ask again from `next`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub at_end: Option<bool>,
-}
-
-/// What a caller of `role` may see of a record read back, changed in place.
-///
-/// A refused login's `name` is whatever was typed in the name field, and people type passwords
-/// there: only `admin` sees it; for other roles the field is removed *before* filters look at
-/// the record, so a `by=` filter cannot probe for it either.
-pub fn visible_to(role: Role, record: &mut Value) {
-    if role >= Role::Admin {
-        return;
-    }
-    if let Value::Object(o) = record {
-        if o.get("event").and_then(Value::as_str) == Some(LOGIN_FAILED) {
-            o.remove("name");
-        }
-    }
 }
 
 impl Audit {
@@ -384,7 +139,7 @@ impl Audit {
     /// documentation).
     pub fn note(&self, event: &Event) {
         let note = match event.refusal() {
-            Some(_) => Note::Refusal(event.clone(), super::util::now_ms()),
+            Some(_) => Note::Refusal(event.clone(), crate::serve::util::now_ms()),
             None => Note::Line(line(event)),
         };
         if self.notes.try_send(note).is_err() {
@@ -434,7 +189,7 @@ impl Audit {
         since: u64,
         limit: usize,
         max_bytes: usize,
-        filter: &super::query::EventFilter,
+        filter: &crate::serve::domain::query::EventFilter,
         role: Role,
     ) -> std::io::Result<Page> {
         let (mut events, mut bytes, mut scanned) = (Vec::new(), 0usize, 0usize);
@@ -471,7 +226,7 @@ impl Audit {
         &self,
         limit: usize,
         before: Option<u64>,
-        filter: &super::query::EventFilter,
+        filter: &crate::serve::domain::query::EventFilter,
         role: Role,
     ) -> std::io::Result<Page> {
         let len = std::fs::metadata(&self.path)?.len();
@@ -659,12 +414,12 @@ impl Drop for Audit {
 
 /// One record as a line of JSON.
 fn line(event: &Event) -> Vec<u8> {
-    line_at(event, super::util::now_ms())
+    line_at(event, crate::serve::util::now_ms())
 }
 
 /// One record as a line of JSON, stamped `now`.
 fn line_at(event: &Event, now: u64) -> Vec<u8> {
-    let line = Line { time: super::util::rfc3339(now), ms: now, event };
+    let line = Line { time: crate::serve::util::rfc3339(now), ms: now, event };
     let mut bytes = serde_json::to_vec(&line).expect("audit records serialise");
     bytes.push(b'\n');
     bytes
@@ -765,7 +520,7 @@ fn write_notes(file: &File, path: &Path, queue: &std::sync::mpsc::Receiver<Note>
     let mut torn = false;
     loop {
         // Wait for a note, or until the next refusal window closes.
-        let mut next = match refusals.next_close(super::util::now_ms()) {
+        let mut next = match refusals.next_close(crate::serve::util::now_ms()) {
             None => match queue.recv() {
                 Ok(note) => Some(note),
                 Err(_) => break, // every Audit handle is gone
@@ -800,7 +555,7 @@ fn write_notes(file: &File, path: &Path, queue: &std::sync::mpsc::Receiver<Note>
                 next = queue.try_recv().ok();
             }
         }
-        for summary in refusals.close(super::util::now_ms(), close_all) {
+        for summary in refusals.close(crate::serve::util::now_ms(), close_all) {
             batch.extend_from_slice(&line(&summary));
         }
         if batch.is_empty() {
@@ -870,6 +625,9 @@ fn find_newline(file: &mut File) -> std::io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::serve::domain::actor::{Actor, Via};
+    use crate::serve::domain::event::LOGIN_FAILED;
+    use std::net::IpAddr;
 
     #[test]
     fn append_and_page() {
@@ -1014,8 +772,9 @@ mod tests {
         let peer: IpAddr = "10.0.0.9".parse().unwrap();
         a.note(&Event::Done { host: "far".into(), install: "y".into(), peer });
         a.sync();
-        let filter =
-            super::super::query::EventFilter::parse(|n| (n == "host").then(|| "far".into()));
+        let filter = crate::serve::domain::query::EventFilter::parse(|n| {
+            (n == "host").then(|| "far".into())
+        });
         let first = a.read_page(0, 10, MAX_PAGE_BYTES, &filter, Role::Read).unwrap();
         assert!(first.events.is_empty());
         assert_eq!(first.at_end, Some(false));
@@ -1037,8 +796,9 @@ mod tests {
 
         // Newest first: the record at the end comes at once; paging back to the start walks
         // the whole log through `before` cursors, each page within the budget.
-        let filler0 =
-            super::super::query::EventFilter::parse(|n| (n == "host").then(|| "filler-0".into()));
+        let filler0 = crate::serve::domain::query::EventFilter::parse(|n| {
+            (n == "host").then(|| "filler-0".into())
+        });
         let (mut before, mut found) = (None, Vec::new());
         for _ in 0..100 {
             let page = a.read_newest(10, before, &filler0, Role::Read).unwrap();

@@ -1,0 +1,76 @@
+//! Health, status, metrics and reload: the service's own endpoints.
+
+use crate::serve::app::guard::authorize;
+use crate::serve::app::service::Service;
+use crate::serve::domain::actor::{Actor, Role};
+use crate::serve::domain::event::Event;
+use crate::serve::util::{now_ms, rfc3339};
+use crate::serve::web::reply::{HttpError, Reply};
+use crate::serve::web::request::Req;
+use std::sync::Arc;
+
+/// `GET /healthz`: for load balancers, without a token; says nothing about the inputs.
+pub(crate) fn healthz(svc: &Service) -> Reply {
+    Reply::json(&serde_json::json!({
+        "status": "ok",
+        "generation": svc.catalog.snapshot().generation,
+    }))
+}
+
+/// `GET /status` (role read): the inputs, reload errors and versions.
+pub(crate) async fn status(svc: &Arc<Service>, req: &Req) -> Result<Reply, HttpError> {
+    authorize(svc, req, Role::Read).await?;
+    let snap = svc.catalog.snapshot();
+    let reload = svc.catalog.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Ok(Reply::json(&serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "nodes": snap.inventory.len(),
+        "inventory": snap.inventory.source(),
+        "profiles": snap.profiles.names().collect::<Vec<_>>(),
+        "generation": snap.generation,
+        "loaded_at": rfc3339(snap.loaded_at),
+        "load_ms": snap.load_ms,
+        "reload": reload,
+        "api_enabled": svc.catalog.tokens().enabled(),
+        "node_tokens": svc.secret.is_some(),
+        "base_url": svc.default_base.as_ref().map(|u| u.to_string()),
+        "media_templates": svc.media.templates(),
+        "media_epoch": svc.media.epoch,
+        "started_at": rfc3339(svc.started_at),
+        "uptime_secs": now_ms().saturating_sub(svc.started_at) / 1000,
+        "firmware": svc.media.firmware_versions(),
+        "ldap": svc.directory.as_ref().map(|d| d.source().to_string()),
+        "sessions": svc.sessions.len(),
+    })))
+}
+
+pub(crate) fn metrics(svc: &Service) -> Reply {
+    let snap = svc.catalog.snapshot();
+    let failures = svc.catalog.status.lock().map(|s| s.failures).unwrap_or(0);
+    let dropped = svc.audit.dropped.load(std::sync::atomic::Ordering::Relaxed);
+    let mut r =
+        Reply::text(svc.metrics.render(snap.inventory.len(), snap.generation, failures, dropped));
+    r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+    r
+}
+
+pub(crate) async fn reload(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {
+    let caller = authorize(svc, req, Role::Admin).await?;
+    let peer = req.peer;
+    svc.blocking(move |svc| {
+        let reloaded = svc.catalog.reload_if_changed(true);
+        if reloaded {
+            crate::serve::app::metrics::Metrics::inc(&svc.metrics.reloads_ok);
+            svc.sweep_orphans();
+        }
+        let status = svc.catalog.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let ok = reloaded && status.tokens_error.is_none();
+        svc.audit.note(&Event::Reload { who: Actor::from(&caller), peer, ok });
+        let generation = svc.catalog.snapshot().generation;
+        let error = status.last_error.or(status.tokens_error);
+        let body = serde_json::json!({ "reloaded": ok, "generation": generation, "error": error });
+        Reply::json(&body).with_status(if ok { 200 } else { 422 })
+    })
+    .await
+}

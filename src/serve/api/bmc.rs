@@ -1,0 +1,324 @@
+//! `PUT`, `DELETE` and `GET /hosts/{host}/media`: the node's BMC mounts (or ejects) the node's
+//! boot ISO by signed URL, through Redfish.
+//!
+//! The service does this work rather than the command line, so that every client (the CLI's
+//! `attach`/`detach`, a console, a script with `curl`) goes through one place that holds the BMC
+//! passwords, mints the URL, and audits who attached what. The Redfish walk itself is
+//! [`crate::redfish`]; this module only gathers its inputs (the row's `bmc` URL, the credentials
+//! file's line for it, the signed URL), runs it on the blocking pool, and answers.
+
+use crate::media::Format;
+use crate::redfish::{self, BootMode, CredentialsFile};
+use crate::serve::app::bmc::{describe, expiry, scrub, shown, Use, ATTACH_TTL_SECS};
+use crate::serve::app::guard::{api_host, authorize};
+use crate::serve::app::media::MediaOptions;
+use crate::serve::app::service::Service;
+use crate::serve::domain::actor::{Actor, Role};
+use crate::serve::domain::event::Event;
+use crate::serve::util::{now_ms, rfc3339};
+use crate::serve::web::reply::{HttpError, Reply};
+use crate::serve::web::request::Req;
+use serde::Serialize;
+use std::sync::Arc;
+
+/// How long a URL handed to a BMC lives when the request does not say: BMCs read attached media
+/// at every boot, so it must outlive the attachment. `attach` again to renew it.
+
+/// The body of `PUT /hosts/{host}/media`; every field is optional.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AttachBody {
+    /// `continuous` (default), `once` or `none`.
+    boot: Option<String>,
+    /// Reset the machine once mounted (default false).
+    reset: Option<bool>,
+    /// EFI loaders in the ISO (default x86_64) and the UEFI loader flavour (default ipxe).
+    arch: Option<String>,
+    efi_loader: Option<String>,
+    /// Seconds the URL given to the BMC stays valid (default 90 days).
+    ttl: Option<u64>,
+}
+
+/// What `PUT` and `DELETE` answer.
+#[derive(Serialize)]
+pub(crate) struct Done<T: Serialize> {
+    host: String,
+    action: &'static str,
+    /// When the URL the BMC now holds stops working (attach only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url_expires_at: Option<String>,
+    report: T,
+}
+
+/// Everything about a host's BMC a request needs, checked: the row's URL and its credentials.
+pub(crate) fn target(
+    svc: &Service,
+    host: &str,
+) -> Result<(redfish::BmcTarget, crate::inventory::Node), HttpError> {
+    let bmc = svc.bmc.as_ref().ok_or_else(|| {
+        HttpError::new(
+            409,
+            "this service was started without --bmc-credentials; it cannot talk to BMCs",
+        )
+    })?;
+    let snap = svc.catalog.snapshot();
+    let node = snap.inventory.get(host).cloned().ok_or_else(|| {
+        HttpError::not_found(format!(
+            "{host} is not in the inventory {}; add it there first",
+            snap.inventory.source()
+        ))
+    })?;
+    let url = node.bmc.clone().ok_or_else(|| {
+        HttpError::new(
+            409,
+            format!("{host} has no BMC: fill the `bmc` column of {}", snap.inventory.source()),
+        )
+    })?;
+    let file = CredentialsFile::load(&bmc.credentials).map_err(|e| {
+        tracing::error!("the BMC credentials file cannot be used: {e}");
+        HttpError::new(503, "the BMC credentials file cannot be used; the server log says why")
+    })?;
+    let target = file.target(&url).map_err(|e| {
+        tracing::warn!(host, "{e}");
+        match e {
+            redfish::TargetError::NoLine { .. } => HttpError::new(
+                409,
+                format!("no line of the BMC credentials file covers {host}'s BMC ({})", url.host()),
+            ),
+            // Names the line (FILE:LINE) so the operator knows what to change; the file's
+            // path is no secret from a caller who may attach.
+            redfish::TargetError::PlainHttp { .. } => HttpError::new(409, format!("{host}: {e}")),
+        }
+    })?;
+    Ok((target, node))
+}
+
+/// A BMC's failure for the caller and the log: its message (already made safe by the Redfish
+/// client), with anything shaped like a signature or token, should a BMC echo it, cut out.
+/// A passed deadline is a 504 that says what may be half done and how to look.
+pub(crate) fn bmc_failure(host: &str, e: &redfish::RedfishError) -> HttpError {
+    let text = scrub(&e.to_string());
+    tracing::warn!(host, "BMC operation failed: {text}");
+    match e {
+        redfish::RedfishError::Deadline { .. } => HttpError::new(
+            504,
+            format!(
+                "{host}: {text}; that step and the ones after it may not have happened: see \
+                 GET /hosts/{host}/media for what the BMC holds now"
+            ),
+        ),
+        _ => HttpError::new(502, format!("{host}: {text}")),
+    }
+}
+
+/// `PUT /hosts/{host}/media` (role reimage): mount the host's ISO on its BMC's virtual CD.
+pub async fn attach(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Reply, HttpError> {
+    let who = Actor::from(&authorize(svc, req, Role::Reimage).await?);
+    let host = api_host(&raw)?;
+    let body: AttachBody = if req.body.iter().all(u8::is_ascii_whitespace) {
+        AttachBody::default()
+    } else {
+        serde_json::from_slice(&req.body).map_err(|_| {
+            HttpError::bad_request(
+                "the body must be JSON with any of boot (continuous, once, none), reset (true, \
+                 false), arch (x86_64,arm64), efi_loader (ipxe, snponly), ttl (seconds)",
+            )
+        })?
+    };
+    let boot: BootMode = body
+        .boot
+        .as_deref()
+        .unwrap_or("continuous")
+        .parse()
+        .map_err(|_| HttpError::bad_request("boot must be continuous, once or none"))?;
+    let reset = body.reset.unwrap_or(false);
+    let opts = MediaOptions::parse(
+        Format::Iso,
+        body.arch.as_deref(),
+        Some("cd"),
+        body.efi_loader.as_deref(),
+    )
+    .map_err(|e| HttpError::bad_request(format!("bad media option {e}")))?;
+    let ttl = body.ttl.unwrap_or(ATTACH_TTL_SECS);
+    if ttl == 0 || ttl > crate::serve::app::media::MAX_TTL_SECS {
+        return Err(HttpError::bad_request(format!(
+            "ttl must be 1 to {} seconds",
+            crate::serve::app::media::MAX_TTL_SECS
+        )));
+    }
+    if svc.media.signer.ephemeral {
+        return Err(HttpError::new(
+            409,
+            "attach needs --secret-file: without it, media URLs are signed with a key of this \
+             process, and every attached BMC would lose its CD when the service restarts",
+        ));
+    }
+    let (target, node) = target(svc, &host)?;
+    let base = match &svc.config.media_base_url {
+        Some(url) => url.to_string(),
+        None => svc.base_for(&node).ok_or_else(|| HttpError::internal("no base URL"))?,
+    };
+    let exp = now_ms() / 1000 + ttl;
+    let url = svc.media.url(&base, &host, &opts, exp);
+    let h = host.clone();
+    let bmc = svc.bmc.as_ref().expect("checked by target()");
+    let claim = bmc.claim(&host)?;
+    let bmc_url = target.url.clone();
+    let result = bmc
+        .run(Use::Write, &bmc_url, claim, move |client, progress| {
+            client.attach_within(&target, &url, boot, reset, progress)
+        })
+        .await?;
+    svc.audit.note(&Event::BmcMedia {
+        host: host.clone(),
+        action: "attach",
+        who,
+        peer: req.peer,
+        ok: result.is_ok(),
+        boot: Some(boot_name(boot)),
+        reset,
+    });
+    let mut report = result.map_err(|e| bmc_failure(&h, &e))?;
+    report.media_after.image = report.media_after.image.map(|i: String| describe(&i));
+    report.ejected = report.ejected.map(|i: String| describe(&i));
+    Ok(Reply::json(&Done {
+        host,
+        action: "attach",
+        url_expires_at: Some(rfc3339(exp * 1000)),
+        report,
+    }))
+}
+
+/// `DELETE /hosts/{host}/media` (role reimage): eject the virtual CD and drop a CD boot override.
+pub async fn detach(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Reply, HttpError> {
+    let who = Actor::from(&authorize(svc, req, Role::Reimage).await?);
+    let host = api_host(&raw)?;
+    let (target, _) = target(svc, &host)?;
+    let bmc = svc.bmc.as_ref().expect("checked by target()");
+    let claim = bmc.claim(&host)?;
+    let bmc_url = target.url.clone();
+    let result = bmc
+        .run(Use::Write, &bmc_url, claim, move |client, progress| {
+            client.detach_within(&target, progress)
+        })
+        .await?;
+    svc.audit.note(&Event::BmcMedia {
+        host: host.clone(),
+        action: "detach",
+        who,
+        peer: req.peer,
+        ok: result.is_ok(),
+        boot: None,
+        reset: false,
+    });
+    let mut report = result.map_err(|e| bmc_failure(&host, &e))?;
+    report.ejected = report.ejected.map(|i: String| describe(&i));
+    Ok(Reply::json(&Done { host, action: "detach", url_expires_at: None, report }))
+}
+
+/// `GET /hosts/{host}/media` (role read): the BMC's own view of the virtual CD, the boot
+/// override and the power state. A mounted URL is shown as the BMC reports it only to roles
+/// that could mint it ([`MINTS_MEDIA_URLS`]); others get a description ([`shown`]): a `read`
+/// caller must not be able to fetch the image, which holds the node's token.
+pub async fn show(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Reply, HttpError> {
+    let role = authorize(svc, req, Role::Read).await?.role;
+    let host = api_host(&raw)?;
+    let (target, _) = target(svc, &host)?;
+    let bmc = svc.bmc.as_ref().expect("checked by target()");
+    let bmc_url = target.url.clone();
+    let mut view = bmc
+        .run(Use::Read, &bmc_url, (), move |client, progress| {
+            client.status_within(&target, progress)
+        })
+        .await?
+        .map_err(|e| bmc_failure(&host, &e))?;
+    let expires = view.media.image.as_deref().and_then(expiry);
+    view.media.image = view.media.image.map(|i: String| shown(&i, role));
+    Ok(Reply::json(&serde_json::json!({
+        "host": host,
+        "bmc": view,
+        "url_expires_at": expires.map(|e| rfc3339(e * 1000)),
+    })))
+}
+
+pub(crate) fn boot_name(b: BootMode) -> &'static str {
+    match b {
+        BootMode::Continuous => "continuous",
+        BootMode::Once => "once",
+        BootMode::None => "none",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIG: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    /// Our URL as BMCs report it back: literal, percent-encoded once or twice, in either case,
+    /// HTML-escaped, `\u` escaped, mixed.
+    fn encodings() -> Vec<String> {
+        let q = format!("arch=x86_64&medium=cd&exp=1800000000&sig={SIG}");
+        let base = "http://10.1.0.5:8080/media/node01.iso";
+        let pct = |t: &str, upper: bool| {
+            let e = percent_encoding::utf8_percent_encode(t, percent_encoding::NON_ALPHANUMERIC)
+                .to_string();
+            if upper {
+                e
+            } else {
+                e.to_lowercase()
+            }
+        };
+        vec![
+            format!("{base}?{q}"),
+            format!("{base}%3F{}", q.replace('&', "%26").replace('=', "%3D")),
+            format!("{base}%3f{}", q.replace('&', "%26").replace('=', "%3d")),
+            format!("{base}%253F{}", q.replace('&', "%2526").replace('=', "%253D")),
+            format!("{base}?{}", q.replace('&', "&amp;")),
+            format!("{base}&#x3F;{}", q.replace('&', "&#38;")),
+            format!("{base}\\u003F{q}"),
+            pct(&format!("{base}?{q}"), true),
+            pct(&pct(&format!("{base}?{q}"), false), true),
+            format!("HTTP://10.1.0.5:8080/MEDIA/node01.iso%3F{}", q.to_uppercase()),
+        ]
+    }
+
+    #[test]
+    fn signed_urls_are_hidden_in_every_encoding() {
+        for url in encodings() {
+            let out = shown(&url, Role::Read);
+            assert_eq!(out, "(hidden) a bootforge iso medium of node01", "{url}");
+            assert_eq!(expiry(&url), Some(1_800_000_000), "{url}");
+            // The roles that mint URLs see what the BMC reports.
+            assert_eq!(shown(&url, Role::Reimage), url);
+            assert_eq!(shown(&url, Role::Admin), url);
+        }
+        // A foreign image without anything secret-shaped is shown; anything else is hidden.
+        assert_eq!(describe("http://files.lab/rocky-9.iso"), "http://files.lab/rocky-9.iso");
+        assert!(
+            shown("http://files.lab/r.iso?X-Amz-Signature=1", Role::Admin).starts_with("(hidden)")
+        );
+        for hidden in [
+            "http://files.lab/rocky.iso?token=abc",
+            "http://user:pw@files.lab/rocky.iso",
+            &format!("http://files.lab/{SIG}.iso"),
+            "http://files.lab/x.iso%253Fa",
+            &format!("http://a/%{}", "25".repeat(20)),
+        ] {
+            assert!(describe(hidden).starts_with("(hidden)"), "{hidden}");
+        }
+        assert_eq!(describe("http://s/media/x;y.iso?sig=1"), "(hidden) a bootforge medium");
+        assert_eq!(expiry("http://other/x.iso?exp=5"), None);
+    }
+
+    #[test]
+    fn failures_are_scrubbed() {
+        let sig = "a1".repeat(32);
+        assert_eq!(scrub(&format!("bad image {sig}: no")), "bad image <redacted>: no");
+        assert_eq!(scrub(&format!("%3Dsig%3D{}", sig.to_uppercase())), "=sig=<redacted>");
+        // Every character encoded, twice: still found.
+        let each: String = sig.bytes().map(|b| format!("%25{b:02X}")).collect();
+        assert_eq!(scrub(&format!("bad image ?sig={each} x")), "bad image ?sig=<redacted> x");
+        assert_eq!(scrub("HTTP 400: abc 12"), "HTTP 400: abc 12");
+    }
+}

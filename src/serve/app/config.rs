@@ -1,0 +1,77 @@
+//! What `bootforge serve` is started with: the command line, gathered.
+
+use crate::inventory::ServerUrl;
+use std::path::PathBuf;
+
+/// Everything `bootforge serve` is started with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub inventory: PathBuf,
+    pub profiles: PathBuf,
+    pub state_dir: PathBuf,
+    /// `ADDR:PORT`; port 0 picks a free port (tests).
+    pub listen: String,
+    pub assets: Option<PathBuf>,
+    pub secret_file: Option<PathBuf>,
+    pub tokens_file: Option<PathBuf>,
+    /// Base URL written into rendered templates for nodes whose row has no `server`. Without
+    /// it, the listen address when it is a specific one. Never the request's `Host` header: a
+    /// header anyone can set must not decide where a node sends its token.
+    pub public_url: Option<ServerUrl>,
+    /// Threads for work that may block (the state directory, fsync, renders, file reads).
+    pub workers: usize,
+    /// iPXE loaders for `/media/` images instead of the embedded ones (`build --firmware-dir`).
+    pub firmware_dir: Option<PathBuf>,
+    /// `SOURCE_DATE_EPOCH` of `/media/` images; `None`: [`crate::serve::app::media::DEFAULT_EPOCH`].
+    pub media_epoch: Option<u64>,
+    /// The base of minted `/media/` URLs: where BMCs reach this service, which is often another
+    /// network (the management one) than the nodes'. `None`: the node's own base URL.
+    pub media_base_url: Option<ServerUrl>,
+    /// The BMC credentials file (see `redfish::credentials`); without it, `/hosts/{h}/media`
+    /// answers 409.
+    pub bmc_credentials: Option<PathBuf>,
+    /// Extra CA certificates (PEM) trusted for BMCs.
+    pub bmc_ca: Option<PathBuf>,
+    /// The longest one BMC operation (attach, detach, status) may take; after it the caller
+    /// gets 504 naming the step reached. Default [`crate::serve::app::bmc::DEFAULT_DEADLINE`].
+    pub bmc_deadline: std::time::Duration,
+    pub limits: crate::serve::web::limits::Limits,
+    /// The console's directory logins (`--ldap-config`, TOML; see [`ldap`]).
+    pub ldap_config: Option<PathBuf>,
+    /// Mark session cookies `Secure` even when `--public-url` is not `https://` (a TLS proxy
+    /// in front of a service reached by another name).
+    pub secure_cookies: bool,
+    /// How long console sessions last.
+    pub sessions: crate::serve::auth::session::Lifetimes,
+    /// Proxies (`--trusted-proxy`) whose `X-Forwarded-For` names the client (see
+    /// [`http::client_address`]); empty: the header is never read.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Config {
+    /// A configuration with the defaults for everything optional.
+    pub fn new(inventory: PathBuf, profiles: PathBuf, state_dir: PathBuf) -> Config {
+        Config {
+            inventory,
+            profiles,
+            state_dir,
+            listen: "0.0.0.0:8080".into(),
+            assets: None,
+            secret_file: None,
+            tokens_file: None,
+            public_url: None,
+            workers: 16,
+            firmware_dir: None,
+            media_epoch: None,
+            media_base_url: None,
+            bmc_credentials: None,
+            bmc_ca: None,
+            bmc_deadline: crate::serve::app::bmc::DEFAULT_DEADLINE,
+            limits: crate::serve::web::limits::Limits::default(),
+            ldap_config: None,
+            secure_cookies: false,
+            sessions: crate::serve::auth::session::Lifetimes::default(),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! What every handler shares: the [`service::Service`] and its configuration, the single write
+//! path ([`change`]), the authorization guards ([`guard`]), the media signer, the BMC client, the
+//! metrics, and the one place lower layers' errors become HTTP answers ([`error`]).
+
+pub mod bmc;
+pub mod change;
+pub mod config;
+pub mod error;
+pub mod guard;
+pub mod media;
+pub mod metrics;
+pub mod service;

@@ -1,0 +1,260 @@
+//! The audit records: a typed enum whose field types bound what a record may hold.
+//!
+//! Host names only once validated, install ids only in their 32-hex shape, addresses only as
+//! parsed addresses, route names instead of request paths, token *names* instead of tokens: no
+//! request text reaches a record unparsed, so no secret can, and every record is a few hundred
+//! bytes whatever the request held. Writing them is [`crate::serve::store::audit`]'s job.
+
+use crate::inventory::Mac;
+use crate::serve::domain::actor::Actor;
+use crate::serve::domain::actor::Role;
+use crate::serve::domain::actor::Via;
+use serde::Serialize;
+use serde_json::Value;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// One audit record. Field types are what bounds them: see the module documentation.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// A `/boot` answer. `host` is the validated name asked for; `verified` says whether the
+    /// request proved to be that inventory host's (token and MAC), the only kind that may
+    /// update what the operator sees as its last boot.
+    Boot {
+        host: Option<String>,
+        verified: bool,
+        answer: &'static str,
+        kind: &'static str,
+        reason: &'static str,
+        install: Option<String>,
+        peer: IpAddr,
+        ip: Option<Ipv4Addr>,
+        mac: Option<Mac>,
+        medium: &'static str,
+        platform: &'static str,
+    },
+    FlagSet {
+        host: String,
+        profile: String,
+        #[serde(flatten)]
+        who: Actor,
+        peer: IpAddr,
+        changed: bool,
+        install: String,
+    },
+    FlagCancelled {
+        host: String,
+        #[serde(flatten)]
+        who: Actor,
+        peer: IpAddr,
+        outcome: &'static str,
+        install: Option<String>,
+    },
+    /// A standing flag ended because its host left the inventory.
+    FlagOrphaned {
+        host: String,
+        install: String,
+    },
+    Done {
+        host: String,
+        install: String,
+        peer: IpAddr,
+    },
+    /// The installer reported that it runs (`/hosts/{host}/started`).
+    Started {
+        host: String,
+        install: String,
+        peer: IpAddr,
+    },
+    /// The installer reported a failure; `reason` is its text cleaned by
+    /// [`crate::serve::domain::lifecycle::failure_reason`] (one printable line, bounded).
+    Failed {
+        host: String,
+        install: String,
+        peer: IpAddr,
+        reason: Option<String>,
+    },
+    /// A callback for an install that is not open (late, replayed, cancelled): nothing changed.
+    CallbackIgnored {
+        host: String,
+        callback: &'static str,
+        install: Option<String>,
+        peer: IpAddr,
+    },
+    /// A callback or config request without a valid node token.
+    /// `host` only when it is an inventory host: invented names are not recorded.
+    NodeTokenDenied {
+        host: Option<String>,
+        route: &'static str,
+        peer: IpAddr,
+    },
+    Config {
+        host: String,
+        file: String,
+        profile: String,
+        peer: IpAddr,
+    },
+    /// A `/media/` URL refused: unsigned, expired or altered. `host` only for inventory hosts;
+    /// the signature itself is never recorded.
+    MediaDenied {
+        host: Option<String>,
+        format: &'static str,
+        reason: &'static str,
+        peer: IpAddr,
+    },
+    /// A medium read from its start (a BMC mounting it, a download).
+    MediaServed {
+        host: String,
+        format: &'static str,
+        peer: IpAddr,
+        status: u16,
+    },
+    /// A signed media URL handed out; `expires` in seconds since 1970.
+    MediaUrl {
+        host: String,
+        format: &'static str,
+        #[serde(flatten)]
+        who: Actor,
+        peer: IpAddr,
+        expires: u64,
+    },
+    /// A BMC told to mount (`attach`) or eject (`detach`) the host's medium, and whether it did.
+    BmcMedia {
+        host: String,
+        action: &'static str,
+        #[serde(flatten)]
+        who: Actor,
+        peer: IpAddr,
+        ok: bool,
+        boot: Option<&'static str>,
+        reset: bool,
+    },
+    /// An API request refused for its API token.
+    Denied {
+        route: &'static str,
+        peer: IpAddr,
+        status: u16,
+        reason: &'static str,
+    },
+    Reload {
+        #[serde(flatten)]
+        who: Actor,
+        peer: IpAddr,
+        ok: bool,
+    },
+    /// A console login. `name` is the token's name or the directory login name.
+    Login {
+        name: String,
+        role: Role,
+        via: Via,
+        peer: IpAddr,
+    },
+    /// A refused console login, never with the password or token. `name` is the directory
+    /// login name asked for, only when it has the shape of one (see `session::login_name`).
+    LoginFailed {
+        name: Option<String>,
+        via: Via,
+        peer: IpAddr,
+        reason: &'static str,
+    },
+    Logout {
+        #[serde(flatten)]
+        who: Actor,
+        peer: IpAddr,
+    },
+    /// Directory sessions of the account `name` (its canonical name, checked by
+    /// `ldap::recordable_name`) ended: by an admin (`reason` `admin`, with who and from where),
+    /// or because a re-check found the account gone, disabled or out of the mapped groups
+    /// (`recheck`).
+    SessionsEnded {
+        name: String,
+        ended: usize,
+        reason: &'static str,
+        #[serde(flatten)]
+        who: Option<Actor>,
+        peer: Option<IpAddr>,
+    },
+    /// The inventory CSV replaced from the console: `action` is `add`, `change`, `remove` or
+    /// `upload`; `host` the row's host name; `nodes` the number of rows after the change.
+    InventoryChanged {
+        #[serde(flatten)]
+        who: Actor,
+        peer: IpAddr,
+        action: &'static str,
+        host: Option<String>,
+        nodes: usize,
+    },
+    /// A change whose audit record was written but whose state write failed afterwards.
+    ChangeNotApplied {
+        host: String,
+        after: &'static str,
+    },
+    /// Refusals of one kind, peer, route and reason that were counted but not written one by
+    /// one (see the module documentation). `refused` is their record kind (`denied`,
+    /// `media-denied`, …); `peer` is `None` for refusals of peers beyond the
+    /// [`MAX_REFUSAL_KEYS`] tracked at once. `count` is the number of refusals not written one
+    /// by one; `first_ms` is when the window opened (the refusal written in full, if any) and
+    /// `last_ms` when the last one counted was made.
+    RefusedSummary {
+        refused: &'static str,
+        peer: Option<IpAddr>,
+        route: &'static str,
+        reason: &'static str,
+        count: u64,
+        first_ms: u64,
+        last_ms: u64,
+    },
+}
+
+/// What refusals are aggregated by: their record kind, peer (`None`: the overflow of peers
+/// beyond [`MAX_REFUSAL_KEYS`]), route and reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Refusal {
+    pub refused: &'static str,
+    pub peer: Option<IpAddr>,
+    pub route: &'static str,
+    pub reason: &'static str,
+}
+
+impl Event {
+    /// The aggregation key of a refusal: a record a client without credentials can cause at
+    /// will. `None` for every other record (those are written one by one, as they are bounded
+    /// by what credentials or inventory hosts allow).
+    pub fn refusal(&self) -> Option<Refusal> {
+        let (refused, peer, route, reason) = match self {
+            Event::Boot { verified: false, kind, peer, .. } => {
+                ("boot", *peer, "/boot/{host}", *kind)
+            }
+            Event::NodeTokenDenied { route, peer, .. } => {
+                ("node-token-denied", *peer, *route, "node-token")
+            }
+            Event::MediaDenied { reason, peer, .. } => {
+                ("media-denied", *peer, "/media/{file}", *reason)
+            }
+            Event::Denied { route, peer, reason, .. } => ("denied", *peer, *route, *reason),
+            Event::LoginFailed { peer, reason, .. } => ("login-failed", *peer, "/session", *reason),
+            _ => return None,
+        };
+        Some(Refusal { refused, peer: Some(peer), route, reason })
+    }
+}
+
+/// The `event` tag of [`Event::LoginFailed`] records, as they are read back (a unit test holds
+/// it to the enum's serialization).
+pub const LOGIN_FAILED: &str = "login-failed";
+
+/// What a caller of `role` may see of a record read back, changed in place.
+///
+/// A refused login's `name` is whatever was typed in the name field, and people type passwords
+/// there: only `admin` sees it; for other roles the field is removed *before* filters look at
+/// the record, so a `by=` filter cannot probe for it either.
+pub fn visible_to(role: Role, record: &mut Value) {
+    if role >= Role::Admin {
+        return;
+    }
+    if let Value::Object(o) = record {
+        if o.get("event").and_then(Value::as_str) == Some(LOGIN_FAILED) {
+            o.remove("name");
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Start-up and shutdown: load the inputs, bind, run the accept loop and the reload watcher
+//! until told to stop, then drain.
+
+use crate::serve::app::change::HostLocks;
+use crate::serve::app::config::Config;
+use crate::serve::app::service::Service;
+use crate::serve::store::HostStore;
+use crate::token::Secret;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Descriptors kept free of connections, for the state folder, the audit log, assets and the
+/// listener itself.
+pub(crate) const FD_RESERVE: u64 = 256;
+
+/// Raises the soft limit on open files to the hard limit and returns a connection cap that fits
+/// under it: a cap above the limit would let idle connections exhaust the descriptors, and then
+/// every accept, state read and audit write fails.
+pub(crate) fn fit_descriptors(wanted: usize) -> usize {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return wanted;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    let room =
+        usize::try_from(lim.rlim_cur.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX).max(16);
+    if wanted > room {
+        tracing::warn!(
+            wanted,
+            open_files_limit = lim.rlim_cur,
+            "--max-connections is above what the open-files limit allows; using {room}"
+        );
+        return room;
+    }
+    wanted
+}
+
+/// A running server: its address, and how to stop it.
+pub struct Server {
+    service: Arc<Service>,
+    local_addr: SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
+    /// Tells the accept loop to stop; it then drains the open connections.
+    stop_accepting: Option<tokio::sync::oneshot::Sender<()>>,
+    accept: Option<tokio::task::JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Loads the inputs (failing with a clear message on any error), binds, and starts the
+    /// runtime and the reload watcher. Returns once the server accepts connections.
+    pub fn start(mut config: Config) -> anyhow::Result<Server> {
+        config.limits.max_connections = fit_descriptors(config.limits.max_connections);
+        let listener = std::net::TcpListener::bind(&config.listen)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        listener.set_nonblocking(true)?;
+        let local_addr = listener.local_addr()?;
+        let default_base = match &config.public_url {
+            Some(url) => Some(url.clone()),
+            None if local_addr.ip().is_unspecified() => None,
+            None => {
+                Some(format!("http://{local_addr}").parse().map_err(|e| anyhow::anyhow!("{e}"))?)
+            }
+        };
+        let catalog =
+            crate::serve::inputs::catalog::Catalog::load(crate::serve::inputs::catalog::Sources {
+                inventory: config.inventory.clone(),
+                profiles: config.profiles.clone(),
+                tokens: config.tokens_file.clone(),
+                rows_need_server: default_base.is_none(),
+            })?;
+        let store = crate::serve::store::files::Store::open(&config.state_dir)?;
+        let audit = crate::serve::store::audit::Audit::open(&config.state_dir)?;
+        if config.tokens_file.is_none() {
+            tracing::warn!(
+                "no --tokens-file: the API (/hosts, /events, reimage) refuses every request with 401; boot answers, callbacks, assets, /healthz and /metrics still work"
+            );
+        }
+        let secret = config.secret_file.as_deref().map(Secret::from_file).transpose()?;
+        let signer = crate::serve::app::media::Signer::new(secret.as_ref())?;
+        if signer.ephemeral {
+            tracing::warn!(
+                "no --secret-file: media URLs are signed with a key of this process only; they stop working when it restarts and other instances refuse them"
+            );
+        }
+        let epoch = config.media_epoch.unwrap_or(crate::serve::app::media::DEFAULT_EPOCH);
+        let media =
+            crate::serve::app::media::Media::new(config.firmware_dir.as_deref(), epoch, signer)?;
+        let bmc = match &config.bmc_credentials {
+            Some(file) => Some(crate::serve::app::bmc::Bmc::new(
+                file.clone(),
+                config.bmc_ca.clone(),
+                config.bmc_deadline,
+            )?),
+            None => None,
+        };
+        let directory = config
+            .ldap_config
+            .as_deref()
+            .map(crate::serve::auth::ldap::Directory::load)
+            .transpose()?;
+        let snap = catalog.snapshot();
+        tracing::info!(
+            listen = %local_addr,
+            nodes = snap.inventory.len(),
+            profiles = ?snap.profiles.names().collect::<Vec<_>>(),
+            node_tokens = secret.is_some(),
+            base_url = ?default_base.as_ref().map(|u| u.to_string()),
+            "bootforge serve started"
+        );
+        drop(snap);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("serve")
+            .max_blocking_threads(config.workers.max(1))
+            .enable_io()
+            .enable_time()
+            .build()?;
+        let sessions = crate::serve::auth::session::Sessions::new(config.sessions);
+        let service = Arc::new(Service {
+            config,
+            catalog,
+            store,
+            audit,
+            secret,
+            metrics: crate::serve::app::metrics::Metrics::default(),
+            last_boot: crate::serve::store::audit::LastBoots::default(),
+            default_base,
+            media,
+            bmc,
+            sessions,
+            login_limiter: crate::serve::auth::session::LoginLimiter::default(),
+            directory,
+            inventory_edit: Mutex::new(()),
+            started_at: crate::serve::util::now_ms(),
+            host_locks: HostLocks::default(),
+        });
+        service.sweep_orphans();
+        // About 200,000 boot records: the last boot of every host of a fleet that boots daily.
+        service.last_boot.start_near_end(&service.audit, 64 << 20);
+        let listener = {
+            let _guard = runtime.enter();
+            tokio::net::TcpListener::from_std(listener)?
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let accept = runtime.spawn(crate::serve::web::accept::serve(
+            service.clone(),
+            crate::serve::web::accept::Settings {
+                limits: service.config.limits.clone(),
+                trusted_proxies: service.config.trusted_proxies.clone(),
+                session_cookie: crate::serve::auth::session::COOKIE_EQ,
+            },
+            listener,
+            stop_rx,
+        ));
+        // Directory sessions' re-checks (a no-op without a lookup account); dropped with the
+        // runtime at shutdown.
+        runtime.spawn(crate::serve::console::login::recheck_sessions(service.clone()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let hup = Arc::new(AtomicBool::new(false));
+        // SIGHUP forces a reload; registering only sets a flag, so it is safe in any thread.
+        if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone()) {
+            tracing::warn!("cannot watch SIGHUP ({e}); changes are still picked up by polling");
+        }
+        let reload = {
+            let (svc, stop) = (service.clone(), stop.clone());
+            std::thread::Builder::new().name("reload".into()).spawn(move || {
+                svc.catalog.watch(&stop, &hup, |reloaded| {
+                    if reloaded {
+                        svc.sweep_orphans();
+                    }
+                    svc.store.rescan(false);
+                    let snap = svc.catalog.snapshot();
+                    svc.last_boot.refresh(&svc.audit, |h| snap.inventory.get(h).is_some());
+                });
+            })?
+        };
+        Ok(Server {
+            service,
+            local_addr,
+            runtime: Some(runtime),
+            stop_accepting: Some(stop_tx),
+            accept: Some(accept),
+            stop,
+            threads: vec![reload],
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn service(&self) -> &Arc<Service> {
+        &self.service
+    }
+
+    /// Stops accepting, lets requests in progress finish (up to 5 s), closes idle connections,
+    /// and joins every thread.
+    pub fn shutdown(mut self) {
+        self.stop_threads();
+    }
+
+    /// Blocks until SIGINT or SIGTERM, then shuts down.
+    pub fn run_until_signalled(self) -> anyhow::Result<()> {
+        let term = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGTERM, term.clone())?;
+        signal_hook::flag::register(signal_hook::consts::SIGINT, term.clone())?;
+        while !term.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        tracing::info!("signal received: stopping");
+        self.shutdown();
+        Ok(())
+    }
+
+    fn stop_threads(&mut self) {
+        if let Some(tx) = self.stop_accepting.take() {
+            let _ = tx.send(());
+        }
+        if let Some(runtime) = self.runtime.take() {
+            if let Some(accept) = self.accept.take() {
+                let _ = runtime.block_on(accept);
+            }
+            tracing::debug!("connections drained");
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            tracing::debug!("runtime stopped");
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        // Refusals still only counted are written now, not lost with the process.
+        self.service.audit.close_windows();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop_threads();
+    }
+}

@@ -1,0 +1,259 @@
+//! Responses: `Content-Length` always, bodies streamed from memory or a reader, and a send
+//! deadline on the connection.
+
+use crate::serve::web::limits::*;
+
+use crate::serve::web::reply::Payload;
+
+use crate::serve::web::reply::Reply;
+use bytes::Bytes;
+use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use std::future::Future;
+use std::io::Read;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+pub(crate) type ResBody = http_body_util::Either<
+    http_body_util::Full<Bytes>,
+    http_body_util::Either<ChannelBody, IterBody>,
+>;
+
+/// Builds the response. HEAD answers keep `Content-Length` and send no body.
+pub(crate) fn to_response(reply: Reply, head: bool) -> hyper::Response<ResBody> {
+    let status = hyper::StatusCode::from_u16(reply.status)
+        .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    let empty = || http_body_util::Either::Left(http_body_util::Full::new(Bytes::new()));
+    let (len, body) = match reply.body {
+        Payload::Text(text) if head => (text.len() as u64, empty()),
+        Payload::Text(text) => {
+            let len = text.len() as u64;
+            (len, http_body_util::Either::Left(http_body_util::Full::new(Bytes::from(text))))
+        }
+        Payload::Stream(_, len) | Payload::Chunks(_, len) if head => (len, empty()),
+        Payload::Stream(reader, len) => {
+            (len, http_body_util::Either::Right(http_body_util::Either::Left(pump(reader, len))))
+        }
+        Payload::Chunks(chunks, len) => (
+            len,
+            http_body_util::Either::Right(http_body_util::Either::Right(IterBody {
+                chunks,
+                remaining: len,
+            })),
+        ),
+    };
+    let mut response = hyper::Response::new(body);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
+    // A 304 has no body, and its Content-Length would have to be the full image's: omit it.
+    if status != hyper::StatusCode::NOT_MODIFIED {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    for (k, v) in reply.headers {
+        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(&v)) {
+            headers.append(k, v);
+        }
+    }
+    response
+}
+
+/// A body of buffers already in memory: each poll hands hyper the next one, without copying.
+pub struct IterBody {
+    chunks: Box<dyn Iterator<Item = Bytes> + Send>,
+    remaining: u64,
+}
+
+impl hyper::body::Body for IterBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        Poll::Ready(Some(match self.chunks.next() {
+            Some(bytes) if bytes.len() as u64 <= self.remaining => {
+                self.remaining -= bytes.len() as u64;
+                Ok(hyper::body::Frame::data(bytes))
+            }
+            // Never more or fewer bytes than announced: cut the connection instead.
+            _ => Err(std::io::Error::other("the body does not match its announced length")),
+        }))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.remaining)
+    }
+}
+
+/// A body fed by [`pump`]: chunks of a file read on the blocking pool.
+pub struct ChannelBody {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    remaining: u64,
+}
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        self.rx.poll_recv(cx).map(|chunk| {
+            chunk.map(|chunk| {
+                chunk.map(|bytes| {
+                    self.remaining = self.remaining.saturating_sub(bytes.len() as u64);
+                    hyper::body::Frame::data(bytes)
+                })
+            })
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.remaining)
+    }
+}
+
+/// Streams `len` bytes of `reader` without holding the file in memory: each chunk is read on the
+/// blocking pool (a thread is held only while reading, not while a slow client drains), and at
+/// most two chunks wait in the channel. A reader that ends early fails the body, so the client
+/// sees a cut connection rather than a short file.
+pub(crate) fn pump(reader: Box<dyn Read + Send>, len: u64) -> ChannelBody {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(async move {
+        let mut reader = reader;
+        let mut left = len;
+        while left > 0 {
+            let want = CHUNK.min(usize::try_from(left).unwrap_or(CHUNK));
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; want];
+                let result = reader.read(&mut buf).map(|n| {
+                    buf.truncate(n);
+                    buf
+                });
+                (reader, result)
+            })
+            .await;
+            let Ok((r, result)) = read else {
+                let _ = tx.send(Err(std::io::Error::other("a file read failed"))).await;
+                return;
+            };
+            reader = r;
+            let chunk = match result {
+                Ok(buf) if !buf.is_empty() => {
+                    left -= buf.len() as u64;
+                    Ok(Bytes::from(buf))
+                }
+                Ok(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the file is shorter than announced",
+                )),
+                Err(e) => Err(e),
+            };
+            let failed = chunk.is_err();
+            if tx.send(chunk).await.is_err() || failed {
+                return; // the client went away, or the read failed
+            }
+        }
+    });
+    ChannelBody { rx, remaining: len }
+}
+
+/// A connection whose writes fail once the peer has not taken a single byte for `timeout`, so a
+/// client that stops reading a response cannot hold its connection (and its slot) forever.
+pub(crate) struct SendDeadline {
+    inner: tokio::net::TcpStream,
+    timeout: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl SendDeadline {
+    pub(crate) fn new(inner: tokio::net::TcpStream, timeout: Duration) -> Self {
+        SendDeadline { inner, timeout, stalled: None }
+    }
+
+    /// After a write attempt: progress disarms the deadline; a write that would block arms it,
+    /// or reports it passed.
+    fn track(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<usize>>,
+    ) -> Poll<std::io::Result<usize>> {
+        match polled {
+            Poll::Pending => self.poll_stalled(cx),
+            done => {
+                self.stalled = None;
+                done
+            }
+        }
+    }
+
+    /// Called when a write would block: arms the deadline, or reports it passed.
+    fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let timeout = self.timeout;
+        let sleep = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncRead for SendDeadline {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SendDeadline {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.track(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.track(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
