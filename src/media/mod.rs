@@ -20,7 +20,7 @@ pub mod template;
 mod usb;
 
 pub use inspect::{inspect, inspect_bytes, Inspection};
-pub use template::{NodeImage, Templates};
+pub use template::{write_image, NodeImage, Templates};
 
 use crate::firmware::{Arch, Firmware};
 use anyhow::{bail, Context};
@@ -156,20 +156,6 @@ pub(crate) fn derived_guid(hostname: &str, purpose: &str) -> hadris_fs::Guid {
     bytes[7] = (bytes[7] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     hadris_fs::Guid::from_bytes(bytes)
-}
-
-/// Writes the image of `format` for `spec` to `out` and returns its size: the bytes `build`
-/// writes for such a node. For one image; a fleet shares [`Templates`] instead.
-pub fn write_image<W: Write>(
-    format: Format,
-    spec: &ImageSpec,
-    fw: &Firmware,
-    mut out: W,
-) -> anyhow::Result<u64> {
-    let image = Templates::new(fw.clone(), 1).image(format, spec)?;
-    image.write_to(&mut out)?;
-    out.flush()?;
-    Ok(image.len())
 }
 
 /// Writes the image of `format` for `spec` to `out` with the writers that define the layout,

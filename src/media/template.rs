@@ -634,6 +634,20 @@ pub mod reference {
     }
 }
 
+/// Writes the image of `format` for `spec` to `out` and returns its size: the bytes `build`
+/// writes for such a node. For one image; a fleet shares [`Templates`] instead.
+pub fn write_image<W: Write>(
+    format: Format,
+    spec: &ImageSpec,
+    fw: &Firmware,
+    mut out: W,
+) -> anyhow::Result<u64> {
+    let image = Templates::new(fw.clone(), 1).image(format, spec)?;
+    image.write_to(&mut out)?;
+    out.flush()?;
+    Ok(image.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

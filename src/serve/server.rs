@@ -1,8 +1,8 @@
 //! Start-up and shutdown: load the inputs, bind, run the accept loop and the reload watcher
 //! until told to stop, then drain.
 
-use crate::serve::app::change::HostLocks;
 use crate::serve::app::config::Config;
+use crate::serve::app::locks::HostLocks;
 use crate::serve::app::service::Service;
 use crate::serve::store::HostStore;
 use crate::token::Secret;
@@ -154,7 +154,7 @@ impl Server {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let accept = runtime.spawn(crate::serve::web::accept::serve(
             service.clone(),
-            crate::serve::web::accept::Settings {
+            crate::serve::web::limits::Settings {
                 limits: service.config.limits.clone(),
                 trusted_proxies: service.config.trusted_proxies.clone(),
                 session_cookie: crate::serve::auth::session::COOKIE_EQ,

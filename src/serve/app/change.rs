@@ -7,8 +7,7 @@ use crate::serve::domain::lifecycle::HostState;
 use crate::serve::store::HostStore;
 use crate::serve::store::Locked;
 use crate::serve::web::reply::HttpError;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a request waits for a host's lock held by someone else before giving up (a boot
@@ -159,28 +158,5 @@ impl Service {
                 Err(e) => tracing::error!(host = %host, "orphan sweep: {}", e.message),
             }
         }
-    }
-}
-
-/// In-process per-host locks. Async, so a request waiting for a busy host holds no thread; the
-/// map only ever holds inventory hosts (and is pruned of idle entries as it grows).
-#[derive(Default)]
-pub(crate) struct HostLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
-
-impl HostLocks {
-    fn entry(&self, host: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() > 4096 {
-            map.retain(|_, m| Arc::strong_count(m) > 1);
-        }
-        map.entry(host.to_string()).or_default().clone()
-    }
-
-    async fn lock(&self, host: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        self.entry(host).lock_owned().await
-    }
-
-    fn lock_blocking(&self, host: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        self.entry(host).blocking_lock_owned()
     }
 }

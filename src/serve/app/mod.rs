@@ -7,6 +7,7 @@ pub mod change;
 pub mod config;
 pub mod error;
 pub mod guard;
+pub mod locks;
 pub mod media;
 pub mod metrics;
 pub mod service;

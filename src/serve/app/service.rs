@@ -1,8 +1,8 @@
 //! The shared state of a running service, and the helper every handler uses to run disk work.
 
 use crate::inventory::{Node, ServerUrl};
-use crate::serve::app::change::HostLocks;
 use crate::serve::app::config::Config;
+use crate::serve::app::locks::HostLocks;
 use crate::serve::web::reply::HttpError;
 use crate::token::Secret;
 use std::sync::{Arc, Mutex};

@@ -40,18 +40,6 @@ pub trait Handler: Send + Sync + 'static {
     fn answered(&self, _status: u16) {}
 }
 
-/// How the transport runs, besides the handler.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub limits: Limits,
-    /// Proxies whose `X-Forwarded-For` names the client (see [`client_address`]).
-    ///
-    /// [`client_address`]: crate::serve::web::request::client_address
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// The session cookie's name followed by `=`: only its value is kept of any `Cookie`.
-    pub session_cookie: &'static str,
-}
-
 /// Open connections per peer address, for the per-peer cap.
 #[derive(Default)]
 pub(crate) struct Peers(Mutex<HashMap<IpAddr, usize>>);

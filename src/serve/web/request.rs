@@ -1,7 +1,6 @@
 //! A request reduced to what handlers use ([`Req`]): origin-form target, bounded body and
 //! query, the client's address (trusting `X-Forwarded-For` only from `--trusted-proxy`).
 
-use crate::serve::web::accept::Settings;
 use crate::serve::web::limits::*;
 use crate::serve::web::reply::HttpError;
 
