@@ -18,6 +18,10 @@
 //! itself at creation by patching a second, probe node and comparing it with that node's image
 //! written in full. `bootforge build` and `bootforge serve` both go through templates, so the
 //! bytes a node is served and the bytes a build writes are one code path.
+//!
+//! Longer than the ~500 lines we aim for, on purpose: the template image and the patches that
+//! make it one node's are one layout; the offsets recorded and the bytes patched there must be
+//! read together.
 
 use super::{fat_label, volume_label, Format, ImageSpec};
 use crate::firmware::{Arch, Firmware};

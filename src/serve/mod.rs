@@ -6,17 +6,24 @@
 //! script. The installer then fetches its rendered config from `/config/{host}/{file}` and calls
 //! `/hosts/{host}/done`, which clears the flag, so the next boot is local again.
 //!
-//! The service is layered like the media builder, one way:
+//! The service is layered like the media builder, one way: each folder imports only folders
+//! below it (`tests/layers.rs` fails the build otherwise; docs/DESIGN.md lists what each may
+//! import):
 //!
 //! ```text
-//! http (hyper adapter: limits, timeouts, parsing)  ─▶  routes (path → Route)
-//!   ─▶ handlers (thin: authorize, gather, call the core, audit, answer)
-//!     ─▶ lifecycle (pure transitions over HostState)   ─▶ state (per-host files) + audit (log)
+//! server        start-up and shutdown
+//! dispatch      the one table of every endpoint: route → handler
+//! api, console  thin handlers, one file per resource; the console's page, logins, inventory edits
+//! app           Service, the single write path (Service::change), authorization guards
+//! inputs        the reloaded files: inventory, profiles, tokens
+//! auth, store   tokens, sessions, LDAP; per-host state files and the audit log
+//! web, domain   transport (knows no Service); the pure core (no fs, net, clock or runtime)
 //! ```
 //!
 //! The process holds nothing that matters: the inventory, profiles and API tokens are files it
-//! reloads when they change ([`catalog`]), flags are per-host files in `--state-dir` written
-//! durably under a lock ([`state`]), and the audit log is an append-only file there ([`audit`]).
+//! reloads when they change ([`inputs::catalog`]), flags are per-host files in `--state-dir`
+//! written durably under a lock ([`store::files`]), and the audit log is an append-only file
+//! there ([`store::audit`]).
 //! Any number of instances can share one state directory and restart at any moment.
 
 pub mod api;

@@ -21,9 +21,6 @@ use crate::serve::web::request::Req;
 use serde::Serialize;
 use std::sync::Arc;
 
-/// How long a URL handed to a BMC lives when the request does not say: BMCs read attached media
-/// at every boot, so it must outlive the attachment. `attach` again to renew it.
-
 /// The body of `PUT /hosts/{host}/media`; every field is optional.
 #[derive(serde::Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -218,7 +215,7 @@ pub async fn detach(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<R
 
 /// `GET /hosts/{host}/media` (role read): the BMC's own view of the virtual CD, the boot
 /// override and the power state. A mounted URL is shown as the BMC reports it only to roles
-/// that could mint it ([`MINTS_MEDIA_URLS`]); others get a description ([`shown`]): a `read`
+/// that could mint it ([`crate::serve::app::bmc::MINTS_MEDIA_URLS`]); others get a description (`shown`): a `read`
 /// caller must not be able to fetch the image, which holds the node's token.
 pub async fn show(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Reply, HttpError> {
     let role = authorize(svc, req, Role::Read).await?.role;

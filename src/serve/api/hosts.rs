@@ -1,9 +1,6 @@
-//! The handlers of every endpoint (see docs/API.md). Each one is thin: it authorizes, gathers
-//! what the request proved (validated host, node token, MAC), calls one transition of the
-//! [`lifecycle`] core through [`Service::change`], and turns the outcome into an answer and an
-//! audit [`Event`]. Work that touches the disk or renders runs on the blocking pool
-//! ([`Service::blocking`]); only answers built from memory (health, metrics, refusals by route
-//! or method) stay on the connection's task.
+//! `GET /hosts` and `GET /hosts/{host}`: every inventory host's state, paged, filtered and
+//! sorted ([`crate::serve::domain::query`]), or one host's; and the JSON views of a host that
+//! [`crate::serve::api::flags`] answers with too.
 
 use crate::serve::app::guard::{api_host, authorize};
 use crate::serve::app::service::Service;

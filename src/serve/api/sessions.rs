@@ -8,8 +8,6 @@ use crate::serve::web::reply::{HttpError, Reply};
 use crate::serve::web::request::Req;
 use std::sync::Arc;
 
-/// The console's files, embedded at compile time.
-
 /// `DELETE /sessions?name=NAME` (role admin, CSRF-checked like every change): ends every
 /// directory session of that account name (case-insensitive), audited with who asked.
 pub async fn end_sessions(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {

@@ -36,7 +36,7 @@ pub struct Config {
     /// gets 504 naming the step reached. Default [`crate::serve::app::bmc::DEFAULT_DEADLINE`].
     pub bmc_deadline: std::time::Duration,
     pub limits: crate::serve::web::limits::Limits,
-    /// The console's directory logins (`--ldap-config`, TOML; see [`ldap`]).
+    /// The console's directory logins (`--ldap-config`, TOML; see [`crate::serve::auth::ldap`]).
     pub ldap_config: Option<PathBuf>,
     /// Mark session cookies `Secure` even when `--public-url` is not `https://` (a TLS proxy
     /// in front of a service reached by another name).
@@ -44,7 +44,7 @@ pub struct Config {
     /// How long console sessions last.
     pub sessions: crate::serve::auth::session::Lifetimes,
     /// Proxies (`--trusted-proxy`) whose `X-Forwarded-For` names the client (see
-    /// [`http::client_address`]); empty: the header is never read.
+    /// [`crate::serve::web::request::client_address`]); empty: the header is never read.
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 

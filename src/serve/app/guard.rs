@@ -66,8 +66,6 @@ pub(crate) fn node_token_ok(svc: &Service, host: &str, presented: Option<&str>) 
     }
 }
 
-/// The console's files, embedded at compile time.
-
 /// `--public-url` (the service itself speaks HTTP; TLS is then a proxy's).
 pub fn secure(svc: &Service) -> bool {
     svc.config.secure_cookies

@@ -1,5 +1,13 @@
 //! Inventory editing from the console: the CSV, one row, or a whole upload; checked whole,
 //! written atomically, reloaded.
+//!
+//! Inventory edits go through [`crate::serve::console::editor`] (one row, every other byte kept), are validated
+//! whole by [`crate::inventory::Inventory::check`] (the code behind `bootforge check`) plus the
+//! service's own checks of a reload, and only then written atomically ([`crate::atomic`]) and
+//! reloaded. An invalid edit writes nothing and answers 422 with its errors by line and column
+//! (the first [`crate::inventory::MAX_REPORTED_ERRORS`], with their total). Every change names
+//! the inventory `version` it was made against (428 without one, 409 when the file has changed
+//! since), so no change silently undoes another.
 
 use crate::serve::app::guard::authorize;
 use crate::serve::app::service::Service;
@@ -12,8 +20,6 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::sync::Arc;
-
-/// The console's files, embedded at compile time.
 
 /// `GET /inventory` (role admin): the columns and every row as written, for the edit form.
 pub async fn inventory(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {

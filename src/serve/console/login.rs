@@ -1,20 +1,6 @@
-//! The operator's console: the page at `/ui/` (embedded in the binary: no CDN, no external font
-//! or script), its logins (`/session`), and inventory editing (`/inventory`).
-//!
-//! The page is static HTML, CSS and vanilla JavaScript that calls the same JSON API as `curl`
-//! does; a console session cookie authorizes that API like a token ([`crate::serve::auth::session`]). Every
-//! console answer carries a strict `Content-Security-Policy` (`default-src 'self'`, no inline
-//! script or style, `frame-ancestors 'none'`), `X-Content-Type-Options: nosniff` and
-//! `Referrer-Policy: no-referrer`; the page holds no secret (the CSRF token is fetched into
-//! memory, the session id is an `HttpOnly` cookie) and puts none into a URL.
-//!
-//! Inventory edits go through [`crate::serve::console::editor`] (one row, every other byte kept), are validated
-//! whole by [`crate::inventory::Inventory::check`] (the code behind `bootforge check`) plus the
-//! service's own checks of a reload, and only then written atomically ([`crate::atomic`]) and
-//! reloaded. An invalid edit writes nothing and answers 422 with its errors by line and column
-//! (the first [`crate::inventory::MAX_REPORTED_ERRORS`], with their total). Every change names
-//! the inventory `version` it was made against (428 without one, 409 when the file has changed
-//! since), so no change silently undoes another.
+//! Console logins at `/session`: with an API token or a directory account, rate-limited per
+//! address and per account, every failure audited without the secret; who-am-I and logout; and
+//! the periodic re-check of directory sessions.
 
 use crate::serve::app::guard::{authorize, own_origin, presented, secure};
 use crate::serve::app::service::Service;
@@ -27,8 +13,6 @@ use crate::serve::web::reply::{HttpError, Reply};
 use crate::serve::web::request::Req;
 use serde::Serialize;
 use std::sync::Arc;
-
-/// The console's files, embedded at compile time.
 
 /// What `GET /session` and a login answer: who, with which role, and the CSRF token to send
 /// back as `X-CSRF-Token`.

@@ -3,7 +3,6 @@
 use crate::serve::web::reply::{HttpError, Payload, Reply};
 
 /// The console's files, embedded at compile time.
-
 pub(crate) const FILES: &[(&str, &str, &str)] = &[
     ("index.html", "text/html; charset=utf-8", include_str!("ui/index.html")),
     ("app.js", "text/javascript; charset=utf-8", include_str!("ui/app.js")),
