@@ -14,12 +14,12 @@ use std::time::Duration;
 
 /// Descriptors kept free of connections, for the state folder, the audit log, assets and the
 /// listener itself.
-pub(crate) const FD_RESERVE: u64 = 256;
+const FD_RESERVE: u64 = 256;
 
 /// Raises the soft limit on open files to the hard limit and returns a connection cap that fits
 /// under it: a cap above the limit would let idle connections exhaust the descriptors, and then
 /// every accept, state read and audit write fails.
-pub(crate) fn fit_descriptors(wanted: usize) -> usize {
+fn fit_descriptors(wanted: usize) -> usize {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {

@@ -21,7 +21,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 /// What a boot request says about itself, parsed: nothing else of it is used or recorded.
-pub(crate) struct BootQuery {
+struct BootQuery {
     medium: Medium,
     platform: &'static str,
     ip: Option<Ipv4Addr>,
@@ -104,7 +104,7 @@ impl Local {
 
 /// Checks that the request comes from `raw`'s medium: a valid inventory host, its node token
 /// (with a secret), and its MAC (when the inventory has one).
-pub(crate) fn verify<'a>(
+fn verify<'a>(
     svc: &Service,
     snap: &'a Snapshot,
     req: &Req,
@@ -127,7 +127,7 @@ pub(crate) fn verify<'a>(
 }
 
 /// What the first (lock-free) look at a boot found.
-pub(crate) enum BootStep {
+enum BootStep {
     Answered(Reply),
     /// The host's state must change (an install opens or continues): retry under its lock.
     Change(String),
@@ -184,7 +184,7 @@ pub(crate) async fn boot(svc: &Arc<Service>, req: &Arc<Req>, raw: Option<String>
 }
 
 /// The lock-free look at a verified host's state: answer, unless the state must change.
-pub(crate) fn boot_look(svc: &Service, req: &Req, host: String) -> BootStep {
+fn boot_look(svc: &Service, req: &Req, host: String) -> BootStep {
     let q = BootQuery::parse(req);
     let snap = svc.catalog.snapshot();
     // The inventory may have been reloaded since the request was verified.
@@ -211,7 +211,7 @@ pub(crate) fn boot_look(svc: &Service, req: &Req, host: String) -> BootStep {
 }
 
 /// Turns the lifecycle's answer into the script and the audit record.
-pub(crate) fn boot_answer(
+fn boot_answer(
     svc: &Service,
     snap: &Snapshot,
     req: &Req,
@@ -273,7 +273,7 @@ pub(crate) fn boot_answer(
 }
 
 /// A local answer with its audit note, for a request refused before any state was read.
-pub(crate) fn boot_local(
+fn boot_local(
     svc: &Service,
     req: &Req,
     q: &BootQuery,
@@ -297,7 +297,7 @@ pub(crate) fn boot_local(
 }
 
 /// The local answer for a boot whose state could not be read or changed.
-pub(crate) fn boot_failed(svc: &Service, req: &Req, why: Local) -> Reply {
+fn boot_failed(svc: &Service, req: &Req, why: Local) -> Reply {
     let q = BootQuery::parse(req);
     let host = match &req.route {
         Route::Boot(h) => parse_hostname(h).ok(),
@@ -310,12 +310,7 @@ pub(crate) fn boot_failed(svc: &Service, req: &Req, why: Local) -> Reply {
 
 /// The local-boot script: how to leave iPXE comes from the node's `local_boot` column, else its
 /// profile's setting, else the platform and medium.
-pub(crate) fn local_script(
-    snap: &Snapshot,
-    q: &BootQuery,
-    node: Option<&Node>,
-    why: Local,
-) -> Reply {
+fn local_script(snap: &Snapshot, q: &BootQuery, node: Option<&Node>, why: Local) -> Reply {
     let column = node.and_then(|n| n.vars.get("local_boot")).filter(|t| !t.is_empty());
     let how = match column.map(|t| t.parse::<LocalBoot>()) {
         Some(Ok(how)) => how,
@@ -329,7 +324,7 @@ pub(crate) fn local_script(
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn boot_event(
+fn boot_event(
     req: &Req,
     q: &BootQuery,
     host: Option<&str>,

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct ReimageBody {
+struct ReimageBody {
     profile: Option<String>,
 }
 
@@ -93,7 +93,7 @@ pub(crate) async fn set_flag(
 }
 
 /// The state as it will be stored: `change` bumps the version when it writes.
-pub(crate) fn preview(st: &HostState, write: bool) -> HostState {
+fn preview(st: &HostState, write: bool) -> HostState {
     let mut shown = st.clone();
     if write {
         shown.version += 1;
@@ -102,7 +102,7 @@ pub(crate) fn preview(st: &HostState, write: bool) -> HostState {
 }
 
 #[derive(Serialize)]
-pub(crate) struct CancelView {
+struct CancelView {
     #[serde(flatten)]
     host: HostView,
     was_flagged: bool,

@@ -45,7 +45,7 @@ pub(crate) struct HostView {
 }
 
 #[derive(Serialize)]
-pub(crate) struct FlagView {
+struct FlagView {
     profile: String,
     set_by: String,
     set_from: String,
@@ -54,7 +54,7 @@ pub(crate) struct FlagView {
 }
 
 #[derive(Serialize)]
-pub(crate) struct InstallView {
+struct InstallView {
     id: String,
     opened_at: Option<String>,
     answers: u32,
@@ -67,7 +67,7 @@ pub(crate) struct InstallView {
 }
 
 #[derive(Serialize)]
-pub(crate) struct EndedView {
+struct EndedView {
     id: String,
     profile: String,
     opened_at: Option<String>,
@@ -76,7 +76,7 @@ pub(crate) struct EndedView {
 }
 
 #[derive(Serialize)]
-pub(crate) struct BootView {
+struct BootView {
     time: String,
     peer: String,
     ip: Option<String>,
@@ -119,7 +119,7 @@ impl From<&EndedInstall> for EndedView {
 }
 
 /// Reads the boots appended to the audit log since the last look (before building views).
-pub(crate) fn refresh_last_boots(svc: &Service, snap: &Snapshot) {
+fn refresh_last_boots(svc: &Service, snap: &Snapshot) {
     svc.last_boot.refresh(&svc.audit, |h| snap.inventory.get(h).is_some());
 }
 
@@ -173,7 +173,7 @@ pub(crate) fn host_view(
 }
 
 #[derive(Serialize)]
-pub(crate) struct HostList {
+struct HostList {
     hosts: Vec<HostView>,
     /// Hosts with stored state that are not in the inventory (flags ended when they left).
     orphans: Vec<HostView>,
@@ -239,7 +239,7 @@ pub(crate) async fn list_hosts(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Rep
 /// The paged form of `GET /hosts` (see [`crate::serve::domain::query`]): every inventory host's state is
 /// read (hosts without a state file are idle without a read), filtered and sorted on a few
 /// fields, and only the page's views are built.
-pub(crate) fn host_page(svc: &Service, q: &HostQuery) -> Reply {
+fn host_page(svc: &Service, q: &HostQuery) -> Reply {
     let snap = svc.catalog.snapshot();
     refresh_last_boots(svc, &snap);
     let with_state: std::collections::HashSet<String> = svc.store.hosts().into_iter().collect();

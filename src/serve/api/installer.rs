@@ -63,7 +63,7 @@ pub(crate) enum Which {
 }
 
 #[derive(Serialize)]
-pub(crate) struct CallbackView<'a> {
+struct CallbackView<'a> {
     host: &'a str,
     install: &'a str,
     result: &'static str,

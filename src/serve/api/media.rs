@@ -141,12 +141,12 @@ pub(crate) async fn media(
 }
 
 /// The largest buffer handed to hyper at once when streaming an image.
-pub(crate) const MEDIA_CHUNK: usize = 256 << 10;
+const MEDIA_CHUNK: usize = 256 << 10;
 
 /// The body of `POST /hosts/{host}/media-url`; every field is optional.
 #[derive(serde::Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct MediaUrlBody {
+struct MediaUrlBody {
     format: Option<String>,
     arch: Option<String>,
     medium: Option<String>,

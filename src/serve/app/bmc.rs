@@ -13,17 +13,17 @@ use std::sync::Arc;
 pub const ATTACH_TTL_SECS: u64 = 90 * 24 * 3600;
 
 /// BMC operations running at once, at most; more wait their turn, up to [`SLOT_WAIT`].
-pub(crate) const BMC_SLOTS: usize = 64;
+const BMC_SLOTS: usize = 64;
 /// Slots only attach and detach may use: status reads (role `read`) hold at most
 /// `BMC_SLOTS - WRITER_SLOTS`, so however many reads a caller keeps open against slow BMCs, an
 /// operator's attach still finds a slot.
-pub(crate) const WRITER_SLOTS: usize = 16;
-pub(crate) const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+const WRITER_SLOTS: usize = 16;
+const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long the caller keeps waiting after the deadline for the operation's own answer. Every
 /// request of the operation is cut at the deadline, so it normally ends within it; this covers
 /// what no timeout bounds (a name lookup). After it, the caller is answered from the step the
 /// operation reached, and the thread finishes on its own, starting no further request.
-pub(crate) const DEADLINE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+const DEADLINE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// The default of `serve --bmc-deadline`: the longest a whole attach, detach or status read may
 /// take, slot wait included. A healthy BMC needs seconds (an insert with a task monitor, a
 /// minute at worst); one that takes longer is stuck, and its operator should hear so rather
@@ -230,14 +230,14 @@ pub(crate) fn describe(image: &str) -> String {
 }
 
 /// Whether decoded text names one of our media: a `/media/` path.
-pub(crate) fn is_ours(decoded: &str) -> bool {
+fn is_ours(decoded: &str) -> bool {
     decoded.to_ascii_lowercase().contains("/media/")
 }
 
 /// Whether text might carry a signature or a secret, or be one of ours: a query or fragment of
 /// any kind, a `/media/` path, a signature or expiry parameter, user information, or a long
 /// run of hex digits (our signatures and node tokens are 64).
-pub(crate) fn suspicious(text: &str) -> bool {
+fn suspicious(text: &str) -> bool {
     let lower = text.to_ascii_lowercase();
     let after_scheme = lower.split_once("://").map_or(lower.as_str(), |(_, rest)| rest);
     lower.contains('?')
@@ -250,7 +250,7 @@ pub(crate) fn suspicious(text: &str) -> bool {
         || longest_hex_run(&lower) >= 32
 }
 
-pub(crate) fn longest_hex_run(text: &str) -> usize {
+fn longest_hex_run(text: &str) -> usize {
     text.split(|c: char| !c.is_ascii_hexdigit()).map(str::len).max().unwrap_or(0)
 }
 
@@ -261,7 +261,7 @@ pub(crate) fn longest_hex_run(text: &str) -> usize {
 /// Written here rather than with an HTML-entity crate: only the characters that can spell a
 /// URL's delimiters matter, the decoding serves detection, never display, and what this
 /// misses is caught by [`suspicious`] on the raw text (`&`, `%`, `\` there already hide it).
-pub(crate) fn decoded(text: &str) -> Option<String> {
+fn decoded(text: &str) -> Option<String> {
     let mut current = text.to_string();
     for _ in 0..8 {
         let next = percent_encoding::percent_decode_str(&current).decode_utf8_lossy().into_owned();
@@ -276,7 +276,7 @@ pub(crate) fn decoded(text: &str) -> Option<String> {
 
 /// HTML character references (`&amp;`, `&quest;`, `&#63;`, `&#x3F;`, …) and `\uXXXX` escapes
 /// decoded; anything else kept as it is.
-pub(crate) fn unescape_references(text: &str) -> String {
+fn unescape_references(text: &str) -> String {
     const NAMED: [(&str, char); 8] = [
         ("amp", '&'),
         ("quest", '?'),
@@ -329,7 +329,7 @@ pub(crate) fn unescape_references(text: &str) -> String {
 
 /// The host and format of one of our media URLs, from its decoded text: the file name after
 /// `/media/`, checked to be `HOST.iso`, `HOST.usb.img` or `HOST.efi.img` with a valid host name.
-pub(crate) fn medium(decoded: &str) -> Option<(String, &'static str)> {
+fn medium(decoded: &str) -> Option<(String, &'static str)> {
     let lower = decoded.to_ascii_lowercase();
     let at = lower.rfind("/media/")? + "/media/".len();
     let file = lower[at..].split(['?', '&', '#', ';', '/', ' ']).next()?;
@@ -379,4 +379,78 @@ pub(crate) fn expiry(url: &str) -> Option<u64> {
     let digits = text.split(['?', '&']).find_map(|p| p.strip_prefix("exp="))?;
     let digits: String = digits.chars().take_while(char::is_ascii_digit).take(12).collect();
     digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIG: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    /// Our URL as BMCs report it back: literal, percent-encoded once or twice, in either case,
+    /// HTML-escaped, `\u` escaped, mixed.
+    fn encodings() -> Vec<String> {
+        let q = format!("arch=x86_64&medium=cd&exp=1800000000&sig={SIG}");
+        let base = "http://10.1.0.5:8080/media/node01.iso";
+        let pct = |t: &str, upper: bool| {
+            let e = percent_encoding::utf8_percent_encode(t, percent_encoding::NON_ALPHANUMERIC)
+                .to_string();
+            if upper {
+                e
+            } else {
+                e.to_lowercase()
+            }
+        };
+        vec![
+            format!("{base}?{q}"),
+            format!("{base}%3F{}", q.replace('&', "%26").replace('=', "%3D")),
+            format!("{base}%3f{}", q.replace('&', "%26").replace('=', "%3d")),
+            format!("{base}%253F{}", q.replace('&', "%2526").replace('=', "%253D")),
+            format!("{base}?{}", q.replace('&', "&amp;")),
+            format!("{base}&#x3F;{}", q.replace('&', "&#38;")),
+            format!("{base}\\u003F{q}"),
+            pct(&format!("{base}?{q}"), true),
+            pct(&pct(&format!("{base}?{q}"), false), true),
+            format!("HTTP://10.1.0.5:8080/MEDIA/node01.iso%3F{}", q.to_uppercase()),
+        ]
+    }
+
+    #[test]
+    fn signed_urls_are_hidden_in_every_encoding() {
+        for url in encodings() {
+            let out = shown(&url, Role::Read);
+            assert_eq!(out, "(hidden) a bootforge iso medium of node01", "{url}");
+            assert_eq!(expiry(&url), Some(1_800_000_000), "{url}");
+            // The roles that mint URLs see what the BMC reports.
+            assert_eq!(shown(&url, Role::Reimage), url);
+            assert_eq!(shown(&url, Role::Admin), url);
+        }
+        // A foreign image without anything secret-shaped is shown; anything else is hidden.
+        assert_eq!(describe("http://files.lab/rocky-9.iso"), "http://files.lab/rocky-9.iso");
+        assert!(
+            shown("http://files.lab/r.iso?X-Amz-Signature=1", Role::Admin).starts_with("(hidden)")
+        );
+        for hidden in [
+            "http://files.lab/rocky.iso?token=abc",
+            "http://user:pw@files.lab/rocky.iso",
+            &format!("http://files.lab/{SIG}.iso"),
+            "http://files.lab/x.iso%253Fa",
+            &format!("http://a/%{}", "25".repeat(20)),
+        ] {
+            assert!(describe(hidden).starts_with("(hidden)"), "{hidden}");
+        }
+        assert_eq!(describe("http://s/media/x;y.iso?sig=1"), "(hidden) a bootforge medium");
+        assert_eq!(expiry("http://other/x.iso?exp=5"), None);
+    }
+
+    #[test]
+    fn failures_are_scrubbed() {
+        let sig = "a1".repeat(32);
+        assert_eq!(scrub(&format!("bad image {sig}: no")), "bad image <redacted>: no");
+        assert_eq!(scrub(&format!("%3Dsig%3D{}", sig.to_uppercase())), "=sig=<redacted>");
+        // Every character encoded, twice: still found.
+        let each: String = sig.bytes().map(|b| format!("%25{b:02X}")).collect();
+        assert_eq!(scrub(&format!("bad image ?sig={each} x")), "bad image ?sig=<redacted> x");
+        assert_eq!(scrub("HTTP 400: abc 12"), "HTTP 400: abc 12");
+    }
 }

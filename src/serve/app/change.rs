@@ -12,7 +12,7 @@ use std::time::Duration;
 
 /// How long a request waits for a host's lock held by someone else before giving up (a boot
 /// then answers local, the API 503).
-pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(10);
+const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// A state change computed under the host's lock: the value for the caller, whether to write the
 /// state, and the audit record. When `write` is set the record is appended durably *before*

@@ -50,7 +50,7 @@ pub async fn inventory(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, Http
 }
 
 /// The inventory's current text.
-pub(crate) fn read_inventory(svc: &Service) -> Result<String, HttpError> {
+fn read_inventory(svc: &Service) -> Result<String, HttpError> {
     let path = &svc.config.inventory;
     let bytes = std::fs::read(path)
         .map_err(|e| HttpError::internal(format!("cannot read {}: {e}", path.display())))?;
@@ -68,7 +68,7 @@ pub(crate) fn version(text: &str) -> String {
 /// or `POST /inventory/check`) the operator saw. Without one the change could silently undo
 /// another made meanwhile, so it is refused (428); a version that is no longer the file's is a
 /// conflict (409). Called with the edit lock held.
-pub(crate) fn require_version(expected: Option<&str>, text: &str) -> Result<(), HttpError> {
+fn require_version(expected: Option<&str>, text: &str) -> Result<(), HttpError> {
     match expected {
         None => Err(HttpError::new(
             428,
@@ -84,10 +84,7 @@ pub(crate) fn require_version(expected: Option<&str>, text: &str) -> Result<(), 
 
 /// The version a request names: its `version` query parameter, or for a row edit the body's
 /// `version` field (both given must agree).
-pub(crate) fn requested_version(
-    req: &Req,
-    body: Option<String>,
-) -> Result<Option<String>, HttpError> {
+fn requested_version(req: &Req, body: Option<String>) -> Result<Option<String>, HttpError> {
     match (req.param("version").map(str::to_string), body) {
         (Some(q), Some(b)) if q != b => Err(HttpError::bad_request(
             "the `version` query parameter and the body's `version` differ; send one",
@@ -100,7 +97,7 @@ pub(crate) fn requested_version(
 /// repeated column is refused rather than silently taken once.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RowBody {
+struct RowBody {
     #[serde(default)]
     fields: editor::Fields,
     /// The `version` the form was filled from; when it no longer matches, 409.
@@ -109,7 +106,7 @@ pub(crate) struct RowBody {
 
 /// One error of an invalid inventory, for the page.
 #[derive(Serialize)]
-pub(crate) struct FieldErrorView {
+struct FieldErrorView {
     line: u64,
     column: String,
     message: String,
@@ -121,7 +118,7 @@ pub(crate) struct FieldErrorView {
 /// [`crate::inventory::MAX_REPORTED_ERRORS`] in file order, their total, and a note when some
 /// were left out.
 #[derive(Serialize)]
-pub(crate) struct ErrorsView {
+struct ErrorsView {
     errors: Vec<FieldErrorView>,
     total: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -231,13 +228,13 @@ pub async fn replace_upload(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply,
     .await?
 }
 
-pub(crate) fn upload_text(req: &Req) -> Result<String, HttpError> {
+fn upload_text(req: &Req) -> Result<String, HttpError> {
     String::from_utf8(req.body.to_vec())
         .map_err(|_| HttpError::bad_request("the CSV must be UTF-8"))
 }
 
 /// Uploads are named like the file they would replace, so errors read as `bootforge check`'s.
-pub(crate) fn upload_source(svc: &Service) -> String {
+fn upload_source(svc: &Service) -> String {
     svc.config.inventory.file_name().map_or("upload".into(), |n| n.to_string_lossy().into_owned())
 }
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 /// What `GET /session` and a login answer: who, with which role, and the CSRF token to send
 /// back as `X-CSRF-Token`.
 #[derive(Serialize)]
-pub(crate) struct Who {
+struct Who {
     name: String,
     role: Role,
     via: Via,
@@ -28,7 +28,7 @@ pub(crate) struct Who {
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct LoginBody {
+struct LoginBody {
     token: Option<String>,
     username: Option<String>,
     password: Option<String>,
@@ -43,7 +43,7 @@ pub async fn session(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpEr
     }
 }
 
-pub(crate) async fn whoami(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {
+async fn whoami(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {
     let Some(id) = req.session.as_deref() else {
         // Not logged in: say so, and whether the form should offer directory logins.
         let body = serde_json::json!({ "error": "not logged in", "ldap": svc.directory.is_some() });
@@ -210,7 +210,7 @@ pub(crate) async fn login(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, H
 /// How long a directory session's role stays good without a re-check confirming it: three
 /// re-check intervals with a lookup account (two rounds may fail, e.g. during a directory
 /// outage, before anyone is logged out), one without (no re-check runs: logging in again is it).
-pub(crate) fn directory_stale_ms(dir: &crate::serve::auth::ldap::Directory) -> u64 {
+fn directory_stale_ms(dir: &crate::serve::auth::ldap::Directory) -> u64 {
     if dir.can_recheck() {
         dir.recheck_ms().saturating_mul(3)
     } else {
@@ -267,7 +267,7 @@ pub async fn recheck_sessions(svc: Arc<Service>) {
 
 /// A failed login (already counted by the throttle before it was checked): audited, answered
 /// 401 without saying which part was wrong.
-pub(crate) fn login_failed(
+fn login_failed(
     svc: &Service,
     peer: std::net::IpAddr,
     name: Option<String>,
@@ -279,7 +279,7 @@ pub(crate) fn login_failed(
     HttpError::new(401, "login refused: check the name and password, or the token")
 }
 
-pub(crate) fn refuse(svc: &Service, req: &Req, denied: Denied) -> HttpError {
+fn refuse(svc: &Service, req: &Req, denied: Denied) -> HttpError {
     let (route, peer, status) = (req.route.name(), req.peer, denied.status());
     svc.audit.note(&Event::Denied { route, peer, status, reason: denied.kind() });
     HttpError::new(status, denied.message())

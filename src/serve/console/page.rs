@@ -3,16 +3,16 @@
 use crate::serve::web::reply::{HttpError, Payload, Reply};
 
 /// The console's files, embedded at compile time.
-pub(crate) const FILES: &[(&str, &str, &str)] = &[
+const FILES: &[(&str, &str, &str)] = &[
     ("index.html", "text/html; charset=utf-8", include_str!("ui/index.html")),
     ("app.js", "text/javascript; charset=utf-8", include_str!("ui/app.js")),
     ("app.css", "text/css; charset=utf-8", include_str!("ui/app.css")),
 ];
 
 /// The policy of the page: its own files only, nothing inline, never framed.
-pub(crate) const PAGE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+const PAGE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 /// The policy of every other answer: nothing at all may load from it.
-pub(crate) const API_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
+const API_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
 
 /// Adds the security headers every non-boot answer carries (the page's CSP for `/ui/`).
 pub fn harden(mut reply: Reply, page: bool) -> Reply {

@@ -42,10 +42,10 @@ pub trait Handler: Send + Sync + 'static {
 
 /// Open connections per peer address, for the per-peer cap.
 #[derive(Default)]
-pub(crate) struct Peers(Mutex<HashMap<IpAddr, usize>>);
+struct Peers(Mutex<HashMap<IpAddr, usize>>);
 
 /// One slot of [`Peers`], given back when the connection ends.
-pub(crate) struct PeerSlot {
+struct PeerSlot {
     peers: Arc<Peers>,
     ip: IpAddr,
 }
@@ -157,7 +157,7 @@ pub async fn serve<H: Handler>(
 
 /// Logs failed accepts at most once a second, with a count, instead of once each.
 #[derive(Default)]
-pub(crate) struct AcceptFailures {
+struct AcceptFailures {
     last_log: Option<std::time::Instant>,
     since_log: u64,
 }
@@ -174,7 +174,7 @@ impl AcceptFailures {
 }
 
 /// Answers one request.
-pub(crate) async fn handle<H: Handler>(
+async fn handle<H: Handler>(
     handler: Arc<H>,
     settings: &Settings,
     peer: SocketAddr,

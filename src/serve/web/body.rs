@@ -132,7 +132,7 @@ impl hyper::body::Body for ChannelBody {
 /// blocking pool (a thread is held only while reading, not while a slow client drains), and at
 /// most two chunks wait in the channel. A reader that ends early fails the body, so the client
 /// sees a cut connection rather than a short file.
-pub(crate) fn pump(reader: Box<dyn Read + Send>, len: u64) -> ChannelBody {
+fn pump(reader: Box<dyn Read + Send>, len: u64) -> ChannelBody {
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     tokio::spawn(async move {
         let mut reader = reader;

@@ -8,17 +8,17 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// a CSV of tens of thousands of rows.
 pub const MAX_UPLOAD: usize = 8 << 20;
 /// Query parameters kept per request, and the longest value kept; the rest is ignored.
-pub(crate) const MAX_PARAMS: usize = 32;
-pub(crate) const MAX_PARAM_LEN: usize = 512;
+pub const MAX_PARAMS: usize = 32;
+pub const MAX_PARAM_LEN: usize = 512;
 /// Longest `X-Forwarded-For` (all its lines together) read from a trusted proxy; a longer one
 /// is treated as malformed.
 pub const MAX_FORWARDED: usize = 1024;
 /// How long shutdown waits for requests in progress before dropping their connections.
-pub(crate) const DRAIN: Duration = Duration::from_secs(5);
+pub const DRAIN: Duration = Duration::from_secs(5);
 /// How much of an oversized body is read and dropped before answering 413.
-pub(crate) const DISCARD: usize = 4 << 20;
+pub const DISCARD: usize = 4 << 20;
 /// Read size when streaming a file.
-pub(crate) const CHUNK: usize = 64 * 1024;
+pub const CHUNK: usize = 64 * 1024;
 
 /// Bounds on what clients may hold.
 #[derive(Debug, Clone)]

@@ -144,7 +144,7 @@ pub fn client_address(
 
 /// The value of the `bf_session` cookie, from any `Cookie` header; only a value of the shape the
 /// service hands out (64 hex digits) is kept, so nothing else of a cookie ever reaches a handler.
-pub(crate) fn session_cookie(headers: &hyper::HeaderMap, name_eq: &str) -> Option<String> {
+fn session_cookie(headers: &hyper::HeaderMap, name_eq: &str) -> Option<String> {
     headers
         .get_all(hyper::header::COOKIE)
         .iter()
@@ -158,7 +158,7 @@ pub(crate) fn session_cookie(headers: &hyper::HeaderMap, name_eq: &str) -> Optio
 /// Reads a body of at most `limit` bytes; `None` if it is larger. Past the limit it keeps
 /// reading (up to [`DISCARD`]) and drops what it reads, so that a client that writes its whole
 /// body before reading gets the 413 rather than a connection reset.
-pub(crate) async fn read_body(
+async fn read_body(
     mut body: hyper::body::Incoming,
     mut over: bool,
     limit: usize,
@@ -185,7 +185,7 @@ pub(crate) async fn read_body(
 /// Query parameters, percent-decoded (`+` is a space); the first value of a name wins. At most
 /// [`MAX_PARAMS`] names are kept and values are cut at [`MAX_PARAM_LEN`] bytes, so no query can
 /// make a handler hold or pass on much text.
-pub(crate) fn parse_query(query: &str) -> HashMap<String, String> {
+fn parse_query(query: &str) -> HashMap<String, String> {
     let decode = |s: &str| {
         let s = s.replace('+', " ");
         let mut text = percent_encoding::percent_decode_str(&s).decode_utf8_lossy().into_owned();
