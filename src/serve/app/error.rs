@@ -2,6 +2,7 @@
 //! layers each have their own error type and know nothing of HTTP; what a caller is told (and
 //! which status) is decided here.
 
+use crate::serve::auth::tokens::Denied;
 use crate::serve::store::StoreError;
 use crate::serve::web::reply::HttpError;
 
@@ -11,5 +12,40 @@ impl From<StoreError> for HttpError {
             StoreError::NameTooLong => HttpError::bad_request(e.to_string()),
             _ => HttpError::internal(e),
         }
+    }
+}
+
+/// The status a refusal is answered (and audited) with: 401 when the caller is not known, 403
+/// when it is known but not allowed, or the request is not the console's own.
+pub fn denied_status(denied: &Denied) -> u16 {
+    match denied {
+        Denied::RoleTooSmall { .. } | Denied::Csrf | Denied::CrossSite => 403,
+        _ => 401,
+    }
+}
+
+impl From<&Denied> for HttpError {
+    fn from(denied: &Denied) -> Self {
+        HttpError::new(denied_status(denied), denied.message())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::domain::actor::Role;
+
+    #[test]
+    fn an_unknown_caller_gets_401_a_known_one_403() {
+        let too_small =
+            Denied::RoleTooSmall { name: "bob".into(), has: Role::Read, needs: Role::Reimage };
+        assert_eq!(HttpError::from(&too_small).status, 403);
+        assert_eq!(denied_status(&Denied::Csrf), 403);
+        assert_eq!(denied_status(&Denied::CrossSite), 403);
+        assert_eq!(denied_status(&Denied::UnknownToken), 401);
+        assert_eq!(denied_status(&Denied::MissingToken), 401);
+        assert_eq!(denied_status(&Denied::NoSession), 401);
+        let store = StoreError::NameTooLong;
+        assert_eq!(HttpError::from(store).status, 400);
     }
 }

@@ -35,11 +35,12 @@ pub(crate) async fn authorize(
         Ok(caller) => return Ok(caller),
         Err(denied) => denied,
     };
-    let (route, peer, status) = (req.route.name(), req.peer, denied.status());
+    let (route, peer, status) =
+        (req.route.name(), req.peer, crate::serve::app::error::denied_status(&denied));
     let record = Event::Denied { route, peer, status, reason: denied.kind() };
     svc.audit.note(&record);
     tracing::warn!(%peer, route, status, "API request refused: {}", denied.kind());
-    Err(HttpError::new(status, denied.message()))
+    Err(HttpError::from(&denied))
 }
 
 pub(crate) fn api_host(raw: &str) -> Result<String, HttpError> {

@@ -280,9 +280,10 @@ fn login_failed(
 }
 
 fn refuse(svc: &Service, req: &Req, denied: Denied) -> HttpError {
-    let (route, peer, status) = (req.route.name(), req.peer, denied.status());
+    let (route, peer, status) =
+        (req.route.name(), req.peer, crate::serve::app::error::denied_status(&denied));
     svc.audit.note(&Event::Denied { route, peer, status, reason: denied.kind() });
-    HttpError::new(status, denied.message())
+    HttpError::from(&denied)
 }
 
 /// `DELETE /session`: ends the session (CSRF-checked like every change).
