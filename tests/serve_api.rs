@@ -528,3 +528,18 @@ fn reimage_client_flags_and_cancels() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("node02: HTTP 403") && err.contains("failed for: node02"), "{err}");
 }
+
+/// `Server::run` serves on a listener its caller bound (the shape tests and embedders use to pick
+/// the socket), exactly as `Server::start` does on the one it binds.
+#[test]
+fn a_server_runs_on_a_listener_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(dir.path());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = bootforge::serve::Server::run(listener, config).expect("server runs");
+    assert_eq!(server.local_addr(), addr);
+    let resp = call("GET", &format!("http://{addr}/healthz"), None, None);
+    assert_eq!(resp.status, 200);
+    server.shutdown();
+}

@@ -1,5 +1,7 @@
-//! Start-up and shutdown: load the inputs, bind, run the accept loop and the reload watcher
-//! until told to stop, then drain.
+//! Start-up and shutdown: load the inputs, bind ([`Server::start`], or take a bound listener:
+//! [`Server::run`]), run the accept loop and the reload watcher until told to stop
+//! ([`Server::shutdown`], or SIGTERM/SIGINT with [`Server::run_until_signalled`]), then stop
+//! accepting, let requests in progress finish, and join every thread.
 
 use crate::serve::app::config::Config;
 use crate::serve::app::locks::HostLocks;
@@ -59,10 +61,17 @@ pub struct Server {
 impl Server {
     /// Loads the inputs (failing with a clear message on any error), binds, and starts the
     /// runtime and the reload watcher. Returns once the server accepts connections.
-    pub fn start(mut config: Config) -> anyhow::Result<Server> {
-        config.limits.max_connections = fit_descriptors(config.limits.max_connections);
+    pub fn start(config: Config) -> anyhow::Result<Server> {
         let listener = std::net::TcpListener::bind(&config.listen)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        Server::run(listener, config)
+    }
+
+    /// [`Server::start`] on a listener the caller bound (mini-redis's `run(listener, …)`
+    /// shape): everything but the bind. `config.listen` is then only informative. It runs until
+    /// [`Server::shutdown`] (or [`Server::run_until_signalled`]).
+    pub fn run(listener: std::net::TcpListener, mut config: Config) -> anyhow::Result<Server> {
+        config.limits.max_connections = fit_descriptors(config.limits.max_connections);
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
         let default_base = match &config.public_url {
