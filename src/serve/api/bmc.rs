@@ -215,8 +215,8 @@ pub async fn detach(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<R
 
 /// `GET /hosts/{host}/media` (role read): the BMC's own view of the virtual CD, the boot
 /// override and the power state. A mounted URL is shown as the BMC reports it only to roles
-/// that could mint it ([`crate::serve::app::bmc::MINTS_MEDIA_URLS`]); others get a description (`shown`): a `read`
-/// caller must not be able to fetch the image, which holds the node's token.
+/// that could mint it ([`crate::serve::app::bmc::MINTS_MEDIA_URLS`]); others get a description
+/// (`shown`): a `read` caller must not be able to fetch the image, which holds the node's token.
 pub async fn show(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Reply, HttpError> {
     let role = authorize(svc, req, Role::Read).await?.role;
     let host = api_host(&raw)?;

@@ -9,11 +9,11 @@ use crate::serve::web::request::Req;
 use std::sync::Arc;
 
 /// 1 MiB, whatever `limit` asks), with the offset to ask from next. Each page reads at most
-/// [`crate::serve::store::audit::MAX_SCAN_BYTES`] of log, whatever the filters: a filter that matches little
-/// gets short (even empty) pages with a cursor, and says how much it read (`scanned`), so the
-/// cost of a request is bounded and following the cursors still finds everything. Records are
-/// shown as the caller's role may see them ([`crate::serve::domain::event::visible_to`]) before any filter
-/// looks at them.
+/// [`crate::serve::store::audit::MAX_SCAN_BYTES`] of log, whatever the filters: a filter that
+/// matches little gets short (even empty) pages with a cursor, and says how much it read
+/// (`scanned`), so the cost of a request is bounded and following the cursors still finds
+/// everything. Records are shown as the caller's role may see them
+/// ([`crate::serve::domain::event::visible_to`]) before any filter looks at them.
 pub(crate) async fn events(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {
     let role = authorize(svc, req, Role::Read).await?.role;
     let parse = |name: &str, default: u64| -> Result<u64, HttpError> {

@@ -236,8 +236,8 @@ pub(crate) async fn list_hosts(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Rep
     .await
 }
 
-/// The paged form of `GET /hosts` (see [`crate::serve::domain::query`]): every inventory host's state is
-/// read (hosts without a state file are idle without a read), filtered and sorted on a few
+/// The paged form of `GET /hosts` (see [`crate::serve::domain::query`]): every inventory host's
+/// state is read (hosts without a state file are idle without a read), filtered and sorted on a few
 /// fields, and only the page's views are built.
 fn host_page(svc: &Service, q: &HostQuery) -> Reply {
     let snap = svc.catalog.snapshot();

@@ -15,8 +15,8 @@ use serde::Serialize;
 use std::sync::Arc;
 
 /// `GET /media/{host}.{iso,usb.img,efi.img}?OPTIONS&exp=..&sig=..`: a node's image, the bytes
-/// `bootforge build` writes for it, by signed URL (see [`crate::serve::app::media`]). Ranges, `HEAD`,
-/// `If-Range` and `If-None-Match` are answered as BMCs and `curl -C -` expect.
+/// `bootforge build` writes for it, by signed URL (see [`crate::serve::app::media`]). Ranges,
+/// `HEAD`, `If-Range` and `If-None-Match` are answered as BMCs and `curl -C -` expect.
 pub(crate) async fn media(
     svc: &Arc<Service>,
     req: &Arc<Req>,

@@ -101,8 +101,9 @@ impl Service {
         Ok(value)
     }
 
-    /// Ends the flags of hosts that left the inventory (see [`crate::serve::domain::lifecycle::orphan`]). Runs at
-    /// start-up and after every successful reload, on a thread that may block.
+    /// Ends the flags of hosts that left the inventory (see
+    /// [`crate::serve::domain::lifecycle::orphan`]). Runs at start-up and after every successful
+    /// reload, on a thread that may block.
     pub fn sweep_orphans(&self) {
         let snap = self.catalog.snapshot();
         for host in self.store.hosts() {

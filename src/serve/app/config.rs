@@ -22,7 +22,8 @@ pub struct Config {
     pub workers: usize,
     /// iPXE loaders for `/media/` images instead of the embedded ones (`build --firmware-dir`).
     pub firmware_dir: Option<PathBuf>,
-    /// `SOURCE_DATE_EPOCH` of `/media/` images; `None`: [`crate::serve::app::media::DEFAULT_EPOCH`].
+    /// `SOURCE_DATE_EPOCH` of `/media/` images; `None`:
+    /// [`crate::serve::app::media::DEFAULT_EPOCH`].
     pub media_epoch: Option<u64>,
     /// The base of minted `/media/` URLs: where BMCs reach this service, which is often another
     /// network (the management one) than the nodes'. `None`: the node's own base URL.

@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 /// Checks the API token against the current tokens file, or, for a request with a console
 /// session cookie and no `Authorization`, the session (alive, same site, CSRF token on a
-/// change; see [`crate::serve::auth::session`]). A refusal is audited by route and reason (never the token,
-/// the cookie or the path).
+/// change; see [`crate::serve::auth::session`]). A refusal is audited by route and reason (never
+/// the token, the cookie or the path).
 pub(crate) async fn authorize(
     svc: &Arc<Service>,
     req: &Req,

@@ -1,12 +1,12 @@
 //! The console's sessions: who a browser is, for how long, and the checks that keep another site
 //! from acting with its cookie.
 //!
-//! A login (an API token, or a directory account through [`crate::serve::auth::ldap`]) opens a session: a
-//! random 256-bit id sent once as the `bf_session` cookie (`HttpOnly`, `SameSite=Strict`, `Path=/`,
-//! `Secure` when the service is reached over TLS), and a random 256-bit CSRF token that the page
-//! fetches from `GET /session` and sends back as `X-CSRF-Token` on every request that changes
-//! anything. The service keeps only the SHA-256 of the id, so the table of live sessions holds no
-//! usable cookie.
+//! A login (an API token, or a directory account through [`crate::serve::auth::ldap`]) opens a
+//! session: a random 256-bit id sent once as the `bf_session` cookie (`HttpOnly`,
+//! `SameSite=Strict`, `Path=/`, `Secure` when the service is reached over TLS), and a random
+//! 256-bit CSRF token that the page fetches from `GET /session` and sends back as `X-CSRF-Token` on
+//! every request that changes anything. The service keeps only the SHA-256 of the id, so the table
+//! of live sessions holds no usable cookie.
 //!
 //! A session ends at logout, after [`Lifetimes::idle`] without a request, after
 //! [`Lifetimes::absolute`] whatever happens, and, for one opened with an API token, as soon as

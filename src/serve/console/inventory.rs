@@ -1,13 +1,13 @@
 //! Inventory editing from the console: the CSV, one row, or a whole upload; checked whole,
 //! written atomically, reloaded.
 //!
-//! Inventory edits go through [`crate::serve::console::editor`] (one row, every other byte kept), are validated
-//! whole by [`crate::inventory::Inventory::check`] (the code behind `bootforge check`) plus the
-//! service's own checks of a reload, and only then written atomically ([`crate::atomic`]) and
-//! reloaded. An invalid edit writes nothing and answers 422 with its errors by line and column
-//! (the first [`crate::inventory::MAX_REPORTED_ERRORS`], with their total). Every change names
-//! the inventory `version` it was made against (428 without one, 409 when the file has changed
-//! since), so no change silently undoes another.
+//! Inventory edits go through [`crate::serve::console::editor`] (one row, every other byte kept),
+//! are validated whole by [`crate::inventory::Inventory::check`] (the code behind `bootforge
+//! check`) plus the service's own checks of a reload, and only then written atomically
+//! ([`crate::atomic`]) and reloaded. An invalid edit writes nothing and answers 422 with its errors
+//! by line and column (the first [`crate::inventory::MAX_REPORTED_ERRORS`], with their total).
+//! Every change names the inventory `version` it was made against (428 without one, 409 when the
+//! file has changed since), so no change silently undoes another.
 
 use crate::serve::app::guard::authorize;
 use crate::serve::app::service::Service;

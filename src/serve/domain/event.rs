@@ -192,9 +192,9 @@ pub enum Event {
     /// Refusals of one kind, peer, route and reason that were counted but not written one by
     /// one (see the module documentation). `refused` is their record kind (`denied`,
     /// `media-denied`, …); `peer` is `None` for refusals of peers beyond the
-    /// [`MAX_REFUSAL_KEYS`](crate::serve::store::audit::MAX_REFUSAL_KEYS) tracked at once. `count` is the number of refusals not written one
-    /// by one; `first_ms` is when the window opened (the refusal written in full, if any) and
-    /// `last_ms` when the last one counted was made.
+    /// [`MAX_REFUSAL_KEYS`](crate::serve::store::audit::MAX_REFUSAL_KEYS) tracked at once. `count`
+    /// is the number of refusals not written one by one; `first_ms` is when the window opened (the
+    /// refusal written in full, if any) and `last_ms` when the last one counted was made.
     RefusedSummary {
         refused: &'static str,
         peer: Option<IpAddr>,

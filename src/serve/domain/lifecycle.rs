@@ -4,7 +4,8 @@
 //! It is pure: each transition is a function of a [`HostState`], the profile's [`Rules`] and the
 //! current time, returning an outcome enum and whether the state changed. Nothing here reads a
 //! file, a clock or a request; the handlers gather those, call one transition under the host's
-//! lock, and write the result (see [`crate::serve::store::files`] for storage and [`crate::serve::api::hosts`]).
+//! lock, and write the result (see [`crate::serve::store::files`] for storage, and
+//! the handlers in [`crate::serve::api`]).
 //!
 //! ```text
 //!            PUT (set_flag)                 boot (answer_boot)              done (finish)

@@ -1,6 +1,6 @@
 //! `GET /assets/{path}`: kernels, initrds and ISOs from `--assets DIR`, streamed from disk with
-//! `Content-Length` (never chunked encoding, which some firmware HTTP clients handle badly) and single `Range` requests (iPXE and installers resume and probe
-//! with them).
+//! `Content-Length` (never chunked encoding, which some firmware HTTP clients handle badly) and
+//! single `Range` requests (iPXE and installers resume and probe with them).
 //!
 //! Path safety is checked twice: the request path may hold only plain components (no `..`, no
 //! empty or hidden-dot tricks, no NUL, no backslash), and the file's canonical path (symlinks

@@ -3,7 +3,8 @@
 
 use minijinja::{ErrorKind, Value};
 
-/// The characters the `ipxe` filter lets through: ASCII letters and digits and `. _ - : / , = + @ %`.
+/// The characters the `ipxe` filter lets through: ASCII letters and digits and `. _ - : / , = + @
+/// %`.
 ///
 /// iPXE reads a script line as whitespace-separated tokens (spaces and tabs); a token `;`, `||`
 /// or `&&` ends a command, a token starting with `#` starts a comment, and `${...}` inside a token

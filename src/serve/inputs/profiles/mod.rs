@@ -7,13 +7,13 @@
 //! Every template is compiled when the profiles are loaded, so a syntax error stops the start (or
 //! is reported by a reload, which keeps the old profiles) with file and line. Rendering is strict:
 //! a misspelt variable is an error, not an empty string that would produce a broken installer
-//! configuration. Templates see `node` (every CSV column, [`crate::inventory::Node::template_vars`]),
-//! `vars` (the profile's variables, [`Settings::vars`], each overridden by the node's non-empty
-//! CSV column of the same name), `server`, `token`, `hostname`, `install_id`, `done_url`,
-//! `started_url`, `failed_url`, `config_base_url`, and the functions `config_url(file)`,
-//! `asset_url(path)` and `failed_url_with(reason)`. An undefined value is an error that names
-//! the variable and its tag (``undefined value in `{{ node.iface | ipxe }}`: `node.iface`: the
-//! inventory has no `iface` column…``).
+//! configuration. Templates see `node` (every CSV column,
+//! [`crate::inventory::Node::template_vars`]), `vars` (the profile's variables, [`Settings::vars`],
+//! each overridden by the node's non-empty CSV column of the same name), `server`, `token`,
+//! `hostname`, `install_id`, `done_url`, `started_url`, `failed_url`, `config_base_url`, and the
+//! functions `config_url(file)`, `asset_url(path)` and `failed_url_with(reason)`. An undefined
+//! value is an error that names the variable and its tag (``undefined value in `{{ node.iface |
+//! ipxe }}`: `node.iface`: the inventory has no `iface` column…``).
 //!
 //! # Escaping
 //!
