@@ -1,4 +1,6 @@
-//! The shared state of a running service, and the helper every handler uses to run disk work.
+//! The shared state of a running service, and the helper every handler uses to run disk work
+//! ([`Service::blocking`]); the other, the single write path ([`Service::change`]), is in
+//! [`crate::serve::app::change`].
 
 use crate::inventory::{Node, ServerUrl};
 use crate::serve::app::config::Config;
@@ -11,6 +13,9 @@ use std::sync::{Arc, Mutex};
 pub struct Service {
     pub config: Config,
     pub catalog: crate::serve::inputs::catalog::Catalog,
+    /// Per-host state. Used only through [`crate::serve::store::HostStore`] (the single write
+    /// path in [`crate::serve::app::change`] and the handlers' reads), so a database store is a
+    /// change of this type and of its opening in `server.rs`, nothing else.
     pub store: crate::serve::store::files::Store,
     pub audit: crate::serve::store::audit::Audit,
     pub secret: Option<Secret>,
