@@ -28,6 +28,10 @@
 //! server does not implement it (Samba 4), the entry the bind name designates, resolved the way
 //! the directory resolves binds (a DN; `userPrincipalName`, then the implicit `sAMAccountName`
 //! of a UPN; the `sAMAccountName` of `DOMAIN\sam`). Zero or several entries refuse the login.
+//! A UPN's holder is looked for in the whole domain, outside `user_base` and `user_filter`: a
+//! holder they exclude refuses the login (falling back to the implicit name would hand over the
+//! account of that `sAMAccountName`), and an entry found by the implicit name must accept the
+//! same password in a second bind, or it is not the account that bound.
 //! Then: a disabled account (Active Directory's `userAccountControl` bit 2) is refused, the
 //! account's groups are searched, and its role is the largest its groups map to (none: refused).
 //!
@@ -93,7 +97,8 @@ pub struct LdapConfig {
     /// name) are escaped for a filter. Default `(member={dn})`.
     pub group_filter: Option<String>,
     /// Active Directory's NetBIOS domain name (`CORP`): `CORP\user` logins are accepted and
-    /// bound as typed; another domain is refused.
+    /// bound as typed; another domain is refused. Required when `bind_dn` is not a DN: a
+    /// WhoAmI answer `u:DOMAIN\sam` is accepted only when `DOMAIN` is this.
     pub netbios_domain: Option<String>,
     /// The attribute holding the account's canonical name, recorded for the session and in the
     /// audit log. Default `sAMAccountName` when `netbios_domain` is set or `bind_dn` is not a
@@ -143,8 +148,10 @@ pub struct Account {
 enum Ident {
     /// The entry of this DN.
     Dn(String),
-    /// A user principal name: the entry with this `userPrincipalName`, else (AD's implicit
-    /// UPN) the one whose `sAMAccountName` is the part before `@`.
+    /// A user principal name: the entry with this `userPrincipalName` (anywhere in the
+    /// domain; it must also be inside `user_base` and pass `user_filter`), else, when no entry
+    /// holds it (AD's implicit UPN), the one whose `sAMAccountName` is the part before `@`,
+    /// proven by a second bind.
     Upn(String),
     /// The entry with this `sAMAccountName`.
     Sam(String),
