@@ -199,13 +199,16 @@ pub enum Event {
         peer: Option<IpAddr>,
     },
     /// The inventory CSV replaced from the console: `action` is `add`, `change`, `remove` or
-    /// `upload`; `host` the row's host name; `nodes` the number of rows after the change.
+    /// `upload`; `host` the row's host name; `old_host` (changes that rename the row only) the
+    /// name it had; `nodes` the number of rows after the change.
     InventoryChanged {
         #[serde(flatten)]
         who: Actor,
         peer: IpAddr,
         action: &'static str,
         host: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        old_host: Option<String>,
         nodes: usize,
     },
     /// A change whose audit record was written but whose state write failed afterwards.
