@@ -12,15 +12,25 @@
 //! **Refusals are aggregated**, so that the log's growth is bounded whatever clients without
 //! credentials send. A refusal is a record anyone can cause at will: `denied`, `login-failed`,
 //! `media-denied`, `node-token-denied`, and `boot` answers to unverified requests (see
-//! [`Event::refusal`]). The writer keys them by (record kind, peer, route, reason): the first of
-//! a key in a [`REFUSAL_WINDOW_MS`] window is written in full, as before; the others of that
-//! window are only counted, and written as one [`Event::RefusedSummary`] when the window closes
-//! (or at shutdown, see [`Audit::close_windows`]). At most [`MAX_REFUSAL_KEYS`] keys are open at
-//! once; refusals of further peers are counted, none written in full, under a key without a
-//! peer (one per kind, route and reason, a set fixed by the code). So each window writes at
-//! most `2 × MAX_REFUSAL_KEYS` records plus that fixed set, a few hundred bytes each: about
-//! 25 MB an hour at worst (from more than 512 addresses at once), about 100 KB an hour from
-//! one. Individual refusals plus summary counts add up to every refusal made.
+//! [`Event::refusal`]). The writer keys them by (record kind, peer, route, reason, inventory
+//! host), the peer being an IPv4 address or an IPv6 /64 ([`refusal_peer`]): the first of a key
+//! in a [`REFUSAL_WINDOW_MS`] window is written in full, as before; the others of that window
+//! are only counted, and written as one [`Event::RefusedSummary`] when the window closes.
+//!
+//! Threat: one client filling the table so that other clients' refusals (a password spray, a
+//! node failing its token) lose their peer. So one peer opens at most [`MAX_KEYS_PER_PEER`]
+//! keys; beyond, its refusals are counted under one key per kind that still names it. At most
+//! [`MAX_REFUSAL_KEYS`] keys are open at once; refusals of further peers are counted, none
+//! written in full, under a key without a peer (one per kind, route and reason, a set fixed by
+//! the code), which lists its [`TOP_PEERS`] largest peers. So each window writes at most
+//! `2 × MAX_REFUSAL_KEYS` records plus that fixed set, each bounded (a few hundred bytes, a
+//! peerless summary about 1 KB): about 25 MB an hour at worst (from more than 64 peers at
+//! once), about 100 KB an hour from one. Individual refusals plus summary counts add up to
+//! every refusal made.
+//!
+//! Shutdown: [`Audit::stopping`] writes every open window and makes the writer write later
+//! counts batch by batch; dropping the [`Audit`] waits for the writer, whose exit path writes
+//! what is still counted. Only a kill (or crash) loses counts: those of the windows then open.
 //!
 //! What a record may hold is fixed by [`Event`]: host names only once validated, install ids
 //! only in their 32-hex shape, addresses only as parsed addresses, route names instead of request
