@@ -275,6 +275,10 @@ pub struct Refusal {
     pub host: Option<String>,
 }
 
+/// The `kind` of a boot record whose host is not in the inventory (its `host` is the name asked
+/// for, so not bounded by the inventory).
+pub const UNKNOWN_HOST: &str = "unknown-host";
+
 /// The address refusals are counted under: an IPv4 address as it is (an IPv4-mapped IPv6 one
 /// as IPv4), an IPv6 address as the first address of its /64. One site holds a whole /64, so
 /// keying each of its 2^64 addresses apart would let one client open every key.
@@ -301,7 +305,10 @@ impl Event {
     /// hosts from one peer are each written in full. Login names are not (anyone can type any).
     pub fn refusal(&self) -> Option<Refusal> {
         let (refused, peer, route, reason, host) = match self {
+            // An `unknown-host` boot names a host the client made up (valid in shape, not in
+            // the inventory): never a key, or one client could open a key per name.
             Event::Boot { verified: false, kind, peer, host, .. } => {
+                let host = if *kind == UNKNOWN_HOST { &None } else { host };
                 ("boot", *peer, "/boot/{host}", *kind, host)
             }
             Event::NodeTokenDenied { route, peer, host } => {
@@ -1254,7 +1261,27 @@ mod tests {
         };
         assert!(r.take(token("web-01").refusal().unwrap(), 4));
         assert!(r.take(token("db-01").refusal().unwrap(), 5));
-        let summaries = r.close(0, true);
+        // Names not in the inventory are not keys: one client cannot open a key per name.
+        let boot = |host: &str| Event::Boot {
+            host: Some(host.into()),
+            verified: false,
+            answer: "local",
+            kind: UNKNOWN_HOST,
+            reason: "not in the inventory",
+            install: None,
+            peer: p,
+            ip: None,
+            mac: None,
+            medium: "iso",
+            platform: "efi",
+        };
+        assert!(r.take(boot("made-up-1").refusal().unwrap(), 6));
+        assert!(!r.take(boot("made-up-2").refusal().unwrap(), 7), "the same key");
+        let summaries: Vec<_> = r
+            .close(0, true)
+            .into_iter()
+            .filter(|e| matches!(e, Event::RefusedSummary { refused: "media-denied", .. }))
+            .collect();
         match summaries.as_slice() {
             [Event::RefusedSummary { host: Some(h), count: 1, .. }] => assert_eq!(h, "db-01"),
             other => panic!("{other:?}"),
