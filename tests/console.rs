@@ -10,6 +10,7 @@ mod console_support;
 
 use bootforge::serve::auth::ldap::{Directory, LoginError};
 use bootforge::serve::domain::actor::Role;
+use bootforge::serve::auth::session::account_key;
 use console_support::{Browser, Samba, Slapd, AD_USERS};
 use support::*;
 
@@ -295,6 +296,27 @@ fn directory_users_log_in_over_ldaps_and_starttls_with_their_groups_role() {
             Err(e) => assert!(matches!(e, LoginError::BadCredentials), "{e:?}"),
         }
         assert!(matches!(login("CORP\\alice", "alice-pw"), Err(LoginError::ForeignDomain)));
+        // slapd matches names by compatibility form: mathematical and circled letters bind as
+        // bob (soft hyphen and zero-width space do not). The login throttle counts every one
+        // of these spellings against bob, so none of them is a fresh count of guesses.
+        for (spelling, binds) in [
+            ("\u{1d41b}ob", true),
+            ("\u{24d1}ob", true),
+            ("b\u{ad}ob", false),
+            ("b\u{200b}ob", false),
+        ] {
+            assert_eq!(account_key(spelling), account_key("bob"), "{spelling:?}");
+            match login(spelling, "bob-pw") {
+                Ok(a) if binds => assert_eq!((a.name.as_str(), a.role), ("bob", Role::Reimage)),
+                Err(LoginError::BadCredentials) if !binds => {}
+                other => panic!("{spelling:?}: {other:?}"),
+            }
+        }
+        // An entry with two uid values (one of them bob's) has no one name: refused.
+        match login("twin", "twin-pw") {
+            Err(LoginError::Unidentified(m)) => assert!(m.contains("2 values of uid"), "{m}"),
+            other => panic!("a multi-valued name must be refused: {other:?}"),
+        }
         assert!(matches!(login("dave", "dave-pw"), Err(LoginError::NoRole)));
         assert!(matches!(login("alice", "wrong"), Err(LoginError::BadCredentials)));
         assert!(matches!(login("alice", ""), Err(LoginError::BadCredentials)));
@@ -477,6 +499,56 @@ fn active_directory_logins_find_the_account_that_bound_and_are_rechecked() {
         matches!(login("x", ad_pw("x")), Err(LoginError::BadCredentials)),
         "x@corp.example is ann"
     );
+    // The same with ann excluded by user_filter: her principal name x@corp.example is still
+    // hers, so the login is refused, never resolved to the account named x (an admin).
+    let filtered = dir.path().join("ad-filtered.toml");
+    std::fs::write(&filtered, dc.config("user_filter = \"(!(sAMAccountName=ann))\"\n")).unwrap();
+    let f = Directory::load(&filtered).unwrap();
+    match rt.block_on(f.login("x", ad_pw("ann"))) {
+        Err(LoginError::Unidentified(m)) => {
+            assert!(m.contains("outside user_base or fails user_filter"), "{m}")
+        }
+        other => panic!("ann outside user_filter must be refused, not become x: {other:?}"),
+    }
+    assert_eq!(rt.block_on(f.login("CORP\\x", ad_pw("x"))).unwrap().role, Role::Admin);
+    // And with ann outside user_base (moved to another OU for the check, then back).
+    let elsewhere = format!("OU=Elsewhere,{}", console_support::AD_BASE);
+    dc.modify(&format!(
+        "dn: {elsewhere}\nchangetype: add\nobjectClass: organizationalUnit\nou: Elsewhere\n\n\
+         dn: {ann}\nchangetype: modrdn\nnewrdn: CN=ann\ndeleteoldrdn: 1\nnewsuperior: {elsewhere}\n\n",
+        ann = Samba::user_dn("ann"),
+    ));
+    let users_only = dir.path().join("ad-users-only.toml");
+    let users_base = format!("user_base = \"CN=Users,{}\"", console_support::AD_BASE);
+    let text = dc
+        .config("")
+        .replace(&format!("user_base = \"{}\"", console_support::AD_BASE), &users_base);
+    assert!(text.contains(&users_base));
+    std::fs::write(&users_only, text).unwrap();
+    let u = Directory::load(&users_only).unwrap();
+    let outside = rt.block_on(u.login("x", ad_pw("ann")));
+    dc.modify(&format!(
+        "dn: CN=ann,{elsewhere}\nchangetype: modrdn\nnewrdn: CN=ann\ndeleteoldrdn: 1\nnewsuperior: CN=Users,{}\n\n",
+        console_support::AD_BASE
+    ));
+    match outside {
+        Err(LoginError::Unidentified(m)) => {
+            assert!(m.contains("outside user_base or fails user_filter"), "{m}")
+        }
+        other => panic!("ann outside user_base must be refused, not become x: {other:?}"),
+    }
+    assert_eq!(rt.block_on(u.login("CORP\\x", ad_pw("x"))).unwrap().role, Role::Admin);
+    // AD's implicit principal name (no entry holds bob@ad.corp.example): found by
+    // sAMAccountName, then proven by binding as that entry with the same password.
+    let implicit = dir.path().join("ad-implicit.toml");
+    let text = dc.config("").replace("{user}@corp.example", "{user}@ad.corp.example");
+    std::fs::write(&implicit, text).unwrap();
+    let i = Directory::load(&implicit).unwrap();
+    let b = rt.block_on(i.login("bob", ad_pw("bob")));
+    eprintln!("samba: bob@ad.corp.example (implicit UPN) -> {b:?}");
+    let b = b.unwrap();
+    assert_eq!((b.name.as_str(), b.role, b.dn), ("bob", Role::Reimage, Samba::user_dn("bob")));
+    assert!(matches!(rt.block_on(i.login("bob", "wrong")), Err(LoginError::BadCredentials)));
 
     // The three Windows forms (any case) reach one account, role and name.
     for form in ["bob", "bob@corp.example", "CORP\\bob", "BOB", "corp\\Bob", "Bob@CORP.EXAMPLE"] {

@@ -329,3 +329,63 @@ fn changes_without_a_current_version_are_refused() {
     assert_eq!(std::fs::read_to_string(&csv_path).unwrap(), good);
     f.stop();
 }
+
+/// An add with no values (`{}`, or blanks only), or a change that blanks every column of a
+/// row, passed validation (the validator skips a blank row) and then failed to find the row
+/// it wrote: 500. It is refused with 400 and changes nothing.
+#[test]
+fn an_edit_that_would_leave_an_empty_row_is_refused() {
+    let mut f = start(false);
+    let csv_path = f.config.inventory.clone();
+    let before = std::fs::read(&csv_path).unwrap();
+    let r = call("GET", &f.url("/inventory"), Some(ADMIN_TOKEN), None);
+    let (v, columns) = (r.json()["version"].clone(), r.json()["columns"].clone());
+    assert!(columns.as_array().is_some_and(|c| !c.is_empty()), "{}", r.body);
+    let blanks: serde_json::Map<String, serde_json::Value> = columns
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c.as_str().unwrap().to_string(), serde_json::Value::from(" ")))
+        .collect();
+    let add = f.url("/inventory/hosts");
+    for (method, url, fields) in [
+        ("POST", add.clone(), serde_json::json!({})),
+        ("POST", add.clone(), serde_json::json!({"hostname": "  ", "ip": ""})),
+        ("PUT", f.url("/inventory/hosts/node02"), serde_json::Value::Object(blanks)),
+    ] {
+        let body = serde_json::json!({ "fields": fields, "version": v }).to_string();
+        let r = call(method, &url, Some(ADMIN_TOKEN), Some(&body));
+        assert_eq!(r.status, 400, "{method} {body}: {}", r.body);
+        assert!(
+            r.json()["error"].as_str().unwrap().contains("the row would be empty"),
+            "{}",
+            r.body
+        );
+    }
+    assert_eq!(std::fs::read(&csv_path).unwrap(), before, "nothing was written");
+    assert!(inventory_records(&f).is_empty(), "nothing was audited");
+    f.stop();
+}
+
+/// A change that renames `node02` was audited under its new name only: the name it had is
+/// now recorded too (`old_host`), and only for changes that rename.
+#[test]
+fn a_rename_is_audited_with_the_old_name() {
+    let mut f = start(false);
+    let url = f.url("/inventory/hosts/node02");
+    let body =
+        format!(r#"{{"fields": {{"hostname": "Backdoor-02"}}, "version": "{}"}}"#, version(&f));
+    let r = call("PUT", &url, Some(ADMIN_TOKEN), Some(&body));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let body = format!(r#"{{"fields": {{"role": "x"}}, "version": "{}"}}"#, version(&f));
+    let r = call("PUT", &f.url("/inventory/hosts/backdoor-02"), Some(ADMIN_TOKEN), Some(&body));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let records: Vec<serde_json::Value> =
+        inventory_records(&f).iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[0]["action"], "change");
+    assert_eq!(records[0]["host"], "backdoor-02");
+    assert_eq!(records[0]["old_host"], "node02", "{}", records[0]);
+    assert!(records[1].get("old_host").is_none(), "no rename: {}", records[1]);
+    f.stop();
+}

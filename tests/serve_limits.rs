@@ -213,8 +213,13 @@ fn a_trusted_proxys_forwarded_address_is_the_one_limited() {
     // A client cannot pick its address by prepending to the header: the proxy appended the
     // address it saw, which is the one counted.
     assert_eq!(login(&token_body(READ_TOKEN), "10.0.0.2, 10.0.0.1"), 429);
-    // A malformed header is not trusted: the proxy's own address is used (and is fresh).
-    assert_eq!(login(&token_body(READ_TOKEN), "10.0.0.2, bogus"), 200);
+    // Nor by writing garbage (or a long header) left of that address: it is never read.
+    assert_eq!(login(&token_body(READ_TOKEN), "garbage, 10.0.0.1"), 429);
+    let long = format!("{}, 10.0.0.1", "x".repeat(4000));
+    assert_eq!(login(&token_body(READ_TOKEN), &long), 429);
+    // The client's own hop malformed (a proxy that does not append): refused, not the proxy's
+    // own (fresh) address.
+    assert_eq!(login(&token_body(READ_TOKEN), "10.0.0.2, bogus"), 400);
     fx.stop();
     let records = audit_lines(&fx);
     let failed_peers: Vec<&str> = records
@@ -228,7 +233,7 @@ fn a_trusted_proxys_forwarded_address_is_the_one_limited() {
         .filter(|r| r["event"] == "login")
         .map(|r| r["peer"].as_str().unwrap())
         .collect();
-    assert_eq!(logins, vec!["10.0.0.2", "127.0.0.1"], "the audit names the client");
+    assert_eq!(logins, vec!["10.0.0.2"], "the audit names the client");
 
     // Without --trusted-proxy the header is ignored: everyone is the TCP peer.
     let mut fx = start(false);
@@ -386,4 +391,50 @@ fn service_logs_to_a_file_carry_no_colour_codes() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("neither an IP address") && err.contains("10.0.0.0/24"), "{err}");
+}
+
+/// One client holding a /64 (through a trusted proxy here) sent refusals from a new address
+/// each time, over several routes: each address was a key, so ~512 requests filled the table
+/// and every other client's refusals (a node failing its token) lost their peer and host. Now
+/// the /64 is one peer with at most 8 keys: the log grows by a few KB, and another client's
+/// probes of two hosts are both written in full, named.
+#[test]
+fn a_flood_from_one_ipv6_prefix_leaves_other_clients_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = full_config(dir.path(), true);
+    config.trusted_proxies = vec!["127.0.0.1".parse::<std::net::IpAddr>().unwrap().into()];
+    let mut fx = start_with(dir, config);
+    let log = fx.config.state_dir.join("audit.jsonl");
+    let before = std::fs::metadata(&log).map_or(0, |m| m.len());
+    let agent = ureq::AgentBuilder::new().build();
+    let get = |path: &str, forwarded: &str| {
+        let req = agent.get(&format!("{}{path}", fx.base)).set("X-Forwarded-For", forwarded);
+        match req.call() {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => r.status(),
+            Err(e) => panic!("{path}: {e}"),
+        }
+    };
+    let routes = ["/hosts", "/events", "/inventory", "/hosts/node01", "/status"];
+    for i in 0..3000u32 {
+        let status = get(routes[i as usize % routes.len()], &format!("2001:db8:7:7::{:x}", i + 1));
+        assert!(status == 401 || status == 403, "{status}");
+    }
+    for host in ["node01", "node02"] {
+        assert_eq!(get(&format!("/config/{host}/install.cfg"), "198.51.100.20"), 403);
+    }
+    let svc = fx.server.as_ref().unwrap().service().clone();
+    svc.audit.sync();
+    let during = std::fs::metadata(&log).unwrap().len() - before;
+    fx.stop();
+    assert!(during <= 6 * 1024, "the log grew {during} bytes during the flood");
+    let records = audit_lines(&fx);
+    let named: Vec<&str> = records
+        .iter()
+        .filter(|r| r["event"] == "node-token-denied" && r["peer"] == "198.51.100.20")
+        .map(|r| r["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(named, vec!["node01", "node02"], "both probes in full, named");
+    assert!(records.iter().all(|r| r["event"] != "refused-summary" || !r["peer"].is_null()));
+    let from_prefix = records.iter().filter(|r| r["event"] == "denied").count();
+    assert!(from_prefix <= 8, "{from_prefix} written in full from one /64");
 }

@@ -122,8 +122,8 @@ pub struct ServeArgs {
     /// repeat for several). Requests from it are attributed to the client its X-Forwarded-For
     /// names: the rightmost address there that is not itself a trusted proxy. Login throttling,
     /// the audit log's `peer` and the server log then see each operator, not the proxy. Without
-    /// it X-Forwarded-For is ignored (anyone can send one); a malformed header leaves the proxy's
-    /// own address.
+    /// it X-Forwarded-For is ignored (anyone can send one). Hops left of the client's are never
+    /// read; a request whose client hop is malformed is refused (400).
     #[arg(long = "trusted-proxy", value_name = "ADDR|CIDR", value_parser = parse_trusted_proxy)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }

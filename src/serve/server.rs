@@ -247,8 +247,9 @@ impl Server {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        // Refusals still only counted are written now, not lost with the process.
-        self.service.audit.close_windows();
+        // Refusals still only counted are written now, and those noted by anything that
+        // outlives the stop are written batch by batch (the rest when the Audit is dropped).
+        self.service.audit.stopping();
     }
 }
 

@@ -155,6 +155,9 @@ impl Slapd {
                 "dn: uid={uid},ou=people,dc=example,dc=org\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\nsn: {uid}\nuserPassword: {pw}\n\n"
             );
         }
+        // Two uid values on one entry (OpenLDAP allows it): its name is ambiguous, one of the
+        // values is another account's.
+        ldif += "dn: uid=twin,ou=people,dc=example,dc=org\nobjectClass: inetOrgPerson\nuid: twin\nuid: bob\ncn: twin\nsn: twin\nuserPassword: twin-pw\n\n";
         for group in ["boot-admins", "boot-ops", "boot-viewers", "staff"] {
             ldif += &format!("dn: cn={group},ou=groups,dc=example,dc=org\nobjectClass: groupOfNames\ncn: {group}\n");
             for (uid, _, g) in USERS.iter().filter(|u| u.2 == group) {

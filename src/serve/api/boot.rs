@@ -63,7 +63,7 @@ impl Local {
     fn kind(self) -> &'static str {
         match self {
             Local::InvalidHost => "invalid-host",
-            Local::UnknownHost => "unknown-host",
+            Local::UnknownHost => crate::serve::domain::event::UNKNOWN_HOST,
             Local::BadToken => "bad-token",
             Local::MacMismatch | Local::NoMac => "mac-mismatch",
             Local::NoInstall(NoInstall::NotFlagged) => "not-flagged",

@@ -28,6 +28,10 @@
 //! server does not implement it (Samba 4), the entry the bind name designates, resolved the way
 //! the directory resolves binds (a DN; `userPrincipalName`, then the implicit `sAMAccountName`
 //! of a UPN; the `sAMAccountName` of `DOMAIN\sam`). Zero or several entries refuse the login.
+//! A UPN's holder is looked for in the whole domain, outside `user_base` and `user_filter`: a
+//! holder they exclude refuses the login (falling back to the implicit name would hand over the
+//! account of that `sAMAccountName`), and an entry found by the implicit name must accept the
+//! same password in a second bind, or it is not the account that bound.
 //! Then: a disabled account (Active Directory's `userAccountControl` bit 2) is refused, the
 //! account's groups are searched, and its role is the largest its groups map to (none: refused).
 //!
@@ -97,7 +101,8 @@ pub struct LdapConfig {
     /// name) are escaped for a filter. Default `(member={dn})`.
     pub group_filter: Option<String>,
     /// Active Directory's NetBIOS domain name (`CORP`): `CORP\user` logins are accepted and
-    /// bound as typed; another domain is refused.
+    /// bound as typed; another domain is refused. Required when `bind_dn` is not a DN: a
+    /// WhoAmI answer `u:DOMAIN\sam` is accepted only when `DOMAIN` is this.
     pub netbios_domain: Option<String>,
     /// The attribute holding the account's canonical name, recorded for the session and in the
     /// audit log. Default `sAMAccountName` when `netbios_domain` is set or `bind_dn` is not a
@@ -147,8 +152,10 @@ pub struct Account {
 enum Ident {
     /// The entry of this DN.
     Dn(String),
-    /// A user principal name: the entry with this `userPrincipalName`, else (AD's implicit
-    /// UPN) the one whose `sAMAccountName` is the part before `@`.
+    /// A user principal name: the entry with this `userPrincipalName` (anywhere in the
+    /// domain; it must also be inside `user_base` and pass `user_filter`), else, when no entry
+    /// holds it (AD's implicit UPN), the one whose `sAMAccountName` is the part before `@`,
+    /// proven by a second bind.
     Upn(String),
     /// The entry with this `sAMAccountName`.
     Sam(String),
@@ -256,6 +263,12 @@ impl Directory {
                 "{source}: netbios_domain: {d:?} is not a NetBIOS domain name (e.g. CORP)"
             );
         }
+        // Active Directory's WhoAmI answers `u:DOMAIN\\sam`; without our domain's name such an
+        // answer cannot be told from another domain's account, so it is required up front.
+        anyhow::ensure!(
+            dn_template || config.netbios_domain.is_some(),
+            "{source}: netbios_domain: needed when bind_dn is not a DN (Active Directory): set it to the domain's NetBIOS name (e.g. CORP), so the directory's answer to \"who am I\" (u:CORP\\name) can be checked to be this domain"
+        );
         let ad = config.netbios_domain.is_some() || !dn_template;
         let name_attribute = config
             .name_attribute
@@ -389,7 +402,7 @@ impl Directory {
     }
 
     fn unavailable(&self, what: &str, e: ldap3::LdapError) -> LoginError {
-        LoginError::Unavailable(format!("{}: {what}: {e}", self.source))
+        LoginError::Unavailable(format!("{}: {what}: {}", self.source, log_safe(&e.to_string())))
     }
 
     /// Simple-binds `ldap` as `name`; a refused bind is [`LoginError::BadCredentials`].
@@ -402,7 +415,9 @@ impl Directory {
             Ok(r) if matches!(r.rc, 49 | 32 | 50 | 53) => Err(LoginError::BadCredentials),
             Ok(r) => Err(LoginError::Unavailable(format!(
                 "{}: bind: the directory answered {} {}",
-                self.source, r.rc, r.text
+                self.source,
+                r.rc,
+                log_safe(&r.text)
             ))),
             Err(e) => Err(self.unavailable("bind", e)),
         }
@@ -422,6 +437,22 @@ impl Directory {
             self.bind(&mut ldap, &bind_name, password).await?;
             let ident = self.who_am_i(&mut ldap).await?.unwrap_or(ident);
             let found = self.find(&mut ldap, &ident).await?;
+            if found.inferred {
+                // The entry was inferred (AD's implicit UPN), not read from the directory's
+                // own resolution of the bind: it must take the same password itself, or it
+                // is not the account that bound (e.g. the UPN's holder was hidden from the
+                // search by access rights, or lives in another domain of the forest).
+                match self.bind(&mut ldap, &found.dn, password).await {
+                    Ok(()) => {}
+                    Err(LoginError::BadCredentials) => {
+                        return Err(LoginError::Unidentified(format!(
+                            "{}: {:?} refused the password that bound {bind_name:?}: it is not the account that bound",
+                            self.source, found.dn
+                        )))
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             if found.disabled {
                 return Err(LoginError::Disabled);
             }
@@ -490,43 +521,71 @@ impl Directory {
                 self.source
             )));
         };
-        if let Some(dn) = id.strip_prefix("dn:") {
-            return Ok(Some(Ident::Dn(dn.to_string())));
-        }
-        if let Some((domain, sam)) = id.strip_prefix("u:").and_then(|u| u.split_once('\\')) {
-            let ours = self.config.netbios_domain.as_deref();
-            if ours.is_some_and(|d| !d.eq_ignore_ascii_case(domain)) {
-                return Err(LoginError::ForeignDomain);
+        who_am_i_ident(id, self.config.netbios_domain.as_deref()).map(Some).map_err(|e| match e {
+            LoginError::Unidentified(d) => {
+                LoginError::Unidentified(format!("{}: {d}", self.source))
             }
-            return Ok(Some(Ident::Sam(sam.to_string())));
-        }
-        Err(LoginError::Unidentified(format!(
-            "{}: the WhoAmI answer {:?} is neither dn: nor u:DOMAIN\\name",
-            self.source,
-            id.chars().take(80).collect::<String>()
-        )))
+            e => e,
+        })
     }
 
     /// The one entry `ident` designates, with its canonical name and whether it is disabled.
+    ///
+    /// A UPN is resolved as Active Directory resolves a bind: the entry holding it *anywhere in
+    /// the domain* (searched from the naming context, without `user_filter`), and only when no
+    /// entry holds it, the implicit UPN's `sAMAccountName` ([`Found::inferred`]: the caller
+    /// proves that entry by binding as it). A holder outside `user_base` or failing
+    /// `user_filter` refuses the login: falling back to the `sAMAccountName` would hand over
+    /// another account, the very take-over of issue 13.
     async fn find(&self, ldap: &mut ldap3::Ldap, ident: &Ident) -> Result<Found, LoginError> {
         let base = self.config.user_base.as_deref().unwrap_or("");
         let esc = |s: &str| ldap3::ldap_escape(s).into_owned();
+        let mut inferred = false;
         let entries = match ident {
-            Ident::Dn(dn) => self.search(ldap, dn, Scope::Base, "(objectClass=*)").await,
+            Ident::Dn(dn) => self.search(ldap, dn, Scope::Base, "(objectClass=*)", true).await,
             Ident::Sam(sam) => {
                 let filter = format!("(sAMAccountName={})", esc(sam));
-                self.search(ldap, base, Scope::Subtree, &filter).await
+                self.search(ldap, base, Scope::Subtree, &filter, true).await
             }
             Ident::Upn(upn) => {
                 let filter = format!("(userPrincipalName={})", esc(upn));
-                match self.search(ldap, base, Scope::Subtree, &filter).await {
+                let root = self.naming_context(ldap).await?;
+                let holders = self
+                    .search(ldap, &root, Scope::Subtree, &filter, false)
+                    .await
+                    .map_err(|e| self.unavailable("account search", e))?;
+                match holders.len() {
                     // AD resolves a UPN no account holds to the sAMAccountName before the `@`.
-                    Ok(e) if e.is_empty() => {
+                    0 => {
+                        inferred = true;
                         let sam = upn.rsplit_once('@').map_or(upn.as_str(), |(u, _)| u);
                         let filter = format!("(sAMAccountName={})", esc(sam));
-                        self.search(ldap, base, Scope::Subtree, &filter).await
+                        self.search(ldap, base, Scope::Subtree, &filter, true).await
                     }
-                    other => other,
+                    1 => {
+                        let holder = SearchEntry::construct(holders.into_iter().next().unwrap()).dn;
+                        let scoped = self
+                            .search(ldap, base, Scope::Subtree, &filter, true)
+                            .await
+                            .map_err(|e| self.unavailable("account search", e))?;
+                        let same = |e: &ldap3::ResultEntry| {
+                            normalize_dn(&SearchEntry::construct(e.clone()).dn)
+                                == normalize_dn(&holder)
+                        };
+                        if !(scoped.len() == 1 && same(&scoped[0])) {
+                            return Err(LoginError::Unidentified(format!(
+                                "{}: the account holding {upn:?} ({holder:?}) is outside user_base or fails user_filter",
+                                self.source
+                            )));
+                        }
+                        Ok(scoped)
+                    }
+                    n => {
+                        return Err(LoginError::Unidentified(format!(
+                            "{}: {n} entries hold the principal name {upn:?}; exactly one must",
+                            self.source
+                        )))
+                    }
                 }
             }
         }
@@ -541,43 +600,64 @@ impl Directory {
                 )))
             }
         };
-        let value = |attr: &str| {
+        let values = |attr: &str| {
             entry
                 .attrs
                 .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(attr))
-                .and_then(|(_, v)| v.first())
-                .cloned()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(attr))
+                .flat_map(|(_, v)| v.iter())
+                .collect::<Vec<_>>()
         };
-        let name = value(&self.name_attribute).ok_or_else(|| {
-            LoginError::Unidentified(format!(
-                "{}: the account's entry has no {} (name_attribute)",
-                self.source, self.name_attribute
-            ))
-        })?;
+        // Exactly one name: several (OpenLDAP's `uid` is multi-valued) would make the recorded
+        // name an arbitrary pick among them.
+        let name = match values(&self.name_attribute)[..] {
+            [one] => one.clone(),
+            ref v => {
+                return Err(LoginError::Unidentified(format!(
+                    "{}: the account's entry {:?} has {} values of {} (name_attribute); exactly one must",
+                    self.source,
+                    entry.dn,
+                    v.len(),
+                    self.name_attribute
+                )))
+            }
+        };
         let name = recordable_name(&name).ok_or_else(|| {
             LoginError::Unidentified(format!(
-                "{}: the account's {} cannot be recorded (empty, over {MAX_NAME_CHARS} characters, or control characters)",
+                "{}: the account's {} cannot be recorded (empty, over {MAX_NAME_CHARS} characters, or control, separator or invisible characters)",
                 self.source, self.name_attribute
             ))
         })?;
         // Active Directory: ACCOUNTDISABLE (0x2) of userAccountControl.
-        let disabled =
-            value("userAccountControl").and_then(|v| v.trim().parse::<i64>().ok()).unwrap_or(0) & 2
-                != 0;
-        Ok(Found { dn: entry.dn, name, disabled })
+        let disabled = values("userAccountControl")
+            .first()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .unwrap_or(0)
+            & 2
+            != 0;
+        Ok(Found { dn: entry.dn, name, disabled, inferred })
     }
 
-    /// The entries under `base` matching `filter` and `user_filter`, with the attributes
-    /// [`Directory::find`] reads; a base that does not exist has none.
+    /// The domain's naming context (the root DSE's `defaultNamingContext`), where a principal
+    /// name is looked for whatever `user_base` says; `user_base` when the server names none.
+    async fn naming_context(&self, ldap: &mut ldap3::Ldap) -> Result<String, LoginError> {
+        let values = self.values(ldap, "", "defaultNamingContext").await?;
+        let root = values.into_iter().find_map(|v| String::from_utf8(v).ok());
+        Ok(root.unwrap_or_else(|| self.config.user_base.clone().unwrap_or_default()))
+    }
+
+    /// The entries under `base` matching `filter` (and `user_filter` when `restricted`), with
+    /// the attributes [`Directory::find`] reads; a base that does not exist has none.
     async fn search(
         &self,
         ldap: &mut ldap3::Ldap,
         base: &str,
         scope: Scope,
         filter: &str,
+        restricted: bool,
     ) -> Result<Vec<ldap3::ResultEntry>, ldap3::LdapError> {
-        let filter = format!("(&{filter}{})", self.config.user_filter.as_deref().unwrap_or(""));
+        let extra = if restricted { self.config.user_filter.as_deref().unwrap_or("") } else { "" };
+        let filter = format!("(&{filter}{extra})");
         let attrs = vec![self.name_attribute.as_str(), "userAccountControl"];
         let r = ldap.with_timeout(self.timeout()).search(base, scope, &filter, attrs).await?;
         if r.1.rc == 32 {
@@ -667,6 +747,88 @@ struct Found {
     dn: String,
     name: String,
     disabled: bool,
+    /// Found by AD's implicit UPN (no entry holds the principal name bound with) rather than
+    /// by what the directory resolved: [`Directory::login`] binds as it to prove it.
+    inferred: bool,
+}
+
+/// The account a WhoAmI answer (RFC 4532) names: `dn:DN`, or Active Directory's
+/// `u:DOMAIN\sam`, accepted only when `DOMAIN` is `netbios_domain` (compared
+/// case-insensitively). Without `netbios_domain` a `u:` answer cannot be told from another
+/// domain's account of the same `sAMAccountName`, so it is not accepted.
+fn who_am_i_ident(id: &str, netbios_domain: Option<&str>) -> Result<Ident, LoginError> {
+    if let Some(dn) = id.strip_prefix("dn:") {
+        return Ok(Ident::Dn(dn.to_string()));
+    }
+    if let Some((domain, sam)) = id.strip_prefix("u:").and_then(|u| u.split_once('\\')) {
+        return match netbios_domain {
+            Some(ours) if ours.eq_ignore_ascii_case(domain) && !sam.is_empty() => {
+                Ok(Ident::Sam(sam.to_string()))
+            }
+            Some(_) => Err(LoginError::ForeignDomain),
+            None => Err(LoginError::Unidentified(format!(
+                "the WhoAmI answer {:?} names a domain, and netbios_domain is not set to check it",
+                id.chars().take(80).collect::<String>()
+            ))),
+        };
+    }
+    Err(LoginError::Unidentified(format!(
+        "the WhoAmI answer {:?} is neither dn: nor u:DOMAIN\\name",
+        id.chars().take(80).collect::<String>()
+    )))
+}
+
+/// Text the directory controls (an error message, a diagnostic), made safe for one log line:
+/// control characters, line and paragraph separators and bidirectional controls are written as
+/// `\u{…}` escapes, and the text is cut at 300 characters. A server cannot forge log lines.
+fn log_safe(text: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == 300 {
+            out.push('…');
+            break;
+        }
+        if c.is_control() || invisible_or_separator(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Characters that end a line without being control characters (U+2028, U+2029), that are
+/// invisible (Unicode's Default_Ignorable_Code_Point: zero-width and format characters, soft
+/// hyphen, variation selectors, tags), or that reorder text (bidirectional controls, which are
+/// among the ignorables).
+pub(crate) fn invisible_or_separator(c: char) -> bool {
+    matches!(c, '\u{2028}' | '\u{2029}') || default_ignorable(c)
+}
+
+/// Unicode's Default_Ignorable_Code_Point property (DerivedCoreProperties.txt, Unicode 15;
+/// stable: no code point has left it). Written out because no well-kept crate exposes this
+/// property alone, and the list is short.
+pub(crate) fn default_ignorable(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFF8}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
 }
 
 /// Whether `bind_dn` is a DN template (`uid={user},ou=…`) rather than a UPN or NT4 name.
@@ -675,16 +837,17 @@ fn is_dn_template(bind_dn: &str) -> bool {
 }
 
 /// The directory's name of an account as it may be recorded: 1 to [`MAX_NAME_CHARS`]
-/// characters, none of them a control character or an invisible bidirectional control (which
-/// would let a name look like another in a terminal or the page). Spaces, apostrophes and
+/// characters, none of them a control character, a line or paragraph separator (U+2028,
+/// U+2029: a line break to some log readers), or an invisible character such as a zero-width
+/// space or a bidirectional control (which would let a name look like another in a terminal
+/// or the page). Spaces, apostrophes and
 /// letters of any script are kept as they are: `jürgen`, `o'brien`, `john smith`. The audit log
 /// is JSON (serde escapes quotes); the server log prints names with `{:?}`.
 pub fn recordable_name(raw: &str) -> Option<String> {
-    let bidi = |c: char| matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
     let n = raw.chars().count();
     let ok = (1..=MAX_NAME_CHARS).contains(&n)
         && raw.trim() == raw
-        && !raw.chars().any(|c| c.is_control() || bidi(c));
+        && !raw.chars().any(|c| c.is_control() || invisible_or_separator(c));
     ok.then(|| raw.to_string())
 }
 
@@ -857,10 +1020,54 @@ mod tests {
             assert_eq!(recordable_name(ok).as_deref(), Some(ok));
         }
         let long = "a".repeat(MAX_NAME_CHARS + 1);
-        for bad in ["", " lead", "trail ", "a\nb", "a\u{1b}[31m", "evil\u{202e}nimda", &long] {
+        for bad in [
+            "",
+            " lead",
+            "trail ",
+            "a\nb",
+            "a\u{1b}[31m",
+            "evil\u{202e}nimda",
+            "line\u{2028}break",
+            "para\u{2029}graph",
+            "next\u{85}line",
+            "b\u{200b}ob",
+            "b\u{ad}ob",
+            &long,
+        ] {
             assert_eq!(recordable_name(bad), None, "{bad:?}");
         }
         assert!(recordable_name(&"ü".repeat(MAX_NAME_CHARS)).is_some(), "characters, not bytes");
+    }
+
+    #[test]
+    fn a_whoami_domain_is_accepted_only_when_it_is_ours() {
+        let sam = |s: &str| Ok::<_, &str>(Ident::Sam(s.into()));
+        let parse = |id: &str, ours| who_am_i_ident(id, ours).map_err(|e| e.kind());
+        assert_eq!(parse("u:CORP\\bob", Some("corp")), sam("bob"));
+        assert_eq!(parse("u:EVIL\\bob", Some("CORP")), Err("foreign-domain"));
+        // Without netbios_domain, another domain's bob cannot be told from ours.
+        assert_eq!(parse("u:EVIL\\bob", None), Err("account-unidentified"));
+        assert_eq!(parse("u:CORP\\bob", None), Err("account-unidentified"));
+        assert_eq!(parse("u:CORP\\", Some("CORP")), Err("foreign-domain"));
+        assert_eq!(parse("dn:uid=a,dc=x", None), Ok(Ident::Dn("uid=a,dc=x".into())));
+        assert_eq!(parse("u:bob", Some("CORP")), Err("account-unidentified"));
+        // And an Active Directory configuration without it does not start.
+        let text = "url = \"ldaps://dc\"\nbind_dn = \"{user}@corp.example\"\nuser_base = \"DC=ad\"\ngroup_base = \"DC=ad\"\n[roles]\n\"cn=a\" = \"read\"\n";
+        let err = Directory::new(toml::from_str(text).unwrap(), "ad.toml".into()).err().unwrap();
+        assert!(err.to_string().starts_with("ad.toml: netbios_domain: needed"), "{err}");
+    }
+
+    #[test]
+    fn directory_text_cannot_forge_log_lines() {
+        let forged = "bad\n2026-01-01 INFO login ok\r\u{2028}x\u{2029}\u{202e}\u{85}";
+        let safe = log_safe(forged);
+        assert!(!safe.chars().any(|c| c.is_control() || invisible_or_separator(c)), "{safe}");
+        assert!(safe.starts_with("bad\\u{a}2026-01-01 INFO login ok\\u{d}\\u{2028}x"), "{safe}");
+        assert_eq!(log_safe(&"a".repeat(1000)).chars().count(), 301);
+        assert_eq!(
+            log_safe("certificate not valid for name \"127.0.0.1\""),
+            "certificate not valid for name \"127.0.0.1\""
+        );
     }
 
     #[test]

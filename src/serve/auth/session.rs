@@ -95,11 +95,13 @@ struct DirectoryHolder {
 
 impl Holder {
     /// Whom the session belongs to, for [`MAX_SESSIONS_PER_IDENTITY`]: the token (by hash), or
-    /// the directory account (its name, case-folded).
+    /// the directory account (its entry's DN, case-folded). Not its name: OpenLDAP does not
+    /// make `uid` unique, so two accounts may share a name, and one must not use up the
+    /// other's sessions.
     fn identity(&self) -> Identity {
         match self {
             Holder::Token(h) => Identity::Token(*h),
-            Holder::Directory(d) => Identity::Directory(d.caller.name.to_lowercase()),
+            Holder::Directory(d) => Identity::Directory(d.dn.to_lowercase()),
         }
     }
 }
@@ -287,12 +289,21 @@ impl Sessions {
         out
     }
 
-    /// Ends every directory session of the account named `name` (compared case-insensitively,
-    /// as directories compare names). Returns how many.
+    /// Ends every directory session whose account is named `name` (compared
+    /// case-insensitively, as directories compare names). Where several accounts share the
+    /// name (OpenLDAP does not make `uid` unique), all of them are logged out: ending too many
+    /// is the safe side. Returns how many.
     pub fn end_name(&self, name: &str) -> usize {
         let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        let who = Identity::Directory(name.to_lowercase());
-        let keys = t.by_identity.get(&who).cloned().unwrap_or_default();
+        let name = name.to_lowercase();
+        let keys: Vec<[u8; 32]> = t
+            .by_id_hash
+            .iter()
+            .filter(|(_, s)| {
+                matches!(&s.holder, Holder::Directory(d) if d.caller.name.to_lowercase() == name)
+            })
+            .map(|(k, _)| *k)
+            .collect();
         for key in &keys {
             t.remove(key);
         }
@@ -679,13 +690,25 @@ fn addr_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The account a directory login is counted against: the name trimmed, without a `DOMAIN\`
-/// prefix or an `@domain` suffix (so `bob`, `CORP\bob` and `bob@corp.example` share one count),
-/// fullwidth forms folded to ASCII, lower-cased, and cut at [`MAX_ACCOUNT_KEY`] bytes. Not the
-/// directory's canonical name (that is only known after asking it); a name that folds to the
-/// same key as another merely shares its count, which errs on the side of limiting.
+/// The account a directory login is counted against, so that every spelling a directory may
+/// bind as one account shares one count. The name is put in Unicode compatibility form (NFKC:
+/// fullwidth `ａ`, mathematical `𝐛`, circled `ⓑ` become `a`, `b`, `b`, as OpenLDAP and Active
+/// Directory fold them when matching names), stripped of invisible characters (soft hyphen,
+/// zero-width and other Default_Ignorable code points, which directories ignore when matching),
+/// lower-cased, trimmed, without a `DOMAIN\` prefix or an `@domain` suffix (so `bob`,
+/// `CORP\bob` and `bob@corp.example` share one count), and cut at [`MAX_ACCOUNT_KEY`] bytes.
+/// Not the directory's canonical name (that is only known after asking it); names that fold
+/// to one key merely share a count, which errs on the side of limiting.
 pub fn account_key(raw: &str) -> String {
-    let mut name = raw.trim();
+    use unicode_normalization::UnicodeNormalization as _;
+    let folded: String = raw
+        .nfkc()
+        .filter(|c| !super::ldap::default_ignorable(*c))
+        .flat_map(char::to_lowercase)
+        .collect::<String>()
+        .nfkc()
+        .collect();
+    let mut name = folded.trim();
     if let Some((_, user)) = name.rsplit_once('\\') {
         name = user;
     }
@@ -694,17 +717,10 @@ pub fn account_key(raw: &str) -> String {
     }
     let mut key = String::new();
     for c in name.trim().chars() {
-        // U+FF01..U+FF5E are fullwidth forms of ASCII `!`..`~` (what NFKC folds them to).
-        let c = match c as u32 {
-            0xFF01..=0xFF5E => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
-            _ => c,
-        };
-        for lower in c.to_lowercase() {
-            if key.len() + lower.len_utf8() > MAX_ACCOUNT_KEY {
-                return key;
-            }
-            key.push(lower);
+        if key.len() + c.len_utf8() > MAX_ACCOUNT_KEY {
+            break;
         }
+        key.push(c);
     }
     key
 }
@@ -832,9 +848,12 @@ mod tests {
         let b = s.open_directory("bob".into(), Role::Read, dn(), 1000, 0).unwrap();
         let c = s.open_directory("carol".into(), Role::Read, "CN=carol".into(), 1000, 0).unwrap();
         let tok = s.open_token(h, 0).unwrap();
-        assert_eq!(s.end_name("BOB"), 2);
+        // Another entry with the same uid (OpenLDAP does not make it unique): ended too.
+        let other = s.open_directory("Bob".into(), Role::Read, "uid=bob,ou=x".into(), 1000, 0);
+        let other = other.unwrap();
+        assert_eq!(s.end_name("BOB"), 3);
         assert_eq!(s.end_name("bob"), 0);
-        for (o, alive) in [(&a, false), (&b, false), (&c, true), (&tok, true)] {
+        for (o, alive) in [(&a, false), (&b, false), (&other, false), (&c, true), (&tok, true)] {
             let r = s.check(&t, &presented(&o.id, Method::Safe, None), Role::Read, 1);
             assert_eq!(r.is_ok(), alive);
         }
@@ -922,6 +941,36 @@ mod tests {
     }
 
     #[test]
+    fn spellings_a_directory_folds_to_one_name_share_one_count() {
+        // Mathematical bold, circled, fullwidth, soft hyphen, zero-width space and joiner,
+        // word joiner, a variation selector, fullwidth `＼` and `＠`: each binds as bob in a
+        // directory that matches names by compatibility form and ignores invisible characters.
+        for spelling in [
+            "\u{1d41b}ob",
+            "\u{24d1}ob",
+            "\u{24b7}OB",
+            "\u{ff42}\u{ff4f}\u{ff42}",
+            "b\u{ad}ob",
+            "b\u{200b}o\u{200d}b",
+            "\u{2060}bob\u{feff}",
+            "bo\u{fe0f}b",
+            "CORP\u{ff3c}bob",
+            "bob\u{ff20}corp.example",
+        ] {
+            assert_eq!(account_key(spelling), "bob", "{spelling:?}");
+        }
+        let l = LoginLimiter::default();
+        let spellings = ["bob", "\u{1d41b}ob", "\u{24d1}ob", "b\u{ad}ob", "BOB"];
+        for i in 0..LOGIN_FAILURES {
+            let peer = IpAddr::from([10, 3, 0, i as u8]);
+            let _ = l.reserve(peer, Some(spellings[i as usize % 5]), T0).unwrap();
+        }
+        let fresh: IpAddr = "10.4.0.1".parse().unwrap();
+        assert_eq!(l.reserve(fresh, Some("b\u{200b}ob"), T0 + 1).unwrap_err(), Limited);
+        assert!(l.reserve(fresh, Some("rob"), T0 + 1).is_ok(), "another account");
+    }
+
+    #[test]
     fn a_locked_address_stays_locked_when_ten_thousand_others_fail() {
         let l = LoginLimiter::default();
         let locked: IpAddr = "2001:db8:aa::1".parse().unwrap();
@@ -974,9 +1023,22 @@ mod tests {
             s.check(&t, &presented(&last[0].id, Method::Safe, None), Role::Read, 102).unwrap_err(),
             Denied::NoSession
         );
-        // The same name in another case is the same identity.
+        // Another entry of the same name is another identity: it cannot use up alice's
+        // sessions (OpenLDAP does not make uid unique).
+        for i in 0..2 * MAX_SESSIONS_PER_IDENTITY as u64 {
+            s.open_directory(
+                "alice".into(),
+                Role::Read,
+                "uid=alice,ou=y".into(),
+                u64::MAX,
+                150 + i,
+            )
+            .unwrap();
+        }
+        assert!(s.check(&t, &p, Role::Admin, 199).is_ok(), "alice keeps her session");
+        // The same entry in another case is the same identity.
         for i in 0..MAX_SESSIONS_PER_IDENTITY as u64 {
-            s.open_directory("ALICE".into(), Role::Admin, "uid=x".into(), u64::MAX, 200 + i)
+            s.open_directory("ALICE".into(), Role::Admin, "UID=X".into(), u64::MAX, 200 + i)
                 .unwrap();
         }
         assert_eq!(s.check(&t, &p, Role::Admin, 300).unwrap_err(), Denied::NoSession);
@@ -986,27 +1048,30 @@ mod tests {
     fn a_table_full_of_live_sessions_refuses_newcomers_without_ending_anyone() {
         let (t, _) = tokens();
         let s = Sessions::new(Lifetimes::default());
-        let first =
-            s.open_directory("user-0".into(), Role::Read, "uid=x".into(), u64::MAX, 0).unwrap();
+        let first = s
+            .open_directory("user-0".into(), Role::Read, "uid=user-0".into(), u64::MAX, 0)
+            .unwrap();
         for i in 1..MAX_SESSIONS as u64 {
             let name = format!("user-{}", i / MAX_SESSIONS_PER_IDENTITY as u64 + 1);
-            s.open_directory(name, Role::Read, "uid=x".into(), u64::MAX, i).unwrap();
+            let dn = format!("uid={name}");
+            s.open_directory(name, Role::Read, dn, u64::MAX, i).unwrap();
         }
         assert_eq!(s.len(), MAX_SESSIONS);
         assert_eq!(
-            s.open_directory("newcomer".into(), Role::Read, "uid=x".into(), u64::MAX, 20_000).err(),
+            s.open_directory("newcomer".into(), Role::Read, "uid=new".into(), u64::MAX, 20_000)
+                .err(),
             Some(Full)
         );
         assert!(s.check(&t, &presented(&first.id, Method::Safe, None), Role::Read, 20_001).is_ok());
         // An identity with a session of its own gives that up instead.
         assert!(s
-            .open_directory("user-0".into(), Role::Read, "uid=x".into(), u64::MAX, 20_002)
+            .open_directory("user-0".into(), Role::Read, "uid=user-0".into(), u64::MAX, 20_002)
             .is_ok());
         assert_eq!(s.len(), MAX_SESSIONS);
         // Once sessions have ended (idle), there is room again.
         let later = 20_002 + Lifetimes::default().idle_ms;
         assert!(s
-            .open_directory("newcomer".into(), Role::Read, "uid=x".into(), u64::MAX, later)
+            .open_directory("newcomer".into(), Role::Read, "uid=new".into(), u64::MAX, later)
             .is_ok());
     }
 

@@ -83,6 +83,9 @@ pub enum EditError {
     /// The edited text would differ from the old in a row the edit does not name (or in the
     /// header). Never expected; refused rather than written.
     WouldTouchOthers(String),
+    /// The added or changed row would hold nothing but blanks: the validator skips such a
+    /// row, so the edit would write a row that is not a host.
+    EmptyRow,
 }
 
 impl std::fmt::Display for EditError {
@@ -98,6 +101,7 @@ impl std::fmt::Display for EditError {
                 "column {c} is given more than once (names are compared trimmed and in any case); give each column once"
             ),
             EditError::BadValue { column, message } => write!(f, "column {column}: {message}"),
+            EditError::EmptyRow => write!(f, "the row would be empty; give at least its hostname"),
             EditError::WouldTouchOthers(m) => write!(
                 f,
                 "the edit was refused because it would also change {m}; nothing was written. Edit the file by hand or upload it whole"
@@ -155,6 +159,9 @@ pub struct Applied {
     pub text: String,
     pub line: Option<u64>,
     pub host: String,
+    /// A change that renamed its row: the host name field the row had (as in the file; the
+    /// audit validates or quotes it). `None` for adds, removals and changes that keep the name.
+    pub renamed_from: Option<String>,
 }
 
 /// Applies `edit` to the CSV `text`, then checks that no row but the named one changed.
@@ -204,12 +211,24 @@ pub fn apply(text: &str, edit: &Edit) -> Result<Applied, EditError> {
             (new, Expected::Added(values))
         }
     };
+    if let Expected::Changed(_, values) | Expected::Added(values) = &expected {
+        // As the validator reads a row: one of blanks only is skipped, not a host.
+        if values.iter().all(|v| v.trim().is_empty()) {
+            return Err(EditError::EmptyRow);
+        }
+    }
     let line = verify(&header, &all, &new, &expected)?;
     let host = match &expected {
         Expected::Removed(i) => name_of(&all[*i].fields),
         Expected::Changed(_, values) | Expected::Added(values) => name_of(values),
     };
-    Ok(Applied { text: new, line, host })
+    let renamed_from = match &expected {
+        Expected::Changed(i, _) if name_of(&all[*i].fields) != host => {
+            Some(all[*i].fields[host_col].clone())
+        }
+        _ => None,
+    };
+    Ok(Applied { text: new, line, host, renamed_from })
 }
 
 /// What the rows of the new text must be, against the old.

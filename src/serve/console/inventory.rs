@@ -183,7 +183,11 @@ pub async fn edit_row(
             editor::EditError::WouldTouchOthers(_) => HttpError::new(409, e.to_string()),
             _ => HttpError::bad_request(e.to_string()),
         })?;
-        let change = Change { action, removed: (action == "remove").then_some(applied.host) };
+        let change = Change {
+            action,
+            removed: (action == "remove").then_some(applied.host),
+            renamed_from: applied.renamed_from,
+        };
         replace(svc, &Actor::from(&caller), peer, change, &applied.text, applied.line)
     })
     .await?
@@ -222,7 +226,7 @@ pub async fn replace_upload(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply,
     svc.blocking(move |svc| {
         let _one = svc.inventory_edit.lock().unwrap_or_else(|p| p.into_inner());
         require_version(expected.as_deref(), &read_inventory(svc)?)?;
-        let change = Change { action: "upload", removed: None };
+        let change = Change { action: "upload", removed: None, renamed_from: None };
         replace(svc, &Actor::from(&caller), peer, change, &text, None)
     })
     .await?
@@ -264,6 +268,8 @@ pub(crate) struct Change {
     action: &'static str,
     /// For a removal, the host name of the row removed, as the file had it.
     removed: Option<String>,
+    /// For a change that renamed its row, the name the row had, as the file had it.
+    renamed_from: Option<String>,
 }
 
 /// Validates `new` and, only if it is valid, writes it over the inventory (temp file, fsync,
@@ -305,8 +311,18 @@ pub(crate) fn replace(
         }),
         (None, None) => None,
     };
-    let record =
-        Event::InventoryChanged { who: who.clone(), peer, action, host: host.clone(), nodes };
+    // A renamed row's old name, as a removed row's: validated, or quoted and cut.
+    let old_host = change.renamed_from.map(|old| {
+        crate::inventory::parse_hostname(&old).unwrap_or_else(|_| crate::inventory::quoted(&old))
+    });
+    let record = Event::InventoryChanged {
+        who: who.clone(),
+        peer,
+        action,
+        host: host.clone(),
+        old_host,
+        nodes,
+    };
     svc.audit.append_durable(&record).map_err(|e| {
         tracing::error!(error = %e, "cannot append to the audit log; the inventory edit is refused");
         HttpError::new(500, "the audit log cannot be written, so nothing was changed")

@@ -175,13 +175,16 @@ pub enum Event {
         peer: Option<IpAddr>,
     },
     /// The inventory CSV replaced from the console: `action` is `add`, `change`, `remove` or
-    /// `upload`; `host` the row's host name; `nodes` the number of rows after the change.
+    /// `upload`; `host` the row's host name; `old_host` (changes that rename the row only) the
+    /// name it had; `nodes` the number of rows after the change.
     InventoryChanged {
         #[serde(flatten)]
         who: Actor,
         peer: IpAddr,
         action: &'static str,
         host: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        old_host: Option<String>,
         nodes: usize,
     },
     /// A change whose audit record was written but whose state write failed afterwards.
@@ -192,50 +195,107 @@ pub enum Event {
     /// Refusals of one kind, peer, route and reason that were counted but not written one by
     /// one (see the module documentation). `refused` is their record kind (`denied`,
     /// `media-denied`, …); `peer` is `None` for refusals of peers beyond the
-    /// [`MAX_REFUSAL_KEYS`](crate::serve::store::audit::MAX_REFUSAL_KEYS) tracked at once. `count`
-    /// is the number of refusals not written one by one; `first_ms` is when the window opened (the
-    /// refusal written in full, if any) and `last_ms` when the last one counted was made.
+    /// [`MAX_REFUSAL_KEYS`](crate::serve::store::audit::MAX_REFUSAL_KEYS) tracked at once. `count` is the number of refusals not written one
+    /// by one; `first_ms` is when the window opened (the refusal written in full, if any) and
+    /// `last_ms` when the last one counted was made.
+    ///
+    /// `peer` is an IPv4 address or, for IPv6, the first address of the /64 the refusals came
+    /// from. `route` and `reason` are `null` in the summary of a peer that opened more than
+    /// [`MAX_KEYS_PER_PEER`](crate::serve::store::audit::MAX_KEYS_PER_PEER) keys (its further refusals of that kind, whatever route or reason);
+    /// `host` is the inventory host asked for (boot, node-token and media refusals). The
+    /// summary without a peer lists in `top_peers` (at most [`TOP_PEERS`](crate::serve::store::audit::TOP_PEERS)) the peers that
+    /// refused most in it, with their counts (space-saving counts: each is at most the smallest
+    /// listed count too high).
     RefusedSummary {
         refused: &'static str,
         peer: Option<IpAddr>,
-        route: &'static str,
-        reason: &'static str,
+        route: Option<&'static str>,
+        reason: Option<&'static str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
         count: u64,
         first_ms: u64,
         last_ms: u64,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        top_peers: Vec<PeerCount>,
     },
 }
 
-/// What refusals are aggregated by: their record kind, peer (`None`: the overflow of peers
-/// beyond [`MAX_REFUSAL_KEYS`](crate::serve::store::audit::MAX_REFUSAL_KEYS)), route and reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A peer and the refusals counted for it, in a peerless [`Event::RefusedSummary`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PeerCount {
+    pub peer: IpAddr,
+    pub count: u64,
+}
+
+/// What refusals are aggregated by: their record kind, peer (see [`refusal_peer`]; `None`: the
+/// overflow of peers beyond [`MAX_REFUSAL_KEYS`](crate::serve::store::audit::MAX_REFUSAL_KEYS)), route, reason and, for refusals that name an
+/// inventory host, that host. `route`/`reason` are `None` in the key of a peer past its
+/// [`MAX_KEYS_PER_PEER`](crate::serve::store::audit::MAX_KEYS_PER_PEER).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Refusal {
     pub refused: &'static str,
     pub peer: Option<IpAddr>,
-    pub route: &'static str,
-    pub reason: &'static str,
+    pub route: Option<&'static str>,
+    pub reason: Option<&'static str>,
+    pub host: Option<String>,
+}
+
+/// The `kind` of a boot record whose host is not in the inventory (its `host` is the name asked
+/// for, so not bounded by the inventory).
+pub const UNKNOWN_HOST: &str = "unknown-host";
+
+/// The address refusals are counted under: an IPv4 address as it is (an IPv4-mapped IPv6 one
+/// as IPv4), an IPv6 address as the first address of its /64. One site holds a whole /64, so
+/// keying each of its 2^64 addresses apart would let one client open every key.
+pub fn refusal_peer(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(std::net::Ipv6Addr::from(bits))
+            }
+        },
+        v4 => v4,
+    }
 }
 
 impl Event {
     /// The aggregation key of a refusal: a record a client without credentials can cause at
     /// will. `None` for every other record (those are written one by one, as they are bounded
     /// by what credentials or inventory hosts allow).
+    ///
+    /// Host names are part of the key where the record names one (they are recorded only once
+    /// validated against the inventory, so their number is bounded by it), so probes of two
+    /// hosts from one peer are each written in full. Login names are not (anyone can type any).
     pub fn refusal(&self) -> Option<Refusal> {
-        let (refused, peer, route, reason) = match self {
-            Event::Boot { verified: false, kind, peer, .. } => {
-                ("boot", *peer, "/boot/{host}", *kind)
+        let (refused, peer, route, reason, host) = match self {
+            // An `unknown-host` boot names a host the client made up (valid in shape, not in
+            // the inventory): never a key, or one client could open a key per name.
+            Event::Boot { verified: false, kind, peer, host, .. } => {
+                let host = if *kind == UNKNOWN_HOST { &None } else { host };
+                ("boot", *peer, "/boot/{host}", *kind, host)
             }
-            Event::NodeTokenDenied { route, peer, .. } => {
-                ("node-token-denied", *peer, *route, "node-token")
+            Event::NodeTokenDenied { route, peer, host } => {
+                ("node-token-denied", *peer, *route, "node-token", host)
             }
-            Event::MediaDenied { reason, peer, .. } => {
-                ("media-denied", *peer, "/media/{file}", *reason)
+            Event::MediaDenied { reason, peer, host, .. } => {
+                ("media-denied", *peer, "/media/{file}", *reason, host)
             }
-            Event::Denied { route, peer, reason, .. } => ("denied", *peer, *route, *reason),
-            Event::LoginFailed { peer, reason, .. } => ("login-failed", *peer, "/session", *reason),
+            Event::Denied { route, peer, reason, .. } => ("denied", *peer, *route, *reason, &None),
+            Event::LoginFailed { peer, reason, .. } => {
+                ("login-failed", *peer, "/session", *reason, &None)
+            }
             _ => return None,
         };
-        Some(Refusal { refused, peer: Some(peer), route, reason })
+        Some(Refusal {
+            refused,
+            peer: Some(refusal_peer(peer)),
+            route: Some(route),
+            reason: Some(reason),
+            host: host.clone(),
+        })
     }
 }
 

@@ -12,22 +12,33 @@
 //! **Refusals are aggregated**, so that the log's growth is bounded whatever clients without
 //! credentials send. A refusal is a record anyone can cause at will: `denied`, `login-failed`,
 //! `media-denied`, `node-token-denied`, and `boot` answers to unverified requests (see
-//! [`Event::refusal`]). The writer keys them by (record kind, peer, route, reason): the first of
-//! a key in a [`REFUSAL_WINDOW_MS`] window is written in full, as before; the others of that
-//! window are only counted, and written as one [`Event::RefusedSummary`] when the window closes
-//! (or at shutdown, see [`Audit::close_windows`]). At most [`MAX_REFUSAL_KEYS`] keys are open at
-//! once; refusals of further peers are counted, none written in full, under a key without a
-//! peer (one per kind, route and reason, a set fixed by the code). So each window writes at
-//! most `2 × MAX_REFUSAL_KEYS` records plus that fixed set, a few hundred bytes each: about
-//! 25 MB an hour at worst (from more than 512 addresses at once), about 100 KB an hour from
-//! one. Individual refusals plus summary counts add up to every refusal made.
+//! [`Event::refusal`]). The writer keys them by (record kind, peer, route, reason, inventory
+//! host), the peer being an IPv4 address or an IPv6 /64 ([`refusal_peer`](crate::serve::domain::event::refusal_peer)): the first of a key
+//! in a [`REFUSAL_WINDOW_MS`] window is written in full, as before; the others of that window
+//! are only counted, and written as one [`Event::RefusedSummary`] when the window closes.
+//!
+//! Threat: one client filling the table so that other clients' refusals (a password spray, a
+//! node failing its token) lose their peer. So one peer opens at most [`MAX_KEYS_PER_PEER`]
+//! keys; beyond, its refusals are counted under one key per kind that still names it. At most
+//! [`MAX_REFUSAL_KEYS`] keys are open at once; refusals of further peers are counted, none
+//! written in full, under a key without a peer (one per kind, route and reason, a set fixed by
+//! the code), which lists its [`TOP_PEERS`] largest peers. So each window writes at most
+//! `2 × MAX_REFUSAL_KEYS` records plus that fixed set, each bounded (a few hundred bytes, a
+//! peerless summary about 1 KB): about 25 MB an hour at worst (from more than 64 peers at
+//! once), about 100 KB an hour from one. Individual refusals plus summary counts add up to
+//! every refusal made.
+//!
+//! Shutdown: [`Audit::stopping`] writes every open window and makes the writer write later
+//! counts batch by batch; dropping the [`Audit`] waits for the writer, whose exit path writes
+//! what is still counted. Only a kill (or crash) loses counts: those of the windows then open.
 //!
 //! What a record may hold is fixed by [`Event`]: host names only once validated, install ids
 //! only in their 32-hex shape, addresses only as parsed addresses, route names instead of request
 //! paths, token *names* instead of tokens. No request text reaches the log unparsed, so no
 //! secret can, and every record is a few hundred bytes whatever the request held.
 
-use crate::serve::domain::event::{visible_to, Event, Refusal};
+use crate::serve::domain::event::{visible_to, Event, PeerCount, Refusal};
+use std::net::IpAddr;
 
 use crate::serve::domain::actor::Role;
 
@@ -52,14 +63,20 @@ pub struct Audit {
     notes: std::sync::mpsc::SyncSender<Note>,
     /// Notes dropped because the writer fell behind by [`NOTE_QUEUE`] records.
     pub dropped: std::sync::atomic::AtomicU64,
+    /// The writer thread, joined on drop so that its exit path (which writes the summaries of
+    /// every window still open) has run before the process can exit.
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
 enum Note {
     Line(Vec<u8>),
     /// A refusal (see [`Event::refusal`]) made at this time: written, or counted, by the writer.
     Refusal(Event, u64),
-    /// Closes every refusal window (writing its summary), then answers.
-    CloseWindows(std::sync::mpsc::Sender<()>),
+    /// Closes every refusal window (writing its summary), then answers. With `stopping`, the
+    /// writer also writes the counts of every window at the end of each later batch (see
+    /// [`Refusals::flush`]): the service is stopping,
+    /// and refusals still noted by requests that outlive the stop are written, not held.
+    CloseWindows(std::sync::mpsc::Sender<()>, bool),
     /// A record a change depends on: answered once it is written and `fdatasync`ed.
     Durable(Vec<u8>, std::sync::mpsc::Sender<std::io::Result<()>>),
     /// Answered once everything queued before it is written.
@@ -73,6 +90,11 @@ const NOTE_BATCH: usize = 64 * 1024;
 /// How long a refusal window lasts: the first refusal of a key is written, the rest of the
 /// window's are counted into one summary.
 pub const REFUSAL_WINDOW_MS: u64 = 60_000;
+/// Keys one peer (address, or IPv6 /64) may open with refusals written in full; its further
+/// refusals are counted under one key per kind (route and reason `None`), never peerless.
+pub const MAX_KEYS_PER_PEER: usize = 8;
+/// Peers named, with their counts, in a peerless summary.
+pub const TOP_PEERS: usize = 16;
 /// Refusal keys (kind, peer, route, reason) tracked at once; refusals of further peers are
 /// counted under a key without a peer.
 pub const MAX_REFUSAL_KEYS: usize = 512;
@@ -115,10 +137,10 @@ impl Audit {
             .map_err(|e| anyhow::anyhow!("cannot open audit log {}: {e}", path.display()))?;
         let (notes, queue) = std::sync::mpsc::sync_channel(NOTE_QUEUE);
         let shown = path.clone();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("audit".into())
             .spawn(move || write_notes(&file, &shown, &queue))?;
-        Ok(Audit { path, notes, dropped: Default::default() })
+        Ok(Audit { path, notes, dropped: Default::default(), writer: Some(writer) })
     }
 
     /// Appends a record a change depends on, stamped with the time, and waits until it is
@@ -151,7 +173,19 @@ impl Audit {
     /// far (and every note queued before) are written. Called at shutdown, so no count is lost.
     pub fn close_windows(&self) {
         let (tx, rx) = std::sync::mpsc::channel();
-        if self.notes.send(Note::CloseWindows(tx)).is_ok() {
+        if self.notes.send(Note::CloseWindows(tx, false)).is_ok() {
+            let _ = rx.recv();
+        }
+    }
+
+    /// The orderly stop: closes every refusal window now, as [`Audit::close_windows`], and from
+    /// then on the writer writes each batch's counts at the end of that batch (windows stay
+    /// open, so refusals are still aggregated) instead of holding them to the window's end. So a refusal noted by a request still finishing after the stop
+    /// is on disk once its batch is, and nothing counted waits for a window that would close
+    /// after the process has exited.
+    pub fn stopping(&self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.notes.send(Note::CloseWindows(tx, true)).is_ok() {
             let _ = rx.recv();
         }
     }
@@ -406,9 +440,16 @@ impl LastBoots {
 }
 
 impl Drop for Audit {
-    /// Writes the summaries of refusals still counted.
+    /// Stops the writer and waits for it: on its way out it writes the summaries of refusals
+    /// still counted (see [`write_notes`]), so nothing counted is lost on an orderly stop.
     fn drop(&mut self) {
-        self.close_windows();
+        // Replacing the sender drops this handle's end of the queue: the writer drains what is
+        // queued, closes every window and returns.
+        let (closed, _) = std::sync::mpsc::sync_channel(0);
+        drop(std::mem::replace(&mut self.notes, closed));
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
     }
 }
 
@@ -427,20 +468,53 @@ fn line_at(event: &Event, now: u64) -> Vec<u8> {
 
 /// The open refusal windows of the writer thread (see the module documentation). Pure over the
 /// times passed in; unit-tested below.
+///
+/// Bounds: `open` holds at most [`MAX_REFUSAL_KEYS`] keys with a peer, plus the peerless ones
+/// (one per kind, route and reason: a set fixed by the code); `per_peer` has an entry only for
+/// a peer with an open key; each peerless window lists at most [`TOP_PEERS`] peers.
 #[derive(Default)]
 pub struct Refusals {
     open: HashMap<Refusal, Counted>,
     /// Keys in the order their windows opened, so in the order they close (windows are all
     /// [`REFUSAL_WINDOW_MS`] long).
     closing: std::collections::VecDeque<(u64, Refusal)>,
+    /// Keys written in full open per peer (to enforce [`MAX_KEYS_PER_PEER`]).
+    per_peer: HashMap<IpAddr, usize>,
 }
 
 /// One open window: the refusals counted but not written, and when they were made.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Counted {
     count: u64,
     first: u64,
     last: u64,
+    /// Peerless windows only: the peers counted most (space-saving, [`TOP_PEERS`] at most).
+    top: Vec<PeerCount>,
+}
+
+impl Counted {
+    fn new(now: u64) -> Counted {
+        Counted { count: 0, first: now, last: now, top: Vec::new() }
+    }
+
+    fn add(&mut self, now: u64) {
+        self.count += 1;
+        self.first = self.first.min(now);
+        self.last = self.last.max(now);
+    }
+
+    /// Counts one refusal of `peer` in the top list. Space-saving: when the list is full, a new
+    /// peer takes the place of the least counted, inheriting its count, so the list's memory is
+    /// fixed and any peer that made more than `count / TOP_PEERS` refusals is in it.
+    fn add_peer(&mut self, peer: IpAddr) {
+        if let Some(p) = self.top.iter_mut().find(|p| p.peer == peer) {
+            p.count += 1;
+        } else if self.top.len() < TOP_PEERS {
+            self.top.push(PeerCount { peer, count: 1 });
+        } else if let Some(least) = self.top.iter_mut().min_by_key(|p| p.count) {
+            *least = PeerCount { peer, count: least.count + 1 };
+        }
+    }
 }
 
 impl Refusals {
@@ -448,51 +522,107 @@ impl Refusals {
     /// a window), `false` if it was counted.
     pub fn take(&mut self, key: Refusal, now: u64) -> bool {
         if let Some(c) = self.open.get_mut(&key) {
-            c.count += 1;
-            c.first = c.first.min(now);
-            c.last = c.last.max(now);
+            c.add(now);
             return false;
         }
-        if self.open.len() < MAX_REFUSAL_KEYS {
-            let counted = Counted { count: 0, first: now, last: now };
-            self.open.insert(key, counted);
+        let Some(peer) = key.peer else {
+            // Keys come from Event::refusal, which always names the peer; count it anyway.
+            self.count_under(key, now, None);
+            return false;
+        };
+        let room = self.open.len() < MAX_REFUSAL_KEYS;
+        let held = self.per_peer.get(&peer).copied().unwrap_or(0);
+        if room && held < MAX_KEYS_PER_PEER {
+            self.per_peer.insert(peer, held + 1);
+            self.open.insert(key.clone(), Counted::new(now));
             self.closing.push_back((now, key));
             return true;
         }
-        // Too many peers at once: counted without its peer, never written in full.
-        let overflow = Refusal { peer: None, ..key };
-        let c = self.open.entry(overflow).or_insert_with(|| {
-            self.closing.push_back((now, overflow));
-            Counted { count: 0, first: now, last: now }
-        });
-        c.count += 1;
-        c.first = c.first.min(now);
-        c.last = c.last.max(now);
+        // Past its own cap: one key per kind for the peer, so it is still named.
+        let wide = Refusal { route: None, reason: None, host: None, ..key.clone() };
+        if held >= MAX_KEYS_PER_PEER && (room || self.open.contains_key(&wide)) {
+            self.count_under(wide, now, None);
+            return false;
+        }
+        // Too many peers at once: counted without its peer, never written in full; the peer
+        // is kept in the window's bounded top list.
+        let overflow = Refusal { peer: None, host: None, ..key };
+        self.count_under(overflow, now, Some(peer));
         false
+    }
+
+    /// Counts a refusal under `key` (opening its window if needed, never written in full).
+    fn count_under(&mut self, key: Refusal, now: u64, peer: Option<IpAddr>) {
+        let c = match self.open.get_mut(&key) {
+            Some(c) => c,
+            None => {
+                self.closing.push_back((now, key.clone()));
+                self.open.entry(key).or_insert_with(|| Counted::new(now))
+            }
+        };
+        c.add(now);
+        if let Some(peer) = peer {
+            c.add_peer(peer);
+        }
     }
 
     /// Closes the windows opened [`REFUSAL_WINDOW_MS`] before `now` (every window with
     /// `all`), returning the summaries of those that counted refusals.
     pub fn close(&mut self, now: u64, all: bool) -> Vec<Event> {
         let mut out = Vec::new();
-        while let Some(&(opened, key)) = self.closing.front() {
-            if !all && now.saturating_sub(opened) < REFUSAL_WINDOW_MS {
+        while let Some((opened, _)) = self.closing.front() {
+            if !all && now.saturating_sub(*opened) < REFUSAL_WINDOW_MS {
                 break;
             }
-            self.closing.pop_front();
-            if let Some(c) = self.open.remove(&key) {
-                if c.count > 0 {
-                    out.push(Event::RefusedSummary {
-                        refused: key.refused,
-                        peer: key.peer,
-                        route: key.route,
-                        reason: key.reason,
-                        count: c.count,
-                        first_ms: c.first,
-                        last_ms: c.last,
-                    });
+            let (_, key) = self.closing.pop_front().expect("front exists");
+            let Some(mut c) = self.open.remove(&key) else { continue };
+            if let (Some(peer), Some(_)) = (key.peer, key.route) {
+                if let Some(held) = self.per_peer.get_mut(&peer) {
+                    *held -= 1;
+                    if *held == 0 {
+                        self.per_peer.remove(&peer);
+                    }
                 }
             }
+            if c.count > 0 {
+                c.top.sort_by(|a, b| b.count.cmp(&a.count).then(a.peer.cmp(&b.peer)));
+                out.push(Event::RefusedSummary {
+                    refused: key.refused,
+                    peer: key.peer,
+                    route: key.route,
+                    reason: key.reason,
+                    host: key.host,
+                    count: c.count,
+                    first_ms: c.first,
+                    last_ms: c.last,
+                    top_peers: c.top,
+                });
+            }
+        }
+        out
+    }
+
+    /// Writes the counts of every open window and starts them again from zero, the windows
+    /// staying open (so their next refusals are still only counted). Used once the service is
+    /// stopping: nothing counted waits for a window to close.
+    pub fn flush(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        for (key, c) in self.open.iter_mut().filter(|(_, c)| c.count > 0) {
+            let mut top = std::mem::take(&mut c.top);
+            top.sort_by(|a, b| b.count.cmp(&a.count).then(a.peer.cmp(&b.peer)));
+            out.push(Event::RefusedSummary {
+                refused: key.refused,
+                peer: key.peer,
+                route: key.route,
+                reason: key.reason,
+                host: key.host.clone(),
+                count: c.count,
+                first_ms: c.first,
+                last_ms: c.last,
+                top_peers: top,
+            });
+            c.count = 0;
+            c.first = c.last;
         }
         out
     }
@@ -518,6 +648,8 @@ fn write_notes(file: &File, path: &Path, queue: &std::sync::mpsc::Receiver<Note>
     // After a failed or short write the file may end inside a line: start the next batch on a
     // line of its own, so that only the torn line is lost, never a later record.
     let mut torn = false;
+    // Set by [`Audit::stopping`]: every batch writes the counts of every window.
+    let mut stopping = false;
     loop {
         // Wait for a note, or until the next refusal window closes.
         let mut next = match refusals.next_close(crate::serve::util::now_ms()) {
@@ -546,8 +678,9 @@ fn write_notes(file: &File, path: &Path, queue: &std::sync::mpsc::Receiver<Note>
                     durable.push(done);
                 }
                 Note::Sync(done) => synced.push(done),
-                Note::CloseWindows(done) => {
+                Note::CloseWindows(done, stop) => {
                     close_all = true;
+                    stopping |= stop;
                     closed.push(done);
                 }
             }
@@ -557,6 +690,11 @@ fn write_notes(file: &File, path: &Path, queue: &std::sync::mpsc::Receiver<Note>
         }
         for summary in refusals.close(crate::serve::util::now_ms(), close_all) {
             batch.extend_from_slice(&line(&summary));
+        }
+        if stopping {
+            for summary in refusals.flush() {
+                batch.extend_from_slice(&line(&summary));
+            }
         }
         if batch.is_empty() {
             for done in synced.drain(..).chain(closed.drain(..)) {
@@ -596,7 +734,8 @@ fn write_notes(file: &File, path: &Path, queue: &std::sync::mpsc::Receiver<Note>
             let _ = done.send(());
         }
     }
-    // The last handle is gone: write what is still counted.
+    // The last handle is gone (the Audit was dropped, which waits for this): write what is
+    // still counted. This is the exit path that makes an orderly stop lose no count.
     let mut rest = Vec::new();
     for summary in refusals.close(0, true) {
         rest.extend_from_slice(&line(&summary));
@@ -626,8 +765,7 @@ fn find_newline(file: &mut File) -> std::io::Result<u64> {
 mod tests {
     use super::*;
     use crate::serve::domain::actor::{Actor, Via};
-    use crate::serve::domain::event::LOGIN_FAILED;
-    use std::net::IpAddr;
+    use crate::serve::domain::event::{refusal_peer, LOGIN_FAILED, UNKNOWN_HOST};
 
     #[test]
     fn append_and_page() {
@@ -673,8 +811,8 @@ mod tests {
         let p: IpAddr = "10.0.0.1".parse().unwrap();
         let key = denied(p, "missing-token").refusal().unwrap();
         let other = denied(p, "unknown-token").refusal().unwrap();
-        assert!(r.take(key, 1000), "the first is written");
-        assert!(!r.take(key, 1001) && !r.take(key, 1500));
+        assert!(r.take(key.clone(), 1000), "the first is written");
+        assert!(!r.take(key.clone(), 1001) && !r.take(key.clone(), 1500));
         assert!(r.take(other, 1600), "another reason is another key");
         assert!(r.close(1000 + REFUSAL_WINDOW_MS - 1, false).is_empty(), "still open");
         let closed = r.close(1000 + REFUSAL_WINDOW_MS, false);
@@ -712,6 +850,11 @@ mod tests {
             })
             .collect();
         assert_eq!(overflow, vec![3000]);
+        let top = closed.iter().find_map(|e| match e {
+            Event::RefusedSummary { peer: None, top_peers, .. } => Some(top_peers.clone()),
+            _ => None,
+        });
+        assert_eq!(top.unwrap().len(), TOP_PEERS, "the overflow names its top peers, bounded");
         let counted: u64 = closed
             .iter()
             .map(|e| match e {
@@ -720,6 +863,160 @@ mod tests {
             })
             .sum();
         assert_eq!(written + counted, 3 * (MAX_REFUSAL_KEYS as u64 + 1000), "nothing is lost");
+    }
+
+    /// Refusals from every address of one /64, over every route and reason a client can pick.
+    fn flood_from_one_prefix(r: &mut Refusals, n: u32) -> u64 {
+        let routes = ["/hosts", "/session", "/events", "/inventory", "/bmc", "/metrics"];
+        let reasons = ["missing-token", "unknown-token", "bad-csrf", "forbidden", "expired"];
+        let mut written = 0;
+        for i in 0..n {
+            let ip: IpAddr = format!("2001:db8:1:2::{:x}", i + 1).parse().unwrap();
+            let route = routes[i as usize % routes.len()];
+            let reason = reasons[(i as usize / routes.len()) % reasons.len()];
+            let e = Event::Denied { route, peer: ip, status: 401, reason };
+            written += u64::from(r.take(e.refusal().unwrap(), 5));
+        }
+        written
+    }
+
+    #[test]
+    fn a_flood_from_one_prefix_leaves_other_peers_named() {
+        let mut r = Refusals::default();
+        let written = flood_from_one_prefix(&mut r, 50_000);
+        assert_eq!(written, MAX_KEYS_PER_PEER as u64, "one /64 is one peer, capped in keys");
+        // Another peer's refusals are still written in full and summarised under its address.
+        let other: IpAddr = "198.51.100.4".parse().unwrap();
+        let spray =
+            Event::LoginFailed { name: None, via: Via::Token, peer: other, reason: "bad-password" };
+        assert!(r.take(spray.refusal().unwrap(), 6), "written in full, not peerless");
+        assert!(!r.take(spray.refusal().unwrap(), 7));
+        let closed = r.close(0, true);
+        let peer_of = |e: &Event| match e {
+            Event::RefusedSummary { peer, route, count, .. } => (*peer, route.is_none(), *count),
+            _ => unreachable!(),
+        };
+        let prefix: IpAddr = "2001:db8:1:2::".parse().unwrap();
+        assert!(closed.iter().all(|e| peer_of(e).0.is_some()), "nothing peerless: {closed:?}");
+        let named = closed.iter().any(|e| {
+            matches!(e, Event::RefusedSummary {
+                refused: "login-failed", peer: Some(p), route: Some("/session"), count: 1, ..
+            } if *p == other)
+        });
+        assert!(named, "{closed:?}");
+        // The flood past its keys is counted under the /64 and its kind.
+        let wide: Vec<_> = closed.iter().map(peer_of).filter(|p| p.1).collect();
+        assert_eq!(wide.len(), 1);
+        assert_eq!(wide[0].0, Some(prefix));
+        let counted: u64 = closed.iter().map(|e| peer_of(e).2).sum();
+        assert_eq!(
+            written + 1 + counted,
+            50_000 + 2,
+            "nothing is lost (the spray's first was written)"
+        );
+        // The table stays bounded: far fewer keys than the flood's addresses.
+        assert!(r.open.is_empty() && r.per_peer.is_empty() && r.closing.is_empty());
+    }
+
+    #[test]
+    fn the_table_stays_bounded_whatever_peers_send() {
+        let mut r = Refusals::default();
+        for p in 0..2000u32 {
+            let peer = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + p));
+            for reason in ["missing-token", "unknown-token", "bad-csrf", "forbidden", "expired"] {
+                for route in ["/hosts", "/session", "/events"] {
+                    r.take(
+                        Event::Denied { route, peer, status: 401, reason }.refusal().unwrap(),
+                        5,
+                    );
+                }
+            }
+        }
+        // Full keys plus the fixed set of peerless ones (here 15 route/reason pairs).
+        assert!(r.open.len() <= MAX_REFUSAL_KEYS + 15, "{}", r.open.len());
+        assert_eq!(r.open.len(), r.closing.len());
+        assert!(r.per_peer.len() <= MAX_REFUSAL_KEYS);
+        assert!(r.open.values().all(|c| c.top.len() <= TOP_PEERS));
+    }
+
+    #[test]
+    fn probes_of_two_hosts_from_one_peer_are_both_named() {
+        let mut r = Refusals::default();
+        let p: IpAddr = "10.0.0.3".parse().unwrap();
+        let media = |host: &str| Event::MediaDenied {
+            host: Some(host.into()),
+            format: "iso",
+            reason: "bad-signature",
+            peer: p,
+        };
+        assert!(r.take(media("web-01").refusal().unwrap(), 1));
+        assert!(r.take(media("db-01").refusal().unwrap(), 2), "another host: written in full");
+        assert!(!r.take(media("db-01").refusal().unwrap(), 3));
+        let token = |host: &str| Event::NodeTokenDenied {
+            host: Some(host.into()),
+            route: "/hosts/{host}/done",
+            peer: p,
+        };
+        assert!(r.take(token("web-01").refusal().unwrap(), 4));
+        assert!(r.take(token("db-01").refusal().unwrap(), 5));
+        // Names not in the inventory are not keys: one client cannot open a key per name.
+        let boot = |host: &str| Event::Boot {
+            host: Some(host.into()),
+            verified: false,
+            answer: "local",
+            kind: UNKNOWN_HOST,
+            reason: "not in the inventory",
+            install: None,
+            peer: p,
+            ip: None,
+            mac: None,
+            medium: "iso",
+            platform: "efi",
+        };
+        assert!(r.take(boot("made-up-1").refusal().unwrap(), 6));
+        assert!(!r.take(boot("made-up-2").refusal().unwrap(), 7), "the same key");
+        let summaries: Vec<_> = r
+            .close(0, true)
+            .into_iter()
+            .filter(|e| matches!(e, Event::RefusedSummary { refused: "media-denied", .. }))
+            .collect();
+        match summaries.as_slice() {
+            [Event::RefusedSummary { host: Some(h), count: 1, .. }] => assert_eq!(h, "db-01"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn refusal_peers_are_ipv4_or_an_ipv6_prefix() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(refusal_peer(ip("10.1.2.3")), ip("10.1.2.3"));
+        assert_eq!(refusal_peer(ip("::ffff:10.1.2.3")), ip("10.1.2.3"));
+        assert_eq!(refusal_peer(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")), ip("2001:db8:1:2::"));
+    }
+
+    #[test]
+    fn refusals_after_the_stop_and_at_drop_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Audit::open(dir.path()).unwrap();
+        let p: IpAddr = "10.0.0.8".parse().unwrap();
+        a.stopping();
+        // A request that outlives the stop: its refusals are on disk once its batch is.
+        for _ in 0..3 {
+            a.note(&denied(p, "missing-token"));
+        }
+        a.sync();
+        let (records, _) = a.read_since(0, 100, usize::MAX).unwrap();
+        let counted: Vec<_> = records.iter().filter(|r| r["event"] == "refused-summary").collect();
+        assert_eq!(records.len(), 1 + counted.len(), "{records:?}");
+        assert_eq!(counted.iter().map(|r| r["count"].as_u64().unwrap()).sum::<u64>(), 2);
+        // Without a stop, dropping the Audit writes what is counted before drop returns.
+        let b = Audit::open(dir.path()).unwrap();
+        for _ in 0..3 {
+            b.note(&denied(p, "unknown-token"));
+        }
+        drop(b);
+        let text = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+        assert!(text.contains(r#""reason":"unknown-token","count":2"#), "{text}");
     }
 
     #[test]

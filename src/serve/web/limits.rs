@@ -10,9 +10,12 @@ pub const MAX_UPLOAD: usize = 8 << 20;
 /// Query parameters kept per request, and the longest value kept; the rest is ignored.
 pub const MAX_PARAMS: usize = 32;
 pub const MAX_PARAM_LEN: usize = 512;
-/// Longest `X-Forwarded-For` (all its lines together) read from a trusted proxy; a longer one
-/// is treated as malformed.
-pub const MAX_FORWARDED: usize = 1024;
+/// Hops of `X-Forwarded-For` read, from the right, looking for the first that is not a trusted
+/// proxy; a chain of more trusted proxies than this is refused. Bounds the work per request
+/// whatever the header's length: nothing left of the client's hop is read at all.
+pub const MAX_FORWARDED_HOPS: usize = 16;
+/// Longest hop text parsed as an address (an IPv6 address with an embedded IPv4 is 45 bytes).
+pub const MAX_HOP_LEN: usize = 64;
 /// How long shutdown waits for requests in progress before dropping their connections.
 pub const DRAIN: Duration = Duration::from_secs(5);
 /// How much of an oversized body is read and dropped before answering 413.

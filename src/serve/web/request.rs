@@ -56,6 +56,8 @@ pub(crate) async fn to_req(
         Some(pq) if parts.uri.scheme().is_none() && pq.path().starts_with('/') => pq,
         _ => return Err(HttpError::bad_request("the request target must be an absolute path")),
     };
+    // Before the body is read: a request refused for its forwarded address costs nothing more.
+    let peer = client_address(peer.ip(), &parts.headers, &settings.trusted_proxies)?;
     let header = |name: HeaderName| {
         parts.headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
     };
@@ -96,22 +98,30 @@ pub(crate) async fn to_req(
         origin: header(hyper::header::ORIGIN),
         host: header(hyper::header::HOST),
         fetch_site: header(HeaderName::from_static("sec-fetch-site")),
-        peer: client_address(peer.ip(), &parts.headers, &settings.trusted_proxies),
+        peer,
         body,
     })
 }
 
-/// The client's address. Only when the TCP peer is a trusted proxy is `X-Forwarded-For` read:
-/// the rightmost address in it that is not itself a trusted proxy (each proxy appends the
-/// address it was reached from, so entries to the left of that one are the client's own claims
-/// and cannot be believed). A header that is malformed (anything but comma-separated IP
-/// addresses), longer than [`MAX_FORWARDED`], or absent leaves the peer's own address: a proxy
-/// that forwards garbage is not trusted for that request.
+/// The client's address. Only when the TCP peer is a trusted proxy is `X-Forwarded-For` read,
+/// from the right: each proxy appends the address it was reached from, so hops are walked
+/// right to left (across header lines, last line first), trusted proxies are skipped, and the
+/// first hop that is not a trusted proxy is the client. Everything left of it is the client's
+/// own claim: it is never read, so a client that sends `X-Forwarded-For: x` or a 10 KB header
+/// is still counted under the address its proxy appended.
+///
+/// `Err` when the client's hop itself is malformed, or more than [`MAX_FORWARDED_HOPS`] hops
+/// are all trusted proxies. A proxy that appends cannot produce either, so the proxy is
+/// misconfigured (it passes a client's header on unchanged): the request is refused rather than
+/// attributed to the proxy's address, which for a locked-out client would be a fresh identity
+/// with fresh guesses (and would mis-attribute its refusals to the proxy). No header at all
+/// leaves the proxy's own address (its health checks); every hop a trusted proxy leaves the
+/// leftmost of them.
 pub fn client_address(
     peer: IpAddr,
     headers: &hyper::HeaderMap,
     trusted: &[ipnet::IpNet],
-) -> IpAddr {
+) -> Result<IpAddr, ForwardedError> {
     let is_trusted = |ip: IpAddr| {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
@@ -120,26 +130,44 @@ pub fn client_address(
         trusted.iter().any(|net| net.contains(&ip))
     };
     if trusted.is_empty() || !is_trusted(peer) {
-        return peer;
+        return Ok(peer);
     }
-    let mut total = 0usize;
-    let mut hops: Vec<IpAddr> = Vec::new();
-    for value in headers.get_all(HeaderName::from_static("x-forwarded-for")) {
-        total += value.len() + 1;
-        if total > MAX_FORWARDED {
-            return peer;
+    let parse = |hop: &[u8]| {
+        let hop = hop.trim_ascii();
+        if hop.len() > MAX_HOP_LEN {
+            return None;
         }
-        let Ok(text) = value.to_str() else { return peer };
-        for item in text.split(',') {
-            match item.trim().parse::<IpAddr>() {
-                Ok(ip) => hops.push(ip),
-                Err(_) => return peer,
+        std::str::from_utf8(hop).ok()?.parse::<IpAddr>().ok()
+    };
+    let mut leftmost_proxy = None;
+    let mut read = 0usize;
+    for line in headers.get_all(HeaderName::from_static("x-forwarded-for")).iter().rev() {
+        for hop in line.as_bytes().rsplit(|b| *b == b',') {
+            read += 1;
+            if read > MAX_FORWARDED_HOPS {
+                return Err(ForwardedError);
+            }
+            match parse(hop) {
+                Some(ip) if is_trusted(ip) => leftmost_proxy = Some(ip),
+                Some(ip) => return Ok(ip),
+                None => return Err(ForwardedError),
             }
         }
     }
-    // Right to left: the first hop that is not a trusted proxy is the client; when every hop
-    // is one, the leftmost is as far as the chain goes.
-    hops.iter().rev().find(|ip| !is_trusted(**ip)).or(hops.first()).copied().unwrap_or(peer)
+    Ok(leftmost_proxy.unwrap_or(peer))
+}
+
+/// A trusted proxy forwarded an `X-Forwarded-For` whose client hop is not an address (see
+/// [`client_address`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct ForwardedError;
+
+impl From<ForwardedError> for HttpError {
+    fn from(_: ForwardedError) -> Self {
+        HttpError::bad_request(
+            "the trusted proxy's X-Forwarded-For does not end in the client's address",
+        )
+    }
 }
 
 /// The value of the `bf_session` cookie, from any `Cookie` header; only a value of the shape the
@@ -225,24 +253,43 @@ mod tests {
             m
         };
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let at = |peer: IpAddr, headers: &hyper::HeaderMap| client_address(peer, headers, &trusted);
         // Not from a trusted proxy, or no proxies configured: the header is ignored.
-        assert_eq!(client_address(other, &h(&["10.0.0.1"]), &trusted), other);
-        assert_eq!(client_address(proxy, &h(&["10.0.0.1"]), &[]), proxy);
+        assert_eq!(at(other, &h(&["10.0.0.1"])), Ok(other));
+        assert_eq!(client_address(proxy, &h(&["10.0.0.1"]), &[]), Ok(proxy));
         // From one: the rightmost hop that is not a trusted proxy, across header lines.
-        assert_eq!(client_address(proxy, &h(&["10.0.0.1"]), &trusted), ip("10.0.0.1"));
+        assert_eq!(at(proxy, &h(&["10.0.0.1"])), Ok(ip("10.0.0.1")));
         let chain = h(&["6.6.6.6, 10.0.0.2", "10.9.1.1"]);
-        assert_eq!(client_address(proxy, &chain, &trusted), ip("10.0.0.2"), "spoofed left part");
-        assert_eq!(client_address(proxy, &h(&["10.9.3.3"]), &trusted), ip("10.9.3.3"));
-        assert_eq!(client_address(proxy, &h(&[" 2001:db8::1 "]), &trusted), ip("2001:db8::1"));
+        assert_eq!(at(proxy, &chain), Ok(ip("10.0.0.2")), "spoofed left part");
+        assert_eq!(at(proxy, &h(&["10.9.3.3"])), Ok(ip("10.9.3.3")), "only proxies: leftmost");
+        assert_eq!(at(proxy, &h(&[" 2001:db8::1 "])), Ok(ip("2001:db8::1")));
         let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
-        assert_eq!(client_address(mapped, &h(&["10.0.0.1"]), &trusted), ip("10.0.0.1"));
-        // Malformed, too long or absent: the proxy's own address.
-        for bad in ["10.0.0.1, unknown", "10.0.0.1:5555", "", "10.0.0.1,,10.0.0.2", "_"] {
-            assert_eq!(client_address(proxy, &h(&[bad]), &trusted), proxy, "{bad:?}");
+        assert_eq!(at(mapped, &h(&["10.0.0.1"])), Ok(ip("10.0.0.1")));
+        assert_eq!(at(proxy, &h(&[])), Ok(proxy), "no header: the proxy itself");
+        // Whatever the client wrote left of the hop its proxy appended is never read: garbage,
+        // empty hops, a port, bytes that are not UTF-8, or a header of any length.
+        for left in ["x", "unknown", "10.0.0.9:5555", "", ",,", "_", "a b"] {
+            let forwarded = h(&[&format!("{left}, 10.0.0.1")]);
+            assert_eq!(at(proxy, &forwarded), Ok(ip("10.0.0.1")), "{left:?}");
+            let forwarded = h(&[left, "10.0.0.1, 10.9.0.5"]);
+            assert_eq!(at(proxy, &forwarded), Ok(ip("10.0.0.1")), "{left:?} on its own line");
         }
-        let long = vec!["10.0.0.1"; 200].join(",");
-        assert_eq!(client_address(proxy, &h(&[&long]), &trusted), proxy);
-        assert_eq!(client_address(proxy, &h(&[]), &trusted), proxy);
+        let mut binary = hyper::HeaderMap::new();
+        binary.append("x-forwarded-for", HeaderValue::from_bytes(b"\xff\xfe, 10.0.0.1").unwrap());
+        assert_eq!(at(proxy, &binary), Ok(ip("10.0.0.1")));
+        let long = format!("{}, 10.0.0.1", "x".repeat(100_000));
+        assert_eq!(at(proxy, &h(&[&long])), Ok(ip("10.0.0.1")), "a long header");
+        let many = format!("{}, 10.0.0.1", vec!["10.0.0.7"; 10_000].join(","));
+        assert_eq!(at(proxy, &h(&[&many])), Ok(ip("10.0.0.1")), "many hops");
+        // The client's own hop malformed, or a chain of proxies too long to walk: refused, never
+        // the proxy's address (a fresh identity for a locked-out client).
+        for bad in ["10.0.0.1, unknown", "10.0.0.1:5555", "", "10.0.0.1,,10.9.0.1", "_"] {
+            assert_eq!(at(proxy, &h(&[bad])), Err(ForwardedError), "{bad:?}");
+        }
+        let proxies = vec!["10.9.0.1"; MAX_FORWARDED_HOPS + 1].join(",");
+        assert_eq!(at(proxy, &h(&[&format!("10.0.0.1, {proxies}")])), Err(ForwardedError));
+        let proxies = vec!["10.9.0.1"; MAX_FORWARDED_HOPS - 1].join(",");
+        assert_eq!(at(proxy, &h(&[&format!("10.0.0.1, {proxies}")])), Ok(ip("10.0.0.1")));
     }
 
     #[test]
