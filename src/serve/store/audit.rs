@@ -19,13 +19,14 @@
 //!
 //! Threat: one client filling the table so that other clients' refusals (a password spray, a
 //! node failing its token) lose their peer. So one peer opens at most [`MAX_KEYS_PER_PEER`]
-//! keys; beyond, its refusals are counted under one key per kind that still names it. At most
+//! keys of each record kind (the first refusal of every kind a peer causes is still written in
+//! full); beyond, its refusals are counted under one key per kind that still names it. At most
 //! [`MAX_REFUSAL_KEYS`] keys are open at once; refusals of further peers are counted, none
 //! written in full, under a key without a peer (one per kind, route and reason, a set fixed by
 //! the code), which lists its [`TOP_PEERS`] largest peers. So each window writes at most
 //! `2 × MAX_REFUSAL_KEYS` records plus that fixed set, each bounded (a few hundred bytes, a
-//! peerless summary about 1 KB): about 25 MB an hour at worst (from more than 64 peers at
-//! once), about 100 KB an hour from one. Individual refusals plus summary counts add up to
+//! peerless summary about 1 KB): about 25 MB an hour at worst (from more than a dozen peers
+//! at once), about 100 KB an hour from one. Individual refusals plus summary counts add up to
 //! every refusal made.
 //!
 //! Shutdown: [`Audit::stopping`] writes every open window and makes the writer write later
@@ -90,8 +91,9 @@ const NOTE_BATCH: usize = 64 * 1024;
 /// How long a refusal window lasts: the first refusal of a key is written, the rest of the
 /// window's are counted into one summary.
 pub const REFUSAL_WINDOW_MS: u64 = 60_000;
-/// Keys one peer (address, or IPv6 /64) may open with refusals written in full; its further
-/// refusals are counted under one key per kind (route and reason `None`), never peerless.
+/// Keys one peer (address, or IPv6 /64) may open per record kind with refusals written in
+/// full; its further refusals of that kind are counted under one key per kind (route and
+/// reason `None`), never peerless.
 pub const MAX_KEYS_PER_PEER: usize = 8;
 /// Peers named, with their counts, in a peerless summary.
 pub const TOP_PEERS: usize = 16;
@@ -478,8 +480,8 @@ pub struct Refusals {
     /// Keys in the order their windows opened, so in the order they close (windows are all
     /// [`REFUSAL_WINDOW_MS`] long).
     closing: std::collections::VecDeque<(u64, Refusal)>,
-    /// Keys written in full open per peer (to enforce [`MAX_KEYS_PER_PEER`]).
-    per_peer: HashMap<IpAddr, usize>,
+    /// Keys written in full open per peer and record kind (to enforce [`MAX_KEYS_PER_PEER`]).
+    per_peer: HashMap<(IpAddr, &'static str), usize>,
 }
 
 /// One open window: the refusals counted but not written, and when they were made.
@@ -531,9 +533,10 @@ impl Refusals {
             return false;
         };
         let room = self.open.len() < MAX_REFUSAL_KEYS;
-        let held = self.per_peer.get(&peer).copied().unwrap_or(0);
+        let slot = (peer, key.refused);
+        let held = self.per_peer.get(&slot).copied().unwrap_or(0);
         if room && held < MAX_KEYS_PER_PEER {
-            self.per_peer.insert(peer, held + 1);
+            self.per_peer.insert(slot, held + 1);
             self.open.insert(key.clone(), Counted::new(now));
             self.closing.push_back((now, key));
             return true;
@@ -577,10 +580,11 @@ impl Refusals {
             let (_, key) = self.closing.pop_front().expect("front exists");
             let Some(mut c) = self.open.remove(&key) else { continue };
             if let (Some(peer), Some(_)) = (key.peer, key.route) {
-                if let Some(held) = self.per_peer.get_mut(&peer) {
+                let slot = (peer, key.refused);
+                if let Some(held) = self.per_peer.get_mut(&slot) {
                     *held -= 1;
                     if *held == 0 {
-                        self.per_peer.remove(&peer);
+                        self.per_peer.remove(&slot);
                     }
                 }
             }
@@ -937,6 +941,24 @@ mod tests {
         assert_eq!(r.open.len(), r.closing.len());
         assert!(r.per_peer.len() <= MAX_REFUSAL_KEYS);
         assert!(r.open.values().all(|c| c.top.len() <= TOP_PEERS));
+    }
+
+    /// A peer that used up its keys of one kind still has the first refusal of every other kind
+    /// written in full (an operator reading the log sees each kind of thing it tried).
+    #[test]
+    fn a_peers_cap_is_per_kind() {
+        let mut r = Refusals::default();
+        let p: IpAddr = "10.0.0.3".parse().unwrap();
+        let reasons = ["r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9"];
+        let written = reasons
+            .iter()
+            .filter(|&&reason| {
+                let e = Event::MediaDenied { host: None, format: "iso", reason, peer: p };
+                r.take(e.refusal().unwrap(), 1)
+            })
+            .count();
+        assert_eq!(written, MAX_KEYS_PER_PEER, "one kind is capped");
+        assert!(r.take(denied(p, "missing-token").refusal().unwrap(), 2), "another kind is not");
     }
 
     #[test]
