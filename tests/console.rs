@@ -9,8 +9,8 @@ mod support;
 mod console_support;
 
 use bootforge::serve::auth::ldap::{Directory, LoginError};
-use bootforge::serve::domain::actor::Role;
 use bootforge::serve::auth::session::account_key;
+use bootforge::serve::domain::actor::Role;
 use console_support::{Browser, Samba, Slapd, AD_USERS};
 use support::*;
 
