@@ -151,10 +151,19 @@ fn two_instances_sharing_a_state_dir_agree() {
     );
     let body = call("GET", &boot_url(&bbase, "node01", "aa:bb:cc:dd:ee:01", ""), None, None).body;
     assert!(body.contains("local boot"), "{body}");
-    // Both instances report that last boot (answered by B) alike.
-    let va = call("GET", &a.url("/hosts/node01"), Some(READ_TOKEN), None).json();
-    let vb = call("GET", &format!("{bbase}/hosts/node01"), Some(READ_TOKEN), None).json();
-    assert_eq!(va["last_boot"]["answer"], "local", "{va}");
+    // Both instances report that last boot (answered by B) alike. Boot records reach the
+    // shared log through B's writer thread after the answer went out (a boot never waits for
+    // the log), so A may see it a moment later: wait for it, bounded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let (va, vb) = loop {
+        let va = call("GET", &a.url("/hosts/node01"), Some(READ_TOKEN), None).json();
+        let vb = call("GET", &format!("{bbase}/hosts/node01"), Some(READ_TOKEN), None).json();
+        if va["last_boot"]["answer"] == "local" && vb["last_boot"]["answer"] == "local" {
+            break (va, vb);
+        }
+        assert!(std::time::Instant::now() < deadline, "A never saw B's boot: {va}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert_eq!(va["last_boot"], vb["last_boot"]);
 
     // Concurrent conflicting changes (set/cancel/set with another profile) through both
