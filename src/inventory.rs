@@ -421,7 +421,13 @@ pub struct SourceRecord {
 
 /// The records of `text`, in file order; see [`SourceRecord`].
 pub fn source_records(text: &[u8]) -> SourceRecords<'_> {
-    SourceRecords { text, lines: Lines::new(text), csv: csv_reader(text), done: false }
+    SourceRecords {
+        text,
+        lines: Lines::new(text),
+        csv: csv_reader(text),
+        done: false,
+        size: (0, 0),
+    }
 }
 
 pub struct SourceRecords<'a> {
@@ -429,6 +435,9 @@ pub struct SourceRecords<'a> {
     lines: Lines<'a>,
     csv: csv::Reader<&'a [u8]>,
     done: bool,
+    /// Bytes and fields of the last record: the next one is allocated that size at once (rows
+    /// of an inventory are alike), not grown field by field.
+    size: (usize, usize),
 }
 
 impl Iterator for SourceRecords<'_> {
@@ -438,7 +447,7 @@ impl Iterator for SourceRecords<'_> {
         if self.done {
             return None;
         }
-        let mut fields = csv::ByteRecord::new();
+        let mut fields = csv::ByteRecord::with_capacity(self.size.0, self.size.1);
         match self.csv.read_byte_record(&mut fields) {
             Ok(true) => {}
             Ok(false) => {
@@ -451,6 +460,7 @@ impl Iterator for SourceRecords<'_> {
                 return Some(Err(e));
             }
         }
+        self.size = (fields.as_slice().len(), fields.len());
         let reported = fields.position().map_or(0, |p| p.byte() as usize);
         let (start, line) = self.lines.record(reported);
         // The reader stops right after the record's terminator; for CRLF that is after the
