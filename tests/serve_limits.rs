@@ -22,22 +22,7 @@ fn login_with(agent: &ureq::Agent, base: &str, body: &str, headers: &[(&str, &st
     for (k, v) in headers {
         req = req.set(k, v);
     }
-    let resp = match req.send_string(body) {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("POST /session: {e}"),
-    };
-    let status = resp.status();
-    let headers = resp
-        .headers_names()
-        .into_iter()
-        .map(|n| {
-            let v = resp.header(&n).unwrap_or("").to_string();
-            (n, v)
-        })
-        .collect();
-    let body = resp.into_string().unwrap_or_default();
-    Resp { status, body, headers }
+    answer(req.send_string(body), "POST /session")
 }
 
 fn token_body(token: &str) -> String {

@@ -167,10 +167,16 @@ pub fn call_h(
         Some(b) => req.send_string(b),
         None => req.call(),
     };
+    answer(result, &format!("{method} {url}"))
+}
+
+/// The answer to a request sent with ureq, whatever its status; a transport error panics,
+/// naming the request (`what`).
+pub fn answer(result: Result<ureq::Response, ureq::Error>, what: &str) -> Resp {
     let resp = match result {
         Ok(r) => r,
         Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{method} {url}: {e}"),
+        Err(e) => panic!("{what}: {e}"),
     };
     let status = resp.status();
     let headers = resp
