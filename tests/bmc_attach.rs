@@ -19,14 +19,10 @@ use common::*;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
-use sushy::{Emulator, EmulatorConfig, Proxy, Quirks};
+use sushy::{free_port, Emulator, EmulatorConfig, Proxy, Quirks};
 
 fn sha_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// GET a Redfish resource of the emulator, as its admin.

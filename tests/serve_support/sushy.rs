@@ -68,9 +68,26 @@ pub fn require(cmd: &str, package: &str) {
     }
 }
 
-/// A free loopback port (bound, read, released).
+/// A free loopback port for a server a test starts later (the emulator, a proxy, the service).
+///
+/// Taken below the kernel's ephemeral range (32768-60999 on Linux): ports that `bind(:0)` hands
+/// to other tests' listeners and client connections never land there, so the port stays free
+/// in the seconds between choosing it and the server binding it (a port from `bind(:0)` was
+/// once taken in that gap). Each call of a process takes the next port from a start that
+/// depends on the process id; a port something already holds is skipped.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id() % 600 * 20;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(LOW + (start + n) % SPAN).expect("below 32000");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// One fake system of the emulator.
