@@ -200,6 +200,22 @@ pub enum InstallKind {
     RepeatWindow,
 }
 
+impl Install {
+    /// An install that has not begun: no answer, callback or failure yet.
+    pub fn pending(id: String) -> Install {
+        Install {
+            id,
+            opened_at: None,
+            last_answer_at: None,
+            answers: 0,
+            failures: 0,
+            last_failure_at: None,
+            started_at: None,
+            last_failure_reason: None,
+        }
+    }
+}
+
 impl InstallKind {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -337,16 +353,7 @@ pub fn set_flag(
         set_by: set_by.to_string(),
         set_from: set_from.to_string(),
         set_at: now,
-        install: Install {
-            id: new_id.clone(),
-            opened_at: None,
-            last_answer_at: None,
-            answers: 0,
-            failures: 0,
-            last_failure_at: None,
-            started_at: None,
-            last_failure_reason: None,
-        },
+        install: Install::pending(new_id.clone()),
     });
     (SetFlag::Set { install: new_id, replaced }, true)
 }
@@ -525,16 +532,7 @@ pub fn is_install_id(text: &str) -> bool {
 /// Such a flag gets an id derived from what was stored, so every reader agrees on it.
 fn install_or_legacy_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Install, D::Error> {
     let install: Option<Install> = Option::deserialize(d)?;
-    Ok(install.unwrap_or_else(|| Install {
-        id: "0".repeat(32),
-        opened_at: None,
-        last_answer_at: None,
-        answers: 0,
-        failures: 0,
-        last_failure_at: None,
-        started_at: None,
-        last_failure_reason: None,
-    }))
+    Ok(install.unwrap_or_else(|| Install::pending("0".repeat(32))))
 }
 
 #[cfg(test)]
