@@ -1,7 +1,13 @@
 //! Helpers shared by the `serve_*` tests (included with `#[path]`): a real server on a loopback
 //! port over a temporary state directory, and a small HTTP client that never treats a status as
-//! an error.
+//! an error. Submodules: [`db`], private PostgreSQL and MariaDB servers; [`sushy`], the Redfish
+//! emulator harness, whose [`sushy::free_port`] `db` uses (a test crate that includes this
+//! module takes the emulator harness from here, as `support::sushy`, not with its own `#[path]`
+//! copy, so that one port counter serves the whole test process).
 #![allow(dead_code)]
+
+pub mod db;
+pub mod sushy;
 
 use bootforge::serve::{Config, Server};
 use sha2::{Digest, Sha256};

@@ -1,6 +1,6 @@
-//! The Redfish test harness (included by `tests/redfish.rs` with `#[path]`): a real sushy-tools
-//! emulator on a loopback port, a file server for the images it downloads, a recording proxy,
-//! and a throwaway CA.
+//! The Redfish test harness (included by `tests/redfish.rs` with `#[path]`, and by
+//! `serve_support/mod.rs` as `support::sushy`): a real sushy-tools emulator on a loopback port,
+//! a file server for the images it downloads, a recording proxy, and a throwaway CA.
 //!
 //! * [`Emulator::start`] runs `sushy-emulator --fake` from the virtualenv `scripts/setup --test`
 //!   creates (`target/sushy-venv`, or `BOOTFORGE_SUSHY_VENV`), with a config file giving its
