@@ -230,7 +230,7 @@ pub struct Postgres {
     /// As root: the server runs as the `postgres` account.
     as_postgres: bool,
     child: Option<Child>,
-    // Last, so that it is removed after `Drop::drop` has killed the server.
+    /// Holds everything; removed when this is dropped, after `Drop::drop` killed the server.
     dir: tempfile::TempDir,
 }
 
@@ -321,6 +321,7 @@ impl Postgres {
         self.dir.path().join("socket")
     }
 
+    /// Started and not killed since (a server that died on its own still counts).
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
@@ -464,7 +465,7 @@ pub struct Mariadb {
     port: u16,
     password: String,
     child: Option<Child>,
-    // Last, so that it is removed after `Drop::drop` has killed the server.
+    /// Holds everything; removed when this is dropped, after `Drop::drop` killed the server.
     dir: tempfile::TempDir,
 }
 
@@ -546,6 +547,7 @@ impl Mariadb {
         self.dir.path().join("mariadbd.sock")
     }
 
+    /// Started and not killed since (a server that died on its own still counts).
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
