@@ -6,7 +6,28 @@
 #[path = "serve_support/mod.rs"]
 mod support;
 
+use std::io::Read;
+use std::net::TcpStream;
+use std::time::Duration;
 use support::db::{Mariadb, Postgres, DATABASE, USER};
+
+/// The parent pid and the state letter of a process, from `/proc/PID/stat`.
+fn parent_and_state(pid: u32) -> (u32, char) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // "pid (comm) state ppid ...": comm may hold spaces, so split after its closing paren.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let mut fields = rest.split(' ');
+    let state = fields.next().unwrap().chars().next().unwrap();
+    (fields.next().unwrap().parse().unwrap(), state)
+}
+
+/// Whether a MariaDB server sends its greeting within a second of a TCP connection.
+fn greets(port: u16) -> bool {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut byte = [0u8; 1];
+    matches!(s.read(&mut byte), Ok(1))
+}
 
 /// Fails unless `out` is a failed login (the server is up, the credentials are refused).
 fn assert_refused(out: std::process::Output, what: &str) {
@@ -25,6 +46,8 @@ fn assert_refused(out: std::process::Output, what: &str) {
 #[test]
 fn postgres_keeps_a_committed_row_across_sigkill_and_restart() {
     let mut pg = Postgres::start();
+    let (parent, _) = parent_and_state(pg.pid().unwrap());
+    assert_eq!(parent, std::process::id(), "the postmaster is not the test's child");
     let url = pg.url();
     assert_eq!(
         url,
@@ -64,6 +87,8 @@ fn postgres_keeps_a_committed_row_across_sigkill_and_restart() {
 #[test]
 fn mariadb_keeps_a_committed_row_across_sigkill_and_restart() {
     let mut db = Mariadb::start();
+    let (parent, _) = parent_and_state(db.pid().unwrap());
+    assert_eq!(parent, std::process::id(), "mariadbd is not the test's child");
     assert_eq!(
         db.url(),
         format!("mysql://{USER}:{}@127.0.0.1:{}/{DATABASE}", db.password(), db.port())
@@ -106,4 +131,22 @@ fn two_postgres_servers_in_one_process_keep_apart() {
     assert_eq!(a.sql("SELECT count(*) FROM pg_tables WHERE tablename = 'only_in_a'").trim(), "1");
     // Each server takes only its own password.
     assert_refused(b.try_sql(a.password(), "SELECT 1"), "b with a's password");
+}
+
+#[test]
+fn a_paused_server_answers_nothing_until_resumed() {
+    let db = Mariadb::start();
+    assert!(greets(db.port()));
+    db.pause();
+    assert_eq!(parent_and_state(db.pid().unwrap()).1, 'T');
+    assert!(!greets(db.port()), "a paused mariadbd answered");
+    db.resume();
+    assert!(greets(db.port()));
+    assert_eq!(db.sql("SELECT 1").trim(), "1");
+
+    let pg = Postgres::start();
+    pg.pause();
+    assert_eq!(parent_and_state(pg.pid().unwrap()).1, 'T');
+    pg.resume();
+    assert_eq!(pg.sql("SELECT 1").trim(), "1");
 }

@@ -129,13 +129,37 @@ fn spawn(what: &str, mut cmd: Command, log: &Path) -> Child {
 
 /// SIGKILL to the child's whole process group, then reap the child.
 fn kill_group(child: &mut Child) {
-    let pgid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
-    // SAFETY: kill has no memory-safety preconditions; the group is the one the child leads
-    // (`process_group(0)`), and the child is not reaped yet, so its id cannot have been reused.
-    unsafe {
-        libc::kill(-pgid, libc::SIGKILL);
-    }
+    signal_group(child, libc::SIGKILL);
     let _ = child.wait();
+}
+
+/// SIGSTOP to the child's whole process group; returns once the child is stopped (signals
+/// are delivered asynchronously).
+fn stop_group(child: &Child) {
+    signal_group(child, libc::SIGSTOP);
+    let stat = format!("/proc/{}/stat", child.id());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(&stat).unwrap_or_default();
+        // "pid (comm) state ...": the state letter follows the last ')'.
+        let state = text.rfind(')').and_then(|i| text[i + 1..].trim_start().chars().next());
+        if state == Some('T') {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the server did not stop: {text}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Sends `signal` to the child's whole process group.
+fn signal_group(child: &Child, signal: libc::c_int) {
+    let pgid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+    // SAFETY: kill has no memory-safety preconditions. The group is the one the child leads
+    // (`process_group(0)`); the child is not reaped yet (callers hold it unwaited), so its id,
+    // and the group's, cannot have been reused.
+    unsafe {
+        libc::kill(-pgid, signal);
+    }
 }
 
 /// Polls `ready` every 100 ms until it holds. Fails the test, with the tail of `log`, when the
@@ -332,6 +356,25 @@ impl Postgres {
         if let Some(mut child) = self.child.take() {
             kill_group(&mut child);
         }
+    }
+
+    /// SIGSTOP to the whole server: a hung database. Connections stay open and new ones are
+    /// queued by the kernel, but nothing answers until [`Self::resume`].
+    pub fn pause(&self) {
+        stop_group(self.child.as_ref().expect("pause: the server is not running"));
+    }
+
+    /// SIGCONT to the whole server, after [`Self::pause`].
+    pub fn resume(&self) {
+        signal_group(
+            self.child.as_ref().expect("resume: the server is not running"),
+            libc::SIGCONT,
+        );
+    }
+
+    /// The server's process id (the postmaster's, for PostgreSQL), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Starts the server again over the same data folder and port (after [`Postgres::kill`])
@@ -557,6 +600,25 @@ impl Mariadb {
         if let Some(mut child) = self.child.take() {
             kill_group(&mut child);
         }
+    }
+
+    /// SIGSTOP to the whole server: a hung database. Connections stay open and new ones are
+    /// queued by the kernel, but nothing answers until [`Self::resume`].
+    pub fn pause(&self) {
+        stop_group(self.child.as_ref().expect("pause: the server is not running"));
+    }
+
+    /// SIGCONT to the whole server, after [`Self::pause`].
+    pub fn resume(&self) {
+        signal_group(
+            self.child.as_ref().expect("resume: the server is not running"),
+            libc::SIGCONT,
+        );
+    }
+
+    /// The server's process id (the postmaster's, for PostgreSQL), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Starts the server again over the same data folder and port (after [`Mariadb::kill`])
