@@ -437,7 +437,7 @@ fn directory_users_log_in_over_ldaps_and_starttls_with_their_groups_role() {
         .map(|e| (e["name"].as_str().unwrap_or("-"), e["reason"].as_str().unwrap()))
         .collect();
     assert_eq!(failed, vec![("carol", "bad-credentials"), ("dave", "no-role")]);
-    let log = std::fs::read_to_string(fx.config.state_dir.join("audit.jsonl")).unwrap();
+    let log = audit_log(&fx.config.state_dir);
     assert!(
         !log.contains("carol-pw") && !log.contains("alice-pw") && !log.contains("\"wrong\""),
         "no password in the audit log"

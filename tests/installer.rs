@@ -105,7 +105,7 @@ fn debian_installer(firmware: Firmware) {
     assert_eq!(status, 200, "PUT /hosts/node01/reimage: {flagged}\n{}", service.logs());
     let id = flagged["flag"]["install"]["id"].as_str().expect("install id").to_string();
 
-    let audit = service.audit_path.clone();
+    let state = service.state_dir.clone();
     let capture = dir.path().join("node01.pcap");
     let vm = Vm::new(firmware, &name);
     let disk = vm.dir().join("disk.img");
@@ -117,9 +117,7 @@ fn debian_installer(firmware: Firmware) {
         .memory_mb(1024)
         .capture_net(&capture)
         .timeout(INSTALLER_TIMEOUT)
-        .stop_when(move || {
-            std::fs::read_to_string(&audit).is_ok_and(|log| log.contains("\"event\":\"failed\""))
-        });
+        .stop_when(move || common::service::audit_log(&state).contains("\"event\":\"failed\""));
     let run = vm.run();
     let events = service.events();
     let (status, host) = service.api("GET", "/hosts/node01", READ_TOKEN);

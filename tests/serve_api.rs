@@ -124,7 +124,7 @@ fn boot_is_local_unless_flagged_and_flag_cycle_works() {
     let later =
         call("GET", &f.url(&format!("/events?since={next}")), Some(READ_TOKEN), None).json();
     assert_eq!(later["events"].as_array().unwrap().len(), 0);
-    let log = std::fs::read_to_string(f.dir.path().join("state/audit.jsonl")).unwrap();
+    let log = audit_log(&f.dir.path().join("state"));
     assert!(!log.contains(REIMAGE_TOKEN) && !log.contains(READ_TOKEN));
     assert_eq!(call("GET", &f.url("/events?since=x"), Some(READ_TOKEN), None).status, 400);
 
@@ -245,7 +245,7 @@ fn node_tokens_guard_boot_config_and_callbacks() {
             .status,
         200
     );
-    let log = std::fs::read_to_string(f.dir.path().join("state/audit.jsonl")).unwrap();
+    let log = audit_log(&f.dir.path().join("state"));
     assert!(!log.contains(&tok), "the node token must not reach the audit log");
     f.stop();
 }

@@ -65,7 +65,7 @@ fn version(f: &Fixture) -> String {
 fn audit_log(f: &Fixture) -> String {
     // Notes are written by a writer thread; /events waits for it, so ask there first.
     call("GET", &f.url("/events?limit=1"), Some(READ_TOKEN), None);
-    std::fs::read_to_string(f.dir.path().join("state/audit.jsonl")).unwrap()
+    support::audit_log(&f.dir.path().join("state"))
 }
 
 /// The audit records of inventory changes, as written (one JSON line each).

@@ -44,7 +44,7 @@ fn whoami(base: &str, cookie: &str) -> (u16, String) {
 }
 
 fn audit_lines(fx: &Fixture) -> Vec<serde_json::Value> {
-    let log = std::fs::read_to_string(fx.config.state_dir.join("audit.jsonl")).unwrap();
+    let log = audit_log(&fx.config.state_dir);
     log.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
@@ -239,8 +239,8 @@ type Flood = (&'static str, String, Option<String>, Option<&'static str>, &'stat
 fn refusals_without_credentials_grow_the_audit_log_by_a_bounded_amount() {
     let mut fx = start(true);
     let base = fx.base.clone();
-    let log = fx.config.state_dir.join("audit.jsonl");
-    let before = std::fs::metadata(&log).map_or(0, |m| m.len());
+    let log = fx.config.state_dir.clone();
+    let before = audit_log(&log).len() as u64;
     let kinds: Vec<Flood> = vec![
         ("GET", "/hosts".into(), None, None, "denied"),
         ("GET", "/events".into(), None, Some("not-a-token"), "denied"),
@@ -278,9 +278,9 @@ fn refusals_without_credentials_grow_the_audit_log_by_a_bounded_amount() {
     }
     let svc = fx.server.as_ref().unwrap().service().clone();
     svc.audit.sync();
-    let during = std::fs::metadata(&log).unwrap().len() - before;
+    let during = audit_log(&log).len() as u64 - before;
     fx.stop();
-    let after = std::fs::metadata(&log).unwrap().len() - before;
+    let after = audit_log(&log).len() as u64 - before;
     eprintln!("{total} refusals: the audit log grew {during} bytes, {after} after shutdown");
     assert_eq!(svc.audit.dropped.load(Ordering::Relaxed), 0, "no note was dropped");
     // Eight kinds of request, nine keys (a login turns rate-limited): at most two records
@@ -389,8 +389,8 @@ fn a_flood_from_one_ipv6_prefix_leaves_other_clients_named() {
     let mut config = full_config(dir.path(), true);
     config.trusted_proxies = vec!["127.0.0.1".parse::<std::net::IpAddr>().unwrap().into()];
     let mut fx = start_with(dir, config);
-    let log = fx.config.state_dir.join("audit.jsonl");
-    let before = std::fs::metadata(&log).map_or(0, |m| m.len());
+    let log = fx.config.state_dir.clone();
+    let before = audit_log(&log).len() as u64;
     let agent = ureq::AgentBuilder::new().build();
     let get = |path: &str, forwarded: &str| {
         let req = agent.get(&format!("{}{path}", fx.base)).set("X-Forwarded-For", forwarded);
@@ -409,7 +409,7 @@ fn a_flood_from_one_ipv6_prefix_leaves_other_clients_named() {
     }
     let svc = fx.server.as_ref().unwrap().service().clone();
     svc.audit.sync();
-    let during = std::fs::metadata(&log).unwrap().len() - before;
+    let during = audit_log(&log).len() as u64 - before;
     fx.stop();
     assert!(during <= 6 * 1024, "the log grew {during} bytes during the flood");
     let records = audit_lines(&fx);

@@ -76,8 +76,7 @@ fn sha256(bytes: &[u8]) -> String {
 fn audit_with(f: &Fixture, needle: &str) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let log =
-            std::fs::read_to_string(f.dir.path().join("state/audit.jsonl")).unwrap_or_default();
+        let log = audit_log(&f.dir.path().join("state"));
         if log.contains(needle) || std::time::Instant::now() > deadline {
             return log;
         }

@@ -3,6 +3,7 @@
 pub mod build;
 pub mod client;
 pub mod serve;
+pub mod state;
 
 use clap::{Parser, Subcommand};
 
@@ -29,11 +30,13 @@ pub enum Command {
     Script(build::ScriptArgs),
     Build(build::BuildArgs),
     Inspect(build::InspectArgs),
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     Reimage(serve::ReimageArgs),
     MediaUrl(serve::MediaUrlArgs),
     Attach(serve::AttachArgs),
     Detach(serve::DetachArgs),
+    State(state::StateArgs),
+    Audit(state::AuditArgs),
 }
 
 /// Runs one command. `Ok(false)` means the command ran but reports failure (exit status 1)
@@ -44,10 +47,12 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Script(args) => build::script(args).map(|()| true),
         Command::Build(args) => build::build(args).map(|()| true),
         Command::Inspect(args) => build::inspect(args).map(|()| true),
-        Command::Serve(args) => serve::serve(args).map(|()| true),
+        Command::Serve(args) => serve::serve(*args).map(|()| true),
         Command::Reimage(args) => serve::reimage(args).map(|()| true),
         Command::MediaUrl(args) => serve::media_url(args).map(|()| true),
         Command::Attach(args) => serve::attach(args),
         Command::Detach(args) => serve::detach(args),
+        Command::State(args) => state::state(args).map(|()| true),
+        Command::Audit(args) => state::audit(args).map(|()| true),
     }
 }

@@ -44,9 +44,16 @@ pub struct ServeArgs {
     /// Folder of install profiles: one sub-folder per profile with boot.ipxe, config/, profile.toml.
     #[arg(long, value_name = "DIR")]
     pub profiles: PathBuf,
-    /// Where flags (one file per host) and the audit log (audit.jsonl) are kept.
+    /// The service's own folder: its SQLite database (state.db) unless --database names
+    /// another. An old state folder (hosts/*.json, audit.jsonl) found here is imported once.
     #[arg(long, value_name = "DIR")]
     pub state_dir: PathBuf,
+    /// Where flags, installs, the audit log and last boots are kept: `sqlite:///PATH` (default:
+    /// STATE_DIR/state.db), `postgres://USER:PASSWORD@HOST/DB` (replicas; add
+    /// `?sslmode=verify-full&sslrootcert=CA.pem` for TLS), or `mysql://…` (MariaDB). Prefer
+    /// the BOOTFORGE_DATABASE environment variable to keep the password off the command line.
+    #[arg(long, value_name = "URL", env = "BOOTFORGE_DATABASE", hide_env_values = true)]
+    pub database: Option<String>,
     /// Address and port to listen on.
     #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:8080")]
     pub listen: String,
@@ -227,6 +234,7 @@ pub struct ReimageArgs {
 /// `bootforge serve`: runs until SIGINT/SIGTERM.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = Config::new(args.inventory, args.profiles, args.state_dir);
+    config.database = args.database;
     config.listen = args.listen;
     config.assets = args.assets;
     config.secret_file = args.secret_file;

@@ -6,7 +6,6 @@
 use crate::serve::app::config::Config;
 use crate::serve::app::locks::HostLocks;
 use crate::serve::app::service::Service;
-use crate::serve::store::HostStore;
 use crate::token::Secret;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -88,8 +87,14 @@ impl Server {
                 tokens: config.tokens_file.clone(),
                 rows_need_server: default_base.is_none(),
             })?;
-        let store = crate::serve::store::files::Store::open(&config.state_dir)?;
-        let audit = crate::serve::store::audit::Audit::open(&config.state_dir)?;
+        std::fs::create_dir_all(&config.state_dir).map_err(|e| {
+            anyhow::anyhow!("cannot create the state folder {}: {e}", config.state_dir.display())
+        })?;
+        let store = Arc::new(crate::serve::store::Store::open(
+            &config.database_url(),
+            Some(&config.state_dir),
+        )?);
+        let audit = crate::serve::store::audit::Audit::open(store.clone())?;
         if config.tokens_file.is_none() {
             tracing::warn!(
                 "no --tokens-file: the API (/hosts, /events, reimage) refuses every request with 401; boot answers, callbacks, assets, /healthz and /metrics still work"
@@ -124,6 +129,7 @@ impl Server {
             nodes = snap.inventory.len(),
             profiles = ?snap.profiles.names().collect::<Vec<_>>(),
             node_tokens = secret.is_some(),
+            database = %store.shown(),
             base_url = ?default_base.as_ref().map(|u| u.to_string()),
             "bootforge serve started"
         );
@@ -154,8 +160,10 @@ impl Server {
             host_locks: HostLocks::default(),
         });
         service.sweep_orphans();
-        // About 200,000 boot records: the last boot of every host of a fleet that boots daily.
-        service.last_boot.start_near_end(&service.audit, 64 << 20);
+        {
+            let snap = service.catalog.snapshot();
+            service.last_boot.refresh(&service.store, |h| snap.inventory.get(h).is_some());
+        }
         let listener = {
             let _guard = runtime.enter();
             tokio::net::TcpListener::from_std(listener)?
@@ -183,13 +191,20 @@ impl Server {
         let reload = {
             let (svc, stop) = (service.clone(), stop.clone());
             std::thread::Builder::new().name("reload".into()).spawn(move || {
+                // Last boots are for the operator's eyes: once a second is fresh enough here
+                // (the fleet view refreshes them itself), and keeps a boot storm's upserts
+                // from being read back ten times a second.
+                let boots_read = std::cell::Cell::new(std::time::Instant::now());
                 svc.catalog.watch(&stop, &hup, |reloaded| {
                     if reloaded {
                         svc.sweep_orphans();
                     }
-                    svc.store.rescan(false);
-                    let snap = svc.catalog.snapshot();
-                    svc.last_boot.refresh(&svc.audit, |h| snap.inventory.get(h).is_some());
+                    svc.store.rescan();
+                    if boots_read.get().elapsed() >= Duration::from_secs(1) {
+                        boots_read.set(std::time::Instant::now());
+                        let snap = svc.catalog.snapshot();
+                        svc.last_boot.refresh(&svc.store, |h| snap.inventory.get(h).is_some());
+                    }
                 });
             })?
         };

@@ -40,8 +40,8 @@ pub struct Service {
     child: Option<Child>,
     pub base: String,
     stderr_path: PathBuf,
-    /// The service's audit log (`STATE/audit.jsonl`), readable while it runs.
-    pub audit_path: PathBuf,
+    /// The service's state folder (its SQLite database holds the audit log).
+    pub state_dir: PathBuf,
     /// An API token of role `read` or higher, for [`Service::events`].
     read_token: String,
 }
@@ -86,7 +86,7 @@ impl Service {
             child: Some(child),
             base: format!("http://127.0.0.1:{port}"),
             stderr_path,
-            audit_path: state.join("audit.jsonl"),
+            state_dir: state.clone(),
             read_token: inputs.read_token.to_string(),
         };
         svc.wait_listening();
@@ -152,7 +152,7 @@ impl Service {
     /// so they are there even if the service died).
     pub fn logs(&self) -> String {
         let stderr = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
-        let audit = std::fs::read_to_string(&self.audit_path).unwrap_or_default();
+        let audit = audit_log(&self.state_dir);
         format!(
             "--- bootforge serve stderr ---\n{}\n--- audit log ---\n{}\n--- end of service logs ---",
             stderr.trim_end(),
@@ -183,4 +183,14 @@ impl Drop for Service {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The audit log of the service whose state folder is `state_dir`, as JSON lines, read from its
+/// database while it runs (empty before the service created it).
+pub fn audit_log(state_dir: &Path) -> String {
+    if !state_dir.join(bootforge::serve::store::SQLITE_FILE).exists() {
+        return String::new();
+    }
+    let url = bootforge::serve::store::Store::default_url(state_dir);
+    bootforge::serve::store::audit::dump(&url).unwrap_or_else(|e| format!("(cannot read: {e})"))
 }

@@ -115,20 +115,19 @@ impl BmcService {
 
     /// The audit log once it holds `needle` (notes are written by a writer thread).
     pub fn audit_with(&self, needle: &str) -> String {
-        let path = self.dir.path().join("state/audit.jsonl");
         for _ in 0..200 {
-            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            let log = self.audit();
             if log.contains(needle) {
                 return log;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        std::fs::read_to_string(&path).unwrap_or_default()
+        self.audit()
     }
 
     /// The audit log as it is now.
     pub fn audit(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("state/audit.jsonl")).unwrap_or_default()
+        crate::common::service::audit_log(&self.dir.path().join("state"))
     }
 
     /// `host`'s first `boot` record, if any.

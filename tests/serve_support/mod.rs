@@ -30,6 +30,85 @@ ubu1,10.0.0.41/24,10.0.0.1,10.0.0.1,aa:bb:cc:dd:ee:41,ubuntu,,/dev/sda,eno1,,,,$
 deb1,10.0.0.51/24,10.0.0.1,10.0.0.1,aa:bb:cc:dd:ee:51,debian,,/dev/sda,eno1,,,,$6$salt$hash,ssh-ed25519 AAAA op,0x81
 ";
 
+/// The audit log of the service whose state folder is `state_dir`, as JSON lines (what
+/// `audit.jsonl` held before the database), read from its SQLite database while it runs.
+/// Empty when the service has not created its database yet.
+pub fn audit_log(state_dir: &Path) -> String {
+    let url = bootforge::serve::store::Store::default_url(state_dir);
+    if !state_dir.join(bootforge::serve::store::SQLITE_FILE).exists() {
+        return String::new();
+    }
+    bootforge::serve::store::audit::dump(&url).expect("read the audit log from the database")
+}
+
+/// Runs SQL on the SQLite database of the service whose state folder is `state_dir`, behind the
+/// service's back (a corrupt row, a table that refuses writes): for tests of how it copes.
+/// SQLite's own locking makes this safe next to the running service.
+pub fn sql_on_state(state_dir: &Path, statement: &str) {
+    use sqlx::Connection;
+    let url = bootforge::serve::store::Store::default_url(state_dir);
+    let statement = statement.to_string();
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&url).await.expect("open the state database");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone()))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    });
+}
+
+/// A count (or any one integer) from the service's SQLite database, read behind its back.
+pub fn sql_count(state_dir: &Path, query: &str) -> i64 {
+    use sqlx::Connection;
+    let url = bootforge::serve::store::Store::default_url(state_dir);
+    let query = query.to_string();
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&url).await.expect("open the state database");
+        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(query.clone()))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{query}: {e}"))
+    })
+}
+
+/// Holds the write lock of the service's SQLite database (an open `BEGIN IMMEDIATE`) until
+/// dropped: every write of the service waits, as behind a stuck writer.
+pub struct WriteLock {
+    release: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+pub fn hold_write_lock(state_dir: &Path) -> WriteLock {
+    use sqlx::Connection;
+    let url = bootforge::serve::store::Store::default_url(state_dir);
+    let (release, wait) = std::sync::mpsc::channel::<()>();
+    let (held, is_held) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            sqlx::any::install_default_drivers();
+            let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+            sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut conn).await.unwrap();
+            held.send(()).unwrap();
+            let _ = tokio::task::spawn_blocking(move || wait.recv()).await;
+            sqlx::raw_sql("ROLLBACK").execute(&mut conn).await.unwrap();
+        });
+    });
+    is_held.recv().expect("the write lock is taken");
+    WriteLock { release: Some(release), thread: Some(thread) }
+}
+
+impl Drop for WriteLock {
+    fn drop(&mut self) {
+        drop(self.release.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

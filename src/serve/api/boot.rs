@@ -12,7 +12,6 @@ use crate::serve::domain::lifecycle::InstallKind;
 use crate::serve::domain::lifecycle::NoInstall;
 use crate::serve::inputs::catalog::Snapshot;
 use crate::serve::inputs::profiles::RenderContext;
-use crate::serve::store::HostStore;
 use crate::serve::util::now_ms;
 use crate::serve::web::reply::Reply;
 use crate::serve::web::request::Req;
@@ -85,7 +84,7 @@ impl Local {
             Local::NoInstall(NoInstall::UnknownProfile) => "the flag's profile is not loaded",
             Local::RenderError => "the install chain could not be rendered",
             Local::StateError => "the flag store cannot be read or written",
-            Local::StateBusy => "the host's state is locked elsewhere",
+            Local::StateBusy => "the state database did not decide in time (busy or unreachable)",
         }
     }
 
@@ -137,6 +136,10 @@ enum BootStep {
 /// gets its install chain; everything else boots the local disk, with the reason on the console
 /// and in the audit log. Most boots (not flagged) are answered from memory with one audit note;
 /// a host whose file may decide reads it, and only an answer that changes it takes its lock.
+/// How long a flagged host's boot waits for its decision to commit before it boots the local
+/// disk instead (with reason `state-busy`).
+pub const BOOT_DECISION_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
+
 pub(crate) async fn boot(svc: &Arc<Service>, req: &Arc<Req>, raw: Option<String>) -> Reply {
     // On the connection's task: verifying is CPU work and `may_decide` a look-up in memory, so
     // an unflagged host (almost every boot) is answered without a thread hand-off or a read.
@@ -164,22 +167,26 @@ pub(crate) async fn boot(svc: &Arc<Service>, req: &Arc<Req>, raw: Option<String>
         Err(_) => return boot_failed(svc, req, Local::StateError),
     };
     let r = req.clone();
-    let changed = svc
-        .change(&host.clone(), move |svc, st| {
-            let snap = svc.catalog.snapshot();
-            let q = BootQuery::parse(&r);
-            let Some(node) = snap.inventory.get(&host) else {
-                let reply = boot_local(svc, &r, &q, Some(&host), None, Local::UnknownHost);
-                return Ok(Change { value: reply, write: false, record: None });
-            };
-            let (answer, write) = lifecycle::answer_boot(st, rules(&snap), now_ms());
-            Ok(boot_answer(svc, &snap, &r, &q, node, answer, write))
-        })
-        .await;
-    match changed {
-        Ok(reply) => reply,
-        Err(e) if e.status == 503 => boot_failed(svc, req, Local::StateBusy),
-        Err(_) => boot_failed(svc, req, Local::StateError),
+    let name = host.clone();
+    let changed = svc.change(&name, move |svc, st, now| {
+        let snap = svc.catalog.snapshot();
+        let q = BootQuery::parse(&r);
+        let Some(node) = snap.inventory.get(&host) else {
+            let reply = boot_local(svc, &r, &q, Some(&host), None, Local::UnknownHost);
+            return Ok(Change { value: reply, write: false, record: None });
+        };
+        let (answer, write) = lifecycle::answer_boot(st, rules(&snap), now);
+        Ok(boot_answer(svc, &snap, &r, &q, node, answer, write))
+    });
+    // A node waits for its answer at the firmware's prompt: past the deadline it boots its
+    // disk, saying why. The change may still commit after that (it runs on in the store); the
+    // install chain only ever goes out after its commit, so at worst the node's next boot
+    // continues the install this one opened.
+    match tokio::time::timeout(BOOT_DECISION_DEADLINE, changed).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(e)) if e.status == 503 => boot_failed(svc, req, Local::StateBusy),
+        Ok(Err(_)) => boot_failed(svc, req, Local::StateError),
+        Err(_) => boot_failed(svc, req, Local::StateBusy),
     }
 }
 
@@ -191,7 +198,7 @@ fn boot_look(svc: &Service, req: &Req, host: String) -> BootStep {
     let Some(node) = snap.inventory.get(&host) else {
         return BootStep::Answered(boot_local(svc, req, &q, Some(&host), None, Local::UnknownHost));
     };
-    let mut st = match svc.store.read(&host) {
+    let mut st = match svc.store.read_blocking(&host) {
         Ok(st) => st,
         Err(e) => {
             tracing::error!("{e}");

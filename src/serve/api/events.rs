@@ -8,9 +8,11 @@ use crate::serve::web::reply::{HttpError, Reply};
 use crate::serve::web::request::Req;
 use std::sync::Arc;
 
-/// 1 MiB, whatever `limit` asks), with the offset to ask from next. Each page reads at most
-/// [`crate::serve::store::audit::MAX_SCAN_BYTES`] of log, whatever the filters: a filter that
-/// matches little gets short (even empty) pages with a cursor, and says how much it read
+/// `GET /events`: a page of audit records, oldest first from `since` or newest first with
+/// `order=newest` (at most `limit`, 1000, and 1 MiB, whatever `limit` asks), with the cursor to ask from next. Each page reads at most
+/// [`crate::serve::store::audit::MAX_SCAN_RECORDS`] records, whatever the filters (`host` and
+/// `event` are matched by the database's indexes; `by` is matched on what was read): a filter
+/// that matches little gets short (even empty) pages with a cursor, and says how much it read
 /// (`scanned`), so the cost of a request is bounded and following the cursors still finds
 /// everything. Records are shown as the caller's role may see them
 /// ([`crate::serve::domain::event::visible_to`]) before any filter looks at them.
@@ -21,7 +23,7 @@ pub(crate) async fn events(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, 
             None => Ok(default),
             Some(v) => v.parse().map_err(|_| {
                 HttpError::bad_request(format!(
-                    "{name} must be a whole number (a byte offset from `next` or `before`)"
+                    "{name} must be a whole number (a cursor from `next` or `before`)"
                 ))
             }),
         }
@@ -35,7 +37,7 @@ pub(crate) async fn events(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, 
         Some(_) => Some(parse("before", 0)?),
     };
     svc.blocking(move |svc| {
-        svc.audit.sync();
+        svc.audit.sync_within(std::time::Duration::from_secs(1));
         let page = if newest {
             svc.audit.read_newest(limit, before, &filter, role)
         } else {
@@ -47,8 +49,7 @@ pub(crate) async fn events(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, 
                 role,
             )
         };
-        let page =
-            page.map_err(|e| HttpError::internal(format!("cannot read the audit log: {e}")))?;
+        let page = page?;
         Ok(Reply::json(&page))
     })
     .await?

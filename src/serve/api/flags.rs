@@ -10,8 +10,6 @@ use crate::serve::domain::lifecycle;
 use crate::serve::domain::lifecycle::Cancel;
 use crate::serve::domain::lifecycle::HostState;
 use crate::serve::domain::lifecycle::SetFlag;
-use crate::serve::store::HostStore;
-use crate::serve::util::now_ms;
 use crate::serve::web::reply::{HttpError, Reply};
 use crate::serve::web::request::Req;
 use serde::Serialize;
@@ -65,17 +63,17 @@ pub(crate) async fn set_flag(
     let peer = req.peer;
     let (h, who) = (host.clone(), Actor::from(&caller));
     let (view, changed) = svc
-        .change(&host, move |svc, st| {
+        .change(&host, move |svc, st, now| {
             let id = hex::encode(rand::random::<[u8; 16]>());
             let (outcome, write) =
-                lifecycle::set_flag(st, &profile, &who.by, &peer.to_string(), id, now_ms());
+                lifecycle::set_flag(st, &profile, &who.by, &peer.to_string(), id, now);
             let install = match &outcome {
                 SetFlag::Set { install, .. } | SetFlag::Unchanged { install } => install.clone(),
             };
             let record = Event::FlagSet {
                 host: h.clone(),
                 profile: profile.clone(),
-                who,
+                who: who.clone(),
                 peer,
                 changed: write,
                 install,
@@ -123,7 +121,7 @@ pub(crate) async fn cancel(
     let known = svc
         .blocking(move |svc| {
             svc.catalog.snapshot().inventory.get(&h).is_some()
-                || svc.store.read(&h).map_or(true, |s| s.version > 0)
+                || svc.store.read_blocking(&h).map_or(true, |s| s.version > 0)
         })
         .await?;
     if !known {
@@ -131,9 +129,9 @@ pub(crate) async fn cancel(
     }
     let (h, peer) = (host.clone(), req.peer);
     let view = svc
-        .change(&host, move |svc, st| {
+        .change(&host, move |svc, st, now| {
             let snap = svc.catalog.snapshot();
-            let (outcome, write) = lifecycle::cancel(st, rules(&snap), now_ms());
+            let (outcome, write) = lifecycle::cancel(st, rules(&snap), now);
             let (name, install) = match outcome {
                 Cancel::Cancelled { install } => ("cancelled", Some(install)),
                 Cancel::WindowClosed { install } => ("window-closed", Some(install)),

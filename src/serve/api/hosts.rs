@@ -14,7 +14,7 @@ use crate::serve::domain::query::select;
 use crate::serve::domain::query::HostKey;
 use crate::serve::domain::query::HostQuery;
 use crate::serve::inputs::catalog::Snapshot;
-use crate::serve::store::HostStore;
+use crate::serve::store::StoreError;
 use crate::serve::util::rfc3339;
 use crate::serve::web::reply::{HttpError, Reply};
 use crate::serve::web::request::Req;
@@ -118,9 +118,12 @@ impl From<&EndedInstall> for EndedView {
     }
 }
 
-/// Reads the boots appended to the audit log since the last look (before building views).
+/// Reads the boots recorded since the last look (before building views).
 fn refresh_last_boots(svc: &Service, snap: &Snapshot) {
-    svc.last_boot.refresh(&svc.audit, |h| snap.inventory.get(h).is_some());
+    // This process's own boots are stored by the audit writer after they were answered: let it
+    // catch up first, so a host's view shows the boot that was just answered.
+    svc.audit.sync_within(std::time::Duration::from_millis(500));
+    svc.last_boot.refresh(&svc.store, |h| snap.inventory.get(h).is_some());
 }
 
 pub(crate) fn host_view(
@@ -186,16 +189,16 @@ pub(crate) async fn list_hosts(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Rep
     let param = |n: &str| req.param(n).map(str::to_string);
     if HostQuery::wanted(param) {
         let q = HostQuery::parse(param).map_err(HttpError::bad_request)?;
-        return svc.blocking(move |svc| host_page(svc, &q)).await;
+        return svc.blocking(move |svc| host_page(svc, &q)).await?;
     }
     let only_flagged = matches!(req.param("flagged"), Some("1" | "true" | "yes"));
     svc.blocking(move |svc| {
         let snap = svc.catalog.snapshot();
         refresh_last_boots(svc, &snap);
-        let with_state: std::collections::HashSet<String> = svc.store.hosts().into_iter().collect();
-        let read = |host: &str| match with_state.contains(host) {
-            true => svc.store.read(host).map_err(|e| e.to_string()),
-            false => Ok(HostState::default()),
+        let with_state = svc.store.states_blocking()?;
+        let read = |host: &str| match with_state.get(host) {
+            Some(st) => st.clone(),
+            None => Ok(HostState::default()),
         };
         let keep = |st: &Result<HostState, String>| {
             !only_flagged || st.as_ref().map_or(true, |s| s.flag.is_some())
@@ -214,7 +217,7 @@ pub(crate) async fn list_hosts(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Rep
         }
         let mut orphans = Vec::new();
         let mut outside: Vec<&String> =
-            with_state.iter().filter(|h| snap.inventory.get(h).is_none()).collect();
+            with_state.keys().filter(|h| snap.inventory.get(h).is_none()).collect();
         outside.sort();
         for host in outside {
             let st = read(host);
@@ -231,25 +234,22 @@ pub(crate) async fn list_hosts(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Rep
                 orphans.push(host_view(svc, &snap, host, st.as_ref().map_err(Clone::clone)));
             }
         }
-        Reply::json(&HostList { hosts, orphans })
+        Ok(Reply::json(&HostList { hosts, orphans }))
     })
-    .await
+    .await?
 }
 
 /// The paged form of `GET /hosts` (see [`crate::serve::domain::query`]): every inventory host's
 /// state is read (hosts without a state file are idle without a read), filtered and sorted on a few
 /// fields, and only the page's views are built.
-fn host_page(svc: &Service, q: &HostQuery) -> Reply {
+fn host_page(svc: &Service, q: &HostQuery) -> Result<Reply, HttpError> {
     let snap = svc.catalog.snapshot();
     refresh_last_boots(svc, &snap);
-    let with_state: std::collections::HashSet<String> = svc.store.hosts().into_iter().collect();
+    let mut with_state = svc.store.states_blocking()?;
     let nodes = snap.inventory.nodes();
     let states: Vec<Result<HostState, String>> = nodes
         .iter()
-        .map(|n| match with_state.contains(&n.hostname) {
-            true => svc.store.read(&n.hostname).map_err(|e| e.to_string()),
-            false => Ok(HostState::default()),
-        })
+        .map(|n| with_state.remove(&n.hostname).unwrap_or_else(|| Ok(HostState::default())))
         .collect();
     let boots = svc.last_boot.times();
     let keys: Vec<HostKey> = nodes
@@ -281,7 +281,7 @@ fn host_page(svc: &Service, q: &HostQuery) -> Reply {
             host_view(svc, &snap, &nodes[i].hostname, states[i].as_ref().map_err(Clone::clone))
         })
         .collect();
-    Reply::json(&serde_json::json!({
+    Ok(Reply::json(&serde_json::json!({
         "hosts": hosts,
         "total": nodes.len(),
         "matched": matched,
@@ -289,7 +289,7 @@ fn host_page(svc: &Service, q: &HostQuery) -> Reply {
         "limit": q.limit,
         "phases": counts,
         "profiles": snap.profiles.names().collect::<Vec<_>>(),
-    }))
+    })))
 }
 
 pub(crate) async fn show_host(
@@ -302,7 +302,10 @@ pub(crate) async fn show_host(
     svc.blocking(move |svc| {
         let snap = svc.catalog.snapshot();
         refresh_last_boots(svc, &snap);
-        let st = svc.store.read(&host).map_err(|e| e.to_string());
+        let st = match svc.store.read_blocking(&host) {
+            Err(e @ (StoreError::Unavailable(_) | StoreError::Busy)) => return Err(e.into()),
+            other => other.map_err(|e| e.to_string()),
+        };
         if snap.inventory.get(&host).is_none() && st.as_ref().is_ok_and(|s| s.version == 0) {
             return Err(HttpError::not_found("this host is not in the inventory and has no state"));
         }

@@ -7,7 +7,6 @@ use crate::serve::app::service::Service;
 use crate::serve::domain::event::Event;
 use crate::serve::domain::lifecycle;
 use crate::serve::domain::lifecycle::Callback;
-use crate::serve::store::HostStore;
 use crate::serve::util::now_ms;
 use crate::serve::web::reply::{HttpError, Reply};
 use crate::serve::web::request::Req;
@@ -34,7 +33,7 @@ pub(crate) fn config(
     }
     let node = node.ok_or_else(|| HttpError::not_found("this host is not in the inventory"))?;
     let file = file.ok_or_else(|| HttpError::bad_request("bad config file path"))?;
-    let st = svc.store.read(&host)?;
+    let st = svc.store.read_blocking(&host)?;
     let rules = rules(&snap);
     let Some((profile, id)) = st.active_install(rules, now_ms()) else {
         return Err(HttpError::not_found(
@@ -113,13 +112,14 @@ pub(crate) async fn callback(
     let reason = req.param("reason").and_then(lifecycle::failure_reason);
     let (h, i, peer) = (host.clone(), id.clone(), req.peer);
     let outcome = svc
-        .change(&host, move |svc, st| {
+        .change(&host, move |svc, st, now| {
             let snap = svc.catalog.snapshot();
             let (outcome, write) = match which {
-                Which::Done => lifecycle::finish(st, &i, rules(&snap), now_ms()),
-                Which::Started => lifecycle::start(st, &i, now_ms()),
-                Which::Failed => lifecycle::fail(st, &i, reason.clone(), now_ms()),
+                Which::Done => lifecycle::finish(st, &i, rules(&snap), now),
+                Which::Started => lifecycle::start(st, &i, now),
+                Which::Failed => lifecycle::fail(st, &i, reason.clone(), now),
             };
+            let (h, i, reason) = (h.clone(), i.clone(), reason.clone());
             let record = match (outcome, which) {
                 (Callback::Accepted, Which::Done) => Event::Done { host: h, install: i, peer },
                 (Callback::Accepted, Which::Started) => {

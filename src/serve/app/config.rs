@@ -9,6 +9,9 @@ pub struct Config {
     pub inventory: PathBuf,
     pub profiles: PathBuf,
     pub state_dir: PathBuf,
+    /// Where state is kept (`--database`): `None` is SQLite in `state_dir`
+    /// ([`crate::serve::store::SQLITE_FILE`]).
+    pub database: Option<String>,
     /// `ADDR:PORT`; port 0 picks a free port (tests).
     pub listen: String,
     pub assets: Option<PathBuf>,
@@ -51,11 +54,20 @@ pub struct Config {
 
 impl Config {
     /// A configuration with the defaults for everything optional.
+    /// The database URL in effect: `--database`, else SQLite in the state folder.
+    pub fn database_url(&self) -> String {
+        match &self.database {
+            Some(url) => url.clone(),
+            None => crate::serve::store::Store::default_url(&self.state_dir),
+        }
+    }
+
     pub fn new(inventory: PathBuf, profiles: PathBuf, state_dir: PathBuf) -> Config {
         Config {
             inventory,
             profiles,
             state_dir,
+            database: None,
             listen: "0.0.0.0:8080".into(),
             assets: None,
             secret_file: None,

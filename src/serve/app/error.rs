@@ -10,6 +10,14 @@ impl From<StoreError> for HttpError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NameTooLong => HttpError::bad_request(e.to_string()),
+            StoreError::Unavailable(_) | StoreError::Busy => {
+                tracing::error!("{e}");
+                HttpError::new(
+                    503,
+                    "the state database is unavailable or busy; nothing was changed, try again",
+                )
+                .header("Retry-After", "2".into())
+            }
             _ => HttpError::internal(e),
         }
     }

@@ -13,14 +13,13 @@ use std::sync::{Arc, Mutex};
 pub struct Service {
     pub config: Config,
     pub catalog: crate::serve::inputs::catalog::Catalog,
-    /// Per-host state. Used only through [`crate::serve::store::HostStore`] (the single write
-    /// path in [`crate::serve::app::change`] and the handlers' reads), so a database store is a
-    /// change of this type and of its opening in `server.rs`, nothing else.
-    pub store: crate::serve::store::files::Store,
+    /// The database: hosts' states (changed only through the single write path in
+    /// [`crate::serve::app::change`]), the audit log and last boots.
+    pub store: Arc<crate::serve::store::Store>,
     pub audit: crate::serve::store::audit::Audit,
     pub secret: Option<Secret>,
     pub metrics: crate::serve::app::metrics::Metrics,
-    /// Each inventory host's last verified boot, followed from the shared audit log.
+    /// Each inventory host's last verified boot, followed from the database.
     pub last_boot: crate::serve::store::audit::LastBoots,
     /// The base URL for nodes without a `server` column: `--public-url`, else the listen
     /// address if it is a specific one.
@@ -56,7 +55,7 @@ impl Service {
     /// Runs `work` on the blocking pool: anything that touches the disk or renders.
     pub async fn blocking<T: Send + 'static>(
         self: &Arc<Self>,
-        work: impl FnOnce(&Service) -> T + Send + 'static,
+        work: impl FnOnce(&Arc<Service>) -> T + Send + 'static,
     ) -> Result<T, HttpError> {
         let svc = self.clone();
         tokio::task::spawn_blocking(move || work(&svc))

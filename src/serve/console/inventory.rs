@@ -280,7 +280,7 @@ pub(crate) struct Change {
 /// removed row the name its row had; both are bounded (a host name is at most 253 characters,
 /// and a removed row's odd name is quoted and cut, see [`crate::inventory::quoted`]).
 pub(crate) fn replace(
-    svc: &Service,
+    svc: &Arc<Service>,
     who: &Actor,
     peer: std::net::IpAddr,
     change: Change,

@@ -195,15 +195,15 @@ pub enum Event {
     /// Refusals of one kind, peer, route and reason that were counted but not written one by
     /// one (see the module documentation). `refused` is their record kind (`denied`,
     /// `media-denied`, …); `peer` is `None` for refusals of peers beyond the
-    /// [`MAX_REFUSAL_KEYS`](crate::serve::store::audit::MAX_REFUSAL_KEYS) tracked at once. `count` is the number of refusals not written one
+    /// [`MAX_REFUSAL_KEYS`](crate::serve::store::refusals::MAX_REFUSAL_KEYS) tracked at once. `count` is the number of refusals not written one
     /// by one; `first_ms` is when the window opened (the refusal written in full, if any) and
     /// `last_ms` when the last one counted was made.
     ///
     /// `peer` is an IPv4 address or, for IPv6, the first address of the /64 the refusals came
     /// from. `route` and `reason` are `null` in the summary of a peer that opened more than
-    /// [`MAX_KEYS_PER_PEER`](crate::serve::store::audit::MAX_KEYS_PER_PEER) keys (its further refusals of that kind, whatever route or reason);
+    /// [`MAX_KEYS_PER_PEER`](crate::serve::store::refusals::MAX_KEYS_PER_PEER) keys (its further refusals of that kind, whatever route or reason);
     /// `host` is the inventory host asked for (boot, node-token and media refusals). The
-    /// summary without a peer lists in `top_peers` (at most [`TOP_PEERS`](crate::serve::store::audit::TOP_PEERS)) the peers that
+    /// summary without a peer lists in `top_peers` (at most [`TOP_PEERS`](crate::serve::store::refusals::TOP_PEERS)) the peers that
     /// refused most in it, with their counts (space-saving counts: each is at most the smallest
     /// listed count too high).
     RefusedSummary {
@@ -229,9 +229,9 @@ pub struct PeerCount {
 }
 
 /// What refusals are aggregated by: their record kind, peer (see [`refusal_peer`]; `None`: the
-/// overflow of peers beyond [`MAX_REFUSAL_KEYS`](crate::serve::store::audit::MAX_REFUSAL_KEYS)), route, reason and, for refusals that name an
+/// overflow of peers beyond [`MAX_REFUSAL_KEYS`](crate::serve::store::refusals::MAX_REFUSAL_KEYS)), route, reason and, for refusals that name an
 /// inventory host, that host. `route`/`reason` are `None` in the key of a peer past its
-/// [`MAX_KEYS_PER_PEER`](crate::serve::store::audit::MAX_KEYS_PER_PEER).
+/// [`MAX_KEYS_PER_PEER`](crate::serve::store::refusals::MAX_KEYS_PER_PEER).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Refusal {
     pub refused: &'static str,

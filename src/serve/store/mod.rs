@@ -1,55 +1,323 @@
-//! Where state lives: the per-host flag files ([`files`]) and the audit log ([`audit`]).
+//! Where state lives: one database, through [`Store`]. SQLite in the state folder by default,
+//! PostgreSQL or MariaDB for replicas ([`engine`]); the hosts' states ([`hosts`]), the audit log
+//! ([`audit`]), each host's last verified boot, and the one-time move from the old files
+//! ([`import`]).
 //!
-//! [`HostStore`] is the interface the service's single write path ([`crate::serve::app::change`])
-//! uses, and all it uses: a database store implements it and nothing above this folder changes.
-//! It is deliberately small: a host's state is read, and written only under that host's lock,
-//! whose holder is the only writer (a compare-and-swap on [`HostState::version`] enforced by the
-//! lock). Errors are this layer's own [`StoreError`]; the HTTP status they map to is decided in
-//! one place above (`app::error`).
+//! The store's interface is made of domain operations, not key-value calls. Above all,
+//! [`Store::change`]: one transaction that reads a host's row, applies a pure lifecycle function
+//! to it, writes it back only if its version is still the one read (compare-and-set), inserts the
+//! audit record, and commits; a conflict (another replica wrote first) runs the function again
+//! on what is now stored. Nothing above this folder sees SQL, a pool or an engine.
+//!
+//! Invariants:
+//! - A change the service acknowledges is committed, with its audit record, before the answer
+//!   goes out (SQLite syncs every commit; the servers do by default).
+//! - No row changes without its audit record, and no audit record of a change exists without
+//!   the change: they commit together.
+//! - [`Store::may_decide`] errs only towards `true` (see [`hosts`]).
+//!
+//! The database is reached from its own small runtime ([`Store::run`] from async code,
+//! [`Store::wait`] from threads that may block), so the audit writer and the reload thread keep
+//! working while the service's runtime starts or stops, and a slow database parks none of the
+//! service's connection threads.
 
 pub mod audit;
-pub mod files;
+pub mod engine;
+pub mod guard;
+pub mod hosts;
+pub mod import;
+pub mod refusals;
 
-use crate::serve::domain::lifecycle::HostState;
+use crate::serve::domain::event::Event;
+use engine::Engine;
+use sqlx::AnyPool;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
-/// The longest host name that can have a state file (`NAME.json` and the temporary files of a
-/// write must fit in the 255 bytes of a file name).
+/// The longest host name that can have state (the key columns are 255 bytes on every engine).
 pub const MAX_STORED_NAME: usize = 200;
 
-/// Errors of the store: I/O, or a file that is not valid JSON (reported with its path). The
-/// paths are for the server log and authenticated callers, never for an unauthenticated answer.
+/// The file of the default SQLite database in `--state-dir`.
+pub const SQLITE_FILE: &str = "state.db";
+
+/// Errors of the store. Their text names the engine's problem for the server log and
+/// authenticated callers; never a password (URLs are shown without theirs).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("state file {path}: {source}")]
-    Io { path: String, source: std::io::Error },
-    #[error("state file {path} is not valid JSON ({message}); fix or remove it")]
-    Corrupt { path: String, message: String },
-    #[error("host names longer than {MAX_STORED_NAME} characters cannot have state (file names are limited)")]
+    /// The database cannot be reached now (down, pool exhausted, network): retry later.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else the engine refused, or a stored record that does not parse.
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("host names longer than {MAX_STORED_NAME} characters cannot have state")]
     NameTooLong,
+    /// Another writer kept winning the race for this host's row.
+    #[error("the host's state kept changing under this change; try again")]
+    Busy,
 }
 
-/// A held lock on one host's state: while it lives, no other writer (thread or instance) can
-/// change that host.
-pub trait Locked {
-    /// The host this lock is for.
-    fn host(&self) -> &str;
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> StoreError {
+        if engine::is_unavailable(&e) {
+            StoreError::Unavailable(e.to_string())
+        } else {
+            StoreError::Database(e.to_string())
+        }
+    }
 }
 
-/// The per-host state operations of a store.
-pub trait HostStore: Send + Sync {
-    type Lock: Locked + Send;
+/// A state change computed by a lifecycle function on the stored state: the value for the
+/// caller, whether to write the state, and the audit record. With `write`, the record is
+/// inserted in the change's transaction; without, it is queued as a plain note by the caller.
+pub struct Change<T> {
+    pub value: T,
+    pub write: bool,
+    pub record: Option<Event>,
+}
 
-    /// Whether `host`'s state may decide a boot (a flag, or an install open): a cheap check from
-    /// memory that may err only towards `true`, so the common boot costs no read.
-    fn may_decide(&self, host: &str) -> bool;
-    /// Follows other instances' writes (the reload thread calls it often); `force` rereads all.
-    fn rescan(&self, force: bool);
-    /// `host`'s state; the default (no flag) when it has none.
-    fn read(&self, host: &str) -> Result<HostState, StoreError>;
-    /// Every host that has state.
-    fn hosts(&self) -> Vec<String>;
-    /// `host`'s lock, or `None` at once when someone else holds it (never waits).
-    fn try_lock(&self, host: &str) -> Result<Option<Self::Lock>, StoreError>;
-    /// Writes `state` durably (bumping its version and time stamp) before returning.
-    fn write(&self, lock: &Self::Lock, state: &mut HostState) -> Result<(), StoreError>;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
+}
+
+/// The service's state in one database.
+pub struct Store {
+    engine: Engine,
+    /// Writes (on SQLite a single connection) and reads (the same pool on the servers).
+    writer: AnyPool,
+    reader: AnyPool,
+    /// Hosts whose state may decide a boot: see [`Store::may_decide`].
+    deciding: RwLock<HashSet<String>>,
+    /// The runtime every query runs on (see the module documentation). `None` once dropped.
+    runtime: Option<tokio::runtime::Runtime>,
+    /// Held for the store's life: the lock that keeps a second `serve` off a SQLite file.
+    _guard: Option<guard::FileGuard>,
+    /// The database as shown in logs and errors: its engine and where, never a password.
+    shown: String,
+}
+
+impl Store {
+    /// The default database: SQLite in `state_dir`.
+    pub fn default_url(state_dir: &Path) -> String {
+        sqlite_url(&state_dir.join(SQLITE_FILE))
+    }
+
+    /// Opens the database `url` (creating a SQLite file and its folder), takes the SQLite
+    /// guards, runs the migrations, and moves an old state folder's files in if `state_dir`
+    /// has them (see [`import`]).
+    pub fn open(url: &str, state_dir: Option<&Path>) -> anyhow::Result<Store> {
+        let store = Store::connect(url)?;
+        if let Some(dir) = state_dir {
+            if let Some(summary) = import::import_if_present(&store, dir)? {
+                tracing::warn!("{summary}");
+            }
+        }
+        store.rescan();
+        Ok(store)
+    }
+
+    /// [`Store::open`] without the import: for `bootforge state` commands.
+    pub fn connect(url: &str) -> anyhow::Result<Store> {
+        Store::connect_as(url, Access::Write)
+    }
+
+    /// A store that only reads, for `bootforge audit export` and `state copy --from`: it takes
+    /// no guard, so it works next to a running `serve` (SQLite's write-ahead log lets readers of
+    /// other processes read while the service writes), and it never migrates: a database this
+    /// version does not know is refused.
+    pub fn open_reader(url: &str) -> anyhow::Result<Store> {
+        Store::connect_as(url, Access::Read)
+    }
+
+    fn connect_as(url: &str, access: Access) -> anyhow::Result<Store> {
+        let engine = Engine::of(url).map_err(anyhow::Error::msg)?;
+        let shown = shown_url(url);
+        let guard = match engine {
+            Engine::Sqlite if access == Access::Read => {
+                let path = sqlite_path(url)?;
+                if !path.is_file() {
+                    anyhow::bail!("there is no database at {} (nothing to read)", path.display());
+                }
+                None
+            }
+            Engine::Sqlite => {
+                let path = sqlite_path(url)?;
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        anyhow::anyhow!("cannot create the folder of {}: {e}", path.display())
+                    })?;
+                }
+                Some(guard::FileGuard::take(&path)?)
+            }
+            _ => None,
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("db")
+            .enable_all()
+            .build()?;
+        let url_owned = match access {
+            Access::Write => sqlite_create(url, engine),
+            Access::Read => url.to_string(),
+        };
+        let (writer, reader) = runtime
+            .block_on(engine.connect(&url_owned))
+            .map_err(|e| anyhow::anyhow!("cannot open the database {shown}: {e}"))?;
+        match access {
+            Access::Write => runtime.block_on(engine.migrator().run(&writer)).map_err(|e| {
+                anyhow::anyhow!("cannot bring the database {shown} to this version's schema: {e}")
+            })?,
+            Access::Read => {
+                let known = engine.migrator().iter().map(|m| m.version).max().unwrap_or(0);
+                let pool = reader.clone();
+                let applied: Option<i64> = runtime
+                    .block_on(async move {
+                        sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+                            .fetch_one(&pool)
+                            .await
+                    })
+                    .map_err(|e| {
+                        anyhow::anyhow!("{shown} is not a bootforge database (or not one this version can read): {e}")
+                    })?;
+                if applied.unwrap_or(0) > known {
+                    anyhow::bail!("{shown} was written by a newer bootforge (schema {}, this one knows {known}); use that version", applied.unwrap_or(0));
+                }
+            }
+        }
+        Ok(Store {
+            engine,
+            writer,
+            reader,
+            deciding: RwLock::default(),
+            runtime: Some(runtime),
+            _guard: guard,
+            shown,
+        })
+    }
+
+    /// The engine, for `/status` and the logs.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// The database as it may be shown (no password).
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    fn rt(&self) -> &tokio::runtime::Runtime {
+        self.runtime.as_ref().expect("the store's runtime lives as long as the store")
+    }
+
+    /// Runs `work` on the store's runtime and waits for it asynchronously.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.rt()
+            .spawn(work)
+            .await
+            .map_err(|e| StoreError::Database(format!("a database task failed: {e}")))?
+    }
+
+    /// Runs `work` on the store's runtime and blocks this thread until it is done. Only for
+    /// threads that may block (the audit writer, the reload thread, the blocking pool).
+    pub fn wait<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+        // Not a spawn: the future runs on this thread, its sockets driven by the store's
+        // runtime (allowed on any thread outside an async context, the blocking pool included).
+        self.rt().handle().block_on(work)
+    }
+
+    /// A `SELECT 1`: whether the database answers now (for `/healthz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let pool = self.reader.clone();
+        self.run(async move {
+            sqlx::query("SELECT 1").execute(&pool).await?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Dropping a runtime waits for its threads, which must not happen on an async thread:
+        // let them finish in the background instead (the pools close with the process).
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// A SQLite URL for a file path (percent-encoding what sqlx would otherwise read as syntax).
+pub fn sqlite_url(path: &Path) -> String {
+    const KEEP: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'/').remove(b'.').remove(b'-').remove(b'_');
+    let text = path.to_string_lossy();
+    format!("sqlite://{}", percent_encoding::utf8_percent_encode(&text, KEEP))
+}
+
+/// The file a `sqlite:` URL names (refusing in-memory databases: state must outlive the
+/// process).
+pub fn sqlite_path(url: &str) -> anyhow::Result<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .ok_or_else(|| anyhow::anyhow!("not a sqlite: URL"))?;
+    let path = rest.split('?').next().unwrap_or("");
+    if path.is_empty() || path == ":memory:" || rest.contains("mode=memory") {
+        anyhow::bail!("--database {url}: an in-memory SQLite database would lose every flag at exit; name a file (sqlite:///var/lib/bootforge/state.db)");
+    }
+    let decoded = percent_encoding::percent_decode_str(path)
+        .decode_utf8()
+        .map_err(|_| anyhow::anyhow!("--database: the SQLite path is not valid UTF-8"))?;
+    Ok(PathBuf::from(decoded.as_ref()))
+}
+
+/// SQLite creates its file only when asked (`mode=rwc`).
+fn sqlite_create(url: &str, engine: Engine) -> String {
+    if engine != Engine::Sqlite || url.contains("mode=") {
+        return url.to_string();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}mode=rwc")
+}
+
+/// `url` without its password (and without query parameters, which may hold key file paths
+/// but never need showing).
+pub fn shown_url(url: &str) -> String {
+    let base = url.split('?').next().unwrap_or(url);
+    match (base.find("://"), base.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &base[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}://{user}@{}", &base[..s], &base[at + 1..])
+        }
+        _ => base.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_never_shown() {
+        assert_eq!(
+            shown_url("postgres://bf:s3cr%40t@db.example:5432/bf?sslmode=verify-full"),
+            "postgres://bf@db.example:5432/bf"
+        );
+        assert_eq!(shown_url("mysql://bf@db/bf"), "mysql://bf@db/bf");
+        assert_eq!(shown_url("sqlite:///var/lib/b/state.db"), "sqlite:///var/lib/b/state.db");
+    }
+
+    #[test]
+    fn sqlite_urls_round_trip_odd_paths() {
+        let p = Path::new("/tmp/a b/#x?y%/state.db");
+        assert_eq!(sqlite_path(&sqlite_url(p)).unwrap(), p);
+        assert!(sqlite_path("sqlite::memory:").is_err());
+    }
 }
