@@ -195,11 +195,15 @@ impl Server {
                 // (the fleet view refreshes them itself), and keeps a boot storm's upserts
                 // from being read back ten times a second.
                 let boots_read = std::cell::Cell::new(std::time::Instant::now());
+                // Whether the orphan sweep has run on a deciding set read from the database
+                // (it has not if the service started while the database was down).
+                let swept = std::cell::Cell::new(svc.store.deciding_known());
                 svc.catalog.watch(&stop, &hup, |reloaded| {
-                    if reloaded {
+                    if reloaded || (!swept.get() && svc.store.deciding_known()) {
+                        swept.set(svc.store.deciding_known());
                         svc.sweep_orphans();
                     }
-                    svc.store.rescan();
+                    svc.store.poll();
                     if boots_read.get().elapsed() >= Duration::from_secs(1) {
                         boots_read.set(std::time::Instant::now());
                         let snap = svc.catalog.snapshot();

@@ -9,12 +9,27 @@ use crate::serve::web::reply::{HttpError, Reply};
 use crate::serve::web::request::Req;
 use std::sync::Arc;
 
-/// `GET /healthz`: for load balancers, without a token; says nothing about the inputs.
+/// `GET /healthz`: for load balancers, without a token; says nothing about the inputs. 503 with
+/// `"database": "unreachable"` while the database does not answer the store's health checks
+/// (see [`crate::serve::store::health`]): this replica then answers boots of flagged hosts
+/// local and refuses API writes and logins, so a load balancer should send traffic elsewhere.
+/// It costs no query (the checks run every second on their own connection), so anyone may call
+/// it as often as they like; the reason is only in `/status`.
 pub(crate) fn healthz(svc: &Service) -> Reply {
-    Reply::json(&serde_json::json!({
-        "status": "ok",
+    let db = svc.store.health();
+    let body = serde_json::json!({
+        "status": if db.up { "ok" } else { "unavailable" },
+        "database": if db.up { "ok" } else { "unreachable" },
         "generation": svc.catalog.snapshot().generation,
-    }))
+    });
+    if db.up {
+        Reply::json(&body)
+    } else {
+        Reply::json(&body).with_status(503).header(
+            "Retry-After",
+            crate::serve::store::health::RETRY_AFTER_SECS.to_string(),
+        )
+    }
 }
 
 /// `GET /status` (role read): the inputs, reload errors and versions.
@@ -22,6 +37,7 @@ pub(crate) async fn status(svc: &Arc<Service>, req: &Req) -> Result<Reply, HttpE
     authorize(svc, req, Role::Read).await?;
     let snap = svc.catalog.snapshot();
     let reload = svc.catalog.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let db = svc.store.health();
     Ok(Reply::json(&serde_json::json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
@@ -42,6 +58,14 @@ pub(crate) async fn status(svc: &Arc<Service>, req: &Req) -> Result<Reply, HttpE
         "firmware": svc.media.firmware_versions(),
         "ldap": svc.directory.as_ref().map(|d| d.source().to_string()),
         "sessions": svc.sessions.len(),
+        "database": {
+            "engine": svc.store.engine().name(),
+            "url": svc.store.shown(),
+            "up": db.up,
+            "since": rfc3339(db.since_ms),
+            "last_error": db.error,
+            "listening": svc.store.listening(),
+        },
     })))
 }
 

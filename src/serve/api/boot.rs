@@ -159,12 +159,16 @@ pub(crate) async fn boot(svc: &Arc<Service>, req: &Arc<Req>, raw: Option<String>
         Ok(node) => node.hostname.clone(),
     };
     drop(snap);
+    // The deadline covers the look as well as the change: a database that stops answering
+    // mid-request must not hold the node past it.
+    let deadline = tokio::time::Instant::now() + BOOT_DECISION_DEADLINE;
     let r = req.clone();
-    let first = svc.blocking(move |svc| boot_look(svc, &r, host)).await;
-    let host = match first {
-        Ok(BootStep::Answered(reply)) => return reply,
-        Ok(BootStep::Change(host)) => host,
-        Err(_) => return boot_failed(svc, req, Local::StateError),
+    let first = svc.blocking(move |svc| boot_look(svc, &r, host));
+    let host = match tokio::time::timeout_at(deadline, first).await {
+        Ok(Ok(BootStep::Answered(reply))) => return reply,
+        Ok(Ok(BootStep::Change(host))) => host,
+        Ok(Err(_)) => return boot_failed(svc, req, Local::StateError),
+        Err(_) => return boot_failed(svc, req, Local::StateBusy),
     };
     let r = req.clone();
     let name = host.clone();
@@ -182,7 +186,7 @@ pub(crate) async fn boot(svc: &Arc<Service>, req: &Arc<Req>, raw: Option<String>
     // disk, saying why. The change may still commit after that (it runs on in the store); the
     // install chain only ever goes out after its commit, so at worst the node's next boot
     // continues the install this one opened.
-    match tokio::time::timeout(BOOT_DECISION_DEADLINE, changed).await {
+    match tokio::time::timeout_at(deadline, changed).await {
         Ok(Ok(reply)) => reply,
         Ok(Err(e)) if e.status == 503 => boot_failed(svc, req, Local::StateBusy),
         Ok(Err(_)) => boot_failed(svc, req, Local::StateError),
@@ -202,7 +206,10 @@ fn boot_look(svc: &Service, req: &Req, host: String) -> BootStep {
         Ok(st) => st,
         Err(e) => {
             tracing::error!("{e}");
-            let why = Local::StateError;
+            let why = match e {
+                crate::serve::store::StoreError::Unavailable(_) => Local::StateBusy,
+                _ => Local::StateError,
+            };
             return BootStep::Answered(boot_local(svc, req, &q, Some(&host), Some(node), why));
         }
     };

@@ -72,6 +72,9 @@ async fn whoami(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> 
 /// `POST /session`: `{"token": T}` or `{"username": U, "password": P}`. Rate-limited per peer
 /// address and per account name, each attempt counted before it is checked;
 pub(crate) async fn login(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {
+    // A replica whose database does not answer opens no session (503, `Retry-After`): the load
+    // balancer's health check sends the browser to another one.
+    svc.store.available()?;
     let peer = req.peer;
     let own = own_origin(svc, req);
     let site = session::Presented {

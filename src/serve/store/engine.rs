@@ -158,6 +158,22 @@ impl Engine {
         )
     }
 
+    /// A URL's connection options (the drivers installed).
+    pub fn options(self, url: &str) -> anyhow::Result<AnyConnectOptions> {
+        sqlx::any::install_default_drivers();
+        AnyConnectOptions::from_str(url).map_err(|e| anyhow::anyhow!("--database: {e}"))
+    }
+
+    /// The pool of a database server, connecting on demand (the service starts while the
+    /// server is unreachable; see [`super::health`]). Call within the store's runtime.
+    pub fn connect_lazy(self, options: AnyConnectOptions) -> (AnyPool, AnyPool) {
+        let pool = AnyPoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options);
+        (pool.clone(), pool)
+    }
+
     /// Opens the pools: one for writes and one for reads. On SQLite the writer is a single
     /// connection (SQLite has one writer at a time anyway; one connection means a transaction
     /// never finds the file locked by a sibling), the readers a few; on the servers both are the

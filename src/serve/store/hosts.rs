@@ -5,17 +5,137 @@
 //! install whose repeat window may be open). Hosts without a row have the default state.
 //!
 //! [`Store::may_decide`] answers from memory, so a boot storm of unflagged hosts costs no query:
-//! the set of deciding hosts is exact for this process's own commits (a host joins it before its
-//! change commits) and follows other replicas' commits through [`Store::rescan`], which the
-//! reload thread runs every 100 ms. It errs only towards `true`: a `true` is always checked
-//! against the row itself.
+//! the set of deciding hosts ([`Deciding`]) is exact for this process's own commits (a host joins
+//! it before its change commits) and follows other replicas' commits: on PostgreSQL at once,
+//! through the `NOTIFY` every change sends in its own transaction (see [`super::listen`]), on
+//! MariaDB through [`Store::poll`], which the reload thread runs every 100 ms. It errs only
+//! towards `true`: a `true` is always checked against the row itself. Until the set has been
+//! read once (the service started while the database was down) every host "may decide", so its
+//! boot asks the database, which then answers local with a stated reason.
+//!
+//! Each piece of news about a host carries the version it was written at, and news older than
+//! what is known of that host is ignored: a notification delayed behind this process's own
+//! later commit (or a full read) cannot take a flagged host out of the set.
 
 use super::engine::{is_conflict, Engine};
 use super::{Change, Store, StoreError, MAX_STORED_NAME};
 use crate::serve::domain::lifecycle::HostState;
 use sqlx::{AnyPool, Row};
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// The PostgreSQL channel every committed host change is announced on; the payload is
+/// [`News::payload`].
+pub const CHANNEL: &str = "bootforge_hosts";
+
+/// With the PostgreSQL listener connected, how often a full read of the deciding set is still
+/// made (a safety net for a listener connection that died without anyone noticing).
+pub const LISTENING_RESCAN: Duration = Duration::from_secs(30);
+
+/// The hosts whose state may decide a boot, as this process knows them.
+#[derive(Default)]
+pub struct Deciding {
+    hosts: HashSet<String>,
+    /// The newest version known of each host in `hosts`, and of hosts this process or a
+    /// notification recently said no longer decide (dropped at the next full read).
+    versions: HashMap<String, u64>,
+    /// Whether a full read has succeeded yet.
+    known: bool,
+    /// When the last full read succeeded.
+    scanned: Option<Instant>,
+}
+
+pub type SharedDeciding = Arc<RwLock<Deciding>>;
+
+/// One host's news: it was written at `version`, and decides boots or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct News {
+    pub host: String,
+    pub version: u64,
+    pub decides: bool,
+}
+
+impl News {
+    /// The `NOTIFY` payload: `VERSION DECIDES HOST` (`DECIDES` is 0 or 1).
+    pub fn payload(&self) -> String {
+        format!("{} {} {}", self.version, u8::from(self.decides), self.host)
+    }
+
+    /// A payload back; `None` if it is not one this service sends.
+    pub fn parse(payload: &str) -> Option<News> {
+        let mut parts = payload.splitn(3, ' ');
+        let version = parts.next()?.parse().ok()?;
+        let decides = match parts.next()? {
+            "0" => false,
+            "1" => true,
+            _ => return None,
+        };
+        let host = parts.next()?;
+        if host.is_empty() || host.len() > MAX_STORED_NAME || host.chars().any(char::is_control) {
+            return None;
+        }
+        Some(News { host: host.to_string(), version, decides })
+    }
+}
+
+impl Deciding {
+    /// Whether `host` may decide its boot (everyone, until the set was read once).
+    pub fn may_decide(&self, host: &str) -> bool {
+        !self.known || self.hosts.contains(host)
+    }
+
+    pub fn known(&self) -> bool {
+        self.known
+    }
+
+    /// A host is about to be changed by this process: it may decide until the change says.
+    pub fn joining(&mut self, host: &str) {
+        self.hosts.insert(host.to_string());
+    }
+
+    /// Applies news, unless something newer is known of the host (the same version again is
+    /// the same state: applied, which also takes out a host that joined for a change that
+    /// wrote nothing).
+    pub fn learn(&mut self, news: News) {
+        if self.versions.get(&news.host).is_some_and(|&v| v > news.version) {
+            return;
+        }
+        if news.decides {
+            self.hosts.insert(news.host.clone());
+        } else {
+            self.hosts.remove(&news.host);
+        }
+        self.versions.insert(news.host, news.version);
+    }
+
+    /// Replaces everything with a full read (deciding hosts and their versions).
+    pub fn replace(&mut self, scan: Vec<(String, u64)>) {
+        self.versions = scan.iter().cloned().collect();
+        self.hosts = scan.into_iter().map(|(h, _)| h).collect();
+        self.known = true;
+        self.scanned = Some(Instant::now());
+    }
+
+    fn scanned_within(&self, d: Duration) -> bool {
+        self.scanned.is_some_and(|t| t.elapsed() < d)
+    }
+}
+
+/// A full read of the deciding hosts and their versions.
+pub(crate) async fn scan_deciding(
+    engine: Engine,
+    pool: &AnyPool,
+) -> Result<Vec<(String, u64)>, StoreError> {
+    let rows = sqlx::query(engine.sql("SELECT name, version FROM hosts WHERE deciding = ?"))
+        .bind(1i32)
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?.max(0) as u64)))
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .map_err(StoreError::from)
+}
 
 /// How many times a change is run again after losing a race before it gives up ([`StoreError::Busy`]).
 const MAX_ATTEMPTS: usize = 20;
@@ -50,6 +170,7 @@ impl Store {
         if host.len() > MAX_STORED_NAME {
             return Ok(HostState::default()); // such a host can never have been written
         }
+        self.available()?;
         let (pool, engine, host) = (self.reader.clone(), self.engine, host.to_string());
         self.run(async move { Ok(read_row(engine, &pool, &host).await?.unwrap_or_default()) }).await
     }
@@ -59,6 +180,7 @@ impl Store {
         if host.len() > MAX_STORED_NAME {
             return Ok(HostState::default());
         }
+        self.available()?;
         let (pool, engine, host) = (self.reader.clone(), self.engine, host.to_string());
         self.wait(async move { Ok(read_row(engine, &pool, &host).await?.unwrap_or_default()) })
     }
@@ -66,6 +188,7 @@ impl Store {
     /// Every stored state, by host (one query, for the fleet view); a row that does not parse
     /// is reported as its own error, the others are listed all the same. Blocks.
     pub fn states_blocking(&self) -> Result<States, StoreError> {
+        self.available()?;
         let pool = self.reader.clone();
         self.wait(async move { all_states(&pool).await })
     }
@@ -73,31 +196,54 @@ impl Store {
     /// Whether `host`'s state may decide its boot: `false` means the boot is local without a
     /// query (see the module documentation).
     pub fn may_decide(&self, host: &str) -> bool {
-        self.deciding.read().unwrap_or_else(|p| p.into_inner()).contains(host)
+        self.deciding.read().unwrap_or_else(|p| p.into_inner()).may_decide(host)
+    }
+
+    /// Whether the deciding set has been read at least once (it has not if the service started
+    /// while the database was down).
+    pub fn deciding_known(&self) -> bool {
+        self.deciding.read().unwrap_or_else(|p| p.into_inner()).known()
     }
 
     /// Hosts whose state may decide a boot (the orphan sweep's candidates).
     pub fn deciding_hosts(&self) -> Vec<String> {
-        self.deciding.read().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+        self.deciding.read().unwrap_or_else(|p| p.into_inner()).hosts.iter().cloned().collect()
+    }
+
+    /// The reload thread's look at other replicas' commits, every 100 ms: a full read of the
+    /// deciding set ([`Store::rescan`]), except on PostgreSQL while its listener is connected,
+    /// where notifications keep the set current and a full read is made only every
+    /// [`LISTENING_RESCAN`].
+    pub fn poll(&self) {
+        let listening = self.listening.load(std::sync::atomic::Ordering::SeqCst);
+        if listening
+            && self
+                .deciding
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .scanned_within(LISTENING_RESCAN)
+        {
+            return;
+        }
+        self.rescan();
     }
 
     /// Re-reads which hosts may decide a boot, to follow other replicas' commits. On error the
     /// set is kept (it only ever errs towards `true` for this process's own changes; another
     /// replica's new flag waits for the database to answer again).
     pub fn rescan(&self) {
+        if self.available().is_err() {
+            return; // the monitor re-reads the set when the database is back
+        }
         let (pool, engine) = (self.reader.clone(), self.engine);
-        let names = self.wait(async move {
-            let rows = sqlx::query(engine.sql("SELECT name FROM hosts WHERE deciding = ?"))
-                .bind(1i32)
-                .fetch_all(&pool)
-                .await?;
-            rows.iter()
-                .map(|r| r.try_get::<String, _>(0).map_err(StoreError::from))
-                .collect::<Result<HashSet<String>, _>>()
-        });
-        match names {
-            Ok(names) => *self.deciding.write().unwrap_or_else(|p| p.into_inner()) = names,
-            Err(e) => tracing::warn!("cannot read which hosts are flagged: {e}"),
+        match self.wait(async move { scan_deciding(engine, &pool).await }) {
+            Ok(scan) => self.deciding.write().unwrap_or_else(|p| p.into_inner()).replace(scan),
+            Err(e) => {
+                tracing::warn!("cannot read which hosts are flagged: {e}");
+                if matches!(e, StoreError::Unavailable(_)) {
+                    self.health.suspect();
+                }
+            }
         }
     }
 
@@ -122,21 +268,24 @@ impl Store {
         if host.len() > MAX_STORED_NAME {
             return Err(StoreError::NameTooLong);
         }
+        self.available()?;
         // Joins the deciding set before the commit, so no reader of this process can miss it;
         // left again below if the state that committed cannot decide a boot.
-        self.deciding.write().unwrap_or_else(|p| p.into_inner()).insert(host.to_string());
+        self.deciding.write().unwrap_or_else(|p| p.into_inner()).joining(host);
         let (pool, engine, name) = (self.writer.clone(), self.engine, host.to_string());
         let result = self.run(transact(pool, engine, name, change)).await;
-        let keep = match &result {
-            Ok((_, Some(decides))) => *decides,
-            // Nothing written (or unknown): what the database holds decides.
+        let news = match &result {
+            Ok((_, Some((version, decides)))) => {
+                Some(News { host: host.to_string(), version: *version, decides: *decides })
+            }
+            // Nothing written (or unknown): what the database holds decides; unknown stays in.
             _ => match self.read(host).await {
-                Ok(st) => decides(&st),
-                Err(_) => true,
+                Ok(st) => Some(News { host: host.to_string(), version: st.version, decides: decides(&st) }),
+                Err(_) => None,
             },
         };
-        if !keep {
-            self.deciding.write().unwrap_or_else(|p| p.into_inner()).remove(host);
+        if let Some(news) = news {
+            self.deciding.write().unwrap_or_else(|p| p.into_inner()).learn(news);
         }
         result.map(|(value, _)| value)
     }
@@ -157,13 +306,13 @@ async fn all_states(pool: &AnyPool) -> Result<States, StoreError> {
 }
 
 /// The body of [`Store::change`]: returns the caller's value and, when a state was written,
-/// whether it decides boots.
+/// its version and whether it decides boots.
 async fn transact<T, E>(
     pool: AnyPool,
     engine: Engine,
     host: String,
     mut change: impl FnMut(&mut HostState, u64) -> Result<Change<T>, E>,
-) -> Result<(Result<T, E>, Option<bool>), StoreError> {
+) -> Result<(Result<T, E>, Option<(u64, bool)>), StoreError> {
     let mut pause = Duration::from_millis(2);
     for _ in 0..MAX_ATTEMPTS {
         let mut tx = engine.begin(&pool).await?;
@@ -229,8 +378,18 @@ async fn transact<T, E>(
             if let Some(record) = &record {
                 super::audit::insert(engine, &mut tx, now, record).await?;
             }
+            if engine == Engine::Postgres {
+                // Delivered to every listener when (and only if) this transaction commits, in
+                // commit order. `IS NULL`: pg_notify returns void, which no driver decodes.
+                let news = News { host: host.clone(), version: st.version, decides: d };
+                sqlx::query("SELECT pg_notify($1, $2) IS NULL")
+                    .bind(CHANNEL)
+                    .bind(news.payload())
+                    .execute(&mut *tx)
+                    .await?;
+            }
             match tx.commit().await {
-                Ok(()) => return Ok((Ok(value), Some(d))),
+                Ok(()) => return Ok((Ok(value), Some((st.version, d)))),
                 Err(e) if is_conflict(&e) => {}
                 Err(e) => return Err(e.into()),
             }

@@ -64,6 +64,12 @@ fn old_files(state_dir: &Path) -> OldFiles {
     }
 }
 
+/// Whether `state_dir` holds old files to import.
+pub(crate) fn has_old_files(state_dir: &Path) -> bool {
+    let old = old_files(state_dir);
+    old.hosts_dir.is_some() || old.log.is_some()
+}
+
 /// At start-up: imports `state_dir`'s old files into `store` if there are any, and says what
 /// it moved. Refuses (an error) if the database already holds an import.
 pub fn import_if_present(store: &Store, state_dir: &Path) -> anyhow::Result<Option<String>> {

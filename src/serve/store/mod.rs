@@ -16,6 +16,13 @@
 //!   the change: they commit together.
 //! - [`Store::may_decide`] errs only towards `true` (see [`hosts`]).
 //!
+//! **Replicas and failure** (PostgreSQL, MariaDB): the service starts while the database is
+//! unreachable and migrates when it answers ([`health`]); while it does not answer, a gate
+//! ([`Store::available`]) makes every operation fail at once as [`StoreError::Unavailable`]
+//! (the API answers 503 with `Retry-After`, a flagged host's boot answers local, unflagged hosts
+//! are answered from memory as always), and `/healthz` says so. On PostgreSQL, other replicas'
+//! changes arrive by `LISTEN/NOTIFY` ([`listen`]).
+//!
 //! The database is reached from its own small runtime ([`Store::run`] from async code,
 //! [`Store::wait`] from threads that may block), so the audit writer and the reload thread keep
 //! working while the service's runtime starts or stops, and a slow database parks none of the
@@ -24,16 +31,18 @@
 pub mod audit;
 pub mod engine;
 pub mod guard;
+pub mod health;
 pub mod hosts;
 pub mod import;
+pub mod listen;
 pub mod refusals;
 
 use crate::serve::domain::event::Event;
 use engine::Engine;
 use sqlx::AnyPool;
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 /// The longest host name that can have state (the key columns are 255 bytes on every engine).
 pub const MAX_STORED_NAME: usize = 200;
@@ -81,7 +90,13 @@ pub struct Change<T> {
 enum Access {
     Read,
     Write,
+    /// Write, and start even if a database server does not answer yet (`serve`).
+    Serve,
 }
+
+/// How long the first connection at start may take before the service starts without the
+/// database (PostgreSQL and MariaDB; see [`health`]).
+const FIRST_CONTACT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The service's state in one database.
 pub struct Store {
@@ -90,7 +105,11 @@ pub struct Store {
     writer: AnyPool,
     reader: AnyPool,
     /// Hosts whose state may decide a boot: see [`Store::may_decide`].
-    deciding: RwLock<HashSet<String>>,
+    deciding: hosts::SharedDeciding,
+    /// Whether the database answers (always for SQLite): see [`health`].
+    health: Arc<health::Health>,
+    /// Whether the PostgreSQL listener is connected and resynced: see [`listen`].
+    listening: Arc<AtomicBool>,
     /// The runtime every query runs on (see the module documentation). `None` once dropped.
     runtime: Option<tokio::runtime::Runtime>,
     /// Held for the store's life: the lock that keeps a second `serve` off a SQLite file.
@@ -107,9 +126,21 @@ impl Store {
 
     /// Opens the database `url` (creating a SQLite file and its folder), takes the SQLite
     /// guards, runs the migrations, and moves an old state folder's files in if `state_dir`
-    /// has them (see [`import`]).
+    /// has them (see [`import`]). A PostgreSQL or MariaDB server that does not answer (as
+    /// opposed to one that refuses the login) is not an error: the store opens without it and
+    /// follows it from then on (see [`health`]), unless there are old files to import.
     pub fn open(url: &str, state_dir: Option<&Path>) -> anyhow::Result<Store> {
-        let store = Store::connect(url)?;
+        let store = Store::connect_as(url, Access::Serve)?;
+        if !store.health.is_up() {
+            if let Some(dir) = state_dir.filter(|d| import::has_old_files(d)) {
+                anyhow::bail!(
+                    "{} holds old state files to import, and the database {} does not answer: start the service once the database is reachable",
+                    dir.display(),
+                    store.shown
+                );
+            }
+            return Ok(store);
+        }
         if let Some(dir) = state_dir {
             if let Some(summary) = import::import_if_present(&store, dir)? {
                 tracing::warn!("{summary}");
@@ -160,16 +191,48 @@ impl Store {
             .enable_all()
             .build()?;
         let url_owned = match access {
-            Access::Write => sqlite_create(url, engine),
+            Access::Write | Access::Serve => sqlite_create(url, engine),
             Access::Read => url.to_string(),
         };
-        let (writer, reader) = runtime
-            .block_on(engine.connect(&url_owned))
-            .map_err(|e| anyhow::anyhow!("cannot open the database {shown}: {e}"))?;
+        let lazy = access == Access::Serve && engine != Engine::Sqlite;
+        let mut up = true;
+        let (writer, reader) = if lazy {
+            // Tried once, briefly, to tell "not there now" from a configuration error (which
+            // fails the start): the pools connect on demand.
+            let options = engine.options(&url_owned)?;
+            let first = runtime.block_on(async {
+                use sqlx::Connection;
+                tokio::time::timeout(FIRST_CONTACT, sqlx::AnyConnection::connect_with(&options))
+                    .await
+            });
+            match first {
+                Ok(Ok(conn)) => drop(conn),
+                Ok(Err(e)) if health::unreachable(&e) => {
+                    tracing::error!(database = %shown, "the database does not answer ({e}); starting without it: boots of flagged hosts answer local, API writes and logins 503, until it does");
+                    up = false;
+                }
+                Err(_) => {
+                    tracing::error!(database = %shown, "the database did not answer within {FIRST_CONTACT:?}; starting without it: boots of flagged hosts answer local, API writes and logins 503, until it does");
+                    up = false;
+                }
+                Ok(Err(e)) => anyhow::bail!("cannot open the database {shown}: {e}"),
+            }
+            let _guard = runtime.enter();
+            engine.connect_lazy(options)
+        } else {
+            runtime
+                .block_on(engine.connect(&url_owned))
+                .map_err(|e| anyhow::anyhow!("cannot open the database {shown}: {e}"))?
+        };
         match access {
-            Access::Write => runtime.block_on(engine.migrator().run(&writer)).map_err(|e| {
-                anyhow::anyhow!("cannot bring the database {shown} to this version's schema: {e}")
-            })?,
+            Access::Write | Access::Serve if up => {
+                runtime.block_on(engine.migrator().run(&writer)).map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot bring the database {shown} to this version's schema: {e}"
+                    )
+                })?
+            }
+            Access::Write | Access::Serve => {}
             Access::Read => {
                 let known = engine.migrator().iter().map(|m| m.version).max().unwrap_or(0);
                 let pool = reader.clone();
@@ -187,15 +250,67 @@ impl Store {
                 }
             }
         }
+        let deciding = hosts::SharedDeciding::default();
+        let health = Arc::new(health::Health::new(up));
+        let listening = Arc::new(AtomicBool::new(false));
+        if lazy {
+            runtime.spawn(health::monitor(health::Watched {
+                engine,
+                options: engine.options(&url_owned)?,
+                writer: writer.clone(),
+                deciding: deciding.clone(),
+                health: health.clone(),
+                migrated: Arc::new(AtomicBool::new(up)),
+                shown: shown.clone(),
+            }));
+            if engine == Engine::Postgres {
+                let options = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(
+                    &url_owned,
+                )
+                .map_err(|e| anyhow::anyhow!("--database: {e}"))?;
+                runtime.spawn(listen::run(listen::Listener {
+                    options,
+                    reader: reader.clone(),
+                    deciding: deciding.clone(),
+                    health: health.clone(),
+                    listening: listening.clone(),
+                    shown: shown.clone(),
+                }));
+            }
+        }
         Ok(Store {
             engine,
             writer,
             reader,
-            deciding: RwLock::default(),
+            deciding,
+            health,
+            listening,
             runtime: Some(runtime),
             _guard: guard,
             shown,
         })
+    }
+
+    /// `Err(Unavailable)` at once while the database does not answer (see [`health`]); every
+    /// operation of a request starts with it, so none waits out a connection timeout.
+    pub fn available(&self) -> Result<(), StoreError> {
+        if self.health.is_up() {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(
+                "it did not answer the last health check (see /status)".into(),
+            ))
+        }
+    }
+
+    /// Whether the database answers, since when, and the last failure.
+    pub fn health(&self) -> health::Shown {
+        self.health.shown()
+    }
+
+    /// Whether the PostgreSQL listener is connected (always `false` on the other engines).
+    pub fn listening(&self) -> bool {
+        self.listening.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The engine, for `/status` and the logs.
@@ -217,10 +332,15 @@ impl Store {
         &self,
         work: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
     ) -> Result<T, StoreError> {
-        self.rt()
+        let result = self
+            .rt()
             .spawn(work)
             .await
-            .map_err(|e| StoreError::Database(format!("a database task failed: {e}")))?
+            .map_err(|e| StoreError::Database(format!("a database task failed: {e}")))?;
+        if let Err(StoreError::Unavailable(_)) = &result {
+            self.health.suspect();
+        }
+        result
     }
 
     /// Runs `work` on the store's runtime and blocks this thread until it is done. Only for
@@ -229,16 +349,6 @@ impl Store {
         // Not a spawn: the future runs on this thread, its sockets driven by the store's
         // runtime (allowed on any thread outside an async context, the blocking pool included).
         self.rt().handle().block_on(work)
-    }
-
-    /// A `SELECT 1`: whether the database answers now (for `/healthz`).
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        let pool = self.reader.clone();
-        self.run(async move {
-            sqlx::query("SELECT 1").execute(&pool).await?;
-            Ok(())
-        })
-        .await
     }
 }
 
