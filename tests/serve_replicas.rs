@@ -256,7 +256,10 @@ fn a_wrong_password_fails_the_start() {
 fn seen_after(a: &Replica, b: &Replica, host: &str) -> Duration {
     assert_eq!(a.flag(host, "e2e").status, 200);
     let acked = Instant::now();
-    wait_for("B answers the install chain", Duration::from_secs(5), || is_install(&b.boot(host)));
+    // No pause between tries: the time measured is B's, not this loop's.
+    while !is_install(&b.boot(host)) {
+        assert!(acked.elapsed() < Duration::from_secs(5), "B never answered {host}'s install");
+    }
     acked.elapsed()
 }
 
@@ -264,7 +267,7 @@ fn seen_after(a: &Replica, b: &Replica, host: &str) -> Duration {
 fn plant_flag(pg: &Postgres, host: &str, like: &str) {
     pg.sql(&format!(
         "INSERT INTO hosts (name, version, deciding, updated_ms, state) \
-         SELECT '{host}', 1, 1, updated_ms, state FROM hosts WHERE name = '{like}'"
+         SELECT '{host}', version, 1, updated_ms, state FROM hosts WHERE name = '{like}'"
     ));
 }
 
@@ -278,15 +281,17 @@ fn postgres_notifies_other_replicas_at_once_and_resyncs_after_listener_loss() {
     let b = Replica::start(site.path(), &pg.url(), false);
     wait_for("B listens", Duration::from_secs(10), || b.status()["database"]["listening"] == true);
 
-    let mut times: Vec<Duration> = (10..19).map(|i| seen_after(&a, &b, &format!("h{i:03}"))).collect();
+    let mut times: Vec<Duration> =
+        (10..25).map(|i| seen_after(&a, &b, &format!("h{i:03}"))).collect();
     times.sort();
     eprintln!("B decided A's flags after {times:?}");
-    // Polling (every 100 ms on MariaDB, or on PostgreSQL without its listener) would give a
-    // median near 50 ms and most above 25: notifications give a few milliseconds.
+    // Polling every 100 ms (MariaDB, or PostgreSQL before the listener) gives delays spread
+    // evenly over 0–100 ms: a median near 50 ms, half of them over 50. Notifications give a
+    // few milliseconds (plus the HTTP round trips of a loaded test machine).
     let median = times[times.len() / 2];
     let fast = times.iter().filter(|t| **t < Duration::from_millis(50)).count();
-    assert!(median < Duration::from_millis(25), "median {median:?}: {times:?}");
-    assert!(fast >= 7, "{times:?}");
+    assert!(median < Duration::from_millis(30), "median {median:?}: {times:?}");
+    assert!(fast >= 12, "{fast} of 15 under 50 ms: {times:?}");
 
     // A flag written behind both replicas' backs sends no notification: with the listener
     // connected B does not poll, so it is not seen...
@@ -294,7 +299,9 @@ fn postgres_notifies_other_replicas_at_once_and_resyncs_after_listener_loss() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(b.boot("h030").contains(NOT_FLAGGED));
     // ...until the listener loses its connection: B then reads every flagged host again.
-    pg.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'");
+    let ended =
+        pg.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'");
+    assert_eq!(ended.trim(), "t\nt", "both replicas' listeners were connected");
     wait_for("B resyncs after the listener's loss", Duration::from_secs(10), || {
         is_install(&b.boot("h030"))
     });
@@ -396,8 +403,9 @@ fn spawn_binary(site: &Path, url: &str, port: u16) -> (Child, PathBuf) {
     panic!("bootforge serve did not start on port {port}");
 }
 
-/// `kill -9` of a replica (the real binary) in the middle of a burst of flag changes: every
-/// change it acknowledged is in PostgreSQL, as the other replica shows.
+/// `kill -9` of a replica (the real binary) in the middle of a burst of flag changes (each host
+/// flagged again and again, its profile alternating, so every call writes): every change it
+/// acknowledged is in PostgreSQL with its audit record, as the other replica shows.
 #[test]
 fn kill_9_of_a_replica_mid_burst_loses_no_acknowledged_change() {
     let pg = Postgres::start();
@@ -412,37 +420,57 @@ fn kill_9_of_a_replica_mid_burst_loses_no_acknowledged_change() {
             let (base, stop) = (base.clone(), stop.clone());
             std::thread::spawn(move || {
                 let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(5)).build();
-                let mut acked = Vec::new();
-                for i in (c..HOSTS).step_by(4) {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let host = format!("h{i:03}");
-                    let r = agent
-                        .put(&format!("{base}/hosts/{host}/reimage"))
-                        .set("Authorization", &format!("Bearer {REIMAGE_TOKEN}"))
-                        .send_string(r#"{"profile":"e2e"}"#);
-                    if matches!(r, Ok(ref resp) if resp.status() == 200) {
-                        acked.push(host);
+                // The newest acknowledged version of each host.
+                let mut acked = std::collections::HashMap::new();
+                let mut failed = 0;
+                for round in 0.. {
+                    let profile = if round % 2 == 0 { "e2e" } else { "rocky" };
+                    for i in (c..HOSTS).step_by(4) {
+                        if stop.load(Ordering::Relaxed) || failed > 3 {
+                            return acked;
+                        }
+                        let host = format!("h{i:03}");
+                        let r = agent
+                            .put(&format!("{base}/hosts/{host}/reimage"))
+                            .set("Authorization", &format!("Bearer {REIMAGE_TOKEN}"))
+                            .send_string(&format!(r#"{{"profile":"{profile}"}}"#));
+                        match r {
+                            Ok(resp) if resp.status() == 200 => {
+                                let v: serde_json::Value =
+                                    serde_json::from_str(&resp.into_string().unwrap()).unwrap();
+                                acked.insert(host, v["version"].as_u64().unwrap());
+                            }
+                            _ => failed += 1,
+                        }
                     }
                 }
                 acked
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(400));
+    std::thread::sleep(Duration::from_millis(1500));
     let _ = Command::new("kill").args(["-9", &child.id().to_string()]).status();
     let _ = child.wait();
     stop.store(true, Ordering::Relaxed);
-    let acked: Vec<String> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
-    assert!(!acked.is_empty(), "some changes were acknowledged before the kill");
-    assert!(acked.len() < HOSTS as usize, "the kill came mid-burst");
-    for host in &acked {
-        let r = call("GET", &other.url(&format!("/hosts/{host}")), Some(READ_TOKEN), None);
-        assert_eq!(r.json()["flagged"].as_bool(), Some(true), "{host} was acknowledged but lost");
-        assert!(is_install(&other.boot(host)), "{host}: the other replica decides it");
+    let acked: Vec<(String, u64)> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    let writes: u64 = acked.iter().map(|(_, v)| v).sum();
+    assert!(acked.len() == HOSTS as usize && writes > HOSTS as u64, "a burst: {writes} writes");
+    let log = bootforge::serve::store::audit::dump(&pg.url()).unwrap();
+    let mut records = std::collections::HashMap::<String, u64>::new();
+    for line in log.lines() {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        if r["event"] == "flag-set" && r["changed"] == true {
+            *records.entry(r["host"].as_str().unwrap().to_string()).or_default() += 1;
+        }
     }
-    eprintln!("{} acknowledged flags survived kill -9 of their replica", acked.len());
+    for (host, version) in &acked {
+        let r = call("GET", &other.url(&format!("/hosts/{host}")), Some(READ_TOKEN), None).json();
+        let stored = r["version"].as_u64().unwrap();
+        assert!(stored >= *version, "{host}: version {version} was acknowledged, {stored} stored");
+        assert_eq!(records.get(host).copied(), Some(stored), "{host}: one record per write");
+        assert_eq!(r["flagged"].as_bool(), Some(true), "{host}");
+    }
+    eprintln!("{writes} acknowledged changes survived kill -9 of their replica");
 }
 
 /// PostgreSQL killed and started again during a boot storm through two replicas: unflagged
@@ -462,6 +490,14 @@ fn postgres_killed_during_a_boot_storm() {
         flagged.iter().all(|h| is_install(&b.boot(h)))
     });
     let stop = Arc::new(AtomicBool::new(false));
+    // Stops the storm however this test ends (a failed wait must not leave it running).
+    struct StopOnDrop(Arc<AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let _stop_storm = StopOnDrop(stop.clone());
     let storm: Vec<_> = (0..8)
         .map(|t| {
             let base = if t % 2 == 0 { a.base.clone() } else { b.base.clone() };

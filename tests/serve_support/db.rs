@@ -127,10 +127,18 @@ fn spawn(what: &str, mut cmd: Command, log: &Path) -> Child {
         .unwrap_or_else(|e| panic!("{what}: cannot start {cmd:?}: {e}"))
 }
 
-/// SIGKILL to the child's whole process group, then reap the child.
+/// SIGKILL to the child's whole process group, then reap the child, then wait until every
+/// process of the group is gone: PostgreSQL's backends outlive the postmaster by a moment, and
+/// a server started again while they still hold the old shared memory refuses to start.
 fn kill_group(child: &mut Child) {
     signal_group(child, libc::SIGKILL);
     let _ = child.wait();
+    let pgid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // SAFETY: signal 0 only checks whether any process of the group exists.
+    while unsafe { libc::kill(-pgid, 0) } == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// SIGSTOP to the child's whole process group; returns once the child is stopped (signals
