@@ -560,5 +560,5 @@ fn postgres_killed_during_a_boot_storm() {
     }
     // Recovered: writes and flagged boots work on both.
     assert_eq!(b.flag("h100", "e2e").status, 200);
-    assert!(is_install(&a.boot("h100")));
+    wait_for("A decides B's new flag", Duration::from_secs(5), || is_install(&a.boot("h100")));
 }
