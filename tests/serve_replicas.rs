@@ -35,8 +35,11 @@ fn site() -> tempfile::TempDir {
     let profiles = profiles_dir(dir.path());
     let once = profiles.join("e2e-once");
     copy_tree(&repo().join("tests/profiles/e2e"), &once);
-    std::fs::write(once.join("profile.toml"), "clear = \"first-answer\"\nrepeat_window_secs = 600\n")
-        .unwrap();
+    std::fs::write(
+        once.join("profile.toml"),
+        "clear = \"first-answer\"\nrepeat_window_secs = 600\n",
+    )
+    .unwrap();
     tokens_file(dir.path());
     std::fs::write(dir.path().join("secret"), SECRET).unwrap();
     dir
@@ -343,7 +346,12 @@ fn two_hundred_concurrent_boots_through_two_replicas_open_one_install() {
             let (go, token) = (go.clone(), token.clone());
             std::thread::spawn(move || {
                 go.wait();
-                let r = call("GET", &boot_url(&base, "h050", "", &format!("&token={token}")), None, None);
+                let r = call(
+                    "GET",
+                    &boot_url(&base, "h050", "", &format!("&token={token}")),
+                    None,
+                    None,
+                );
                 assert_eq!(r.status, 200);
                 r.body
             })

@@ -25,10 +25,9 @@ pub(crate) fn healthz(svc: &Service) -> Reply {
     if db.up {
         Reply::json(&body)
     } else {
-        Reply::json(&body).with_status(503).header(
-            "Retry-After",
-            crate::serve::store::health::RETRY_AFTER_SECS.to_string(),
-        )
+        Reply::json(&body)
+            .with_status(503)
+            .header("Retry-After", crate::serve::store::health::RETRY_AFTER_SECS.to_string())
     }
 }
 

@@ -280,7 +280,11 @@ impl Store {
             }
             // Nothing written (or unknown): what the database holds decides; unknown stays in.
             _ => match self.read(host).await {
-                Ok(st) => Some(News { host: host.to_string(), version: st.version, decides: decides(&st) }),
+                Ok(st) => Some(News {
+                    host: host.to_string(),
+                    version: st.version,
+                    decides: decides(&st),
+                }),
                 Err(_) => None,
             },
         };
@@ -426,4 +430,45 @@ pub(crate) async fn put(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn news(host: &str, version: u64, decides: bool) -> News {
+        News { host: host.into(), version, decides }
+    }
+
+    #[test]
+    fn payloads_round_trip_and_foreign_ones_are_refused() {
+        let n = news("node-01.example", 42, true);
+        assert_eq!(News::parse(&n.payload()), Some(n));
+        for bad in
+            ["", "x 1 h", "1 2 h", "1 1 ", "1 1", "1 1 a\nb", &format!("1 0 {}", "a".repeat(201))]
+        {
+            assert_eq!(News::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn older_news_never_undoes_newer() {
+        let mut d = Deciding::default();
+        assert!(d.may_decide("a"), "everyone may decide until the set is read");
+        d.replace(vec![("a".into(), 3)]);
+        assert!(d.may_decide("a") && !d.may_decide("b"));
+        // A notification delayed behind a full read or a newer commit changes nothing.
+        d.learn(news("a", 2, false));
+        assert!(d.may_decide("a"));
+        d.learn(news("a", 4, false));
+        assert!(!d.may_decide("a"));
+        d.learn(news("a", 3, true));
+        assert!(!d.may_decide("a"));
+        // A host that joined for a change that wrote nothing leaves on the same version.
+        d.joining("a");
+        d.learn(news("a", 4, false));
+        assert!(!d.may_decide("a"));
+        d.learn(news("b", 1, true));
+        assert!(d.may_decide("b"));
+    }
 }

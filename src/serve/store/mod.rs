@@ -264,10 +264,9 @@ impl Store {
                 shown: shown.clone(),
             }));
             if engine == Engine::Postgres {
-                let options = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(
-                    &url_owned,
-                )
-                .map_err(|e| anyhow::anyhow!("--database: {e}"))?;
+                let options =
+                    <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&url_owned)
+                        .map_err(|e| anyhow::anyhow!("--database: {e}"))?;
                 runtime.spawn(listen::run(listen::Listener {
                     options,
                     reader: reader.clone(),
