@@ -127,18 +127,48 @@ fn spawn(what: &str, mut cmd: Command, log: &Path) -> Child {
         .unwrap_or_else(|e| panic!("{what}: cannot start {cmd:?}: {e}"))
 }
 
-/// SIGKILL to the child's whole process group, then reap the child, then wait until every
-/// process of the group is gone: PostgreSQL's backends outlive the postmaster by a moment, and
-/// a server started again while they still hold the old shared memory refuses to start.
+/// SIGKILL to the child's whole process group and to the child's own children, then reap the
+/// child, then wait until those children are gone. PostgreSQL's backends each call `setsid()`,
+/// so they are NOT in the postmaster's group: left alone they notice its death a moment later,
+/// and a server started again while they still hold the old shared memory refuses to start.
 fn kill_group(child: &mut Child) {
+    let children = children_of(child.id());
     signal_group(child, libc::SIGKILL);
-    let _ = child.wait();
-    let pgid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    // SAFETY: signal 0 only checks whether any process of the group exists.
-    while unsafe { libc::kill(-pgid, 0) } == 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
+    for &pid in &children {
+        // SAFETY: kill has no memory-safety preconditions; a pid reused since the scan (within
+        // microseconds) is the only risk, as for any kill by pid.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
     }
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for pid in children {
+        while is_alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// The processes whose parent is `parent`, from /proc.
+fn children_of(parent: u32) -> Vec<libc::pid_t> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<libc::pid_t>().ok())
+        .filter(|pid| stat_field(*pid, 1).and_then(|p| p.parse::<u32>().ok()) == Some(parent))
+        .collect()
+}
+
+/// Field `n` after the command name of /proc/PID/stat (0: the state letter, 1: the parent).
+fn stat_field(pid: libc::pid_t, n: usize) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    rest.split_whitespace().nth(n).map(str::to_string)
+}
+
+/// Running, as opposed to gone or a zombie (which holds no memory any more).
+fn is_alive(pid: libc::pid_t) -> bool {
+    stat_field(pid, 0).is_some_and(|state| state != "Z")
 }
 
 /// SIGSTOP to the child's whole process group; returns once the child is stopped (signals
