@@ -317,8 +317,8 @@ fn postgres_notifies_other_replicas_at_once_and_resyncs_after_listener_loss() {
     wait_for("B resyncs after the restart", Duration::from_secs(20), || {
         b.healthz().status == 200 && is_install(&b.boot("h031"))
     });
-    wait_for("B listens again", Duration::from_secs(10), || {
-        b.status()["database"]["listening"] == true
+    wait_for("B listens again, A is up again", Duration::from_secs(20), || {
+        b.status()["database"]["listening"] == true && a.healthz().status == 200
     });
     let t = seen_after(&a, &b, "h032");
     assert!(t < Duration::from_millis(500), "notified again after the restart: {t:?}");
