@@ -205,10 +205,13 @@ fn boot_look(svc: &Service, req: &Req, host: String) -> BootStep {
     let mut st = match svc.store.read_blocking(&host) {
         Ok(st) => st,
         Err(e) => {
-            tracing::error!("{e}");
+            // An outage is logged once, by the store's health monitor, not once per boot.
             let why = match e {
                 crate::serve::store::StoreError::Unavailable(_) => Local::StateBusy,
-                _ => Local::StateError,
+                e => {
+                    tracing::error!("{e}");
+                    Local::StateError
+                }
             };
             return BootStep::Answered(boot_local(svc, req, &q, Some(&host), Some(node), why));
         }

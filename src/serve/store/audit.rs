@@ -588,6 +588,9 @@ const BOOT_SKEW_MS: u64 = 60_000;
 impl LastBoots {
     /// Reads the boots recorded since the last refresh (less [`BOOT_SKEW_MS`]). Blocks.
     pub fn refresh(&self, store: &Store, in_inventory: impl Fn(&str) -> bool) {
+        if store.available().is_err() {
+            return; // kept as they are; the reload thread must not wait on a database that is down
+        }
         let mut seen_to = self.seen_to.lock().unwrap_or_else(|p| p.into_inner());
         let since = seen_to.saturating_sub(BOOT_SKEW_MS) as i64;
         let (pool, engine) = (store.reader.clone(), store.engine);
