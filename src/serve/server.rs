@@ -195,11 +195,27 @@ impl Server {
                 // (the fleet view refreshes them itself), and keeps a boot storm's upserts
                 // from being read back ten times a second.
                 let boots_read = std::cell::Cell::new(std::time::Instant::now());
+                // Retention runs at start and then hourly (see audit::prune).
+                let pruned: std::cell::Cell<Option<std::time::Instant>> = Default::default();
                 svc.catalog.watch(&stop, &hup, |reloaded| {
                     if reloaded {
                         svc.sweep_orphans();
                     }
                     svc.store.rescan();
+                    if pruned.get().is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
+                        pruned.set(Some(std::time::Instant::now()));
+                        let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
+                        match crate::serve::store::audit::prune(
+                            &svc.store,
+                            crate::serve::util::now_ms(),
+                            ms(svc.config.keep_boot_records),
+                            ms(svc.config.keep_change_records),
+                        ) {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!(records = n, "expired audit records deleted"),
+                            Err(e) => tracing::warn!("cannot delete expired audit records: {e}"),
+                        }
+                    }
                     if boots_read.get().elapsed() >= Duration::from_secs(1) {
                         boots_read.set(std::time::Instant::now());
                         let snap = svc.catalog.snapshot();
