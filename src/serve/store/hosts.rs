@@ -17,6 +17,10 @@ use sqlx::{AnyPool, Row};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+/// How long a host this process made deciding stays in the set whatever a rescan read (a
+/// rescan's query runs in well under this).
+const RECENT: Duration = Duration::from_secs(2);
+
 /// How many times a change is run again after losing a race before it gives up ([`StoreError::Busy`]).
 const MAX_ATTEMPTS: usize = 20;
 
@@ -96,7 +100,16 @@ impl Store {
                 .collect::<Result<HashSet<String>, _>>()
         });
         match names {
-            Ok(names) => *self.deciding.write().unwrap_or_else(|p| p.into_inner()) = names,
+            Ok(mut names) => {
+                // The query may have run just before one of this process's own commits: keep
+                // the hosts those made deciding for a while, so an acknowledged flag is never
+                // dropped from the set until the next rescan.
+                let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+                recent.retain(|_, at| at.elapsed() < RECENT);
+                names.extend(recent.keys().cloned());
+                drop(recent);
+                *self.deciding.write().unwrap_or_else(|p| p.into_inner()) = names;
+            }
             Err(e) => tracing::warn!("cannot read which hosts are flagged: {e}"),
         }
     }
@@ -135,7 +148,10 @@ impl Store {
                 Err(_) => true,
             },
         };
-        if !keep {
+        if keep {
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            recent.insert(host.to_string(), std::time::Instant::now());
+        } else {
             self.deciding.write().unwrap_or_else(|p| p.into_inner()).remove(host);
         }
         result.map(|(value, _)| value)

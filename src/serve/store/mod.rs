@@ -91,6 +91,9 @@ pub struct Store {
     reader: AnyPool,
     /// Hosts whose state may decide a boot: see [`Store::may_decide`].
     deciding: RwLock<HashSet<String>>,
+    /// Hosts this process's own commits made deciding, with when: a rescan whose query ran
+    /// before such a commit must not drop them (see [`Store::rescan`]).
+    recent: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// The runtime every query runs on (see the module documentation). `None` once dropped.
     runtime: Option<tokio::runtime::Runtime>,
     /// Held for the store's life: the lock that keeps a second `serve` off a SQLite file.
@@ -192,6 +195,7 @@ impl Store {
             writer,
             reader,
             deciding: RwLock::default(),
+            recent: Default::default(),
             runtime: Some(runtime),
             _guard: guard,
             shown,
