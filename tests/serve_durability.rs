@@ -152,6 +152,12 @@ fn replicas_agree(url: &str) {
     let b = bootforge::serve::Server::start(config).unwrap();
     let bbase = format!("http://{}", b.local_addr());
 
+    // Each replica reads its own inventory file: the console does not edit it (it would change
+    // one replica's copy only).
+    let r = call("DELETE", &a.url("/inventory/hosts/node02"), Some(ADMIN_TOKEN), None);
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains("replicas"), "{}", r.body);
+
     // Set on one, read on the other.
     assert_eq!(call("PUT", &a.url("/hosts/node01/reimage"), Some(REIMAGE_TOKEN), None).status, 200);
     let seen = call("GET", &format!("{bbase}/hosts/node01"), Some(READ_TOKEN), None).json();

@@ -54,6 +54,14 @@ pub struct ServeArgs {
     /// the BOOTFORGE_DATABASE environment variable to keep the password off the command line.
     #[arg(long, value_name = "URL", env = "BOOTFORGE_DATABASE", hide_env_values = true)]
     pub database: Option<String>,
+    /// Days audit records of boot answers, config and media fetches and refusals are kept
+    /// (0: for ever). They are most of the log: a record per node boot.
+    #[arg(long, value_name = "DAYS", default_value_t = 90)]
+    pub keep_boot_records: u64,
+    /// Days audit records of changes (flags, installs, logins, inventory edits) are kept
+    /// (0: for ever, the default).
+    #[arg(long, value_name = "DAYS", default_value_t = 0)]
+    pub keep_change_records: u64,
     /// Address and port to listen on.
     #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:8080")]
     pub listen: String,
@@ -235,6 +243,9 @@ pub struct ReimageArgs {
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = Config::new(args.inventory, args.profiles, args.state_dir);
     config.database = args.database;
+    let days = |d: u64| (d > 0).then(|| std::time::Duration::from_secs(d.saturating_mul(86_400)));
+    config.keep_boot_records = days(args.keep_boot_records);
+    config.keep_change_records = days(args.keep_change_records);
     config.listen = args.listen;
     config.assets = args.assets;
     config.secret_file = args.secret_file;

@@ -3,6 +3,10 @@
 use crate::inventory::ServerUrl;
 use std::path::PathBuf;
 
+/// How long boot and refusal records are kept unless `--keep-boot-records` says otherwise.
+pub const DEFAULT_KEEP_BOOT_RECORDS: std::time::Duration =
+    std::time::Duration::from_secs(90 * 86_400);
+
 /// Everything `bootforge serve` is started with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -12,6 +16,10 @@ pub struct Config {
     /// Where state is kept (`--database`): `None` is SQLite in `state_dir`
     /// ([`crate::serve::store::SQLITE_FILE`]).
     pub database: Option<String>,
+    /// How long audit records of boots and refusals are kept (`--keep-boot-records`), and
+    /// those of changes and operators' actions (`--keep-change-records`); `None`: for ever.
+    pub keep_boot_records: Option<std::time::Duration>,
+    pub keep_change_records: Option<std::time::Duration>,
     /// `ADDR:PORT`; port 0 picks a free port (tests).
     pub listen: String,
     pub assets: Option<PathBuf>,
@@ -68,6 +76,8 @@ impl Config {
             profiles,
             state_dir,
             database: None,
+            keep_boot_records: Some(DEFAULT_KEEP_BOOT_RECORDS),
+            keep_change_records: None,
             listen: "0.0.0.0:8080".into(),
             assets: None,
             secret_file: None,

@@ -153,6 +153,21 @@ impl ErrorsView {
     }
 }
 
+/// Refuses inventory edits on a shared database (see the body).
+fn edits_allowed(svc: &Service) -> Result<(), HttpError> {
+    // With replicas (a shared database), each replica reads its own copy of the inventory file:
+    // an edit here would change one replica's copy and be lost or contradicted by the others'.
+    // Until the inventory lives in the database, their file is the source of truth, kept in step
+    // by configuration management, and the console does not edit it.
+    if svc.store.engine() != crate::serve::store::engine::Engine::Sqlite {
+        return Err(HttpError::new(
+            409,
+            "this service runs on a shared database (replicas): the inventory file is kept by configuration management on every replica, so it is not edited here; see docs/REPLICAS.md",
+        ));
+    }
+    Ok(())
+}
+
 /// `POST /inventory/hosts`, `PUT` and `DELETE /inventory/hosts/{host}` (role admin).
 pub async fn edit_row(
     svc: &Arc<Service>,
@@ -160,6 +175,7 @@ pub async fn edit_row(
     host: Option<String>,
 ) -> Result<Reply, HttpError> {
     let caller = authorize(svc, req, Role::Admin).await?;
+    edits_allowed(svc)?;
     let body: RowBody = if req.body.iter().all(u8::is_ascii_whitespace) {
         RowBody { fields: editor::Fields::default(), version: None }
     } else {
@@ -220,6 +236,7 @@ pub async fn check_upload(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, H
 /// valid and the file is still at version `V`.
 pub async fn replace_upload(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {
     let caller = authorize(svc, req, Role::Admin).await?;
+    edits_allowed(svc)?;
     let expected = requested_version(req, None)?;
     let text = upload_text(req)?;
     let peer = req.peer;

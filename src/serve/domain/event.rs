@@ -261,6 +261,21 @@ pub fn refusal_peer(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Record kinds kept for the shorter retention period (`--keep-boot-records`): the high-volume
+/// records of boots and of what anyone can cause (boot answers, config and media fetches,
+/// refusals and their summaries). Every other kind is a change or an operator's action, kept
+/// for `--keep-change-records`. (Tested against every kind in the store's retention test.)
+pub const BOOT_RECORD_KINDS: &[&str] = &[
+    "boot",
+    "config",
+    "media-served",
+    "media-denied",
+    "node-token-denied",
+    "denied",
+    "login-failed",
+    "refused-summary",
+];
+
 impl Event {
     /// The aggregation key of a refusal: a record a client without credentials can cause at
     /// will. `None` for every other record (those are written one by one, as they are bounded

@@ -666,6 +666,58 @@ pub fn export(store: &Store, since: u64, limit: usize) -> Result<(Vec<String>, u
     Ok((rows.into_iter().map(|(_, r)| r).collect(), next))
 }
 
+/// Deletes records older than their retention period: `keep_boots` for the kinds of
+/// [`BOOT_RECORD_KINDS`](crate::serve::domain::event::BOOT_RECORD_KINDS), `keep_changes` for
+/// the others (`None`: kept for ever), times in milliseconds since 1970 measured from `now`.
+/// Deletes in slices of ids between the oldest and the newest expired record, one short
+/// transaction each, so the writer and changes are never held up for long. Returns the number
+/// deleted. Blocks.
+pub fn prune(
+    store: &Store,
+    now: u64,
+    keep_boots: Option<u64>,
+    keep_changes: Option<u64>,
+) -> Result<u64, StoreError> {
+    use crate::serve::domain::event::BOOT_RECORD_KINDS;
+    let mut deleted = 0;
+    for (keep, boots) in [(keep_boots, true), (keep_changes, false)] {
+        let Some(keep) = keep else { continue };
+        let cutoff = now.saturating_sub(keep) as i64;
+        let (pool, engine) = (store.writer.clone(), store.engine);
+        deleted += store.wait(async move {
+            // The kinds are constants of this crate: safe to write into the statement.
+            let kinds =
+                BOOT_RECORD_KINDS.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", ");
+            let not = if boots { "" } else { "NOT " };
+            let which = format!("ms < ? AND event {not}IN ({kinds})");
+            let range = format!("SELECT MIN(id), MAX(id) FROM audit WHERE {which}");
+            let row = sqlx::query(engine.sql_owned(range)).bind(cutoff).fetch_one(&pool).await?;
+            let (Some(low), Some(high)) =
+                (row.try_get::<Option<i64>, _>(0)?, row.try_get::<Option<i64>, _>(1)?)
+            else {
+                return Ok(0);
+            };
+            let sql = format!("DELETE FROM audit WHERE id >= ? AND id < ? AND {which}");
+            let (mut from, mut n) = (low, 0u64);
+            while from <= high {
+                let to = from + 10_000;
+                let mut tx = engine.begin(&pool).await?;
+                let r = sqlx::query(engine.sql_owned(sql.clone()))
+                    .bind(from)
+                    .bind(to)
+                    .bind(cutoff)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                n += r.rows_affected();
+                from = to;
+            }
+            Ok::<_, StoreError>(n)
+        })?;
+    }
+    Ok(deleted)
+}
+
 /// Every record of the database at `url` as JSON lines (the old `audit.jsonl`'s text), read
 /// next to a running service: for tests and small tools. Large logs: [`export`] in pages.
 pub fn dump(url: &str) -> anyhow::Result<String> {
@@ -893,6 +945,70 @@ mod tests {
             let mut r = v.clone();
             visible_to(role, &mut r);
             assert_eq!(r.get("name").is_some(), shown, "{role:?}");
+        }
+    }
+
+    #[test]
+    fn retention_keeps_changes_longer_than_boot_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let a = Audit::open(s.clone()).unwrap();
+        let peer: IpAddr = "10.0.0.5".parse().unwrap();
+        let day = 86_400_000u64;
+        let boot = Event::Boot {
+            host: Some("n1".into()),
+            verified: true,
+            answer: "local",
+            kind: "x",
+            reason: "r",
+            install: None,
+            peer,
+            ip: None,
+            mac: None,
+            medium: "iso",
+            platform: "efi",
+        };
+        let done = Event::Done { host: "n1".into(), install: "x".into(), peer };
+        for (e, age) in [(&boot, 40), (&done, 40), (&boot, 10), (&done, 400), (&boot, 1)] {
+            a.notes.send(Note::Record(e.clone(), 1_000 * day - age * day)).unwrap();
+        }
+        a.sync();
+        let deleted = prune(&s, 1_000 * day, Some(30 * day), Some(365 * day)).unwrap();
+        assert_eq!(deleted, 2, "the 40-day boot and the 400-day done");
+        let (left, _) = a.read_since(0, 100, usize::MAX).unwrap();
+        let ages: Vec<(String, u64)> = left
+            .iter()
+            .map(|r| {
+                (
+                    r["event"].as_str().unwrap().to_string(),
+                    (1_000 * day - r["ms"].as_u64().unwrap()) / day,
+                )
+            })
+            .collect();
+        assert_eq!(ages, [("done".into(), 40), ("boot".into(), 10), ("boot".into(), 1)]);
+        // Without a period nothing of that class goes.
+        assert_eq!(prune(&s, 1_000 * day, None, None).unwrap(), 0);
+        assert_eq!(prune(&s, 2_000 * day, Some(1), None).unwrap(), 2);
+    }
+
+    #[test]
+    fn every_record_kind_is_classified_once() {
+        use crate::serve::domain::event::BOOT_RECORD_KINDS;
+        // Kinds a refusal can have are all boot records (they are what anyone can cause).
+        for kind in ["boot", "media-denied", "node-token-denied", "denied", "login-failed"] {
+            assert!(BOOT_RECORD_KINDS.contains(&kind), "{kind}");
+        }
+        let changes = [
+            "flag-set",
+            "flag-cancelled",
+            "done",
+            "failed",
+            "started",
+            "login",
+            "inventory-changed",
+        ];
+        for kind in changes {
+            assert!(!BOOT_RECORD_KINDS.contains(&kind), "{kind}");
         }
     }
 

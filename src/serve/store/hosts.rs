@@ -44,6 +44,9 @@ pub struct Deciding {
     known: bool,
     /// When the last full read succeeded.
     scanned: Option<Instant>,
+    /// Hosts this process's own commits made deciding, with when: a full read whose query ran
+    /// before such a commit must not drop them (kept for [`RECENT`]).
+    recent: HashMap<String, Instant>,
 }
 
 pub type SharedDeciding = Arc<RwLock<Deciding>>;
@@ -94,6 +97,15 @@ impl Deciding {
         self.hosts.insert(host.to_string());
     }
 
+    /// This process committed `news`: as [`Deciding::learn`], and a host it made deciding stays
+    /// so through full reads for [`RECENT`].
+    pub fn committed(&mut self, news: News) {
+        if news.decides {
+            self.recent.insert(news.host.clone(), Instant::now());
+        }
+        self.learn(news);
+    }
+
     /// Applies news, unless something newer is known of the host (the same version again is
     /// the same state: applied, which also takes out a host that joined for a change that
     /// wrote nothing).
@@ -105,6 +117,7 @@ impl Deciding {
             self.hosts.insert(news.host.clone());
         } else {
             self.hosts.remove(&news.host);
+            self.recent.remove(&news.host);
         }
         self.versions.insert(news.host, news.version);
     }
@@ -113,6 +126,10 @@ impl Deciding {
     pub fn replace(&mut self, scan: Vec<(String, u64)>) {
         self.versions = scan.iter().cloned().collect();
         self.hosts = scan.into_iter().map(|(h, _)| h).collect();
+        // The query may have run just before one of this process's own commits: an
+        // acknowledged flag is never dropped from the set until the next read.
+        self.recent.retain(|_, at| at.elapsed() < RECENT);
+        self.hosts.extend(self.recent.keys().cloned());
         self.known = true;
         self.scanned = Some(Instant::now());
     }
@@ -136,6 +153,10 @@ pub(crate) async fn scan_deciding(
         .collect::<Result<Vec<_>, sqlx::Error>>()
         .map_err(StoreError::from)
 }
+
+/// How long a host this process made deciding stays in the set whatever a rescan read (a
+/// rescan's query runs in well under this).
+const RECENT: Duration = Duration::from_secs(2);
 
 /// How many times a change is run again after losing a race before it gives up ([`StoreError::Busy`]).
 const MAX_ATTEMPTS: usize = 20;
@@ -289,7 +310,7 @@ impl Store {
             },
         };
         if let Some(news) = news {
-            self.deciding.write().unwrap_or_else(|p| p.into_inner()).learn(news);
+            self.deciding.write().unwrap_or_else(|p| p.into_inner()).committed(news);
         }
         result.map(|(value, _)| value)
     }
@@ -470,5 +491,13 @@ mod tests {
         assert!(!d.may_decide("a"));
         d.learn(news("b", 1, true));
         assert!(d.may_decide("b"));
+        // A full read whose query ran before this process's own commit keeps that host...
+        d.committed(news("c", 1, true));
+        d.replace(vec![]);
+        assert!(d.may_decide("c"));
+        // ...until newer news says it no longer decides.
+        d.learn(news("c", 2, false));
+        d.replace(vec![]);
+        assert!(!d.may_decide("c"));
     }
 }
