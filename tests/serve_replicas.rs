@@ -284,23 +284,23 @@ fn postgres_notifies_other_replicas_at_once_and_resyncs_after_listener_loss() {
     let b = Replica::start(site.path(), &pg.url(), false);
     wait_for("B listens", Duration::from_secs(10), || b.status()["database"]["listening"] == true);
 
+    // A flag written behind both replicas' backs (a copy of h009's row) sends no notification:
+    // with its listener connected B does not poll (a full read only every 30 s), so it must not
+    // see this one until the listener reconnects (below). Polling every 100 ms would find it.
+    assert_eq!(a.flag("h009", "e2e").status, 200);
+    plant_flag(&pg, "h030", "h009");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(b.boot("h030").contains(NOT_FLAGGED), "B polled: it found a flag nobody notified");
+
     let mut times: Vec<Duration> =
         (10..25).map(|i| seen_after(&a, &b, &format!("h{i:03}"))).collect();
     times.sort();
-    eprintln!("B decided A's flags after {times:?}");
-    // Polling every 100 ms (MariaDB, or PostgreSQL before the listener) gives delays spread
-    // evenly over 0–100 ms: a median near 50 ms, half of them over 50. Notifications give a
-    // few milliseconds (plus the HTTP round trips of a loaded test machine).
     let median = times[times.len() / 2];
-    let fast = times.iter().filter(|t| **t < Duration::from_millis(50)).count();
-    assert!(median < Duration::from_millis(30), "median {median:?}: {times:?}");
-    assert!(fast >= 10, "{fast} of 15 under 50 ms: {times:?}");
-
-    // A flag written behind both replicas' backs sends no notification: with the listener
-    // connected B does not poll, so it is not seen...
-    plant_flag(&pg, "h030", "h010");
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(b.boot("h030").contains(NOT_FLAGGED));
+    eprintln!("B decided A's flags after {times:?} (median {median:?})");
+    // Notified: a few milliseconds on an idle machine (the HTTP round trips of a loaded one
+    // can add much more, hence the generous bound); that no poll did it, the planted flag
+    // above shows.
+    assert!(times.iter().all(|t| *t < Duration::from_secs(3)), "{times:?}");
     // ...until the listener loses its connection: B then reads every flagged host again.
     let ended =
         pg.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'");
@@ -313,7 +313,7 @@ fn postgres_notifies_other_replicas_at_once_and_resyncs_after_listener_loss() {
     // planted while it was away is found), then notifications are fast again.
     pg.kill();
     pg.start_again();
-    plant_flag(&pg, "h031", "h010");
+    plant_flag(&pg, "h031", "h009");
     wait_for("B resyncs after the restart", Duration::from_secs(20), || {
         b.healthz().status == 200 && is_install(&b.boot("h031"))
     });
@@ -321,7 +321,7 @@ fn postgres_notifies_other_replicas_at_once_and_resyncs_after_listener_loss() {
         b.status()["database"]["listening"] == true && a.healthz().status == 200
     });
     let t = seen_after(&a, &b, "h032");
-    assert!(t < Duration::from_millis(500), "notified again after the restart: {t:?}");
+    assert!(t < Duration::from_secs(3), "notified again after the restart: {t:?}");
 }
 
 /// 200 concurrent verified boots (node tokens on) of one flagged first-answer host, through two
