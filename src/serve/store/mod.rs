@@ -27,6 +27,7 @@ pub mod guard;
 pub mod hosts;
 pub mod import;
 pub mod refusals;
+pub mod sessions;
 
 use crate::serve::domain::event::Event;
 use engine::Engine;
