@@ -48,14 +48,14 @@ struct Replicas {
     _b_dir: tempfile::TempDir,
 }
 
-fn replicas(url: &str, slapd: &Slapd) -> Replicas {
+fn replicas(url: &str, slapd: &Slapd, life: Lifetimes) -> Replicas {
     let dir = tempfile::tempdir().unwrap();
     let mut config = full_config(dir.path(), false);
     config.database = Some(url.to_string());
     let ldap = dir.path().join("ldap.toml");
     std::fs::write(&ldap, slapd.config(false)).unwrap();
     config.ldap_config = Some(ldap);
-    config.sessions = Lifetimes { idle_ms: IDLE.as_millis() as u64, absolute_ms: 3_600_000 };
+    config.sessions = life;
     let a = start_with(dir, config);
     let b_dir = tempfile::tempdir().unwrap();
     let mut config = a.config.clone();
@@ -78,10 +78,50 @@ fn sessions_are_shared_by_two_replicas_on_one_mariadb() {
     sessions_are_shared(&db.url());
 }
 
+/// While the database is down, a session is never let through unchecked: requests that carry
+/// one, logins and logouts get 503 with `Retry-After`; once it is back, the same cookie works
+/// again (the session was kept).
+#[test]
+fn sessions_are_refused_with_503_while_the_database_is_down() {
+    let mut pg = support::db::Postgres::start();
+    let ldap_dir = tempfile::tempdir().unwrap();
+    let slapd = Slapd::start(ldap_dir.path());
+    let Replicas { mut a, b, b_base, _b_dir } = replicas(&pg.url(), &slapd, Lifetimes::default());
+    let (_, cookie) = token_login(&a.base, READ_TOKEN);
+    assert_eq!(who(&b_base, &cookie).status, 200);
+    pg.kill();
+    for base in [a.base.as_str(), b_base.as_str()] {
+        let r = who(base, &cookie);
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert!(r.header("retry-after").is_some());
+        let hosts = call_h("GET", &format!("{base}/hosts"), None, None, &[("Cookie", &cookie)]);
+        assert_eq!(hosts.status, 503, "{}", hosts.body);
+        let body = serde_json::json!({ "token": READ_TOKEN }).to_string();
+        let r = call("POST", &format!("{base}/session"), None, Some(&body));
+        assert_eq!(r.status, 503, "login: {}", r.body);
+        assert!(r.header("set-cookie").is_none(), "no session was opened");
+    }
+    pg.start_again();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = who(&b_base, &cookie);
+        if r.status == 200 {
+            break;
+        }
+        let late = Instant::now() > deadline;
+        assert!(!late, "the session never came back: {} {}", r.status, r.body);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(who(&a.base, &cookie).status, 200);
+    b.shutdown();
+    a.stop();
+}
+
 fn sessions_are_shared(url: &str) {
     let ldap_dir = tempfile::tempdir().unwrap();
     let slapd = Slapd::start(ldap_dir.path());
-    let Replicas { mut a, b, b_base, _b_dir } = replicas(url, &slapd);
+    let life = Lifetimes { idle_ms: IDLE.as_millis() as u64, absolute_ms: 3_600_000 };
+    let Replicas { mut a, b, b_base, _b_dir } = replicas(url, &slapd, life);
     let a_base = a.base.clone();
     let (a_base, b_base) = (a_base.as_str(), b_base.as_str());
 

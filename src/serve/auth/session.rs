@@ -728,6 +728,30 @@ mod tests {
     }
 
     #[test]
+    fn ended_sessions_are_removed_from_the_database() {
+        let (t, h) = tokens();
+        let life = Lifetimes { idle_ms: 100, absolute_ms: 250 };
+        let (_dir, s) = sessions(life);
+        run(async {
+            let a = s.open_token(h, 0).await.unwrap();
+            let b = s.open_directory("bob".into(), Role::Read, "uid=bob".into(), 1000, 60);
+            let b = b.await.unwrap();
+            assert_eq!(s.expire(99).await.unwrap(), 0);
+            assert_eq!(s.expire(100).await.unwrap(), 1, "a: idle");
+            assert_eq!(s.count().await.unwrap(), 1);
+            let p = presented(&b.id, Method::Safe, None);
+            for now in [90, 180, 240] {
+                assert!(s.check(&t, &p, Role::Read, now).await.is_ok(), "at {now}");
+            }
+            assert_eq!(s.expire(309).await.unwrap(), 0);
+            assert_eq!(s.expire(310).await.unwrap(), 1, "b: absolute, although used");
+            let p = presented(&a.id, Method::Safe, None);
+            assert_eq!(s.check(&t, &p, Role::Read, 1).await.unwrap_err(), Denied::NoSession);
+        });
+        assert!(s.is_empty());
+    }
+
+    #[test]
     fn revoking_the_token_ends_its_sessions() {
         let (t, h) = tokens();
         let (_dir, s) = sessions(Lifetimes::default());
