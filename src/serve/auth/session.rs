@@ -233,7 +233,8 @@ impl Sessions {
         }
     }
 
-    /// Removes every session that has ended by time (see [`expire_sessions`]).
+    /// Removes every session that has ended by time ([`Store::expire_sessions`]; run every
+    /// [`EXPIRE_EVERY`] by `console::login::expire_sessions`).
     pub async fn expire(&self, now: u64) -> Result<usize, StoreError> {
         self.store.expire_sessions(self.life, now).await
     }
@@ -243,7 +244,8 @@ impl Sessions {
         self.store.count_sessions().await
     }
 
-    /// Sessions stored, from a thread that may block (tests).
+    /// Sessions stored, from a thread that may block (tests; panics if the database does not
+    /// answer).
     pub fn len(&self) -> usize {
         self.store.count_sessions_blocking().expect("count the sessions")
     }

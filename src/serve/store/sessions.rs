@@ -24,7 +24,7 @@
 //! thousands of times ends only its own sessions; a table full of live sessions refuses
 //! newcomers rather than ending anyone's.
 
-use super::engine::Engine;
+use super::engine::{is_conflict, Engine};
 use super::{Store, StoreError};
 use crate::serve::domain::actor::Role;
 use sha2::{Digest, Sha256};
@@ -199,7 +199,22 @@ impl Store {
         now: u64,
     ) -> Result<Result<(), Full>, StoreError> {
         let (pool, engine) = (self.writer.clone(), self.engine);
-        self.run(async move { open(engine, &pool, id_hash, holder, life, now).await }).await
+        self.run(async move {
+            // A deadlock the engine broke by aborting this login (MariaDB's gap locks against
+            // another replica's touch) is tried again; the gate makes it rare.
+            let mut pause = std::time::Duration::from_millis(5);
+            for _ in 0..5 {
+                match open(engine, &pool, id_hash, holder.clone(), life, now).await {
+                    Err(e) if is_conflict(&e) => {
+                        tokio::time::sleep(pause).await;
+                        pause *= 2;
+                    }
+                    done => return done.map_err(StoreError::from),
+                }
+            }
+            Err(StoreError::Busy)
+        })
+        .await
     }
 
     /// The session keyed by `id_hash`, alive or not (the caller decides).
@@ -408,7 +423,7 @@ async fn open(
     holder: Holder,
     life: Lifetimes,
     now: u64,
-) -> Result<Result<(), Full>, StoreError> {
+) -> Result<Result<(), Full>, sqlx::Error> {
     let owner = holder.owner();
     let (idle_before, absolute_before) = (before(now, life.idle_ms), before(now, life.absolute_ms));
     let mut tx = engine.begin(pool).await?;
@@ -485,7 +500,7 @@ async fn delete(
     engine: Engine,
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     key: &str,
-) -> Result<(), StoreError> {
+) -> Result<(), sqlx::Error> {
     sqlx::query(engine.sql("DELETE FROM sessions WHERE id_hash = ?"))
         .bind(key.to_string())
         .execute(&mut **tx)
@@ -493,7 +508,7 @@ async fn delete(
     Ok(())
 }
 
-async fn count(tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> Result<usize, StoreError> {
+async fn count(tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> Result<usize, sqlx::Error> {
     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions").fetch_one(&mut **tx).await?;
     Ok(unstored(n) as usize)
 }
