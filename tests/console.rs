@@ -90,7 +90,8 @@ fn flag_boot_cancel(b: &Browser, screenshot: Option<&str>) {
     // Logout ends the session: the cookie no longer authorizes anything.
     let cookie = b.session_cookie();
     b.click("#logout");
-    b.find("#login-token-form");
+    // The page shows the login form once the service has answered the logout.
+    b.wait_text("#login-error", 10, |t| t.contains("Logged out"));
     let r = call_h(
         "GET",
         &fx.url("/hosts"),
@@ -419,6 +420,7 @@ fn directory_users_log_in_over_ldaps_and_starttls_with_their_groups_role() {
     assert!(b.text("#whoami").contains("carol (read, directory)"));
     assert!(b.all("#hosts button.reimage").is_empty());
     b.click("#logout");
+    b.wait_text("#login-error", 10, |t| t.contains("Logged out"));
     b.type_into("#username", "alice");
     b.type_into("#password", "alice-pw");
     b.click("#ldap-submit");

@@ -16,14 +16,17 @@ use std::path::{Path, PathBuf};
 
 /// The service's folders from the top down. A module may import its own folder and any folder of
 /// a *lower* rank, never one of its own rank (siblings stay apart) or above.
+///
+/// `auth` sits above `store`: console sessions are state that every replica shares, so the
+/// session checks read and write them through the store's domain operations.
 const SERVE_LAYERS: &[(&str, u8)] = &[
-    ("server", 9),
-    ("dispatch", 8),
-    ("api", 7),
-    ("console", 7),
-    ("app", 6),
-    ("inputs", 5),
-    ("auth", 4),
+    ("server", 10),
+    ("dispatch", 9),
+    ("api", 8),
+    ("console", 8),
+    ("app", 7),
+    ("inputs", 6),
+    ("auth", 5),
     ("store", 4),
     ("web", 3),
     ("domain", 3),

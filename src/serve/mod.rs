@@ -16,7 +16,8 @@
 //! api, console  thin handlers, one file per resource; the console's page, logins, inventory edits
 //! app           Service, the single write path (Service::change), authorization guards
 //! inputs        the reloaded files: inventory, profiles, tokens
-//! auth, store   tokens, sessions, LDAP; per-host state files and the audit log
+//! auth          tokens, sessions (their checks; the rows are the store's), LDAP
+//! store         the database: hosts' states, the audit log, console sessions
 //! web, domain   transport (knows no Service); the pure core (no fs, net, clock or runtime)
 //! ```
 //!

@@ -140,7 +140,7 @@ impl Server {
             .enable_io()
             .enable_time()
             .build()?;
-        let sessions = crate::serve::auth::session::Sessions::new(config.sessions);
+        let sessions = crate::serve::auth::session::Sessions::new(store.clone(), config.sessions);
         let service = Arc::new(Service {
             config,
             catalog,
@@ -182,6 +182,7 @@ impl Server {
         // Directory sessions' re-checks (a no-op without a lookup account); dropped with the
         // runtime at shutdown.
         runtime.spawn(crate::serve::console::login::recheck_sessions(service.clone()));
+        runtime.spawn(crate::serve::console::login::expire_sessions(service.clone()));
         let stop = Arc::new(AtomicBool::new(false));
         let hup = Arc::new(AtomicBool::new(false));
         // SIGHUP forces a reload; registering only sets a flag, so it is safe in any thread.

@@ -56,7 +56,7 @@ pub(crate) async fn status(svc: &Arc<Service>, req: &Req) -> Result<Reply, HttpE
         "uptime_secs": now_ms().saturating_sub(svc.started_at) / 1000,
         "firmware": svc.media.firmware_versions(),
         "ldap": svc.directory.as_ref().map(|d| d.source().to_string()),
-        "sessions": svc.sessions.len(),
+        "sessions": svc.sessions.count().await.ok(),
         "database": {
             "engine": svc.store.engine().name(),
             "url": svc.store.shown(),

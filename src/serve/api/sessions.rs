@@ -17,7 +17,11 @@ pub async fn end_sessions(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, H
             "name a directory account: DELETE /sessions?name=NAME (1 to 64 characters, no control characters)",
         ));
     };
-    let ended = svc.sessions.end_name(&name);
+    let ended = svc.sessions.end_name(&name).await.map_err(|e| {
+        tracing::error!("cannot end directory sessions: {e}");
+        HttpError::new(503, "the sessions cannot be ended now: the database does not answer; try again in a few seconds")
+            .header("Retry-After", "5".into())
+    })?;
     svc.audit.note(&Event::SessionsEnded {
         name: name.clone(),
         ended,

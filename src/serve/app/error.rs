@@ -24,17 +24,23 @@ impl From<StoreError> for HttpError {
 }
 
 /// The status a refusal is answered (and audited) with: 401 when the caller is not known, 403
-/// when it is known but not allowed, or the request is not the console's own.
+/// when it is known but not allowed, or the request is not the console's own; 503 when a
+/// session cannot be checked because the database does not answer.
 pub fn denied_status(denied: &Denied) -> u16 {
     match denied {
         Denied::RoleTooSmall { .. } | Denied::Csrf | Denied::CrossSite => 403,
+        Denied::SessionsUnavailable => 503,
         _ => 401,
     }
 }
 
 impl From<&Denied> for HttpError {
     fn from(denied: &Denied) -> Self {
-        HttpError::new(denied_status(denied), denied.message())
+        let e = HttpError::new(denied_status(denied), denied.message());
+        match denied {
+            Denied::SessionsUnavailable => e.header("Retry-After", "5".into()),
+            _ => e,
+        }
     }
 }
 

@@ -27,7 +27,7 @@ pub(crate) async fn authorize(
     let checked = match (&req.authorization, &req.session) {
         (None, Some(id)) => {
             let p = crate::serve::app::guard::presented(svc, req, id);
-            svc.sessions.check(&tokens, &p.get(), need, now_ms()).map(|(c, _)| c)
+            svc.sessions.check(&tokens, &p.get(), need, now_ms()).await.map(|(c, _)| c)
         }
         _ => tokens.check(req.authorization.as_deref(), need),
     };

@@ -3,189 +3,81 @@
 //!
 //! A login (an API token, or a directory account through [`crate::serve::auth::ldap`]) opens a
 //! session: a random 256-bit id sent once as the `bf_session` cookie (`HttpOnly`,
-//! `SameSite=Strict`, `Path=/`, `Secure` when the service is reached over TLS), and a random
-//! 256-bit CSRF token that the page fetches from `GET /session` and sends back as `X-CSRF-Token` on
-//! every request that changes anything. The service keeps only the SHA-256 of the id, so the table
-//! of live sessions holds no usable cookie.
+//! `SameSite=Strict`, `Path=/`, `Secure` when the service is reached over TLS), and a CSRF token
+//! that the page fetches from `GET /session` and sends back as `X-CSRF-Token` on every request
+//! that changes anything. The CSRF token is the SHA-256 of a fixed label and the id
+//! ([`csrf_of`]): as unguessable as the id to anyone without the cookie, and never stored. The
+//! database keeps only the SHA-256 of the id ([`crate::serve::store::sessions`]), so the table
+//! of live sessions holds no usable cookie and no CSRF token.
 //!
-//! A session ends at logout, after [`Lifetimes::idle`] without a request, after
-//! [`Lifetimes::absolute`] whatever happens, and, for one opened with an API token, as soon as
-//! the token's line leaves the tokens file (the session keeps the token's hash and looks it up
-//! on every request, so revoking a token still revokes everything it opened). A session opened with
-//! a directory account carries the account's canonical name and entry DN; a background re-check
-//! ([`Sessions::due_for_recheck`], [`Sessions::confirm`]) lowers or ends it when the directory no
-//! longer grants the role, a session whose role no re-check confirmed in time is refused (so a
-//! stopped re-check or a long outage fails closed), and an admin can end every session of a name
-//! ([`Sessions::end_name`]). Sessions live in
-//! the process: a restart logs everyone out, and instances sharing a state directory do not share
-//! them (send a browser to one instance).
+//! Sessions live in the service's database, so every replica on one database serves every
+//! browser: a login through one is valid on all, and a logout, an expiry, a re-check's verdict
+//! or an admin's `DELETE /sessions?name=` through one holds on all at the next request. A
+//! restart logs nobody out.
+//!
+//! A session ends at logout, after [`Lifetimes::idle_ms`] without a request (measured to within
+//! [`crate::serve::store::sessions::touch_gap`], which is what spares a write per request), after
+//! [`Lifetimes::absolute_ms`] whatever happens, and, for one opened with an API token, as soon
+//! as the token's line leaves the tokens file (the session keeps the token's hash and looks it
+//! up on every request, so revoking a token still revokes everything it opened). A session
+//! opened with a directory account carries the account's canonical name and entry DN; a
+//! background re-check ([`Sessions::due_for_recheck`], [`Sessions::confirm`]) lowers or ends it
+//! when the directory no longer grants the role, a session whose role no re-check confirmed in
+//! time is refused (so a stopped re-check or a long outage fails closed), and an admin can end
+//! every session of a name ([`Sessions::end_name`]). A session that cannot be checked because
+//! the database does not answer is refused with 503 ([`Denied::SessionsUnavailable`]), never
+//! let through.
 //!
 //! Abuse bounds: an identity holds at most [`MAX_SESSIONS_PER_IDENTITY`] sessions and no login
-//! ends another identity's session ([`Sessions`]); failed logins are limited per address and per
-//! account name, counted before they are checked, in memory an attacker cannot flush
-//! ([`LoginLimiter`]).
+//! ends another identity's session (enforced in the store's transaction); failed logins are
+//! limited per address and per account name, counted before they are checked, in memory an
+//! attacker cannot flush ([`LoginLimiter`]).
 //!
-//! Everything here is a pure core over a clock passed in (`now`, milliseconds), unit-tested
-//! below; the handlers in [`crate::serve::console::login`] wire it to requests.
-
-use crate::serve::domain::actor::Caller;
+//! The decisions take the clock as an argument (`now`, milliseconds), so the unit tests below
+//! drive them over a SQLite store; the handlers in [`crate::serve::console::login`] wire them to
+//! requests.
 
 use crate::serve::auth::tokens::Denied;
-
-use crate::serve::domain::actor::Role;
-
 use crate::serve::auth::tokens::Tokens;
-
-use crate::serve::domain::actor::Via;
+use crate::serve::domain::actor::{Caller, Role, Via};
+use crate::serve::store::sessions::{touch_gap, DirectoryHolder, Holder};
+use crate::serve::store::{Store, StoreError};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use subtle_eq::ct_eq;
+
+pub use crate::serve::store::sessions::{
+    Full, Lifetimes, Rechecked, MAX_SESSIONS, MAX_SESSIONS_PER_IDENTITY,
+};
 
 /// The cookie's name.
 pub const COOKIE: &str = "bf_session";
 /// `COOKIE=`, to find the cookie in a `Cookie` header.
 pub const COOKIE_EQ: &str = "bf_session=";
-/// Sessions held at most, of all identities together. When every one is alive, a login of an
-/// identity that holds none is refused (503) rather than ending someone else's session.
-pub const MAX_SESSIONS: usize = 10_000;
-/// Live sessions one identity (an API token, or a directory account) holds at most; its next
-/// login ends its own least recently used one. Enough for a person's browsers and tabs.
-pub const MAX_SESSIONS_PER_IDENTITY: usize = 20;
-
-/// How long sessions last.
-#[derive(Debug, Clone, Copy)]
-pub struct Lifetimes {
-    /// Ended after this long without a request (the page's own polling counts as use).
-    pub idle_ms: u64,
-    /// Ended this long after login, whatever happens.
-    pub absolute_ms: u64,
-}
-
-impl Default for Lifetimes {
-    /// 30 minutes idle, 12 hours in all: a working day at the console, one login.
-    fn default() -> Self {
-        Lifetimes { idle_ms: 30 * 60 * 1000, absolute_ms: 12 * 3600 * 1000 }
-    }
-}
-
-/// What a session stands for.
-#[derive(Debug, Clone)]
-enum Holder {
-    /// Opened with the API token of this hash: its caller is looked up again on every request.
-    Token([u8; 32]),
-    /// Opened with a directory account: its canonical name and role, as found at login and
-    /// lowered by re-checks.
-    Directory(DirectoryHolder),
-}
-
-/// A directory session's account and how fresh its role is.
-#[derive(Debug, Clone)]
-struct DirectoryHolder {
-    caller: Caller,
-    /// The account's entry, by which re-checks find it.
-    dn: String,
-    /// When the directory last granted the role (login, then each successful re-check).
-    confirmed: u64,
-    /// The session is refused once `confirmed` is this old: re-checks did not confirm it (see
-    /// [`Sessions::open_directory`]).
-    stale_ms: u64,
-}
-
-impl Holder {
-    /// Whom the session belongs to, for [`MAX_SESSIONS_PER_IDENTITY`]: the token (by hash), or
-    /// the directory account (its entry's DN, case-folded). Not its name: OpenLDAP does not
-    /// make `uid` unique, so two accounts may share a name, and one must not use up the
-    /// other's sessions.
-    fn identity(&self) -> Identity {
-        match self {
-            Holder::Token(h) => Identity::Token(*h),
-            Holder::Directory(d) => Identity::Directory(d.dn.to_lowercase()),
-        }
-    }
-}
-
-/// Whom sessions are counted against.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Identity {
-    Token([u8; 32]),
-    Directory(String),
-}
-
-#[derive(Debug, Clone)]
-struct Session {
-    holder: Holder,
-    csrf: [u8; 32],
-    created: u64,
-    seen: u64,
-}
 
 /// A session just opened: the cookie value and the CSRF token, both hex. Handed to the client
-/// once, never kept in clear.
+/// once, never kept.
 pub struct Opened {
     pub id: String,
     pub csrf: String,
 }
 
-/// The live sessions.
-///
-/// Memory is bounded two ways, neither of which lets one identity end another's session: each
-/// identity holds at most [`MAX_SESSIONS_PER_IDENTITY`] (its own least recently used ends when
-/// it logs in again), and the table at most [`MAX_SESSIONS`] (full of live sessions, a login is
-/// refused with [`Full`] unless its identity has a session of its own to give up). Logging in
-/// 12,000 times with one `read` token therefore costs that token its own older sessions and
-/// nobody else anything.
+/// Why a login opened no session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotOpened {
+    /// The table is full of other identities' live sessions ([`MAX_SESSIONS`]).
+    Full,
+    /// The database did not take the session (its error, for the server log).
+    Unavailable(String),
+}
+
+/// The console's sessions, kept in the service's database (see the module documentation).
 pub struct Sessions {
-    table: Mutex<SessionTable>,
+    store: Arc<Store>,
     life: Lifetimes,
 }
-
-/// What [`Sessions::confirm`] did.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Rechecked {
-    /// The names the account's sessions carried.
-    pub names: Vec<String>,
-    pub lowered: usize,
-    pub ended: usize,
-}
-
-/// The sessions by id hash, and the id hashes of each identity's sessions (kept in step: every
-/// change goes through [`SessionTable::insert`] and [`SessionTable::remove`]).
-#[derive(Default)]
-struct SessionTable {
-    by_id_hash: HashMap<[u8; 32], Session>,
-    by_identity: HashMap<Identity, Vec<[u8; 32]>>,
-}
-
-impl SessionTable {
-    fn insert(&mut self, key: [u8; 32], session: Session) {
-        self.by_identity.entry(session.holder.identity()).or_default().push(key);
-        self.by_id_hash.insert(key, session);
-    }
-
-    fn remove(&mut self, key: &[u8; 32]) -> Option<Session> {
-        let session = self.by_id_hash.remove(key)?;
-        let who = session.holder.identity();
-        if let Some(keys) = self.by_identity.get_mut(&who) {
-            keys.retain(|k| k != key);
-            if keys.is_empty() {
-                self.by_identity.remove(&who);
-            }
-        }
-        Some(session)
-    }
-
-    /// The identity's session used least recently.
-    fn least_recent(&self, who: &Identity) -> Option<[u8; 32]> {
-        let keys = self.by_identity.get(who)?;
-        keys.iter().copied().min_by_key(|k| self.by_id_hash.get(k).map_or(0, |s| s.seen))
-    }
-}
-
-/// Refused: the table of sessions is full of live sessions of other identities.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Full;
 
 /// A session request's method, as far as CSRF is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,13 +101,18 @@ pub struct Presented<'a> {
 }
 
 impl Sessions {
-    pub fn new(life: Lifetimes) -> Sessions {
-        Sessions { table: Mutex::new(SessionTable::default()), life }
+    pub fn new(store: Arc<Store>, life: Lifetimes) -> Sessions {
+        Sessions { store, life }
+    }
+
+    /// How long sessions last.
+    pub fn life(&self) -> Lifetimes {
+        self.life
     }
 
     /// Opens a session for a caller authenticated with an API token (by the token's hash).
-    pub fn open_token(&self, hash: [u8; 32], now: u64) -> Result<Opened, Full> {
-        self.open(Holder::Token(hash), now)
+    pub async fn open_token(&self, hash: [u8; 32], now: u64) -> Result<Opened, NotOpened> {
+        self.open(Holder::Token(hash), now).await
     }
 
     /// Opens a session for a directory account (its canonical name, role and entry). The
@@ -223,196 +120,144 @@ impl Sessions {
     /// [`Sessions::confirm`]: with a lookup account, a few re-check intervals (an outage of the
     /// directory does not end sessions at once); without one, the re-check interval itself
     /// (logging in again is the re-check).
-    pub fn open_directory(
+    pub async fn open_directory(
         &self,
         name: String,
         role: Role,
         dn: String,
         stale_ms: u64,
         now: u64,
-    ) -> Result<Opened, Full> {
-        let caller = Caller { name, role, via: Via::LdapSession };
-        self.open(Holder::Directory(DirectoryHolder { caller, dn, confirmed: now, stale_ms }), now)
+    ) -> Result<Opened, NotOpened> {
+        let holder = DirectoryHolder { name, role, dn, confirmed: now, stale_ms };
+        self.open(Holder::Directory(holder), now).await
     }
 
     /// The entries (DNs) of live directory sessions whose role was last confirmed `every_ms`
     /// or longer ago: the accounts to re-check now, each once.
-    pub fn due_for_recheck(&self, every_ms: u64, now: u64) -> Vec<String> {
-        let t = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        let mut due: Vec<String> = t
-            .by_id_hash
-            .values()
-            .filter(|s| self.alive(s, now))
-            .filter_map(|s| match &s.holder {
-                Holder::Directory(d) if now.saturating_sub(d.confirmed) >= every_ms => {
-                    Some(d.dn.clone())
-                }
-                _ => None,
-            })
-            .collect();
-        due.sort_unstable();
-        due.dedup();
-        due
+    pub async fn due_for_recheck(
+        &self,
+        every_ms: u64,
+        now: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        self.store.sessions_due_for_recheck(self.life, every_ms, now).await
     }
 
     /// Applies a re-check of the account of entry `dn` (compared case-insensitively):
     /// `Some(role)` confirms its sessions, lowering a role larger than `role` (a re-check
     /// never raises one); `None` (gone, disabled, in no mapped group) ends them. Returns the
     /// sessions' names and how many were lowered and ended.
-    pub fn confirm(&self, dn: &str, role: Option<Role>, now: u64) -> Rechecked {
-        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = Rechecked::default();
-        let mut ended = Vec::new();
-        for (key, s) in t.by_id_hash.iter_mut() {
-            let Holder::Directory(d) = &mut s.holder else { continue };
-            if !d.dn.eq_ignore_ascii_case(dn) {
-                continue;
-            }
-            if !out.names.contains(&d.caller.name) {
-                out.names.push(d.caller.name.clone());
-            }
-            match role {
-                None => ended.push(*key),
-                Some(r) => {
-                    if r < d.caller.role {
-                        d.caller.role = r;
-                        out.lowered += 1;
-                    }
-                    d.confirmed = now;
-                }
-            }
-        }
-        for key in &ended {
-            t.remove(key);
-        }
-        out.ended = ended.len();
-        out
+    pub async fn confirm(
+        &self,
+        dn: &str,
+        role: Option<Role>,
+        now: u64,
+    ) -> Result<Rechecked, StoreError> {
+        self.store.confirm_sessions(dn, role, now).await
     }
 
     /// Ends every directory session whose account is named `name` (compared
-    /// case-insensitively, as directories compare names). Where several accounts share the
-    /// name (OpenLDAP does not make `uid` unique), all of them are logged out: ending too many
-    /// is the safe side. Returns how many.
-    pub fn end_name(&self, name: &str) -> usize {
-        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        let name = name.to_lowercase();
-        let keys: Vec<[u8; 32]> = t
-            .by_id_hash
-            .iter()
-            .filter(|(_, s)| {
-                matches!(&s.holder, Holder::Directory(d) if d.caller.name.to_lowercase() == name)
-            })
-            .map(|(k, _)| *k)
-            .collect();
-        for key in &keys {
-            t.remove(key);
-        }
-        keys.len()
+    /// case-insensitively, as directories compare names), on every replica. Where several
+    /// accounts share the name (OpenLDAP does not make `uid` unique), all of them are logged
+    /// out: ending too many is the safe side. Returns how many.
+    pub async fn end_name(&self, name: &str) -> Result<usize, StoreError> {
+        self.store.end_sessions_named(name).await
     }
 
-    fn open(&self, holder: Holder, now: u64) -> Result<Opened, Full> {
-        let who = holder.identity();
-        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        // The identity's own ended sessions first (a few keys), then, at its cap, its own
-        // least recently used one.
-        let own: Vec<[u8; 32]> = t.by_identity.get(&who).cloned().unwrap_or_default();
-        for key in own {
-            if t.by_id_hash.get(&key).is_some_and(|s| !self.alive(s, now)) {
-                t.remove(&key);
-            }
-        }
-        let held = t.by_identity.get(&who).map_or(0, Vec::len);
-        if held >= MAX_SESSIONS_PER_IDENTITY {
-            if let Some(oldest) = t.least_recent(&who) {
-                t.remove(&oldest);
-            }
-        }
-        if t.by_id_hash.len() >= MAX_SESSIONS {
-            let dead: Vec<[u8; 32]> =
-                t.by_id_hash.iter().filter(|(_, s)| !self.alive(s, now)).map(|(k, _)| *k).collect();
-            for key in dead {
-                t.remove(&key);
-            }
-        }
-        if t.by_id_hash.len() >= MAX_SESSIONS {
-            // Full of live sessions: only the identity's own may make room.
-            let oldest = t.least_recent(&who).ok_or(Full)?;
-            t.remove(&oldest);
-        }
+    async fn open(&self, holder: Holder, now: u64) -> Result<Opened, NotOpened> {
         let id: [u8; 32] = rand::random();
-        let csrf: [u8; 32] = rand::random();
-        t.insert(hash(&id), Session { holder, csrf, created: now, seen: now });
-        Ok(Opened { id: hex::encode(id), csrf: hex::encode(csrf) })
+        match self.store.open_session(hash(&id), holder, self.life, now).await {
+            Ok(Ok(())) => Ok(Opened { id: hex::encode(id), csrf: hex::encode(csrf_of(&id)) }),
+            Ok(Err(Full)) => Err(NotOpened::Full),
+            Err(e) => Err(NotOpened::Unavailable(e.to_string())),
+        }
     }
 
-    fn alive(&self, s: &Session, now: u64) -> bool {
-        now.saturating_sub(s.seen) < self.life.idle_ms
-            && now.saturating_sub(s.created) < self.life.absolute_ms
-    }
-
-    /// Checks a request that carries a session cookie: the session is alive (it is then marked
-    /// used), the request is not from another site, a changing request carries the CSRF token,
-    /// and the caller has role `need`. Returns the caller and the CSRF token (hex).
-    pub fn check(
+    /// Checks a request that carries a session cookie: the session is alive (its use is then
+    /// recorded, see [`touch_gap`]), the request is not from another site, a changing request
+    /// carries the CSRF token, and the caller has role `need`. Returns the caller and the CSRF
+    /// token (hex). A session found ended is removed from the database.
+    pub async fn check(
         &self,
         tokens: &Tokens,
-        p: &Presented,
+        p: &Presented<'_>,
         need: Role,
         now: u64,
     ) -> Result<(Caller, String), Denied> {
         cross_site(p)?;
-        let key = id_hash(p.id).ok_or(Denied::NoSession)?;
-        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(session) = t.by_id_hash.get(&key).cloned() else {
+        let raw = hex_32(p.id).ok_or(Denied::NoSession)?;
+        let key = hash(&raw);
+        let unavailable = |e: StoreError| {
+            tracing::error!("cannot check a console session: {e}");
+            Denied::SessionsUnavailable
+        };
+        let Some(session) = self.store.session(key).await.map_err(unavailable)? else {
             return Err(Denied::NoSession);
         };
-        if !self.alive(&session, now) {
-            t.remove(&key);
-            return Err(Denied::NoSession);
-        }
         let caller = match &session.holder {
-            Holder::Directory(d) if now.saturating_sub(d.confirmed) >= d.stale_ms => {
-                t.remove(&key); // no re-check confirmed the role in time
-                return Err(Denied::NoSession);
+            _ if !self.life.alive(session.created, session.seen, now) => None,
+            // No re-check confirmed the role in time.
+            Holder::Directory(d) if now.saturating_sub(d.confirmed) >= d.stale_ms => None,
+            Holder::Directory(d) => {
+                Some(Caller { name: d.name.clone(), role: d.role, via: Via::LdapSession })
             }
-            Holder::Directory(d) => d.caller.clone(),
-            Holder::Token(h) => match tokens.by_hash(h) {
-                Some(c) => Caller { via: Via::TokenSession, ..c },
-                None => {
-                    t.remove(&key); // the token was revoked: so is its session
-                    return Err(Denied::NoSession);
-                }
-            },
+            // The token was revoked: so is its session.
+            Holder::Token(h) => tokens.by_hash(h).map(|c| Caller { via: Via::TokenSession, ..c }),
         };
+        let Some(caller) = caller else {
+            self.store.end_session(key).await.map_err(unavailable)?;
+            return Err(Denied::NoSession);
+        };
+        let csrf = csrf_of(&raw);
         if p.method == Method::Changes {
             let sent = p.csrf.and_then(|t| hex_32(t.trim()));
-            if !sent.is_some_and(|t| ct_eq(&t, &session.csrf)) {
+            if !sent.is_some_and(|t| ct_eq(&t, &csrf)) {
                 return Err(Denied::Csrf);
             }
         }
-        if let Some(s) = t.by_id_hash.get_mut(&key) {
-            s.seen = now;
+        let gap = touch_gap(self.life);
+        if now.saturating_sub(session.seen) >= gap {
+            if let Err(e) = self.store.touch_session(key, gap, now).await {
+                // The session was just read, so it is valid; its last use is recorded at the
+                // next request that reaches the database.
+                tracing::warn!("cannot record a console session's use: {e}");
+            }
         }
-        drop(t);
-        Ok((caller.at_least(need)?, hex::encode(session.csrf)))
+        Ok((caller.at_least(need)?, hex::encode(csrf)))
     }
 
-    /// Ends the session `id` (logout). Unknown ids are ignored.
-    pub fn end(&self, id: &str) {
-        if let Some(key) = id_hash(id) {
-            self.table.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+    /// Ends the session `id` (logout), on every replica. Unknown ids are ignored.
+    pub async fn end(&self, id: &str) -> Result<(), StoreError> {
+        match hex_32(id) {
+            Some(raw) => self.store.end_session(hash(&raw)).await,
+            None => Ok(()),
         }
     }
 
-    /// Sessions held (for tests and `/status`).
+    /// Removes every session that has ended by time ([`Store::expire_sessions`]; run every
+    /// [`EXPIRE_EVERY`] by `console::login::expire_sessions`).
+    pub async fn expire(&self, now: u64) -> Result<usize, StoreError> {
+        self.store.expire_sessions(self.life, now).await
+    }
+
+    /// Sessions stored (for `/status`).
+    pub async fn count(&self) -> Result<usize, StoreError> {
+        self.store.count_sessions().await
+    }
+
+    /// Sessions stored, from a thread that may block (tests; panics if the database does not
+    /// answer).
     pub fn len(&self) -> usize {
-        self.table.lock().unwrap_or_else(|p| p.into_inner()).by_id_hash.len()
+        self.store.count_sessions_blocking().expect("count the sessions")
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
+
+/// How often ended sessions are removed from the database (by every replica; see
+/// `console::login::expire_sessions`).
+pub const EXPIRE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Refuses a request the browser marks as coming from another site: `Sec-Fetch-Site` other
 /// than `same-origin` (or `none`, a typed address), or an `Origin` that is not the service's own.
@@ -431,12 +276,18 @@ pub fn cross_site(p: &Presented) -> Result<(), Denied> {
     Ok(())
 }
 
+/// The key a session is stored under: the SHA-256 of its id.
 fn hash(id: &[u8; 32]) -> [u8; 32] {
     Sha256::digest(id).into()
 }
 
-fn id_hash(id: &str) -> Option<[u8; 32]> {
-    hex_32(id).map(|raw| hash(&raw))
+/// A session's CSRF token: the SHA-256 of a label and its id. Another hash of the id than the
+/// stored key (the label differs), so the stored key does not give it away.
+pub fn csrf_of(id: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"bootforge console csrf\0");
+    h.update(id);
+    h.finalize().into()
 }
 
 fn hex_32(text: &str) -> Option<[u8; 32]> {
@@ -754,134 +605,278 @@ mod tests {
         }
     }
 
+    /// A session table over a fresh SQLite store (the folder lives as long as the table).
+    fn sessions(life: Lifetimes) -> (tempfile::TempDir, Sessions) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = Store::default_url(dir.path());
+        let store = Arc::new(Store::open(&url, None).unwrap());
+        (dir, Sessions::new(store, life))
+    }
+
+    /// Runs a test's async body.
+    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+    }
+
     #[test]
     fn a_session_needs_its_csrf_token_to_change_anything() {
         let (t, h) = tokens();
-        let s = Sessions::new(Lifetimes::default());
-        let o = s.open_token(h, 0).unwrap();
-        let (c, csrf) = s.check(&t, &presented(&o.id, Method::Safe, None), Role::Read, 1).unwrap();
-        assert_eq!((c.name.as_str(), c.via, csrf.as_str()), ("ops", Via::TokenSession, &*o.csrf));
-        let no = s.check(&t, &presented(&o.id, Method::Changes, None), Role::Reimage, 2);
-        assert_eq!(no.unwrap_err(), Denied::Csrf);
-        let wrong = "0".repeat(64);
-        let no = s.check(&t, &presented(&o.id, Method::Changes, Some(&wrong)), Role::Reimage, 2);
-        assert_eq!(no.unwrap_err(), Denied::Csrf);
-        let yes = s.check(&t, &presented(&o.id, Method::Changes, Some(&o.csrf)), Role::Reimage, 3);
-        assert!(yes.is_ok());
-        let admin = s.check(&t, &presented(&o.id, Method::Safe, None), Role::Admin, 4);
-        assert_eq!(admin.unwrap_err().kind(), "role-too-small");
+        let (_dir, s) = sessions(Lifetimes::default());
+        run(async {
+            let o = s.open_token(h, 0).await.unwrap();
+            let p = presented(&o.id, Method::Safe, None);
+            let (c, csrf) = s.check(&t, &p, Role::Read, 1).await.unwrap();
+            assert_eq!(
+                (c.name.as_str(), c.via, csrf.as_str()),
+                ("ops", Via::TokenSession, &*o.csrf)
+            );
+            let no = s.check(&t, &presented(&o.id, Method::Changes, None), Role::Reimage, 2).await;
+            assert_eq!(no.unwrap_err(), Denied::Csrf);
+            let wrong = "0".repeat(64);
+            let p = presented(&o.id, Method::Changes, Some(&wrong));
+            assert_eq!(s.check(&t, &p, Role::Reimage, 2).await.unwrap_err(), Denied::Csrf);
+            // Another session's token is not this one's.
+            let other = s.open_token(h, 2).await.unwrap();
+            let p = presented(&o.id, Method::Changes, Some(&other.csrf));
+            assert_eq!(s.check(&t, &p, Role::Reimage, 2).await.unwrap_err(), Denied::Csrf);
+            let p = presented(&o.id, Method::Changes, Some(&o.csrf));
+            assert!(s.check(&t, &p, Role::Reimage, 3).await.is_ok());
+            let admin = s.check(&t, &presented(&o.id, Method::Safe, None), Role::Admin, 4).await;
+            assert_eq!(admin.unwrap_err().kind(), "role-too-small");
+        });
     }
 
     #[test]
     fn sessions_expire_idle_and_absolute_and_end_at_logout() {
         let (t, h) = tokens();
         let life = Lifetimes { idle_ms: 100, absolute_ms: 250 };
-        let s = Sessions::new(life);
-        let o = s.open_token(h, 0).unwrap();
-        let p = presented(&o.id, Method::Safe, None);
-        assert!(s.check(&t, &p, Role::Read, 90).is_ok());
-        assert!(s.check(&t, &p, Role::Read, 180).is_ok(), "use keeps it alive");
-        assert_eq!(s.check(&t, &p, Role::Read, 260).unwrap_err(), Denied::NoSession, "absolute");
-        let o = s.open_token(h, 1000).unwrap();
-        let p = presented(&o.id, Method::Safe, None);
-        assert_eq!(s.check(&t, &p, Role::Read, 1100).unwrap_err(), Denied::NoSession, "idle");
-        let o = s.open_token(h, 2000).unwrap();
-        s.end(&o.id);
-        let p = presented(&o.id, Method::Safe, None);
-        assert_eq!(s.check(&t, &p, Role::Read, 2001).unwrap_err(), Denied::NoSession, "logout");
-        assert_eq!(
-            s.check(&t, &presented("zz", Method::Safe, None), Role::Read, 1).unwrap_err(),
-            Denied::NoSession
-        );
+        let (_dir, s) = sessions(life);
+        run(async {
+            let o = s.open_token(h, 0).await.unwrap();
+            let p = presented(&o.id, Method::Safe, None);
+            assert!(s.check(&t, &p, Role::Read, 90).await.is_ok());
+            assert!(s.check(&t, &p, Role::Read, 180).await.is_ok(), "use keeps it alive");
+            let r = s.check(&t, &p, Role::Read, 260).await;
+            assert_eq!(r.unwrap_err(), Denied::NoSession, "absolute");
+            let o = s.open_token(h, 1000).await.unwrap();
+            let p = presented(&o.id, Method::Safe, None);
+            assert_eq!(
+                s.check(&t, &p, Role::Read, 1100).await.unwrap_err(),
+                Denied::NoSession,
+                "idle"
+            );
+            let o = s.open_token(h, 2000).await.unwrap();
+            s.end(&o.id).await.unwrap();
+            let p = presented(&o.id, Method::Safe, None);
+            let r = s.check(&t, &p, Role::Read, 2001).await;
+            assert_eq!(r.unwrap_err(), Denied::NoSession, "logout");
+            let r = s.check(&t, &presented("zz", Method::Safe, None), Role::Read, 1).await;
+            assert_eq!(r.unwrap_err(), Denied::NoSession);
+        });
+        // Ended sessions were removed when they were found ended.
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn use_is_written_once_a_gap_not_on_every_request() {
+        let (t, h) = tokens();
+        let life = Lifetimes::default();
+        let gap = touch_gap(life);
+        assert_eq!(gap, 60_000, "a minute of a 30-minute session");
+        let (_dir, s) = sessions(life);
+        run(async {
+            let o = s.open_token(h, 0).await.unwrap();
+            let key = hash(&hex_32(&o.id).unwrap());
+            let p = presented(&o.id, Method::Safe, None);
+            for now in [1, 1000, gap - 1] {
+                s.check(&t, &p, Role::Read, now).await.unwrap();
+                assert_eq!(s.store.session(key).await.unwrap().unwrap().seen, 0, "at {now}");
+            }
+            s.check(&t, &p, Role::Read, gap).await.unwrap();
+            assert_eq!(s.store.session(key).await.unwrap().unwrap().seen, gap);
+            // Used only within the gaps, it stays alive past the idle lifetime of its login.
+            let mut now = gap;
+            while now < 3 * life.idle_ms {
+                now += gap / 2;
+                assert!(s.check(&t, &p, Role::Read, now).await.is_ok(), "at {now}");
+            }
+            // A touch never moves the last use back.
+            s.store.touch_session(key, 0, 5).await.unwrap();
+            assert!(s.store.session(key).await.unwrap().unwrap().seen > 5);
+        });
+    }
+
+    #[test]
+    fn the_database_holds_neither_the_cookie_nor_the_csrf_token() {
+        let (t, h) = tokens();
+        let (dir, s) = sessions(Lifetimes::default());
+        let (o, d) = run(async {
+            let o = s.open_token(h, 0).await.unwrap();
+            let d = s.open_directory("bob".into(), Role::Read, "uid=bob".into(), 1000, 0);
+            let d = d.await.unwrap();
+            s.check(&t, &presented(&o.id, Method::Safe, None), Role::Read, 1).await.unwrap();
+            (o, d)
+        });
+        drop(s); // closes the database
+        let mut bytes = Vec::new();
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            bytes.extend(std::fs::read(entry.unwrap().path()).unwrap());
+        }
+        let text = String::from_utf8_lossy(&bytes).to_lowercase();
+        assert!(text.contains(&hex::encode(hash(&hex_32(&o.id).unwrap()))), "sessions are stored");
+        for secret in [&o.id, &o.csrf, &d.id, &d.csrf] {
+            assert!(!text.contains(secret.as_str()), "a secret is stored in clear");
+        }
+    }
+
+    #[test]
+    fn ended_sessions_are_removed_from_the_database() {
+        let (t, h) = tokens();
+        let life = Lifetimes { idle_ms: 100, absolute_ms: 250 };
+        let (_dir, s) = sessions(life);
+        run(async {
+            let a = s.open_token(h, 0).await.unwrap();
+            let b = s.open_directory("bob".into(), Role::Read, "uid=bob".into(), 1000, 60);
+            let b = b.await.unwrap();
+            assert_eq!(s.expire(99).await.unwrap(), 0);
+            assert_eq!(s.expire(100).await.unwrap(), 1, "a: idle");
+            assert_eq!(s.count().await.unwrap(), 1);
+            let p = presented(&b.id, Method::Safe, None);
+            for now in [90, 180, 240] {
+                assert!(s.check(&t, &p, Role::Read, now).await.is_ok(), "at {now}");
+            }
+            assert_eq!(s.expire(309).await.unwrap(), 0);
+            assert_eq!(s.expire(310).await.unwrap(), 1, "b: absolute, although used");
+            let p = presented(&a.id, Method::Safe, None);
+            assert_eq!(s.check(&t, &p, Role::Read, 1).await.unwrap_err(), Denied::NoSession);
+        });
+        assert!(s.is_empty());
     }
 
     #[test]
     fn revoking_the_token_ends_its_sessions() {
         let (t, h) = tokens();
-        let s = Sessions::new(Lifetimes::default());
-        let o = s.open_token(h, 0).unwrap();
-        let p = presented(&o.id, Method::Safe, None);
-        let none = Tokens::parse("t", "").unwrap();
-        assert_eq!(s.check(&none, &p, Role::Read, 1).unwrap_err(), Denied::NoSession);
-        assert_eq!(s.check(&t, &p, Role::Read, 2).unwrap_err(), Denied::NoSession, "for good");
+        let (_dir, s) = sessions(Lifetimes::default());
+        run(async {
+            let o = s.open_token(h, 0).await.unwrap();
+            let p = presented(&o.id, Method::Safe, None);
+            let none = Tokens::parse("t", "").unwrap();
+            assert_eq!(s.check(&none, &p, Role::Read, 1).await.unwrap_err(), Denied::NoSession);
+            let r = s.check(&t, &p, Role::Read, 2).await;
+            assert_eq!(r.unwrap_err(), Denied::NoSession, "for good");
+        });
     }
 
     #[test]
     fn directory_sessions_are_rechecked_lowered_ended_and_go_stale() {
         let (t, _) = tokens();
-        let s = Sessions::new(Lifetimes::default());
+        let (_dir, s) = sessions(Lifetimes::default());
         let dn = "CN=bob,CN=Users,DC=ad";
-        let bob1 = s.open_directory("bob".into(), Role::Admin, dn.into(), 300, 0).unwrap();
-        let bob2 = s.open_directory("bob".into(), Role::Admin, dn.into(), 300, 50).unwrap();
-        let ann =
-            s.open_directory("ann".into(), Role::Read, "CN=ann,DC=ad".into(), 300, 0).unwrap();
-        let p = |o: &Opened| presented(&o.id, Method::Safe, None).id.to_string();
-        let check =
-            |id: &str, need, now| s.check(&t, &presented(id, Method::Safe, None), need, now);
-        assert_eq!(s.due_for_recheck(100, 99), Vec::<String>::new());
-        assert_eq!(s.due_for_recheck(100, 150), vec!["CN=ann,DC=ad".to_string(), dn.into()]);
-        // A smaller role lowers both of bob's sessions (DNs compared case-insensitively).
-        let r = s.confirm("cn=BOB,cn=users,dc=ad", Some(Role::Reimage), 200);
-        assert_eq!(r, Rechecked { names: vec!["bob".into()], lowered: 2, ended: 0 });
-        assert_eq!(check(&p(&bob1), Role::Read, 210).unwrap().0.role, Role::Reimage);
-        assert_eq!(check(&p(&bob2), Role::Admin, 210).unwrap_err().kind(), "role-too-small");
-        // A larger one never raises it.
-        s.confirm(dn, Some(Role::Admin), 220);
-        assert_eq!(check(&p(&bob1), Role::Read, 230).unwrap().0.role, Role::Reimage);
-        // ann was not confirmed: 300 ms after login her session is refused, for good.
-        assert!(check(&p(&ann), Role::Read, 299).is_ok());
-        assert_eq!(check(&p(&ann), Role::Read, 300).unwrap_err(), Denied::NoSession);
-        assert_eq!(check(&p(&ann), Role::Read, 301).unwrap_err(), Denied::NoSession);
-        // Gone, disabled, or out of the groups: every session of the account ends.
-        let r = s.confirm(dn, None, 240);
-        assert_eq!(r, Rechecked { names: vec!["bob".into()], lowered: 0, ended: 2 });
-        assert_eq!(check(&p(&bob1), Role::Read, 241).unwrap_err(), Denied::NoSession);
+        run(async {
+            let bob1 =
+                s.open_directory("bob".into(), Role::Admin, dn.into(), 300, 0).await.unwrap();
+            let bob2 =
+                s.open_directory("bob".into(), Role::Admin, dn.into(), 300, 50).await.unwrap();
+            let ann = s.open_directory("ann".into(), Role::Read, "CN=ann,DC=ad".into(), 300, 0);
+            let ann = ann.await.unwrap();
+            let check = |id: String, need, now| {
+                let t = &t;
+                let s = &s;
+                async move { s.check(t, &presented(&id, Method::Safe, None), need, now).await }
+            };
+            assert_eq!(s.due_for_recheck(100, 99).await.unwrap(), Vec::<String>::new());
+            assert_eq!(
+                s.due_for_recheck(100, 150).await.unwrap(),
+                vec!["CN=ann,DC=ad".to_string(), dn.into()]
+            );
+            // A smaller role lowers both of bob's sessions (DNs compared case-insensitively).
+            let r = s.confirm("cn=BOB,cn=users,dc=ad", Some(Role::Reimage), 200).await.unwrap();
+            assert_eq!(r, Rechecked { names: vec!["bob".into()], lowered: 2, ended: 0 });
+            assert_eq!(
+                check(bob1.id.clone(), Role::Read, 210).await.unwrap().0.role,
+                Role::Reimage
+            );
+            let r = check(bob2.id.clone(), Role::Admin, 210).await;
+            assert_eq!(r.unwrap_err().kind(), "role-too-small");
+            // A larger one never raises it.
+            s.confirm(dn, Some(Role::Admin), 220).await.unwrap();
+            assert_eq!(
+                check(bob1.id.clone(), Role::Read, 230).await.unwrap().0.role,
+                Role::Reimage
+            );
+            // ann was not confirmed: 300 ms after login her session is refused, for good.
+            assert!(check(ann.id.clone(), Role::Read, 299).await.is_ok());
+            assert_eq!(
+                check(ann.id.clone(), Role::Read, 300).await.unwrap_err(),
+                Denied::NoSession
+            );
+            assert_eq!(
+                check(ann.id.clone(), Role::Read, 301).await.unwrap_err(),
+                Denied::NoSession
+            );
+            // Gone, disabled, or out of the groups: every session of the account ends.
+            let r = s.confirm(dn, None, 240).await.unwrap();
+            assert_eq!(r, Rechecked { names: vec!["bob".into()], lowered: 0, ended: 2 });
+            assert_eq!(
+                check(bob1.id.clone(), Role::Read, 241).await.unwrap_err(),
+                Denied::NoSession
+            );
+        });
         assert!(s.is_empty());
     }
 
     #[test]
     fn an_admin_ends_every_directory_session_of_a_name() {
         let (t, h) = tokens();
-        let s = Sessions::new(Lifetimes::default());
+        let (_dir, s) = sessions(Lifetimes::default());
         let dn = || "CN=bob,DC=ad".to_string();
-        let a = s.open_directory("bob".into(), Role::Read, dn(), 1000, 0).unwrap();
-        let b = s.open_directory("bob".into(), Role::Read, dn(), 1000, 0).unwrap();
-        let c = s.open_directory("carol".into(), Role::Read, "CN=carol".into(), 1000, 0).unwrap();
-        let tok = s.open_token(h, 0).unwrap();
-        // Another entry with the same uid (OpenLDAP does not make it unique): ended too.
-        let other = s.open_directory("Bob".into(), Role::Read, "uid=bob,ou=x".into(), 1000, 0);
-        let other = other.unwrap();
-        assert_eq!(s.end_name("BOB"), 3);
-        assert_eq!(s.end_name("bob"), 0);
-        for (o, alive) in [(&a, false), (&b, false), (&other, false), (&c, true), (&tok, true)] {
-            let r = s.check(&t, &presented(&o.id, Method::Safe, None), Role::Read, 1);
-            assert_eq!(r.is_ok(), alive);
-        }
+        run(async {
+            let a = s.open_directory("bob".into(), Role::Read, dn(), 1000, 0).await.unwrap();
+            let b = s.open_directory("bob".into(), Role::Read, dn(), 1000, 0).await.unwrap();
+            let c = s.open_directory("carol".into(), Role::Read, "CN=carol".into(), 1000, 0);
+            let c = c.await.unwrap();
+            let tok = s.open_token(h, 0).await.unwrap();
+            // Another entry with the same uid (OpenLDAP does not make it unique): ended too.
+            let other = s.open_directory("Bob".into(), Role::Read, "uid=bob,ou=x".into(), 1000, 0);
+            let other = other.await.unwrap();
+            assert_eq!(s.end_name("BOB").await.unwrap(), 3);
+            assert_eq!(s.end_name("bob").await.unwrap(), 0);
+            for (o, alive) in [(&a, false), (&b, false), (&other, false), (&c, true), (&tok, true)]
+            {
+                let r = s.check(&t, &presented(&o.id, Method::Safe, None), Role::Read, 1).await;
+                assert_eq!(r.is_ok(), alive);
+            }
+        });
     }
 
     #[test]
     fn other_sites_are_refused() {
         let (t, h) = tokens();
-        let s = Sessions::new(Lifetimes::default());
-        let o = s.open_token(h, 0).unwrap();
-        let mut p = presented(&o.id, Method::Changes, Some(&o.csrf));
-        p.fetch_site = Some("cross-site");
-        assert_eq!(s.check(&t, &p, Role::Read, 1).unwrap_err(), Denied::CrossSite);
-        p.fetch_site = Some("same-origin");
-        p.origin = Some("http://evil.example");
-        assert_eq!(s.check(&t, &p, Role::Read, 1).unwrap_err(), Denied::CrossSite);
-        p.origin = Some("http://console:8080");
-        assert!(s.check(&t, &p, Role::Read, 1).is_ok());
+        let (_dir, s) = sessions(Lifetimes::default());
+        run(async {
+            let o = s.open_token(h, 0).await.unwrap();
+            let mut p = presented(&o.id, Method::Changes, Some(&o.csrf));
+            p.fetch_site = Some("cross-site");
+            assert_eq!(s.check(&t, &p, Role::Read, 1).await.unwrap_err(), Denied::CrossSite);
+            p.fetch_site = Some("same-origin");
+            p.origin = Some("http://evil.example");
+            assert_eq!(s.check(&t, &p, Role::Read, 1).await.unwrap_err(), Denied::CrossSite);
+            p.origin = Some("http://console:8080");
+            assert!(s.check(&t, &p, Role::Read, 1).await.is_ok());
+        });
     }
 
     #[test]
     fn directory_sessions_keep_their_login() {
         let (t, _) = tokens();
-        let s = Sessions::new(Lifetimes::default());
-        let o =
-            s.open_directory("alice".into(), Role::Admin, "uid=alice".into(), u64::MAX, 0).unwrap();
-        let (c, _) = s.check(&t, &presented(&o.id, Method::Safe, None), Role::Admin, 1).unwrap();
-        assert_eq!((c.name.as_str(), c.role, c.via), ("alice", Role::Admin, Via::LdapSession));
+        let (_dir, s) = sessions(Lifetimes::default());
+        run(async {
+            let o = s.open_directory("alice".into(), Role::Admin, "uid=alice".into(), u64::MAX, 0);
+            let o = o.await.unwrap();
+            let p = presented(&o.id, Method::Safe, None);
+            let (c, _) = s.check(&t, &p, Role::Admin, 1).await.unwrap();
+            assert_eq!((c.name.as_str(), c.role, c.via), ("alice", Role::Admin, Via::LdapSession));
+        });
     }
 
     const T0: u64 = 1_000_000;
@@ -1006,73 +1001,62 @@ mod tests {
     #[test]
     fn an_identity_holds_a_bounded_number_of_sessions_and_cannot_end_anothers() {
         let (t, h) = tokens();
-        let s = Sessions::new(Lifetimes::default());
-        let alice =
-            s.open_directory("alice".into(), Role::Admin, "uid=x".into(), u64::MAX, 0).unwrap();
-        let mut last = Vec::new();
-        for i in 0..3 * MAX_SESSIONS_PER_IDENTITY as u64 {
-            last.push(s.open_token(h, 1 + i).unwrap());
-        }
-        assert_eq!(s.len(), MAX_SESSIONS_PER_IDENTITY + 1);
-        let p = presented(&alice.id, Method::Safe, None);
-        assert!(s.check(&t, &p, Role::Admin, 100).is_ok(), "alice keeps her session");
-        // The token's newest sessions live; its oldest ended.
-        let newest = last.last().unwrap();
-        assert!(s.check(&t, &presented(&newest.id, Method::Safe, None), Role::Read, 101).is_ok());
-        assert_eq!(
-            s.check(&t, &presented(&last[0].id, Method::Safe, None), Role::Read, 102).unwrap_err(),
-            Denied::NoSession
-        );
-        // Another entry of the same name is another identity: it cannot use up alice's
-        // sessions (OpenLDAP does not make uid unique).
-        for i in 0..2 * MAX_SESSIONS_PER_IDENTITY as u64 {
-            s.open_directory(
-                "alice".into(),
-                Role::Read,
-                "uid=alice,ou=y".into(),
-                u64::MAX,
-                150 + i,
-            )
-            .unwrap();
-        }
-        assert!(s.check(&t, &p, Role::Admin, 199).is_ok(), "alice keeps her session");
-        // The same entry in another case is the same identity.
-        for i in 0..MAX_SESSIONS_PER_IDENTITY as u64 {
-            s.open_directory("ALICE".into(), Role::Admin, "UID=X".into(), u64::MAX, 200 + i)
-                .unwrap();
-        }
-        assert_eq!(s.check(&t, &p, Role::Admin, 300).unwrap_err(), Denied::NoSession);
+        let (_dir, s) = sessions(Lifetimes::default());
+        let dir = |name: &str, role, dn: &str, now| {
+            s.open_directory(name.into(), role, dn.into(), u64::MAX, now)
+        };
+        run(async {
+            let alice = dir("alice", Role::Admin, "uid=x", 0).await.unwrap();
+            let mut last = Vec::new();
+            for i in 0..3 * MAX_SESSIONS_PER_IDENTITY as u64 {
+                last.push(s.open_token(h, 1 + i).await.unwrap());
+            }
+            assert_eq!(s.count().await.unwrap(), MAX_SESSIONS_PER_IDENTITY + 1);
+            let p = presented(&alice.id, Method::Safe, None);
+            assert!(s.check(&t, &p, Role::Admin, 100).await.is_ok(), "alice keeps her session");
+            // The token's newest sessions live; its oldest ended.
+            let newest = presented(&last.last().unwrap().id, Method::Safe, None);
+            assert!(s.check(&t, &newest, Role::Read, 101).await.is_ok());
+            let oldest = presented(&last[0].id, Method::Safe, None);
+            assert_eq!(s.check(&t, &oldest, Role::Read, 102).await.unwrap_err(), Denied::NoSession);
+            // Another entry of the same name is another identity: it cannot use up alice's
+            // sessions (OpenLDAP does not make uid unique).
+            for i in 0..2 * MAX_SESSIONS_PER_IDENTITY as u64 {
+                dir("alice", Role::Read, "uid=alice,ou=y", 150 + i).await.unwrap();
+            }
+            assert!(s.check(&t, &p, Role::Admin, 199).await.is_ok(), "alice keeps her session");
+            // The same entry in another case is the same identity.
+            for i in 0..MAX_SESSIONS_PER_IDENTITY as u64 {
+                dir("ALICE", Role::Admin, "UID=X", 200 + i).await.unwrap();
+            }
+            assert_eq!(s.check(&t, &p, Role::Admin, 300).await.unwrap_err(), Denied::NoSession);
+        });
     }
 
     #[test]
     fn a_table_full_of_live_sessions_refuses_newcomers_without_ending_anyone() {
         let (t, _) = tokens();
-        let s = Sessions::new(Lifetimes::default());
-        let first = s
-            .open_directory("user-0".into(), Role::Read, "uid=user-0".into(), u64::MAX, 0)
-            .unwrap();
-        for i in 1..MAX_SESSIONS as u64 {
-            let name = format!("user-{}", i / MAX_SESSIONS_PER_IDENTITY as u64 + 1);
-            let dn = format!("uid={name}");
-            s.open_directory(name, Role::Read, dn, u64::MAX, i).unwrap();
-        }
-        assert_eq!(s.len(), MAX_SESSIONS);
-        assert_eq!(
-            s.open_directory("newcomer".into(), Role::Read, "uid=new".into(), u64::MAX, 20_000)
-                .err(),
-            Some(Full)
-        );
-        assert!(s.check(&t, &presented(&first.id, Method::Safe, None), Role::Read, 20_001).is_ok());
-        // An identity with a session of its own gives that up instead.
-        assert!(s
-            .open_directory("user-0".into(), Role::Read, "uid=user-0".into(), u64::MAX, 20_002)
-            .is_ok());
-        assert_eq!(s.len(), MAX_SESSIONS);
-        // Once sessions have ended (idle), there is room again.
-        let later = 20_002 + Lifetimes::default().idle_ms;
-        assert!(s
-            .open_directory("newcomer".into(), Role::Read, "uid=new".into(), u64::MAX, later)
-            .is_ok());
+        let (_dir, s) = sessions(Lifetimes::default());
+        let dir = |name: &str, dn: &str, now| {
+            s.open_directory(name.into(), Role::Read, dn.into(), u64::MAX, now)
+        };
+        run(async {
+            let first = dir("user-0", "uid=user-0", 0).await.unwrap();
+            for i in 1..MAX_SESSIONS as u64 {
+                let name = format!("user-{}", i / MAX_SESSIONS_PER_IDENTITY as u64 + 1);
+                dir(&name, &format!("uid={name}"), i).await.unwrap();
+            }
+            assert_eq!(s.count().await.unwrap(), MAX_SESSIONS);
+            assert_eq!(dir("newcomer", "uid=new", 20_000).await.err(), Some(NotOpened::Full));
+            let p = presented(&first.id, Method::Safe, None);
+            assert!(s.check(&t, &p, Role::Read, 20_001).await.is_ok());
+            // An identity with a session of its own gives that up instead.
+            assert!(dir("user-0", "uid=user-0", 20_002).await.is_ok());
+            assert_eq!(s.count().await.unwrap(), MAX_SESSIONS);
+            // Once sessions have ended (idle), there is room again.
+            let later = 20_002 + Lifetimes::default().idle_ms;
+            assert!(dir("newcomer", "uid=new", later).await.is_ok());
+        });
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub enum Denied {
     /// 403: a console request that the browser says comes from another site (`Origin`,
     /// `Sec-Fetch-Site`).
     CrossSite,
+    /// 503: a console session cookie that cannot be checked now: the database that holds the
+    /// sessions does not answer (try again; nothing was decided).
+    SessionsUnavailable,
 }
 
 impl Denied {
@@ -44,6 +47,7 @@ impl Denied {
             Denied::NoSession => "no-session",
             Denied::Csrf => "csrf",
             Denied::CrossSite => "cross-site",
+            Denied::SessionsUnavailable => "sessions-unavailable",
         }
     }
 
@@ -62,6 +66,7 @@ impl Denied {
             Denied::NoSession => "the console session has expired or was ended: log in again".into(),
             Denied::Csrf => "missing or wrong X-CSRF-Token: reload the console".into(),
             Denied::CrossSite => "refused: the request comes from another site".into(),
+            Denied::SessionsUnavailable => "console sessions cannot be checked now: the database does not answer; try again in a few seconds".into(),
         }
     }
 }

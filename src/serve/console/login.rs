@@ -50,7 +50,8 @@ async fn whoami(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> 
         return Ok(Reply::json(&body).with_status(401));
     };
     let p = presented(svc, req, id);
-    match svc.sessions.check(&svc.catalog.tokens(), &p.get(), Role::Read, now_ms()) {
+    let tokens = svc.catalog.tokens();
+    match svc.sessions.check(&tokens, &p.get(), Role::Read, now_ms()).await {
         Ok((c, csrf)) => Ok(Reply::json(&Who {
             name: c.name,
             role: c.role,
@@ -58,6 +59,7 @@ async fn whoami(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> 
             csrf,
             ldap: svc.directory.is_some(),
         })),
+        Err(denied @ Denied::SessionsUnavailable) => Err(HttpError::from(&denied)),
         Err(_) => {
             let body =
                 serde_json::json!({ "error": "not logged in", "ldap": svc.directory.is_some() });
@@ -114,7 +116,7 @@ pub(crate) async fn login(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, H
                 Ok(hash) => {
                     let caller = tokens.by_hash(&hash).expect("known");
                     (
-                        svc.sessions.open_token(hash, now),
+                        svc.sessions.open_token(hash, now).await,
                         Caller { via: Via::TokenSession, ..caller },
                     )
                 }
@@ -138,8 +140,10 @@ pub(crate) async fn login(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, H
                     let role = account.role;
                     let caller = Caller { name: account.name.clone(), role, via: Via::LdapSession };
                     let stale = directory_stale_ms(dir);
-                    let opened =
-                        svc.sessions.open_directory(account.name, role, account.dn, stale, now);
+                    let opened = svc
+                        .sessions
+                        .open_directory(account.name, role, account.dn, stale, now)
+                        .await;
                     (opened, caller)
                 }
                 Err(e) => {
@@ -182,15 +186,26 @@ pub(crate) async fn login(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, H
         }
     };
     svc.login_limiter.refund(attempt); // login throttle: only this attempt, nothing else
-    let Ok(opened) = opened else {
+    let opened = match opened {
+        Ok(opened) => opened,
         // Sessions per identity are capped (its own oldest ends); this is the whole table full
         // of other identities' live sessions, which a login must not end.
-        tracing::warn!(%peer, "console login refused: the session table is full");
-        return Err(HttpError::new(
-            503,
-            "too many console sessions are open (each of many people holds some); try again in a minute",
-        )
-        .header("Retry-After", "60".into()));
+        Err(session::NotOpened::Full) => {
+            tracing::warn!(%peer, "console login refused: the session table is full");
+            return Err(HttpError::new(
+                503,
+                "too many console sessions are open (each of many people holds some); try again in a minute",
+            )
+            .header("Retry-After", "60".into()));
+        }
+        Err(session::NotOpened::Unavailable(detail)) => {
+            tracing::error!(%peer, "console login refused: cannot store the session: {detail}");
+            return Err(HttpError::new(
+                503,
+                "the console cannot open a session now: the database does not answer; try again in a few seconds",
+            )
+            .header("Retry-After", "5".into()));
+        }
     };
     svc.audit.note(&Event::Login {
         name: caller.name.clone(),
@@ -236,7 +251,14 @@ pub async fn recheck_sessions(svc: Arc<Service>) {
     let tick = std::time::Duration::from_millis((every / 4).clamp(500, 30_000));
     loop {
         tokio::time::sleep(tick).await;
-        for dn in svc.sessions.due_for_recheck(every, now_ms()) {
+        let due = match svc.sessions.due_for_recheck(every, now_ms()).await {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::warn!("session re-check: cannot list the sessions due: {e}");
+                continue;
+            }
+        };
+        for dn in due {
             let role = match dir.recheck(&dn).await {
                 Ok(account) => account.map(|a| a.role),
                 Err(e) => {
@@ -249,7 +271,13 @@ pub async fn recheck_sessions(svc: Arc<Service>) {
                     continue;
                 }
             };
-            let done = svc.sessions.confirm(&dn, role, now_ms());
+            let done = match svc.sessions.confirm(&dn, role, now_ms()).await {
+                Ok(done) => done,
+                Err(e) => {
+                    tracing::warn!("session re-check: cannot apply the directory's answer: {e}");
+                    continue;
+                }
+            };
             for name in &done.names {
                 if done.ended > 0 {
                     svc.audit.note(&Event::SessionsEnded {
@@ -293,9 +321,27 @@ fn refuse(svc: &Service, req: &Req, denied: Denied) -> HttpError {
 pub(crate) async fn logout(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {
     let caller = authorize(svc, req, Role::Read).await?;
     if let Some(id) = req.session.as_deref() {
-        svc.sessions.end(id);
+        svc.sessions.end(id).await.map_err(|e| {
+            tracing::error!("console logout: cannot end the session: {e}");
+            HttpError::new(503, "the session cannot be ended now: the database does not answer; try again in a few seconds")
+                .header("Retry-After", "5".into())
+        })?;
     }
     svc.audit.note(&Event::Logout { who: Actor::from(&caller), peer: req.peer });
     Ok(Reply::json(&serde_json::json!({ "logged_out": true }))
         .header("Set-Cookie", session::clear_cookie(secure(svc))))
+}
+
+/// Removes ended sessions from the database every [`session::EXPIRE_EVERY`], for as long as the
+/// service runs. Every replica does it; the deletes are idempotent. (A request finds an ended
+/// session refused whether or not this has run: it only keeps the table small.)
+pub async fn expire_sessions(svc: Arc<Service>) {
+    loop {
+        tokio::time::sleep(session::EXPIRE_EVERY).await;
+        match svc.sessions.expire(now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(ended = n, "expired console sessions removed"),
+            Err(e) => tracing::warn!("cannot remove expired console sessions: {e}"),
+        }
+    }
 }

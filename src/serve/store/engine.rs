@@ -138,9 +138,18 @@ impl Engine {
     /// runs them, so replicas starting together migrate once.
     pub fn migrator(self) -> Migrator {
         let files: &[(i64, &str, &'static str)] = match self {
-            Engine::Sqlite => &[(1, "state", include_str!("migrations/sqlite/0001_state.sql"))],
-            Engine::Postgres => &[(1, "state", include_str!("migrations/postgres/0001_state.sql"))],
-            Engine::Mysql => &[(1, "state", include_str!("migrations/mysql/0001_state.sql"))],
+            Engine::Sqlite => &[
+                (1, "state", include_str!("migrations/sqlite/0001_state.sql")),
+                (2, "sessions", include_str!("migrations/sqlite/0002_sessions.sql")),
+            ],
+            Engine::Postgres => &[
+                (1, "state", include_str!("migrations/postgres/0001_state.sql")),
+                (2, "sessions", include_str!("migrations/postgres/0002_sessions.sql")),
+            ],
+            Engine::Mysql => &[
+                (1, "state", include_str!("migrations/mysql/0001_state.sql")),
+                (2, "sessions", include_str!("migrations/mysql/0002_sessions.sql")),
+            ],
         };
         Migrator::with_migrations(
             files

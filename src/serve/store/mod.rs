@@ -36,6 +36,7 @@ pub mod hosts;
 pub mod import;
 pub mod listen;
 pub mod refusals;
+pub mod sessions;
 
 use crate::serve::domain::event::Event;
 use engine::Engine;
