@@ -632,10 +632,12 @@ fn conformance(url: &str) {
     check_commit_together(&db);
     if db.two {
         check_lost_race_reruns(&db);
+        check_may_decide_out_of_order(&db);
     }
     check_toggle_burst(&db);
     check_first_answer_burst(&db);
     check_may_decide(&db);
+    check_may_decide_while_rescanning(&db);
     check_clock(&db);
     check_audit_paging(&db);
     check_last_boots(&db);
@@ -758,4 +760,69 @@ fn mariadb_conforms() {
     let db = Mariadb::start();
     check_copy_from_sqlite(&db.url());
     conformance(&db.url());
+}
+
+/// `may_decide` stays exact for a store's own commits while it rescans (as the reload thread
+/// does every 100 ms): a rescan that read the table before a flag committed must not drop it.
+fn check_may_decide_while_rescanning(db: &Db) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scans = Arc::new(AtomicUsize::new(0));
+    let rescans = {
+        let (a, stop, scans) = (db.a.clone(), stop.clone(), scans.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                a.rescan();
+                scans.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let rt = rt();
+    let mut missed = Vec::new();
+    for i in 0..300 {
+        let host = format!("c-scan-{i}");
+        rt.block_on(db.a.change(&host, set_change(&host, "rocky"))).unwrap().unwrap();
+        if !db.a.may_decide(&host) {
+            missed.push(host);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    rescans.join().unwrap();
+    assert!(scans.load(Ordering::Relaxed) > 10);
+    assert!(missed.is_empty(), "flags this store committed, answered local: {missed:?}");
+}
+
+/// Two changes of one host in one store, the second ending first: a cancel that found nothing
+/// to do must not make the host look undecided while a flag is about to commit, nor after.
+/// (Needs a server: on SQLite the first change holds the only write connection.)
+fn check_may_decide_out_of_order(db: &Db) {
+    let host = "c-order";
+    let (inside, wait_inside) = std::sync::mpsc::channel::<()>();
+    let (release, wait_release) = std::sync::mpsc::channel::<()>();
+    let wait_release = std::sync::Mutex::new(Some(wait_release));
+    let rt = rt();
+    let mut set = set_change(host, "rocky");
+    let flag = rt.spawn({
+        let a = db.a.clone();
+        async move {
+            a.change(host, move |st: &mut HostState, now| {
+                // The first run holds its transaction open (row read, not written) until released.
+                if let Some(w) = wait_release.lock().unwrap().take() {
+                    inside.send(()).unwrap();
+                    w.recv().unwrap();
+                }
+                set(st, now)
+            })
+            .await
+        }
+    });
+    wait_inside.recv().unwrap();
+    let cancel = rt.block_on(db.a.change(host, |st: &mut HostState, now| {
+        let (outcome, write) = lifecycle::cancel(st, rules, now);
+        Ok::<_, String>(Change { value: outcome, write, record: None })
+    }));
+    assert_eq!(cancel.unwrap().unwrap(), lifecycle::Cancel::NothingToCancel);
+    release.send(()).unwrap();
+    rt.block_on(flag).unwrap().unwrap().unwrap();
+    assert!(db.a.read_blocking(host).unwrap().flag.is_some());
+    assert!(db.a.may_decide(host), "this store's own flag, committed, looks undecided");
 }
