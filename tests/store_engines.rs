@@ -641,6 +641,7 @@ fn conformance(url: &str) {
     check_clock(&db);
     check_audit_paging(&db);
     check_last_boots(&db);
+    check_states_and_a_corrupt_row(&db);
 }
 
 /// A SQLite state as a service leaves it: hosts in every phase, boots (verified or not), a
@@ -825,4 +826,34 @@ fn check_may_decide_out_of_order(db: &Db) {
     rt.block_on(flag).unwrap().unwrap().unwrap();
     assert!(db.a.read_blocking(host).unwrap().flag.is_some());
     assert!(db.a.may_decide(host), "this store's own flag, committed, looks undecided");
+}
+
+/// `states_blocking` lists every host, a row that does not parse as its own error; reading or
+/// changing that host fails and writes nothing.
+fn check_states_and_a_corrupt_row(db: &Db) {
+    let host = "c-corrupt";
+    set_flag(&db.a, host, "rocky");
+    set_flag(&db.a, "c-sound", "debian");
+    let before = records_of(&db.audit, host).len();
+    sql(&db.url, "UPDATE hosts SET state = '{\"version\": 1, \"fl' WHERE name = 'c-corrupt'");
+    let states = db.b.states_blocking().unwrap();
+    let err = states[host].as_ref().unwrap_err();
+    assert!(err.contains(host), "{err}");
+    assert_eq!(states["c-sound"].as_ref().unwrap().flag.as_ref().unwrap().profile, "debian");
+    assert!(matches!(db.b.read_blocking(host), Err(StoreError::Database(_))));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = rt().block_on(db.a.change(host, {
+        let runs = runs.clone();
+        move |st: &mut HostState, now| {
+            runs.fetch_add(1, Ordering::Relaxed);
+            let (_, write) = lifecycle::cancel(st, rules, now);
+            Ok::<_, String>(Change { value: (), write, record: None })
+        }
+    }));
+    assert!(matches!(r, Err(StoreError::Database(_))), "{:?}", r.map(|_| ()));
+    assert_eq!(runs.load(Ordering::Relaxed), 0, "the closure ran on a state that does not parse");
+    assert_eq!(records_of(&db.audit, host).len(), before);
+    assert!(db.a.may_decide(host), "an unreadable row may decide: it is checked, and fails");
+    // Put right, so that a later store over the database sees a sound table.
+    sql(&db.url, "DELETE FROM hosts WHERE name = 'c-corrupt'");
 }
