@@ -708,8 +708,20 @@ fn check_copy_from_sqlite(to_url: &str) {
     let dir = tempfile::tempdir().unwrap();
     let from_url = Store::default_url(dir.path());
     fill_sqlite(&from_url);
-    let from = Store::open_reader(&from_url).unwrap();
     let to = Store::connect(to_url).unwrap();
+    // A source whose log holds a record that does not parse: refused, naming it, and the target
+    // stays empty (so the copy below may fill it).
+    let bad_dir = tempfile::tempdir().unwrap();
+    let bad_url = Store::default_url(bad_dir.path());
+    fill_sqlite(&bad_url);
+    sql(&bad_url, "UPDATE audit SET record = '{\"event\": \"bo' WHERE id = 3");
+    let bad = Store::open_reader(&bad_url).unwrap();
+    let err = import::copy(&bad, &to, |_| {}).unwrap_err().to_string();
+    assert!(err.contains("audit record 3 ") && err.contains("nothing was copied"), "{err}");
+    assert!(to.states_blocking().unwrap().is_empty(), "a failed copy left hosts behind");
+    assert!(audit::export(&to, 0, 10).unwrap().0.is_empty(), "a failed copy left records");
+    assert!(last_boot_rows(to_url).is_empty());
+    let from = Store::open_reader(&from_url).unwrap();
     let mut progress = 0;
     let moved = import::copy(&from, &to, |n| progress = n).unwrap();
     let export = |s: &Store| -> Vec<Value> {
