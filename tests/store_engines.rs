@@ -646,8 +646,12 @@ fn conformance(url: &str) {
 
 /// A SQLite state as a service leaves it: hosts in every phase, boots (verified or not), a
 /// refusal, records of changes and notes.
-fn fill_sqlite(url: &str) {
-    let store = Arc::new(Store::open(url, None).unwrap());
+fn fill_sqlite(dir: &std::path::Path) -> String {
+    // Imported first: the old service's state folder of tests/serve_import.rs.
+    support::copy_tree(&support::repo().join("tests/fixtures/import-v0/state"), dir);
+    let url = Store::default_url(dir);
+    let store = Arc::new(Store::open(&url, Some(dir)).unwrap());
+    assert!(dir.join("audit.jsonl.imported").exists());
     let audit = Audit::open(store.clone()).unwrap();
     let boot_change = |host: &'static str| {
         rt().block_on(store.change(host, move |st: &mut HostState, now| {
@@ -701,19 +705,18 @@ fn fill_sqlite(url: &str) {
     });
     audit.sync();
     drop(audit);
+    url
 }
 
 /// `state copy` from a filled SQLite database to the (empty) server at `to_url`.
 fn check_copy_from_sqlite(to_url: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let from_url = Store::default_url(dir.path());
-    fill_sqlite(&from_url);
+    let from_url = fill_sqlite(dir.path());
     let to = Store::connect(to_url).unwrap();
     // A source whose log holds a record that does not parse: refused, naming it, and the target
     // stays empty (so the copy below may fill it).
     let bad_dir = tempfile::tempdir().unwrap();
-    let bad_url = Store::default_url(bad_dir.path());
-    fill_sqlite(&bad_url);
+    let bad_url = fill_sqlite(bad_dir.path());
     sql(&bad_url, "UPDATE audit SET record = '{\"event\": \"bo' WHERE id = 3");
     let bad = Store::open_reader(&bad_url).unwrap();
     let err = import::copy(&bad, &to, |_| {}).unwrap_err().to_string();
@@ -729,15 +732,15 @@ fn check_copy_from_sqlite(to_url: &str) {
         lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect()
     };
     let (states, records) = (from.states_blocking().unwrap(), export(&from));
-    assert_eq!(states.len(), 4);
+    assert_eq!(states.len(), 4 + 6, "four hosts, and the six of the imported folder");
     assert!(records.len() > 40, "{}", records.len());
-    assert_eq!(moved.hosts, 4);
+    assert_eq!(moved.hosts, states.len());
     assert_eq!((moved.records, progress), (records.len(), records.len() as u64));
     assert_eq!(to.states_blocking().unwrap(), states, "the hosts, versions and times included");
     assert_eq!(export(&to), records, "the audit log, in order, with its times");
     let boots = last_boot_rows(&from_url);
-    assert_eq!(boots.len(), 4, "{boots:?}");
-    assert_eq!(moved.last_boots, 4);
+    assert_eq!(boots.len(), 4 + 6, "{boots:?}");
+    assert_eq!(moved.last_boots, boots.len());
     assert_eq!(last_boot_rows(to_url), boots);
     // A second copy is refused: the target is not empty, and nothing changes.
     let err = import::copy(&from, &to, |_| {}).unwrap_err().to_string();
@@ -745,6 +748,13 @@ fn check_copy_from_sqlite(to_url: &str) {
     assert_eq!(to.states_blocking().unwrap(), states);
     assert_eq!(export(&to), records);
     assert_eq!(last_boot_rows(to_url), boots);
+    // The copy of a database filled from old files refuses those files again, changing nothing.
+    let again = tempfile::tempdir().unwrap();
+    support::copy_tree(&support::repo().join("tests/fixtures/import-v0/state"), again.path());
+    let err = import::import(&to, again.path()).unwrap_err().to_string();
+    assert!(err.contains("already holds an import"), "{err}");
+    assert!(again.path().join("audit.jsonl").exists() && again.path().join("hosts").is_dir());
+    assert_eq!(export(&to), records);
 }
 
 #[test]

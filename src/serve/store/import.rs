@@ -353,7 +353,13 @@ pub fn copy(from: &Store, to: &Store, mut progress: impl FnMut(u64)) -> anyhow::
         crate::serve::util::rfc3339(crate::serve::util::now_ms()),
         from.shown()
     );
+    // A database filled from old state files stays one: its copy refuses them too (importing
+    // them again would duplicate the audit log it was copied with).
+    let imported = from.wait(meta(from.engine, from.reader.clone(), IMPORTED))?;
     to.wait(async move {
+        if let Some(imported) = imported {
+            set_meta(engine, &mut tx, IMPORTED, &imported).await?;
+        }
         set_meta(engine, &mut tx, "copied-from", &stamp).await?;
         tx.commit().await?;
         Ok::<_, StoreError>(())
