@@ -293,6 +293,10 @@ pub fn copy(from: &Store, to: &Store, mut progress: impl FnMut(u64)) -> anyhow::
             .map_err(StoreError::from)
     })?;
     let (engine, pool) = (to.engine, to.writer.clone());
+    // The open transaction lives on this thread between the steps below. If a step fails, it
+    // is dropped here, and dropping it (a rollback, the connection's return to its pool) needs
+    // its runtime's context: without this, a failed copy panicked instead of rolling back.
+    let _in_runtime = to.rt().enter();
     let mut tx = to.wait(async move { engine.begin(&pool).await.map_err(StoreError::from) })?;
     let mut moved = Moved { hosts: states.len(), last_boots: boots.len(), ..Moved::default() };
     let mut names = states;
@@ -324,8 +328,19 @@ pub fn copy(from: &Store, to: &Store, mut progress: impl FnMut(u64)) -> anyhow::
         })?;
         let Some(&(last, _)) = page.last() else { break };
         since = last as u64 + 1;
-        let records: Vec<Value> =
-            page.iter().filter_map(|(_, r)| serde_json::from_str(r).ok()).collect();
+        // A record that does not parse stops the copy (the transaction is never committed)
+        // rather than going missing from the copy unnoticed.
+        let records = page
+            .iter()
+            .map(|(id, r)| {
+                serde_json::from_str::<Value>(r).map_err(|e| {
+                    anyhow::anyhow!(
+                        "audit record {id} of {} is not a JSON record ({e}); nothing was copied",
+                        from.shown()
+                    )
+                })
+            })
+            .collect::<anyhow::Result<Vec<Value>>>()?;
         moved.records += records.len();
         tx = to.wait(async move {
             audit::insert_stored(engine, &mut tx, &records).await?;
@@ -338,7 +353,13 @@ pub fn copy(from: &Store, to: &Store, mut progress: impl FnMut(u64)) -> anyhow::
         crate::serve::util::rfc3339(crate::serve::util::now_ms()),
         from.shown()
     );
+    // A database filled from old state files stays one: its copy refuses them too (importing
+    // them again would duplicate the audit log it was copied with).
+    let imported = from.wait(meta(from.engine, from.reader.clone(), IMPORTED))?;
     to.wait(async move {
+        if let Some(imported) = imported {
+            set_meta(engine, &mut tx, IMPORTED, &imported).await?;
+        }
         set_meta(engine, &mut tx, "copied-from", &stamp).await?;
         tx.commit().await?;
         Ok::<_, StoreError>(())
