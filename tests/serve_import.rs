@@ -217,3 +217,32 @@ fn a_corrupt_host_file_imports_nothing_and_names_the_file() {
     check_nothing();
     drop(dir);
 }
+
+/// Old files dropped into the folder of a database already in use (a service started afresh,
+/// then an old backup restored next to it) are refused: importing would turn hosts' versions
+/// back and mix old records in after new ones. Nothing changes.
+#[test]
+fn old_files_are_not_imported_over_a_database_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = full_config(dir.path(), true);
+    let mut f = start_with(dir, config);
+    let r = call(
+        "PUT",
+        &f.url("/hosts/node02/reimage"),
+        Some(REIMAGE_TOKEN),
+        Some(r#"{"profile":"e2e"}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let config = f.config.clone();
+    f.stop();
+    copy_tree(&fixture().join("state"), &config.state_dir);
+    let before = counts(&config.state_dir);
+    let err = match bootforge::serve::Server::start(config.clone()) {
+        Ok(_) => panic!("started and imported over a database in use"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("already holds state") && err.contains("Nothing was imported"), "{err}");
+    assert_eq!(counts(&config.state_dir), before, "nothing was written");
+    assert!(config.state_dir.join("hosts").is_dir(), "the old files stay where they were");
+    assert!(config.state_dir.join("audit.jsonl").is_file());
+}

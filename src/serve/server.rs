@@ -199,37 +199,47 @@ impl Server {
                 // Whether the orphan sweep has run on a deciding set read from the database
                 // (it has not if the service started while the database was down).
                 let swept = std::cell::Cell::new(svc.store.deciding_known());
-                // Retention runs at start and then hourly (see audit::prune).
-                let pruned: std::cell::Cell<Option<std::time::Instant>> = Default::default();
                 svc.catalog.watch(&stop, &hup, |reloaded| {
                     if reloaded || (!swept.get() && svc.store.deciding_known()) {
                         swept.set(svc.store.deciding_known());
                         svc.sweep_orphans();
                     }
                     svc.store.poll();
-                    // Not while the database is down: it would wait out a connection timeout, and the
-                    // hour would count as done.
-                    let due = pruned.get().is_none_or(|t| t.elapsed() >= Duration::from_secs(3600));
-                    if due && svc.store.available().is_ok() {
-                        pruned.set(Some(std::time::Instant::now()));
-                        let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
-                        match crate::serve::store::audit::prune(
-                            &svc.store,
-                            crate::serve::util::now_ms(),
-                            ms(svc.config.keep_boot_records),
-                            ms(svc.config.keep_change_records),
-                        ) {
-                            Ok(0) => {}
-                            Ok(n) => tracing::info!(records = n, "expired audit records deleted"),
-                            Err(e) => tracing::warn!("cannot delete expired audit records: {e}"),
-                        }
-                    }
                     if boots_read.get().elapsed() >= Duration::from_secs(1) {
                         boots_read.set(std::time::Instant::now());
                         let snap = svc.catalog.snapshot();
                         svc.last_boot.refresh(&svc.store, |h| snap.inventory.get(h).is_some());
                     }
                 });
+            })?
+        };
+        // Retention on a thread of its own: the first run after importing a large old log may
+        // delete millions of records, which must not hold up the reload thread's polling.
+        let retention = {
+            let (svc, stop) = (service.clone(), stop.clone());
+            std::thread::Builder::new().name("retention".into()).spawn(move || {
+                let mut last: Option<std::time::Instant> = None;
+                while !stop.load(Ordering::Relaxed) {
+                    // Every minute, 10 s of deleting at most (so a stop never waits long, and a
+                    // large backlog goes in steps); not while the database is down.
+                    let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+                    if due && svc.store.available().is_ok() {
+                        last = Some(std::time::Instant::now());
+                        let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
+                        match crate::serve::store::audit::prune(
+                            &svc.store,
+                            crate::serve::util::now_ms(),
+                            ms(svc.config.keep_boot_records),
+                            ms(svc.config.keep_change_records),
+                            Duration::from_secs(10),
+                        ) {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!(records = n, "expired audit records deleted"),
+                            Err(e) => tracing::warn!("cannot delete expired audit records: {e}"),
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
             })?
         };
         Ok(Server {
@@ -239,7 +249,7 @@ impl Server {
             stop_accepting: Some(stop_tx),
             accept: Some(accept),
             stop,
-            threads: vec![reload],
+            threads: vec![reload, retention],
         })
     }
 

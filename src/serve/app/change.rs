@@ -68,7 +68,17 @@ impl Service {
     /// Ends the flags of hosts that left the inventory (see
     /// [`crate::serve::domain::lifecycle::orphan`]). Runs at start-up and after every successful
     /// reload, on a thread that may block.
+    ///
+    /// Only on SQLite, where this process's inventory is the only one. On a shared database each
+    /// replica reads its own copy of the CSV, and copies change one after the other: a replica
+    /// whose copy lags (not yet updated, or restarted first) would end flags that were set, and
+    /// acknowledged, through a replica that already has the host. A flag of a host outside the
+    /// inventory decides nothing (boots need an inventory row) and is listed under `orphans` in
+    /// `GET /hosts`, where an operator cancels it.
     pub fn sweep_orphans(self: &Arc<Self>) {
+        if self.store.engine() != crate::serve::store::engine::Engine::Sqlite {
+            return;
+        }
         let snap = self.catalog.snapshot();
         let gone: Vec<String> = self
             .store

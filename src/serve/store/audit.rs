@@ -285,7 +285,8 @@ impl Audit {
         filter: &EventFilter,
         role: Role,
     ) -> Result<Page, StoreError> {
-        let rows = self.scan(Scan::After(since), filter)?;
+        let fetch = fetch_size(limit, filter);
+        let rows = self.scan(Scan::After(since), filter, fetch)?;
         let read = rows.len();
         let (mut events, mut bytes, mut scanned) = (Vec::new(), 0usize, 0usize);
         let mut next = since;
@@ -303,7 +304,7 @@ impl Audit {
             }
         }
         // A full scan that was not cut by the page's own limits may still have more behind it.
-        let at_end = !stopped && read < MAX_SCAN_RECORDS;
+        let at_end = !stopped && read < fetch;
         Ok(Page { events, next, before: None, scanned: scanned as u64, at_end: Some(at_end) })
     }
 
@@ -318,7 +319,8 @@ impl Audit {
         filter: &EventFilter,
         role: Role,
     ) -> Result<Page, StoreError> {
-        let rows = self.scan(Scan::Before(before), filter)?;
+        let fetch = fetch_size(limit, filter);
+        let rows = self.scan(Scan::Before(before), filter, fetch)?;
         let read = rows.len();
         let (mut events, mut scanned, mut oldest) = (Vec::new(), 0u64, None);
         for (id, record) in rows {
@@ -333,14 +335,19 @@ impl Audit {
         }
         let next = before.unwrap_or(u64::MAX).min(oldest.unwrap_or(0));
         // More may lie before the oldest record read if the page or the scan budget filled up.
-        let more = events.len() >= limit || read >= MAX_SCAN_RECORDS;
+        let more = events.len() >= limit || read >= fetch;
         let before = if more { oldest.filter(|&b| b > 0) } else { None };
         Ok(Page { events, next, before, scanned, at_end: None })
     }
 
-    /// Up to [`MAX_SCAN_RECORDS`] rows after (inclusive) or before (exclusive) a cursor, with
+    /// Up to `fetch` rows after (inclusive) or before (exclusive) a cursor, with
     /// the indexed filters applied by the database.
-    fn scan(&self, from: Scan, filter: &EventFilter) -> Result<Vec<(u64, String)>, StoreError> {
+    fn scan(
+        &self,
+        from: Scan,
+        filter: &EventFilter,
+        fetch: usize,
+    ) -> Result<Vec<(u64, String)>, StoreError> {
         let (pool, engine) = (self.store.reader.clone(), self.store.engine);
         let (host, event) = (filter.host.clone(), filter.event.clone());
         self.store.wait(async move {
@@ -358,7 +365,7 @@ impl Audit {
             if event.is_some() {
                 sql.push_str(" AND event = ?");
             }
-            sql.push_str(&format!(" ORDER BY id {order} LIMIT {MAX_SCAN_RECORDS}"));
+            sql.push_str(&format!(" ORDER BY id {order} LIMIT {fetch}"));
             let sql = engine.sql_owned(sql);
             let mut q = sqlx::query(sql).bind(cursor);
             if let Some(h) = host {
@@ -373,6 +380,16 @@ impl Audit {
                 .collect::<Result<Vec<_>, sqlx::Error>>()
                 .map_err(StoreError::from)
         })
+    }
+}
+
+/// Rows a page asks the database for: one more than the page holds when the database applies
+/// every filter (the extra row says whether more follow), the scan budget when `by` is matched
+/// here on what was read.
+fn fetch_size(limit: usize, filter: &EventFilter) -> usize {
+    match filter.by {
+        Some(_) => MAX_SCAN_RECORDS,
+        None => limit.saturating_add(1).min(MAX_SCAN_RECORDS),
     }
 }
 
@@ -670,14 +687,16 @@ pub fn export(store: &Store, since: u64, limit: usize) -> Result<(Vec<String>, u
 /// [`BOOT_RECORD_KINDS`](crate::serve::domain::event::BOOT_RECORD_KINDS), `keep_changes` for
 /// the others (`None`: kept for ever), times in milliseconds since 1970 measured from `now`.
 /// Deletes in slices of ids between the oldest and the newest expired record, one short
-/// transaction each, so the writer and changes are never held up for long. Returns the number
-/// deleted. Blocks.
+/// transaction each, so the writer and changes are never held up for long, and stops after
+/// `budget` (the next call goes on where it stopped). Returns the number deleted. Blocks.
 pub fn prune(
     store: &Store,
     now: u64,
     keep_boots: Option<u64>,
     keep_changes: Option<u64>,
+    budget: std::time::Duration,
 ) -> Result<u64, StoreError> {
+    let started = std::time::Instant::now();
     use crate::serve::domain::event::BOOT_RECORD_KINDS;
     let mut deleted = 0;
     for (keep, boots) in [(keep_boots, true), (keep_changes, false)] {
@@ -699,7 +718,7 @@ pub fn prune(
             };
             let sql = format!("DELETE FROM audit WHERE id >= ? AND id < ? AND {which}");
             let (mut from, mut n) = (low, 0u64);
-            while from <= high {
+            while from <= high && started.elapsed() < budget {
                 let to = from + 10_000;
                 let mut tx = engine.begin(&pool).await?;
                 let r = sqlx::query(engine.sql_owned(sql.clone()))
@@ -948,6 +967,8 @@ mod tests {
         }
     }
 
+    const BUDGET: std::time::Duration = std::time::Duration::from_secs(60);
+
     #[test]
     fn retention_keeps_changes_longer_than_boot_records() {
         let dir = tempfile::tempdir().unwrap();
@@ -973,7 +994,7 @@ mod tests {
             a.notes.send(Note::Record(e.clone(), 1_000 * day - age * day)).unwrap();
         }
         a.sync();
-        let deleted = prune(&s, 1_000 * day, Some(30 * day), Some(365 * day)).unwrap();
+        let deleted = prune(&s, 1_000 * day, Some(30 * day), Some(365 * day), BUDGET).unwrap();
         assert_eq!(deleted, 2, "the 40-day boot and the 400-day done");
         let (left, _) = a.read_since(0, 100, usize::MAX).unwrap();
         let ages: Vec<(String, u64)> = left
@@ -987,8 +1008,8 @@ mod tests {
             .collect();
         assert_eq!(ages, [("done".into(), 40), ("boot".into(), 10), ("boot".into(), 1)]);
         // Without a period nothing of that class goes.
-        assert_eq!(prune(&s, 1_000 * day, None, None).unwrap(), 0);
-        assert_eq!(prune(&s, 2_000 * day, Some(1), None).unwrap(), 2);
+        assert_eq!(prune(&s, 1_000 * day, None, None, BUDGET).unwrap(), 0);
+        assert_eq!(prune(&s, 2_000 * day, Some(1), None, BUDGET).unwrap(), 2);
     }
 
     #[test]

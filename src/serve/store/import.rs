@@ -133,8 +133,25 @@ pub fn import(store: &Store, state_dir: &Path) -> anyhow::Result<Moved> {
         state_dir.display()
     );
     let (engine, pool) = (store.engine, store.writer.clone());
+    let shown = store.shown().to_string();
+    let dir_shown = state_dir.display().to_string();
     let moved = store.wait(async move {
         let mut tx = engine.begin(&pool).await?;
+        // The import's mark first: two imports at once then collide on it, and the second
+        // fails before it writes anything.
+        set_meta(engine, &mut tx, IMPORTED, &stamp).await?;
+        // Only into a database that holds nothing yet: old files over live state would turn
+        // hosts' versions back and lose every flag set since (replicas already serving).
+        let held: i64 = sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM hosts) + (SELECT COUNT(*) FROM audit)",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if held > 0 {
+            return Err(StoreError::Database(format!(
+                "{dir_shown} holds old state files (hosts/ or audit.jsonl), but the database {shown} already holds state ({held} rows); importing would overwrite hosts changed since and mix old records in after new ones. Nothing was imported: move those files out of the state folder, or import them into a new, empty database"
+            )));
+        }
         let mut moved = Moved { hosts: states.len(), ..Moved::default() };
         for (host, st) in &states {
             hosts::put(engine, &mut tx, host, st).await?;

@@ -399,14 +399,20 @@ fn sqlite_create(url: &str, engine: Engine) -> String {
 /// `url` without its password (and without query parameters, which may hold key file paths
 /// but never need showing).
 pub fn shown_url(url: &str) -> String {
-    let base = url.split('?').next().unwrap_or(url);
-    match (base.find("://"), base.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &base[s + 3..at];
-            let user = creds.split(':').next().unwrap_or("");
-            format!("{}://{user}@{}", &base[..s], &base[at + 1..])
-        }
-        _ => base.to_string(),
+    let Some(s) = url.find("://") else {
+        return url.split('?').next().unwrap_or(url).to_string();
+    };
+    // The credentials end at the last `@` (a password may hold `?`, `/` or `#` unencoded, which
+    // a URL parser would misread); without one there are none.
+    let rest = &url[s + 3..];
+    let (user, host) = match rest.rfind('@') {
+        Some(at) => (rest[..at].split(':').next().unwrap_or(""), &rest[at + 1..]),
+        None => ("", rest),
+    };
+    let host = host.split('?').next().unwrap_or(host);
+    match user.is_empty() {
+        true => format!("{}://{host}", &url[..s]),
+        false => format!("{}://{user}@{host}", &url[..s]),
     }
 }
 
@@ -421,6 +427,7 @@ mod tests {
             "postgres://bf@db.example:5432/bf"
         );
         assert_eq!(shown_url("mysql://bf@db/bf"), "mysql://bf@db/bf");
+        assert_eq!(shown_url("postgres://bf:pa?ss/w#rd@db/bf?x=1"), "postgres://bf@db/bf");
         assert_eq!(shown_url("sqlite:///var/lib/b/state.db"), "sqlite:///var/lib/b/state.db");
     }
 
