@@ -108,13 +108,16 @@ impl Deciding {
 
     /// Applies news, unless something newer is known of the host (the same version again is
     /// the same state: applied, which also takes out a host that joined for a change that
-    /// wrote nothing).
+    /// wrote nothing). A host news made deciding stays so through full reads for [`RECENT`]:
+    /// a full read whose query ran before the news was committed must not drop it (until the
+    /// next full read, 30 s away while the listener is connected).
     pub fn learn(&mut self, news: News) {
         if self.versions.get(&news.host).is_some_and(|&v| v > news.version) {
             return;
         }
         if news.decides {
             self.hosts.insert(news.host.clone());
+            self.recent.insert(news.host.clone(), Instant::now());
         } else {
             self.hosts.remove(&news.host);
             self.recent.remove(&news.host);
