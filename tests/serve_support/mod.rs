@@ -41,16 +41,22 @@ pub fn audit_log(state_dir: &Path) -> String {
     bootforge::serve::store::audit::dump(&url).expect("read the audit log from the database")
 }
 
+/// A connection of its own to the service's SQLite database at `url` (not through the store,
+/// whose guard would refuse a second opener).
+async fn state_db(url: &str) -> sqlx::AnyConnection {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    sqlx::AnyConnection::connect(url).await.expect("open the state database")
+}
+
 /// Runs SQL on the SQLite database of the service whose state folder is `state_dir`, behind the
 /// service's back (a corrupt row, a table that refuses writes): for tests of how it copes.
 /// SQLite's own locking makes this safe next to the running service.
 pub fn sql_on_state(state_dir: &Path, statement: &str) {
-    use sqlx::Connection;
     let url = bootforge::serve::store::Store::default_url(state_dir);
     let statement = statement.to_string();
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-        sqlx::any::install_default_drivers();
-        let mut conn = sqlx::AnyConnection::connect(&url).await.expect("open the state database");
+        let mut conn = state_db(&url).await;
         sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone()))
             .execute(&mut conn)
             .await
@@ -60,12 +66,10 @@ pub fn sql_on_state(state_dir: &Path, statement: &str) {
 
 /// A count (or any one integer) from the service's SQLite database, read behind its back.
 pub fn sql_count(state_dir: &Path, query: &str) -> i64 {
-    use sqlx::Connection;
     let url = bootforge::serve::store::Store::default_url(state_dir);
     let query = query.to_string();
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-        sqlx::any::install_default_drivers();
-        let mut conn = sqlx::AnyConnection::connect(&url).await.expect("open the state database");
+        let mut conn = state_db(&url).await;
         sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(query.clone()))
             .fetch_one(&mut conn)
             .await
@@ -81,15 +85,13 @@ pub struct WriteLock {
 }
 
 pub fn hold_write_lock(state_dir: &Path) -> WriteLock {
-    use sqlx::Connection;
     let url = bootforge::serve::store::Store::default_url(state_dir);
     let (release, wait) = std::sync::mpsc::channel::<()>();
     let (held, is_held) = std::sync::mpsc::channel::<()>();
     let thread = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            sqlx::any::install_default_drivers();
-            let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+            let mut conn = state_db(&url).await;
             sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut conn).await.unwrap();
             held.send(()).unwrap();
             let _ = tokio::task::spawn_blocking(move || wait.recv()).await;
