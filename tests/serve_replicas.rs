@@ -577,3 +577,48 @@ fn postgres_killed_during_a_boot_storm() {
     assert_eq!(b.flag("h100", "e2e").status, 200);
     wait_for("A decides B's new flag", Duration::from_secs(5), || is_install(&a.boot("h100")));
 }
+
+/// TLS to PostgreSQL as docs/REPLICAS.md sets it up: `sslmode=verify-full` with the site's CA
+/// file. The server accepts TCP connections only over TLS (`hostssl`), so two replicas that
+/// start, flag and notify each other spoke TLS on every connection, the listener's included. A
+/// certificate from another CA, and a name the certificate does not carry, fail the start with
+/// an error that says so (a configuration error, not an outage to wait out).
+#[test]
+fn postgres_over_tls_with_verify_full() {
+    let site_ca = support::sushy::Ca::new();
+    let other_ca = support::sushy::Ca::new();
+    let mut pg = Postgres::start();
+    pg.require_tls(&site_ca.server_cert, &site_ca.server_key);
+    let with_ca =
+        |ca: &Path| format!("{}?sslmode=verify-full&sslrootcert={}", pg.url(), ca.display());
+
+    // Without TLS the server refuses the connection, which is what proves the rest spoke it.
+    let plain = format!("{}?sslmode=disable", pg.url());
+    let err = Server::start(config(site().path(), &plain, false)).err().expect("refused");
+    assert!(err.to_string().contains("no encryption"), "{err}");
+
+    let site = site();
+    let url = with_ca(&site_ca.ca_cert);
+    let a = Replica::start(site.path(), &url, false);
+    let b = Replica::start(site.path(), &url, false);
+    wait_for("B listens over TLS", Duration::from_secs(10), || {
+        b.status()["database"]["listening"] == true
+    });
+    let t = seen_after(&a, &b, "h040");
+    assert!(t < Duration::from_secs(3), "notified over TLS: {t:?}");
+    let ssl = pg.sql("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.datname = 'bootforge' AND s.ssl");
+    assert!(ssl.trim().parse::<u32>().unwrap() >= 2, "replicas' connections over TLS: {ssl}");
+
+    for (bad, says) in [
+        (with_ca(&other_ca.ca_cert), "BadSignature"),
+        (with_ca(&site_ca.ca_cert).replace("127.0.0.1", "localhost"), "not valid for name"),
+    ] {
+        let text = match Server::start(config(site.path(), &bad, false)) {
+            Ok(_) => panic!("{bad}: the replica started"),
+            Err(e) => format!("{e:#}"),
+        };
+        eprintln!("refused: {text}");
+        assert!(text.contains("certificate") && text.contains(says), "{bad}: {text}");
+        assert!(!text.contains(pg.password()), "no password in the message: {text}");
+    }
+}

@@ -201,7 +201,11 @@ async fn bring_up(w: &Watched) -> Result<(), String> {
 /// not verify), which fails the start.
 pub(crate) fn unreachable(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+        // A TLS handshake that fails verification (wrong CA, a name the certificate does not
+        // carry, an expired certificate) comes back as an I/O error of kind `InvalidData`
+        // from rustls: a configuration error, which waiting does not cure.
+        sqlx::Error::Io(io) => io.kind() != std::io::ErrorKind::InvalidData,
+        sqlx::Error::PoolTimedOut => true,
         sqlx::Error::Database(db) => matches!(
             db.code().as_deref(),
             // PostgreSQL: cannot_connect_now (starting up, recovering), admin/crash shutdown,
