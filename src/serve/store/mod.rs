@@ -310,6 +310,13 @@ impl Store {
         self.health.shown()
     }
 
+    /// The database's clock in milliseconds since 1970, without a query (see
+    /// [`health::Health::now_ms`]; this machine's for SQLite). Every decision about a window
+    /// that is not made inside a change's transaction uses it.
+    pub fn now_ms(&self) -> u64 {
+        self.health.now_ms()
+    }
+
     /// Whether the PostgreSQL listener is connected (always `false` on the other engines).
     pub fn listening(&self) -> bool {
         self.listening.load(std::sync::atomic::Ordering::SeqCst)
