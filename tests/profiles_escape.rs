@@ -814,6 +814,85 @@ fn vlan_nodes_tag_the_installer_nic_too() {
     );
 }
 
+/// The Debian profile's `security` and `updates` variables (issue 18): the default (`on`) writes
+/// nothing, so the installer's own defaults apply as before; `off` leaves a source out of
+/// apt-setup's services; a URL replaces the source with the site's own mirror of that suite,
+/// numbered from local0 without gaps; anything else is refused at load time, naming the row.
+#[test]
+fn debian_security_and_updates_sources_follow_the_variables() {
+    let profiles = Profiles::load(&examples()).unwrap();
+    let header = "hostname,ip,gateway,dns,mac,profile,install_disk,password_hash,ssh_key,security,updates";
+    let text = format!(
+        "{header}\n\
+         d0,10.1.0.4/24,10.1.0.1,10.1.0.2,,debian,/dev/sda,x,k,,\n\
+         d1,10.1.0.5/24,10.1.0.1,10.1.0.2,,debian,/dev/sda,x,k,off,off\n\
+         d2,10.1.0.6/24,10.1.0.1,10.1.0.2,,debian,/dev/sda,x,k,off,on\n\
+         d3,10.1.0.7/24,10.1.0.1,10.1.0.2,,debian,/dev/sda,x,k,http://10.20.0.5/debian-security,off\n\
+         d4,10.1.0.8/24,10.1.0.1,10.1.0.2,,debian,/dev/sda,x,k,on,https://m.example:8443/debian\n\
+         d5,10.1.0.9/24,10.1.0.1,10.1.0.2,,debian,/dev/sda,x,k,http://10.20.0.5/debian-security,http://10.20.0.5/debian\n"
+    );
+    let inv = Inventory::parse("sources.csv", text.as_bytes()).unwrap();
+    profiles.check_inventory(&inv).unwrap();
+    let preseed = |h: &str| get(&render_all(&profiles, inv.get(h).unwrap()), "config/preseed.cfg").to_string();
+
+    // Default: not a word about apt-setup, as before the variables existed.
+    let p = preseed("d0");
+    assert!(!p.contains("apt-setup/"), "{p}");
+    assert!(p.contains("\nd-i mirror/http/proxy string \nd-i passwd/root-login boolean false\n"), "{p}");
+
+    let p = preseed("d1");
+    assert!(p.contains("\nd-i apt-setup/services-select multiselect \nd-i passwd/"), "{p}");
+    assert!(!p.contains("apt-setup/local"), "{p}");
+    let p = preseed("d2");
+    assert!(p.contains("\nd-i apt-setup/services-select multiselect updates\nd-i passwd/"), "{p}");
+
+    let p = preseed("d3");
+    assert!(
+        p.contains(
+            "\nd-i apt-setup/services-select multiselect \n\
+             d-i apt-setup/local0/repository string http://10.20.0.5/debian-security bookworm-security main\n\
+             d-i apt-setup/local0/comment string security: the site's own mirror\n\
+             d-i apt-setup/local0/source boolean false\nd-i passwd/"
+        ),
+        "{p}"
+    );
+    assert!(!p.contains("apt-setup/local1"), "{p}");
+    let p = preseed("d4");
+    assert!(
+        p.contains(
+            "\nd-i apt-setup/services-select multiselect security\n\
+             d-i apt-setup/local0/repository string https://m.example:8443/debian bookworm-updates main\n"
+        ),
+        "{p}"
+    );
+    let p = preseed("d5");
+    assert!(
+        p.contains(
+            "\nd-i apt-setup/services-select multiselect \n\
+             d-i apt-setup/local0/repository string http://10.20.0.5/debian-security bookworm-security main\n"
+        ),
+        "{p}"
+    );
+    assert!(
+        p.contains(
+            "\nd-i apt-setup/local1/repository string http://10.20.0.5/debian bookworm-updates main\n\
+             d-i apt-setup/local1/comment string updates: the site's own mirror\n"
+        ),
+        "{p}"
+    );
+
+    // Neither `yes` nor a URL with a space or a query gets into the preseed: the load refuses
+    // the row.
+    for bad in ["yes", "http://10.20.0.5/deb?x=1", "http://h/a b"] {
+        let text = format!(
+            "{header}\nd9,10.1.0.4/24,10.1.0.1,10.1.0.2,,debian,/dev/sda,x,k,{bad},on\n"
+        );
+        let inv = Inventory::parse("bad.csv", text.as_bytes()).unwrap();
+        let err = profiles.check_inventory(&inv).unwrap_err().to_string();
+        assert!(err.contains("bad.csv:2 (d9)") && err.contains("preseed.cfg"), "{bad}: {err}");
+    }
+}
+
 /// The bundled examples are one working whole: `bootforge serve --inventory examples/nodes.csv
 /// --profiles examples/profiles` must start, so every template of every profile renders for
 /// every example row that uses it, and every profile has a row.
