@@ -821,7 +821,8 @@ fn vlan_nodes_tag_the_installer_nic_too() {
 #[test]
 fn debian_security_and_updates_sources_follow_the_variables() {
     let profiles = Profiles::load(&examples()).unwrap();
-    let header = "hostname,ip,gateway,dns,mac,profile,install_disk,password_hash,ssh_key,security,updates";
+    let header =
+        "hostname,ip,gateway,dns,mac,profile,install_disk,password_hash,ssh_key,security,updates";
     let text = format!(
         "{header}\n\
          d0,10.1.0.4/24,10.1.0.1,10.1.0.2,,debian,/dev/sda,x,k,,\n\
@@ -833,12 +834,17 @@ fn debian_security_and_updates_sources_follow_the_variables() {
     );
     let inv = Inventory::parse("sources.csv", text.as_bytes()).unwrap();
     profiles.check_inventory(&inv).unwrap();
-    let preseed = |h: &str| get(&render_all(&profiles, inv.get(h).unwrap()), "config/preseed.cfg").to_string();
+    let preseed = |h: &str| {
+        get(&render_all(&profiles, inv.get(h).unwrap()), "config/preseed.cfg").to_string()
+    };
 
     // Default: not a word about apt-setup, as before the variables existed.
     let p = preseed("d0");
     assert!(!p.contains("apt-setup/"), "{p}");
-    assert!(p.contains("\nd-i mirror/http/proxy string \nd-i passwd/root-login boolean false\n"), "{p}");
+    assert!(
+        p.contains("\nd-i mirror/http/proxy string \nd-i passwd/root-login boolean false\n"),
+        "{p}"
+    );
 
     let p = preseed("d1");
     assert!(p.contains("\nd-i apt-setup/services-select multiselect \nd-i passwd/"), "{p}");
@@ -884,9 +890,8 @@ fn debian_security_and_updates_sources_follow_the_variables() {
     // Neither `yes` nor a URL with a space or a query gets into the preseed: the load refuses
     // the row.
     for bad in ["yes", "http://10.20.0.5/deb?x=1", "http://h/a b"] {
-        let text = format!(
-            "{header}\nd9,10.1.0.4/24,10.1.0.1,10.1.0.2,,debian,/dev/sda,x,k,{bad},on\n"
-        );
+        let text =
+            format!("{header}\nd9,10.1.0.4/24,10.1.0.1,10.1.0.2,,debian,/dev/sda,x,k,{bad},on\n");
         let inv = Inventory::parse("bad.csv", text.as_bytes()).unwrap();
         let err = profiles.check_inventory(&inv).unwrap_err().to_string();
         assert!(err.contains("bad.csv:2 (d9)") && err.contains("preseed.cfg"), "{bad}: {err}");
