@@ -242,7 +242,9 @@ fn debian_installer(firmware: Firmware, mirror: Mirror) {
         "interface=auto",
         "netcfg/disable_autoconfig=true",
         "netcfg/get_ipaddress=10.0.2.15",
-        "console=tty0 console=ttyS0,115200n8",
+        // After `---`, where the installer copies them to the installed system (issue 18),
+        // and the installer still shows its screens on the last one (the dialog below).
+        "--- console=tty0 console=ttyS0,115200n8",
         dialog,
     ] {
         assert!(serial.contains(want), "{name}: {want:?} is not on the console\n{context}");
