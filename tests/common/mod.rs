@@ -197,9 +197,10 @@ struct Drive {
     readonly: bool,
 }
 
-/// A QEMU machine to boot. Drives boot in the order they were added (each gets the next
-/// `bootindex`), so add the medium under test first and the local disk after it; or, with
-/// [`Vm::firmware_boot_order`], in the firmware's own order.
+/// A QEMU machine to boot. On BIOS and arm64, drives boot in the order they were added (each
+/// gets the next `bootindex`), so add the medium under test first and the local disk after it.
+/// x86 UEFI machines boot in OVMF's own order ([`Vm::firmware_boot_order`]), which on a fresh
+/// variable store is the CD, then the USB and virtio disks in PCI order, then the NIC.
 pub struct Vm {
     firmware: Firmware,
     name: String,
@@ -279,7 +280,8 @@ impl Vm {
             extra: Vec::new(),
             stop_when: None,
             capture: None,
-            firmware_order: false,
+            // x86 UEFI machines boot from OVMF's own order (see `firmware_boot_order`).
+            firmware_order: firmware == Firmware::Uefi,
             dir: tempfile::Builder::new()
                 .prefix(&format!("bootforge-vm-{name}-"))
                 .tempdir()
@@ -365,7 +367,8 @@ impl Vm {
     }
 
     /// Boots from the firmware's own boot order, as a real machine does: no `bootindex` on any
-    /// device. With `bootindex`, QEMU hands OVMF an order of its own and OVMF rewrites
+    /// device. The default for [`Firmware::Uefi`] (issue 18); SeaBIOS keeps no order of its own,
+    /// and arm64 (AAVMF) still gets `bootindex`. With `bootindex`, QEMU hands OVMF an order of its own and OVMF rewrites
     /// `BootOrder` in its variable store to match on every boot, which hides any change a guest
     /// makes to it (grub-install putting the new OS first, and a profile's
     /// restore-boot-order.sh undoing that). Without it, OVMF 2022.11 (Debian bookworm) builds
