@@ -200,7 +200,8 @@ struct Drive {
 /// A QEMU machine to boot. On BIOS and arm64, drives boot in the order they were added (each
 /// gets the next `bootindex`), so add the medium under test first and the local disk after it.
 /// x86 UEFI machines boot in OVMF's own order ([`Vm::firmware_boot_order`]), which on a fresh
-/// variable store is the CD, then the USB and virtio disks in PCI order, then the NIC.
+/// variable store is the CD first, then the other drives, then the NIC (the boot tests that add
+/// a medium and then the local disk pass unchanged on it).
 pub struct Vm {
     firmware: Firmware,
     name: String,
