@@ -161,6 +161,31 @@ fn a_held_database_lock_delays_only_flagged_boots() {
     f.stop();
 }
 
+/// A flagged first-answer host whose decision waits past the deadline (the database's write
+/// lock held for 4 s) boots its disk, and the decision is not written behind its back once the
+/// lock is free: the flag is still set, no install was opened, and the next boot gets the chain.
+/// (Written late, the install would be "opened and ended" for a node that never got it.)
+#[test]
+fn a_decision_past_the_boot_deadline_is_not_written_later() {
+    let mut f = start_with_first_answer_profile();
+    flag(&f, "node01", "e2e-once");
+    let lock = hold_write_lock(&f.config.state_dir);
+    let url = boot_url(&f.base, "node01", MAC1, "");
+    let stuck = std::thread::spawn(move || call("GET", &url, None, None).body);
+    std::thread::sleep(Duration::from_secs(4));
+    drop(lock);
+    let body = stuck.join().unwrap();
+    assert!(body.contains("did not decide in time"), "{body}");
+    // The late change has the lock now; give it time to run.
+    std::thread::sleep(Duration::from_millis(1500));
+    let h = call("GET", &f.url("/hosts/node01"), Some(READ_TOKEN), None).json();
+    assert_eq!(h["flagged"], true, "the flag waits for a boot that gets the chain: {h}");
+    assert!(h["flag"]["install"]["opened_at"].is_null(), "no install opened: {h}");
+    let next = call("GET", &boot_url(&f.base, "node01", MAC1, ""), None, None).body;
+    assert!(next.contains("install chain"), "{next}");
+    f.stop();
+}
+
 /// Bug 4: `/config/H/~TOKEN` and `/config/H/x/~TOKEN/f` put the token into the audit log as
 /// the file name, readable by the `read` role through /events.
 #[test]

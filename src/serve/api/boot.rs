@@ -171,9 +171,18 @@ pub(crate) async fn boot(svc: &Arc<Service>, req: &Arc<Req>, raw: Option<String>
     };
     let r = req.clone();
     let name = host.clone();
+    let too_late = deadline.into_std();
     let changed = svc.change(&name, move |svc, st, now| {
         let snap = svc.catalog.snapshot();
         let q = BootQuery::parse(&r);
+        // Past the deadline the node has been told to boot its disk: a decision made now
+        // (a first-answer install opened and its flag ended) would never reach it. Write
+        // nothing; the flag waits for the next boot. (The timeout below has answered, with its
+        // audit note, so this reply is only a placeholder that nobody reads.)
+        if std::time::Instant::now() >= too_late {
+            let reply = local_script(&snap, &q, snap.inventory.get(&host), Local::StateBusy);
+            return Ok(Change { value: reply, write: false, record: None });
+        }
         let Some(node) = snap.inventory.get(&host) else {
             let reply = boot_local(svc, &r, &q, Some(&host), None, Local::UnknownHost);
             return Ok(Change { value: reply, write: false, record: None });
@@ -182,9 +191,10 @@ pub(crate) async fn boot(svc: &Arc<Service>, req: &Arc<Req>, raw: Option<String>
         Ok(boot_answer(svc, &snap, &r, &q, node, answer, write))
     });
     // A node waits for its answer at the firmware's prompt: past the deadline it boots its
-    // disk, saying why. The change may still commit after that (it runs on in the store); the
-    // install chain only ever goes out after its commit, so at worst the node's next boot
-    // continues the install this one opened.
+    // disk, saying why. The change runs on in the store, but writes nothing once the deadline
+    // has passed (above); only a commit already sent when the deadline struck can still land,
+    // and then the node's next boot continues the install this one opened (a first-answer
+    // install: within its repeat window).
     match tokio::time::timeout_at(deadline, changed).await {
         Ok(Ok(reply)) => reply,
         Ok(Err(e)) if e.status == 503 => boot_failed(svc, req, Local::StateBusy),
