@@ -141,14 +141,17 @@ impl Engine {
             Engine::Sqlite => &[
                 (1, "state", include_str!("migrations/sqlite/0001_state.sql")),
                 (2, "sessions", include_str!("migrations/sqlite/0002_sessions.sql")),
+                (3, "inventory", include_str!("migrations/sqlite/0003_inventory.sql")),
             ],
             Engine::Postgres => &[
                 (1, "state", include_str!("migrations/postgres/0001_state.sql")),
                 (2, "sessions", include_str!("migrations/postgres/0002_sessions.sql")),
+                (3, "inventory", include_str!("migrations/postgres/0003_inventory.sql")),
             ],
             Engine::Mysql => &[
                 (1, "state", include_str!("migrations/mysql/0001_state.sql")),
                 (2, "sessions", include_str!("migrations/mysql/0002_sessions.sql")),
+                (3, "inventory", include_str!("migrations/mysql/0003_inventory.sql")),
             ],
         };
         Migrator::with_migrations(
