@@ -150,3 +150,64 @@ fn build_and_check_from_the_database_match_the_csv() {
     let b = ok(&bootforge(&["script", "nodes.csv", "node02", "--secret-file", "secret", "--server", "http://10.20.0.5:8080", "--medium", "esp"], d));
     assert!(a.contains(b.trim_end()), "inspect:\n{a}\nscript:\n{b}");
 }
+
+/// Starts `bootforge serve ARGS` in `dir` until it logs that it started (or 20 s pass), stops
+/// it, and returns what it logged.
+fn serve_log(dir: &Path, args: &[&str]) -> String {
+    let log = dir.join(format!("serve-{}.log", rand_suffix()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bootforge"))
+        .arg("serve")
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .current_dir(dir)
+        .env_remove("BOOTFORGE_DATABASE")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("bootforge serve started") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("serve exited with {status}: {text}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(text.contains("bootforge serve started"), "{text}");
+    text
+}
+
+fn rand_suffix() -> u32 {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `serve` without `--inventory` serves the database's nodes (none, with a warning, while it
+/// holds none); with `--inventory FILE` it serves the file and says once that it ignores the
+/// database's inventory.
+#[test]
+fn serve_takes_its_inventory_from_the_database_unless_given_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("nodes.csv"), NODES).unwrap();
+    std::fs::write(d.join("two.csv"), NODES.lines().take(3).collect::<Vec<_>>().join("\n")).unwrap();
+    let profiles = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/profiles");
+    let db = ["--profiles", profiles, "--state-dir", "st"];
+    let log = serve_log(d, &db);
+    assert!(log.contains("nodes=0"), "{log}");
+    assert!(log.contains("the database holds no inventory yet"), "{log}");
+    ok(&bootforge(&["inventory", "import", "two.csv", "--state-dir", "st"], d));
+    let log = serve_log(d, &db);
+    assert!(log.contains("nodes=2"), "{log}");
+    assert!(!log.contains("ignores"), "{log}");
+    let file = [&db[..], &["--inventory", "nodes.csv"]].concat();
+    let log = serve_log(d, &file);
+    assert!(log.contains("nodes=3"), "the file is the inventory: {log}");
+    assert_eq!(log.matches("the database holds an inventory, which this service ignores").count(), 1, "{log}");
+}
