@@ -147,7 +147,20 @@ fn build_and_check_from_the_database_match_the_csv() {
     assert!(csv == db, "the same images, sums and manifest, byte for byte");
     // And the scripts inside them are the CSV's (the images carry each node's script).
     let a = ok(&bootforge(&["inspect", "from-db/node02.efi.img"], d));
-    let b = ok(&bootforge(&["script", "nodes.csv", "node02", "--secret-file", "secret", "--server", "http://10.20.0.5:8080", "--medium", "esp"], d));
+    let b = ok(&bootforge(
+        &[
+            "script",
+            "nodes.csv",
+            "node02",
+            "--secret-file",
+            "secret",
+            "--server",
+            "http://10.20.0.5:8080",
+            "--medium",
+            "esp",
+        ],
+        d,
+    ));
     assert!(a.contains(b.trim_end()), "inspect:\n{a}\nscript:\n{b}");
 }
 
@@ -196,7 +209,8 @@ fn serve_takes_its_inventory_from_the_database_unless_given_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("nodes.csv"), NODES).unwrap();
-    std::fs::write(d.join("two.csv"), NODES.lines().take(3).collect::<Vec<_>>().join("\n")).unwrap();
+    std::fs::write(d.join("two.csv"), NODES.lines().take(3).collect::<Vec<_>>().join("\n"))
+        .unwrap();
     let profiles = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/profiles");
     let db = ["--profiles", profiles, "--state-dir", "st"];
     let log = serve_log(d, &db);
@@ -209,5 +223,9 @@ fn serve_takes_its_inventory_from_the_database_unless_given_a_file() {
     let file = [&db[..], &["--inventory", "nodes.csv"]].concat();
     let log = serve_log(d, &file);
     assert!(log.contains("nodes=3"), "the file is the inventory: {log}");
-    assert_eq!(log.matches("the database holds an inventory, which this service ignores").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("the database holds an inventory, which this service ignores").count(),
+        1,
+        "{log}"
+    );
 }

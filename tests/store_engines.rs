@@ -997,8 +997,7 @@ fn check_inventory(db: &Db) {
     let bad = "hostname,ip,notes\nn1,10.1.0.1/24,x\nn2,10.1.0.300/24,y\nbad_name,10.1.0.4/24,z\n";
     match replace(&db.a, bad, 1) {
         Err(WriteError::Invalid(report)) => {
-            let at: Vec<_> =
-                report.errors.iter().map(|e| (e.line, e.column.as_str())).collect();
+            let at: Vec<_> = report.errors.iter().map(|e| (e.line, e.column.as_str())).collect();
             assert_eq!(at, [(3, "ip"), (4, "hostname")], "{report:?}");
             assert_eq!(report.errors[0].source, "nodes.csv");
         }

@@ -94,9 +94,8 @@ pub(crate) struct Current {
 fn read_inventory(svc: &Service) -> Result<Current, HttpError> {
     match &svc.config.inventory {
         Some(path) => {
-            let bytes = std::fs::read(path).map_err(|e| {
-                HttpError::internal(format!("cannot read {}: {e}", path.display()))
-            })?;
+            let bytes = std::fs::read(path)
+                .map_err(|e| HttpError::internal(format!("cannot read {}: {e}", path.display())))?;
             let text = String::from_utf8(bytes)
                 .map_err(|_| HttpError::new(409, "the inventory is not UTF-8; fix it by hand"))?;
             Ok(Current { version: version(&text), text })
@@ -210,8 +209,7 @@ fn edits_allowed(svc: &Service) -> Result<(), HttpError> {
     // the file: an edit here would change one replica's copy and be lost or contradicted by the
     // others'. Their file is the source of truth, kept in step by configuration management. The
     // database's inventory (no `--inventory`) is the one every replica shares and edits.
-    if home(svc) == Home::File
-        && svc.store.engine() != crate::serve::store::engine::Engine::Sqlite
+    if home(svc) == Home::File && svc.store.engine() != crate::serve::store::engine::Engine::Sqlite
     {
         return Err(HttpError::new(
             409,

@@ -280,7 +280,12 @@ fn load_snapshot(sources: &Sources, generation: u64) -> anyhow::Result<(Snapshot
                         anyhow::anyhow!(
                             "the database inventory (version {}) is not valid: {}",
                             stored.version,
-                            report.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+                            report
+                                .errors
+                                .iter()
+                                .map(|e| e.to_string())
+                                .collect::<Vec<_>>()
+                                .join("; ")
                         )
                     })?
             };

@@ -222,9 +222,10 @@ impl Store {
         let (pool, engine) = (self.writer.clone(), self.engine);
         let columns = inventory.columns().to_vec();
         let by: String = how.by.chars().take(MAX_BY).collect();
-        let version = self.wait(async move {
-            write(engine, &pool, &columns, &rows, expect, &by, &record).await
-        })?;
+        let version =
+            self.wait(
+                async move { write(engine, &pool, &columns, &rows, expect, &by, &record).await },
+            )?;
         Ok(Written { version, inventory })
     }
 

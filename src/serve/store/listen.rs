@@ -80,10 +80,7 @@ async fn session(
     // A lost connection ends this session (so that we resync); no silent reconnect.
     listener.eager_reconnect(false);
     listener.ignore_pool_close_event(true);
-    listener
-        .listen_all([CHANNEL, super::inventory::CHANNEL])
-        .await
-        .map_err(|e| e.to_string())?;
+    listener.listen_all([CHANNEL, super::inventory::CHANNEL]).await.map_err(|e| e.to_string())?;
     let scan = scan_deciding(super::engine::Engine::Postgres, &l.reader)
         .await
         .map_err(|e| format!("the full read after LISTEN failed: {e}"))?;
