@@ -182,8 +182,8 @@ impl Store {
     /// The stored inventory. Blocks.
     pub fn inventory_blocking(&self) -> Result<StoredInventory, StoreError> {
         self.available()?;
-        let pool = self.reader.clone();
-        self.wait(async move { read(&pool).await })
+        let (pool, engine) = (self.reader.clone(), self.engine);
+        self.wait(async move { read(engine, &pool).await })
     }
 
     /// The stored inventory's version: one small query. Blocks.
@@ -268,9 +268,12 @@ pub(crate) async fn version(
     Ok(v.max(0) as u64)
 }
 
-pub(crate) async fn read(pool: &sqlx::AnyPool) -> Result<StoredInventory, StoreError> {
-    // One transaction, so the header and rows are of one version (a writer commits both).
-    let mut tx = pool.begin().await?;
+pub(crate) async fn read(
+    engine: Engine,
+    pool: &sqlx::AnyPool,
+) -> Result<StoredInventory, StoreError> {
+    // One snapshot, so the header and rows are of one version (a writer commits both).
+    let mut tx = engine.begin_snapshot(pool).await?;
     let meta = sqlx::query(
         "SELECT version, column_names, changed_ms, changed_by FROM inventory_meta WHERE id = 1",
     )
@@ -394,9 +397,10 @@ async fn write(
         let _ = tx.rollback().await;
         return Err(WriteError::Conflict { current });
     }
-    let stored = sqlx::query("SELECT hostname, ord, fields FROM inventory_nodes")
-        .fetch_all(&mut *tx)
-        .await?;
+    let stored =
+        sqlx::query(engine.current_read("SELECT hostname, ord, fields FROM inventory_nodes"))
+            .fetch_all(&mut *tx)
+            .await?;
     let mut old: HashMap<String, (i64, String)> = HashMap::with_capacity(stored.len());
     for r in &stored {
         old.insert(r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?));
