@@ -605,7 +605,18 @@ impl Replica {
 #[test]
 fn postgres_inventory_edited_through_one_replica_is_served_by_the_other() {
     let pg = Postgres::start();
-    let url = pg.url();
+    inventory_edited_through_one_replica_is_served_by_the_other(&pg.url());
+}
+
+/// The same on MariaDB, where replicas follow the inventory's version by a query per poll.
+#[test]
+fn mariadb_inventory_edited_through_one_replica_is_served_by_the_other() {
+    let db = Mariadb::start();
+    inventory_edited_through_one_replica_is_served_by_the_other(&db.url());
+}
+
+fn inventory_edited_through_one_replica_is_served_by_the_other(url: &str) {
+    let url = url.to_string();
     let site = site();
     let a = Replica::start_on_database_inventory(site.path(), &url);
     let b = Replica::start_on_database_inventory(site.path(), &url);
