@@ -457,17 +457,27 @@ async fn write(
 /// removed row write one row each.
 fn places(names: &[&str], old: &HashMap<String, (i64, String)>) -> Vec<i64> {
     let renumber = || (0..names.len() as i64).map(|i| i * GAP).collect();
-    // Keep stored places that rise along the new order (greedily); the rest are to fill.
-    let mut out: Vec<Option<i64>> = Vec::with_capacity(names.len());
-    let mut last: Option<i64> = None;
-    for name in names {
-        match old.get(*name) {
-            Some(&(p, _)) if last.is_none_or(|l| p > l) => {
-                out.push(Some(p));
-                last = Some(p);
-            }
-            _ => out.push(None),
+    // Keep the stored places of the longest run of rows (not necessarily adjacent) whose
+    // stored places already rise along the new order; the rest are to fill. (A longest
+    // increasing subsequence, O(n log n): moving one row writes that row only.)
+    let stored: Vec<Option<i64>> = names.iter().map(|n| old.get(*n).map(|o| o.0)).collect();
+    let mut tails: Vec<usize> = Vec::new(); // index of the smallest tail of each run length
+    let mut before: Vec<Option<usize>> = vec![None; names.len()];
+    for (i, p) in stored.iter().enumerate() {
+        let Some(p) = *p else { continue };
+        let at = tails.partition_point(|&j| stored[j].is_some_and(|q| q < p));
+        before[i] = at.checked_sub(1).map(|k| tails[k]);
+        if at == tails.len() {
+            tails.push(i);
+        } else {
+            tails[at] = i;
         }
+    }
+    let mut out: Vec<Option<i64>> = vec![None; names.len()];
+    let mut next = tails.last().copied();
+    while let Some(i) = next {
+        out[i] = stored[i];
+        next = before[i];
     }
     let mut i = 0;
     while i < out.len() {
@@ -519,12 +529,37 @@ mod tests {
         assert_eq!(places(&["a", "b", "c", "d"], &o), vec![0, 1024, 2048, 3072]);
         assert_eq!(places(&["a", "x", "b", "c"], &o), vec![0, 512, 1024, 2048]);
         assert_eq!(places(&["x", "a", "b", "c"], &o), vec![-1024, 0, 1024, 2048]);
-        // A row moved to the front: it gets a place before the others.
+        // A row moved to the front: it alone gets a new place, before the others.
         assert_eq!(places(&["c", "a", "b"], &o), vec![-1024, 0, 1024]);
+        assert_eq!(places(&["b", "c", "a"], &o), vec![1024, 2048, 3072]);
         // No room between neighbours: everything is placed anew.
         let tight = old(&[("a", 0), ("b", 1)]);
         assert_eq!(places(&["a", "x", "b"], &tight), vec![0, 1024, 2048]);
         assert_eq!(places(&["x", "y"], &HashMap::new()), vec![0, 1024]);
+    }
+
+    proptest::proptest! {
+        /// Whatever the stored places and the new order, the places rise strictly along it,
+        /// and at least as many rows keep their place as the longest run that can.
+        #[test]
+        fn places_always_rise(
+            stored in proptest::collection::vec(-5000i64..5000, 0..40),
+            order in proptest::collection::vec(0usize..60, 0..60),
+        ) {
+            let mut seen = std::collections::HashSet::new();
+            let names: Vec<String> = order.iter().filter(|i| seen.insert(**i)).map(|i| format!("h{i}")).collect();
+            let mut used = std::collections::HashSet::new();
+            let old: HashMap<String, (i64, String)> = stored
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| used.insert(**p))
+                .map(|(i, p)| (format!("h{i}"), (*p, String::new())))
+                .collect();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let out = places(&refs, &old);
+            proptest::prop_assert_eq!(out.len(), names.len());
+            proptest::prop_assert!(out.windows(2).all(|w| w[0] < w[1]), "{:?}", out);
+        }
     }
 
     #[test]
