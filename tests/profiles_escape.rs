@@ -401,7 +401,8 @@ fn normal_values_render_as_before() {
     }
     let boot = get(&files, "boot.ipxe");
     assert!(boot.contains(" interface=eno1 BOOTIF=01-52-54-00-00-00-02 "), "{boot}");
-    assert!(boot.contains(" console=ttyS0,115200n8 console=tty0 ---\n"), "{boot}");
+    // The consoles after `---`, which the installer copies to the installed system (issue 18).
+    assert!(boot.contains(" --- console=ttyS0,115200n8 console=tty0\n"), "{boot}");
     let watcher = get(&files, "config/report-failure.sh");
     assert!(
         watcher.contains("wget -q -O /dev/null 'http://10.1.0.5:8080/hosts/node02/failed?install=00ff&token=0123abcd'\"&reason=$reason\""),
@@ -812,6 +813,166 @@ fn vlan_nodes_tag_the_installer_nic_too() {
         y.contains("\n    gateway: 10.1.0.1\n    vlan_id: 130\n    default_route: true\n"),
         "{y}"
     );
+}
+
+/// The Debian profile's `security` and `updates` variables (issue 18): the default (`on`) writes
+/// nothing, so the installer's own defaults apply as before; `off` leaves a source out of
+/// apt-setup's services; a URL replaces the source with the site's own mirror of that suite,
+/// numbered from local0 without gaps; anything else is refused at load time, naming the row.
+#[test]
+fn debian_security_and_updates_sources_follow_the_variables() {
+    let profiles = Profiles::load(&examples()).unwrap();
+    let header =
+        "hostname,ip,gateway,dns,mac,profile,install_disk,password_hash,ssh_key,security,updates";
+    let text = format!(
+        "{header}\n\
+         d0,10.1.0.4/24,10.1.0.1,10.1.0.2,,debian,/dev/sda,x,k,,\n\
+         d1,10.1.0.5/24,10.1.0.1,10.1.0.2,,debian,/dev/sda,x,k,off,off\n\
+         d2,10.1.0.6/24,10.1.0.1,10.1.0.2,,debian,/dev/sda,x,k,off,on\n\
+         d3,10.1.0.7/24,10.1.0.1,10.1.0.2,,debian,/dev/sda,x,k,http://10.20.0.5/debian-security,off\n\
+         d4,10.1.0.8/24,10.1.0.1,10.1.0.2,,debian,/dev/sda,x,k,on,https://m.example:8443/debian\n\
+         d5,10.1.0.9/24,10.1.0.1,10.1.0.2,,debian,/dev/sda,x,k,http://10.20.0.5/debian-security,http://10.20.0.5/debian\n"
+    );
+    let inv = Inventory::parse("sources.csv", text.as_bytes()).unwrap();
+    profiles.check_inventory(&inv).unwrap();
+    let preseed = |h: &str| {
+        get(&render_all(&profiles, inv.get(h).unwrap()), "config/preseed.cfg").to_string()
+    };
+
+    // Default: not a word about apt-setup, as before the variables existed.
+    let p = preseed("d0");
+    assert!(!p.contains("apt-setup/"), "{p}");
+    assert!(
+        p.contains("\nd-i mirror/http/proxy string \nd-i passwd/root-login boolean false\n"),
+        "{p}"
+    );
+
+    let p = preseed("d1");
+    assert!(p.contains("\nd-i apt-setup/services-select multiselect \nd-i passwd/"), "{p}");
+    assert!(!p.contains("apt-setup/local"), "{p}");
+    let p = preseed("d2");
+    assert!(p.contains("\nd-i apt-setup/services-select multiselect updates\nd-i passwd/"), "{p}");
+
+    let p = preseed("d3");
+    assert!(
+        p.contains(
+            "\nd-i apt-setup/services-select multiselect \n\
+             d-i apt-setup/local0/repository string http://10.20.0.5/debian-security bookworm-security main\n\
+             d-i apt-setup/local0/comment string security: the site's own mirror\n\
+             d-i apt-setup/local0/source boolean false\nd-i passwd/"
+        ),
+        "{p}"
+    );
+    assert!(!p.contains("apt-setup/local1"), "{p}");
+    let p = preseed("d4");
+    assert!(
+        p.contains(
+            "\nd-i apt-setup/services-select multiselect security\n\
+             d-i apt-setup/local0/repository string https://m.example:8443/debian bookworm-updates main\n"
+        ),
+        "{p}"
+    );
+    let p = preseed("d5");
+    assert!(
+        p.contains(
+            "\nd-i apt-setup/services-select multiselect \n\
+             d-i apt-setup/local0/repository string http://10.20.0.5/debian-security bookworm-security main\n"
+        ),
+        "{p}"
+    );
+    assert!(
+        p.contains(
+            "\nd-i apt-setup/local1/repository string http://10.20.0.5/debian bookworm-updates main\n\
+             d-i apt-setup/local1/comment string updates: the site's own mirror\n"
+        ),
+        "{p}"
+    );
+
+    // Neither `yes` nor a URL with a space or a query gets into the preseed: the load refuses
+    // the row.
+    for bad in ["yes", "http://10.20.0.5/deb?x=1", "http://h/a b"] {
+        let text =
+            format!("{header}\nd9,10.1.0.4/24,10.1.0.1,10.1.0.2,,debian,/dev/sda,x,k,{bad},on\n");
+        let inv = Inventory::parse("bad.csv", text.as_bytes()).unwrap();
+        let err = profiles.check_inventory(&inv).unwrap_err().to_string();
+        assert!(err.contains("bad.csv:2 (d9)") && err.contains("preseed.cfg"), "{bad}: {err}");
+    }
+}
+
+/// Issue 18: the installed system's consoles follow the profile's `console` variable. The
+/// Debian installer copies the kernel parameters after `---` to the installed system (its
+/// `user-params`, which grub-installer writes into the installed GRUB's kernel command line), so
+/// the profile puts the consoles there. This runs the installer's own `user-params`, taken from
+/// the netboot initrd (Debian's `debian-installer-12-netboot-amd64`), in its test mode on the
+/// rendered kernel line, for the default consoles and for a Serial-over-LAN row.
+#[test]
+fn debian_installed_system_keeps_the_consoles() {
+    const INITRD: &str =
+        "/usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64/initrd.gz";
+    const PACKAGE: &str = "debian-installer-12-netboot-amd64";
+    assert!(
+        Path::new(INITRD).is_file(),
+        "PREREQUISITE MISSING: {INITRD} does not exist. Install the Debian package `{PACKAGE}` \
+         (apt-get install {PACKAGE})."
+    );
+    let out = std::process::Command::new("zcat").arg(INITRD).output().expect("run zcat (gzip)");
+    assert!(out.status.success(), "zcat {INITRD}: {out:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let script = newc_file(&out.stdout, "bin/user-params").expect("bin/user-params in the initrd");
+    std::fs::write(dir.path().join("user-params"), script).unwrap();
+    let aliases = newc_file(&out.stdout, "etc/preseed_aliases").expect("etc/preseed_aliases");
+    std::fs::write(dir.path().join("user-params.aliases"), aliases).unwrap();
+
+    let profiles = Profiles::load(&examples()).unwrap();
+    let text = "hostname,ip,gateway,dns,mac,profile,install_disk,password_hash,ssh_key,console\n\
+                d1,10.1.0.5/24,10.1.0.1,10.1.0.2,52:54:00:00:00:01,debian,/dev/sda,x,k,\n\
+                d2,10.1.0.6/24,10.1.0.1,10.1.0.2,52:54:00:00:00:02,debian,/dev/sda,x,k,tty0 ttyS0,115200n8\n";
+    let text = text.replace("tty0 ttyS0,115200n8", "\"tty0 ttyS0,115200n8\"");
+    let inv = Inventory::parse("consoles.csv", text.as_bytes()).unwrap();
+    for (host, want) in [
+        ("d1", ["console=ttyS0,115200n8", "console=tty0"]),
+        ("d2", ["console=tty0", "console=ttyS0,115200n8"]),
+    ] {
+        let files = render_all(&profiles, inv.get(host).unwrap());
+        let kernel = line_with(get(&files, "boot.ipxe"), "kernel ");
+        // /proc/cmdline: the arguments, without iPXE's `kernel URL`.
+        let cmdline = kernel.splitn(3, ' ').nth(2).unwrap();
+        std::fs::write(dir.path().join("user-params.in"), format!("{cmdline}\n")).unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("user-params")
+            .env("TESTSUITE", "1")
+            .current_dir(dir.path())
+            .output()
+            .expect("run the installer's user-params");
+        assert!(out.status.success(), "user-params: {out:?}");
+        let copied = String::from_utf8_lossy(&out.stdout);
+        let copied: Vec<&str> = copied.lines().collect();
+        assert_eq!(copied, want, "{host}: what the installed system gets from\n{cmdline}");
+    }
+}
+
+/// The body of the regular file `name` in an uncompressed `newc` cpio archive (an initramfs),
+/// or `None`. Hard links in newc keep the data on the last entry of the inode's names, so an
+/// empty entry is passed over.
+fn newc_file<'a>(archive: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    let mut at = 0;
+    while at + 110 <= archive.len() && &archive[at..at + 6] == b"070701" {
+        let field = |i: usize| {
+            let hex = std::str::from_utf8(&archive[at + 6 + i * 8..at + 14 + i * 8]).ok()?;
+            usize::from_str_radix(hex, 16).ok()
+        };
+        let (size, name_len) = (field(6)?, field(11)?);
+        let entry = archive.get(at + 110..at + 110 + name_len - 1)?;
+        let data = (at + 110 + name_len).next_multiple_of(4);
+        if entry == b"TRAILER!!!" {
+            return None;
+        }
+        if entry == name.as_bytes() && size > 0 {
+            return archive.get(data..data + size);
+        }
+        at = (data + size).next_multiple_of(4);
+    }
+    None
 }
 
 /// The bundled examples are one working whole: `bootforge serve --inventory examples/nodes.csv

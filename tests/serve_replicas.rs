@@ -384,8 +384,29 @@ fn free_port() -> u16 {
 
 /// The real binary, a replica on `url`.
 fn spawn_binary(site: &Path, url: &str, port: u16) -> (Child, PathBuf) {
+    spawn_binary_with_clock(site, url, port, None)
+}
+
+/// [`spawn_binary`], its wall clock moved by `shift` (libfaketime's relative form, e.g. `-8`
+/// for eight seconds behind; its monotonic clock, which timers use, left alone).
+fn spawn_binary_with_clock(
+    site: &Path,
+    url: &str,
+    port: u16,
+    shift: Option<&str>,
+) -> (Child, PathBuf) {
     let state = tempfile::tempdir().unwrap().keep();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bootforge"))
+    let mut cmd = match shift {
+        None => Command::new(env!("CARGO_BIN_EXE_bootforge")),
+        Some(shift) => {
+            support::sushy::require("faketime", "faketime");
+            let mut c = Command::new("faketime");
+            c.args(["-f", shift, env!("CARGO_BIN_EXE_bootforge")])
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+            c
+        }
+    };
+    let mut child = cmd
         .args(["serve", "--inventory"])
         .arg(site.join("nodes.csv"))
         .arg("--profiles")
@@ -693,4 +714,91 @@ fn inventory_edited_through_one_replica_is_served_by_the_other(url: &str) {
     let r = call("POST", &c.url("/inventory/hosts"), Some(ADMIN_TOKEN), Some(&body));
     assert_eq!(r.status, 409, "file edits stay refused on a shared database: {}", r.body);
     assert_eq!(a.inventory()["version"], "2");
+}
+
+/// TLS to PostgreSQL as docs/REPLICAS.md sets it up: `sslmode=verify-full` with the site's CA
+/// file. The server accepts TCP connections only over TLS (`hostssl`), so two replicas that
+/// start, flag and notify each other spoke TLS on every connection, the listener's included. A
+/// certificate from another CA, and a name the certificate does not carry, fail the start with
+/// an error that says so (a configuration error, not an outage to wait out).
+#[test]
+fn postgres_over_tls_with_verify_full() {
+    let site_ca = support::sushy::Ca::new();
+    let other_ca = support::sushy::Ca::new();
+    let mut pg = Postgres::start();
+    pg.require_tls(&site_ca.server_cert, &site_ca.server_key);
+    let with_ca =
+        |ca: &Path| format!("{}?sslmode=verify-full&sslrootcert={}", pg.url(), ca.display());
+
+    // Without TLS the server refuses the connection, which is what proves the rest spoke it.
+    let plain = format!("{}?sslmode=disable", pg.url());
+    let err = Server::start(config(site().path(), &plain, false)).err().expect("refused");
+    assert!(err.to_string().contains("no encryption"), "{err}");
+
+    let site = site();
+    let url = with_ca(&site_ca.ca_cert);
+    let a = Replica::start(site.path(), &url, false);
+    let b = Replica::start(site.path(), &url, false);
+    wait_for("B listens over TLS", Duration::from_secs(10), || {
+        b.status()["database"]["listening"] == true
+    });
+    let t = seen_after(&a, &b, "h040");
+    assert!(t < Duration::from_secs(3), "notified over TLS: {t:?}");
+    let ssl = pg.sql("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.datname = 'bootforge' AND s.ssl");
+    assert!(ssl.trim().parse::<u32>().unwrap() >= 2, "replicas' connections over TLS: {ssl}");
+
+    for (bad, says) in [
+        (with_ca(&other_ca.ca_cert), "BadSignature"),
+        (with_ca(&site_ca.ca_cert).replace("127.0.0.1", "localhost"), "not valid for name"),
+    ] {
+        let text = match Server::start(config(site.path(), &bad, false)) {
+            Ok(_) => panic!("{bad}: the replica started"),
+            Err(e) => format!("{e:#}"),
+        };
+        eprintln!("refused: {text}");
+        assert!(text.contains("certificate") && text.contains(says), "{bad}: {text}");
+        assert!(!text.contains(pg.password()), "no password in the message: {text}");
+    }
+}
+
+/// Times that decide windows come from the database's clock on every replica, not the
+/// machine's: replica B runs with its wall clock 8 s behind (libfaketime). A first-answer
+/// install with a 10 s repeat window, answered through A, must be over for B too once the
+/// database says 10 s have passed; by its own clock B would still be 2 s inside the window and
+/// answer the install chain again (it did before B measured the database's clock).
+#[test]
+fn replicas_decide_windows_by_the_database_clock() {
+    let pg = Postgres::start();
+    let site = site();
+    let brief = site.path().join("profiles/e2e-brief");
+    copy_tree(&repo().join("tests/profiles/e2e"), &brief);
+    std::fs::write(
+        brief.join("profile.toml"),
+        "clear = \"first-answer\"\nrepeat_window_secs = 10\n",
+    )
+    .unwrap();
+    let a = Replica::start(site.path(), &pg.url(), false);
+    let port = free_port();
+    let (mut child, _) = spawn_binary_with_clock(site.path(), &pg.url(), port, Some("-8"));
+    let b = format!("http://127.0.0.1:{port}");
+    let b_boot = |host: &str| call("GET", &boot_url(&b, host, "", ""), None, None).body;
+    wait_for("B is up", Duration::from_secs(20), || {
+        call("GET", &format!("{b}/healthz"), None, None).status == 200
+    });
+    // The health monitor reads the database's clock at once, then every second.
+    std::thread::sleep(Duration::from_secs(2));
+
+    assert_eq!(a.flag("h060", "e2e-brief").status, 200);
+    let answered = Instant::now();
+    assert!(is_install(&a.boot("h060")), "A opens the install");
+    let inside = b_boot("h060");
+    assert!(is_install(&inside), "inside the window B answers the install again: {inside}");
+    std::thread::sleep(Duration::from_millis(11_500).saturating_sub(answered.elapsed()));
+    let after = b_boot("h060");
+    assert!(
+        after.contains(NOT_FLAGGED),
+        "the window is over by the database's clock, B must boot local: {after}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }

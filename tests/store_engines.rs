@@ -657,6 +657,9 @@ fn conformance(url: &str) {
     check_last_boots(&db);
     check_states_and_a_corrupt_row(&db);
     check_inventory(&db);
+    if db.two {
+        check_cursor_waits_for_a_transaction_in_flight(&db);
+    }
 }
 
 /// A SQLite state as a service leaves it: hosts in every phase, boots (verified or not), a
@@ -1045,4 +1048,87 @@ fn check_inventory(db: &Db) {
     let records = inventory_records(db, base);
     let versions: Vec<_> = records.iter().map(|r| r["version"].as_u64().unwrap()).collect();
     assert_eq!(versions, [1, 2, 3, 4], "one record per committed write");
+}
+
+/// On the servers, transactions commit in any order, so a record id may be visible before a
+/// smaller one that a transaction still holds. A reader following the log by cursor (`/events
+/// ?after=`, `bootforge audit export --follow`) must stop before such a gap and see both once it
+/// commits; a gap that stays (a rolled-back insert) is passed after `SETTLE_MS`.
+fn check_cursor_waits_for_a_transaction_in_flight(db: &Db) {
+    use sqlx::{Connection, Row};
+    let tail = |since: u64| {
+        let page =
+            db.audit.read_page(since, 1000, MAX_PAGE_BYTES, &Default::default(), Role::Admin);
+        let page = page.unwrap();
+        let hosts: Vec<String> =
+            page.events.iter().map(|e| e["host"].as_str().unwrap_or("").to_string()).collect();
+        (hosts, page.next)
+    };
+    let exported = |since: u64| {
+        let (lines, next) = audit::export(&db.a, since, 1000).unwrap();
+        let hosts: Vec<String> = lines
+            .iter()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["host"].as_str().unwrap_or("").to_string()
+            })
+            .collect();
+        (hosts, next)
+    };
+    set_flag(&db.a, "c-gap-0", "rocky");
+    // Past the settling time, so the records so far are all settled.
+    std::thread::sleep(std::time::Duration::from_millis(audit::SETTLE_MS as u64 + 500));
+    let (_, start) = tail(0);
+    let (_, start_export) = exported(0);
+    assert_eq!(start, start_export);
+
+    let runtime = rt();
+    let url = db.url.clone();
+    // A transaction that takes the next id and holds it while a later record commits.
+    let mut conn = runtime.block_on(async {
+        sqlx::any::install_default_drivers();
+        sqlx::AnyConnection::connect(&url).await.unwrap()
+    });
+    let record: String = runtime.block_on(async {
+        let row = sqlx::query("SELECT record FROM audit ORDER BY id DESC LIMIT 1")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        row.get::<String, _>(0).replace("c-gap-0", "c-gap-held")
+    });
+    let insert = if url.starts_with("postgres") {
+        "INSERT INTO audit (ms, event, host, record) VALUES ($1, 'flag-set', 'c-gap-held', $2)"
+    } else {
+        "INSERT INTO audit (ms, event, host, record) VALUES (?, 'flag-set', 'c-gap-held', ?)"
+    };
+    let open = |conn: &mut sqlx::AnyConnection| {
+        runtime.block_on(async {
+            sqlx::query("BEGIN").execute(&mut *conn).await.unwrap();
+            sqlx::query(insert)
+                .bind(bootforge::serve::util::now_ms() as i64)
+                .bind(record.clone())
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+        })
+    };
+    open(&mut conn);
+    set_flag(&db.b, "c-gap-1", "rocky");
+    for (what, (hosts, next)) in [("read_page", tail(start)), ("export", exported(start))] {
+        assert!(hosts.is_empty(), "{what} went past a transaction in flight: {hosts:?}");
+        assert_eq!(next, start, "{what}");
+    }
+    runtime.block_on(async { sqlx::query("COMMIT").execute(&mut conn).await.unwrap() });
+    for (what, (hosts, _)) in [("read_page", tail(start)), ("export", exported(start))] {
+        assert_eq!(hosts, ["c-gap-held", "c-gap-1"], "{what}");
+    }
+
+    // A rolled-back insert leaves a gap for good: held back for the settling time, then passed.
+    let (_, start) = tail(start);
+    open(&mut conn);
+    runtime.block_on(async { sqlx::query("ROLLBACK").execute(&mut conn).await.unwrap() });
+    set_flag(&db.a, "c-gap-2", "rocky");
+    assert_eq!(tail(start).0, Vec::<String>::new(), "a fresh gap is waited on");
+    std::thread::sleep(std::time::Duration::from_millis(audit::SETTLE_MS as u64 + 500));
+    assert_eq!(tail(start).0, ["c-gap-2"], "a settled gap is passed");
+    assert_eq!(exported(start).0, ["c-gap-2"]);
 }

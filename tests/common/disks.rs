@@ -17,6 +17,9 @@
 //!   then "EFI Internal Shell", so the shell runs only when the disk has no loader, waits 5 s
 //!   before running `startup.nsh`, and looks for it only on the `FS0:` mapping, which is not
 //!   necessarily this disk once a bootforge ESP is attached too. The loader avoids all of that.
+//!   x86 UEFI machines now boot without `bootindex` (OVMF's own order, see
+//!   `Vm::firmware_boot_order`): there the disk's "UEFI Misc Device" entry comes after the CD
+//!   and USB media and before the NIC and the shell, so the same loader runs.
 //!
 //! The marker carries the firmware's name so a log shows which path ran.
 

@@ -197,8 +197,11 @@ struct Drive {
     readonly: bool,
 }
 
-/// A QEMU machine to boot. Drives boot in the order they were added (each gets the next
-/// `bootindex`), so add the medium under test first and the local disk after it.
+/// A QEMU machine to boot. On BIOS and arm64, drives boot in the order they were added (each
+/// gets the next `bootindex`), so add the medium under test first and the local disk after it.
+/// x86 UEFI machines boot in OVMF's own order ([`Vm::firmware_boot_order`]), which on a fresh
+/// variable store is the CD first, then the other drives, then the NIC (the boot tests that add
+/// a medium and then the local disk pass unchanged on it).
 pub struct Vm {
     firmware: Firmware,
     name: String,
@@ -213,6 +216,7 @@ pub struct Vm {
     extra: Vec<String>,
     stop_when: Option<Box<dyn Fn() -> bool>>,
     capture: Option<PathBuf>,
+    firmware_order: bool,
     dir: tempfile::TempDir,
 }
 
@@ -277,6 +281,8 @@ impl Vm {
             extra: Vec::new(),
             stop_when: None,
             capture: None,
+            // x86 UEFI machines boot from OVMF's own order (see `firmware_boot_order`).
+            firmware_order: firmware == Firmware::Uefi,
             dir: tempfile::Builder::new()
                 .prefix(&format!("bootforge-vm-{name}-"))
                 .tempdir()
@@ -361,6 +367,21 @@ impl Vm {
         self
     }
 
+    /// Boots from the firmware's own boot order, as a real machine does: no `bootindex` on any
+    /// device. The default for [`Firmware::Uefi`] (issue 18); SeaBIOS keeps no order of its own,
+    /// and arm64 (AAVMF) still gets `bootindex`. With `bootindex`, QEMU hands OVMF an order of its own and OVMF rewrites
+    /// `BootOrder` in its variable store to match on every boot, which hides any change a guest
+    /// makes to it (grub-install putting the new OS first, and a profile's
+    /// restore-boot-order.sh undoing that). Without it, OVMF 2022.11 (Debian bookworm) builds
+    /// `BootOrder` on the first boot from a fresh variable store with the CD first (checked:
+    /// "UEFI QEMU DVD-ROM" is Boot0001, then the disks, then the NIC's PXE), and from then on
+    /// follows the store, which persists across the guest's reboots within one run.
+    pub fn firmware_boot_order(mut self) -> Vm {
+        assert!(self.firmware.is_uefi(), "only UEFI firmware keeps a boot order of its own");
+        self.firmware_order = true;
+        self
+    }
+
     /// Appends raw QEMU arguments (for a one-off device or option the builder does not model).
     pub fn qemu_args(mut self, args: &[&str]) -> Vm {
         self.extra.extend(args.iter().map(|a| a.to_string()));
@@ -437,7 +458,11 @@ impl Vm {
                 Attach::Usb => format!("usb-storage,bus=xhci.0,drive={id},removable=on"),
                 Attach::Disk => format!("virtio-blk-pci,drive={id},addr={:#x}", 0x10 + i),
             };
-            cmd.arg("-device").arg(format!("{device},bootindex={i}"));
+            if self.firmware_order {
+                cmd.arg("-device").arg(device);
+            } else {
+                cmd.arg("-device").arg(format!("{device},bootindex={i}"));
+            }
         }
         let nic = if arm64 { "virtio-net-pci" } else { "e1000" };
         for (i, mac) in self.macs.iter().enumerate() {

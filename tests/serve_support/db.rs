@@ -292,6 +292,8 @@ pub struct Postgres {
     /// As root: the server runs as the `postgres` account.
     as_postgres: bool,
     child: Option<Child>,
+    /// Settings added by [`Postgres::require_tls`], passed at every start.
+    extra: Vec<String>,
     /// Holds everything; removed when this is dropped, after `Drop::drop` killed the server.
     dir: tempfile::TempDir,
 }
@@ -308,7 +310,15 @@ impl Postgres {
             .tempdir()
             .expect("create a temporary folder");
         let password = random_password();
-        let mut pg = Postgres { bin, port: free_port(), password, as_postgres, child: None, dir };
+        let mut pg = Postgres {
+            bin,
+            port: free_port(),
+            password,
+            as_postgres,
+            child: None,
+            extra: Vec::new(),
+            dir,
+        };
         for folder in [pg.data_dir(), pg.socket_dir()] {
             std::fs::create_dir(&folder).expect("create a server folder");
             std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700))
@@ -354,6 +364,39 @@ impl Postgres {
         pg.start_again();
         pg.psql_as("postgres", &format!("CREATE DATABASE {DATABASE}"));
         pg
+    }
+
+    /// Restarts the server with TLS on (`cert` and `key`, PEM) and a `pg_hba.conf` that refuses
+    /// every TCP connection without TLS (`hostssl` only), so a client that connects at all
+    /// spoke TLS.
+    pub fn require_tls(&mut self, cert: &Path, key: &Path) {
+        let (cert_copy, key_copy) =
+            (self.dir.path().join("server.pem"), self.dir.path().join("server.key"));
+        std::fs::copy(cert, &cert_copy).expect("copy the server certificate");
+        std::fs::copy(key, &key_copy).expect("copy the server key");
+        // The server refuses a key that others may read.
+        std::fs::set_permissions(&key_copy, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod the server key");
+        let hba = self.data_dir().join("pg_hba.conf");
+        if self.as_postgres {
+            let (uid, gid) = account_ids("postgres", "postgresql");
+            for path in [&cert_copy, &key_copy] {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                    .unwrap_or_else(|e| panic!("chown {} to postgres: {e}", path.display()));
+            }
+        }
+        std::fs::write(
+            &hba,
+            "local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .expect("write pg_hba.conf");
+        self.extra = vec![
+            "ssl=on".to_string(),
+            format!("ssl_cert_file={}", cert_copy.display()),
+            format!("ssl_key_file={}", key_copy.display()),
+        ];
+        self.kill();
+        self.start_again();
     }
 
     /// `postgres://USER:PASSWORD@127.0.0.1:PORT/DATABASE`.
@@ -433,7 +476,7 @@ impl Postgres {
             "huge_pages=off".to_string(),
             "logging_collector=off".to_string(),
         ];
-        for s in settings {
+        for s in settings.iter().chain(&self.extra) {
             cmd.arg("-c").arg(s);
         }
         cmd.current_dir(self.dir.path());

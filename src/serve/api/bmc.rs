@@ -15,7 +15,7 @@ use crate::serve::app::media::MediaOptions;
 use crate::serve::app::service::Service;
 use crate::serve::domain::actor::{Actor, Role};
 use crate::serve::domain::event::Event;
-use crate::serve::util::{now_ms, rfc3339};
+use crate::serve::util::rfc3339;
 use crate::serve::web::reply::{HttpError, Reply};
 use crate::serve::web::request::Req;
 use serde::Serialize;
@@ -155,7 +155,7 @@ pub async fn attach(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<R
         Some(url) => url.to_string(),
         None => svc.base_for(&node).ok_or_else(|| HttpError::internal("no base URL"))?,
     };
-    let exp = now_ms() / 1000 + ttl;
+    let exp = svc.store.now_ms() / 1000 + ttl;
     let url = svc.media.url(&base, &host, &opts, exp);
     let h = host.clone();
     let bmc = svc.bmc.as_ref().expect("checked by target()");

@@ -12,7 +12,6 @@ use crate::serve::domain::lifecycle::InstallKind;
 use crate::serve::domain::lifecycle::NoInstall;
 use crate::serve::inputs::catalog::Snapshot;
 use crate::serve::inputs::profiles::RenderContext;
-use crate::serve::util::now_ms;
 use crate::serve::web::reply::Reply;
 use crate::serve::web::request::Req;
 use crate::serve::web::routes::Route;
@@ -216,7 +215,7 @@ fn boot_look(svc: &Service, req: &Req, host: String) -> BootStep {
             return BootStep::Answered(boot_local(svc, req, &q, Some(&host), Some(node), why));
         }
     };
-    let (answer, write) = lifecycle::answer_boot(&mut st, rules(&snap), now_ms());
+    let (answer, write) = lifecycle::answer_boot(&mut st, rules(&snap), svc.store.now_ms());
     if write {
         return BootStep::Change(node.hostname.clone());
     }

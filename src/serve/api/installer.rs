@@ -7,7 +7,6 @@ use crate::serve::app::service::Service;
 use crate::serve::domain::event::Event;
 use crate::serve::domain::lifecycle;
 use crate::serve::domain::lifecycle::Callback;
-use crate::serve::util::now_ms;
 use crate::serve::web::reply::{HttpError, Reply};
 use crate::serve::web::request::Req;
 use serde::Serialize;
@@ -35,7 +34,7 @@ pub(crate) fn config(
     let file = file.ok_or_else(|| HttpError::bad_request("bad config file path"))?;
     let st = svc.store.read_blocking(&host)?;
     let rules = rules(&snap);
-    let Some((profile, id)) = st.active_install(rules, now_ms()) else {
+    let Some((profile, id)) = st.active_install(rules, svc.store.now_ms()) else {
         return Err(HttpError::not_found(
             "this host has no install in progress; config files are served only during one",
         ));

@@ -7,7 +7,7 @@ use crate::serve::app::media::Refusal;
 use crate::serve::app::service::Service;
 use crate::serve::domain::actor::Actor;
 use crate::serve::domain::event::Event;
-use crate::serve::util::{now_ms, rfc3339};
+use crate::serve::util::rfc3339;
 use crate::serve::web::files::RangeSpec;
 use crate::serve::web::reply::{HttpError, Payload, Reply};
 use crate::serve::web::request::Req;
@@ -35,7 +35,8 @@ pub(crate) async fn media(
     )
     .map_err(|e| HttpError::bad_request(format!("bad media option {e}")))?;
     let snap = svc.catalog.snapshot();
-    let now = now_ms() / 1000;
+    // Signed by one replica, checked by any: the database's clock.
+    let now = svc.store.now_ms() / 1000;
     if let Err(refusal) =
         svc.media.signer.check(&host, &opts, req.param("exp"), req.param("sig"), now)
     {
@@ -225,7 +226,7 @@ pub(crate) async fn media_url(
         })
         .await?
         .map_err(|e| HttpError::internal(format!("building {host}'s {format} image: {e:#}")))?;
-    let exp = now_ms() / 1000 + ttl;
+    let exp = svc.store.now_ms() / 1000 + ttl;
     let url = svc.media.url(&base, &host, &opts, exp);
     svc.audit.note(&Event::MediaUrl {
         host: host.clone(),

@@ -9,7 +9,6 @@ use crate::serve::domain::event::Event;
 use crate::serve::domain::lifecycle::Rules;
 use crate::serve::inputs::catalog::Snapshot;
 use crate::serve::inputs::profiles::ClearOn;
-use crate::serve::util::now_ms;
 use crate::serve::web::reply::HttpError;
 use crate::serve::web::request::Req;
 use std::sync::Arc;
@@ -27,7 +26,7 @@ pub(crate) async fn authorize(
     let checked = match (&req.authorization, &req.session) {
         (None, Some(id)) => {
             let p = crate::serve::app::guard::presented(svc, req, id);
-            svc.sessions.check(&tokens, &p.get(), need, now_ms()).await.map(|(c, _)| c)
+            svc.sessions.check(&tokens, &p.get(), need, svc.store.now_ms()).await.map(|(c, _)| c)
         }
         _ => tokens.check(req.authorization.as_deref(), need),
     };

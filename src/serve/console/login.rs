@@ -51,7 +51,7 @@ async fn whoami(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> 
     };
     let p = presented(svc, req, id);
     let tokens = svc.catalog.tokens();
-    match svc.sessions.check(&tokens, &p.get(), Role::Read, now_ms()).await {
+    match svc.sessions.check(&tokens, &p.get(), Role::Read, svc.store.now_ms()).await {
         Ok((c, csrf)) => Ok(Reply::json(&Who {
             name: c.name,
             role: c.role,
@@ -108,7 +108,8 @@ pub(crate) async fn login(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, H
         .header("Retry-After", (session::LIMIT_WINDOW_MS / 1000).to_string()));
     };
     // ---- end of the login throttle
-    let now = now_ms();
+    // Sessions expire by the database's clock, which every replica shares.
+    let now = svc.store.now_ms();
     let (opened, caller) = match (body.token, body.username, body.password) {
         (Some(token), None, None) => {
             let tokens = svc.catalog.tokens();
@@ -251,7 +252,7 @@ pub async fn recheck_sessions(svc: Arc<Service>) {
     let tick = std::time::Duration::from_millis((every / 4).clamp(500, 30_000));
     loop {
         tokio::time::sleep(tick).await;
-        let due = match svc.sessions.due_for_recheck(every, now_ms()).await {
+        let due = match svc.sessions.due_for_recheck(every, svc.store.now_ms()).await {
             Ok(due) => due,
             Err(e) => {
                 tracing::warn!("session re-check: cannot list the sessions due: {e}");
@@ -271,7 +272,7 @@ pub async fn recheck_sessions(svc: Arc<Service>) {
                     continue;
                 }
             };
-            let done = match svc.sessions.confirm(&dn, role, now_ms()).await {
+            let done = match svc.sessions.confirm(&dn, role, svc.store.now_ms()).await {
                 Ok(done) => done,
                 Err(e) => {
                     tracing::warn!("session re-check: cannot apply the directory's answer: {e}");
@@ -338,7 +339,7 @@ pub(crate) async fn logout(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, 
 pub async fn expire_sessions(svc: Arc<Service>) {
     loop {
         tokio::time::sleep(session::EXPIRE_EVERY).await;
-        match svc.sessions.expire(now_ms()).await {
+        match svc.sessions.expire(svc.store.now_ms()).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(ended = n, "expired console sessions removed"),
             Err(e) => tracing::warn!("cannot remove expired console sessions: {e}"),

@@ -357,8 +357,15 @@ impl Audit {
                     ("<", "DESC", b.unwrap_or(i64::MAX as u64).min(i64::MAX as u64) as i64)
                 }
             };
+            let below = match from {
+                Scan::After(_) => settled(engine, &pool, cursor).await?,
+                Scan::Before(_) => None,
+            };
             // Built from constants only; every value is bound.
             let mut sql = format!("SELECT id, record FROM audit WHERE id {cmp} ?");
+            if below.is_some() {
+                sql.push_str(" AND id < ?");
+            }
             if host.is_some() {
                 sql.push_str(" AND host = ?");
             }
@@ -368,6 +375,9 @@ impl Audit {
             sql.push_str(&format!(" ORDER BY id {order} LIMIT {fetch}"));
             let sql = engine.sql_owned(sql);
             let mut q = sqlx::query(sql).bind(cursor);
+            if let Some(b) = below {
+                q = q.bind(b);
+            }
             if let Some(h) = host {
                 q = q.bind(h.to_ascii_lowercase());
             }
@@ -381,6 +391,53 @@ impl Audit {
                 .map_err(StoreError::from)
         })
     }
+}
+
+/// How long a reader that follows the log by cursor waits for a gap in the record ids to fill.
+///
+/// On SQLite one writer commits at a time, so ids appear in commit order. PostgreSQL and
+/// MariaDB hand out ids when a row is inserted, and transactions commit in any order: id 41 may
+/// be visible while the transaction that took id 40 is still running. A reader that went on
+/// past 41 would never see 40. So a reader stops before the first missing id whose next record
+/// was inserted less than this long ago (on the database's clock, `stored_ms`): a transaction
+/// still in flight fills it in well under that (ours run a few statements, none waiting on
+/// anything but the database), and a gap that stays (a rolled-back insert) is passed once it is
+/// that old. Readers of the newest records (the console) are not held back.
+pub const SETTLE_MS: i64 = 5_000;
+
+/// The id a cursor read from `since` must stay below (`None`: no limit), per [`SETTLE_MS`]: the
+/// first missing id at or after `since` that is followed by a recent record. One indexed query
+/// of the recent records' ids (a few seconds' worth) on the servers, none on SQLite.
+async fn settled(
+    engine: Engine,
+    pool: &sqlx::AnyPool,
+    since: i64,
+) -> Result<Option<i64>, StoreError> {
+    let Some(now) = engine.now_ms_expr() else {
+        return Ok(None);
+    };
+    // Ids start at 1 on both servers: a cursor of 0 has no record 0 to wait for.
+    let since = since.max(1);
+    let sql = format!(
+        "SELECT id FROM audit WHERE stored_ms >= {now} - {SETTLE_MS} AND id >= ? ORDER BY id"
+    );
+    let recent: Vec<i64> =
+        sqlx::query_scalar(engine.sql_owned(sql)).bind(since).fetch_all(pool).await?;
+    let Some(&first) = recent.first() else {
+        return Ok(None);
+    };
+    if first > since {
+        // Whether the id just before the first recent record exists (older records are settled).
+        let before: Option<i64> =
+            sqlx::query_scalar(engine.sql("SELECT id FROM audit WHERE id = ?"))
+                .bind(first - 1)
+                .fetch_optional(pool)
+                .await?;
+        if before.is_none() {
+            return Ok(Some(first - 1));
+        }
+    }
+    Ok(recent.windows(2).find(|w| w[1] != w[0] + 1).map(|w| w[0] + 1))
 }
 
 /// Rows a page asks the database for: one more than the page holds when the database applies
@@ -667,10 +724,13 @@ impl LastBoots {
 pub fn export(store: &Store, since: u64, limit: usize) -> Result<(Vec<String>, u64), StoreError> {
     let (pool, engine) = (store.reader.clone(), store.engine);
     let rows = store.wait(async move {
+        let since = since.min(i64::MAX as u64) as i64;
+        let below = settled(engine, &pool, since).await?.unwrap_or(i64::MAX);
         let rows = sqlx::query(
-            engine.sql("SELECT id, record FROM audit WHERE id >= ? ORDER BY id LIMIT ?"),
+            engine.sql("SELECT id, record FROM audit WHERE id >= ? AND id < ? ORDER BY id LIMIT ?"),
         )
-        .bind(since.min(i64::MAX as u64) as i64)
+        .bind(since)
+        .bind(below)
         .bind(limit as i64)
         .fetch_all(&pool)
         .await?;

@@ -93,6 +93,17 @@ impl Engine {
 
     /// A query returning the database's clock as milliseconds since 1970 (a BIGINT), or `None`
     /// for SQLite, where the process's clock is the machine's and a round trip would add nothing.
+    /// The database's clock in milliseconds as an SQL expression (`None` for SQLite).
+    pub fn now_ms_expr(self) -> Option<&'static str> {
+        match self {
+            Engine::Sqlite => None,
+            Engine::Postgres => {
+                Some("CAST(FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS BIGINT)")
+            }
+            Engine::Mysql => Some("CAST(FLOOR(UNIX_TIMESTAMP(NOW(3)) * 1000) AS SIGNED)"),
+        }
+    }
+
     pub fn now_sql(self) -> Option<&'static str> {
         match self {
             Engine::Sqlite => None,
@@ -173,11 +184,13 @@ impl Engine {
                 (1, "state", include_str!("migrations/postgres/0001_state.sql")),
                 (2, "sessions", include_str!("migrations/postgres/0002_sessions.sql")),
                 (3, "inventory", include_str!("migrations/postgres/0003_inventory.sql")),
+                (4, "audit_settle", include_str!("migrations/postgres/0004_audit_settle.sql")),
             ],
             Engine::Mysql => &[
                 (1, "state", include_str!("migrations/mysql/0001_state.sql")),
                 (2, "sessions", include_str!("migrations/mysql/0002_sessions.sql")),
                 (3, "inventory", include_str!("migrations/mysql/0003_inventory.sql")),
+                (4, "audit_settle", include_str!("migrations/mysql/0004_audit_settle.sql")),
             ],
         };
         Migrator::with_migrations(

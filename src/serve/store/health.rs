@@ -22,7 +22,7 @@ use super::engine::Engine;
 use super::hosts::{scan_deciding, SharedDeciding};
 use sqlx::any::AnyConnectOptions;
 use sqlx::{AnyPool, Connection};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,6 +33,9 @@ pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// The backoff between reconnection attempts while the database does not answer.
 pub const MIN_BACKOFF: Duration = Duration::from_millis(200);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(3);
+/// The longest clock reading round trip whose offset is kept (see [`check`]).
+const MAX_CLOCK_ROUND_TRIP_MS: i64 = 200;
+
 /// What `Retry-After` says to callers refused while the database is down.
 pub const RETRY_AFTER_SECS: u64 = 2;
 
@@ -49,6 +52,9 @@ pub struct Health {
     outages: tokio::sync::watch::Sender<u64>,
     /// Asks the monitor to check now (an operation just failed as unavailable).
     wake: tokio::sync::Notify,
+    /// The database's clock minus this machine's, in milliseconds, as the last check measured
+    /// it (0 until then, and for SQLite): see [`Health::now_ms`].
+    offset_ms: AtomicI64,
 }
 
 /// [`Health`] as shown by `/healthz` and `/status`.
@@ -65,6 +71,15 @@ impl Health {
         h.up.store(up, Ordering::SeqCst);
         h.since_ms.store(crate::serve::util::now_ms(), Ordering::Relaxed);
         h
+    }
+
+    /// The database's clock, read from this machine's plus the offset the monitor measures
+    /// every second (the round trip halved), so that every replica decides windows (a
+    /// session's expiry, an install's repeat window, a signed URL's lifetime) by one clock
+    /// without a query per decision. Changes take the database's clock in their transaction.
+    pub fn now_ms(&self) -> u64 {
+        let local = crate::serve::util::now_ms() as i64;
+        local.saturating_add(self.offset_ms.load(Ordering::Relaxed)).max(0) as u64
     }
 
     pub fn is_up(&self) -> bool {
@@ -119,8 +134,12 @@ pub(crate) struct Watched {
     pub shown: String,
 }
 
-/// One check on the monitor's own connection, (re)connecting first if it has none.
+/// One check on the monitor's own connection, (re)connecting first if it has none: it reads
+/// the database's clock, and keeps its offset from this machine's when the round trip was short
+/// enough to trust (a slow answer says little about when the clock was read).
 async fn check(
+    engine: Engine,
+    health: &Health,
     options: &AnyConnectOptions,
     conn: &mut Option<sqlx::AnyConnection>,
 ) -> Result<(), String> {
@@ -132,9 +151,19 @@ async fn check(
         *conn = Some(c);
     }
     let c = conn.as_mut().expect("connected above");
-    let r = tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(&mut *c)).await;
+    let clock = engine.now_sql().unwrap_or("SELECT 0");
+    let sent = crate::serve::util::now_ms() as i64;
+    let r =
+        tokio::time::timeout(CHECK_TIMEOUT, sqlx::query_scalar::<_, i64>(clock).fetch_one(&mut *c))
+            .await;
     match r {
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(db_ms)) => {
+            let back = crate::serve::util::now_ms() as i64;
+            if engine.now_sql().is_some() && back - sent <= MAX_CLOCK_ROUND_TRIP_MS {
+                health.offset_ms.store(db_ms - (sent + back) / 2, Ordering::Relaxed);
+            }
+            Ok(())
+        }
         Ok(Err(e)) => {
             *conn = None;
             Err(e.to_string())
@@ -151,7 +180,7 @@ pub(crate) async fn monitor(w: Watched) {
     let mut conn: Option<sqlx::AnyConnection> = None;
     let mut backoff = MIN_BACKOFF;
     loop {
-        let result = match check(&w.options, &mut conn).await {
+        let result = match check(w.engine, &w.health, &w.options, &mut conn).await {
             Err(e) => Err(e),
             Ok(()) => bring_up(&w).await,
         };
@@ -201,7 +230,11 @@ async fn bring_up(w: &Watched) -> Result<(), String> {
 /// not verify), which fails the start.
 pub(crate) fn unreachable(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+        // A TLS handshake that fails verification (wrong CA, a name the certificate does not
+        // carry, an expired certificate) comes back as an I/O error of kind `InvalidData`
+        // from rustls: a configuration error, which waiting does not cure.
+        sqlx::Error::Io(io) => io.kind() != std::io::ErrorKind::InvalidData,
+        sqlx::Error::PoolTimedOut => true,
         sqlx::Error::Database(db) => matches!(
             db.code().as_deref(),
             // PostgreSQL: cannot_connect_now (starting up, recovering), admin/crash shutdown,

@@ -220,14 +220,16 @@ impl Store {
                     tracing::error!(database = %shown, "the database did not answer within {FIRST_CONTACT:?}; starting without it: boots of flagged hosts answer local, API writes and logins 503, until it does");
                     up = false;
                 }
-                Ok(Err(e)) => anyhow::bail!("cannot open the database {shown}: {e}"),
+                Ok(Err(e)) => {
+                    anyhow::bail!("cannot open the database {shown}: {e}{}", tls_hint(&e))
+                }
             }
             let _guard = runtime.enter();
             engine.connect_lazy(options)
         } else {
-            runtime
-                .block_on(engine.connect(&url_owned))
-                .map_err(|e| anyhow::anyhow!("cannot open the database {shown}: {e}"))?
+            runtime.block_on(engine.connect(&url_owned)).map_err(|e| {
+                anyhow::anyhow!("cannot open the database {shown}: {e}{}", tls_hint(&e))
+            })?
         };
         match access {
             Access::Write | Access::Serve if up => {
@@ -315,6 +317,13 @@ impl Store {
         self.health.shown()
     }
 
+    /// The database's clock in milliseconds since 1970, without a query (see
+    /// [`health::Health::now_ms`]; this machine's for SQLite). Every decision about a window
+    /// that is not made inside a change's transaction uses it.
+    pub fn now_ms(&self) -> u64 {
+        self.health.now_ms()
+    }
+
     /// Whether the PostgreSQL listener is connected (always `false` on the other engines).
     pub fn listening(&self) -> bool {
         self.listening.load(std::sync::atomic::Ordering::SeqCst)
@@ -366,6 +375,17 @@ impl Drop for Store {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
+    }
+}
+
+/// What to check when the TLS handshake with the database failed verification (rustls names
+/// the failure tersely, e.g. `BadSignature` for a certificate from another CA).
+fn tls_hint(e: &sqlx::Error) -> &'static str {
+    match e {
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+            " (TLS: the server's certificate must be signed by the CA in `sslrootcert` and carry the URL's host name or address in its subjectAltName; see docs/REPLICAS.md)"
+        }
+        _ => "",
     }
 }
 
