@@ -278,6 +278,18 @@ impl Inventory {
         Ok(Inventory { source: source.to_string(), columns, nodes, by_hostname })
     }
 
+    /// An inventory of no nodes: what the service holds while the database it takes its
+    /// inventory from holds none yet (see `crate::serve::store::inventory`). A CSV cannot be
+    /// empty ([`Inventory::check`] refuses a header without rows); this is the one other way in.
+    pub fn empty(source: &str) -> Inventory {
+        Inventory {
+            source: source.to_string(),
+            columns: Vec::new(),
+            nodes: Vec::new(),
+            by_hostname: HashMap::new(),
+        }
+    }
+
     /// Where the inventory was read from.
     pub fn source(&self) -> &str {
         &self.source

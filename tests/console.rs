@@ -175,7 +175,7 @@ fn evil_page(target: &str) -> String {
 #[test]
 fn an_invalid_edit_shows_the_fields_error_and_leaves_the_csv_as_it_was() {
     let mut fx = start(true);
-    let csv = fx.config.inventory.clone();
+    let csv = fx.config.inventory.clone().unwrap();
     let before = std::fs::read(&csv).unwrap();
     let b = Browser::start();
     token_login(&b, &fx.base, ADMIN_TOKEN);
@@ -220,7 +220,7 @@ fn an_invalid_edit_shows_the_fields_error_and_leaves_the_csv_as_it_was() {
 #[test]
 fn a_csv_upload_lists_every_error_before_anything_is_replaced() {
     let mut fx = start(true);
-    let csv = fx.config.inventory.clone();
+    let csv = fx.config.inventory.clone().unwrap();
     let before = std::fs::read(&csv).unwrap();
     let bad = "hostname,ip,mac,profile\n# rack 9\nn9a,10.0.9.1/24,,e2e\nn9b,10.0.9.300/24,,e2e\nn9c,10.0.9.3/24,zz:zz,e2e\n";
     let bad_file = fx.dir.path().join("upload-bad.csv");
@@ -782,7 +782,7 @@ fn a_page_of_ten_thousand_hosts_is_answered_quickly() {
             100 + i % 7
         );
     }
-    std::fs::write(&config.inventory, csv).unwrap();
+    std::fs::write(config.inventory.as_ref().unwrap(), csv).unwrap();
     config.workers = 2;
     let mut fx = start_with(dir, config);
     for i in (0..10_000).step_by(10) {

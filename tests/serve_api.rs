@@ -451,7 +451,7 @@ fn assets_ranges_and_traversal() {
 #[test]
 fn reload_picks_up_changes_and_keeps_old_on_error() {
     let mut f = start(false);
-    let inv = f.config.inventory.clone();
+    let inv = f.config.inventory.clone().unwrap();
     let gen = |f: &Fixture| {
         call("GET", &f.url("/healthz"), None, None).json()["generation"].as_u64().unwrap()
     };

@@ -372,7 +372,7 @@ fn generation(f: &Fixture) -> u64 {
 #[test]
 fn a_flag_of_a_removed_host_is_shown_and_never_resumes() {
     let mut f = start(false);
-    let inv = f.config.inventory.clone();
+    let inv = f.config.inventory.clone().unwrap();
     let row = "node09,10.0.0.19/24,10.0.0.1,10.0.0.1,aa:bb:cc:dd:ee:09,e2e,,,,,,,,,\n";
     let g = generation(&f);
     std::fs::write(&inv, format!("{INVENTORY}{row}")).unwrap();
@@ -427,7 +427,7 @@ fn removing_a_token_revokes_it_at_the_next_reload() {
 fn a_broken_tokens_file_fails_closed() {
     let mut f = start(false);
     let tokens = f.config.tokens_file.clone().unwrap();
-    let inv = f.config.inventory.clone();
+    let inv = f.config.inventory.clone().unwrap();
     // A half-edited inventory and a revoked read token at once: the revocation still holds.
     std::fs::write(&inv, "hostname,ip\nbroken,not-an-ip\n").unwrap();
     let kept = format!("ops reimage {}\nroot admin {}\n", sha(REIMAGE_TOKEN), sha(ADMIN_TOKEN));
@@ -527,7 +527,7 @@ fn a_future_end_time_does_not_keep_a_window_open() {
 #[test]
 fn ipxe_syntax_in_a_csv_column_is_refused_at_load() {
     let mut f = start(false);
-    let inv = f.config.inventory.clone();
+    let inv = f.config.inventory.clone().unwrap();
     let bad = INVENTORY.replace(
         "rocky1,10.0.0.31/24,10.0.0.1,10.0.0.1,aa:bb:cc:dd:ee:31,rocky,,sda,eno1,",
         "rocky1,10.0.0.31/24,10.0.0.1,10.0.0.1,aa:bb:cc:dd:ee:31,rocky,,sda,eth0 ; shell ; #,",
@@ -591,7 +591,7 @@ fn a_config_fetched_while_pending_carries_a_working_callback() {
 #[test]
 fn details_are_for_authenticated_callers() {
     let mut f = start(false);
-    let inv = f.config.inventory.clone();
+    let inv = f.config.inventory.clone().unwrap();
     std::fs::write(&inv, "hostname,ip\nbroken,not-an-ip\n").unwrap();
     call("POST", &f.url("/admin/reload"), Some(ADMIN_TOKEN), None);
     let h = call("GET", &f.url("/healthz"), None, None);

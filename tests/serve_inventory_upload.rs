@@ -12,7 +12,7 @@ use support::*;
 #[test]
 fn uploads_are_checked_whole_and_replace_only_when_valid() {
     let mut f = start(false);
-    let csv_path = f.config.inventory.clone();
+    let csv_path = f.config.inventory.clone().unwrap();
     let before = std::fs::read(&csv_path).unwrap();
     // Two bad rows, after a comment: both reported, each on its own line and column.
     let bad = "hostname,ip,mac,profile\n# rack 9\nn9a,10.0.9.1/24,,e2e\nn9b,10.0.9.300/24,,e2e\nn9c,10.0.9.3/24,zz:zz,e2e\n";
@@ -80,7 +80,7 @@ fn inventory_records(f: &Fixture) -> Vec<String> {
 #[test]
 fn removing_a_host_next_to_a_stray_quote_removes_only_its_row() {
     let mut f = start(false);
-    let csv_path = f.config.inventory.clone();
+    let csv_path = f.config.inventory.clone().unwrap();
     let mut lines: Vec<String> = INVENTORY.lines().map(String::from).collect();
     // node02 first, with `5" disk`; then node01 (to be flagged); rocky1 gets `2" ssd`.
     lines.swap(1, 2);
@@ -148,7 +148,7 @@ fn generation(f: &Fixture) -> u64 {
 #[test]
 fn an_added_row_is_refused_when_ambiguous_and_audited_as_written() {
     let mut f = start(false);
-    let csv_path = f.config.inventory.clone();
+    let csv_path = f.config.inventory.clone().unwrap();
     let before = std::fs::read(&csv_path).unwrap();
     let v = version(&f);
     let add = f.url("/inventory/hosts");
@@ -225,7 +225,7 @@ fn an_added_row_is_refused_when_ambiguous_and_audited_as_written() {
 #[test]
 fn error_lists_are_capped_with_their_total() {
     let mut f = start(false);
-    let csv_path = f.config.inventory.clone();
+    let csv_path = f.config.inventory.clone().unwrap();
     let before = std::fs::read(&csv_path).unwrap();
     let mut bad = String::from("hostname,ip,mac\n");
     let mut rows = 0;
@@ -266,7 +266,7 @@ fn error_lists_are_capped_with_their_total() {
 #[test]
 fn changes_without_a_current_version_are_refused() {
     let mut f = start(false);
-    let csv_path = f.config.inventory.clone();
+    let csv_path = f.config.inventory.clone().unwrap();
     let before = std::fs::read_to_string(&csv_path).unwrap();
     let good = before.replace("node02,10.0.0.12/24", "node02,10.0.0.92/24");
 
@@ -336,7 +336,7 @@ fn changes_without_a_current_version_are_refused() {
 #[test]
 fn an_edit_that_would_leave_an_empty_row_is_refused() {
     let mut f = start(false);
-    let csv_path = f.config.inventory.clone();
+    let csv_path = f.config.inventory.clone().unwrap();
     let before = std::fs::read(&csv_path).unwrap();
     let r = call("GET", &f.url("/inventory"), Some(ADMIN_TOKEN), None);
     let (v, columns) = (r.json()["version"].clone(), r.json()["columns"].clone());

@@ -313,7 +313,7 @@ fn service_logs_to_a_file_carry_no_colour_codes() {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bootforge"))
         .arg("serve")
         .arg("--inventory")
-        .arg(&config.inventory)
+        .arg(config.inventory.as_ref().unwrap())
         .arg("--profiles")
         .arg(&config.profiles)
         .arg("--state-dir")
@@ -350,7 +350,7 @@ fn service_logs_to_a_file_carry_no_colour_codes() {
         let cmd = format!(
             "timeout -s INT 2 '{}' serve --inventory '{}' --profiles '{}' --state-dir '{}' --listen 127.0.0.1:0",
             env!("CARGO_BIN_EXE_bootforge"),
-            config.inventory.display(),
+            config.inventory.as_ref().unwrap().display(),
             config.profiles.display(),
             config.state_dir.display(),
         );

@@ -88,7 +88,7 @@ fn audit_with(f: &Fixture, needle: &str) -> String {
 fn served_media_are_the_bytes_build_writes() {
     let f = start_media();
     let secret = f.config.secret_file.clone().unwrap();
-    let inv = f.config.inventory.clone();
+    let inv = f.config.inventory.clone().unwrap();
     // Two option sets: build's defaults, and every option changed.
     let cases: [(&[&str], &str); 2] = [
         (&[], r#"{}"#),

@@ -599,6 +599,123 @@ fn postgres_killed_during_a_boot_storm() {
     wait_for("A decides B's new flag", Duration::from_secs(5), || is_install(&a.boot("h100")));
 }
 
+impl Replica {
+    /// A replica that takes its inventory from the database (`serve` without `--inventory`).
+    fn start_on_database_inventory(site: &Path, url: &str) -> Replica {
+        let mut c = config(site, url, false);
+        c.inventory = None;
+        let server = Server::start(c).expect("the replica starts");
+        let base = format!("http://{}", server.local_addr());
+        Replica { server: Some(server), base }
+    }
+    fn inventory(&self) -> serde_json::Value {
+        let r = call("GET", &self.url("/inventory"), Some(ADMIN_TOKEN), None);
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()
+    }
+    fn host_status(&self, host: &str) -> u16 {
+        call("GET", &self.url(&format!("/hosts/{host}")), Some(READ_TOKEN), None).status
+    }
+}
+
+/// The inventory in PostgreSQL (`serve` without `--inventory`): replicas started on an empty
+/// database know no host; a CSV uploaded through A is served by B; a row added through B is
+/// served by A within a second (NOTIFY); an edit against a stale version is refused (409) on
+/// either, changing nothing. A replica started with `--inventory FILE` on the same database
+/// keeps serving its file, and still refuses console edits.
+#[test]
+fn postgres_inventory_edited_through_one_replica_is_served_by_the_other() {
+    let pg = Postgres::start();
+    inventory_edited_through_one_replica_is_served_by_the_other(&pg.url());
+}
+
+/// The same on MariaDB, where replicas follow the inventory's version by a query per poll.
+#[test]
+fn mariadb_inventory_edited_through_one_replica_is_served_by_the_other() {
+    let db = Mariadb::start();
+    inventory_edited_through_one_replica_is_served_by_the_other(&db.url());
+}
+
+fn inventory_edited_through_one_replica_is_served_by_the_other(url: &str) {
+    let url = url.to_string();
+    let site = site();
+    let a = Replica::start_on_database_inventory(site.path(), &url);
+    let b = Replica::start_on_database_inventory(site.path(), &url);
+    assert_eq!(a.host_status("h001"), 404, "an empty database inventory: no hosts");
+    let inv = b.inventory();
+    assert_eq!((inv["version"].as_str(), inv["source"].as_str()), (Some("0"), Some("database")));
+    assert_eq!(inv["rows"].as_array().map(Vec::len), Some(0));
+
+    // A whole upload through A, against version 0.
+    let csv = std::fs::read_to_string(site.path().join("nodes.csv")).unwrap();
+    let r = call("PUT", &a.url("/inventory?version=0"), Some(ADMIN_TOKEN), Some(&csv));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["version"], "1");
+    assert_eq!(a.host_status("h001"), 200, "the writer reloads at once");
+    let t = Instant::now();
+    wait_for("B serves the uploaded inventory", Duration::from_secs(1), || {
+        b.host_status("h199") == 200
+    });
+    eprintln!("B served the upload after {:?}", t.elapsed());
+
+    // A row added through B, against B's version.
+    let version = b.inventory()["version"].as_str().unwrap().to_string();
+    assert_eq!(version, "1");
+    let body = format!(
+        r#"{{"fields": {{"hostname": "new-node", "ip": "10.1.9.9/16", "profile": "e2e"}}, "version": "{version}"}}"#
+    );
+    let r = call("POST", &b.url("/inventory/hosts"), Some(ADMIN_TOKEN), Some(&body));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["version"], "2");
+    let t = Instant::now();
+    wait_for("A serves the host added through B", Duration::from_secs(1), || {
+        a.host_status("new-node") == 200
+    });
+    eprintln!("A served the added row after {:?}", t.elapsed());
+    assert_eq!(a.flag("new-node", "e2e").status, 200, "and flags it");
+    wait_for("B answers the new host's boot with its install", Duration::from_secs(1), || {
+        is_install(&b.boot("new-node"))
+    });
+
+    // A's form was filled at version 1: its edit is refused, and nothing changes.
+    let stale = r#"{"fields": {"ip": "10.1.9.10/16"}, "version": "1"}"#;
+    let r = call("PUT", &a.url("/inventory/hosts/h002"), Some(ADMIN_TOKEN), Some(stale));
+    assert_eq!(r.status, 409, "{}", r.body);
+    let r = call("PUT", &b.url("/inventory?version=1"), Some(ADMIN_TOKEN), Some(&csv));
+    assert_eq!(r.status, 409, "{}", r.body);
+    let inv = a.inventory();
+    assert_eq!(inv["version"], "2");
+    let rows = inv["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), HOSTS as usize + 1);
+    assert_eq!(rows[2]["fields"]["ip"], "10.1.0.12/16", "h002 unchanged");
+    assert_eq!(rows.last().unwrap()["fields"]["hostname"], "new-node");
+    // An invalid edit: 422 with its line and column, nothing changes.
+    let bad = r#"{"fields": {"ip": "10.1.9.300/16"}, "version": "2"}"#;
+    let r = call("PUT", &b.url("/inventory/hosts/h002"), Some(ADMIN_TOKEN), Some(bad));
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.json()["errors"][0]["column"], "ip");
+    assert_eq!(a.inventory()["version"], "2");
+
+    // The edits are audited once each, as the console's callers, with the version they made.
+    let r = call("GET", &b.url("/events?event=inventory-changed"), Some(READ_TOKEN), None);
+    let records = r.json()["events"].as_array().unwrap().clone();
+    let mut made: Vec<_> = records
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap().to_string(), e["version"].as_u64().unwrap()))
+        .collect();
+    made.sort_by_key(|m| m.1);
+    assert_eq!(made, [("upload".to_string(), 1), ("add".to_string(), 2)], "{}", r.body);
+
+    // A replica with --inventory on the same database serves its file, not the database's.
+    let c = Replica::start(site.path(), &url, false);
+    assert_eq!(c.host_status("h001"), 200);
+    let script = c.boot("new-node");
+    assert!(script.contains("not in the inventory"), "the file is its inventory: {script}");
+    let r = call("POST", &c.url("/inventory/hosts"), Some(ADMIN_TOKEN), Some(&body));
+    assert_eq!(r.status, 409, "file edits stay refused on a shared database: {}", r.body);
+    assert_eq!(a.inventory()["version"], "2");
+}
+
 /// TLS to PostgreSQL as docs/REPLICAS.md sets it up: `sslmode=verify-full` with the site's CA
 /// file. The server accepts TCP connections only over TLS (`hostssl`), so two replicas that
 /// start, flag and notify each other spoke TLS on every connection, the listener's included. A

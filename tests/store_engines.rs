@@ -656,6 +656,7 @@ fn conformance(url: &str) {
     check_audit_paging(&db);
     check_last_boots(&db);
     check_states_and_a_corrupt_row(&db);
+    check_inventory(&db);
     if db.two {
         check_cursor_waits_for_a_transaction_in_flight(&db);
     }
@@ -729,6 +730,7 @@ fn fill_sqlite(dir: &std::path::Path) -> String {
 fn check_copy_from_sqlite(to_url: &str) {
     let dir = tempfile::tempdir().unwrap();
     let from_url = fill_sqlite(dir.path());
+    assert_eq!(replace(&Store::connect(&from_url).unwrap(), INVENTORY, 0).unwrap(), 1);
     let to = Store::connect(to_url).unwrap();
     // A source whose log holds a record that does not parse: refused, naming it, and the target
     // stays empty (so the copy below may fill it).
@@ -759,6 +761,9 @@ fn check_copy_from_sqlite(to_url: &str) {
     assert_eq!(boots.len(), 4 + 6, "{boots:?}");
     assert_eq!(moved.last_boots, boots.len());
     assert_eq!(last_boot_rows(to_url), boots);
+    let inventory = from.inventory_blocking().unwrap();
+    assert_eq!((inventory.version, moved.inventory_nodes), (1, 3));
+    assert_eq!(to.inventory_blocking().unwrap(), inventory, "the inventory, its version included");
     // A second copy is refused: the target is not empty, and nothing changes.
     let err = import::copy(&from, &to, |_| {}).unwrap_err().to_string();
     assert!(err.contains("not empty"), "{err}");
@@ -772,6 +777,12 @@ fn check_copy_from_sqlite(to_url: &str) {
     assert!(err.contains("already holds an import"), "{err}");
     assert!(again.path().join("audit.jsonl").exists() && again.path().join("hosts").is_dir());
     assert_eq!(export(&to), records);
+    assert_eq!(to.inventory_blocking().unwrap(), inventory);
+    // The conformance checks that follow start from an empty inventory.
+    sql(
+        to_url,
+        "DELETE FROM inventory_nodes; UPDATE inventory_meta SET version = 0, column_names = '[]'",
+    );
 }
 
 #[test]
@@ -895,6 +906,148 @@ fn check_states_and_a_corrupt_row(db: &Db) {
     assert!(db.a.may_decide(host), "an unreadable row may decide: it is checked, and fails");
     // Put right, so that a later store over the database sees a sound table.
     sql(&db.url, "DELETE FROM hosts WHERE name = 'c-corrupt'");
+}
+
+/// An inventory with what CSV makes hard: a quoted comma and quotes, a free value starting with
+/// `#` (a comment to the reader if written bare), a comment line, and an empty field.
+const INVENTORY: &str = "hostname,ip,mac,notes\nn1,10.1.0.1/24,52:54:00:00:01:01,\"rack 1, \"\"top\"\"\"\n# a comment\nn2,10.1.0.2/24,,#2 spare\nN3,10.1.0.3/24,,plain\n";
+
+fn inventory_record(inv: &bootforge::inventory::Inventory, version: u64) -> Event {
+    Event::InventoryChanged {
+        who: Actor { by: "ops".into(), role: Role::Admin, via: Via::Token },
+        peer: Some(peer()),
+        action: "upload",
+        host: None,
+        old_host: None,
+        nodes: inv.len(),
+        version: Some(version),
+    }
+}
+
+fn no_check(_: &bootforge::inventory::Inventory) -> Result<(), bootforge::inventory::ErrorReport> {
+    Ok(())
+}
+
+fn replace(
+    store: &Store,
+    text: &str,
+    expect: u64,
+) -> Result<u64, bootforge::serve::store::inventory::WriteError> {
+    let how = bootforge::serve::store::inventory::Replace {
+        source: "nodes.csv",
+        by: "ops",
+        check: &no_check,
+        record: &inventory_record,
+    };
+    store.replace_inventory_blocking(text, expect, &how).map(|w| w.version)
+}
+
+/// Each node's values as the templates see them (the validated form), in order.
+fn nodes_of(text: &str) -> Vec<BTreeMap<String, String>> {
+    let inv = bootforge::inventory::Inventory::check("x", text.as_bytes(), 100).unwrap();
+    inv.nodes().iter().map(|n| n.template_vars()).collect()
+}
+
+/// The `inventory-changed` records after the first `skip` of them.
+fn inventory_records(db: &Db, skip: usize) -> Vec<Value> {
+    let (lines, _) = audit::export(&db.a, 0, 1_000_000).unwrap();
+    lines
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["event"] == "inventory-changed")
+        .skip(skip)
+        .collect()
+}
+
+/// The inventory in the database: a replace of a valid CSV is seen by the other store, reads
+/// back as the same nodes, and is audited; a stale version is a conflict and an invalid CSV is
+/// refused with line/column errors, neither changing anything; a console row edit (read at a
+/// version, edit the text, replace against that version) changes only its row; of two writers
+/// against one version exactly one wins.
+fn check_inventory(db: &Db) {
+    use bootforge::serve::console::editor::{self, Edit, Fields};
+    use bootforge::serve::store::inventory::WriteError;
+    // (A copied database's record of its source's inventory comes before these.)
+    let base = inventory_records(db, 0).len();
+    let empty = db.a.inventory_blocking().unwrap();
+    assert_eq!((empty.version, empty.rows.len(), empty.csv()), (0, 0, String::new()));
+    assert_eq!(replace(&db.a, INVENTORY, 0).unwrap(), 1);
+    let got = db.b.inventory_blocking().unwrap();
+    assert_eq!(got.version, 1);
+    assert_eq!(got.changed_by.as_deref(), Some("ops"));
+    assert_eq!(got.columns, ["hostname", "ip", "mac", "notes"]);
+    let names: Vec<_> = got.rows.iter().map(|r| r.hostname.as_str()).collect();
+    assert_eq!(names, ["n1", "n2", "n3"], "validated names, in order");
+    assert_eq!(got.rows[0].fields["notes"], "rack 1, \"top\"");
+    assert_eq!(got.rows[1].fields["notes"], "#2 spare", "a free value starting with #");
+    assert_eq!(got.rows[2].fields["hostname"], "N3", "fields as written");
+    assert_eq!(nodes_of(&got.csv()), nodes_of(INVENTORY), "the CSV read back is the same nodes");
+    assert_eq!(db.b.inventory_version_blocking().unwrap(), 1);
+    let records = inventory_records(db, base);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!((records[0]["version"].as_u64(), records[0]["nodes"].as_u64()), (Some(1), Some(3)));
+    assert!(!records[0].to_string().contains("rack"), "no field value in the audit record");
+
+    // A stale version: a conflict naming the current one; nothing changes.
+    let other = INVENTORY.replace("plain", "changed");
+    match replace(&db.b, &other, 0) {
+        Err(WriteError::Conflict { current: 1 }) => {}
+        e => panic!("expected a conflict at version 1, got {e:?}"),
+    }
+    assert_eq!(db.a.inventory_blocking().unwrap(), got);
+
+    // Invalid, against the right version: every error by line and column; nothing changes.
+    let bad = "hostname,ip,notes\nn1,10.1.0.1/24,x\nn2,10.1.0.300/24,y\nbad_name,10.1.0.4/24,z\n";
+    match replace(&db.a, bad, 1) {
+        Err(WriteError::Invalid(report)) => {
+            let at: Vec<_> = report.errors.iter().map(|e| (e.line, e.column.as_str())).collect();
+            assert_eq!(at, [(3, "ip"), (4, "hostname")], "{report:?}");
+            assert_eq!(report.errors[0].source, "nodes.csv");
+        }
+        e => panic!("expected line/column errors, got {e:?}"),
+    }
+    assert_eq!(db.b.inventory_blocking().unwrap(), got);
+    assert_eq!(inventory_records(db, base).len(), 1, "nothing audited for a refused write");
+
+    // A row edit as the console makes it: only that row changes, the others keep their values.
+    let current = db.b.inventory_blocking().unwrap();
+    let fields: Fields = [("ip", "10.1.0.22/24")].into_iter().collect();
+    let applied =
+        editor::apply(&current.csv(), &Edit::Change { host: "n2".into(), fields }).unwrap();
+    assert_eq!(replace(&db.b, &applied.text, current.version).unwrap(), 2);
+    let after = db.a.inventory_blocking().unwrap();
+    assert_eq!(after.rows[1].fields["ip"], "10.1.0.22/24");
+    assert_eq!((&after.rows[0], &after.rows[2]), (&got.rows[0], &got.rows[2]));
+    // Add at the end, remove in the middle, rename: the order follows the text.
+    let add: Fields = [("hostname", "n4"), ("ip", "10.1.0.4/24")].into_iter().collect();
+    let text = editor::apply(&after.csv(), &Edit::Add(add)).unwrap().text;
+    let text = editor::apply(&text, &Edit::Remove { host: "n2".into() }).unwrap().text;
+    let rename: Fields = [("hostname", "n0")].into_iter().collect();
+    let text =
+        editor::apply(&text, &Edit::Change { host: "n1".into(), fields: rename }).unwrap().text;
+    assert_eq!(replace(&db.a, &text, 2).unwrap(), 3);
+    let after = db.b.inventory_blocking().unwrap();
+    let names: Vec<_> = after.rows.iter().map(|r| r.hostname.as_str()).collect();
+    assert_eq!(names, ["n0", "n3", "n4"]);
+    assert_eq!(nodes_of(&after.csv()), nodes_of(&text));
+
+    // Two writers against one version (two replicas): exactly one commits.
+    let texts = [INVENTORY.replace("plain", "by-a"), INVENTORY.replace("plain", "by-b")];
+    let results: Vec<_> = std::thread::scope(|s| {
+        let a = s.spawn(|| replace(&db.a, &texts[0], 3));
+        let b = s.spawn(|| replace(&db.b, &texts[1], 3));
+        vec![a.join().unwrap(), b.join().unwrap()]
+    });
+    let won: Vec<_> = results.iter().filter(|r| r.is_ok()).collect();
+    assert_eq!(won.len(), 1, "{results:?}");
+    assert!(results.iter().any(|r| matches!(r, Err(WriteError::Conflict { current: 4 }))));
+    let last = db.a.inventory_blocking().unwrap();
+    assert_eq!(last.version, 4);
+    let winner = if results[0].is_ok() { "by-a" } else { "by-b" };
+    assert_eq!(last.rows[2].fields["notes"], winner);
+    let records = inventory_records(db, base);
+    let versions: Vec<_> = records.iter().map(|r| r["version"].as_u64().unwrap()).collect();
+    assert_eq!(versions, [1, 2, 3, 4], "one record per committed write");
 }
 
 /// On the servers, transactions commit in any order, so a record id may be visible before a

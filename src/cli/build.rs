@@ -31,8 +31,11 @@ FILE:LINE: column COLUMN: what is wrong and what is expected; the exit status is
     after_help = CSV_HELP
 )]
 pub struct CheckArgs {
-    /// The inventory CSV.
-    pub nodes: PathBuf,
+    /// The inventory CSV. Without it, the service database's inventory (--database).
+    #[arg(value_name = "NODES.csv", required_unless_present_any = ["database", "state_dir"])]
+    pub nodes: Option<PathBuf>,
+    #[command(flatten)]
+    pub from: super::inventory::DatabaseArgs,
 }
 
 /// Print one node's iPXE script, exactly as its media would carry it.
@@ -74,11 +77,18 @@ as it was. Same inputs and SOURCE_DATE_EPOCH give byte-identical images.",
     after_help = "Examples:\n  bootforge build nodes.csv --server http://10.20.0.5:8080 --out media/\n  \
 bootforge build nodes.csv --server http://10.20.0.5:8080 --out media/ --formats iso,usb,efi --arch x86_64,arm64\n  \
 bootforge build nodes.csv --server http://10.20.0.5:8080 --out media/ --iso-medium usb   # ISO for USB sticks on BIOS\n  \
-cd media && sha256sum -c SHA256SUMS"
+cd media && sha256sum -c SHA256SUMS\n  \
+bootforge build --database postgres://bootforge@db/bootforge --server http://10.20.0.5:8080 --out media/   # the nodes the service's database holds\n\n\
+A CSV named on the command line is the inventory; without one, --database (or BOOTFORGE_DATABASE, \
+or --state-dir) names the database whose inventory (`bootforge inventory import`, the console) is built."
 )]
 pub struct BuildArgs {
-    /// The inventory CSV.
-    pub nodes: PathBuf,
+    /// The inventory CSV. Without it, the nodes of the service database's inventory
+    /// (--database URL, BOOTFORGE_DATABASE, or --state-dir DIR), read as the same CSV.
+    #[arg(value_name = "NODES.csv", required_unless_present_any = ["database", "state_dir"])]
+    pub nodes: Option<PathBuf>,
+    #[command(flatten)]
+    pub from: super::inventory::DatabaseArgs,
     #[command(flatten)]
     pub common: ScriptOptions,
     /// Output folder (created if needed).
@@ -118,7 +128,7 @@ pub struct InspectArgs {
 }
 
 pub fn check(args: CheckArgs) -> anyhow::Result<bool> {
-    match Inventory::load(&args.nodes) {
+    match super::inventory::load_nodes(args.nodes.as_deref(), &args.from) {
         Ok(inventory) => {
             println!("{}", summary(&inventory));
             Ok(true)
@@ -167,7 +177,7 @@ pub fn script(args: ScriptArgs) -> anyhow::Result<()> {
 }
 
 pub fn build(args: BuildArgs) -> anyhow::Result<()> {
-    let inventory = Inventory::load(&args.nodes)?;
+    let inventory = super::inventory::load_nodes(args.nodes.as_deref(), &args.from)?;
     let firmware = match &args.firmware_dir {
         Some(dir) => Firmware::from_dir(dir, args.efi_loader)?,
         None => Firmware::embedded(args.efi_loader),

@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod client;
+pub mod inventory;
 pub mod serve;
 pub mod state;
 
@@ -36,6 +37,7 @@ pub enum Command {
     Attach(serve::AttachArgs),
     Detach(serve::DetachArgs),
     State(state::StateArgs),
+    Inventory(inventory::InventoryArgs),
     Audit(state::AuditArgs),
 }
 
@@ -53,6 +55,7 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Attach(args) => serve::attach(args),
         Command::Detach(args) => serve::detach(args),
         Command::State(args) => state::state(args).map(|()| true),
+        Command::Inventory(args) => inventory::inventory(args).map(|()| true),
         Command::Audit(args) => state::audit(args).map(|()| true),
     }
 }

@@ -20,11 +20,24 @@ Examples:
   # Then flag a node; its next boot installs, the installer's callback clears the flag:
   curl -X PUT -H \"Authorization: Bearer $TOKEN\" http://bootsvc:8080/hosts/node01/reimage
 
+  # Replicas on PostgreSQL, the inventory in the database (edited from any replica's console):
+  export BOOTFORGE_DATABASE=postgres://bootforge@db.example/bootforge
+  bootforge inventory import nodes.csv
+  bootforge serve --profiles profiles/ --state-dir /var/lib/bootforge --public-url ...
+
+Where the inventory lives: with --inventory FILE, the file is the truth (edit it, or from the
+console on a single service; replicas each keep their copy by configuration management, and
+the console does not edit it). Without --inventory, the database's inventory is the truth:
+console edits are transactions every replica sees within a second, and an empty database
+starts the service with no hosts. Either way every edit names the version it was made against,
+so none is silently overwritten. See docs/STATE.md, section The inventory.
+
 Unflagged, unknown or mismatching nodes always get a local-boot script. The inventory,
 profiles and tokens file are reloaded when they change (or on SIGHUP); a failed reload of the
 inventory or profiles keeps the old ones. Removing a line from the tokens file revokes that
 token at the next reload; a tokens file that cannot be loaded refuses every token until fixed.
-Flags and the audit log live in --state-dir, which several instances may share.
+Flags, installs and the audit log live in the database (--database; default: SQLite in
+--state-dir); replicas share one PostgreSQL or MariaDB database (docs/REPLICAS.md).
 Without --tokens-file the API (/hosts, /events, reimage) refuses every request with 401.
 URLs written into install chains and configs come from the row's `server`, else --public-url,
 else the listen address if it is a specific one; never from the request's Host header. With
@@ -38,9 +51,12 @@ See docs/API.md, docs/CONSOLE.md, docs/PROFILES.md and docs/STATE.md.";
 #[derive(clap::Args, Debug)]
 #[command(after_help = SERVE_HELP)]
 pub struct ServeArgs {
-    /// The inventory CSV (the same file the media were built from).
+    /// The inventory CSV (the same file the media were built from): the file is the
+    /// inventory, watched and reloaded when it changes. Without it, the database's inventory is
+    /// (filled by `bootforge inventory import` or the console's upload), shared by every
+    /// replica and edited from any of them.
     #[arg(long, value_name = "NODES.csv")]
-    pub inventory: PathBuf,
+    pub inventory: Option<PathBuf>,
     /// Folder of install profiles: one sub-folder per profile with boot.ipxe, config/, profile.toml.
     #[arg(long, value_name = "DIR")]
     pub profiles: PathBuf,
@@ -241,7 +257,8 @@ pub struct ReimageArgs {
 
 /// `bootforge serve`: runs until SIGINT/SIGTERM.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = Config::new(args.inventory, args.profiles, args.state_dir);
+    let mut config = Config::new(PathBuf::new(), args.profiles, args.state_dir);
+    config.inventory = args.inventory;
     config.database = args.database;
     let days = |d: u64| (d > 0).then(|| std::time::Duration::from_secs(d.saturating_mul(86_400)));
     config.keep_boot_records = days(args.keep_boot_records);

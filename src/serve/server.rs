@@ -80,20 +80,45 @@ impl Server {
                 Some(format!("http://{local_addr}").parse().map_err(|e| anyhow::anyhow!("{e}"))?)
             }
         };
-        let catalog =
-            crate::serve::inputs::catalog::Catalog::load(crate::serve::inputs::catalog::Sources {
-                inventory: config.inventory.clone(),
-                profiles: config.profiles.clone(),
-                tokens: config.tokens_file.clone(),
-                rows_need_server: default_base.is_none(),
+        use crate::serve::inputs::catalog::{Catalog, InventorySource, Sources};
+        let sources = |inventory| Sources {
+            inventory,
+            profiles: config.profiles.clone(),
+            tokens: config.tokens_file.clone(),
+            rows_need_server: default_base.is_none(),
+        };
+        let open_store = || -> anyhow::Result<Arc<crate::serve::store::Store>> {
+            std::fs::create_dir_all(&config.state_dir).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot create the state folder {}: {e}",
+                    config.state_dir.display()
+                )
             })?;
-        std::fs::create_dir_all(&config.state_dir).map_err(|e| {
-            anyhow::anyhow!("cannot create the state folder {}: {e}", config.state_dir.display())
-        })?;
-        let store = Arc::new(crate::serve::store::Store::open(
-            &config.database_url(),
-            Some(&config.state_dir),
-        )?);
+            Ok(Arc::new(crate::serve::store::Store::open(
+                &config.database_url(),
+                Some(&config.state_dir),
+            )?))
+        };
+        // The inventory's home decides the order: a file is loaded (and refused if invalid)
+        // before the database is touched; the database's inventory needs the store first.
+        let (catalog, store) = match &config.inventory {
+            Some(file) => {
+                let catalog = Catalog::load(sources(InventorySource::File(file.clone())))?;
+                let store = open_store()?;
+                if store.holds_inventory().unwrap_or(false) {
+                    tracing::warn!(
+                        inventory = %file.display(),
+                        database = %store.shown(),
+                        "the database holds an inventory, which this service ignores: it was started with --inventory, so that file is its inventory. Start it without --inventory to serve the database's (see docs/STATE.md)"
+                    );
+                }
+                (catalog, store)
+            }
+            None => {
+                let store = open_store()?;
+                (Catalog::load(sources(InventorySource::Database(store.clone())))?, store)
+            }
+        };
         let audit = crate::serve::store::audit::Audit::open(store.clone())?;
         if config.tokens_file.is_none() {
             tracing::warn!(

@@ -70,8 +70,8 @@ impl Service {
     /// reload, on a thread that may block.
     ///
     /// Only on SQLite, where this process's inventory is the only one. On a shared database each
-    /// replica reads its own copy of the CSV, and copies change one after the other: a replica
-    /// whose copy lags (not yet updated, or restarted first) would end flags that were set, and
+    /// replica reads its own copy of the CSV (or reloads the database's inventory a moment after
+    /// the others), and copies change one after the other: a replica whose copy lags (not yet updated, or restarted first) would end flags that were set, and
     /// acknowledged, through a replica that already has the host. A flag of a host outside the
     /// inventory decides nothing (boots need an inventory row) and is listed under `orphans` in
     /// `GET /hosts`, where an operator cancels it.

@@ -10,7 +10,10 @@ pub const DEFAULT_KEEP_BOOT_RECORDS: std::time::Duration =
 /// Everything `bootforge serve` is started with.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub inventory: PathBuf,
+    /// The inventory CSV (`--inventory`): the file is the inventory's source of truth, watched
+    /// and reloaded. `None`: the database's inventory is (see
+    /// [`crate::serve::store::inventory`] and docs/STATE.md).
+    pub inventory: Option<PathBuf>,
     pub profiles: PathBuf,
     pub state_dir: PathBuf,
     /// Where state is kept (`--database`): `None` is SQLite in `state_dir`
@@ -72,7 +75,7 @@ impl Config {
 
     pub fn new(inventory: PathBuf, profiles: PathBuf, state_dir: PathBuf) -> Config {
         Config {
-            inventory,
+            inventory: Some(inventory),
             profiles,
             state_dir,
             database: None,

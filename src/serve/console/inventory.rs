@@ -1,6 +1,12 @@
 //! Inventory editing from the console: the CSV, one row, or a whole upload; checked whole,
 //! written atomically, reloaded.
 //!
+//! Two homes, one API ([`Home`]): with `serve --inventory FILE` the file is edited (on a single
+//! service; with a shared database, edits are refused with 409, since every replica has its own
+//! copy of the file); without `--inventory`, the database's inventory is, by one transaction
+//! that every replica sees ([`crate::serve::store::inventory`]). The answers are the same in both:
+//! a `version` to send back, 409 when it is stale, 422 with errors by line and column.
+//!
 //! Inventory edits go through [`crate::serve::console::editor`] (one row, every other byte kept),
 //! are validated whole by [`crate::inventory::Inventory::check`] (the code behind `bootforge
 //! check`) plus the service's own checks of a reload, and only then written atomically
@@ -25,9 +31,12 @@ use std::sync::Arc;
 pub async fn inventory(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {
     authorize(svc, req, Role::Admin).await?;
     svc.blocking(|svc| {
-        let text = read_inventory(svc)?;
-        let (columns, rows) =
-            editor::rows(&text).map_err(|e| HttpError::new(409, e.to_string()))?;
+        let current = read_inventory(svc)?;
+        let (columns, rows) = if current.text.is_empty() && home(svc) == Home::Database {
+            (Vec::new(), Vec::new()) // no inventory in the database yet: upload one
+        } else {
+            editor::rows(&current.text).map_err(|e| HttpError::new(409, e.to_string()))?
+        };
         let rows: Vec<_> = rows
             .into_iter()
             .map(|r| {
@@ -43,22 +52,63 @@ pub async fn inventory(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, Http
             "columns": columns,
             "known_columns": crate::inventory::KNOWN_COLUMNS,
             "rows": rows,
-            "version": version(&text),
+            "version": current.version,
+            "source": home(svc).name(),
         })))
     })
     .await?
 }
 
-/// The inventory's current text.
-fn read_inventory(svc: &Service) -> Result<String, HttpError> {
-    let path = &svc.config.inventory;
-    let bytes = std::fs::read(path)
-        .map_err(|e| HttpError::internal(format!("cannot read {}: {e}", path.display())))?;
-    String::from_utf8(bytes)
-        .map_err(|_| HttpError::new(409, "the inventory is not UTF-8; fix it by hand"))
+/// Where the inventory the console edits lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Home {
+    /// `--inventory FILE`: the file.
+    File,
+    /// No `--inventory`: the database, shared by every replica.
+    Database,
 }
 
-/// A short fingerprint of the text, so an edit made against an old version is refused (409).
+impl Home {
+    /// As `GET /inventory` names it (`file` or `database`).
+    fn name(self) -> &'static str {
+        match self {
+            Home::File => "file",
+            Home::Database => "database",
+        }
+    }
+}
+
+fn home(svc: &Service) -> Home {
+    match svc.config.inventory {
+        Some(_) => Home::File,
+        None => Home::Database,
+    }
+}
+
+/// The inventory's current text, and the version a change must name.
+pub(crate) struct Current {
+    text: String,
+    version: String,
+}
+
+fn read_inventory(svc: &Service) -> Result<Current, HttpError> {
+    match &svc.config.inventory {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .map_err(|e| HttpError::internal(format!("cannot read {}: {e}", path.display())))?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| HttpError::new(409, "the inventory is not UTF-8; fix it by hand"))?;
+            Ok(Current { version: version(&text), text })
+        }
+        None => {
+            let stored = svc.store.inventory_blocking()?;
+            Ok(Current { text: stored.csv(), version: stored.version.to_string() })
+        }
+    }
+}
+
+/// A short fingerprint of the file's text, so an edit made against an old version is refused
+/// (409). The database's inventory has a version counter of its own, shown as a number.
 pub(crate) fn version(text: &str) -> String {
     use sha2::Digest;
     hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8])
@@ -68,13 +118,13 @@ pub(crate) fn version(text: &str) -> String {
 /// or `POST /inventory/check`) the operator saw. Without one the change could silently undo
 /// another made meanwhile, so it is refused (428); a version that is no longer the file's is a
 /// conflict (409). Called with the edit lock held.
-fn require_version(expected: Option<&str>, text: &str) -> Result<(), HttpError> {
+fn require_version(expected: Option<&str>, current: &Current) -> Result<(), HttpError> {
     match expected {
         None => Err(HttpError::new(
             428,
             "this change must name the inventory version it was made against: send the `version` from GET /inventory (or POST /inventory/check)",
         )),
-        Some(v) if v != version(text) => Err(HttpError::new(
+        Some(v) if v != current.version => Err(HttpError::new(
             409,
             "the inventory changed since it was loaded; reload it and make the change again",
         )),
@@ -153,16 +203,17 @@ impl ErrorsView {
     }
 }
 
-/// Refuses inventory edits on a shared database (see the body).
+/// Refuses edits of an inventory file on a shared database (see the body).
 fn edits_allowed(svc: &Service) -> Result<(), HttpError> {
-    // With replicas (a shared database), each replica reads its own copy of the inventory file:
-    // an edit here would change one replica's copy and be lost or contradicted by the others'.
-    // Until the inventory lives in the database, their file is the source of truth, kept in step
-    // by configuration management, and the console does not edit it.
-    if svc.store.engine() != crate::serve::store::engine::Engine::Sqlite {
+    // With replicas (a shared database) and `--inventory`, each replica reads its own copy of
+    // the file: an edit here would change one replica's copy and be lost or contradicted by the
+    // others'. Their file is the source of truth, kept in step by configuration management. The
+    // database's inventory (no `--inventory`) is the one every replica shares and edits.
+    if home(svc) == Home::File && svc.store.engine() != crate::serve::store::engine::Engine::Sqlite
+    {
         return Err(HttpError::new(
             409,
-            "this service runs on a shared database (replicas): the inventory file is kept by configuration management on every replica, so it is not edited here; see docs/REPLICAS.md",
+            "this service runs on a shared database (replicas) with --inventory: the inventory file is kept by configuration management on every replica, so it is not edited here. Keep the inventory in the database instead (bootforge inventory import, then start without --inventory) to edit it from any replica; see docs/STATE.md",
         ));
     }
     Ok(())
@@ -192,9 +243,9 @@ pub async fn edit_row(
     let peer = req.peer;
     svc.blocking(move |svc| {
         let _one = svc.inventory_edit.lock().unwrap_or_else(|p| p.into_inner());
-        let text = read_inventory(svc)?;
-        require_version(expected.as_deref(), &text)?;
-        let applied = editor::apply(&text, &edit).map_err(|e| match e {
+        let current = read_inventory(svc)?;
+        require_version(expected.as_deref(), &current)?;
+        let applied = editor::apply(&current.text, &edit).map_err(|e| match e {
             editor::EditError::NoSuchHost(_) => HttpError::not_found(e.to_string()),
             editor::EditError::WouldTouchOthers(_) => HttpError::new(409, e.to_string()),
             _ => HttpError::bad_request(e.to_string()),
@@ -204,7 +255,7 @@ pub async fn edit_row(
             removed: (action == "remove").then_some(applied.host),
             renamed_from: applied.renamed_from,
         };
-        replace(svc, &Actor::from(&caller), peer, change, &applied.text, applied.line)
+        replace(svc, &Actor::from(&caller), peer, change, &applied.text, applied.line, &current)
     })
     .await?
 }
@@ -216,7 +267,7 @@ pub async fn check_upload(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, H
     let text = upload_text(req)?;
     svc.blocking(move |svc| {
         let source = upload_source(svc);
-        let current = read_inventory(svc).map(|t| version(&t)).ok();
+        let current = read_inventory(svc).map(|c| c.version).ok();
         Ok(match checked(svc, &source, &text) {
             Ok(inv) => Reply::json(
                 &serde_json::json!({ "valid": true, "nodes": inv.len(), "version": current }),
@@ -242,9 +293,10 @@ pub async fn replace_upload(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply,
     let peer = req.peer;
     svc.blocking(move |svc| {
         let _one = svc.inventory_edit.lock().unwrap_or_else(|p| p.into_inner());
-        require_version(expected.as_deref(), &read_inventory(svc)?)?;
+        let current = read_inventory(svc)?;
+        require_version(expected.as_deref(), &current)?;
         let change = Change { action: "upload", removed: None, renamed_from: None };
-        replace(svc, &Actor::from(&caller), peer, change, &text, None)
+        replace(svc, &Actor::from(&caller), peer, change, &text, None, &current)
     })
     .await?
 }
@@ -254,9 +306,14 @@ fn upload_text(req: &Req) -> Result<String, HttpError> {
         .map_err(|_| HttpError::bad_request("the CSV must be UTF-8"))
 }
 
-/// Uploads are named like the file they would replace, so errors read as `bootforge check`'s.
+/// Uploads are named like the file they would replace, so errors read as `bootforge check`'s
+/// (`upload` for the database's inventory).
 fn upload_source(svc: &Service) -> String {
-    svc.config.inventory.file_name().map_or("upload".into(), |n| n.to_string_lossy().into_owned())
+    svc.config
+        .inventory
+        .as_deref()
+        .and_then(|p| p.file_name())
+        .map_or("upload".into(), |n| n.to_string_lossy().into_owned())
 }
 
 /// Validates `text` as the inventory: the CSV itself, then what a reload checks (profiles,
@@ -289,8 +346,9 @@ pub(crate) struct Change {
     renamed_from: Option<String>,
 }
 
-/// Validates `new` and, only if it is valid, writes it over the inventory (temp file, fsync,
-/// rename, keeping the file's mode), audits the change and reloads.
+/// Validates `new` and, only if it is valid, writes it over the inventory and reloads: the file
+/// (temp file, fsync, rename, keeping the file's mode; the audit record first), or the
+/// database's inventory (one transaction with its audit record, against `current`'s version).
 ///
 /// The audit record names what was written, never what was asked: the host of an added or
 /// changed row is the validated row's own name (found by its line in the new text), that of a
@@ -303,16 +361,13 @@ pub(crate) fn replace(
     change: Change,
     new: &str,
     row: Option<u64>,
+    current: &Current,
 ) -> Result<Reply, HttpError> {
     let action = change.action;
     let source = upload_source(svc);
     let inv = match checked(svc, &source, new) {
         Ok(inv) => inv,
-        Err(report) => {
-            let mut body = ErrorsView::new(report, row).into_json();
-            body["error"] = "the inventory would not be valid; nothing was written".into();
-            return Ok(Reply::json(&body).with_status(422));
-        }
+        Err(report) => return Ok(invalid(report, row)),
     };
     let nodes = inv.len();
     let host = match (row, change.removed) {
@@ -332,27 +387,57 @@ pub(crate) fn replace(
     let old_host = change.renamed_from.map(|old| {
         crate::inventory::parse_hostname(&old).unwrap_or_else(|_| crate::inventory::quoted(&old))
     });
-    let record = Event::InventoryChanged {
+    let record = |version: Option<u64>| Event::InventoryChanged {
         who: who.clone(),
-        peer,
+        peer: Some(peer),
         action,
         host: host.clone(),
-        old_host,
+        old_host: old_host.clone(),
         nodes,
+        version,
     };
-    svc.audit.append_durable(&record).map_err(|e| {
-        tracing::error!(error = %e, "cannot append to the audit log; the inventory edit is refused");
-        HttpError::new(500, "the audit log cannot be written, so nothing was changed")
-    })?;
-    let path = &svc.config.inventory;
-    let mode = std::fs::metadata(path).map(|m| m.permissions()).ok();
-    crate::atomic::write_with(path, |f| {
-        if let Some(mode) = mode {
-            f.set_permissions(mode)?;
+    let version = match &svc.config.inventory {
+        Some(path) => {
+            svc.audit.append_durable(&record(None)).map_err(|e| {
+                tracing::error!(error = %e, "cannot append to the audit log; the inventory edit is refused");
+                HttpError::new(500, "the audit log cannot be written, so nothing was changed")
+            })?;
+            let mode = std::fs::metadata(path).map(|m| m.permissions()).ok();
+            crate::atomic::write_with(path, |f| {
+                if let Some(mode) = mode {
+                    f.set_permissions(mode)?;
+                }
+                f.write_all(new.as_bytes())
+            })
+            .map_err(|e| HttpError::internal(format!("cannot write {}: {e}", path.display())))?;
+            version(new)
         }
-        f.write_all(new.as_bytes())
-    })
-    .map_err(|e| HttpError::internal(format!("cannot write {}: {e}", path.display())))?;
+        None => {
+            // Checked against the version `current` was read at: a change another replica
+            // committed since is a conflict, never overwritten.
+            let expect: u64 = current.version.parse().map_err(|_| {
+                HttpError::internal("the database inventory's version is not a number")
+            })?;
+            let how = crate::serve::store::inventory::Replace {
+                source: &source,
+                by: &who.by,
+                check: &|_| Ok(()), // `checked` above ran the service's checks
+                record: &|_, v| record(Some(v)),
+            };
+            use crate::serve::store::inventory::WriteError;
+            match svc.store.replace_inventory_blocking(new, expect, &how) {
+                Ok(written) => written.version.to_string(),
+                Err(WriteError::Invalid(report)) => return Ok(invalid(report, row)),
+                Err(WriteError::Conflict { .. }) => {
+                    return Err(HttpError::new(
+                        409,
+                        "the inventory changed since it was loaded; reload it and make the change again",
+                    ))
+                }
+                Err(WriteError::Store(e)) => return Err(e.into()),
+            }
+        }
+    };
     let reloaded = svc.catalog.reload_if_changed(true);
     if reloaded {
         crate::serve::app::metrics::Metrics::inc(&svc.metrics.reloads_ok);
@@ -360,13 +445,19 @@ pub(crate) fn replace(
     }
     tracing::info!(by = %who.by, action, host = host.as_deref().unwrap_or("-"), nodes, "inventory changed from the console");
     let status = svc.catalog.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let text = read_inventory(svc)?;
     Ok(Reply::json(&serde_json::json!({
         "written": true,
         "nodes": nodes,
         "reloaded": reloaded,
         "reload_error": status.last_error,
         "generation": svc.catalog.snapshot().generation,
-        "version": version(&text),
+        "version": version,
     })))
+}
+
+/// The 422 answer of an inventory that would not be valid.
+fn invalid(report: crate::inventory::ErrorReport, row: Option<u64>) -> Reply {
+    let mut body = ErrorsView::new(report, row).into_json();
+    body["error"] = "the inventory would not be valid; nothing was written".into();
+    Reply::json(&body).with_status(422)
 }

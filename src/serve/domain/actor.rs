@@ -61,6 +61,9 @@ pub enum Via {
     TokenSession,
     /// A console session opened with a directory (LDAP) account.
     LdapSession,
+    /// A `bootforge` command run on a machine with the database's credentials (`bootforge
+    /// inventory import`): the name is the local account that ran it.
+    Cli,
 }
 
 /// Who did something, as audit records carry it (flattened into the record:

@@ -174,18 +174,23 @@ pub enum Event {
         who: Option<Actor>,
         peer: Option<IpAddr>,
     },
-    /// The inventory CSV replaced from the console: `action` is `add`, `change`, `remove` or
-    /// `upload`; `host` the row's host name; `old_host` (changes that rename the row only) the
-    /// name it had; `nodes` the number of rows after the change.
+    /// The inventory replaced from the console or by `bootforge inventory import`: `action` is
+    /// `add`, `change`, `remove`, `upload` or `import`; `host` the row's host name; `old_host`
+    /// (changes that rename the row only) the name it had; `nodes` the number of rows after the
+    /// change; `version` the database inventory's version after it (`serve` without
+    /// `--inventory`; absent for the file). `peer` is `null` for a command run on a machine
+    /// (`via: cli`). No field value of a row is recorded: a free column may hold anything.
     InventoryChanged {
         #[serde(flatten)]
         who: Actor,
-        peer: IpAddr,
+        peer: Option<IpAddr>,
         action: &'static str,
         host: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         old_host: Option<String>,
         nodes: usize,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        version: Option<u64>,
     },
     /// A change whose audit record was written but whose state write failed afterwards.
     ChangeNotApplied {

@@ -1,6 +1,15 @@
 //! The read-only inputs, inventory, profiles and API tokens, held as one snapshot that is swapped
 //! whole.
 //!
+//! The inventory comes from one of two homes ([`InventorySource`]): the CSV given with
+//! `--inventory` (the file is the truth, watched like the other files), or, without it, the
+//! database ([`crate::serve::store::inventory`]), which every replica shares: then each poll
+//! asks for its version (one small query; on PostgreSQL while its listener is connected, no
+//! query at all: the version comes by `NOTIFY`) and a new version is reloaded like a changed
+//! file. An empty database inventory gives a service with no hosts (and a warning); a database
+//! that does not answer keeps the snapshot it has (none at a start without the database: no
+//! hosts until it answers).
+//!
 //! A watcher thread polls the files' metadata (size, mtime, inode: a `stat` per file, cheap)
 //! every [`POLL`], and a SIGHUP or `POST /admin/reload` forces a reload. A reload of the
 //! inventory and profiles that fails keeps serving the previous snapshot and logs why, so a
@@ -8,9 +17,10 @@
 //! closed: removing a token revokes it at the next reload whatever state the other inputs are
 //! in, and a tokens file that cannot be loaded refuses every token until it is fixed.
 
-use crate::inventory::Inventory;
+use crate::inventory::{Inventory, MAX_REPORTED_ERRORS};
 use crate::serve::auth::tokens::Tokens;
 use crate::serve::inputs::profiles::Profiles;
+use crate::serve::store::{Store, StoreError};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,10 +55,41 @@ pub struct ReloadStatus {
 /// (path, size, mtime seconds, mtime nanoseconds, inode) of one watched file.
 type FileStamp = (PathBuf, u64, i64, i64, u64);
 
+/// Where the inventory comes from.
+#[derive(Clone)]
+pub enum InventorySource {
+    /// The CSV of `--inventory`.
+    File(PathBuf),
+    /// The database's inventory (`serve` without `--inventory`).
+    Database(Arc<Store>),
+}
+
+impl std::fmt::Debug for InventorySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InventorySource::File(p) => write!(f, "File({})", p.display()),
+            InventorySource::Database(s) => write!(f, "Database({})", s.shown()),
+        }
+    }
+}
+
+impl InventorySource {
+    /// How messages name the inventory: the file's path, or `database inventory`.
+    pub fn name(&self) -> String {
+        match self {
+            InventorySource::File(p) => p.display().to_string(),
+            InventorySource::Database(_) => DATABASE_SOURCE.to_string(),
+        }
+    }
+}
+
+/// How messages (and `/healthz`'s `inventory`) name the database's inventory.
+pub const DATABASE_SOURCE: &str = "database inventory";
+
 /// Where the inputs are, and what they must satisfy.
 #[derive(Debug, Clone)]
 pub struct Sources {
-    pub inventory: PathBuf,
+    pub inventory: InventorySource,
     pub profiles: PathBuf,
     /// `None`: the API is disabled (every API call answers 401).
     pub tokens: Option<PathBuf>,
@@ -61,6 +102,9 @@ pub struct Catalog {
     sources: Sources,
     current: RwLock<Arc<Snapshot>>,
     fingerprint: Mutex<Vec<FileStamp>>,
+    /// The database inventory's version the snapshot was loaded at (`None`: not loaded from the
+    /// database, or it did not answer).
+    inventory_version: Mutex<Option<u64>>,
     /// The API tokens, reloaded on their own: a broken inventory edit must not keep a token
     /// that was removed from the tokens file alive, and a tokens file that cannot be loaded
     /// refuses every token ([`Tokens::unusable`]).
@@ -77,11 +121,27 @@ impl Catalog {
         let fingerprint = fingerprint(&sources);
         let tokens_stamp = tokens_fingerprint(&sources);
         let tokens = load_tokens(&sources)?;
-        let snap = load_snapshot(&sources, 1)?;
+        let (snap, version) = match load_snapshot(&sources, 1) {
+            Ok(loaded) => loaded,
+            // The database does not answer at start: no hosts until it does (the next poll that
+            // reads a version loads it).
+            Err(e) if unavailable(&e) => {
+                tracing::error!("the database does not answer, so the service starts with no hosts until it does: {e:#}");
+                let profiles = Profiles::load(&sources.profiles)?;
+                (empty_snapshot(&sources, profiles, 1), None)
+            }
+            Err(e) => return Err(e),
+        };
+        if let InventorySource::Database(_) = &sources.inventory {
+            if snap.inventory.is_empty() && version.is_some() {
+                tracing::warn!("the database holds no inventory yet: this service knows no hosts. Fill it with `bootforge inventory import FILE --database URL`, or upload a CSV in the console (Inventory)");
+            }
+        }
         Ok(Catalog {
             sources,
             current: RwLock::new(Arc::new(snap)),
             fingerprint: Mutex::new(fingerprint),
+            inventory_version: Mutex::new(version),
             tokens: RwLock::new(Arc::new(tokens)),
             tokens_stamp: Mutex::new(tokens_stamp),
             reloading: Mutex::new(()),
@@ -128,19 +188,33 @@ impl Catalog {
         let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         self.reload_tokens(force);
         let now = fingerprint(&self.sources);
+        // The database inventory's version, when it is the inventory (`None`: it did not
+        // answer, and the snapshot is kept until it does).
+        let version = match &self.sources.inventory {
+            InventorySource::Database(store) => store.inventory_version_hint(),
+            InventorySource::File(_) => None,
+        };
         {
             let mut fp = self.fingerprint.lock().unwrap_or_else(|p| p.into_inner());
-            if !force && *fp == now {
+            let mut seen = self.inventory_version.lock().unwrap_or_else(|p| p.into_inner());
+            let moved = version.is_some() && version != *seen;
+            if !force && *fp == now && !moved {
                 return false;
             }
             *fp = now;
+            // Tried once per version, like a file once per change: a version that fails to
+            // load is not tried again on every poll.
+            if moved {
+                *seen = version;
+            }
         }
         let generation = self.snapshot().generation + 1;
         let result = load_snapshot(&self.sources, generation);
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         status.last_attempt_at = Some(crate::serve::util::now_ms());
         match result {
-            Ok(snap) => {
+            Ok((snap, version)) => {
+                *self.inventory_version.lock().unwrap_or_else(|p| p.into_inner()) = version;
                 tracing::info!(
                     generation,
                     nodes = snap.inventory.len(),
@@ -189,18 +263,56 @@ impl Catalog {
     }
 }
 
-fn load_snapshot(sources: &Sources, generation: u64) -> anyhow::Result<Snapshot> {
+/// Loads the inputs; with the database's inventory, also the version it was read at.
+fn load_snapshot(sources: &Sources, generation: u64) -> anyhow::Result<(Snapshot, Option<u64>)> {
     let start = Instant::now();
-    let inv = Inventory::load(&sources.inventory)?;
+    let (inv, version) = match &sources.inventory {
+        InventorySource::File(path) => (Inventory::load(path)?, None),
+        InventorySource::Database(store) => {
+            let stored = store.inventory_blocking()?;
+            let inv = if stored.is_empty() {
+                Inventory::empty(DATABASE_SOURCE)
+            } else {
+                // Written only once valid, so this fails only if the validator grew stricter
+                // since (the previous snapshot is then kept, as for a file).
+                Inventory::check(DATABASE_SOURCE, stored.csv().as_bytes(), MAX_REPORTED_ERRORS)
+                    .map_err(|report| {
+                        anyhow::anyhow!(
+                            "the database inventory (version {}) is not valid: {}",
+                            stored.version,
+                            report
+                                .errors
+                                .iter()
+                                .map(|e| e.to_string())
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        )
+                    })?
+            };
+            (inv, Some(stored.version))
+        }
+    };
     let profiles = Profiles::load(&sources.profiles)?;
     check_inventory(sources, &inv, &profiles)?;
-    Ok(Snapshot {
-        inventory: inv,
+    let mut snap = empty_snapshot(sources, profiles, generation);
+    snap.inventory = inv;
+    snap.load_ms = start.elapsed().as_secs_f64() * 1000.0;
+    Ok((snap, version))
+}
+
+fn empty_snapshot(sources: &Sources, profiles: Profiles, generation: u64) -> Snapshot {
+    Snapshot {
+        inventory: Inventory::empty(&sources.inventory.name()),
         profiles,
         generation,
         loaded_at: crate::serve::util::now_ms(),
-        load_ms: start.elapsed().as_secs_f64() * 1000.0,
-    })
+        load_ms: 0.0,
+    }
+}
+
+/// Whether a load failed because the database does not answer.
+fn unavailable(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Unavailable(_)))
 }
 
 /// What a loaded inventory must satisfy besides its own rules: a base URL for every row, and
@@ -218,7 +330,7 @@ fn check_inventory(sources: &Sources, inv: &Inventory, profiles: &Profiles) -> a
         anyhow::ensure!(
             missing.is_empty(),
             "{}: {} {} no `server` column, and the service has no URL of its own to write into their install chains: start it with --public-url http://ADDR:PORT (the --server the media were built with) or listen on a specific address",
-            sources.inventory.display(),
+            sources.inventory.name(),
             missing.join(", "),
             if missing.len() == 1 { "has" } else { "and others have" }
         );
@@ -264,14 +376,16 @@ fn tokens_fingerprint(sources: &Sources) -> Vec<FileStamp> {
 /// (path, size, mtime s, mtime ns, inode) of the inventory and every file and folder under the
 /// profiles directory.
 fn fingerprint(sources: &Sources) -> Vec<FileStamp> {
-    let (inventory, profiles_dir) = (&sources.inventory, &sources.profiles);
+    let profiles_dir = &sources.profiles;
     let mut out = Vec::new();
     let mut add = |p: &Path| {
         if let Ok(m) = std::fs::metadata(p) {
             out.push((p.to_path_buf(), m.len(), m.mtime(), m.mtime_nsec(), m.ino()));
         }
     };
-    add(inventory);
+    if let InventorySource::File(inventory) = &sources.inventory {
+        add(inventory);
+    }
     let mut stack = vec![profiles_dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
         add(&dir);

@@ -8,7 +8,9 @@
 //! - the clock of record ([`Engine::now_sql`]): PostgreSQL's and MariaDB's own, so replicas agree
 //!   on every time that decides a window; SQLite is one machine, whose clock it is;
 //! - the "newer boot wins" upsert of `last_boots` ([`Engine::upsert_last_boot`]);
-//! - which errors mean "someone else wrote first" ([`is_conflict`]).
+//! - which errors mean "someone else wrote first" ([`is_conflict`]);
+//! - reading one moment ([`Engine::begin_snapshot`]) or the latest commit
+//!   ([`Engine::current_read`]) inside a transaction.
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -144,6 +146,30 @@ impl Engine {
         }
     }
 
+    /// Begins a read-only transaction whose statements all see one moment (a header and the
+    /// rows of one version): PostgreSQL's default (READ COMMITTED) reads each statement anew, so
+    /// it is asked for REPEATABLE READ; MariaDB's default already is, and SQLite's reads are.
+    pub async fn begin_snapshot(
+        self,
+        pool: &AnyPool,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self {
+            Engine::Postgres => pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ").await,
+            _ => pool.begin().await,
+        }
+    }
+
+    /// `sql` (a SELECT in a write transaction that has locked what guards these rows) as a read
+    /// of the latest committed rows. MariaDB's REPEATABLE READ would otherwise answer from the
+    /// snapshot of the transaction's first read, which may predate a commit it then waited for;
+    /// PostgreSQL (READ COMMITTED) reads each statement anew, and SQLite has one writer.
+    pub fn current_read(self, sql: &'static str) -> SqlStr {
+        match self {
+            Engine::Mysql => self.sql_owned(format!("{sql} FOR UPDATE")),
+            _ => self.sql(sql),
+        }
+    }
+
     /// This engine's migrations, embedded in the binary. sqlx records them in
     /// `_sqlx_migrations` with a checksum, and takes a lock on PostgreSQL and MariaDB while it
     /// runs them, so replicas starting together migrate once.
@@ -152,15 +178,18 @@ impl Engine {
             Engine::Sqlite => &[
                 (1, "state", include_str!("migrations/sqlite/0001_state.sql")),
                 (2, "sessions", include_str!("migrations/sqlite/0002_sessions.sql")),
+                (3, "inventory", include_str!("migrations/sqlite/0003_inventory.sql")),
             ],
             Engine::Postgres => &[
                 (1, "state", include_str!("migrations/postgres/0001_state.sql")),
                 (2, "sessions", include_str!("migrations/postgres/0002_sessions.sql")),
+                (3, "inventory", include_str!("migrations/postgres/0003_inventory.sql")),
                 (4, "audit_settle", include_str!("migrations/postgres/0004_audit_settle.sql")),
             ],
             Engine::Mysql => &[
                 (1, "state", include_str!("migrations/mysql/0001_state.sql")),
                 (2, "sessions", include_str!("migrations/mysql/0002_sessions.sql")),
+                (3, "inventory", include_str!("migrations/mysql/0003_inventory.sql")),
                 (4, "audit_settle", include_str!("migrations/mysql/0004_audit_settle.sql")),
             ],
         };

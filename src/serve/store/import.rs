@@ -28,6 +28,8 @@ pub struct Moved {
     pub hosts: usize,
     pub records: usize,
     pub last_boots: usize,
+    /// Nodes of the database's inventory (`state copy`).
+    pub inventory_nodes: usize,
     /// Lines of the old log that were not whole JSON records (a torn last line).
     pub skipped_lines: usize,
 }
@@ -39,6 +41,9 @@ impl std::fmt::Display for Moved {
             "{} host states, {} audit records, {} last boots",
             self.hosts, self.records, self.last_boots
         )?;
+        if self.inventory_nodes > 0 {
+            write!(f, ", an inventory of {} nodes", self.inventory_nodes)?;
+        }
         if self.skipped_lines > 0 {
             write!(f, " ({} log lines that were not whole records skipped)", self.skipped_lines)?;
         }
@@ -294,6 +299,22 @@ pub fn copy(from: &Store, to: &Store, mut progress: impl FnMut(u64)) -> anyhow::
             held.1
         );
     }
+    if to.inventory_version_blocking()? > 0 {
+        anyhow::bail!(
+            "the target database {} already holds an inventory: `state copy` only fills a new database, so that nothing is merged or overwritten",
+            to.shown()
+        );
+    }
+    // The source's inventory, whole, as of one moment (a database this version has not migrated
+    // yet has none: its inventory table does not exist).
+    let inventory = match from.inventory_blocking() {
+        Ok(inv) => Some(inv).filter(|i| i.version > 0),
+        Err(StoreError::Database(e)) if from.inventory_version_blocking().is_err() => {
+            tracing::debug!("the source has no inventory table: {e}");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut states = Vec::new();
     for (host, st) in from.states_blocking()? {
         let st = st.map_err(|e| {
@@ -315,7 +336,12 @@ pub fn copy(from: &Store, to: &Store, mut progress: impl FnMut(u64)) -> anyhow::
     // its runtime's context: without this, a failed copy panicked instead of rolling back.
     let _in_runtime = to.rt().enter();
     let mut tx = to.wait(async move { engine.begin(&pool).await.map_err(StoreError::from) })?;
-    let mut moved = Moved { hosts: states.len(), last_boots: boots.len(), ..Moved::default() };
+    let mut moved = Moved {
+        hosts: states.len(),
+        last_boots: boots.len(),
+        inventory_nodes: inventory.as_ref().map_or(0, |i| i.rows.len()),
+        ..Moved::default()
+    };
     let mut names = states;
     names.sort_by(|a, b| a.0.cmp(&b.0));
     tx = to.wait(async move {
@@ -324,6 +350,9 @@ pub fn copy(from: &Store, to: &Store, mut progress: impl FnMut(u64)) -> anyhow::
         }
         for (host, ms, record) in &boots {
             audit::put_last_boot(engine, &mut tx, host, *ms as u64, record).await?;
+        }
+        if let Some(inventory) = &inventory {
+            super::inventory::put(engine, &mut tx, inventory).await?;
         }
         Ok::<_, StoreError>(tx)
     })?;

@@ -14,6 +14,10 @@
 //! ([`super::health`], which sees a hung server that this connection would wait on forever)
 //! drops the connection and starts over after a backoff.
 //!
+//! The same connection listens on [`super::inventory::CHANNEL`]: an inventory change's
+//! payload is its new version, kept in `inventory_heard` for the catalog's reload tick (read
+//! once after every `LISTEN`, like the deciding set).
+//!
 //! Threat: anyone who can log in to the database can `NOTIFY` this channel. A payload is only a
 //! hint that makes a host "may decide" (checked against its row) or not; a payload that does
 //! not parse is logged (bounded, escaped) and answered with a full read.
@@ -24,7 +28,7 @@ use super::health::{Health, MAX_BACKOFF, MIN_BACKOFF};
 use super::hosts::{scan_deciding, News, SharedDeciding, CHANNEL};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::AnyPool;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +40,8 @@ pub(crate) struct Listener {
     pub health: Arc<Health>,
     /// Set while connected and resynced: [`super::Store::poll`] then skips its reads.
     pub listening: Arc<AtomicBool>,
+    /// The inventory's version as last heard (see [`super::Store::inventory_version_hint`]).
+    pub inventory_heard: Arc<AtomicU64>,
     pub shown: String,
 }
 
@@ -74,11 +80,15 @@ async fn session(
     // A lost connection ends this session (so that we resync); no silent reconnect.
     listener.eager_reconnect(false);
     listener.ignore_pool_close_event(true);
-    listener.listen(CHANNEL).await.map_err(|e| e.to_string())?;
+    listener.listen_all([CHANNEL, super::inventory::CHANNEL]).await.map_err(|e| e.to_string())?;
     let scan = scan_deciding(super::engine::Engine::Postgres, &l.reader)
         .await
         .map_err(|e| format!("the full read after LISTEN failed: {e}"))?;
     l.deciding.write().unwrap_or_else(|p| p.into_inner()).replace(scan);
+    let inventory = super::inventory::version(&l.reader)
+        .await
+        .map_err(|e| format!("the inventory's version after LISTEN cannot be read: {e}"))?;
+    l.inventory_heard.store(inventory, Ordering::SeqCst);
     l.listening.store(true, Ordering::SeqCst);
     tracing::info!(database = %l.shown, "listening for host changes of other replicas");
     loop {
@@ -88,6 +98,21 @@ async fn session(
             _ = outages.changed() => return Err("the database went away".into()),
         };
         match next {
+            Ok(Some(n)) if n.channel() == super::inventory::CHANNEL => {
+                match n.payload().parse::<u64>() {
+                    Ok(v) => {
+                        l.inventory_heard.fetch_max(v, Ordering::SeqCst);
+                    }
+                    Err(_) => {
+                        let shown: String = n.payload().chars().take(80).collect();
+                        tracing::warn!(payload = %shown.escape_debug(), "a notification on {} that this service did not send; re-reading the inventory's version", super::inventory::CHANNEL);
+                        let v = super::inventory::version(&l.reader)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        l.inventory_heard.store(v, Ordering::SeqCst);
+                    }
+                }
+            }
             Ok(Some(n)) => match News::parse(n.payload()) {
                 Some(news) => l.deciding.write().unwrap_or_else(|p| p.into_inner()).learn(news),
                 None => {

@@ -34,6 +34,7 @@ pub mod guard;
 pub mod health;
 pub mod hosts;
 pub mod import;
+pub mod inventory;
 pub mod listen;
 pub mod refusals;
 pub mod sessions;
@@ -111,6 +112,9 @@ pub struct Store {
     health: Arc<health::Health>,
     /// Whether the PostgreSQL listener is connected and resynced: see [`listen`].
     listening: Arc<AtomicBool>,
+    /// The inventory's version as the listener last heard it (see
+    /// [`Store::inventory_version_hint`]).
+    inventory_heard: Arc<std::sync::atomic::AtomicU64>,
     /// The runtime every query runs on (see the module documentation). `None` once dropped.
     runtime: Option<tokio::runtime::Runtime>,
     /// Held for the store's life: the lock that keeps a second `serve` off a SQLite file.
@@ -256,6 +260,7 @@ impl Store {
         let deciding = hosts::SharedDeciding::default();
         let health = Arc::new(health::Health::new(up));
         let listening = Arc::new(AtomicBool::new(false));
+        let inventory_heard = Arc::new(std::sync::atomic::AtomicU64::new(0));
         if lazy {
             runtime.spawn(health::monitor(health::Watched {
                 engine,
@@ -276,6 +281,7 @@ impl Store {
                     deciding: deciding.clone(),
                     health: health.clone(),
                     listening: listening.clone(),
+                    inventory_heard: inventory_heard.clone(),
                     shown: shown.clone(),
                 }));
             }
@@ -287,6 +293,7 @@ impl Store {
             deciding,
             health,
             listening,
+            inventory_heard,
             runtime: Some(runtime),
             _guard: guard,
             shown,
