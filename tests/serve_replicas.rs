@@ -653,7 +653,7 @@ fn inventory_edited_through_one_replica_is_served_by_the_other(url: &str) {
     assert_eq!(r.json()["version"], "1");
     assert_eq!(a.host_status("h001"), 200, "the writer reloads at once");
     let t = Instant::now();
-    wait_for("B serves the uploaded inventory", Duration::from_secs(1), || {
+    wait_for("B serves the uploaded inventory", Duration::from_secs(10), || {
         b.host_status("h199") == 200
     });
     eprintln!("B served the upload after {:?}", t.elapsed());
@@ -668,12 +668,12 @@ fn inventory_edited_through_one_replica_is_served_by_the_other(url: &str) {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["version"], "2");
     let t = Instant::now();
-    wait_for("A serves the host added through B", Duration::from_secs(1), || {
+    wait_for("A serves the host added through B", Duration::from_secs(10), || {
         a.host_status("new-node") == 200
     });
     eprintln!("A served the added row after {:?}", t.elapsed());
     assert_eq!(a.flag("new-node", "e2e").status, 200, "and flags it");
-    wait_for("B answers the new host's boot with its install", Duration::from_secs(1), || {
+    wait_for("B answers the new host's boot with its install", Duration::from_secs(10), || {
         is_install(&b.boot("new-node"))
     });
 

@@ -253,7 +253,7 @@ impl Server {
                         let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
                         match crate::serve::store::audit::prune(
                             &svc.store,
-                            crate::serve::util::now_ms(),
+                            svc.store.now_ms(),
                             ms(svc.config.keep_boot_records),
                             ms(svc.config.keep_change_records),
                             Duration::from_secs(10),

@@ -64,6 +64,9 @@ pub(crate) async fn status(svc: &Arc<Service>, req: &Req) -> Result<Reply, HttpE
             "since": rfc3339(db.since_ms),
             "last_error": db.error,
             "listening": svc.store.listening(),
+            // How far the database's clock, by which windows are decided, is from this
+            // machine's (a large value is worth fixing with NTP, though nothing depends on it).
+            "clock_offset_ms": db.clock_offset_ms,
         },
     })))
 }

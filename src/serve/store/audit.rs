@@ -196,7 +196,7 @@ impl Audit {
     /// with the time, and waits until it is committed. An error means the record is missing:
     /// the change is refused. Blocks: call it from a thread that may.
     pub fn append_durable(&self, event: &Event) -> Result<(), StoreError> {
-        let row = Stored::of(event, crate::serve::util::now_ms());
+        let row = Stored::of(event, self.store.now_ms());
         let (pool, engine) = (self.store.writer.clone(), self.store.engine);
         self.store.wait(async move {
             let mut tx = engine.begin(&pool).await?;
@@ -211,7 +211,7 @@ impl Audit {
     /// behind, the note is dropped and counted. Refusals ([`Event::refusal`]) are aggregated by
     /// the writer (see the module documentation).
     pub fn note(&self, event: &Event) {
-        let now = crate::serve::util::now_ms();
+        let now = self.store.now_ms();
         let note = match event.refusal() {
             Some(_) => Note::Refusal(event.clone(), now),
             None => Note::Record(event.clone(), now),
@@ -402,12 +402,19 @@ impl Audit {
 /// was inserted less than this long ago (on the database's clock, `stored_ms`): a transaction
 /// still in flight fills it in well under that (ours run a few statements, none waiting on
 /// anything but the database), and a gap that stays (a rolled-back insert) is passed once it is
-/// that old. Readers of the newest records (the console) are not held back.
+/// that old. Readers of the newest records (the console) are not held back. What this cannot
+/// cover: a transaction that commits more than this long after taking its id (a database that
+/// stalls for seconds between the insert and the commit); its record can be passed.
 pub const SETTLE_MS: i64 = 5_000;
 
-/// The id a cursor read from `since` must stay below (`None`: no limit), per [`SETTLE_MS`]: the
-/// first missing id at or after `since` that is followed by a recent record. One indexed query
-/// of the recent records' ids (a few seconds' worth) on the servers, none on SQLite.
+/// The most recent ids [`settled`] looks at; past them a page stops where it stopped looking.
+const RECENT_IDS: usize = 20_000;
+
+/// The id a cursor read from `since` must stay below (`None`: no limit, on SQLite), per
+/// [`SETTLE_MS`]: the newest id when this ran, plus one (so a record inserted between this and
+/// the page's own query waits for the next page, whose look covers it), or the first missing id
+/// followed by a recent record. Two indexed queries on the servers: the highest id, then the
+/// ids of records inserted in the last [`SETTLE_MS`] (at most [`RECENT_IDS`] of them).
 async fn settled(
     engine: Engine,
     pool: &sqlx::AnyPool,
@@ -418,13 +425,20 @@ async fn settled(
     };
     // Ids start at 1 on both servers: a cursor of 0 has no record 0 to wait for.
     let since = since.max(1);
+    // First the highest id: any id below it was taken before this query, so a gap below it is
+    // either in the recent ids read next or settled.
+    let max: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM audit").fetch_one(pool).await?;
+    let Some(max) = max.filter(|&m| m >= since) else {
+        return Ok(Some(since));
+    };
     let sql = format!(
-        "SELECT id FROM audit WHERE stored_ms >= {now} - {SETTLE_MS} AND id >= ? ORDER BY id"
+        "SELECT id FROM audit WHERE stored_ms >= {now} - {SETTLE_MS} AND id >= ? AND id <= ? \
+         ORDER BY id LIMIT {RECENT_IDS}"
     );
     let recent: Vec<i64> =
-        sqlx::query_scalar(engine.sql_owned(sql)).bind(since).fetch_all(pool).await?;
+        sqlx::query_scalar(engine.sql_owned(sql)).bind(since).bind(max).fetch_all(pool).await?;
     let Some(&first) = recent.first() else {
-        return Ok(None);
+        return Ok(Some(max + 1));
     };
     if first > since {
         // Whether the id just before the first recent record exists (older records are settled).
@@ -437,7 +451,11 @@ async fn settled(
             return Ok(Some(first - 1));
         }
     }
-    Ok(recent.windows(2).find(|w| w[1] != w[0] + 1).map(|w| w[0] + 1))
+    if let Some(w) = recent.windows(2).find(|w| w[1] != w[0] + 1) {
+        return Ok(Some(w[0] + 1));
+    }
+    let last = *recent.last().expect("not empty");
+    Ok(Some(if recent.len() >= RECENT_IDS { last + 1 } else { max + 1 }))
 }
 
 /// Rows a page asks the database for: one more than the page holds when the database applies
