@@ -97,6 +97,22 @@ pub(crate) async fn insert(
     insert_rows(engine, conn, &[row]).await
 }
 
+/// [`insert`] for several records, each made at its own time, in order: one statement for the
+/// records (SQLite's group commit, see [`super::group`]).
+pub(crate) async fn insert_many(
+    engine: Engine,
+    conn: &mut sqlx::AnyConnection,
+    events: &[(u64, &Event)],
+) -> Result<(), StoreError> {
+    let rows: Vec<Stored> = events.iter().map(|&(now, e)| Stored::of(e, now)).collect();
+    for (&(now, event), row) in events.iter().zip(&rows) {
+        if let Some(host) = verified_boot(event) {
+            put_last_boot(engine, conn, host, now, &row.record).await?;
+        }
+    }
+    insert_rows(engine, conn, &rows).await
+}
+
 /// Rows per INSERT statement (PostgreSQL takes at most 65,535 bound values per statement).
 const ROWS_PER_INSERT: usize = 500;
 
@@ -650,10 +666,11 @@ impl LastBoots {
         }
     }
 
-    /// Every host's last verified boot time, for sorting the fleet.
-    pub fn times(&self) -> HashMap<String, u64> {
+    /// Each of `hosts`' last verified boot time, in order, for sorting the fleet (one look under
+    /// the lock, no copy of the map).
+    pub fn times_of<'a>(&self, hosts: impl IntoIterator<Item = &'a str>) -> Vec<Option<u64>> {
         let boots = self.boots.lock().unwrap_or_else(|p| p.into_inner());
-        boots.iter().map(|(h, b)| (h.clone(), b.at)).collect()
+        hosts.into_iter().map(|h| boots.get(h).map(|b| b.at)).collect()
     }
 
     /// The host's last verified boot as of the last [`LastBoots::refresh`].
