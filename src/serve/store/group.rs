@@ -33,6 +33,7 @@ use crate::serve::domain::lifecycle::HostState;
 use sqlx::{AnyPool, Row as _};
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
@@ -74,14 +75,22 @@ struct Job {
 /// The queue to the SQLite writer task.
 pub struct Group {
     queue: mpsc::Sender<Job>,
+    /// Transactions the writer ran (batches), for tests and the curious.
+    transactions: Arc<AtomicU64>,
 }
 
 impl Group {
     /// Starts the writer task on the current runtime (the store's).
     pub fn start(engine: Engine, pool: AnyPool) -> Group {
         let (queue, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(writer(engine, pool, rx));
-        Group { queue }
+        let transactions = Arc::new(AtomicU64::new(0));
+        tokio::spawn(writer(engine, pool, rx, transactions.clone()));
+        Group { queue, transactions }
+    }
+
+    /// How many batches the writer has run.
+    pub fn transactions(&self) -> u64 {
+        self.transactions.load(Ordering::Relaxed)
     }
 
     /// Queues a change of `host` and waits until the transaction it was committed in (or
@@ -134,9 +143,15 @@ fn again(e: &StoreError) -> StoreError {
 }
 
 /// The writer task: a batch per transaction, until every [`Group`] is dropped.
-async fn writer(engine: Engine, pool: AnyPool, mut rx: mpsc::Receiver<Job>) {
+async fn writer(
+    engine: Engine,
+    pool: AnyPool,
+    mut rx: mpsc::Receiver<Job>,
+    transactions: Arc<AtomicU64>,
+) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        transactions.fetch_add(1, Ordering::Relaxed);
         let answers = commit_batch(engine, &pool, &mut batch).await;
         for (job, answer) in batch.drain(..).zip(answers) {
             // A caller that stopped waiting (its request was dropped) finds its change committed
@@ -445,4 +460,141 @@ async fn write(
         super::audit::insert(engine, tx, st.updated_at, record).await?;
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::store::Store;
+
+    fn store(dir: &std::path::Path) -> Arc<Store> {
+        Arc::new(Store::open(&Store::default_url(dir), None).unwrap())
+    }
+
+    fn note(host: &str) -> Event {
+        Event::ChangeNotApplied { host: host.to_string(), after: "test" }
+    }
+
+    /// `SELECT COUNT(*)` of `sql` (a constant of this test) with one bound host.
+    fn count(store: &Store, sql: &'static str, host: &str) -> i64 {
+        let (pool, host) = (store.reader.clone(), host.to_string());
+        store.wait(async move { sqlx::query_scalar(sql).bind(host).fetch_one(&pool).await.unwrap() })
+    }
+
+    fn version(store: &Store, host: &str) -> i64 {
+        let (pool, host) = (store.reader.clone(), host.to_string());
+        store.wait(async move {
+            sqlx::query_scalar::<_, i64>("SELECT version FROM hosts WHERE name = ?")
+                .bind(host)
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+                .unwrap_or(0)
+        })
+    }
+
+    /// Many changes at once, of many hosts and of one host: they share transactions (fewer
+    /// than the changes), every acknowledged change is stored with its audit record, changes of
+    /// one host apply one after the other, and of 50 "first one wins" changes exactly one wins.
+    #[test]
+    fn concurrent_changes_share_commits_and_each_is_stored_with_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).build().unwrap();
+        let (hosts, per_host, racers) = (20, 10, 50);
+        let wins = rt.block_on(async {
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..hosts * per_host {
+                let (store, host) = (store.clone(), format!("h{:02}", i % hosts));
+                tasks.spawn(async move {
+                    let h = host.clone();
+                    let r = store
+                        .change(&host, move |_, _| {
+                            Ok::<_, ()>(Change { value: false, write: true, record: Some(note(&h)) })
+                        })
+                        .await;
+                    r.unwrap().unwrap()
+                });
+            }
+            for _ in 0..racers {
+                let store = store.clone();
+                tasks.spawn(async move {
+                    let r = store
+                        .change("first", |st, _| {
+                            let first = st.version == 0;
+                            let record = first.then(|| note("first"));
+                            Ok::<_, ()>(Change { value: first, write: first, record })
+                        })
+                        .await;
+                    r.unwrap().unwrap()
+                });
+            }
+            let mut wins = 0;
+            while let Some(won) = tasks.join_next().await {
+                wins += usize::from(won.unwrap());
+            }
+            wins
+        });
+        assert_eq!(wins, 1, "exactly one first answer");
+        for i in 0..hosts {
+            let host = format!("h{i:02}");
+            assert_eq!(version(&store, &host), per_host as i64, "{host}: every change applied");
+            assert_eq!(
+                count(&store, "SELECT COUNT(*) FROM audit WHERE host = ?", &host),
+                per_host as i64,
+                "{host}: one record per change"
+            );
+        }
+        assert_eq!(version(&store, "first"), 1);
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM audit WHERE host = ?", "first"), 1);
+        let changes = (hosts * per_host + racers) as u64;
+        let transactions = store.group.as_ref().unwrap().transactions();
+        assert!(transactions < changes, "{changes} changes in {transactions} transactions");
+    }
+
+    fn job(host: &str, write: bool) -> (Job, oneshot::Receiver<Done>) {
+        let (done, answer) = oneshot::channel();
+        let h = host.to_string();
+        let run: Run = Box::new(move |_, _| match write {
+            true => Step::Write(Some(note(&h))),
+            false => Step::Nothing,
+        });
+        (Job { host: host.to_string(), run, done }, answer)
+    }
+
+    /// One batch: a change whose audit record the database refuses fails alone (the batch
+    /// runs again change by change), a later change of a host sees the earlier one's write, and
+    /// a change that writes nothing is answered with what is stored.
+    #[test]
+    fn a_change_that_fails_in_a_batch_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let (engine, pool) = (store.engine, store.writer.clone());
+        store.wait(async {
+            sqlx::query(
+                "CREATE TRIGGER full BEFORE INSERT ON audit WHEN NEW.host = 'bad' \
+                 BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+        });
+        // Without the failing change: the fast way, two changes of one host in order.
+        let (mut batch, _answers): (Vec<_>, Vec<_>) =
+            [job("a", true), job("a", true), job("b", false)].into_iter().unzip();
+        let got = store.wait(together(engine, &pool, &mut batch)).ok().expect("one transaction");
+        assert_eq!(got.into_iter().map(Result::unwrap).collect::<Vec<_>>(), [(1, false), (2, false), (0, false)]);
+        // With it: the others still commit.
+        let (mut batch, _answers): (Vec<_>, Vec<_>) =
+            [job("a", true), job("bad", true), job("a", true), job("c", false)].into_iter().unzip();
+        let got = store.wait(commit_batch(engine, &pool, &mut batch));
+        assert_eq!(got[0].as_ref().unwrap(), &(3, false));
+        assert!(matches!(&got[1], Err(StoreError::Database(m)) if m.contains("disk full")), "{:?}", got[1]);
+        assert_eq!(got[2].as_ref().unwrap(), &(4, false));
+        assert_eq!(got[3].as_ref().unwrap(), &(0, false));
+        assert_eq!(version(&store, "a"), 4);
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM audit WHERE host = ?", "a"), 4);
+        assert_eq!(version(&store, "bad"), 0, "no row without its record");
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM audit WHERE host = ?", "bad"), 0);
+    }
 }

@@ -570,6 +570,48 @@ mod tests {
         News { host: host.into(), version, decides }
     }
 
+    /// The fleet's cached read is never staler than the database: a change through the store,
+    /// and a row written behind its back (as another replica's commit looks from here), are
+    /// both seen by the next read; an unchanged table is answered from the cache.
+    #[test]
+    fn the_states_cache_follows_every_commit() {
+        use crate::serve::domain::event::Event;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&Store::default_url(dir.path()), None).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let set = |host: &'static str| {
+            rt.block_on(store.change(host, move |st, now| {
+                st.flag = None;
+                st.updated_at = now;
+                let record = Event::ChangeNotApplied { host: host.into(), after: "test" };
+                Ok::<_, ()>(Change { value: (), write: true, record: Some(record) })
+            }))
+            .unwrap()
+            .unwrap()
+        };
+        set("a");
+        let first = store.states_blocking().unwrap();
+        assert_eq!(first["a"].as_ref().unwrap().version, 1);
+        let again = store.states_blocking().unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "nothing changed: the same read");
+        set("a");
+        set("b");
+        let next = store.states_blocking().unwrap();
+        assert_eq!(next["a"].as_ref().unwrap().version, 2);
+        assert_eq!(next["b"].as_ref().unwrap().version, 1);
+        // Another writer's commit (as a replica's would be): version bumped, state replaced.
+        let pool = store.writer.clone();
+        store.wait(async move {
+            sqlx::query("UPDATE hosts SET version = 3, state = '{ not json' WHERE name = 'b'")
+                .execute(&pool)
+                .await
+                .unwrap()
+        });
+        let seen = store.states_blocking().unwrap();
+        assert!(seen["b"].as_ref().unwrap_err().contains("does not parse"), "{:?}", seen["b"]);
+        assert_eq!(seen["a"].as_ref().unwrap().version, 2);
+    }
+
     #[test]
     fn payloads_round_trip_and_foreign_ones_are_refused() {
         let n = news("node-01.example", 42, true);
