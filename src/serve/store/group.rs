@@ -25,6 +25,7 @@
 //! PostgreSQL and MariaDB do not go through here: each change has its own pooled connection and
 //! the server already groups concurrent commits' log flushes.
 
+use super::audit::{Boots, Stored};
 use super::engine::{is_conflict, Engine};
 use super::hosts::{decides, parse, read_row};
 use super::{Change, StoreError};
@@ -67,9 +68,17 @@ type Run = Box<dyn FnMut(&mut HostState, u64) -> Step + Send>;
 type Done = Result<(u64, bool), StoreError>;
 
 struct Job {
-    host: String,
-    run: Run,
+    work: Work,
     done: oneshot::Sender<Done>,
+}
+
+/// What a queued job does.
+enum Work {
+    /// A change of one host's state (its answer: the row's version, whether it decides).
+    Change { host: String, run: Run },
+    /// A batch of the audit writer's notes (see [`super::audit`]): they share the batch's
+    /// commit instead of taking the one writer connection for a sync of their own.
+    Notes { rows: Vec<Stored>, boots: Boots },
 }
 
 /// The queue to the SQLite writer task.
@@ -117,7 +126,8 @@ impl Group {
             step
         });
         let (done, answer) = oneshot::channel();
-        self.queue.send(Job { host: host.to_string(), run, done }).await.map_err(|_| stopped())?;
+        let work = Work::Change { host: host.to_string(), run };
+        self.queue.send(Job { work, done }).await.map_err(|_| stopped())?;
         let at = answer.await.map_err(|_| stopped())??;
         let value = slot
             .lock()
@@ -125,6 +135,17 @@ impl Group {
             .take()
             .ok_or_else(|| StoreError::Database("a change ended without its value".into()))?;
         Ok((value, at))
+    }
+}
+
+impl Group {
+    /// Inserts a batch of audit notes (and the last boots it holds) in the next transaction,
+    /// and waits for its commit.
+    pub(crate) async fn notes(&self, rows: Vec<Stored>, boots: Boots) -> Result<(), StoreError> {
+        let (done, answer) = oneshot::channel();
+        let work = Work::Notes { rows, boots };
+        self.queue.send(Job { work, done }).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?.map(|_| ())
     }
 }
 
@@ -205,12 +226,27 @@ struct Row {
 /// insert of every audit record, in the order of the changes; `COMMIT`.
 async fn together(engine: Engine, pool: &AnyPool, batch: &mut [Job]) -> Result<Vec<Done>, Failed> {
     let mut tx = engine.begin(pool).await.map_err(|e| Failed::Commit(e.into()))?;
-    let hosts: Vec<String> = batch.iter().map(|j| j.host.clone()).collect();
+    let hosts: Vec<String> = batch
+        .iter()
+        .filter_map(|j| match &j.work {
+            Work::Change { host, .. } => Some(host.clone()),
+            Work::Notes { .. } => None,
+        })
+        .collect();
     let mut rows = read_rows(engine, &mut tx, hosts).await.map_err(Failed::Before)?;
     let mut answers = Vec::with_capacity(batch.len());
     let mut records: Vec<(u64, Event)> = Vec::new();
+    let mut notes: Vec<(&[Stored], &Boots)> = Vec::new();
     for job in batch.iter_mut() {
-        let row = rows.get_mut(&job.host).expect("every host of the batch was read");
+        let (host, run) = match &mut job.work {
+            Work::Change { host, run } => (host, run),
+            Work::Notes { rows, boots } => {
+                notes.push((rows, boots));
+                answers.push(Ok((0, false)));
+                continue;
+            }
+        };
+        let row = rows.get_mut(host.as_str()).expect("every host of the batch was read");
         let mut st = match &row.state {
             Ok(st) => st.clone(),
             Err(e) => {
@@ -220,7 +256,7 @@ async fn together(engine: Engine, pool: &AnyPool, batch: &mut [Job]) -> Result<V
         };
         let now = crate::serve::util::now_ms();
         let before = (st.version, decides(&st));
-        match run(job, &mut st, now) {
+        match run_change(host, run, &mut st, now) {
             Err(e) => answers.push(Err(e)),
             Ok(Step::Nothing) => answers.push(Ok(before)), // what is stored decides
             Ok(Step::Write(record)) => {
@@ -238,14 +274,17 @@ async fn together(engine: Engine, pool: &AnyPool, batch: &mut [Job]) -> Result<V
     write_rows(engine, &mut tx, &rows).await.map_err(Failed::Before)?;
     let events: Vec<(u64, &Event)> = records.iter().map(|(now, e)| (*now, e)).collect();
     super::audit::insert_many(engine, &mut tx, &events).await.map_err(Failed::Before)?;
+    for (rows, boots) in notes {
+        super::audit::insert_notes(engine, &mut tx, rows, boots).await.map_err(Failed::Before)?;
+    }
     tx.commit().await.map_err(|e| Failed::Commit(e.into()))?;
     Ok(answers)
 }
 
-/// Runs a job's lifecycle function, a panic caught as its error.
-fn run(job: &mut Job, st: &mut HostState, now: u64) -> Result<Step, StoreError> {
-    std::panic::catch_unwind(AssertUnwindSafe(|| (job.run)(st, now))).map_err(|_| {
-        tracing::error!(host = %job.host.escape_debug(), "a state change panicked; nothing of it was written");
+/// Runs a change's lifecycle function, a panic caught as its error.
+fn run_change(host: &str, run: &mut Run, st: &mut HostState, now: u64) -> Result<Step, StoreError> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| run(st, now))).map_err(|_| {
+        tracing::error!(host = %host.escape_debug(), "a state change panicked; nothing of it was written");
         StoreError::Database("the state change failed (see the server log)".into())
     })
 }
@@ -373,9 +412,21 @@ async fn one(
     tx: &mut sqlx::AnyConnection,
     job: &mut Job,
 ) -> Result<Done, StoreError> {
+    let (host, run) = match &mut job.work {
+        Work::Change { host, run } => (host.as_str(), run),
+        Work::Notes { rows, boots } => {
+            sqlx::query("SAVEPOINT bf_change").execute(&mut *tx).await?;
+            let written = super::audit::insert_notes(engine, tx, rows, boots).await;
+            if written.is_err() {
+                sqlx::query("ROLLBACK TO bf_change").execute(&mut *tx).await?;
+            }
+            sqlx::query("RELEASE bf_change").execute(&mut *tx).await?;
+            return Ok(written.map(|()| (0, false)));
+        }
+    };
     for _ in 0..MAX_ATTEMPTS {
         let now = crate::serve::util::now_ms();
-        let stored = match read_row(engine, &mut *tx, &job.host).await {
+        let stored = match read_row(engine, &mut *tx, host).await {
             Ok(stored) => stored,
             Err(e) => return Ok(Err(e)), // a failed read wrote nothing
         };
@@ -383,7 +434,7 @@ async fn one(
         let mut st = stored.unwrap_or_default();
         let read_version = st.version;
         let before = (read_version, decides(&st));
-        let step = match run(job, &mut st, now) {
+        let step = match run_change(host, run, &mut st, now) {
             Ok(step) => step,
             Err(e) => return Ok(Err(e)),
         };
@@ -395,8 +446,7 @@ async fn one(
         let d = decides(&st);
         // The change's writes are undone alone if one of them fails, not the batch.
         sqlx::query("SAVEPOINT bf_change").execute(&mut *tx).await?;
-        let written =
-            write(engine, tx, &job.host, &st, existed, read_version, record.as_ref()).await;
+        let written = write(engine, tx, host, &st, existed, read_version, record.as_ref()).await;
         if let Ok(true) = written {
             sqlx::query("RELEASE bf_change").execute(&mut *tx).await?;
             return Ok(Ok((st.version, d)));
@@ -478,7 +528,8 @@ mod tests {
     /// `SELECT COUNT(*)` of `sql` (a constant of this test) with one bound host.
     fn count(store: &Store, sql: &'static str, host: &str) -> i64 {
         let (pool, host) = (store.reader.clone(), host.to_string());
-        store.wait(async move { sqlx::query_scalar(sql).bind(host).fetch_one(&pool).await.unwrap() })
+        store
+            .wait(async move { sqlx::query_scalar(sql).bind(host).fetch_one(&pool).await.unwrap() })
     }
 
     fn version(store: &Store, host: &str) -> i64 {
@@ -510,7 +561,11 @@ mod tests {
                     let h = host.clone();
                     let r = store
                         .change(&host, move |_, _| {
-                            Ok::<_, ()>(Change { value: false, write: true, record: Some(note(&h)) })
+                            Ok::<_, ()>(Change {
+                                value: false,
+                                write: true,
+                                record: Some(note(&h)),
+                            })
                         })
                         .await;
                     r.unwrap().unwrap()
@@ -559,7 +614,7 @@ mod tests {
             true => Step::Write(Some(note(&h))),
             false => Step::Nothing,
         });
-        (Job { host: host.to_string(), run, done }, answer)
+        (Job { work: Work::Change { host: host.to_string(), run }, done }, answer)
     }
 
     /// One batch: a change whose audit record the database refuses fails alone (the batch
@@ -583,13 +638,20 @@ mod tests {
         let (mut batch, _answers): (Vec<_>, Vec<_>) =
             [job("a", true), job("a", true), job("b", false)].into_iter().unzip();
         let got = store.wait(together(engine, &pool, &mut batch)).ok().expect("one transaction");
-        assert_eq!(got.into_iter().map(Result::unwrap).collect::<Vec<_>>(), [(1, false), (2, false), (0, false)]);
+        assert_eq!(
+            got.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
+            [(1, false), (2, false), (0, false)]
+        );
         // With it: the others still commit.
         let (mut batch, _answers): (Vec<_>, Vec<_>) =
             [job("a", true), job("bad", true), job("a", true), job("c", false)].into_iter().unzip();
         let got = store.wait(commit_batch(engine, &pool, &mut batch));
         assert_eq!(got[0].as_ref().unwrap(), &(3, false));
-        assert!(matches!(&got[1], Err(StoreError::Database(m)) if m.contains("disk full")), "{:?}", got[1]);
+        assert!(
+            matches!(&got[1], Err(StoreError::Database(m)) if m.contains("disk full")),
+            "{:?}",
+            got[1]
+        );
         assert_eq!(got[2].as_ref().unwrap(), &(4, false));
         assert_eq!(got[3].as_ref().unwrap(), &(0, false));
         assert_eq!(version(&store, "a"), 4);
