@@ -8,15 +8,20 @@
 //! (up to [`MAX_BATCH`]) and runs them in order inside one `BEGIN IMMEDIATE … COMMIT`:
 //!
 //! - each change is the same read → lifecycle function → compare-and-set → audit insert as on the
-//!   servers (see [`super::hosts`]), its writes inside a `SAVEPOINT`: a change whose write or
-//!   audit record fails is rolled back to its savepoint and answered with that error, and the
-//!   others of the batch carry on and commit;
-//! - a later change in the batch reads what an earlier one wrote (the same connection and
-//!   transaction), so two changes of one host in a batch behave as if committed one after the
-//!   other;
+//!   servers (see [`super::hosts`]), but batched: one read of every host of the batch, the
+//!   functions in order in memory, one write of every changed row (each under its
+//!   compare-and-set), one insert of every audit record (`together`). The cost that mattered
+//!   was less the sync than the round trip to SQLite's worker thread for every statement;
+//! - if any of those statements fails, the transaction is rolled back and the batch runs again
+//!   change by change, each change's writes inside a `SAVEPOINT` (`one_by_one`): the change
+//!   whose write or audit record fails is answered with that error, the others commit;
+//! - a later change of a host in the batch sees what an earlier one wrote, so two changes of one
+//!   host in a batch behave as if committed one after the other;
 //! - no caller is answered before the `COMMIT` returned, i.e. before the log was synced: an
 //!   acknowledged change is durable, with its audit record, exactly as before. A failed `BEGIN`
-//!   or `COMMIT` fails every change of the batch (none was acknowledged, none is stored).
+//!   or `COMMIT` fails every change of the batch (none was acknowledged, none is stored);
+//! - the audit writer's batches of notes ([`Group::notes`]) join the same transactions, instead
+//!   of taking the one writer connection for a sync of their own between the changes' commits.
 //!
 //! The lifecycle function runs on the writer task while the transaction is open, as it did on the
 //! store's runtime before: it must be quick and must not wait. A panic in one is caught and
