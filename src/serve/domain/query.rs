@@ -278,6 +278,59 @@ mod tests {
         assert_eq!(select(&keys, &q(&[("offset", "1"), ("limit", "1")])), (vec![0], 3));
     }
 
+    /// The two-pass sort gives exactly the order of one sort on (key, then name), for every
+    /// key and order, with many ties (as a fleet of idle hosts has).
+    #[test]
+    fn two_pass_sort_is_one_sort_on_key_then_name() {
+        let phases = [Phase::Idle, Phase::Pending, Phase::Failed, Phase::Done];
+        let names: Vec<String> = (0..200).map(|i| format!("h{:03}", (i * 37) % 200)).collect();
+        let keys: Vec<HostKey> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| HostKey {
+                hostname: n,
+                ip: Ipv4Addr::new(10, 0, (i % 3) as u8, (i % 7) as u8),
+                mac: None,
+                vlan: None,
+                profile: [None, Some("a"), Some("b")][i % 3],
+                phase: phases[i % 4],
+                last_boot: (i % 5 != 0).then_some((i % 11) as u64),
+                install_since: (i % 4 != 0).then_some((i % 13) as u64),
+            })
+            .collect();
+        for sort in ["hostname", "ip", "phase", "profile", "last-boot", "install-age"] {
+            for order in ["asc", "desc"] {
+                let query = q(&[("sort", sort), ("order", order), ("limit", "1000")]);
+                let mut want: Vec<usize> = (0..keys.len()).collect();
+                want.sort_by(|&a, &b| {
+                    let (a, b) = (&keys[a], &keys[b]);
+                    let primary = match query.sort {
+                        SortKey::Hostname => Ordering::Equal,
+                        SortKey::Ip => a.ip.cmp(&b.ip),
+                        SortKey::Phase => phase_rank(a.phase).cmp(&phase_rank(b.phase)),
+                        SortKey::Profile => a.profile.cmp(&b.profile),
+                        SortKey::LastBoot => none_last(a.last_boot, b.last_boot, query.desc),
+                        SortKey::InstallAge => {
+                            none_last(a.install_since, b.install_since, !query.desc)
+                        }
+                    };
+                    let primary = match query.sort {
+                        SortKey::LastBoot | SortKey::InstallAge => primary,
+                        _ if query.desc => primary.reverse(),
+                        _ => primary,
+                    };
+                    let by_name = a.hostname.cmp(b.hostname);
+                    primary.then(if query.desc && query.sort == SortKey::Hostname {
+                        by_name.reverse()
+                    } else {
+                        by_name
+                    })
+                });
+                assert_eq!(select(&keys, &query).0, want, "sort={sort} order={order}");
+            }
+        }
+    }
+
     #[test]
     fn bad_parameters_are_named() {
         let bad =
