@@ -245,27 +245,30 @@ pub(crate) async fn list_hosts(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Rep
 fn host_page(svc: &Service, q: &HostQuery) -> Result<Reply, HttpError> {
     let snap = svc.catalog.snapshot();
     refresh_last_boots(svc, &snap);
-    let mut with_state = svc.store.states_blocking()?;
+    // Shared with the store's last read (see `Store::states_blocking`): nothing is copied.
+    let with_state = svc.store.states_blocking()?;
     let nodes = snap.inventory.nodes();
-    let states: Vec<Result<HostState, String>> = nodes
-        .iter()
-        .map(|n| with_state.remove(&n.hostname).unwrap_or_else(|| Ok(HostState::default())))
-        .collect();
-    let boots = svc.last_boot.times();
+    let states: Vec<Option<&Result<HostState, String>>> =
+        nodes.iter().map(|n| with_state.get(&n.hostname)).collect();
+    let boots = svc.last_boot.times_of(nodes.iter().map(|n| n.hostname.as_str()));
+    // MAC addresses are only looked at by the text filter: not formatted for 100,000 hosts
+    // otherwise.
+    let with_mac = q.text.is_some();
     let keys: Vec<HostKey> = nodes
         .iter()
         .zip(&states)
-        .map(|(n, st)| {
-            let st = st.as_ref().ok();
+        .zip(boots)
+        .map(|((n, st), last_boot)| {
+            let st = st.and_then(|s| s.as_ref().ok());
             let flag = st.and_then(|s| s.flag.as_ref());
             HostKey {
                 hostname: &n.hostname,
                 ip: n.ip,
-                mac: n.mac.map(|m| m.to_string()),
+                mac: n.mac.filter(|_| with_mac).map(|m| m.to_string()),
                 vlan: n.vlan,
                 profile: flag.map(|f| f.profile.as_str()).or(n.profile.as_deref()),
                 phase: st.map_or(Phase::Idle, HostState::phase),
-                last_boot: boots.get(&n.hostname).copied(),
+                last_boot,
                 install_since: flag.map(|f| f.set_at),
             }
         })
@@ -275,10 +278,16 @@ fn host_page(svc: &Service, q: &HostQuery) -> Result<Reply, HttpError> {
     for k in &keys {
         *counts.entry(k.phase).or_default() += 1;
     }
+    let idle = HostState::default();
     let hosts: Vec<HostView> = page
         .into_iter()
         .map(|i| {
-            host_view(svc, &snap, &nodes[i].hostname, states[i].as_ref().map_err(Clone::clone))
+            let st = match states[i] {
+                Some(Ok(st)) => Ok(st),
+                Some(Err(e)) => Err(e.clone()),
+                None => Ok(&idle),
+            };
+            host_view(svc, &snap, &nodes[i].hostname, st)
         })
         .collect();
     Ok(Reply::json(&serde_json::json!({

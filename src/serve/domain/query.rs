@@ -105,10 +105,24 @@ pub struct HostKey<'a> {
 }
 
 /// A page: the indices of `keys` to show, in order, and how many matched in all.
+///
+/// The order is the sort key, then the host name (ascending, except for `sort=hostname` in
+/// `desc`). Sorted in two passes: by name, then stably by the sort key alone, which gives the
+/// same order as one sort on both and compares strings only once per pair in the first pass
+/// (a fleet is usually listed in name order already, which that pass finds in one sweep).
 pub fn select(keys: &[HostKey], q: &HostQuery) -> (Vec<usize>, usize) {
     let mut hits: Vec<usize> = (0..keys.len()).filter(|&i| matches(&keys[i], q)).collect();
-    let cmp = |a: &HostKey, b: &HostKey| -> Ordering {
-        let primary = match q.sort {
+    let names_desc = q.desc && q.sort == SortKey::Hostname;
+    hits.sort_by(|&a, &b| {
+        let by_name = keys[a].hostname.cmp(keys[b].hostname);
+        if names_desc {
+            by_name.reverse()
+        } else {
+            by_name
+        }
+    });
+    let primary = |a: &HostKey, b: &HostKey| -> Ordering {
+        match q.sort {
             SortKey::Hostname => Ordering::Equal,
             SortKey::Ip => a.ip.cmp(&b.ip),
             SortKey::Phase => phase_rank(a.phase).cmp(&phase_rank(b.phase)),
@@ -116,20 +130,16 @@ pub fn select(keys: &[HostKey], q: &HostQuery) -> (Vec<usize>, usize) {
             // Oldest first in `asc`; hosts never booted / not installing last in either order.
             SortKey::LastBoot => none_last(a.last_boot, b.last_boot, q.desc),
             SortKey::InstallAge => none_last(a.install_since, b.install_since, !q.desc),
-        };
-        let primary = match q.sort {
-            SortKey::LastBoot | SortKey::InstallAge => primary,
-            _ if q.desc => primary.reverse(),
-            _ => primary,
-        };
-        let by_name = a.hostname.cmp(b.hostname);
-        primary.then(if q.desc && q.sort == SortKey::Hostname {
-            by_name.reverse()
-        } else {
-            by_name
-        })
+        }
     };
-    hits.sort_by(|&a, &b| cmp(&keys[a], &keys[b]));
+    match q.sort {
+        SortKey::Hostname => {}
+        SortKey::LastBoot | SortKey::InstallAge => {
+            hits.sort_by(|&a, &b| primary(&keys[a], &keys[b]))
+        }
+        _ if q.desc => hits.sort_by(|&a, &b| primary(&keys[b], &keys[a])),
+        _ => hits.sort_by(|&a, &b| primary(&keys[a], &keys[b])),
+    }
     let matched = hits.len();
     let page = hits.into_iter().skip(q.offset).take(q.limit).collect();
     (page, matched)
@@ -169,9 +179,21 @@ fn matches(k: &HostKey, q: &HostQuery) -> bool {
     }
     let Some(t) = &q.text else { return true };
     k.hostname.contains(t.as_str())
-        || k.ip.to_string().contains(t.as_str())
+        || contains_ip(k.ip, t)
         || k.mac.as_deref().is_some_and(|m| m.contains(t.as_str()))
         || k.vlan.is_some_and(|v| v.to_string() == *t)
+}
+
+/// Whether `ip`'s dotted form contains `t`, formatted on the stack (this runs for every host
+/// of the fleet on a text search).
+fn contains_ip(ip: Ipv4Addr, t: &str) -> bool {
+    use std::io::Write;
+    let mut buf = [0u8; 15]; // "255.255.255.255"
+    let mut w = &mut buf[..];
+    let [a, b, c, d] = ip.octets();
+    write!(w, "{a}.{b}.{c}.{d}").expect("an IPv4 address fits in 15 bytes");
+    let n = 15 - w.len();
+    std::str::from_utf8(&buf[..n]).is_ok_and(|s| s.contains(t))
 }
 
 /// Filters of `GET /events`: `host`, `event` (e.g. `flag-set`), `by` (a caller's name). Matched
@@ -254,6 +276,59 @@ mod tests {
         assert_eq!(select(&keys, &q(&[("q", "10.0.0.3")])), (vec![0], 1));
         assert_eq!(select(&keys, &q(&[("q", "120")])).1, 3, "VLAN");
         assert_eq!(select(&keys, &q(&[("offset", "1"), ("limit", "1")])), (vec![0], 3));
+    }
+
+    /// The two-pass sort gives exactly the order of one sort on (key, then name), for every
+    /// key and order, with many ties (as a fleet of idle hosts has).
+    #[test]
+    fn two_pass_sort_is_one_sort_on_key_then_name() {
+        let phases = [Phase::Idle, Phase::Pending, Phase::Failed, Phase::Done];
+        let names: Vec<String> = (0..200).map(|i| format!("h{:03}", (i * 37) % 200)).collect();
+        let keys: Vec<HostKey> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| HostKey {
+                hostname: n,
+                ip: Ipv4Addr::new(10, 0, (i % 3) as u8, (i % 7) as u8),
+                mac: None,
+                vlan: None,
+                profile: [None, Some("a"), Some("b")][i % 3],
+                phase: phases[i % 4],
+                last_boot: (i % 5 != 0).then_some((i % 11) as u64),
+                install_since: (i % 4 != 0).then_some((i % 13) as u64),
+            })
+            .collect();
+        for sort in ["hostname", "ip", "phase", "profile", "last-boot", "install-age"] {
+            for order in ["asc", "desc"] {
+                let query = q(&[("sort", sort), ("order", order), ("limit", "1000")]);
+                let mut want: Vec<usize> = (0..keys.len()).collect();
+                want.sort_by(|&a, &b| {
+                    let (a, b) = (&keys[a], &keys[b]);
+                    let primary = match query.sort {
+                        SortKey::Hostname => Ordering::Equal,
+                        SortKey::Ip => a.ip.cmp(&b.ip),
+                        SortKey::Phase => phase_rank(a.phase).cmp(&phase_rank(b.phase)),
+                        SortKey::Profile => a.profile.cmp(&b.profile),
+                        SortKey::LastBoot => none_last(a.last_boot, b.last_boot, query.desc),
+                        SortKey::InstallAge => {
+                            none_last(a.install_since, b.install_since, !query.desc)
+                        }
+                    };
+                    let primary = match query.sort {
+                        SortKey::LastBoot | SortKey::InstallAge => primary,
+                        _ if query.desc => primary.reverse(),
+                        _ => primary,
+                    };
+                    let by_name = a.hostname.cmp(b.hostname);
+                    primary.then(if query.desc && query.sort == SortKey::Hostname {
+                        by_name.reverse()
+                    } else {
+                        by_name
+                    })
+                });
+                assert_eq!(select(&keys, &query).0, want, "sort={sort} order={order}");
+            }
+        }
     }
 
     #[test]

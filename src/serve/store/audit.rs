@@ -49,7 +49,7 @@ struct Line<'a> {
 
 /// One row of the `audit` table, ready to insert.
 #[derive(Clone)]
-struct Stored {
+pub(crate) struct Stored {
     ms: u64,
     event: String,
     host: Option<String>,
@@ -95,6 +95,22 @@ pub(crate) async fn insert(
         put_last_boot(engine, conn, host, now, &row.record).await?;
     }
     insert_rows(engine, conn, &[row]).await
+}
+
+/// [`insert`] for several records, each made at its own time, in order: one statement for the
+/// records (SQLite's group commit, see [`super::group`]).
+pub(crate) async fn insert_many(
+    engine: Engine,
+    conn: &mut sqlx::AnyConnection,
+    events: &[(u64, &Event)],
+) -> Result<(), StoreError> {
+    let rows: Vec<Stored> = events.iter().map(|&(now, e)| Stored::of(e, now)).collect();
+    for (&(now, event), row) in events.iter().zip(&rows) {
+        if let Some(host) = verified_boot(event) {
+            put_last_boot(engine, conn, host, now, &row.record).await?;
+        }
+    }
+    insert_rows(engine, conn, &rows).await
 }
 
 /// Rows per INSERT statement (PostgreSQL takes at most 65,535 bound values per statement).
@@ -508,24 +524,33 @@ fn verified_boot(event: &Event) -> Option<&str> {
     }
 }
 
+/// The last boots a batch of notes holds, by host: (time, record).
+pub(crate) type Boots = HashMap<String, (u64, String)>;
+
 /// Inserts one batch (and the last boots it holds) in one transaction.
 async fn write_batch(
     engine: Engine,
     pool: sqlx::AnyPool,
     rows: Vec<Stored>,
-    boots: HashMap<String, (u64, String)>,
+    boots: Boots,
 ) -> Result<(), StoreError> {
     let mut tx = engine.begin(&pool).await?;
-    insert_rows(engine, &mut tx, &rows).await?;
-    for (host, (ms, record)) in boots {
-        sqlx::query(engine.sql(engine.upsert_last_boot()))
-            .bind(host)
-            .bind(ms as i64)
-            .bind(record)
-            .execute(&mut *tx)
-            .await?;
-    }
+    insert_notes(engine, &mut tx, &rows, &boots).await?;
     tx.commit().await?;
+    Ok(())
+}
+
+/// Inserts a batch of notes and its last boots in the caller's transaction.
+pub(crate) async fn insert_notes(
+    engine: Engine,
+    conn: &mut sqlx::AnyConnection,
+    rows: &[Stored],
+    boots: &Boots,
+) -> Result<(), StoreError> {
+    insert_rows(engine, conn, rows).await?;
+    for (host, (ms, record)) in boots {
+        put_last_boot(engine, conn, host, *ms, record).await?;
+    }
     Ok(())
 }
 
@@ -535,13 +560,20 @@ const NOTE_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Inserts one batch, trying again every second while the database is unavailable (down,
 /// locked), for up to [`NOTE_RETRY`].
-fn store_batch(store: &Store, rows: Vec<Stored>, boots: HashMap<String, (u64, String)>) {
+fn store_batch(store: &Store, rows: Vec<Stored>, boots: Boots) {
     let started = std::time::Instant::now();
     let mut logged = false;
     loop {
         let (engine, pool) = (store.engine, store.writer.clone());
         let (r, b) = (rows.clone(), boots.clone());
-        match store.wait(write_batch(engine, pool, r, b)) {
+        // On SQLite, through the group writer: the notes share the commit (and its sync) of the
+        // changes committed with them, instead of taking the one writer connection for a
+        // commit of their own.
+        let written = match &store.group {
+            Some(group) => store.wait(group.notes(r, b)),
+            None => store.wait(write_batch(engine, pool, r, b)),
+        };
+        match written {
             Ok(()) => return,
             Err(StoreError::Unavailable(e)) if started.elapsed() < NOTE_RETRY => {
                 if !logged {
@@ -725,10 +757,11 @@ impl LastBoots {
         }
     }
 
-    /// Every host's last verified boot time, for sorting the fleet.
-    pub fn times(&self) -> HashMap<String, u64> {
+    /// Each of `hosts`' last verified boot time, in order, for sorting the fleet (one look under
+    /// the lock, no copy of the map).
+    pub fn times_of<'a>(&self, hosts: impl IntoIterator<Item = &'a str>) -> Vec<Option<u64>> {
         let boots = self.boots.lock().unwrap_or_else(|p| p.into_inner());
-        boots.iter().map(|(h, b)| (h.clone(), b.at)).collect()
+        hosts.into_iter().map(|h| boots.get(h).map(|b| b.at)).collect()
     }
 
     /// The host's last verified boot as of the last [`LastBoots::refresh`].

@@ -114,6 +114,22 @@ impl Engine {
         }
     }
 
+    /// A one-row summary of the `hosts` table: rows, and the sums of their versions and update
+    /// times, each a BIGINT (see [`super::hosts::Fingerprint`]).
+    pub fn hosts_fingerprint_sql(self) -> &'static str {
+        match self {
+            Engine::Sqlite | Engine::Postgres => {
+                "SELECT COUNT(*), CAST(COALESCE(SUM(version), 0) AS BIGINT), \
+                 CAST(COALESCE(SUM(updated_ms), 0) AS BIGINT) FROM hosts"
+            }
+            // MariaDB casts to SIGNED, not BIGINT.
+            Engine::Mysql => {
+                "SELECT COUNT(*), CAST(COALESCE(SUM(version), 0) AS SIGNED), \
+                 CAST(COALESCE(SUM(updated_ms), 0) AS SIGNED) FROM hosts"
+            }
+        }
+    }
+
     /// Records a host's boot unless a newer one is recorded: binds (host, ms, record).
     pub fn upsert_last_boot(self) -> &'static str {
         match self {
@@ -253,9 +269,21 @@ impl Engine {
 /// A SQLite pool whose connections wait for the lock instead of failing, use the write-ahead
 /// log (readers never block the writer), and sync every commit (`synchronous=FULL`: a change the
 /// service acknowledged survives a power cut, not only a crash).
+///
+/// `synchronous=FULL` is what makes an acknowledged change durable: in WAL mode, `NORMAL` syncs
+/// the log only at checkpoints, so the last commits before a power cut would be lost although
+/// their callers were answered. Group commit ([`super::group`]) is what keeps this affordable:
+/// one sync acknowledges every change committed together.
+///
+/// No test before each acquire: the connection is a file handle in this process, not a socket
+/// that may have died, and the test is one more round trip to SQLite's worker thread for every
+/// query.
 fn sqlite_pool(size: u32) -> AnyPoolOptions {
-    AnyPoolOptions::new().max_connections(size).acquire_timeout(ACQUIRE_TIMEOUT).after_connect(
-        |conn, _| {
+    AnyPoolOptions::new()
+        .max_connections(size)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .test_before_acquire(false)
+        .after_connect(|conn, _| {
             Box::pin(async move {
                 use sqlx::Executor;
                 conn.execute(
@@ -265,8 +293,7 @@ fn sqlite_pool(size: u32) -> AnyPoolOptions {
                 .await?;
                 Ok(())
             })
-        },
-    )
+        })
 }
 
 /// Whether `e` means another writer got there first: a unique key taken (two first writes of one

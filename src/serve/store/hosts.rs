@@ -44,6 +44,9 @@ pub struct Deciding {
     known: bool,
     /// When the last full read succeeded.
     scanned: Option<Instant>,
+    /// The hosts table's [`Fingerprint`] taken just before the last full read: while it is the
+    /// same, no row changed since, and [`Store::poll`] need not read the set again.
+    scanned_at: Option<Fingerprint>,
     /// Hosts this process's own commits made deciding, with when: a full read whose query ran
     /// before such a commit must not drop them (kept for [`RECENT`]).
     recent: HashMap<String, Instant>,
@@ -135,6 +138,7 @@ impl Deciding {
         self.hosts.extend(self.recent.keys().cloned());
         self.known = true;
         self.scanned = Some(Instant::now());
+        self.scanned_at = None; // unknown here: the caller that took one sets it
     }
 
     fn scanned_within(&self, d: Duration) -> bool {
@@ -169,14 +173,14 @@ pub fn decides(st: &HostState) -> bool {
     st.flag.is_some() || st.unclosed_window().is_some()
 }
 
-fn parse(name: &str, json: &str) -> Result<HostState, StoreError> {
+pub(crate) fn parse(name: &str, json: &str) -> Result<HostState, StoreError> {
     serde_json::from_str(json).map_err(|e| {
         StoreError::Database(format!("the stored state of {name} does not parse: {e}"))
     })
 }
 
 /// One host's row, read inside `exec`'s transaction or pool.
-async fn read_row(
+pub(crate) async fn read_row(
     engine: Engine,
     exec: impl sqlx::Executor<'_, Database = sqlx::Any>,
     host: &str,
@@ -209,12 +213,29 @@ impl Store {
         self.wait(async move { Ok(read_row(engine, &pool, &host).await?.unwrap_or_default()) })
     }
 
-    /// Every stored state, by host (one query, for the fleet view); a row that does not parse
-    /// is reported as its own error, the others are listed all the same. Blocks.
-    pub fn states_blocking(&self) -> Result<States, StoreError> {
+    /// Every stored state, by host (for the fleet view); a row that does not parse is reported as
+    /// its own error, the others are listed all the same. Blocks.
+    ///
+    /// Answered from the last read while the table's [`Fingerprint`] (one query of one row) is
+    /// the same, so the fleet page of a large fleet does not read and parse every row on every
+    /// request; otherwise every row is read again, and only rows whose version, time or length
+    /// changed are parsed again. Never staler than the fingerprint query, which runs on every
+    /// call: a change committed by any replica before it is seen.
+    pub fn states_blocking(&self) -> Result<Arc<States>, StoreError> {
         self.available()?;
-        let pool = self.reader.clone();
-        self.wait(async move { all_states(&pool).await })
+        let (pool, engine) = (self.reader.clone(), self.engine);
+        let mut cache = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let cached = cache.clone();
+        let fresh = self.wait(async move {
+            let now = fingerprint(engine, &pool).await?;
+            match cached {
+                Some(c) if c.fingerprint == now => Ok(c),
+                old => all_states(&pool, old.as_ref()).await,
+            }
+        })?;
+        let states = fresh.states.clone();
+        *cache = Some(fresh);
+        Ok(states)
     }
 
     /// Whether `host`'s state may decide its boot: `false` means the boot is local without a
@@ -237,17 +258,26 @@ impl Store {
     /// The reload thread's look at other replicas' commits, every 100 ms: a full read of the
     /// deciding set ([`Store::rescan`]), except on PostgreSQL while its listener is connected,
     /// where notifications keep the set current and a full read is made only every
-    /// [`LISTENING_RESCAN`].
+    /// [`LISTENING_RESCAN`]. Otherwise the full read is skipped while the hosts table's
+    /// [`Fingerprint`] (one row) is the one taken before the last full read, i.e. while no row
+    /// changed (still made every [`LISTENING_RESCAN`], as a safety net): reading 10,000 flagged
+    /// hosts ten times a second cost a large share of a core.
     pub fn poll(&self) {
         let listening = self.listening.load(std::sync::atomic::Ordering::SeqCst);
-        if listening
-            && self
-                .deciding
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .scanned_within(LISTENING_RESCAN)
-        {
+        let (recent, last) = {
+            let d = self.deciding.read().unwrap_or_else(|p| p.into_inner());
+            (d.scanned_within(LISTENING_RESCAN), d.scanned_at)
+        };
+        if recent && listening {
             return;
+        }
+        if recent && last.is_some() && self.available().is_ok() {
+            let (pool, engine) = (self.reader.clone(), self.engine);
+            if let Ok(now) = self.wait(async move { fingerprint(engine, &pool).await }) {
+                if Some(now) == last {
+                    return;
+                }
+            }
         }
         self.rescan();
     }
@@ -260,8 +290,17 @@ impl Store {
             return; // the monitor re-reads the set when the database is back
         }
         let (pool, engine) = (self.reader.clone(), self.engine);
-        match self.wait(async move { scan_deciding(engine, &pool).await }) {
-            Ok(scan) => self.deciding.write().unwrap_or_else(|p| p.into_inner()).replace(scan),
+        // The fingerprint first: a commit between the two makes the next poll read again.
+        let read = self.wait(async move {
+            let before = fingerprint(engine, &pool).await?;
+            Ok::<_, StoreError>((before, scan_deciding(engine, &pool).await?))
+        });
+        match read {
+            Ok((before, scan)) => {
+                let mut d = self.deciding.write().unwrap_or_else(|p| p.into_inner());
+                d.replace(scan);
+                d.scanned_at = Some(before);
+            }
             Err(e) => {
                 tracing::warn!("cannot read which hosts are flagged: {e}");
                 if matches!(e, StoreError::Unavailable(_)) {
@@ -296,8 +335,21 @@ impl Store {
         // Joins the deciding set before the commit, so no reader of this process can miss it;
         // left again below if the state that committed cannot decide a boot.
         self.deciding.write().unwrap_or_else(|p| p.into_inner()).joining(host);
-        let (pool, engine, name) = (self.writer.clone(), self.engine, host.to_string());
-        let result = self.run(transact(pool, engine, name, change)).await;
+        let result = match &self.group {
+            // SQLite: through the group writer, whose answer always says what is stored.
+            Some(group) => {
+                let queued = group.change(host, change);
+                let result = queued.await.map(|(value, at)| (value, Some(at)));
+                if let Err(StoreError::Unavailable(_)) = &result {
+                    self.health.suspect();
+                }
+                result
+            }
+            None => {
+                let (pool, engine, name) = (self.writer.clone(), self.engine, host.to_string());
+                self.run(transact(pool, engine, name, change)).await
+            }
+        };
         let news = match &result {
             Ok((_, Some((version, decides)))) => {
                 Some(News { host: host.to_string(), version: *version, decides: *decides })
@@ -322,15 +374,69 @@ impl Store {
 /// Every stored state by host, each parsed or the reason it does not parse.
 pub type States = HashMap<String, Result<HostState, String>>;
 
-async fn all_states(pool: &AnyPool) -> Result<States, StoreError> {
-    let rows = sqlx::query("SELECT name, state FROM hosts").fetch_all(pool).await?;
-    let mut out = HashMap::with_capacity(rows.len());
+/// A summary of the whole `hosts` table that changes with every committed change: the number
+/// of rows and the sums of their versions and update times.
+///
+/// Why it is enough to tell "nothing changed": every write through the store adds one to its
+/// row's version (so the sum of versions grows with each commit, on every replica), and no row
+/// is deleted while the service runs (`state import` and `state copy` only fill an empty
+/// database). The times are there for rows rewritten behind the store's back; such an edit
+/// that keeps both a row's version and its time is not seen until the next change (the state's
+/// length was summed too at first: that read every state and cost more than the rest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Fingerprint {
+    rows: i64,
+    versions: i64,
+    times: i64,
+}
+
+impl Fingerprint {
+    fn add(&mut self, version: i64, time: i64) {
+        self.rows += 1;
+        self.versions = self.versions.wrapping_add(version);
+        self.times = self.times.wrapping_add(time);
+    }
+}
+
+/// The table's fingerprint now.
+pub(crate) async fn fingerprint(engine: Engine, pool: &AnyPool) -> Result<Fingerprint, StoreError> {
+    let r = sqlx::query(engine.hosts_fingerprint_sql()).fetch_one(pool).await?;
+    Ok(Fingerprint { rows: r.try_get(0)?, versions: r.try_get(1)?, times: r.try_get(2)? })
+}
+
+/// The last full read of the hosts' states, with the fingerprint of the rows it read and what
+/// each row's state was parsed from (version, time, length in bytes).
+#[derive(Clone)]
+pub struct StatesRead {
+    fingerprint: Fingerprint,
+    states: Arc<States>,
+    parsed_from: Arc<HashMap<String, (i64, i64, usize)>>,
+}
+
+/// Reads every row; a row whose version, time and length are those of `old`'s is not parsed
+/// again. The fingerprint is summed from the rows read, so it describes exactly this read.
+async fn all_states(pool: &AnyPool, old: Option<&StatesRead>) -> Result<StatesRead, StoreError> {
+    let rows =
+        sqlx::query("SELECT name, version, updated_ms, state FROM hosts").fetch_all(pool).await?;
+    let mut fingerprint = Fingerprint::default();
+    let mut states = HashMap::with_capacity(rows.len());
+    let mut parsed_from = HashMap::with_capacity(rows.len());
     for r in rows {
         let name: String = r.try_get(0)?;
-        let st = parse(&name, &r.try_get::<String, _>(1)?).map_err(|e| e.to_string());
-        out.insert(name, st);
+        let text: &str = r.try_get(3)?;
+        let key: (i64, i64, usize) = (r.try_get(1)?, r.try_get(2)?, text.len());
+        fingerprint.add(key.0, key.1);
+        let kept = old
+            .filter(|o| o.parsed_from.get(&name) == Some(&key))
+            .and_then(|o| o.states.get(&name).cloned());
+        let st = match kept {
+            Some(st) => st,
+            None => parse(&name, text).map_err(|e| e.to_string()),
+        };
+        parsed_from.insert(name.clone(), key);
+        states.insert(name, st);
     }
-    Ok(out)
+    Ok(StatesRead { fingerprint, states: Arc::new(states), parsed_from: Arc::new(parsed_from) })
 }
 
 /// The body of [`Store::change`]: returns the caller's value and, when a state was written,
@@ -462,6 +568,48 @@ mod tests {
 
     fn news(host: &str, version: u64, decides: bool) -> News {
         News { host: host.into(), version, decides }
+    }
+
+    /// The fleet's cached read is never staler than the database: a change through the store,
+    /// and a row written behind its back (as another replica's commit looks from here), are
+    /// both seen by the next read; an unchanged table is answered from the cache.
+    #[test]
+    fn the_states_cache_follows_every_commit() {
+        use crate::serve::domain::event::Event;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&Store::default_url(dir.path()), None).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let set = |host: &'static str| {
+            rt.block_on(store.change(host, move |st, now| {
+                st.flag = None;
+                st.updated_at = now;
+                let record = Event::ChangeNotApplied { host: host.into(), after: "test" };
+                Ok::<_, ()>(Change { value: (), write: true, record: Some(record) })
+            }))
+            .unwrap()
+            .unwrap()
+        };
+        set("a");
+        let first = store.states_blocking().unwrap();
+        assert_eq!(first["a"].as_ref().unwrap().version, 1);
+        let again = store.states_blocking().unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "nothing changed: the same read");
+        set("a");
+        set("b");
+        let next = store.states_blocking().unwrap();
+        assert_eq!(next["a"].as_ref().unwrap().version, 2);
+        assert_eq!(next["b"].as_ref().unwrap().version, 1);
+        // Another writer's commit (as a replica's would be): version bumped, state replaced.
+        let pool = store.writer.clone();
+        store.wait(async move {
+            sqlx::query("UPDATE hosts SET version = 3, state = '{ not json' WHERE name = 'b'")
+                .execute(&pool)
+                .await
+                .unwrap()
+        });
+        let seen = store.states_blocking().unwrap();
+        assert!(seen["b"].as_ref().unwrap_err().contains("does not parse"), "{:?}", seen["b"]);
+        assert_eq!(seen["a"].as_ref().unwrap().version, 2);
     }
 
     #[test]

@@ -316,7 +316,8 @@ pub fn copy(from: &Store, to: &Store, mut progress: impl FnMut(u64)) -> anyhow::
         Err(e) => return Err(e.into()),
     };
     let mut states = Vec::new();
-    for (host, st) in from.states_blocking()? {
+    for (host, st) in from.states_blocking()?.iter() {
+        let (host, st) = (host.clone(), st.clone());
         let st = st.map_err(|e| {
             anyhow::anyhow!("{e}: fix that row in {} first (nothing was copied)", from.shown())
         })?;

@@ -30,6 +30,7 @@
 
 pub mod audit;
 pub mod engine;
+pub mod group;
 pub mod guard;
 pub mod health;
 pub mod hosts;
@@ -106,6 +107,11 @@ pub struct Store {
     /// Writes (on SQLite a single connection) and reads (the same pool on the servers).
     writer: AnyPool,
     reader: AnyPool,
+    /// SQLite's group writer, which commits the changes queued together in one transaction
+    /// (see [`group`]); `None` on the servers and for read-only stores.
+    group: Option<group::Group>,
+    /// The last full read of the hosts' states (see [`Store::states_blocking`]).
+    states: std::sync::Mutex<Option<hosts::StatesRead>>,
     /// Hosts whose state may decide a boot: see [`Store::may_decide`].
     deciding: hosts::SharedDeciding,
     /// Whether the database answers (always for SQLite): see [`health`].
@@ -257,6 +263,10 @@ impl Store {
                 }
             }
         }
+        let group = (engine == Engine::Sqlite && access != Access::Read).then(|| {
+            let _guard = runtime.enter();
+            group::Group::start(engine, writer.clone())
+        });
         let deciding = hosts::SharedDeciding::default();
         let health = Arc::new(health::Health::new(up));
         let listening = Arc::new(AtomicBool::new(false));
@@ -290,6 +300,8 @@ impl Store {
             engine,
             writer,
             reader,
+            group,
+            states: Default::default(),
             deciding,
             health,
             listening,
