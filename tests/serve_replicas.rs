@@ -802,3 +802,31 @@ fn replicas_decide_windows_by_the_database_clock() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// On PostgreSQL the wait can come after a boot's decision is made: here the host's row is
+/// locked by another session for 4 s, so the decision's UPDATE waits past the 3 s deadline and
+/// the node boots its disk. The transaction must then roll back, not commit a first-answer
+/// install "opened and ended" for a node that never got the chain: the flag stays set.
+#[test]
+fn a_boot_decision_past_the_deadline_is_rolled_back_on_postgres() {
+    let pg = Postgres::start();
+    let site = site();
+    let a = Replica::start(site.path(), &pg.url(), false);
+    assert_eq!(a.flag("h070", "e2e-once").status, 200);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            pg.sql(
+                "BEGIN; SELECT name FROM hosts WHERE name = 'h070' FOR UPDATE; \
+                 SELECT pg_sleep(4); COMMIT;",
+            )
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let body = a.boot("h070");
+        assert!(body.contains(BUSY), "past the deadline the node boots its disk: {body}");
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let h = call("GET", &a.url("/hosts/h070"), Some(READ_TOKEN), None).json();
+    assert_eq!(h["flagged"], true, "the late decision was not committed: {h}");
+    assert!(h["flag"]["install"]["opened_at"].is_null(), "no install opened: {h}");
+    assert!(is_install(&a.boot("h070")), "the next boot gets the chain");
+}

@@ -172,7 +172,7 @@ pub(crate) async fn boot(svc: &Arc<Service>, req: &Arc<Req>, raw: Option<String>
     let r = req.clone();
     let name = host.clone();
     let too_late = deadline.into_std();
-    let changed = svc.change(&name, move |svc, st, now| {
+    let changed = svc.change_until(&name, Some(too_late), move |svc, st, now| {
         let snap = svc.catalog.snapshot();
         let q = BootQuery::parse(&r);
         // Past the deadline the node has been told to boot its disk: a decision made now

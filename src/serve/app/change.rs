@@ -27,6 +27,19 @@ impl Service {
     pub async fn change<T: Send + 'static>(
         self: &Arc<Self>,
         host: &str,
+        change: impl FnMut(&Service, &mut HostState, u64) -> Result<Change<T>, HttpError>
+            + Send
+            + 'static,
+    ) -> Result<T, HttpError> {
+        self.change_until(host, None, change).await
+    }
+
+    /// [`Service::change`] for a caller that stops waiting at `deadline`: see
+    /// [`crate::serve::store::Store::change_until`].
+    pub async fn change_until<T: Send + 'static>(
+        self: &Arc<Self>,
+        host: &str,
+        deadline: Option<std::time::Instant>,
         mut change: impl FnMut(&Service, &mut HostState, u64) -> Result<Change<T>, HttpError>
             + Send
             + 'static,
@@ -37,7 +50,7 @@ impl Service {
         let host_name = host.to_string();
         let outcome = self
             .store
-            .change(host, move |st, now| {
+            .change_until(host, deadline, move |st, now| {
                 let c = change(&svc, st, now)?;
                 if !c.write {
                     if let Some(record) = &c.record {

@@ -328,6 +328,25 @@ impl Store {
         T: Send + 'static,
         E: Send + 'static,
     {
+        self.change_until(host, None, change).await
+    }
+
+    /// [`Store::change`] for a caller that stops waiting at `deadline` (a node's boot): on
+    /// PostgreSQL and MariaDB the transaction is rolled back rather than committed once the
+    /// deadline has passed (`Err(Busy)`), so a decision nobody received is not written. The
+    /// COMMIT itself, sent before the deadline, can still land after it. On SQLite the group
+    /// writer takes the file's lock before any change runs, so a change that checks the
+    /// deadline itself (first thing) needs no more.
+    pub async fn change_until<T, E>(
+        &self,
+        host: &str,
+        deadline: Option<std::time::Instant>,
+        change: impl FnMut(&mut HostState, u64) -> Result<Change<T>, E> + Send + 'static,
+    ) -> Result<Result<T, E>, StoreError>
+    where
+        T: Send + 'static,
+        E: Send + 'static,
+    {
         if host.len() > MAX_STORED_NAME {
             return Err(StoreError::NameTooLong);
         }
@@ -347,7 +366,7 @@ impl Store {
             }
             None => {
                 let (pool, engine, name) = (self.writer.clone(), self.engine, host.to_string());
-                self.run(transact(pool, engine, name, change)).await
+                self.run(transact(pool, engine, name, deadline, change)).await
             }
         };
         let news = match &result {
@@ -445,6 +464,7 @@ async fn transact<T, E>(
     pool: AnyPool,
     engine: Engine,
     host: String,
+    deadline: Option<std::time::Instant>,
     mut change: impl FnMut(&mut HostState, u64) -> Result<Change<T>, E>,
 ) -> Result<(Result<T, E>, Option<(u64, bool)>), StoreError> {
     let mut pause = Duration::from_millis(2);
@@ -521,6 +541,12 @@ async fn transact<T, E>(
                     .bind(news.payload())
                     .execute(&mut *tx)
                     .await?;
+            }
+            // The caller stopped waiting (the row lock or the inserts took too long): nobody
+            // will act on this decision, so it must not be stored.
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                tx.rollback().await?;
+                return Err(StoreError::Busy);
             }
             match tx.commit().await {
                 Ok(()) => return Ok((Ok(value), Some((st.version, d)))),
