@@ -335,7 +335,7 @@ fn import_runs_the_service_checks_before_it_writes() {
     assert!(err.contains("--profiles"), "{err}");
     let err = failed(&bootforge(&[&base[..], &["--profiles", PROFILES]].concat(), d));
     assert!(err.contains("n1 (line 2) has no `server` column"), "{err}");
-    assert!(err.contains("nothing was imported"), "{err}");
+    assert!(err.contains("Nothing was imported"), "{err}");
     let out = bootforge(&["inventory", "export", "--state-dir", "st"], d);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(!out.status.success() && !stdout.contains("n1"), "nothing was written: {out:?}");

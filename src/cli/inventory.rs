@@ -173,7 +173,9 @@ fn import(file: &Path, url: &str, sources: &Sources, expect: Option<u64>) -> any
     };
     // The service's own checks, as a reload of `serve` runs them.
     if let Err(e) = check_offline(sources, &inv) {
-        anyhow::bail!("{e:#}; nothing was imported");
+        anyhow::bail!(
+            "{e:#}. (`inventory import` checks against the --profiles and --public-url given, as the service would against its own.) Nothing was imported"
+        );
     }
     let store = Store::connect(url)?;
     let current = store.inventory_version_blocking()?;
