@@ -11,6 +11,10 @@ node01,10.20.0.11/24,10.20.0.1,10.20.0.2,52:54:00:12:34:56,,harvester,\"rack 1, 
 node02,10.20.0.12/24,10.20.0.1,,52:54:00:12:34:57,120,harvester,\n\
 node03,10.20.0.13/24,,,,,,3rd\n";
 
+/// The profiles and base URL imports are checked against (as `serve` would check them).
+const PROFILES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/profiles");
+const URL: &str = "http://10.20.0.5:8080";
+
 fn bootforge(args: &[&str], dir: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_bootforge"))
         .args(args)
@@ -49,7 +53,20 @@ fn import_then_export_round_trips_and_bad_input_changes_nothing() {
     // Nothing to export from a database without an inventory.
     let err = failed(&bootforge(&["inventory", "export", "--state-dir", "st"], d));
     assert!(err.contains("no database at"), "{err}");
-    let out = ok(&bootforge(&["inventory", "import", "nodes.csv", "--state-dir", "st"], d));
+    let out = ok(&bootforge(
+        &[
+            "inventory",
+            "import",
+            "nodes.csv",
+            "--state-dir",
+            "st",
+            "--profiles",
+            PROFILES,
+            "--public-url",
+            URL,
+        ],
+        d,
+    ));
     assert!(out.contains("imported 3 nodes") && out.contains("version 1"), "{out}");
     assert_eq!(export(d), NODES, "the same text, as this file has no comment or odd quoting");
     // -o writes a file (and nothing to stdout); the version is said on stderr.
@@ -69,9 +86,33 @@ fn import_then_export_round_trips_and_bad_input_changes_nothing() {
     // A database that holds an inventory is replaced only against its version.
     let changed = NODES.replace("rack 1, top", "rack 2, low");
     std::fs::write(d.join("changed.csv"), &changed).unwrap();
-    let err = failed(&bootforge(&["inventory", "import", "changed.csv", "--state-dir", "st"], d));
+    let err = failed(&bootforge(
+        &[
+            "inventory",
+            "import",
+            "changed.csv",
+            "--state-dir",
+            "st",
+            "--profiles",
+            PROFILES,
+            "--public-url",
+            URL,
+        ],
+        d,
+    ));
     assert!(err.contains("--expect-version 1"), "{err}");
-    let args = ["inventory", "import", "changed.csv", "--state-dir", "st", "--expect-version"];
+    let args = [
+        "inventory",
+        "import",
+        "changed.csv",
+        "--state-dir",
+        "st",
+        "--profiles",
+        PROFILES,
+        "--public-url",
+        URL,
+        "--expect-version",
+    ];
     let err = failed(&bootforge(&[&args[..], &["0"]].concat(), d));
     assert!(err.contains("at version 1, not 0") && err.contains("Nothing was imported"), "{err}");
     assert_eq!(export(d), NODES);
@@ -79,7 +120,19 @@ fn import_then_export_round_trips_and_bad_input_changes_nothing() {
     // An invalid file: every error by line and column; nothing changes.
     let bad = NODES.replace("10.20.0.12/24", "10.20.0.300/24").replace("node03", "node_03");
     std::fs::write(d.join("bad.csv"), bad).unwrap();
-    let args = ["inventory", "import", "bad.csv", "--state-dir", "st", "--expect-version", "1"];
+    let args = [
+        "inventory",
+        "import",
+        "bad.csv",
+        "--state-dir",
+        "st",
+        "--profiles",
+        PROFILES,
+        "--public-url",
+        URL,
+        "--expect-version",
+        "1",
+    ];
     let err = failed(&bootforge(&args, d));
     assert!(err.contains("bad.csv:3: column ip"), "{err}");
     assert!(err.contains("bad.csv:4: column hostname"), "{err}");
@@ -118,10 +171,36 @@ fn build_and_check_from_the_database_match_the_csv() {
     assert!(err.contains("no database at"), "{err}");
     // An invalid file is refused before the database is even opened.
     std::fs::write(d.join("bad.csv"), "hostname,ip\nn1,10.0.0.300/24\n").unwrap();
-    let err = failed(&bootforge(&["inventory", "import", "bad.csv", "--state-dir", "st"], d));
+    let err = failed(&bootforge(
+        &[
+            "inventory",
+            "import",
+            "bad.csv",
+            "--state-dir",
+            "st",
+            "--profiles",
+            PROFILES,
+            "--public-url",
+            URL,
+        ],
+        d,
+    ));
     assert!(err.contains("bad.csv:2: column ip"), "{err}");
     assert!(!d.join("st").exists());
-    ok(&bootforge(&["inventory", "import", "nodes.csv", "--state-dir", "st"], d));
+    ok(&bootforge(
+        &[
+            "inventory",
+            "import",
+            "nodes.csv",
+            "--state-dir",
+            "st",
+            "--profiles",
+            PROFILES,
+            "--public-url",
+            URL,
+        ],
+        d,
+    ));
     let out = ok(&bootforge(&["check", "--state-dir", "st"], d));
     assert!(out.contains("3 nodes valid (2 with MAC, 1 on a VLAN, 2 with a profile)"), "{out}");
 
@@ -216,7 +295,20 @@ fn serve_takes_its_inventory_from_the_database_unless_given_a_file() {
     let log = serve_log(d, &db);
     assert!(log.contains("nodes=0"), "{log}");
     assert!(log.contains("the database holds no inventory yet"), "{log}");
-    ok(&bootforge(&["inventory", "import", "two.csv", "--state-dir", "st"], d));
+    ok(&bootforge(
+        &[
+            "inventory",
+            "import",
+            "two.csv",
+            "--state-dir",
+            "st",
+            "--profiles",
+            PROFILES,
+            "--public-url",
+            URL,
+        ],
+        d,
+    ));
     let log = serve_log(d, &db);
     assert!(log.contains("nodes=2"), "{log}");
     assert!(!log.contains("ignores"), "{log}");
@@ -228,4 +320,26 @@ fn serve_takes_its_inventory_from_the_database_unless_given_a_file() {
         1,
         "{log}"
     );
+}
+
+/// `inventory import` runs the checks `serve` runs at start and at each reload (a `server`
+/// column on every row when there is no `--public-url`), so it never stores an inventory that
+/// every replica then refuses; and it needs `--profiles` to run them.
+#[test]
+fn import_runs_the_service_checks_before_it_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("n.csv"), "hostname,ip\nn1,10.0.0.11/24\n").unwrap();
+    let base = ["inventory", "import", "n.csv", "--state-dir", "st"];
+    let err = failed(&bootforge(&base, d));
+    assert!(err.contains("--profiles"), "{err}");
+    let err = failed(&bootforge(&[&base[..], &["--profiles", PROFILES]].concat(), d));
+    assert!(err.contains("n1 (line 2) has no `server` column"), "{err}");
+    assert!(err.contains("Nothing was imported"), "{err}");
+    let out = bootforge(&["inventory", "export", "--state-dir", "st"], d);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!out.status.success() && !stdout.contains("n1"), "nothing was written: {out:?}");
+    // With the URL the service would use, the same file is fine.
+    ok(&bootforge(&[&base[..], &["--profiles", PROFILES, "--public-url", URL]].concat(), d));
+    assert_eq!(export(d), "hostname,ip\nn1,10.0.0.11/24\n");
 }

@@ -1,9 +1,16 @@
 //! `bootforge inventory import|export`: the inventory in the service's database, in and out as
-//! CSV; and where `check`, `build` and `script` read their nodes from (a CSV, or the database).
+//! CSV; and where `check` and `build` read their nodes from (a CSV, or the database; `script`
+//! reads only a CSV).
+//!
+//! An import runs the service's own checks (the `serve` reload's: a `server` column on every
+//! row without `--public-url`, every row's profile templates render) against the profiles
+//! named, before it writes: the database inventory is every replica's, and one that they refuse
+//! would leave each replica that restarts with no hosts.
 
 use crate::inventory::{Inventory, MAX_REPORTED_ERRORS};
 use crate::serve::domain::actor::{Actor, Role, Via};
 use crate::serve::domain::event::Event;
+use crate::serve::inputs::catalog::{check_offline, InventorySource, Sources};
 use crate::serve::store::inventory::{Replace, WriteError};
 use crate::serve::store::Store;
 use std::io::Write;
@@ -14,11 +21,12 @@ Examples:
   # Move the inventory from a file into the database, then start `serve` without --inventory:
   # every replica serves (and the console edits) the database's inventory from then on.
   export BOOTFORGE_DATABASE=postgres://bootforge@db.example/bootforge
-  bootforge inventory import nodes.csv
+  bootforge inventory import nodes.csv --profiles /etc/bootforge/profiles \
+      --public-url http://10.20.0.5:8080
 
   # Replace it later, only if nobody changed it since version 7 (printed by each import and
   # export, and shown in the console): a change made meanwhile is never overwritten.
-  bootforge inventory import nodes.csv --expect-version 7
+  bootforge inventory import nodes.csv --profiles /etc/bootforge/profiles --expect-version 7
 
   # Write it out as CSV (for git, a review, or `bootforge check`):
   bootforge inventory export -o nodes.csv
@@ -27,8 +35,9 @@ Examples:
   # Boot media from the database's nodes (the same images as from the CSV):
   bootforge build --database \"$BOOTFORGE_DATABASE\" --server http://10.20.0.5:8080 --out media/
 
-The CSV is validated whole (the rules of `bootforge check`, errors by line and column) before
-anything is written, and an import is one transaction: on any error nothing changes. Imports
+The CSV is validated whole (the rules of `bootforge check`, errors by line and column, then the
+checks `serve` runs at each reload, against the --profiles and --public-url given: the same
+ones as the service's) before anything is written, and an import is one transaction: on any error nothing changes. Imports
 are recorded in the audit log as `inventory-changed` by the local account that ran them.
 What a database keeps is the nodes, their columns and their order: not comments, blank lines
 or quoting, so an export is the same inventory, not the same bytes. On SQLite, stop `serve`
@@ -52,6 +61,16 @@ pub enum InventoryAction {
         file: PathBuf,
         #[command(flatten)]
         database: DatabaseArgs,
+        /// The profiles folder `serve` is started with (its --profiles). Required: the import
+        /// runs the service's own checks (every row's profile templates render), so that it
+        /// never stores an inventory that every replica would refuse.
+        #[arg(long, value_name = "DIR")]
+        profiles: PathBuf,
+        /// The base URL `serve` is started with (its --public-url, or `http://ADDR:PORT` of a
+        /// specific --listen address). Without it, every row needs its own `server` column, as
+        /// `serve` without one requires.
+        #[arg(long, value_name = "URL")]
+        public_url: Option<crate::inventory::ServerUrl>,
         /// Replace only if the database's inventory is still at this version (from the last
         /// import or export, or the console). Needed once the database holds an inventory.
         #[arg(long, value_name = "N")]
@@ -98,9 +117,15 @@ impl DatabaseArgs {
 
 pub fn inventory(args: InventoryArgs) -> anyhow::Result<()> {
     match args.action {
-        InventoryAction::Import { file, database, expect_version } => {
+        InventoryAction::Import { file, database, profiles, public_url, expect_version } => {
             let url = database.require()?;
-            import(&file, &url, expect_version)
+            let sources = Sources {
+                inventory: InventorySource::File(file.clone()),
+                profiles,
+                tokens: None,
+                rows_need_server: public_url.is_none(),
+            };
+            import(&file, &url, &sources, expect_version)
         }
         InventoryAction::Export { database, output } => {
             let store = Store::open_reader(&database.require()?)?;
@@ -133,7 +158,7 @@ pub fn inventory(args: InventoryArgs) -> anyhow::Result<()> {
     }
 }
 
-fn import(file: &Path, url: &str, expect: Option<u64>) -> anyhow::Result<()> {
+fn import(file: &Path, url: &str, sources: &Sources, expect: Option<u64>) -> anyhow::Result<()> {
     let bytes =
         std::fs::read(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
     let source = file.display().to_string();
@@ -142,8 +167,15 @@ fn import(file: &Path, url: &str, expect: Option<u64>) -> anyhow::Result<()> {
         Ok(text) => text,
         Err(_) => anyhow::bail!("{source} is not UTF-8 text; nothing was imported"),
     };
-    if let Err(report) = Inventory::check(&source, text.as_bytes(), MAX_REPORTED_ERRORS) {
-        anyhow::bail!("{}", WriteError::Invalid(report));
+    let inv = match Inventory::check(&source, text.as_bytes(), MAX_REPORTED_ERRORS) {
+        Ok(inv) => inv,
+        Err(report) => anyhow::bail!("{}", WriteError::Invalid(report)),
+    };
+    // The service's own checks, as a reload of `serve` runs them.
+    if let Err(e) = check_offline(sources, &inv) {
+        anyhow::bail!(
+            "{e:#}. (`inventory import` checks against the --profiles and --public-url given, as the service would against its own.) Nothing was imported"
+        );
     }
     let store = Store::connect(url)?;
     let current = store.inventory_version_blocking()?;
@@ -159,7 +191,7 @@ fn import(file: &Path, url: &str, expect: Option<u64>) -> anyhow::Result<()> {
     let how = Replace {
         source: &source,
         by: &who.by,
-        check: &|_| Ok(()),
+        check: &|_| Ok(()), // `check_offline` above ran the service's checks
         record: &|inv, version| Event::InventoryChanged {
             who: who.clone(),
             peer: None,
@@ -185,7 +217,7 @@ fn import(file: &Path, url: &str, expect: Option<u64>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The nodes of `check`, `build` and `script`: the CSV when one is named, else the database's
+/// The nodes of `check` and `build`: the CSV when one is named, else the database's
 /// inventory, rendered to CSV and validated by the same code (one way: CSV → inventory →
 /// script → media). Every error is listed, as `bootforge check` lists a file's.
 pub fn load_nodes(nodes: Option<&Path>, database: &DatabaseArgs) -> anyhow::Result<Inventory> {

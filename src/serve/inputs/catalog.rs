@@ -10,6 +10,16 @@
 //! that does not answer keeps the snapshot it has (none at a start without the database: no
 //! hosts until it answers).
 //!
+//! A database version is *settled* once it was loaded, or refused by the service's own checks
+//! ([`check_inventory`]: `server` columns, profile templates): a settled version is not tried
+//! again (a bad one would otherwise be re-read and re-refused every poll). A read that fails on
+//! the database (a dropped connection, a timeout) settles nothing: it is tried again at a later
+//! poll, with a backoff, so a replica never silently keeps an old inventory. A stored inventory
+//! refused at start does not stop the service (every replica would then refuse to restart): it
+//! starts with no hosts, and shows why in `/status` (`reload.last_error`) until a version that
+//! passes arrives. `/status` also shows the version served and the one last seen in the
+//! database (`reload.inventory_served_version`, `reload.inventory_database_version`).
+//!
 //! A watcher thread polls the files' metadata (size, mtime, inode: a `stat` per file, cheap)
 //! every [`POLL`], and a SIGHUP or `POST /admin/reload` forces a reload. A reload of the
 //! inventory and profiles that fails keeps serving the previous snapshot and logs why, so a
@@ -50,6 +60,40 @@ pub struct ReloadStatus {
     pub failures: u64,
     /// Why the tokens file could not be loaded (every API token is refused meanwhile).
     pub tokens_error: Option<String>,
+    /// The database inventory's version that the hosts served come from (`None`: the inventory
+    /// is a file, or no database version has been loaded yet).
+    pub inventory_served_version: Option<u64>,
+    /// The database inventory's version as last seen at a poll (`None`: a file, or the
+    /// database did not answer). Differs from the served one while a reload is pending, is
+    /// being retried, or was refused.
+    pub inventory_database_version: Option<u64>,
+}
+
+/// A database inventory that the service's checks refuse: the version is settled (not retried),
+/// unlike a read that failed on the database.
+#[derive(Debug)]
+struct Refused {
+    version: u64,
+    message: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.message)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// The first and the longest wait before a database read that failed is tried again.
+const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// When a database read that failed is tried again.
+#[derive(Debug)]
+struct Retry {
+    at: Option<Instant>,
+    backoff: Duration,
 }
 
 /// (path, size, mtime seconds, mtime nanoseconds, inode) of one watched file.
@@ -102,9 +146,11 @@ pub struct Catalog {
     sources: Sources,
     current: RwLock<Arc<Snapshot>>,
     fingerprint: Mutex<Vec<FileStamp>>,
-    /// The database inventory's version the snapshot was loaded at (`None`: not loaded from the
-    /// database, or it did not answer).
-    inventory_version: Mutex<Option<u64>>,
+    /// The database inventory's last settled version: loaded, or refused by the service's
+    /// checks (`None`: a file, or nothing settled yet). A hint that differs from it reloads.
+    settled_version: Mutex<Option<u64>>,
+    /// When a database read that failed is tried again (see the module doc).
+    retry: Mutex<Retry>,
     /// The API tokens, reloaded on their own: a broken inventory edit must not keep a token
     /// that was removed from the tokens file alive, and a tokens file that cannot be loaded
     /// refuses every token ([`Tokens::unusable`]).
@@ -121,17 +167,35 @@ impl Catalog {
         let fingerprint = fingerprint(&sources);
         let tokens_stamp = tokens_fingerprint(&sources);
         let tokens = load_tokens(&sources)?;
+        let mut status = ReloadStatus::default();
         let (snap, version) = match load_snapshot(&sources, 1) {
             Ok(loaded) => loaded,
             // The database does not answer at start: no hosts until it does (the next poll that
             // reads a version loads it).
-            Err(e) if unavailable(&e) => {
+            Err(e) if database_error(&e) => {
                 tracing::error!("the database does not answer, so the service starts with no hosts until it does: {e:#}");
                 let profiles = Profiles::load(&sources.profiles)?;
                 (empty_snapshot(&sources, profiles, 1), None)
             }
+            // The stored inventory fails this service's checks: refusing to start would take
+            // every replica down at its next restart, so start with no hosts and say why where
+            // reload errors show; the next version that passes is loaded.
+            Err(e) if e.downcast_ref::<Refused>().is_some() => {
+                let version = e.downcast_ref::<Refused>().map(|r| r.version);
+                tracing::error!("the database inventory is refused, so the service starts with no hosts until a version that passes is stored: {e:#}");
+                let profiles = Profiles::load(&sources.profiles)?;
+                status.last_attempt_at = Some(crate::serve::util::now_ms());
+                status.last_error = Some(format!("{e:#}"));
+                status.failures = 1;
+                status.inventory_database_version = version;
+                (empty_snapshot(&sources, profiles, 1), version)
+            }
             Err(e) => return Err(e),
         };
+        if status.last_error.is_none() {
+            status.inventory_served_version = version;
+            status.inventory_database_version = version;
+        }
         if let InventorySource::Database(_) = &sources.inventory {
             if snap.inventory.is_empty() && version.is_some() {
                 tracing::warn!("the database holds no inventory yet: this service knows no hosts. Fill it with `bootforge inventory import FILE --database URL`, or upload a CSV in the console (Inventory)");
@@ -141,11 +205,12 @@ impl Catalog {
             sources,
             current: RwLock::new(Arc::new(snap)),
             fingerprint: Mutex::new(fingerprint),
-            inventory_version: Mutex::new(version),
+            settled_version: Mutex::new(version),
+            retry: Mutex::new(Retry { at: None, backoff: RETRY_MIN }),
             tokens: RwLock::new(Arc::new(tokens)),
             tokens_stamp: Mutex::new(tokens_stamp),
             reloading: Mutex::new(()),
-            status: Mutex::new(ReloadStatus::default()),
+            status: Mutex::new(status),
         })
     }
 
@@ -190,31 +255,66 @@ impl Catalog {
         let now = fingerprint(&self.sources);
         // The database inventory's version, when it is the inventory (`None`: it did not
         // answer, and the snapshot is kept until it does).
+        let database = matches!(self.sources.inventory, InventorySource::Database(_));
         let version = match &self.sources.inventory {
             InventorySource::Database(store) => store.inventory_version_hint(),
             InventorySource::File(_) => None,
         };
+        if database && version.is_some() {
+            self.status.lock().unwrap_or_else(|p| p.into_inner()).inventory_database_version =
+                version;
+        }
         {
             let mut fp = self.fingerprint.lock().unwrap_or_else(|p| p.into_inner());
-            let mut seen = self.inventory_version.lock().unwrap_or_else(|p| p.into_inner());
-            let moved = version.is_some() && version != *seen;
-            if !force && *fp == now && !moved {
+            let settled = *self.settled_version.lock().unwrap_or_else(|p| p.into_inner());
+            let moved = version.is_some() && version != settled;
+            let waiting = self
+                .retry
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .at
+                .is_some_and(|at| Instant::now() < at);
+            if !force && *fp == now && (!moved || waiting) {
                 return false;
             }
             *fp = now;
-            // Tried once per version, like a file once per change: a version that fails to
-            // load is not tried again on every poll.
-            if moved {
-                *seen = version;
-            }
         }
         let generation = self.snapshot().generation + 1;
         let result = load_snapshot(&self.sources, generation);
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         status.last_attempt_at = Some(crate::serve::util::now_ms());
+        let mut retry = self.retry.lock().unwrap_or_else(|p| p.into_inner());
+        let mut settled = self.settled_version.lock().unwrap_or_else(|p| p.into_inner());
+        match &result {
+            // Loaded: this version is served and settled.
+            Ok((_, loaded)) => {
+                *settled = *loaded;
+                *retry = Retry { at: None, backoff: RETRY_MIN };
+            }
+            // Refused by the checks: settled, not tried again until another version comes.
+            Err(e) if e.downcast_ref::<Refused>().is_some() => {
+                *settled = e.downcast_ref::<Refused>().map(|r| r.version);
+                *retry = Retry { at: None, backoff: RETRY_MIN };
+            }
+            // The database failed the read: nothing settled; tried again after a backoff.
+            Err(e) if database && database_error(e) => {
+                retry.at = Some(Instant::now() + retry.backoff);
+                retry.backoff = (retry.backoff * 2).min(RETRY_MAX);
+            }
+            // Anything else (the profiles folder): tried again when a file changes, or when
+            // the database's version moves on.
+            Err(_) => {
+                if version.is_some() {
+                    *settled = version;
+                }
+            }
+        }
+        drop((retry, settled));
         match result {
             Ok((snap, version)) => {
-                *self.inventory_version.lock().unwrap_or_else(|p| p.into_inner()) = version;
+                if database {
+                    status.inventory_served_version = version;
+                }
                 tracing::info!(
                     generation,
                     nodes = snap.inventory.len(),
@@ -263,7 +363,17 @@ impl Catalog {
     }
 }
 
-/// Loads the inputs; with the database's inventory, also the version it was read at.
+/// Checks an inventory against the profiles in `sources.profiles` the way a reload of the
+/// service would: what `bootforge inventory import` runs before it writes, so that an import
+/// never stores what every replica would refuse.
+pub fn check_offline(sources: &Sources, inv: &Inventory) -> anyhow::Result<()> {
+    let profiles = Profiles::load(&sources.profiles)?;
+    check_inventory(sources, inv, &profiles)
+}
+
+/// Loads the inputs; with the database's inventory, also the version it was read at. A
+/// database inventory that fails the checks is a [`Refused`] error; a failed read a
+/// [`StoreError`].
 fn load_snapshot(sources: &Sources, generation: u64) -> anyhow::Result<(Snapshot, Option<u64>)> {
     let start = Instant::now();
     let (inv, version) = match &sources.inventory {
@@ -276,8 +386,9 @@ fn load_snapshot(sources: &Sources, generation: u64) -> anyhow::Result<(Snapshot
                 // Written only once valid, so this fails only if the validator grew stricter
                 // since (the previous snapshot is then kept, as for a file).
                 Inventory::check(DATABASE_SOURCE, stored.csv().as_bytes(), MAX_REPORTED_ERRORS)
-                    .map_err(|report| {
-                        anyhow::anyhow!(
+                    .map_err(|report| Refused {
+                        version: stored.version,
+                        message: format!(
                             "the database inventory (version {}) is not valid: {}",
                             stored.version,
                             report
@@ -286,14 +397,23 @@ fn load_snapshot(sources: &Sources, generation: u64) -> anyhow::Result<(Snapshot
                                 .map(|e| e.to_string())
                                 .collect::<Vec<_>>()
                                 .join("; ")
-                        )
+                        ),
                     })?
             };
             (inv, Some(stored.version))
         }
     };
     let profiles = Profiles::load(&sources.profiles)?;
-    check_inventory(sources, &inv, &profiles)?;
+    if let Err(e) = check_inventory(sources, &inv, &profiles) {
+        return Err(match version {
+            Some(version) => Refused {
+                version,
+                message: format!("{e:#} (database inventory version {version})"),
+            }
+            .into(),
+            None => e,
+        });
+    }
     let mut snap = empty_snapshot(sources, profiles, generation);
     snap.inventory = inv;
     snap.load_ms = start.elapsed().as_secs_f64() * 1000.0;
@@ -310,9 +430,10 @@ fn empty_snapshot(sources: &Sources, profiles: Profiles, generation: u64) -> Sna
     }
 }
 
-/// Whether a load failed because the database does not answer.
-fn unavailable(e: &anyhow::Error) -> bool {
-    matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Unavailable(_)))
+/// Whether a load failed on the database (it does not answer, or a query failed): such a
+/// failure settles nothing and is tried again.
+fn database_error(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<StoreError>().is_some()
 }
 
 /// What a loaded inventory must satisfy besides its own rules: a base URL for every row, and

@@ -163,15 +163,26 @@ impl Engine {
     }
 
     /// Begins a read-only transaction whose statements all see one moment (a header and the
-    /// rows of one version): PostgreSQL's default (READ COMMITTED) reads each statement anew, so
-    /// it is asked for REPEATABLE READ; MariaDB's default already is, and SQLite's reads are.
+    /// rows of one version). PostgreSQL's default (READ COMMITTED) reads each statement anew, so
+    /// it is asked for REPEATABLE READ. MariaDB's default is REPEATABLE READ, but a server may
+    /// be set to READ COMMITTED (common on Galera clusters), so it is asked for explicitly:
+    /// `SET TRANSACTION` (no `SESSION`) applies to the next transaction only, which the same
+    /// round trip then starts with its snapshot taken at once, so the pooled connection goes
+    /// back with the server's own default. SQLite's reads always see one moment.
     pub async fn begin_snapshot(
         self,
         pool: &AnyPool,
     ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
         match self {
             Engine::Postgres => pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ").await,
-            _ => pool.begin().await,
+            Engine::Mysql => {
+                pool.begin_with(
+                    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; \
+                     START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
+                )
+                .await
+            }
+            Engine::Sqlite => pool.begin().await,
         }
     }
 

@@ -14,13 +14,16 @@
 //! ([`super::health`], which sees a hung server that this connection would wait on forever)
 //! drops the connection and starts over after a backoff.
 //!
-//! The same connection listens on [`super::inventory::CHANNEL`]: an inventory change's
-//! payload is its new version, kept in `inventory_heard` for the catalog's reload tick (read
-//! once after every `LISTEN`, like the deciding set).
+//! The same connection listens on [`super::inventory::CHANNEL`]: a notification there is only a
+//! wake-up. The version kept in `inventory_heard` for the catalog's reload tick is always the
+//! one read from the database (after every `LISTEN`, and after each notification), never the
+//! payload: a forged or stale payload (`NOTIFY bootforge_inventory, '999999'`, or a version
+//! that went down with a restored backup) must not leave every replica reloading forever.
 //!
-//! Threat: anyone who can log in to the database can `NOTIFY` this channel. A payload is only a
-//! hint that makes a host "may decide" (checked against its row) or not; a payload that does
-//! not parse is logged (bounded, escaped) and answered with a full read.
+//! Threat: anyone who can log in to the database can `NOTIFY` these channels. A host payload is
+//! only a hint that makes a host "may decide" (checked against its row) or not; a payload that
+//! does not parse is logged (bounded, escaped) and answered with a full read. An inventory
+//! payload is not read at all.
 //!
 //! [`Store::poll`]: super::Store::poll
 
@@ -99,19 +102,13 @@ async fn session(
         };
         match next {
             Ok(Some(n)) if n.channel() == super::inventory::CHANNEL => {
-                match n.payload().parse::<u64>() {
-                    Ok(v) => {
-                        l.inventory_heard.fetch_max(v, Ordering::SeqCst);
-                    }
-                    Err(_) => {
-                        let shown: String = n.payload().chars().take(80).collect();
-                        tracing::warn!(payload = %shown.escape_debug(), "a notification on {} that this service did not send; re-reading the inventory's version", super::inventory::CHANNEL);
-                        let v = super::inventory::version(&l.reader)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        l.inventory_heard.store(v, Ordering::SeqCst);
-                    }
-                }
+                // A wake-up only: the version is the database's (one small query), whatever
+                // the payload says. The notification is sent inside the writing transaction, so
+                // the new version is committed by the time it arrives.
+                let v = super::inventory::version(&l.reader)
+                    .await
+                    .map_err(|e| format!("the inventory's version cannot be read: {e}"))?;
+                l.inventory_heard.store(v, Ordering::SeqCst);
             }
             Ok(Some(n)) => match News::parse(n.payload()) {
                 Some(news) => l.deciding.write().unwrap_or_else(|p| p.into_inner()).learn(news),
