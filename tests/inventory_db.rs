@@ -25,6 +25,13 @@ fn bootforge(args: &[&str], dir: &Path) -> Output {
         .expect("the bootforge binary runs")
 }
 
+/// `bootforge inventory import FILE` into `d/st`, with the example profiles and a public URL
+/// (the service's checks pass), then `extra`.
+fn import(d: &Path, file: &str, extra: &[&str]) -> Output {
+    let args = ["inventory", "import", file, "--state-dir", "st", "--profiles", PROFILES];
+    bootforge(&[&args[..], &["--public-url", URL], extra].concat(), d)
+}
+
 fn ok(out: &Output) -> String {
     assert!(
         out.status.success(),
@@ -53,20 +60,7 @@ fn import_then_export_round_trips_and_bad_input_changes_nothing() {
     // Nothing to export from a database without an inventory.
     let err = failed(&bootforge(&["inventory", "export", "--state-dir", "st"], d));
     assert!(err.contains("no database at"), "{err}");
-    let out = ok(&bootforge(
-        &[
-            "inventory",
-            "import",
-            "nodes.csv",
-            "--state-dir",
-            "st",
-            "--profiles",
-            PROFILES,
-            "--public-url",
-            URL,
-        ],
-        d,
-    ));
+    let out = ok(&import(d, "nodes.csv", &[]));
     assert!(out.contains("imported 3 nodes") && out.contains("version 1"), "{out}");
     assert_eq!(export(d), NODES, "the same text, as this file has no comment or odd quoting");
     // -o writes a file (and nothing to stdout); the version is said on stderr.
@@ -86,60 +80,22 @@ fn import_then_export_round_trips_and_bad_input_changes_nothing() {
     // A database that holds an inventory is replaced only against its version.
     let changed = NODES.replace("rack 1, top", "rack 2, low");
     std::fs::write(d.join("changed.csv"), &changed).unwrap();
-    let err = failed(&bootforge(
-        &[
-            "inventory",
-            "import",
-            "changed.csv",
-            "--state-dir",
-            "st",
-            "--profiles",
-            PROFILES,
-            "--public-url",
-            URL,
-        ],
-        d,
-    ));
+    let err = failed(&import(d, "changed.csv", &[]));
     assert!(err.contains("--expect-version 1"), "{err}");
-    let args = [
-        "inventory",
-        "import",
-        "changed.csv",
-        "--state-dir",
-        "st",
-        "--profiles",
-        PROFILES,
-        "--public-url",
-        URL,
-        "--expect-version",
-    ];
-    let err = failed(&bootforge(&[&args[..], &["0"]].concat(), d));
+    let err = failed(&import(d, "changed.csv", &["--expect-version", "0"]));
     assert!(err.contains("at version 1, not 0") && err.contains("Nothing was imported"), "{err}");
     assert_eq!(export(d), NODES);
 
     // An invalid file: every error by line and column; nothing changes.
     let bad = NODES.replace("10.20.0.12/24", "10.20.0.300/24").replace("node03", "node_03");
     std::fs::write(d.join("bad.csv"), bad).unwrap();
-    let args = [
-        "inventory",
-        "import",
-        "bad.csv",
-        "--state-dir",
-        "st",
-        "--profiles",
-        PROFILES,
-        "--public-url",
-        URL,
-        "--expect-version",
-        "1",
-    ];
-    let err = failed(&bootforge(&args, d));
+    let err = failed(&import(d, "bad.csv", &["--expect-version", "1"]));
     assert!(err.contains("bad.csv:3: column ip"), "{err}");
     assert!(err.contains("bad.csv:4: column hostname"), "{err}");
     assert!(err.contains("nothing was changed"), "{err}");
     assert_eq!(export(d), NODES);
 
-    let out = ok(&bootforge(&[&args[..2], &["changed.csv"], &args[3..]].concat(), d));
+    let out = ok(&import(d, "changed.csv", &["--expect-version", "1"]));
     assert!(out.contains("version 2"), "{out}");
     assert_eq!(export(d), changed);
 
@@ -171,36 +127,10 @@ fn build_and_check_from_the_database_match_the_csv() {
     assert!(err.contains("no database at"), "{err}");
     // An invalid file is refused before the database is even opened.
     std::fs::write(d.join("bad.csv"), "hostname,ip\nn1,10.0.0.300/24\n").unwrap();
-    let err = failed(&bootforge(
-        &[
-            "inventory",
-            "import",
-            "bad.csv",
-            "--state-dir",
-            "st",
-            "--profiles",
-            PROFILES,
-            "--public-url",
-            URL,
-        ],
-        d,
-    ));
+    let err = failed(&import(d, "bad.csv", &[]));
     assert!(err.contains("bad.csv:2: column ip"), "{err}");
     assert!(!d.join("st").exists());
-    ok(&bootforge(
-        &[
-            "inventory",
-            "import",
-            "nodes.csv",
-            "--state-dir",
-            "st",
-            "--profiles",
-            PROFILES,
-            "--public-url",
-            URL,
-        ],
-        d,
-    ));
+    ok(&import(d, "nodes.csv", &[]));
     let out = ok(&bootforge(&["check", "--state-dir", "st"], d));
     assert!(out.contains("3 nodes valid (2 with MAC, 1 on a VLAN, 2 with a profile)"), "{out}");
 
@@ -295,20 +225,7 @@ fn serve_takes_its_inventory_from_the_database_unless_given_a_file() {
     let log = serve_log(d, &db);
     assert!(log.contains("nodes=0"), "{log}");
     assert!(log.contains("the database holds no inventory yet"), "{log}");
-    ok(&bootforge(
-        &[
-            "inventory",
-            "import",
-            "two.csv",
-            "--state-dir",
-            "st",
-            "--profiles",
-            PROFILES,
-            "--public-url",
-            URL,
-        ],
-        d,
-    ));
+    ok(&import(d, "two.csv", &[]));
     let log = serve_log(d, &db);
     assert!(log.contains("nodes=2"), "{log}");
     assert!(!log.contains("ignores"), "{log}");

@@ -31,8 +31,8 @@
 //! the server already groups concurrent commits' log flushes.
 
 use super::audit::{Boots, Stored};
-use super::engine::{is_conflict, Engine};
-use super::hosts::{decides, parse, read_row};
+use super::engine::Engine;
+use super::hosts::{decides, parse, read_row, write_row};
 use super::{Change, StoreError};
 use crate::serve::domain::event::Event;
 use crate::serve::domain::lifecycle::HostState;
@@ -451,7 +451,8 @@ async fn one(
         let d = decides(&st);
         // The change's writes are undone alone if one of them fails, not the batch.
         sqlx::query("SAVEPOINT bf_change").execute(&mut *tx).await?;
-        let written = write(engine, tx, host, &st, existed, read_version, record.as_ref()).await;
+        let written =
+            write_row(engine, tx, host, &st, existed, read_version, record.as_ref()).await;
         if let Ok(true) = written {
             sqlx::query("RELEASE bf_change").execute(&mut *tx).await?;
             return Ok(Ok((st.version, d)));
@@ -464,57 +465,6 @@ async fn one(
         // The row was not the one read: read it again and run the function on it.
     }
     Ok(Err(StoreError::Busy))
-}
-
-/// Stores `st` under a compare-and-set on `read_version`, and its audit record. `Ok(false)`: the
-/// row was not the one read.
-async fn write(
-    engine: Engine,
-    tx: &mut sqlx::AnyConnection,
-    host: &str,
-    st: &HostState,
-    existed: bool,
-    read_version: u64,
-    record: Option<&Event>,
-) -> Result<bool, StoreError> {
-    let json = serde_json::to_string(st).expect("state serialises");
-    let written = if existed {
-        sqlx::query(engine.sql(
-            "UPDATE hosts SET version = ?, deciding = ?, updated_ms = ?, state = ? \
-             WHERE name = ? AND version = ?",
-        ))
-        .bind(st.version as i64)
-        .bind(i32::from(decides(st)))
-        .bind(st.updated_at as i64)
-        .bind(json)
-        .bind(host.to_string())
-        .bind(read_version as i64)
-        .execute(&mut *tx)
-        .await
-        .map(|r| r.rows_affected() == 1)
-    } else {
-        sqlx::query(engine.sql(
-            "INSERT INTO hosts (name, version, deciding, updated_ms, state) VALUES (?, ?, ?, ?, ?)",
-        ))
-        .bind(host.to_string())
-        .bind(st.version as i64)
-        .bind(i32::from(decides(st)))
-        .bind(st.updated_at as i64)
-        .bind(json)
-        .execute(&mut *tx)
-        .await
-        .map(|_| true)
-    };
-    match written {
-        Ok(true) => {}
-        Ok(false) => return Ok(false),
-        Err(e) if is_conflict(&e) => return Ok(false),
-        Err(e) => return Err(e.into()),
-    }
-    if let Some(record) = record {
-        super::audit::insert(engine, tx, st.updated_at, record).await?;
-    }
-    Ok(true)
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@
 
 use super::engine::{is_conflict, Engine};
 use super::{Change, Store, StoreError, MAX_STORED_NAME};
+use crate::serve::domain::event::Event;
 use crate::serve::domain::lifecycle::HostState;
 use sqlx::{AnyPool, Row};
 use std::collections::{HashMap, HashSet};
@@ -494,44 +495,10 @@ async fn transact<T, E>(
         }
         st.version = read_version + 1;
         st.updated_at = now;
-        let json = serde_json::to_string(&st).expect("state serialises");
         let d = decides(&st);
-        let written = if existed {
-            sqlx::query(engine.sql(
-                "UPDATE hosts SET version = ?, deciding = ?, updated_ms = ?, state = ? \
-                 WHERE name = ? AND version = ?",
-            ))
-            .bind(st.version as i64)
-            .bind(i32::from(d))
-            .bind(now as i64)
-            .bind(json)
-            .bind(host.clone())
-            .bind(read_version as i64)
-            .execute(&mut *tx)
-            .await
-            .map(|r| r.rows_affected() == 1)
-        } else {
-            sqlx::query(engine.sql(
-                "INSERT INTO hosts (name, version, deciding, updated_ms, state) VALUES (?, ?, ?, ?, ?)",
-            ))
-            .bind(host.clone())
-            .bind(st.version as i64)
-            .bind(i32::from(d))
-            .bind(now as i64)
-            .bind(json)
-            .execute(&mut *tx)
-            .await
-            .map(|_| true)
-        };
-        let won = match written {
-            Ok(won) => won,
-            Err(e) if is_conflict(&e) => false,
-            Err(e) => return Err(e.into()),
-        };
+        let won =
+            write_row(engine, &mut tx, &host, &st, existed, read_version, record.as_ref()).await?;
         if won {
-            if let Some(record) = &record {
-                super::audit::insert(engine, &mut tx, now, record).await?;
-            }
             if engine == Engine::Postgres {
                 // Delivered to every listener when (and only if) this transaction commits, in
                 // commit order. `IS NULL`: pg_notify returns void, which no driver decodes.
@@ -586,6 +553,57 @@ pub(crate) async fn put(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// Stores `st` under a compare-and-set on `read_version`, and its audit record. `Ok(false)`: the
+/// row was not the one read.
+pub(super) async fn write_row(
+    engine: Engine,
+    tx: &mut sqlx::AnyConnection,
+    host: &str,
+    st: &HostState,
+    existed: bool,
+    read_version: u64,
+    record: Option<&Event>,
+) -> Result<bool, StoreError> {
+    let json = serde_json::to_string(st).expect("state serialises");
+    let written = if existed {
+        sqlx::query(engine.sql(
+            "UPDATE hosts SET version = ?, deciding = ?, updated_ms = ?, state = ? \
+             WHERE name = ? AND version = ?",
+        ))
+        .bind(st.version as i64)
+        .bind(i32::from(decides(st)))
+        .bind(st.updated_at as i64)
+        .bind(json)
+        .bind(host.to_string())
+        .bind(read_version as i64)
+        .execute(&mut *tx)
+        .await
+        .map(|r| r.rows_affected() == 1)
+    } else {
+        sqlx::query(engine.sql(
+            "INSERT INTO hosts (name, version, deciding, updated_ms, state) VALUES (?, ?, ?, ?, ?)",
+        ))
+        .bind(host.to_string())
+        .bind(st.version as i64)
+        .bind(i32::from(decides(st)))
+        .bind(st.updated_at as i64)
+        .bind(json)
+        .execute(&mut *tx)
+        .await
+        .map(|_| true)
+    };
+    match written {
+        Ok(true) => {}
+        Ok(false) => return Ok(false),
+        Err(e) if is_conflict(&e) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    }
+    if let Some(record) = record {
+        super::audit::insert(engine, tx, st.updated_at, record).await?;
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
