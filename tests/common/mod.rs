@@ -24,6 +24,7 @@
 pub mod disks;
 pub mod listener;
 pub mod pcap;
+pub mod pki;
 pub mod service;
 
 use std::fmt::Write as _;

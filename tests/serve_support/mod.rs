@@ -7,6 +7,9 @@
 #![allow(dead_code)]
 
 pub mod db;
+/// Private CAs and certificates for TLS tests, shared with the boot harness (`tests/common`).
+#[path = "../common/pki.rs"]
+pub mod pki;
 pub mod sushy;
 
 use bootforge::serve::{Config, Server};

@@ -205,7 +205,12 @@ impl Emulator {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("exited with {status}:\n{}", self.log_text()));
             }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            // Ready when *this* emulator says it serves and the port answers. A connect alone
+            // is not proof: another process may hold the port while this one is still
+            // starting (and then fails to bind), and a test would then talk to a stranger.
+            if self.log_text().contains("Running on")
+                && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -732,6 +737,9 @@ impl Emulator {
         let child = cmd
             .arg("--config")
             .arg(&conf_path)
+            // Unbuffered, so that the "Running on" line the readiness check reads is written
+            // when it is printed.
+            .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
