@@ -1673,7 +1673,7 @@ fn bytes_that_are_not_tls_are_refused_at_once_and_never_answered_in_clear() {
         let seen = seen.unwrap_or_else(|e| panic!("{what}: not closed at once: {e}"));
         assert!(took < PROMPT, "{what}: closed after {took:?}");
         assert!(
-            !find(&seen, b"HTTP/").is_some(),
+            find(&seen, b"HTTP/").is_none(),
             "{what}: answered in clear: {}",
             lossy(&seen, 200)
         );
