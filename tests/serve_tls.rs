@@ -1,7 +1,7 @@
 //! `bootforge serve --listen-tls`: the service's own TLS listener, against real TLS clients.
 //!
 //! What this file proves: RSA and ECDSA pairs (PKCS#8, PKCS#1 and SEC1 keys) serve TLS 1.2 and
-//! TLS 1.3 clients; a bad pair stops the start-up with an error naming the file (missing,
+//! TLS 1.3 clients, which resume their sessions when they come back; a bad pair stops the start-up with an error naming the file (missing,
 //! no certificate, no key, a key of another certificate, an unsupported key), from the library
 //! and from the command line; a renewed pair is served without a restart, a bad replacement
 //! keeps the old one serving and says why in `/status`; over TLS the session cookie is `Secure`
@@ -45,6 +45,7 @@ fn client(
 /// (DER) and the answer to `GET /healthz`.
 struct Seen {
     version: rustls::ProtocolVersion,
+    kind: rustls::HandshakeKind,
     leaf: Vec<u8>,
     answer: String,
 }
@@ -62,6 +63,7 @@ fn handshake(addr: &str, config: Arc<rustls::ClientConfig>) -> Result<Seen, Stri
     let _ = tls.read_to_end(&mut answer);
     Ok(Seen {
         version: conn.protocol_version().ok_or("no version")?,
+        kind: conn.handshake_kind().ok_or("no handshake")?,
         leaf: conn.peer_certificates().ok_or("no certificate")?[0].to_vec(),
         answer: String::from_utf8_lossy(&answer).into_owned(),
     })
@@ -138,9 +140,14 @@ fn rsa_and_ecdsa_pairs_serve_tls_1_2_and_1_3_clients() {
             (&rustls::version::TLS12, rustls::ProtocolVersion::TLSv1_2),
             (&rustls::version::TLS13, rustls::ProtocolVersion::TLSv1_3),
         ] {
-            let seen = handshake(&tls_addr(&f), client(ca, &[version]))
+            let config = client(ca, &[version]);
+            let seen = handshake(&tls_addr(&f), config.clone())
                 .unwrap_or_else(|e| panic!("{what}, {wanted:?}: {e}"));
             assert_eq!(seen.version, wanted, "{what}");
+            assert_eq!(seen.kind, rustls::HandshakeKind::Full, "{what}");
+            // The same client again resumes its session instead of a full handshake.
+            let again = handshake(&tls_addr(&f), config).unwrap();
+            assert_eq!(again.kind, rustls::HandshakeKind::Resumed, "{what}, {wanted:?}");
             assert_eq!(seen.leaf, der_of(leaf), "{what}: another certificate was served");
             assert!(seen.answer.starts_with("HTTP/1.1 200 "), "{what}: {}", seen.answer);
         }
