@@ -164,6 +164,44 @@ fn rsa_and_ecdsa_pairs_serve_tls_1_2_and_1_3_clients() {
     }
 }
 
+/// What the iPXE we ship offers and rustls can meet (checked by booting it against nginx
+/// restricted to one suite and group at a time, docs/TLS.md): TLS 1.2, ECDHE with RSA
+/// signatures, AES-GCM, and X25519, P-256 or P-384. iPXE has no ChaCha20 and no TLS 1.3, so
+/// the service must keep offering exactly this; each combination alone must handshake.
+#[test]
+fn every_suite_and_group_ipxe_speaks_is_served() {
+    use rustls::crypto::ring::{cipher_suite, default_provider, kx_group};
+    let ca = Pki::rsa("CA");
+    let leaf = ca.leaf(&LeafSpec::server("IP:127.0.0.1"));
+    let mut f = start_pair(&leaf.chain, &leaf.key, &ca.ca_cert);
+    let roots =
+        bootforge::cafile::roots(Some(&ca.ca_cert), "test CA", bootforge::cafile::Trust::FileInstead)
+            .unwrap();
+    for suite in [
+        cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        cipher_suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    ] {
+        for group in [kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1] {
+            let provider = rustls::crypto::CryptoProvider {
+                cipher_suites: vec![suite],
+                kx_groups: vec![group],
+                ..default_provider()
+            };
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+                .with_protocol_versions(&[&rustls::version::TLS12])
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+            let what = format!("{:?} with {:?}", suite.suite(), group.name());
+            let seen = handshake(&tls_addr(&f), Arc::new(config))
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(seen.version, rustls::ProtocolVersion::TLSv1_2, "{what}");
+            assert!(seen.answer.starts_with("HTTP/1.1 200 "), "{what}: {}", seen.answer);
+        }
+    }
+    f.stop();
+}
+
 #[test]
 fn a_bad_pair_stops_the_start_naming_the_file() {
     let ca = Pki::rsa("CA");
@@ -265,7 +303,9 @@ fn replace(from: &Path, to: &Path) {
 fn within(what: &str, mut done: impl FnMut() -> bool) -> Duration {
     let t = Instant::now();
     while !done() {
-        assert!(t.elapsed() < Duration::from_secs(5), "{what}: not within 5 s");
+        // Reloads wait for changed files to settle (certs::SETTLE, 2 s), then poll; 10 s is
+        // room for a loaded machine.
+        assert!(t.elapsed() < Duration::from_secs(10), "{what}: not within 10 s");
         std::thread::sleep(Duration::from_millis(50));
     }
     t.elapsed()
@@ -324,7 +364,9 @@ fn a_renewed_pair_is_served_without_a_restart_and_a_bad_one_keeps_the_old() {
     std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n")
         .unwrap();
     within("the new error shown", || {
-        status()["last_error"].as_str().is_some_and(|e| e.contains(&cert.display().to_string()))
+        status()["last_error"].as_str().is_some_and(|e| {
+            e.contains(&cert.display().to_string()) && e.contains("is not valid PEM")
+        })
     });
     assert_eq!(served(), der_of(&renewed.cert));
     // POST /admin/reload reports it too.
@@ -499,17 +541,20 @@ fn clients_take_https_with_a_ca_file_and_say_to_pass_one() {
         false
     );
     // The service saw them refuse its certificate.
-    let m = call("GET", &f.url("/metrics"), None, None).body;
-    let untrusted: u64 = m
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("bootforge_tls_handshake_failures_total{reason=\"untrusted\"} ")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no untrusted counter in\n{m}"));
-    assert!(untrusted >= 4, "{untrusted} refusals of the certificate counted");
+    // (Each alert is counted on the connection's own task, which may run a moment after the
+    // client has exited: poll.)
+    let untrusted = || -> u64 {
+        let m = call("GET", &f.url("/metrics"), None, None).body;
+        m.lines()
+            .find_map(|l| {
+                l.strip_prefix("bootforge_tls_handshake_failures_total{reason=\"untrusted\"} ")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no untrusted counter in\n{m}"))
+    };
+    within("4 refusals of the certificate counted", || untrusted() >= 4);
     // With it, they work.
     let (ok, out, err) = run(args(&["reimage", "node01"], true));
     assert!(ok && out.contains("node01: flagged"), "{out}{err}");
@@ -542,6 +587,8 @@ fn a_stop_does_not_wait_for_handshakes_in_progress() {
     let t = Instant::now();
     f.stop();
     let took = t.elapsed();
-    assert!(took < Duration::from_secs(2), "the stop waited {took:?} for stalled handshakes");
+    // The drain waits up to 5 s for requests in progress; a stop that waited for the stalled
+    // handshakes would take at least that. 4 s leaves a loaded machine room to join threads.
+    assert!(took < Duration::from_secs(4), "the stop waited {took:?} for stalled handshakes");
     drop(stalled);
 }

@@ -20,10 +20,10 @@ Examples:
   # Then flag a node; its next boot installs, the installer's callback clears the flag:
   curl -X PUT -H \"Authorization: Bearer $TOKEN\" http://bootsvc:8080/hosts/node01/reimage
 
-  # Over HTTPS with the operator's certificate, and plain HTTP beside it for BIOS nodes:
+  # Over HTTPS with the operator's certificate, and plain HTTP beside it for BIOS nodes (each
+  # node is sent URLs on the listener it came in on):
   bootforge serve ... --listen 10.20.0.5:8080 --listen-tls 10.20.0.5:8443 \\
-      --tls-cert /etc/bootforge/tls/chain.pem --tls-key /etc/bootforge/tls/key.pem \\
-      --public-url https://10.20.0.5:8443
+      --tls-cert /etc/bootforge/tls/chain.pem --tls-key /etc/bootforge/tls/key.pem
   bootforge reimage node01 --server https://10.20.0.5:8443 --ca-file ca.pem --token-file t
 
   # Replicas on PostgreSQL, the inventory in the database (edited from any replica's console):
@@ -46,8 +46,9 @@ Flags, installs and the audit log live in the database (--database; default: SQL
 --state-dir); replicas share one PostgreSQL or MariaDB database (docs/REPLICAS.md).
 Without --tokens-file the API (/hosts, /events, reimage) refuses every request with 401.
 URLs written into install chains and configs come from the row's `server`, else --public-url,
-else the listen address if it is a specific one; never from the request's Host header. With
-neither (listening on 0.0.0.0), every row needs a `server` column.
+else the address of the listener the request came in on (http:// for --listen, https:// for
+--listen-tls) if it is a specific one; never from the request's Host header. With neither
+(listening on 0.0.0.0), every row needs a `server` column.
 TLS: --listen-tls serves HTTPS itself (rustls; TLS 1.2 for iPXE and 1.3); with it alone there
 is no plain listener, give --listen too for nodes that boot over HTTP. The certificate and key
 are reloaded when they change (renewals need no restart); a new pair that does not load keeps
@@ -122,7 +123,8 @@ pub struct ServeArgs {
     pub tokens_file: Option<PathBuf>,
     /// Base URL written into rendered templates (config_url, done_url, asset_url) for nodes
     /// whose row has no `server` column: the --server the media were built with. Default: the
-    /// --listen-tls address (as https://), else the --listen address, if it is a specific one.
+    /// address of the listener each request came in on (https:// for --listen-tls, http:// for
+    /// --listen), if it is a specific one.
     #[arg(long, value_name = "URL")]
     pub public_url: Option<ServerUrl>,
     /// Threads for work that may block: reading and writing the state directory (fsync), the

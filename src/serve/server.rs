@@ -91,8 +91,8 @@ impl Server {
         mut config: Config,
     ) -> anyhow::Result<Server> {
         config.limits.max_connections = fit_descriptors(config.limits.max_connections);
-        // The certificate first: a bad pair stops the start-up before anything is bound or
-        // opened, with a message naming the file.
+        // The certificate first: a bad pair stops the start-up before the TLS listener is bound
+        // or the database opened, with a message naming the file.
         let tls_cert = match (&config.listen_tls, &config.tls_cert, &config.tls_key) {
             (Some(_), Some(cert), Some(key)) => {
                 Some(Arc::new(crate::serve::inputs::certs::ServerCert::load(cert, key)?))
@@ -117,29 +117,25 @@ impl Server {
         let local_plain_addr = plain.as_ref().map(|l| l.local_addr()).transpose()?;
         let local_addr =
             local_plain_addr.or(local_tls_addr).expect("a listener exists: checked above");
-        // Without --public-url, the service's own address when it is a specific one: the TLS
-        // listener's if there is one (nodes then send their tokens encrypted), else the plain.
-        let default_base = match &config.public_url {
-            Some(url) => Some(url.clone()),
-            None => {
-                let specific = |a: &Option<SocketAddr>| a.filter(|a| !a.ip().is_unspecified());
-                let own = match (specific(&local_tls_addr), specific(&local_plain_addr)) {
-                    (Some(a), _) => Some(format!("https://{a}")),
-                    (None, Some(a)) => Some(format!("http://{a}")),
-                    (None, None) => None,
-                };
-                own.map(|u| {
-                    u.parse::<crate::inventory::ServerUrl>().map_err(|e| anyhow::anyhow!("{e}"))
-                })
-                .transpose()?
-            }
+        // Without --public-url, the service's own address of the listener a request came in on,
+        // when it is a specific one (see `DefaultBase`).
+        let own = |scheme: &str, a: &Option<SocketAddr>| {
+            a.filter(|a| !a.ip().is_unspecified())
+                .map(|a| format!("{scheme}://{a}").parse::<crate::inventory::ServerUrl>())
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        };
+        let default_base = crate::serve::app::service::DefaultBase {
+            public: config.public_url.clone(),
+            plain: own("http", &local_plain_addr)?,
+            tls: own("https", &local_tls_addr)?,
         };
         use crate::serve::inputs::catalog::{Catalog, InventorySource, Sources};
         let sources = |inventory| Sources {
             inventory,
             profiles: config.profiles.clone(),
             tokens: config.tokens_file.clone(),
-            rows_need_server: default_base.is_none(),
+            rows_need_server: default_base.preferred().is_none(),
         };
         let open_store = || -> anyhow::Result<Arc<crate::serve::store::Store>> {
             std::fs::create_dir_all(&config.state_dir).map_err(|e| {
@@ -214,7 +210,7 @@ impl Server {
             profiles = ?snap.profiles.names().collect::<Vec<_>>(),
             node_tokens = secret.is_some(),
             database = %store.shown(),
-            base_url = ?default_base.as_ref().map(|u| u.to_string()),
+            base_url = ?default_base.preferred().map(|u| u.to_string()),
             "bootforge serve started"
         );
         drop(snap);

@@ -49,7 +49,7 @@ pub(crate) async fn status(svc: &Arc<Service>, req: &Req) -> Result<Reply, HttpE
         "reload": reload,
         "api_enabled": svc.catalog.tokens().enabled(),
         "node_tokens": svc.secret.is_some(),
-        "base_url": svc.default_base.as_ref().map(|u| u.to_string()),
+        "base_url": svc.default_base.preferred().map(|u| u.to_string()),
         "media_templates": svc.media.templates(),
         "media_epoch": svc.media.epoch,
         "started_at": rfc3339(svc.started_at),

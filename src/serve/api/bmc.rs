@@ -153,7 +153,10 @@ pub async fn attach(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<R
     let (target, node) = target(svc, &host)?;
     let base = match &svc.config.media_base_url {
         Some(url) => url.to_string(),
-        None => svc.base_for(&node).ok_or_else(|| HttpError::internal("no base URL"))?,
+        None => svc
+            .base_for(&node, req.tls)
+            .ok_or_else(|| HttpError::internal("no base URL"))?
+            .to_string(),
     };
     let exp = svc.store.now_ms() / 1000 + ttl;
     let url = svc.media.url(&base, &host, &opts, exp);

@@ -265,7 +265,7 @@ fn boot_answer(
             return Change { value: reply, write: false, record: Some(record) };
         }
     };
-    let script = match render(svc, snap, node, &profile, "boot.ipxe", &id) {
+    let script = match render(svc, snap, node, &profile, "boot.ipxe", &id, req.tls) {
         Ok(script) => script,
         Err(e) => {
             tracing::error!(host, "{e}");
@@ -375,7 +375,8 @@ fn boot_event(
     }
 }
 
-/// Renders `file` of `profile` for `node` within install `id`.
+/// Renders `file` of `profile` for `node` within install `id`; `tls`: whether the request came
+/// over TLS (see [`Service::base_for`]).
 pub(crate) fn render(
     svc: &Service,
     snap: &Snapshot,
@@ -383,8 +384,9 @@ pub(crate) fn render(
     profile: &str,
     file: &str,
     id: &str,
+    tls: bool,
 ) -> Result<String, String> {
-    let server = svc.base_for(node).ok_or("no base URL for this node")?;
+    let server = svc.base_for(node, tls).ok_or("no base URL for this node")?.to_string();
     let token = svc.secret.as_ref().map(|s| s.node_token(&node.hostname));
     let ctx = RenderContext { node, server: &server, token: token.as_deref(), install_id: id };
     snap.profiles.render(profile, file, &ctx)

@@ -46,7 +46,7 @@ pub(crate) fn config(
     if !p.config_files.contains(&file) {
         return Err(HttpError::not_found("the install's profile has no such config file"));
     }
-    let text = render(svc, &snap, node, profile, &format!("config/{file}"), id)
+    let text = render(svc, &snap, node, profile, &format!("config/{file}"), id, req.tls)
         .map_err(|e| HttpError::internal(format!("{host}: {e}")))?;
     let profile = profile.to_string();
     svc.audit.note(&Event::Config { host, file, profile, peer: req.peer });

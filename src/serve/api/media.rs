@@ -66,7 +66,7 @@ pub(crate) async fn media(
         .get(&host)
         .cloned()
         .ok_or_else(|| HttpError::not_found(format!("{host} is no longer in the inventory")))?;
-    let server = node.server.clone().or_else(|| svc.default_base.clone()).ok_or_else(|| {
+    let server = svc.base_for(&node, req.tls).ok_or_else(|| {
         HttpError::internal(format!("{host}: no server URL (the catalog should have refused it)"))
     })?;
     let modified = httpdate::fmt_http_date(
@@ -214,10 +214,13 @@ pub(crate) async fn media_url(
     drop(snap);
     let base = match &svc.config.media_base_url {
         Some(url) => url.to_string(),
-        None => svc.base_for(&node).ok_or_else(|| HttpError::internal("no base URL"))?,
+        None => svc
+            .base_for(&node, req.tls)
+            .ok_or_else(|| HttpError::internal("no base URL"))?
+            .to_string(),
     };
     // Built now, so a URL is never handed out for an image that cannot be made.
-    let server = node.server.clone().or_else(|| svc.default_base.clone());
+    let server = svc.base_for(&node, req.tls);
     let o = opts.clone();
     let size = svc
         .blocking(move |svc| {

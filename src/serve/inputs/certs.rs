@@ -8,9 +8,11 @@
 //!   P-256/P-384, Ed25519) and the key matching the leaf (the first certificate).
 //! * **A bad new pair never replaces a good one.** A reload that fails keeps serving the pair
 //!   loaded last, and says why in `/status` (`tls.last_error`, naming the file) and the log,
-//!   until a later change loads. Renewal tools that write the certificate and the key one after
-//!   the other therefore show an error for a moment (the new certificate, the old key) and
-//!   then load the pair.
+//!   until a later change loads.
+//! * **Changed files are read once they have settled** ([`SETTLE`] without a further change),
+//!   so a renewal that writes the key and the certificate one after the other, or rewrites a
+//!   chain in place, is read whole: no error for a half-done renewal, no chain cut short.
+//! * Reloads run one at a time, so a slow one cannot put an older pair back after a newer one.
 //! * Handshakes read the pair in place through [`ServerCert`], rustls's certificate resolver:
 //!   a reload is one pointer swap, and a handshake in progress keeps the pair it started with.
 //!
@@ -68,13 +70,29 @@ fn stamp(path: &Path) -> Stamp {
         .unwrap_or_default()
 }
 
+/// How long changed files must stay unchanged before a reload reads them. Renewal tools write
+/// the key and the certificate one after the other, or rewrite a chain file in place; reading
+/// in between would load a mismatched pair (an error for nothing) or a chain cut after the
+/// leaf (served without its intermediate). Both writes land well within this.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The reload watcher's view of the two files.
+#[derive(Debug)]
+struct Watch {
+    /// Their stamps when the pair was last read (loaded or refused).
+    loaded: (Stamp, Stamp),
+    /// New stamps seen, and since when they have not changed.
+    pending: Option<((Stamp, Stamp), std::time::Instant)>,
+}
+
 /// The served pair, rustls's certificate resolver, reloaded in place.
 #[derive(Debug)]
 pub struct ServerCert {
     cert_file: PathBuf,
     key_file: PathBuf,
     current: RwLock<Arc<CertifiedKey>>,
-    stamps: Mutex<(Stamp, Stamp)>,
+    /// The files as last loaded and a change waiting to settle; held for a whole reload.
+    watch: Mutex<Watch>,
     status: Mutex<CertStatus>,
 }
 
@@ -88,7 +106,7 @@ impl ServerCert {
             cert_file: cert_file.to_path_buf(),
             key_file: key_file.to_path_buf(),
             current: RwLock::new(Arc::new(key)),
-            stamps: Mutex::new(stamps),
+            watch: Mutex::new(Watch { loaded: stamps, pending: None }),
             status: Mutex::new(CertStatus {
                 cert_file: cert_file.to_path_buf(),
                 key_file: key_file.to_path_buf(),
@@ -105,17 +123,34 @@ impl ServerCert {
         self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Reloads the pair if either file changed (or always, with `force`). Returns whether a new
-    /// pair now serves; a pair that does not load keeps the old one (see the module doc).
+    /// Reloads the pair if either file changed and has then stayed unchanged for [`SETTLE`]
+    /// (or at once, with `force`: SIGHUP, `POST /admin/reload`). Returns whether a new pair now
+    /// serves; a pair that does not load keeps the old one (see the module doc).
+    ///
+    /// One reload at a time: the watcher and `/admin/reload` may call this together, and two
+    /// loads racing could otherwise swap an older pair back in after a newer one.
     pub fn reload_if_changed(&self, force: bool) -> bool {
+        let mut watch = self.watch.lock().unwrap_or_else(|p| p.into_inner());
         let now = (stamp(&self.cert_file), stamp(&self.key_file));
-        {
-            let mut stamps = self.stamps.lock().unwrap_or_else(|p| p.into_inner());
-            if !force && *stamps == now {
+        if !force {
+            if watch.loaded == now {
+                watch.pending = None;
                 return false;
             }
-            *stamps = now;
+            match watch.pending {
+                Some((stamps, since)) if stamps == now => {
+                    if since.elapsed() < SETTLE {
+                        return false;
+                    }
+                }
+                _ => {
+                    watch.pending = Some((now, std::time::Instant::now()));
+                    return false;
+                }
+            }
         }
+        watch.loaded = now;
+        watch.pending = None;
         let loaded = load_pair(&self.cert_file, &self.key_file);
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         match loaded {
