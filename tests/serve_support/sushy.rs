@@ -97,6 +97,10 @@ pub struct FakeSystem {
     pub name: String,
     /// `On` or `Off`.
     pub power: &'static str,
+    /// MACs of its network interfaces: the fake driver reports each as an `EthernetInterface`
+    /// (`MACAddress`, `PermanentMACAddress`, `Status.State: Enabled`; no `LinkStatus`, no
+    /// addresses).
+    pub nics: Vec<String>,
 }
 
 impl FakeSystem {
@@ -106,6 +110,7 @@ impl FakeSystem {
             uuid: format!("8f1c2f6e-0000-4000-8000-{i:012}"),
             name: format!("node{i:02}"),
             power,
+            nics: Vec::new(),
         }
     }
 }
@@ -168,8 +173,11 @@ impl Emulator {
             .iter()
             .map(|s| {
                 format!(
-                    "{{'uuid': '{}', 'name': '{}', 'power_state': '{}', 'external_notifier': False, 'nics': []}}",
-                    s.uuid, s.name, s.power
+                    "{{'uuid': '{}', 'name': '{}', 'power_state': '{}', 'external_notifier': False, 'nics': [{}]}}",
+                    s.uuid,
+                    s.name,
+                    s.power,
+                    s.nics.iter().map(|m| format!("{{'mac': '{m}'}}")).collect::<Vec<_>>().join(", ")
                 )
             })
             .collect();
