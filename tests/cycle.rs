@@ -475,8 +475,8 @@ fn wrong_uuid_is_refused_bios_cd() {
     let context = format!("{}\n--- /events ---\n{}", run.report(), brief(&events));
     let last = events
         .iter()
-        .filter(|e| e["event"] == "boot" && e["host"] == "node01")
-        .last()
+        .rev()
+        .find(|e| e["event"] == "boot" && e["host"] == "node01")
         .unwrap_or_else(|| panic!("a second boot record\n{context}"));
     assert_eq!(last["kind"], "not-flagged", "the UUID matched in any case\n{context}");
     assert_eq!(last["verified"], true, "{context}");

@@ -293,8 +293,9 @@ fn a_dead_or_slow_bmc_costs_only_its_own_row() {
     assert_eq!(rows(&f)["slow"]["mac"], "");
 }
 
-/// An edit made while the BMCs are read is never overwritten: the apply is refused (409) and
-/// writes nothing; the other edit stays.
+/// An edit made while the BMCs are read is never overwritten: the proposal was made from the
+/// row as it was (no MAC: fill), so the apply is refused (409) and writes nothing; the MAC the
+/// operator typed meanwhile stays.
 #[test]
 fn an_edit_made_during_discovery_is_not_overwritten() {
     let emu = emulator(&[&[A]]);
@@ -311,9 +312,10 @@ fn an_edit_made_during_discovery_is_not_overwritten() {
     std::thread::sleep(Duration::from_millis(1500));
     let (status, inv) = api("GET", &format!("{}/inventory", f.base), ADMIN_TOKEN, "");
     assert_eq!(status, 200);
+    // An operator types the MAC of the very row discovery is about to fill.
     let (status, body) = api(
         "PUT",
-        &format!("{}/inventory/hosts/other", f.base),
+        &format!("{}/inventory/hosts/one", f.base),
         ADMIN_TOKEN,
         &serde_json::json!({"fields": {"mac": "52:54:00:00:00:99"}, "version": inv["version"]})
             .to_string(),
@@ -323,8 +325,8 @@ fn an_edit_made_during_discovery_is_not_overwritten() {
     assert_eq!(status, 409, "{body}");
     assert!(body["error"].as_str().unwrap().contains("changed while the BMCs were read"), "{body}");
     let now = rows(&f);
-    assert_eq!(now["other"]["mac"], "52:54:00:00:00:99", "the console's edit stays");
-    assert_eq!(now["one"]["mac"], "", "discovery wrote nothing");
+    assert_eq!(now["one"]["mac"], "52:54:00:00:00:99", "the operator's MAC stays");
+    assert_eq!(now["one"]["uuid"], "", "discovery wrote nothing");
 }
 
 /// Without `uuid`/`serial` columns the MAC is still filled and the UUID reported, not written.
