@@ -344,3 +344,63 @@ fn missing_columns_are_reported_not_added() {
     let text = std::fs::read_to_string(f.dir.path().join("nodes.csv")).unwrap();
     assert_eq!(text, csv, "the file is untouched");
 }
+
+/// What a fuller BMC reports and the fake driver does not: link states, IPv4 addresses and a
+/// serial number (with characters a hostile BMC might slip in), added by the proxy.
+fn fuller_bmc(v: &mut Value) {
+    let id = v["@odata.id"].as_str().unwrap_or("").to_string();
+    let nic = |mac: &str| id.ends_with(&format!("/EthernetInterfaces/{mac}"));
+    if nic(SUBNET_NIC) {
+        v["LinkStatus"] = "LinkUp".into();
+        v["IPv4Addresses"] = serde_json::json!([{"Address": "10.9.0.20"}]);
+    } else if nic(OTHER_NIC) {
+        v["LinkStatus"] = "LinkUp".into();
+        v["IPv4Addresses"] = serde_json::json!([{"Address": "192.168.7.7"}]);
+    } else if nic(DOWN_NIC) {
+        v["LinkStatus"] = "LinkDown".into();
+    } else if nic(UP_NIC) {
+        v["LinkStatus"] = "LinkUp".into();
+    } else if v["@odata.type"].as_str().is_some_and(|t| t.contains("ComputerSystem")) {
+        v["SerialNumber"] = "SN-\u{202e}42\n".into();
+    }
+}
+
+const SUBNET_NIC: &str = "52:54:00:f0:00:01";
+const OTHER_NIC: &str = "52:54:00:f0:00:02";
+const DOWN_NIC: &str = "52:54:00:f0:00:03";
+const UP_NIC: &str = "52:54:00:f0:00:04";
+
+/// Through a BMC that reports links and addresses: the interface with an address in the row's
+/// subnet wins over another that is also up; where none has one, the only link up wins over one
+/// down; the serial number is cleaned and recorded.
+#[test]
+fn addresses_and_links_decide_where_the_bmc_reports_them() {
+    let emu = emulator(&[&[OTHER_NIC, SUBNET_NIC], &[DOWN_NIC, UP_NIC]]);
+    let proxy =
+        Proxy::start(emu.port, Quirks { report_json: Some(fuller_bmc), ..Quirks::default() });
+    let url = |i: usize| emu.system_url(i).replace(&emu.base, &proxy.base);
+    let csv = format!(
+        "{HEADER}bysubnet,10.9.0.20/24,,,,e2e,{},,\nbylink,10.9.0.21/24,,,,e2e,{},,\n",
+        url(0),
+        url(1)
+    );
+    let f = service(&csv, false, None);
+    let (ok, out, err) = discover(&f, ADMIN_TOKEN, &["--all", "--apply"]);
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        line_of(&out, "bysubnet").starts_with(&format!(
+            "bysubnet: (none) -> {SUBNET_NIC} (fill: interface {SUBNET_NIC} is the only one with an address in the row's subnet (10.9.0.20))"
+        )),
+        "{out}"
+    );
+    assert!(
+        line_of(&out, "bylink").starts_with(&format!(
+            "bylink: (none) -> {UP_NIC} (fill: interface {UP_NIC} is the only one up)"
+        )),
+        "{out}"
+    );
+    let now = rows(&f);
+    assert_eq!(now["bysubnet"]["mac"], SUBNET_NIC);
+    assert_eq!(now["bylink"]["mac"], UP_NIC);
+    assert_eq!(now["bylink"]["serial"], "SN-42", "control and bidi characters are dropped");
+}
