@@ -1174,6 +1174,39 @@ mod tests {
     }
 
     #[test]
+    fn uuid_and_serial_columns() {
+        let u: SystemUuid = "8F1C2F6E-0000-4000-8000-00000000000A".parse().unwrap();
+        assert_eq!(u.to_string(), "8f1c2f6e-0000-4000-8000-00000000000a");
+        assert_eq!(u, "8f1c2f6e00004000800000000000000a".parse().unwrap(), "compared as bytes");
+        for bad in [
+            "8f1c2f6e-0000-4000-8000",
+            "not-a-uuid",
+            "00000000-0000-0000-0000-000000000000",
+            "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF",
+        ] {
+            assert!(bad.parse::<SystemUuid>().is_err(), "{bad}");
+        }
+        let csv = "hostname,ip,uuid,serial\n\
+                   a,10.0.0.1/24,8f1c2f6e-0000-4000-8000-00000000000a,SN 1\n\
+                   b,10.0.0.2/24,8F1C2F6E-0000-4000-8000-00000000000A,\n\
+                   c,10.0.0.3/24,zz,\n";
+        let report = Inventory::check("n.csv", csv.as_bytes(), 100).unwrap_err();
+        let found: Vec<(u64, &str, &str)> =
+            report.errors.iter().map(|e| (e.line, e.column.as_str(), e.message.as_str())).collect();
+        assert_eq!(report.total, 2, "{found:?}");
+        assert!(found[0].0 == 3 && found[0].1 == "uuid", "{found:?}");
+        assert!(found[0].2.contains("already used on line 2"), "{found:?}");
+        assert!(found[1].0 == 4 && found[1].2.contains("is not a UUID"), "{found:?}");
+        let long = format!("hostname,ip,serial\na,10.0.0.1/24,{}\n", "s".repeat(MAX_SERIAL + 1));
+        let report = Inventory::check("n.csv", long.as_bytes(), 100).unwrap_err();
+        assert!(report.errors[0].message.contains("at most 128"), "{:?}", report.errors);
+        let ok = Inventory::check("n.csv", b"hostname,ip,uuid,serial\na,10.0.0.1/24,,CZ-1\n", 10)
+            .unwrap();
+        assert_eq!(ok.nodes()[0].serial.as_deref(), Some("CZ-1"));
+        assert_eq!(ok.nodes()[0].uuid, None);
+    }
+
+    #[test]
     fn server_urls() {
         for good in [
             "http://10.0.0.1",
