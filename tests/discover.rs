@@ -12,6 +12,8 @@
 #[path = "serve_support/bmc.rs"]
 mod bmc;
 mod common;
+#[path = "console_support/mod.rs"]
+mod console_support;
 #[path = "serve_support/sushy.rs"]
 mod sushy;
 
@@ -403,4 +405,38 @@ fn addresses_and_links_decide_where_the_bmc_reports_them() {
     assert_eq!(now["bysubnet"]["mac"], SUBNET_NIC);
     assert_eq!(now["bylink"]["mac"], UP_NIC);
     assert_eq!(now["bylink"]["serial"], "SN-42", "control and bidi characters are dropped");
+}
+
+/// The console's action (admin): Discover shows the proposal and writes nothing; Apply writes
+/// it, audited as the logged-in admin.
+#[test]
+fn the_console_discovers_and_applies() {
+    let emu = emulator(&[&[A], &[B1, B2]]);
+    let csv = format!(
+        "{HEADER}fill,10.9.0.10/24,,,,e2e,{},,\ntwo,10.9.0.11/24,,,,e2e,{},,\n",
+        emu.system_url(0),
+        emu.system_url(1)
+    );
+    let f = service(&csv, false, None);
+    let b = console_support::Browser::start();
+    b.goto(&format!("{}/ui/", f.base));
+    b.type_into("#token", ADMIN_TOKEN);
+    b.click("#token-submit");
+    // Logged in once the fleet lists the hosts.
+    b.find("#hosts tbody tr[data-host='fill']");
+    b.click("#nav-inventory");
+    b.click("#discover-run");
+    let shown = b.wait_text("#discover-result", 60, |t| t.contains("would change"));
+    assert!(shown.contains(&format!("fill: (none) -> {A} (fill: interface {A}")), "{shown}");
+    assert!(shown.contains("two: (none) -> (none) (ambiguous: 2 interfaces match"), "{shown}");
+    assert_eq!(rows(&f)["fill"]["mac"], "", "the proposal wrote nothing");
+    b.click("#discover-apply");
+    let shown =
+        b.wait_text("#discover-result", 60, |t| t.contains("applied") || t.contains("refused"));
+    assert!(shown.contains("applied: 2 host(s) changed"), "{shown}");
+    assert_eq!(rows(&f)["fill"]["mac"], A);
+    let changes = inventory_changes(&f);
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0]["by"], "boss");
+    assert_eq!(changes[0]["via"], "token-session");
 }
