@@ -122,6 +122,8 @@ pub fn discover(args: DiscoverArgs) -> anyhow::Result<bool> {
                     .map(str::to_string)
                     .unwrap_or(answer["version"].to_string())
             );
+        } else if hosts.is_empty() {
+            println!("no inventory row has a `bmc` value: nothing to discover");
         } else if changed > 0 {
             println!("{changed} host(s) would change; nothing was written (run with --apply)");
         } else {

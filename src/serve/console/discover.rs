@@ -265,9 +265,10 @@ fn named_hosts(body: &Body) -> Result<Option<Vec<String>>, HttpError> {
         return Err(HttpError::bad_request(format!("at most {MAX_HOSTS} hosts per request")));
     }
     let mut out: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for h in &body.hosts {
         let name = parse_hostname(h).map_err(HttpError::bad_request)?;
-        if !out.contains(&name) {
+        if seen.insert(name.clone()) {
             out.push(name);
         }
     }
