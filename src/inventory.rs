@@ -31,11 +31,15 @@ use std::path::Path;
 use std::str::FromStr;
 
 /// Columns with a meaning of their own; any other column is a free template variable.
-pub const KNOWN_COLUMNS: &[&str] =
-    &["hostname", "ip", "netmask", "gateway", "dns", "mac", "vlan", "server", "profile", "bmc"];
+pub const KNOWN_COLUMNS: &[&str] = &[
+    "hostname", "ip", "netmask", "gateway", "dns", "mac", "vlan", "server", "profile", "bmc",
+    "uuid", "serial",
+];
 
 /// The longest value accepted in a free template column.
 const MAX_FREE_VALUE: usize = 4096;
+/// The longest `serial` accepted (SMBIOS strings are short; BMCs report them as they are).
+pub const MAX_SERIAL: usize = 128;
 
 /// One validated row of the inventory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -57,6 +61,11 @@ pub struct Node {
     pub profile: Option<String>,
     /// The node's BMC, for attaching its medium through Redfish (see [`crate::redfish`]).
     pub bmc: Option<BmcUrl>,
+    /// The machine's SMBIOS UUID (`uuid` column, filled by `bootforge discover`): a boot that
+    /// reports another is refused, as a wrong MAC is.
+    pub uuid: Option<SystemUuid>,
+    /// The machine's serial number (`serial` column): printable, at most [`MAX_SERIAL`] bytes.
+    pub serial: Option<String>,
     /// Every other column, by header name: free template variables.
     pub vars: BTreeMap<String, String>,
 }
@@ -91,6 +100,8 @@ impl Node {
         put("server", self.server.as_ref().map(|s| s.to_string()));
         put("profile", self.profile.clone());
         put("bmc", self.bmc.as_ref().map(|b| b.to_string()));
+        put("uuid", self.uuid.map(|u| u.to_string()));
+        put("serial", self.serial.clone());
         vars
     }
 }
@@ -201,6 +212,7 @@ impl Inventory {
         let mut by_hostname = HashMap::new();
         let mut by_mac: HashMap<Mac, u64> = HashMap::new();
         let mut by_ip: HashMap<Ipv4Addr, u64> = HashMap::new();
+        let mut by_uuid: HashMap<SystemUuid, u64> = HashMap::new();
         while let Some(record) = records.next() {
             let (line, record) = match record {
                 Ok(r) => (r.line, r.fields),
@@ -243,6 +255,14 @@ impl Inventory {
                         row.fail(
                             "mac",
                             format!("{mac} is already used on line {first}; MACs must be unique"),
+                        );
+                    }
+                }
+                if let Some(uuid) = node.uuid {
+                    if let Some(first) = by_uuid.insert(uuid, line) {
+                        row.fail(
+                            "uuid",
+                            format!("{uuid} is already used on line {first}; UUIDs must be unique"),
                         );
                     }
                 }
@@ -594,6 +614,8 @@ impl RowParser<'_> {
         let server = get("server").and_then(|s| self.check(s.parse::<ServerUrl>(), "server"));
         let profile = get("profile").and_then(|p| self.check(parse_profile(&p), "profile"));
         let bmc = get("bmc").and_then(|b| self.check(b.parse::<BmcUrl>(), "bmc"));
+        let uuid = get("uuid").and_then(|u| self.check(u.parse::<SystemUuid>(), "uuid"));
+        let serial = get("serial").and_then(|v| self.check(parse_serial(&v), "serial"));
 
         let mut vars = BTreeMap::new();
         for (name, value) in &fields {
@@ -637,6 +659,8 @@ impl RowParser<'_> {
             server,
             profile,
             bmc,
+            uuid,
+            serial,
             vars,
         })
     }
@@ -776,6 +800,18 @@ fn check_free_text(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A `serial` value: printable text on one line, at most [`MAX_SERIAL`] bytes.
+pub fn parse_serial(text: &str) -> Result<String, String> {
+    if text.len() > MAX_SERIAL {
+        return Err(format!(
+            "the serial number is {} bytes long; at most {MAX_SERIAL} are accepted",
+            text.len()
+        ));
+    }
+    check_free_text(text)?;
+    Ok(text.to_string())
+}
+
 fn prefix_to_mask(prefix: u8) -> Ipv4Addr {
     Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0))
 }
@@ -840,6 +876,45 @@ impl fmt::Display for Mac {
 }
 
 impl Serialize for Mac {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A machine's SMBIOS system UUID, as the `uuid` column, Redfish's `UUID` and iPXE's `${uuid}`
+/// give it. Parses the hyphenated form (`8f1c2f6e-0000-4000-8000-000000000001`, any case; also
+/// the plain 32 hex digits and the `{…}` and `urn:uuid:` forms) with the uuid crate; displays
+/// lower case, hyphenated. Equality is of the 16 bytes, so comparing is case-insensitive. The
+/// nil UUID and all-ones (`ffffffff-…`), which firmware reports when it has none, are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SystemUuid(pub uuid::Uuid);
+
+impl FromStr for SystemUuid {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let id = uuid::Uuid::try_parse(text.trim()).map_err(|_| {
+            format!(
+                "{} is not a UUID; expected 32 hex digits as 8f1c2f6e-0000-4000-8000-000000000001",
+                quoted(text)
+            )
+        })?;
+        if id.is_nil() || id.is_max() {
+            return Err(format!(
+                "{id} is what firmware reports when it has no UUID; leave the column empty instead"
+            ));
+        }
+        Ok(SystemUuid(id))
+    }
+}
+
+impl fmt::Display for SystemUuid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
+impl Serialize for SystemUuid {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
     }
@@ -1096,6 +1171,39 @@ mod tests {
         for bad in ["aa:bb:cc:dd:ee", "aa:bb-cc:dd:ee:01", "gg:bb:cc:dd:ee:01", "aabbccddee0"] {
             assert!(bad.parse::<Mac>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn uuid_and_serial_columns() {
+        let u: SystemUuid = "8F1C2F6E-0000-4000-8000-00000000000A".parse().unwrap();
+        assert_eq!(u.to_string(), "8f1c2f6e-0000-4000-8000-00000000000a");
+        assert_eq!(u, "8f1c2f6e00004000800000000000000a".parse().unwrap(), "compared as bytes");
+        for bad in [
+            "8f1c2f6e-0000-4000-8000",
+            "not-a-uuid",
+            "00000000-0000-0000-0000-000000000000",
+            "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF",
+        ] {
+            assert!(bad.parse::<SystemUuid>().is_err(), "{bad}");
+        }
+        let csv = "hostname,ip,uuid,serial\n\
+                   a,10.0.0.1/24,8f1c2f6e-0000-4000-8000-00000000000a,SN 1\n\
+                   b,10.0.0.2/24,8F1C2F6E-0000-4000-8000-00000000000A,\n\
+                   c,10.0.0.3/24,zz,\n";
+        let report = Inventory::check("n.csv", csv.as_bytes(), 100).unwrap_err();
+        let found: Vec<(u64, &str, &str)> =
+            report.errors.iter().map(|e| (e.line, e.column.as_str(), e.message.as_str())).collect();
+        assert_eq!(report.total, 2, "{found:?}");
+        assert!(found[0].0 == 3 && found[0].1 == "uuid", "{found:?}");
+        assert!(found[0].2.contains("already used on line 2"), "{found:?}");
+        assert!(found[1].0 == 4 && found[1].2.contains("is not a UUID"), "{found:?}");
+        let long = format!("hostname,ip,serial\na,10.0.0.1/24,{}\n", "s".repeat(MAX_SERIAL + 1));
+        let report = Inventory::check("n.csv", long.as_bytes(), 100).unwrap_err();
+        assert!(report.errors[0].message.contains("at most 128"), "{:?}", report.errors);
+        let ok = Inventory::check("n.csv", b"hostname,ip,uuid,serial\na,10.0.0.1/24,,CZ-1\n", 10)
+            .unwrap();
+        assert_eq!(ok.nodes()[0].serial.as_deref(), Some("CZ-1"));
+        assert_eq!(ok.nodes()[0].uuid, None);
     }
 
     #[test]

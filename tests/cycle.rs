@@ -413,3 +413,72 @@ fn service_down_boots_local_bios_cd() {
     );
     eprintln!("service-down: local disk after {:.1}s", run.elapsed.as_secs_f64());
 }
+
+/// Issue 17: where the inventory knows a node's SMBIOS UUID, a boot that reports another is
+/// refused like a wrong MAC (local boot, a `uuid-mismatch` refusal naming the UUID expected and
+/// the one sent); the right UUID, in any case, is accepted. QEMU's `-uuid` sets the UUID iPXE
+/// sends as `${uuid}`.
+#[test]
+fn wrong_uuid_is_refused_bios_cd() {
+    const EXPECTED: &str = "0F1C2F6E-AAAA-4BBB-8CCC-0123456789AB";
+    const WRONG: &str = "0f1c2f6e-aaaa-4bbb-8ccc-ffffffffffff";
+    let port = free_port();
+    let fleet = Fleet::build(&format!("http://10.0.2.2:{port}"));
+    // The row learns its UUID (as `bootforge discover` records it; upper case on purpose).
+    std::fs::write(
+        &fleet.inventory,
+        format!(
+            "hostname,ip,gateway,dns,mac,profile,uuid\n\
+             node01,10.0.2.15/24,10.0.2.2,10.0.2.3,52:54:00:12:34:56,e2e,{EXPECTED}\n"
+        ),
+    )
+    .unwrap();
+    let service = fleet.serve(port);
+    let boot = |name: &str, uuid: &str| {
+        let vm = Vm::new(Firmware::Bios, name);
+        let disk = local_disk(vm.dir());
+        vm.medium(&fleet.iso, Attach::Cd)
+            .disk(&disk)
+            .nic(NODE_MAC)
+            .uuid(uuid)
+            .timeout(SINGLE_BOOT_TIMEOUT)
+            .stop_on(&format!("{LOCAL_DISK_MARKER} "))
+            .run()
+    };
+    let run = boot("cycle-wrong-uuid", WRONG);
+    let events = service.events();
+    let context =
+        format!("{}\n{}\n--- /events ---\n{}", run.report(), service.logs(), brief(&events));
+    let boots: Vec<&Value> =
+        events.iter().filter(|e| e["event"] == "boot" && e["host"] == "node01").collect();
+    assert_eq!(boots.len(), 1, "one /boot answer\n{context}");
+    let refusal = boots[0];
+    assert_eq!(refusal["answer"], "local", "{context}");
+    assert_eq!(refusal["kind"], "uuid-mismatch", "{context}");
+    assert_eq!(refusal["verified"], false, "{context}");
+    assert_eq!(refusal["uuid"], WRONG, "the refusal names the UUID sent\n{context}");
+    assert_eq!(
+        refusal["expected_uuid"],
+        EXPECTED.to_ascii_lowercase(),
+        "and the one expected\n{context}"
+    );
+    assert!(
+        // (The script's echo drops the apostrophe; the console wraps at 80 columns.)
+        run.serial.contains("bootforge: local boot: the SMBIOS UUID sent is not the inventory"),
+        "the node's console says why\n{context}"
+    );
+    assert!(run.serial.contains(LOCAL_DISK_MARKER), "the refused node boots its disk\n{context}");
+
+    // The right machine, its UUID in lower case: accepted (not flagged, so local, verified).
+    let run = boot("cycle-right-uuid", &EXPECTED.to_ascii_lowercase());
+    let events = service.events();
+    let context = format!("{}\n--- /events ---\n{}", run.report(), brief(&events));
+    let last = events
+        .iter()
+        .rev()
+        .find(|e| e["event"] == "boot" && e["host"] == "node01")
+        .unwrap_or_else(|| panic!("a second boot record\n{context}"));
+    assert_eq!(last["kind"], "not-flagged", "the UUID matched in any case\n{context}");
+    assert_eq!(last["verified"], true, "{context}");
+    assert!(last.get("expected_uuid").is_none(), "{context}");
+}

@@ -81,6 +81,8 @@ fn boot(host: &str, verified: bool, answer: &'static str, install: Option<String
         mac: None,
         medium: "cd",
         platform: "pcbios",
+        uuid: None,
+        expected_uuid: None,
     }
 }
 
@@ -919,6 +921,7 @@ fn inventory_record(inv: &bootforge::inventory::Inventory, version: u64) -> Even
         action: "upload",
         host: None,
         old_host: None,
+        hosts: Vec::new(),
         nodes: inv.len(),
         version: Some(version),
     }

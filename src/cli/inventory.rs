@@ -198,6 +198,7 @@ fn import(file: &Path, url: &str, sources: &Sources, expect: Option<u64>) -> any
             action: "import",
             host: None,
             old_host: None,
+            hosts: Vec::new(),
             nodes: inv.len(),
             version: Some(version),
         },

@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod client;
+pub mod discover;
 pub mod inventory;
 pub mod serve;
 pub mod state;
@@ -36,6 +37,7 @@ pub enum Command {
     MediaUrl(serve::MediaUrlArgs),
     Attach(serve::AttachArgs),
     Detach(serve::DetachArgs),
+    Discover(discover::DiscoverArgs),
     State(state::StateArgs),
     Inventory(inventory::InventoryArgs),
     Audit(state::AuditArgs),
@@ -54,6 +56,7 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::MediaUrl(args) => serve::media_url(args).map(|()| true),
         Command::Attach(args) => serve::attach(args),
         Command::Detach(args) => serve::detach(args),
+        Command::Discover(args) => discover::discover(args),
         Command::State(args) => state::state(args).map(|()| true),
         Command::Inventory(args) => inventory::inventory(args).map(|()| true),
         Command::Audit(args) => state::audit(args).map(|()| true),

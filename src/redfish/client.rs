@@ -51,7 +51,7 @@ impl Client {
 
     /// The requests of one operation on `target`; refused, before anything is sent, for an
     /// `http://` target whose credentials do not allow it.
-    fn session<'a>(
+    pub(super) fn session<'a>(
         &'a self,
         target: &'a BmcTarget,
         progress: &'a Progress,
@@ -232,7 +232,7 @@ fn path_of<'u>(url: &'u str, s: &Session<'_>) -> &'u str {
 }
 
 /// A string property, made safe; empty strings are `None`.
-fn text(v: &Value) -> Option<String> {
+pub(super) fn text(v: &Value) -> Option<String> {
     v.as_str().map(|t| untrusted(t, 2048)).filter(|t| !t.is_empty())
 }
 
@@ -253,14 +253,14 @@ fn check_image_url(url: &str) -> Result<(), RedfishError> {
 
 /// A resource as read: where, what, and its ETag.
 #[derive(Debug, Clone)]
-struct Resource {
-    url: String,
-    body: Value,
+pub(super) struct Resource {
+    pub(super) url: String,
+    pub(super) body: Value,
     etag: Option<String>,
 }
 
 impl Resource {
-    fn read(s: &Session<'_>, url: &str) -> Result<Resource, RedfishError> {
+    pub(super) fn read(s: &Session<'_>, url: &str) -> Result<Resource, RedfishError> {
         let reply = s.get(url)?;
         if !reply.body.is_object() {
             return Err(RedfishError::Protocol {
@@ -282,7 +282,7 @@ impl Resource {
         Resource::read(s, &self.url)
     }
 
-    fn link(&self, s: &Session<'_>, name: &str) -> Result<Option<String>, RedfishError> {
+    pub(super) fn link(&self, s: &Session<'_>, name: &str) -> Result<Option<String>, RedfishError> {
         self.body[name]["@odata.id"].as_str().map(|r| s.resolve(r)).transpose()
     }
 
@@ -297,7 +297,7 @@ impl Resource {
 }
 
 /// The member URLs of a collection, following `Members@odata.nextLink` up to `max` members.
-fn members(s: &Session<'_>, url: &str, max: usize) -> Result<Vec<String>, RedfishError> {
+pub(super) fn members(s: &Session<'_>, url: &str, max: usize) -> Result<Vec<String>, RedfishError> {
     let mut out = Vec::new();
     let mut next = Some(url.to_string());
     let mut pages = 0;
@@ -326,7 +326,7 @@ fn members(s: &Session<'_>, url: &str, max: usize) -> Result<Vec<String>, Redfis
     Ok(out)
 }
 
-fn find_system(s: &Session<'_>) -> Result<Resource, RedfishError> {
+pub(super) fn find_system(s: &Session<'_>) -> Result<Resource, RedfishError> {
     let url = &s.target().url;
     if let Some(path) = url.system_path() {
         return Resource::read(s, &format!("{}{path}", url.origin()));

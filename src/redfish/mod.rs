@@ -98,12 +98,14 @@
 
 mod client;
 pub mod credentials;
+mod nics;
 mod tls;
 mod transport;
 
 pub use crate::inventory::BmcUrl;
 pub use client::Client;
 pub use credentials::{CredentialsError, CredentialsFile, TargetError};
+pub use nics::{NicReport, SystemNics, MAX_INTERFACES};
 
 use serde::Serialize;
 use std::fmt;

@@ -5,7 +5,7 @@ use crate::serve::api::{
     admin, assets, bmc, boot, events, flags, hosts, installer, media, sessions,
 };
 use crate::serve::app::service::Service;
-use crate::serve::console::{inventory, login, page};
+use crate::serve::console::{discover, inventory, login, page};
 use crate::serve::web::accept::Handler;
 use crate::serve::web::reply::{HttpError, Reply};
 use crate::serve::web::request::Req;
@@ -104,6 +104,7 @@ pub async fn handle(svc: Arc<Service>, req: Req) -> Reply {
         Route::InventoryCheck => inventory::check_upload(&svc, &req).await,
         Route::InventoryRows => inventory::edit_row(&svc, &req, None).await,
         Route::InventoryRow(host) => inventory::edit_row(&svc, &req, Some(host)).await,
+        Route::Discover => discover::discover(&svc, &req).await,
         Route::NotFound => unreachable!("answered above: no method is allowed"),
     };
     let reply = result.unwrap_or_else(HttpError::into_reply);

@@ -20,7 +20,8 @@
 //!   (`/redfish/v1/TaskService/Tasks/42`) as monitor, as BMCs with task support do; and with
 //!   [`Proxy::etags`] it gives GETs an `ETag` and refuses a PATCH whose `If-Match` differs
 //!   (412). The emulator still does every operation. [`Quirks::delay`] makes it a slow BMC, and
-//!   [`Quirks::report_image`] makes it report the mounted URL in another encoding.
+//!   [`Quirks::report_image`] makes it report the mounted URL in another encoding;
+//!   [`Quirks::report_json`] makes it report more than the fake driver does.
 //! * [`Ca`]: a private CA and a server certificate for 127.0.0.1, made with the `openssl` CLI.
 #![allow(dead_code)]
 
@@ -97,6 +98,10 @@ pub struct FakeSystem {
     pub name: String,
     /// `On` or `Off`.
     pub power: &'static str,
+    /// MACs of its network interfaces: the fake driver reports each as an `EthernetInterface`
+    /// (`MACAddress`, `PermanentMACAddress`, `Status.State: Enabled`; no `LinkStatus`, no
+    /// addresses).
+    pub nics: Vec<String>,
 }
 
 impl FakeSystem {
@@ -106,6 +111,7 @@ impl FakeSystem {
             uuid: format!("8f1c2f6e-0000-4000-8000-{i:012}"),
             name: format!("node{i:02}"),
             power,
+            nics: Vec::new(),
         }
     }
 }
@@ -168,8 +174,11 @@ impl Emulator {
             .iter()
             .map(|s| {
                 format!(
-                    "{{'uuid': '{}', 'name': '{}', 'power_state': '{}', 'external_notifier': False, 'nics': []}}",
-                    s.uuid, s.name, s.power
+                    "{{'uuid': '{}', 'name': '{}', 'power_state': '{}', 'external_notifier': False, 'nics': [{}]}}",
+                    s.uuid,
+                    s.name,
+                    s.power,
+                    s.nics.iter().map(|m| format!("{{'mac': '{m}'}}")).collect::<Vec<_>>().join(", ")
                 )
             })
             .collect();
@@ -385,6 +394,9 @@ pub struct Quirks {
     /// Report the virtual CD's `Image` through this function, as BMCs that hand the URL back
     /// percent-encoded or HTML-escaped do (the emulator itself keeps what it was given).
     pub report_image: Option<fn(&str) -> String>,
+    /// Change every JSON answer to a GET through this function, as a BMC that reports more than
+    /// the fake driver does (link states, addresses, a serial number) would answer.
+    pub report_json: Option<fn(&mut serde_json::Value)>,
 }
 
 /// A recording HTTP proxy in front of a plain-HTTP emulator (one request per connection).
@@ -512,6 +524,12 @@ fn proxy_one(
                     v["Image"] = serde_json::Value::String(image);
                     resp_body = v.to_string();
                 }
+            }
+        }
+        if let Some(change) = quirks.report_json.filter(|_| method == "GET") {
+            if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&resp_body) {
+                change(&mut v);
+                resp_body = v.to_string();
             }
         }
         let mut resp_lines = resp_head.lines();

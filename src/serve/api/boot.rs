@@ -1,6 +1,6 @@
 //! `GET /boot/{host}`: the one endpoint every node asks at every boot.
 
-use crate::inventory::{parse_hostname, Mac, Node};
+use crate::inventory::{parse_hostname, quoted, Mac, Node, SystemUuid};
 use crate::script::{local_boot_script, LocalBoot, Medium};
 use crate::serve::app::change::Change;
 use crate::serve::app::guard::{node_token_ok, rules};
@@ -24,6 +24,9 @@ struct BootQuery {
     platform: &'static str,
     ip: Option<Ipv4Addr>,
     mac: Option<Mac>,
+    /// The SMBIOS UUID sent (`uuid`): parsed, or else the text as sent (escaped and cut by
+    /// [`quoted`], for a refusal to show); `None` when not sent or empty.
+    uuid: Option<Result<SystemUuid, String>>,
 }
 
 impl BootQuery {
@@ -38,6 +41,10 @@ impl BootQuery {
             },
             ip: req.param("ip").and_then(|i| i.parse().ok()),
             mac: req.param("mac").and_then(|m| m.parse().ok()),
+            uuid: req
+                .param("uuid")
+                .filter(|u| !u.trim().is_empty())
+                .map(|u| u.parse::<SystemUuid>().map_err(|_| quoted(u))),
         }
     }
 }
@@ -51,6 +58,8 @@ pub(crate) enum Local {
     BadToken,
     MacMismatch,
     NoMac,
+    UuidMismatch,
+    NoUuid,
     NoInstall(NoInstall),
     RenderError,
     StateError,
@@ -64,6 +73,7 @@ impl Local {
             Local::UnknownHost => crate::serve::domain::event::UNKNOWN_HOST,
             Local::BadToken => "bad-token",
             Local::MacMismatch | Local::NoMac => "mac-mismatch",
+            Local::UuidMismatch | Local::NoUuid => UUID_MISMATCH,
             Local::NoInstall(NoInstall::NotFlagged) => "not-flagged",
             Local::NoInstall(NoInstall::UnknownProfile) => "unknown-profile",
             Local::RenderError => "render-error",
@@ -79,6 +89,8 @@ impl Local {
             Local::BadToken => "missing or wrong node token",
             Local::MacMismatch => "the MAC sent is not the inventory's MAC for this host",
             Local::NoMac => "no valid MAC sent; the inventory has one for this host",
+            Local::UuidMismatch => "the SMBIOS UUID sent is not the inventory's UUID for this host",
+            Local::NoUuid => "no valid SMBIOS UUID sent; the inventory has one for this host",
             Local::NoInstall(NoInstall::NotFlagged) => "not flagged for reimage",
             Local::NoInstall(NoInstall::UnknownProfile) => "the flag's profile is not loaded",
             Local::RenderError => "the install chain could not be rendered",
@@ -96,12 +108,19 @@ impl Local {
                 | Local::BadToken
                 | Local::MacMismatch
                 | Local::NoMac
+                | Local::UuidMismatch
+                | Local::NoUuid
         )
     }
 }
 
+/// The `kind` of a boot refused for its SMBIOS UUID; its record names the UUID expected and the
+/// one sent.
+pub(crate) const UUID_MISMATCH: &str = "uuid-mismatch";
+
 /// Checks that the request comes from `raw`'s medium: a valid inventory host, its node token
-/// (with a secret), and its MAC (when the inventory has one).
+/// (with a secret), its MAC (when the inventory has one) and its SMBIOS UUID (when the
+/// inventory has one; compared as 16 bytes, so in any case).
 fn verify<'a>(
     svc: &Service,
     snap: &'a Snapshot,
@@ -117,10 +136,16 @@ fn verify<'a>(
         return Err((Local::BadToken, Some(host)));
     }
     match (node.mac, q.mac) {
+        (None, _) => {}
+        (Some(expected), Some(sent)) if expected == sent => {}
+        (Some(_), Some(_)) => return Err((Local::MacMismatch, Some(host))),
+        (Some(_), None) => return Err((Local::NoMac, Some(host))),
+    }
+    match (node.uuid, &q.uuid) {
         (None, _) => Ok(node),
-        (Some(expected), Some(sent)) if expected == sent => Ok(node),
-        (Some(_), Some(_)) => Err((Local::MacMismatch, Some(host))),
-        (Some(_), None) => Err((Local::NoMac, Some(host))),
+        (Some(expected), Some(Ok(sent))) if expected == *sent => Ok(node),
+        (Some(_), Some(_)) => Err((Local::UuidMismatch, Some(host))),
+        (Some(_), None) => Err((Local::NoUuid, Some(host))),
     }
 }
 
@@ -307,16 +332,21 @@ fn boot_local(
     node: Option<&Node>,
     why: Local,
 ) -> Reply {
-    svc.audit.note(&boot_event(
-        req,
-        q,
-        host,
-        why.verified(),
-        "local",
-        why.kind(),
-        why.text(),
-        None,
-    ));
+    let mut record =
+        boot_event(req, q, host, why.verified(), "local", why.kind(), why.text(), None);
+    // A UUID refusal says which: the inventory's UUID and what was sent (parsed, or quoted and
+    // cut), so the console's audit view shows both.
+    if let (Local::UuidMismatch | Local::NoUuid, Event::Boot { uuid, expected_uuid, .. }) =
+        (why, &mut record)
+    {
+        *expected_uuid = node.and_then(|n| n.uuid);
+        *uuid = Some(match &q.uuid {
+            Some(Ok(sent)) => sent.to_string(),
+            Some(Err(text)) => text.clone(),
+            None => "(none sent)".to_string(),
+        });
+    }
+    svc.audit.note(&record);
     svc.metrics.boot("local", why.kind());
     tracing::debug!(host = host.unwrap_or("-"), "boot: local: {}", why.text());
     local_script(&svc.catalog.snapshot(), q, node, why)
@@ -372,6 +402,8 @@ fn boot_event(
         mac: q.mac,
         medium: q.medium.as_str(),
         platform: q.platform,
+        uuid: None,
+        expected_uuid: None,
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod bmc;
 pub mod change;
 pub mod config;
+pub mod discover;
 pub mod error;
 pub mod guard;
 pub mod locks;

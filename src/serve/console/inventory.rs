@@ -87,11 +87,11 @@ fn home(svc: &Service) -> Home {
 
 /// The inventory's current text, and the version a change must name.
 pub(crate) struct Current {
-    text: String,
-    version: String,
+    pub(crate) text: String,
+    pub(crate) version: String,
 }
 
-fn read_inventory(svc: &Service) -> Result<Current, HttpError> {
+pub(crate) fn read_inventory(svc: &Service) -> Result<Current, HttpError> {
     match &svc.config.inventory {
         Some(path) => {
             let bytes = std::fs::read(path)
@@ -118,7 +118,7 @@ pub(crate) fn version(text: &str) -> String {
 /// or `POST /inventory/check`) the operator saw. Without one the change could silently undo
 /// another made meanwhile, so it is refused (428); a version that is no longer the file's is a
 /// conflict (409). Called with the edit lock held.
-fn require_version(expected: Option<&str>, current: &Current) -> Result<(), HttpError> {
+pub(crate) fn require_version(expected: Option<&str>, current: &Current) -> Result<(), HttpError> {
     match expected {
         None => Err(HttpError::new(
             428,
@@ -204,7 +204,7 @@ impl ErrorsView {
 }
 
 /// Refuses edits of an inventory file on a shared database (see the body).
-fn edits_allowed(svc: &Service) -> Result<(), HttpError> {
+pub(crate) fn edits_allowed(svc: &Service) -> Result<(), HttpError> {
     // With replicas (a shared database) and `--inventory`, each replica reads its own copy of
     // the file: an edit here would change one replica's copy and be lost or contradicted by the
     // others'. Their file is the source of truth, kept in step by configuration management. The
@@ -254,6 +254,7 @@ pub async fn edit_row(
             action,
             removed: (action == "remove").then_some(applied.host),
             renamed_from: applied.renamed_from,
+            hosts: Vec::new(),
         };
         replace(svc, &Actor::from(&caller), peer, change, &applied.text, applied.line, &current)
     })
@@ -295,7 +296,8 @@ pub async fn replace_upload(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply,
         let _one = svc.inventory_edit.lock().unwrap_or_else(|p| p.into_inner());
         let current = read_inventory(svc)?;
         require_version(expected.as_deref(), &current)?;
-        let change = Change { action: "upload", removed: None, renamed_from: None };
+        let change =
+            Change { action: "upload", removed: None, renamed_from: None, hosts: Vec::new() };
         replace(svc, &Actor::from(&caller), peer, change, &text, None, &current)
     })
     .await?
@@ -308,7 +310,7 @@ fn upload_text(req: &Req) -> Result<String, HttpError> {
 
 /// Uploads are named like the file they would replace, so errors read as `bootforge check`'s
 /// (`upload` for the database's inventory).
-fn upload_source(svc: &Service) -> String {
+pub(crate) fn upload_source(svc: &Service) -> String {
     svc.config
         .inventory
         .as_deref()
@@ -338,12 +340,14 @@ pub(crate) fn checked(
 
 /// What a write changes, for its audit record.
 pub(crate) struct Change {
-    /// `add`, `change`, `remove` or `upload`.
-    action: &'static str,
+    /// `add`, `change`, `remove`, `upload` or `discover`.
+    pub(crate) action: &'static str,
     /// For a removal, the host name of the row removed, as the file had it.
-    removed: Option<String>,
+    pub(crate) removed: Option<String>,
     /// For a change that renamed its row, the name the row had, as the file had it.
-    renamed_from: Option<String>,
+    pub(crate) renamed_from: Option<String>,
+    /// For a change of several rows (`discover`), their validated host names.
+    pub(crate) hosts: Vec<String>,
 }
 
 /// Validates `new` and, only if it is valid, writes it over the inventory and reloads: the file
@@ -393,6 +397,7 @@ pub(crate) fn replace(
         action,
         host: host.clone(),
         old_host: old_host.clone(),
+        hosts: change.hosts.clone(),
         nodes,
         version,
     };

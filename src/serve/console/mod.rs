@@ -12,6 +12,7 @@
 //! Its parts: the embedded page and its headers ([`page`], `ui/`), logins ([`login`]), and
 //! inventory editing ([`inventory`], through [`editor`]). See docs/CONSOLE.md.
 
+pub mod discover;
 pub mod editor;
 pub mod inventory;
 pub mod login;

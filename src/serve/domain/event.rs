@@ -5,7 +5,7 @@
 //! request text reaches a record unparsed, so no secret can, and every record is a few hundred
 //! bytes whatever the request held. Writing them is [`crate::serve::store::audit`]'s job.
 
-use crate::inventory::Mac;
+use crate::inventory::{Mac, SystemUuid};
 use crate::serve::domain::actor::Actor;
 use crate::serve::domain::actor::Role;
 use crate::serve::domain::actor::Via;
@@ -32,6 +32,12 @@ pub enum Event {
         mac: Option<Mac>,
         medium: &'static str,
         platform: &'static str,
+        /// A `uuid-mismatch` refusal only: the SMBIOS UUID sent (canonical when it parsed, else
+        /// the text quoted and cut to 64 characters; `(none sent)`) and the inventory's.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        uuid: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expected_uuid: Option<SystemUuid>,
     },
     FlagSet {
         host: String,
@@ -174,8 +180,8 @@ pub enum Event {
         who: Option<Actor>,
         peer: Option<IpAddr>,
     },
-    /// The inventory replaced from the console or by `bootforge inventory import`: `action` is
-    /// `add`, `change`, `remove`, `upload` or `import`; `host` the row's host name; `old_host`
+    /// The inventory replaced from the console, by `bootforge discover --apply` or by `bootforge
+    /// inventory import`: `action` is `add`, `change`, `remove`, `upload`, `discover` or `import`; `host` the row's host name; `old_host`
     /// (changes that rename the row only) the name it had; `nodes` the number of rows after the
     /// change; `version` the database inventory's version after it (`serve` without
     /// `--inventory`; absent for the file). `peer` is `null` for a command run on a machine
@@ -188,6 +194,9 @@ pub enum Event {
         host: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         old_host: Option<String>,
+        /// `discover` only: the rows it changed (validated host names).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        hosts: Vec<String>,
         nodes: usize,
         #[serde(skip_serializing_if = "Option::is_none")]
         version: Option<u64>,

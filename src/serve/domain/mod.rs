@@ -6,6 +6,7 @@
 //! `std::fs`, `std::net` sockets, `tokio` or `SystemTime`.
 
 pub mod actor;
+pub mod discover;
 pub mod event;
 pub mod lifecycle;
 pub mod query;

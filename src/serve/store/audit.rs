@@ -1099,6 +1099,8 @@ mod tests {
             mac: None,
             medium: "iso",
             platform: "efi",
+            uuid: None,
+            expected_uuid: None,
         };
         let done = Event::Done { host: "n1".into(), install: "x".into(), peer };
         for (e, age) in [(&boot, 40), (&done, 40), (&boot, 10), (&done, 400), (&boot, 1)] {
@@ -1161,6 +1163,8 @@ mod tests {
             mac: None,
             medium: "iso",
             platform: "efi",
+            uuid: None,
+            expected_uuid: None,
         };
         a.note(&boot("n1", true, "install"));
         a.note(&boot("n1", true, "local"));

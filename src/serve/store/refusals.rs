@@ -403,6 +403,8 @@ mod tests {
             mac: None,
             medium: "iso",
             platform: "efi",
+            uuid: None,
+            expected_uuid: None,
         };
         assert!(r.take(boot("made-up-1").refusal().unwrap(), 6));
         assert!(!r.take(boot("made-up-2").refusal().unwrap(), 7), "the same key");

@@ -56,6 +56,8 @@ pub enum Route {
     InventoryRows,
     /// `/inventory/hosts/{host}`: change (PUT) or remove (DELETE) a row.
     InventoryRow(String),
+    /// `/discover`: propose (and apply) MACs, UUIDs and serials from the BMCs (POST).
+    Discover,
     NotFound,
 }
 
@@ -97,6 +99,7 @@ impl Route {
             ["inventory", "check"] => Route::InventoryCheck,
             ["inventory", "hosts"] => Route::InventoryRows,
             ["inventory", "hosts", _] => Route::InventoryRow(seg(2)),
+            ["discover"] => Route::Discover,
             _ => Route::NotFound,
         }
     }
@@ -128,6 +131,7 @@ impl Route {
             Route::InventoryCheck => "/inventory/check",
             Route::InventoryRows => "/inventory/hosts",
             Route::InventoryRow(_) => "/inventory/hosts/{host}",
+            Route::Discover => "/discover",
             Route::NotFound => "-",
         }
     }
@@ -156,6 +160,8 @@ impl Route {
             Route::Inventory => "GET, PUT",
             Route::InventoryCheck | Route::InventoryRows => "POST",
             Route::InventoryRow(_) => "PUT, DELETE",
+            // Reads every chosen BMC: never a GET.
+            Route::Discover => "POST",
             Route::NotFound => "",
         }
     }

@@ -357,6 +357,42 @@
     loadInventory();
   }));
 
+  // ---------------------------------------------------------------- discovery (admin)
+  // Every row with a bmc: the proposal first (changes nothing), then Apply writes that proposal
+  // against the inventory version it was made from (409 if the inventory moved meanwhile).
+  let discovered = null;
+  function discoverLines(d) {
+    return d.hosts.map((h) => {
+      const head = h.error ? `${h.host}: ${h.summary}` : `${h.host}: ${h.old_mac || "(none)"} -> ${h.new_mac || "(none)"} (${h.summary})`;
+      return [head, ...(h.notes || []).map((n) => "  " + n)].join("\n");
+    }).join("\n");
+  }
+  $("#discover-run").addEventListener("click", async () => {
+    $("#discover-apply").disabled = true;
+    $("#discover-result").textContent = "reading the BMCs…";
+    const overwrite = $("#discover-overwrite").checked;
+    const r = await api("POST", "/discover", { all: true, overwrite });
+    if (!r.ok) { $("#discover-result").textContent = r.data.error || "refused"; return; }
+    discovered = { version: r.data.version, overwrite };
+    const changes = r.data.hosts.filter((h) => h.changes).length;
+    $("#discover-result").textContent = discoverLines(r.data) + `\n${changes} host(s) would change; nothing was written`;
+    $("#discover-apply").disabled = changes === 0;
+  });
+  $("#discover-apply").addEventListener("click", async () => {
+    if (!discovered) return;
+    $("#discover-apply").disabled = true;
+    const r = await api("POST", "/discover", { all: true, apply: true, overwrite: discovered.overwrite, version: discovered.version });
+    discovered = null;
+    if (!r.ok) {
+      const errors = (r.data.errors || []).map((e) => `line ${e.line}, column ${e.column}: ${e.message}`);
+      $("#discover-result").textContent = [r.data.error || "refused", ...errors].join("\n");
+      return;
+    }
+    const changed = r.data.hosts.filter((h) => h.changes).length;
+    $("#discover-result").textContent = discoverLines(r.data) + (r.data.applied ? `\napplied: ${changed} host(s) changed` : "\nnothing to change");
+    await loadInventory();
+  });
+
   // ---------------------------------------------------------------- audit
   async function loadAudit() {
     const p = new URLSearchParams({ order: "newest", limit: 100, host: $("#a-host").value.trim(), event: $("#a-event").value, by: $("#a-by").value.trim() });
