@@ -9,7 +9,11 @@ use std::path::Path;
 use std::time::Duration;
 
 /// An HTTP agent for the service at `server`, trusting `ca_file` besides the public roots.
-fn agent(server: &str, ca_file: Option<&Path>, timeout: Duration) -> anyhow::Result<ureq::Agent> {
+pub fn agent(
+    server: &str,
+    ca_file: Option<&Path>,
+    timeout: Duration,
+) -> anyhow::Result<ureq::Agent> {
     let scheme = server.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
     anyhow::ensure!(
         matches!(scheme.as_deref(), Some("http" | "https")),
@@ -28,7 +32,7 @@ fn agent(server: &str, ca_file: Option<&Path>, timeout: Duration) -> anyhow::Res
 }
 
 /// Why the service could not be reached, with a hint when its certificate was refused.
-fn unreachable(base: &str, e: &ureq::Error) -> String {
+pub fn unreachable(base: &str, e: &ureq::Error) -> String {
     match crate::cafile::certificate_hint(e) {
         Some(hint) => format!("cannot reach {base}: {e} ({hint})"),
         None => format!("cannot reach {base}: {e}"),

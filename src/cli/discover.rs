@@ -3,7 +3,7 @@
 //! with `--apply` has the service write them as one inventory edit. A thin client of
 //! `POST /discover` (see docs/API.md): the BMC passwords never leave the service.
 
-use crate::cli::client::read_token;
+use crate::cli::client::{agent, read_token, unreachable};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -52,6 +52,10 @@ pub struct DiscoverArgs {
     /// File holding the API token (first line; role reimage, admin for --apply).
     #[arg(long, value_name = "FILE")]
     pub token_file: PathBuf,
+    /// A CA certificate file (PEM) to trust for an https:// --server with a private CA, besides
+    /// the public roots.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Seconds to wait for the service's answer (it reads the BMCs, a few at a time, each
     /// within its --bmc-deadline).
     #[arg(long, value_name = "SECONDS", default_value_t = 900)]
@@ -70,7 +74,7 @@ pub fn discover(args: DiscoverArgs) -> anyhow::Result<bool> {
         "apply": args.apply,
         "overwrite": args.overwrite,
     });
-    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(args.timeout)).build();
+    let agent = agent(&args.server, args.ca_file.as_deref(), Duration::from_secs(args.timeout))?;
     let base = args.server.trim_end_matches('/');
     let answer = match agent
         .post(&format!("{base}/discover"))
@@ -94,7 +98,7 @@ pub fn discover(args: DiscoverArgs) -> anyhow::Result<bool> {
             }
             anyhow::bail!("discover: HTTP {code}: {}", v["error"].as_str().unwrap_or("no details"))
         }
-        Err(e) => anyhow::bail!("cannot reach {base}: {e}"),
+        Err(e) => anyhow::bail!("{}", unreachable(base, &e)),
     };
     if args.json {
         println!("{answer}");
