@@ -241,9 +241,8 @@ pub fn signature_list(der: &[u8]) -> Vec<u8> {
         0xa1, 0x59, 0xc0, 0xa5, 0xe4, 0x94, 0xa7, 0x4a, 0x87, 0xb5, 0xab, 0x15, 0x5c, 0x2b, 0xf0,
         0x72,
     ];
-    // Any owner will do; this one spells "bootforge-test" in its last bytes for a reader of a
-    // hex dump.
-    const OWNER: [u8; 16] = *b"\x01\x02\x03\x04bf-test-ca";
+    // Any owner will do; this one reads "bootforge-testCA" in a hex dump.
+    const OWNER: [u8; 16] = *b"bootforge-testCA";
     let signature_size = 16 + der.len();
     let list_size = 28 + signature_size;
     let mut out = Vec::with_capacity(list_size);
