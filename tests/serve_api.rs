@@ -483,7 +483,10 @@ fn reload_picks_up_changes_and_keeps_old_on_error() {
 #[test]
 fn template_errors_are_reported_with_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
-    let config = base_config(dir.path());
+    let mut config = base_config(dir.path());
+    // Over TLS, with a good certificate: the template is still what is reported.
+    let _ca =
+        running_over_tls().then(|| tls_config(&mut config, &pki::LeafSpec::server("IP:127.0.0.1")));
     std::fs::write(config.profiles.join("e2e/config/install.cfg"), "line one\n{{ node.hostname \n")
         .unwrap();
     let err = match bootforge::serve::Server::start(config) {

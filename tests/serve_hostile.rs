@@ -1379,13 +1379,25 @@ fn one_peer_cannot_hold_more_than_its_share() {
 
 #[test]
 fn a_client_that_stops_reading_is_cut_and_blocks_no_one() {
+    stops_reading(false);
+}
+
+#[test]
+fn a_client_that_stops_reading_over_tls_is_cut_and_blocks_no_one() {
+    stops_reading(true);
+}
+
+/// A download that its client stops reading (over TLS when `tls`) is cut at the send timeout,
+/// and holds up no one meanwhile.
+fn stops_reading(tls: bool) {
     let send = Duration::from_millis(2000);
-    let mut f = start_limited(limits(10_000, 10_000, 2000, 256));
+    let limits = limits(10_000, 10_000, 2000, 256);
+    let mut f = if tls { start_tls_limited(limits) } else { start_limited(limits) };
     let size: usize = 64 << 20;
     let big = f.config.assets.clone().unwrap().join("big");
     std::fs::create_dir_all(&big).unwrap();
     std::fs::write(big.join("disk.img"), vec![7u8; size]).unwrap();
-    let mut stalled = Conn::open(&f);
+    let mut stalled = if tls { Conn::open_tls(&f) } else { Conn::open(&f) };
     stalled.send(b"GET /assets/big/disk.img HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_millis(500)); // the socket buffers fill up
@@ -1396,7 +1408,7 @@ fn a_client_that_stops_reading_is_cut_and_blocks_no_one() {
         let (r, took) = timed(|| call("GET", &boot_url(&f.base, "node01", MAC1, ""), None, None));
         assert!(r.status == 200 && took < PROMPT, "/boot/node01: {} in {took:?}", r.status);
         let (r, took) = timed(|| {
-            let mut c = Conn::open(&f);
+            let mut c = if tls { Conn::open_tls(&f) } else { Conn::open(&f) };
             c.send(b"GET /assets/rocky/vmlinuz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                 .unwrap();
             c.response(false).unwrap()
@@ -1414,7 +1426,7 @@ fn a_client_that_stops_reading_is_cut_and_blocks_no_one() {
     let mut total = 0usize;
     let mut chunk = vec![0u8; 1 << 20];
     let ended = loop {
-        match stalled.s.read(&mut chunk) {
+        match stalled.read(&mut chunk) {
             Ok(0) => break "closed",
             Ok(n) => total += n,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
@@ -1673,7 +1685,7 @@ fn bytes_that_are_not_tls_are_refused_at_once_and_never_answered_in_clear() {
         let seen = seen.unwrap_or_else(|e| panic!("{what}: not closed at once: {e}"));
         assert!(took < PROMPT, "{what}: closed after {took:?}");
         assert!(
-            !find(&seen, b"HTTP/").is_some(),
+            find(&seen, b"HTTP/").is_none(),
             "{what}: answered in clear: {}",
             lossy(&seen, 200)
         );

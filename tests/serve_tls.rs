@@ -491,6 +491,18 @@ fn clients_take_https_with_a_ca_file_and_say_to_pass_one() {
         call("GET", &f.url("/hosts/node01"), Some(READ_TOKEN), None).json()["flagged"],
         false
     );
+    // The service saw them refuse its certificate.
+    let m = call("GET", &f.url("/metrics"), None, None).body;
+    let untrusted: u64 = m
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("bootforge_tls_handshake_failures_total{reason=\"untrusted\"} ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no untrusted counter in\n{m}"));
+    assert!(untrusted >= 4, "{untrusted} refusals of the certificate counted");
     // With it, they work.
     let (ok, out, err) = run(args(&["reimage", "node01"], true));
     assert!(ok && out.contains("node01: flagged"), "{out}{err}");
@@ -510,4 +522,19 @@ fn clients_take_https_with_a_ca_file_and_say_to_pass_one() {
         "{err}"
     );
     f.stop();
+}
+
+#[test]
+fn a_stop_does_not_wait_for_handshakes_in_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = full_config(dir.path(), false); // the default 15 s header timeout
+    let mut f = start_tls_with(dir, config);
+    let stalled: Vec<_> =
+        (0..5).map(|_| std::net::TcpStream::connect(tls_addr(&f)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    f.stop();
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(2), "the stop waited {took:?} for stalled handshakes");
+    drop(stalled);
 }

@@ -122,7 +122,7 @@ pub struct ServeArgs {
     pub tokens_file: Option<PathBuf>,
     /// Base URL written into rendered templates (config_url, done_url, asset_url) for nodes
     /// whose row has no `server` column: the --server the media were built with. Default: the
-    /// --listen address, if it is a specific one.
+    /// --listen-tls address (as https://), else the --listen address, if it is a specific one.
     #[arg(long, value_name = "URL")]
     pub public_url: Option<ServerUrl>,
     /// Threads for work that may block: reading and writing the state directory (fsync), the

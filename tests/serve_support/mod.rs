@@ -258,6 +258,7 @@ pub fn tls_config(config: &mut Config, leaf: &pki::LeafSpec) -> pki::Pki {
     config.tls_cert = Some(issued.chain);
     config.tls_key = Some(issued.key);
     config.tls_ca = Some(ca.ca_cert.clone());
+    TLS_STARTED.with(|n| n.set(n.get() + 1));
     ca
 }
 
@@ -265,6 +266,9 @@ thread_local! {
     /// Whether [`start_with`] starts its servers over TLS: set by [`over_tls`] for the test
     /// running on this thread (every test has a thread of its own).
     static OVER_TLS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Configurations given a TLS listener on this thread ([`tls_config`]), for [`over_tls`] to
+    /// check that its test used one.
+    static TLS_STARTED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// Runs `test` with every fixture it starts ([`start`], [`start_with`]) serving over TLS: a
@@ -273,6 +277,10 @@ thread_local! {
 pub fn over_tls(test: fn()) {
     OVER_TLS.with(|t| t.set(true));
     test();
+    assert!(
+        TLS_STARTED.with(|n| n.get()) > 0,
+        "the test started no fixture over TLS: it ran over plain HTTP only"
+    );
 }
 
 /// Whether fixtures on this thread serve over TLS.

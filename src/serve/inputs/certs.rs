@@ -59,7 +59,7 @@ pub struct CertStatus {
     pub failures: u64,
 }
 
-/// (path, size, mtime s, mtime ns, inode) of one file, or of a missing one (all zero).
+/// (size, mtime s, mtime ns, inode) of one file; all zero for a missing or unreadable one.
 type Stamp = (u64, i64, i64, u64);
 
 fn stamp(path: &Path) -> Stamp {
@@ -83,6 +83,7 @@ impl ServerCert {
     pub fn load(cert_file: &Path, key_file: &Path) -> anyhow::Result<ServerCert> {
         let stamps = (stamp(cert_file), stamp(key_file));
         let (key, info) = load_pair(cert_file, key_file)?;
+        warn_if_expiring(cert_file, &info);
         Ok(ServerCert {
             cert_file: cert_file.to_path_buf(),
             key_file: key_file.to_path_buf(),
@@ -127,6 +128,7 @@ impl ServerCert {
                     not_after = %info.not_after,
                     "TLS certificate reloaded"
                 );
+                warn_if_expiring(&self.cert_file, &info);
                 status.serving = info;
                 status.loaded_at = crate::serve::util::rfc3339(crate::serve::util::now_ms());
                 status.loads += 1;
@@ -240,6 +242,21 @@ fn load_pair(cert_file: &Path, key_file: &Path) -> anyhow::Result<(CertifiedKey,
         ),
     }
     Ok((certified, info))
+}
+
+/// How long before its expiry a certificate loaded draws a warning.
+const EXPIRY_WARNING_SECS: i64 = 14 * 86_400;
+
+/// Logs a warning when the certificate loaded has expired or expires soon: the service serves
+/// it all the same (an expired certificate is the operator's to replace), but clients will
+/// refuse it.
+fn warn_if_expiring(cert_file: &Path, info: &CertInfo) {
+    let now = (crate::serve::util::now_ms() / 1000) as i64;
+    if info.not_after_unix <= now {
+        tracing::warn!(cert = %cert_file.display(), not_after = %info.not_after, "the TLS certificate has expired: clients refuse it until it is renewed");
+    } else if info.not_after_unix - now < EXPIRY_WARNING_SECS {
+        tracing::warn!(cert = %cert_file.display(), not_after = %info.not_after, "the TLS certificate expires in less than 14 days");
+    }
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
