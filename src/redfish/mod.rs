@@ -111,7 +111,7 @@ mod trust;
 pub use crate::inventory::BmcUrl;
 pub use client::Client;
 pub use credentials::{CredentialsError, CredentialsFile, TargetError};
-pub use trust::{Enroll, MediaCa, TrustReport};
+pub use trust::{Enroll, MediaCa};
 
 use serde::Serialize;
 use std::fmt;
@@ -268,6 +268,40 @@ pub struct AttachReport {
     pub media_ca: Option<TrustReport>,
     /// Time the whole operation took.
     pub elapsed_ms: u64,
+}
+
+/// What attach found and did so that a virtual CD trusts the CA of an `https://` image
+/// (`trust.rs`).
+#[derive(Debug, Clone, Serialize)]
+pub struct TrustReport {
+    /// `enrolled` (at least one certificate added), `present` (all were there already) or
+    /// `unsupported` (the device has no Certificates collection; nothing was changed).
+    pub status: &'static str,
+    /// The SHA-256 of each CA certificate (hex).
+    pub fingerprints: Vec<String>,
+    /// The Certificate resources that hold them, added or found.
+    pub certificates: Vec<String>,
+    /// How many were added by this call.
+    pub added: usize,
+    /// Whether this call switched `VerifyCertificate` on.
+    pub verify_set: bool,
+    /// `VerifyCertificate` as the device reports it afterwards (`None`: it does not say).
+    pub verify: Option<bool>,
+    /// Why nothing was done, or what the operator should know.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl TrustReport {
+    /// Whether the BMC's trust was changed (a certificate added or verification turned on).
+    pub fn changed(&self) -> bool {
+        self.added > 0 || self.verify_set
+    }
+
+    /// Whether the BMC will check the image's certificate against the enrolled CA.
+    pub fn verifying(&self) -> bool {
+        self.status != "unsupported" && self.verify == Some(true)
+    }
 }
 
 /// What [`Client::detach`] did.

@@ -24,10 +24,9 @@
 
 use super::client::{members, Resource};
 use super::transport::{Retry, Session};
-use super::{untrusted, RedfishError};
+use super::{untrusted, RedfishError, TrustReport};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::CertificateDer;
-use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -97,39 +96,6 @@ fn pem(der: &[u8]) -> String {
     }
     out.push_str("-----END CERTIFICATE-----\n");
     out
-}
-
-/// What [`ensure`] found and did on one virtual media device.
-#[derive(Debug, Clone, Serialize)]
-pub struct TrustReport {
-    /// `enrolled` (at least one certificate added), `present` (all were there already) or
-    /// `unsupported` (the device has no Certificates collection; nothing was changed).
-    pub status: &'static str,
-    /// The SHA-256 of each CA certificate (hex).
-    pub fingerprints: Vec<String>,
-    /// The Certificate resources that hold them, added or found.
-    pub certificates: Vec<String>,
-    /// How many were added by this call.
-    pub added: usize,
-    /// Whether this call switched `VerifyCertificate` on.
-    pub verify_set: bool,
-    /// `VerifyCertificate` as the device reports it afterwards (`None`: it does not say).
-    pub verify: Option<bool>,
-    /// Why nothing was done, or what the operator should know.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-}
-
-impl TrustReport {
-    /// Whether the BMC's trust was changed (a certificate added or verification turned on).
-    pub fn changed(&self) -> bool {
-        self.added > 0 || self.verify_set
-    }
-
-    /// Whether the BMC will check the image's certificate against the enrolled CA.
-    pub fn verifying(&self) -> bool {
-        self.status != "unsupported" && self.verify == Some(true)
-    }
 }
 
 /// Makes the virtual media device `media` trust `ca` for its image URL and verify it; returns
