@@ -637,3 +637,193 @@ fn status_reads_leave_slots_for_attach() {
     assert_eq!(held, 48, "reads hold at most 48 of the 64 slots");
     assert_eq!(cd(&emu, 1)["Inserted"], true);
 }
+
+/// The service's own TLS listener with a private CA (`support::pki`), its minted media URLs on
+/// `https://`: the tweak that [`Fixture::start_config`] takes. `ca` is what `--tls-ca` names.
+fn over_tls(
+    leaf: &common::pki::Leaf,
+    ca: &std::path::Path,
+    tls_port: u16,
+) -> impl FnOnce(&mut bootforge::serve::Config, &std::path::Path) {
+    let (chain, key, ca) = (leaf.chain.clone(), leaf.key.clone(), ca.to_path_buf());
+    move |c, _| {
+        c.listen_tls = Some(format!("127.0.0.1:{tls_port}"));
+        c.tls_cert = Some(chain);
+        c.tls_key = Some(key);
+        c.tls_ca = Some(ca);
+        c.media_base_url = Some(format!("https://127.0.0.1:{tls_port}").parse().unwrap());
+    }
+}
+
+/// The audit records of `kind` for `host`.
+fn records(f: &Fixture, kind: &str, host: &str) -> Vec<Value> {
+    f.audit()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == kind && e["host"] == host)
+        .collect()
+}
+
+/// Issue 16: media over https with the operator's private CA. Attach enrolls the CA
+/// (`--tls-ca`) in the emulator's virtual CD `Certificates`, turns `VerifyCertificate` on, then
+/// inserts: sushy-tools downloads the ISO from `bootforge serve --listen-tls` with exactly the
+/// enrolled certificate as its trust. A second attach finds the CA there and adds nothing; the
+/// change to the BMC's trust is audited once, with the CA's fingerprint.
+#[test]
+fn attach_over_https_enrolls_the_service_ca_once_and_the_bmc_verifies_it() {
+    let emu = Emulator::start(EmulatorConfig::new(1));
+    let pki = common::pki::Pki::rsa("bootforge test service CA");
+    let leaf = pki.leaf(&common::pki::LeafSpec::server("IP:127.0.0.1"));
+    let (port, tls_port) = (free_port(), free_port());
+    let row = format!("node01,10.9.0.10/24,,,,e2e,{}\n", emu.system_url(0));
+    let f = Fixture::start_config(
+        &row,
+        port,
+        None,
+        true,
+        true,
+        over_tls(&leaf, &pki.ca_cert, tls_port),
+    );
+    let certificates = format!("{}/VirtualMedia/Cd/Certificates", emu.system_url(0));
+    assert_eq!(cd(&emu, 0)["VerifyCertificate"], false, "the emulator starts without checks");
+    assert_eq!(redfish(&certificates)["Members"].as_array().unwrap().len(), 0);
+
+    let attach = || api("PUT", &format!("{}/hosts/node01/media", f.base), REIMAGE_TOKEN, "");
+    let (status, first) = attach();
+    assert_eq!(status, 200, "{first}\n{}", emu.log_text());
+    let trust = &first["report"]["media_ca"];
+    assert_eq!(trust["status"], "enrolled", "{first}");
+    assert_eq!((trust["added"].as_u64(), trust["verify_set"].as_bool()), (Some(1), Some(true)));
+    let fingerprint = hex::encode(Sha256::digest(pki.ca_der()));
+    assert_eq!(trust["fingerprints"], serde_json::json!([fingerprint]));
+
+    // What the BMC holds: our https URL, verification on, and exactly our CA.
+    let media = cd(&emu, 0);
+    let image = media["Image"].as_str().unwrap();
+    assert!(
+        image.starts_with(&format!("https://127.0.0.1:{tls_port}/media/node01.iso?")),
+        "{image}"
+    );
+    assert_eq!(
+        (media["Inserted"].as_bool(), media["VerifyCertificate"].as_bool()),
+        (Some(true), Some(true))
+    );
+    let members = redfish(&certificates)["Members"].as_array().unwrap().clone();
+    assert_eq!(members.len(), 1, "{members:?}");
+    let held = redfish(&format!("{}{}", emu.base, members[0]["@odata.id"].as_str().unwrap()));
+    assert_eq!(held["CertificateType"], "PEM");
+    assert_eq!(
+        common::pki::pem_to_der(held["CertificateString"].as_str().unwrap()),
+        pki.ca_der(),
+        "the enrolled certificate is the CA of --tls-ca"
+    );
+    // The emulator fetched the image from the TLS listener.
+    let log = f.audit_with("\"event\":\"media-served\"");
+    assert!(log.contains("\"event\":\"media-served\",\"host\":\"node01\""), "{log}");
+
+    // Again: the CA is found (compared by its bytes) and not added twice.
+    let (status, second) = attach();
+    assert_eq!(status, 200, "{second}\n{}", emu.log_text());
+    let trust = &second["report"]["media_ca"];
+    assert_eq!(trust["status"], "present", "{second}");
+    assert_eq!((trust["added"].as_u64(), trust["verify_set"].as_bool()), (Some(0), Some(false)));
+    assert_eq!(redfish(&certificates)["Members"].as_array().unwrap().len(), 1);
+    assert_eq!(cd(&emu, 0)["Inserted"], true);
+
+    // Audited: one change of the BMC's trust (who, which CA), and each attach says what it found.
+    f.audit_with("\"media_ca\":\"present\"");
+    let changes = records(&f, "bmc-trust", "node01");
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0]["certificates"], serde_json::json!([fingerprint]));
+    assert_eq!(
+        (changes[0]["added"].as_u64(), changes[0]["verify_set"].as_bool()),
+        (Some(1), Some(true))
+    );
+    assert_eq!(changes[0]["by"], "ops");
+    let attaches: Vec<_> =
+        records(&f, "bmc-media", "node01").iter().map(|e| e["media_ca"].clone()).collect();
+    assert_eq!(attaches, [serde_json::json!("enrolled"), serde_json::json!("present")]);
+}
+
+/// Issue 16: `--tls-ca` names a CA that did not issue the service's certificate. The BMC is
+/// given that CA and checks the download against it, so it cannot fetch the image: the attach
+/// fails and says what to fix, the CD stays empty, and the change of the BMC's trust is still
+/// audited (it happened).
+#[test]
+fn attach_with_a_ca_that_did_not_issue_the_service_certificate_fails_clearly() {
+    let emu = Emulator::start(EmulatorConfig::new(1));
+    let issuer = common::pki::Pki::rsa("bootforge test service CA");
+    let stranger = common::pki::Pki::rsa("bootforge test other CA");
+    let leaf = issuer.leaf(&common::pki::LeafSpec::server("IP:127.0.0.1"));
+    let tls_port = free_port();
+    let row = format!("node01,10.9.0.10/24,,,,e2e,{}\n", emu.system_url(0));
+    let f = Fixture::start_config(
+        &row,
+        free_port(),
+        None,
+        true,
+        true,
+        over_tls(&leaf, &stranger.ca_cert, tls_port),
+    );
+    let (status, body) = api("PUT", &format!("{}/hosts/node01/media", f.base), REIMAGE_TOKEN, "");
+    assert_eq!(status, 502, "{body}");
+    let error = body["error"].as_str().unwrap();
+    for part in [
+        "node01: ",
+        "the BMC checks the image's https certificate against the CA it was given from --tls-ca",
+        &stranger.ca_cert.display().to_string(),
+        "give --tls-ca the CA that issued --tls-cert",
+    ] {
+        assert!(error.contains(part), "the error says {part:?}: {error}");
+    }
+    let media = cd(&emu, 0);
+    assert_eq!(media["Inserted"], false, "{media}");
+    assert!(
+        emu.log_text().contains("CERTIFICATE_VERIFY_FAILED"),
+        "the emulator refused the service's certificate:\n{}",
+        emu.log_text()
+    );
+    f.audit_with("\"event\":\"bmc-media\"");
+    assert_eq!(records(&f, "bmc-trust", "node01").len(), 1);
+    let attach = &records(&f, "bmc-media", "node01")[0];
+    assert_eq!(attach["ok"], false, "{attach}");
+}
+
+/// Issue 16: a BMC whose virtual CD has no `Certificates` collection (VirtualMedia before 1.4;
+/// the proxy hides it) keeps today's behaviour: the image is inserted without touching the
+/// BMC's verification, and the answer carries a note saying why the CA was not enrolled.
+#[test]
+fn a_bmc_without_media_certificates_attaches_as_before_with_a_note() {
+    let emu = Emulator::start(EmulatorConfig::new(1));
+    let proxy = Proxy::start(emu.port, Quirks { no_media_certificates: true, ..Quirks::default() });
+    let system_path = emu.system_url(0).strip_prefix(&emu.base).unwrap().to_string();
+    let pki = common::pki::Pki::rsa("bootforge test service CA");
+    let leaf = pki.leaf(&common::pki::LeafSpec::server("IP:127.0.0.1"));
+    let tls_port = free_port();
+    let row = format!("node01,10.9.0.10/24,,,,e2e,{}{system_path}\n", proxy.base);
+    let f = Fixture::start_config(
+        &row,
+        free_port(),
+        None,
+        true,
+        true,
+        over_tls(&leaf, &pki.ca_cert, tls_port),
+    );
+    let (status, body) = api("PUT", &format!("{}/hosts/node01/media", f.base), REIMAGE_TOKEN, "");
+    assert_eq!(status, 200, "{body}\n{}", emu.log_text());
+    let trust = &body["report"]["media_ca"];
+    assert_eq!(trust["status"], "unsupported", "{body}");
+    assert!(trust["note"].as_str().unwrap().contains("has no Certificates collection"), "{body}");
+    let media = cd(&emu, 0);
+    assert_eq!(
+        (media["Inserted"].as_bool(), media["VerifyCertificate"].as_bool()),
+        (Some(true), Some(false))
+    );
+    assert!(
+        !proxy.seen().iter().any(|s| s.path.contains("Certificates")
+            || (s.method == "PATCH" && s.path.contains("VirtualMedia"))),
+        "nothing was enrolled or switched"
+    );
+    f.audit_with("\"media_ca\":\"unsupported\"");
+    assert!(records(&f, "bmc-trust", "node01").is_empty());
+}

@@ -29,21 +29,61 @@ fn audit(fx: &Fixture) -> Vec<serde_json::Value> {
 
 #[test]
 fn a_token_login_flags_a_host_watches_it_boot_and_cancels() {
-    flag_boot_cancel(&Browser::start(), Some("console-fleet.png"));
+    flag_boot_cancel(Browser::start_trusting, Some("console-fleet.png"));
 }
 
 /// The same walk in Firefox: the page is plain HTML, CSS and JavaScript meant for both.
 #[test]
 fn the_same_walk_works_in_firefox() {
-    flag_boot_cancel(&Browser::start_firefox(), None);
+    flag_boot_cancel(Browser::start_firefox_trusting, None);
+}
+
+/// Issue 16: the same walk over the service's own TLS listener, in a Chromium that trusts the
+/// fixture's private CA as its user's own (an NSS database, no certificate switch).
+#[test]
+fn the_walk_over_https_in_chromium() {
+    over_tls(|| flag_boot_cancel(Browser::start_trusting, None));
+}
+
+/// Issue 16: and in Firefox, whose profile's NSS database trusts the CA.
+#[test]
+fn the_walk_over_https_in_firefox() {
+    over_tls(|| flag_boot_cancel(Browser::start_firefox_trusting, None));
+}
+
+/// The CA the browser must trust for `fx`: its private CA when it serves over TLS.
+fn fixture_ca(fx: &Fixture) -> Option<std::path::PathBuf> {
+    fx.pki.as_ref().map(|p| p.lock().unwrap().ca_cert.clone())
+}
+
+/// What the transport makes of the console: over TLS (the fixture's `base` is `https://`) the
+/// page was loaded over https, the session cookie is `Secure`, and the service's answers carry
+/// `Strict-Transport-Security`, as the browser itself reads them; over plain HTTP none of it
+/// (a `Secure` cookie would never come back, and HSTS over http is ignored by browsers).
+fn assert_transport(b: &Browser, fx: &Fixture) {
+    let tls = fx.base.starts_with("https://");
+    assert_eq!(b.js("return location.protocol"), if tls { "https:" } else { "http:" });
+    assert_eq!(b.session_cookie_is_secure(), tls, "the session cookie's Secure flag");
+    let hsts = b.js(
+        "return fetch('/ui/', {cache: 'no-store'}).then(r => r.headers.get('strict-transport-security'))",
+    );
+    if tls {
+        let value = hsts.as_str().unwrap_or_else(|| panic!("no HSTS header over https: {hsts}"));
+        assert!(value.contains("max-age="), "{value}");
+    } else {
+        assert!(hsts.is_null(), "HSTS sent over plain http: {hsts}");
+    }
 }
 
 /// Token login, flag node01, its boot turns the phase to installing without a reload, cancel,
 /// audit records naming the login, logout; `screenshot` saves the fleet view under `docs/`.
-fn flag_boot_cancel(b: &Browser, screenshot: Option<&str>) {
+/// `browser` starts the browser, trusting the fixture's CA when it serves over TLS.
+fn flag_boot_cancel(browser: fn(Option<&std::path::Path>) -> Browser, screenshot: Option<&str>) {
     let mut fx = start(true);
+    let b = &browser(fixture_ca(&fx).as_deref());
     token_login(b, &fx.base, REIMAGE_TOKEN);
     assert!(b.text("#whoami").contains("ops (reimage)"));
+    assert_transport(b, &fx);
     let rows = b.all("#hosts tbody tr");
     assert_eq!(rows.len(), 7, "every inventory host is listed");
     let phase = "#hosts tr[data-host='node01'] .phase";
@@ -395,13 +435,35 @@ fn directory_users_log_in_over_ldaps_and_starttls_with_their_groups_role() {
     drop(nosan);
 
     // In the browser, over LDAPS.
+    directory_logins_in_the_browser(&slapd, Browser::start_trusting, true);
+}
+
+/// Issue 16: the directory password an operator types reaches the service over its own TLS
+/// listener only: the same logins in a Chromium that trusts the service's private CA.
+#[test]
+fn directory_logins_over_https() {
+    over_tls(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let slapd = Slapd::start(dir.path());
+        directory_logins_in_the_browser(&slapd, Browser::start_trusting, false);
+    });
+}
+
+/// Directory logins at the console's form against `slapd` (over LDAPS): refused ones, a
+/// `read` user without controls, an admin with them; audited without any password. With
+/// `screenshot`, the refused login is saved as `docs/console-login.png`.
+fn directory_logins_in_the_browser(
+    slapd: &Slapd,
+    browser: fn(Option<&std::path::Path>) -> Browser,
+    screenshot: bool,
+) {
     let fxdir = tempfile::tempdir().unwrap();
     let mut config = full_config(fxdir.path(), true);
     let ldap = fxdir.path().join("ldap.toml");
     std::fs::write(&ldap, slapd.config(false)).unwrap();
     config.ldap_config = Some(ldap);
     let mut fx = start_with(fxdir, config);
-    let b = Browser::start();
+    let b = browser(fixture_ca(&fx).as_deref());
     b.goto(&format!("{}/ui/", fx.base));
     b.find("#login-ldap-form:not([hidden])");
     b.type_into("#username", "carol");
@@ -412,12 +474,15 @@ fn directory_users_log_in_over_ldaps_and_starttls_with_their_groups_role() {
     b.type_into("#password", "dave-pw");
     b.click("#ldap-submit");
     b.wait_text("#login-error", 10, |t| t.contains("refused"));
-    b.screenshot("console-login.png");
+    if screenshot {
+        b.screenshot("console-login.png");
+    }
     b.type_into("#username", "carol");
     b.type_into("#password", "carol-pw");
     b.click("#ldap-submit");
     b.find("#hosts tbody tr[data-host='node01']");
     assert!(b.text("#whoami").contains("carol (read, directory)"));
+    assert_transport(&b, &fx);
     assert!(b.all("#hosts button.reimage").is_empty());
     b.click("#logout");
     b.wait_text("#login-error", 10, |t| t.contains("Logged out"));

@@ -87,16 +87,23 @@ impl Client {
         boot: BootMode,
         reset: bool,
     ) -> Result<AttachReport, RedfishError> {
-        self.attach_within(target, image_url, boot, reset, &Progress::unbounded())
+        self.attach_within(target, image_url, boot, reset, None, &Progress::unbounded())
     }
 
     /// [`Client::attach`] within `progress`'s deadline, recording each step in it.
+    ///
+    /// With `ca`, for an `https://` image: before inserting, the virtual CD is made to trust
+    /// its CA certificates and to verify the image's certificate ([`trust::ensure`]), and its
+    /// `on_change` is told at once when that changed the BMC (for an audit record that must not
+    /// depend on the steps after it). A failed insert then says which CA the BMC checked
+    /// against. `ca` is ignored for `http://` images.
     pub fn attach_within(
         &self,
         target: &BmcTarget,
         image_url: &str,
         boot: BootMode,
         reset: bool,
+        ca: Option<Enroll<'_>>,
         progress: &Progress,
     ) -> Result<AttachReport, RedfishError> {
         let started = Instant::now();
@@ -111,8 +118,30 @@ impl Client {
         progress.enter(url, "ejecting the medium mounted before")?;
         let ejected = eject(&s, &media)?;
         let media = if ejected.is_some() { media.reload(&s)? } else { media };
+        let https = image_url.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("https://"));
+        let (media_ca, media) = match ca.filter(|_| https) {
+            Some(enroll) => {
+                progress.enter(url, "enrolling the service's CA on the virtual CD")?;
+                let (report, media) = trust::ensure(&s, media, enroll.ca)?;
+                if report.changed() {
+                    (enroll.on_change)(&report);
+                }
+                (Some(report), media)
+            }
+            None => (None, media),
+        };
         progress.enter(url, "inserting the image")?;
-        let inserted_by = insert(&s, &media, image_url)?;
+        let inserted_by = insert(&s, &media, image_url).map_err(|e| match (&media_ca, e) {
+            (Some(t), e @ (RedfishError::Status { .. } | RedfishError::TaskFailed { .. }))
+                if t.verifying() =>
+            {
+                RedfishError::UntrustedImage {
+                    error: Box::new(e),
+                    ca: ca.map(|e| e.ca.source().to_string()).unwrap_or_default(),
+                }
+            }
+            (_, e) => e,
+        })?;
         progress.enter(url, "reading the virtual CD back after inserting the image")?;
         let media_after = media.reload(&s)?;
         let after = media_after.view();
@@ -143,6 +172,7 @@ impl Client {
             boot_override: boot.enabled(),
             reset,
             media_after: after,
+            media_ca,
             elapsed_ms: started.elapsed().as_millis() as u64,
         })
     }
@@ -256,7 +286,7 @@ fn check_image_url(url: &str) -> Result<(), RedfishError> {
 pub(super) struct Resource {
     pub(super) url: String,
     pub(super) body: Value,
-    etag: Option<String>,
+    pub(super) etag: Option<String>,
 }
 
 impl Resource {
@@ -278,7 +308,7 @@ impl Resource {
         Ok(Resource { url, body: reply.body, etag })
     }
 
-    fn reload(&self, s: &Session<'_>) -> Result<Resource, RedfishError> {
+    pub(super) fn reload(&self, s: &Session<'_>) -> Result<Resource, RedfishError> {
         Resource::read(s, &self.url)
     }
 
@@ -557,7 +587,7 @@ fn insert(s: &Session<'_>, media: &Resource, image: &str) -> Result<&'static str
 }
 
 /// PATCH with the resource's ETag; on 412 reads it again and retries once.
-fn patch_with_etag(
+pub(super) fn patch_with_etag(
     s: &Session<'_>,
     resource: &Resource,
     body: &Value,

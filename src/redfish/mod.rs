@@ -10,7 +10,8 @@
 //! inventory `bmc` column ─┐
 //! --bmc-credentials FILE ─┴▶ BmcTarget ─▶ Client::attach(target, image URL, BootMode, reset)
 //!                                           │ 1. find the System and its virtual CD
-//!                                           │ 2. eject what is mounted, insert the URL
+//!                                           │ 2. eject what is mounted, (https, with a CA:
+//!                                           │    enroll it, verify on), insert the URL
 //!                                           │ 3. PATCH Boot: Cd, Once or Continuous
 //!                                           └ 4. ComputerSystem.Reset (optional)
 //! ```
@@ -33,17 +34,22 @@
 //! 1. **Eject** whatever the CD holds (when `Inserted` is true or `Image` is set), with the
 //!    device's `#VirtualMedia.EjectMedia` action, else by PATCHing `Image: null, Inserted:
 //!    false`.
-//! 2. **Insert** the URL with `#VirtualMedia.InsertMedia` (`Image`, `Inserted: true`,
+//! 2. **Trust** (an `https://` URL, and a CA given, [`MediaCa`]: `serve --tls-ca`): the CA
+//!    certificates are added to the virtual CD's `Certificates` collection unless it already
+//!    holds them (compared by DER), and `VerifyCertificate` is set to true, so the BMC checks
+//!    the service's certificate when it fetches the image. A device without the collection is
+//!    left as it is, with a note in the report. See `trust.rs` for the rules.
+//! 3. **Insert** the URL with `#VirtualMedia.InsertMedia` (`Image`, `Inserted: true`,
 //!    `WriteProtected: true`), else by PATCHing those properties (BMCs without the action).
 //!    When the action has `@Redfish.ActionInfo`, it is fetched and only the parameters it lists
 //!    are sent (some BMCs refuse unknown ones), and a `TransferProtocolType` it requires is set
 //!    from the URL's scheme.
-//! 3. **Boot override**: for [`BootMode::Once`] and [`BootMode::Continuous`], PATCH the System's
+//! 4. **Boot override**: for [`BootMode::Once`] and [`BootMode::Continuous`], PATCH the System's
 //!    `Boot` with `BootSourceOverrideTarget: "Cd"` and `BootSourceOverrideEnabled`. A target or
 //!    mode missing from the BMC's `@Redfish.AllowableValues` fails with the allowed list.
 //!    [`BootMode::None`] leaves `Boot` untouched: for machines whose boot order already starts
 //!    with the virtual CD (the way bootforge media are meant to stay attached).
-//! 4. **Reset**, when asked, with the System's `#ComputerSystem.Reset`: `On` (else `ForceOn`,
+//! 5. **Reset**, when asked, with the System's `#ComputerSystem.Reset`: `On` (else `ForceOn`,
 //!    `PowerCycle`) when the System is off, else `ForceRestart` (else `PowerCycle`,
 //!    `GracefulRestart`), each only if the BMC allows it (`ResetType@Redfish.AllowableValues`
 //!    or the action's ActionInfo); none allowed fails with the allowed list.
@@ -101,11 +107,13 @@ pub mod credentials;
 mod nics;
 mod tls;
 mod transport;
+mod trust;
 
 pub use crate::inventory::BmcUrl;
 pub use client::Client;
 pub use credentials::{CredentialsError, CredentialsFile, TargetError};
 pub use nics::{NicReport, SystemNics, MAX_INTERFACES};
+pub use trust::{Enroll, MediaCa};
 
 use serde::Serialize;
 use std::fmt;
@@ -256,8 +264,46 @@ pub struct AttachReport {
     pub reset: Option<String>,
     /// The virtual CD as read back afterwards.
     pub media_after: MediaView,
+    /// What was done so that the BMC trusts an `https://` image's certificate; `None` for an
+    /// `http://` image or when no CA was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media_ca: Option<TrustReport>,
     /// Time the whole operation took.
     pub elapsed_ms: u64,
+}
+
+/// What attach found and did so that a virtual CD trusts the CA of an `https://` image
+/// (`trust.rs`).
+#[derive(Debug, Clone, Serialize)]
+pub struct TrustReport {
+    /// `enrolled` (at least one certificate added), `present` (all were there already) or
+    /// `unsupported` (the device has no Certificates collection; nothing was changed).
+    pub status: &'static str,
+    /// The SHA-256 of each CA certificate (hex).
+    pub fingerprints: Vec<String>,
+    /// The Certificate resources that hold them, added or found.
+    pub certificates: Vec<String>,
+    /// How many were added by this call.
+    pub added: usize,
+    /// Whether this call switched `VerifyCertificate` on.
+    pub verify_set: bool,
+    /// `VerifyCertificate` as the device reports it afterwards (`None`: it does not say).
+    pub verify: Option<bool>,
+    /// Why nothing was done, or what the operator should know.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl TrustReport {
+    /// Whether the BMC's trust was changed (a certificate added or verification turned on).
+    pub fn changed(&self) -> bool {
+        self.added > 0 || self.verify_set
+    }
+
+    /// Whether the BMC will check the image's certificate against the enrolled CA.
+    pub fn verifying(&self) -> bool {
+        self.status != "unsupported" && self.verify == Some(true)
+    }
 }
 
 /// What [`Client::detach`] did.
@@ -331,6 +377,11 @@ pub enum RedfishError {
     /// An answer that is not what Redfish promises.
     #[error("the BMC at {url} answered unexpectedly: {message}")]
     Protocol { url: String, message: String },
+    /// Inserting an `https://` image failed after the virtual CD was set to verify it against
+    /// the CA enrolled from `ca` (`--tls-ca FILE`): most often that CA did not issue the service's
+    /// certificate, or the certificate does not name the URL's host.
+    #[error("{error}; the BMC checks the image's https certificate against the CA it was given from {ca} (VerifyCertificate is on): if that CA did not issue the service's certificate (--tls-cert), or the certificate does not name the host of the media URL, the BMC cannot fetch the image; give --tls-ca the CA that issued --tls-cert")]
+    UntrustedImage { error: Box<RedfishError>, ca: String },
     /// A task ended badly.
     #[error("{what}: the BMC's task {url} ended {state}: {message}")]
     TaskFailed { what: String, url: String, state: String, message: String },

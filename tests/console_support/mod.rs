@@ -210,19 +210,52 @@ pub struct Browser {
     profile: tempfile::TempDir,
 }
 
+/// Makes an NSS certificate database in `dir` (created) that trusts `ca` (PEM) to identify web
+/// servers, with `certutil` (Debian `libnss3-tools`).
+///
+/// Why a real certificate database rather than a browser switch: both browsers read their
+/// trust from NSS on Linux (Chromium from `$HOME/.pki/nssdb`, Firefox from its profile's
+/// `cert9.db`), so a CA put there is trusted exactly as an operator's enterprise CA would be,
+/// and every check (chain, name, validity, key usage) still runs. Switches such as Chromium's
+/// `--ignore-certificate-errors` or a Firefox exception would pass a test against any
+/// certificate at all, and prove nothing about ours.
+pub fn trust_ca(dir: &Path, ca: &Path) {
+    let certutil = need("/usr/bin/certutil", "libnss3-tools");
+    std::fs::create_dir_all(dir).unwrap();
+    let db = format!("sql:{}", dir.display());
+    run(Command::new(&certutil).args(["-N", "--empty-password", "-d", &db]));
+    run(Command::new(&certutil)
+        .args(["-A", "-n", "bootforge test CA", "-t", "C,,", "-d", &db, "-i"])
+        .arg(ca));
+}
+
 impl Browser {
     pub fn start() -> Browser {
+        Browser::start_trusting(None)
+    }
+
+    /// Headless Chromium that trusts `ca` (PEM), if given, as its users' own CA: an NSS
+    /// database in a throwaway `HOME` (see [`trust_ca`]).
+    pub fn start_trusting(ca: Option<&Path>) -> Browser {
         let chromium = need("/usr/bin/chromium", "chromium");
         let driver = need("/usr/bin/chromedriver", "chromium-driver");
         let port = free_port();
-        let mut child = Command::new(driver)
+        let profile = tempfile::tempdir().unwrap();
+        let mut driver = Command::new(driver);
+        if let Some(ca) = ca {
+            // Chromium finds the user's NSS database under $HOME; chromedriver starts it with
+            // its own environment.
+            let home = profile.path().join("home");
+            trust_ca(&home.join(".pki/nssdb"), ca);
+            driver.env("HOME", &home);
+        }
+        let mut child = driver
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("chromedriver starts");
         wait_for_port(port, "chromedriver", &mut child);
-        let profile = tempfile::tempdir().unwrap();
         let args = [
             "--headless",
             "--no-sandbox",
@@ -275,6 +308,12 @@ impl Browser {
     /// Headless Firefox ESR (Debian `firefox-esr`) through geckodriver, which Debian does not
     /// package: `scripts/setup --test` installs it with `cargo install geckodriver`.
     pub fn start_firefox() -> Browser {
+        Browser::start_firefox_trusting(None)
+    }
+
+    /// Headless Firefox that trusts `ca` (PEM), if given: its profile's own NSS database
+    /// (`cert9.db`, see [`trust_ca`]).
+    pub fn start_firefox_trusting(ca: Option<&Path>) -> Browser {
         let firefox = need("/usr/bin/firefox-esr", "firefox-esr");
         let driver = std::env::var_os("PATH")
             .iter()
@@ -297,6 +336,9 @@ impl Browser {
             .expect("geckodriver starts");
         wait_for_port(port, "geckodriver", &mut child);
         let profile = tempfile::tempdir().unwrap();
+        if let Some(ca) = ca {
+            trust_ca(profile.path(), ca);
+        }
         let mut caps = serde_json::Map::new();
         caps.insert(
             "moz:firefoxOptions".into(),
@@ -428,6 +470,13 @@ impl Browser {
             .expect("a session cookie")
             .value()
             .to_string()
+    }
+
+    /// Whether the browser holds the session cookie as `Secure` (sent over https only).
+    pub fn session_cookie_is_secure(&self) -> bool {
+        let cookies = self.rt.block_on(self.client.get_all_cookies()).unwrap();
+        let cookie = cookies.iter().find(|c| c.name() == "bf_session").expect("a session cookie");
+        cookie.secure() == Some(true)
     }
 }
 

@@ -21,7 +21,8 @@
 //!   [`Proxy::etags`] it gives GETs an `ETag` and refuses a PATCH whose `If-Match` differs
 //!   (412). The emulator still does every operation. [`Quirks::delay`] makes it a slow BMC, and
 //!   [`Quirks::report_image`] makes it report the mounted URL in another encoding;
-//!   [`Quirks::report_json`] makes it report more than the fake driver does.
+//!   [`Quirks::report_json`] makes it report more than the fake driver does;
+//!   [`Quirks::no_media_certificates`] hides the virtual CD's Certificates (an older BMC).
 //! * [`Ca`]: a private CA and a server certificate for 127.0.0.1, made with the `openssl` CLI.
 #![allow(dead_code)]
 
@@ -397,6 +398,9 @@ pub struct Quirks {
     /// Change every JSON answer to a GET through this function, as a BMC that reports more than
     /// the fake driver does (link states, addresses, a serial number) would answer.
     pub report_json: Option<fn(&mut serde_json::Value)>,
+    /// Hide the virtual media's `Certificates` link and `VerifyCertificate` (VirtualMedia
+    /// before 1.4, as most BMCs still are): a BMC that cannot be given a CA through Redfish.
+    pub no_media_certificates: bool,
 }
 
 /// A recording HTTP proxy in front of a plain-HTTP emulator (one request per connection).
@@ -515,6 +519,16 @@ fn proxy_one(
         if quirks.manager_media && method == "GET" && is_system {
             if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&resp_body) {
                 v.as_object_mut().unwrap().remove("VirtualMedia");
+                resp_body = v.to_string();
+            }
+        }
+        let is_media = key.contains("/VirtualMedia/") && !key.contains("/Certificates");
+        if quirks.no_media_certificates && method == "GET" && is_media {
+            if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&resp_body) {
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("Certificates");
+                    o.remove("VerifyCertificate");
+                }
                 resp_body = v.to_string();
             }
         }

@@ -90,6 +90,20 @@ fn target(
     Ok((target, node))
 }
 
+/// The CA a BMC must trust to fetch `url`: for an `https://` media URL, the certificates of
+/// `--tls-ca`, read again for each attach (a renewed CA file is used without a restart); `None`
+/// for `http://` or without `--tls-ca` (the BMC then checks with its own trust, as before).
+fn media_ca(svc: &Service, url: &str) -> Result<Option<redfish::MediaCa>, HttpError> {
+    let https = url.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("https://"));
+    let Some(path) = svc.config.tls_ca.as_ref().filter(|_| https) else {
+        return Ok(None);
+    };
+    redfish::MediaCa::load(path, "--tls-ca").map(Some).map_err(|e| {
+        tracing::error!("{e}");
+        HttpError::new(503, format!("the BMC cannot be given the service's CA: {e}"))
+    })
+}
+
 /// A BMC's failure for the caller and the log: its message (already made safe by the Redfish
 /// client), with anything shaped like a signature or token, should a BMC echo it, cut out.
 /// A passed deadline is a 504 that says what may be half done and how to look.
@@ -160,13 +174,28 @@ pub async fn attach(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<R
     };
     let exp = svc.store.now_ms() / 1000 + ttl;
     let url = svc.media.url(&base, &host, &opts, exp);
+    let ca = media_ca(svc, &url)?;
     let h = host.clone();
     let bmc = svc.bmc.as_ref().expect("checked by target()");
     let claim = bmc.claim(&host)?;
     let bmc_url = target.url.clone();
+    let (service, trusted_by, peer, trusted_host) =
+        (svc.clone(), who.clone(), req.peer, host.clone());
     let result = bmc
         .run(Use::Write, &bmc_url, claim, move |client, progress| {
-            client.attach_within(&target, &url, boot, reset, progress)
+            // Audited the moment the BMC's trust changes, whatever happens after it.
+            let on_trust = |t: &redfish::TrustReport| {
+                service.audit.note(&Event::BmcTrust {
+                    host: trusted_host.clone(),
+                    who: trusted_by.clone(),
+                    peer,
+                    certificates: t.fingerprints.clone(),
+                    added: t.added,
+                    verify_set: t.verify_set,
+                })
+            };
+            let ca = ca.as_ref().map(|ca| redfish::Enroll { ca, on_change: &on_trust });
+            client.attach_within(&target, &url, boot, reset, ca, progress)
         })
         .await?;
     svc.audit.note(&Event::BmcMedia {
@@ -177,6 +206,7 @@ pub async fn attach(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<R
         ok: result.is_ok(),
         boot: Some(boot_name(boot)),
         reset,
+        media_ca: result.as_ref().ok().and_then(|r| r.media_ca.as_ref()).map(|t| t.status),
     });
     let mut report = result.map_err(|e| bmc_failure(&h, &e))?;
     report.media_after.image = report.media_after.image.map(|i: String| describe(&i));
@@ -210,6 +240,7 @@ pub async fn detach(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<R
         ok: result.is_ok(),
         boot: None,
         reset: false,
+        media_ca: None,
     });
     let mut report = result.map_err(|e| bmc_failure(&host, &e))?;
     report.ejected = report.ejected.map(|i: String| describe(&i));

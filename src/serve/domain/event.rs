@@ -134,6 +134,23 @@ pub enum Event {
         ok: bool,
         boot: Option<&'static str>,
         reset: bool,
+        /// For an `https://` image: whether the BMC trusts the service's CA (`enrolled`,
+        /// `present`, `unsupported`: see [`crate::redfish::TrustReport::status`]).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        media_ca: Option<&'static str>,
+    },
+    /// A BMC made to trust the service's CA for its virtual CD's `https://` image (during an
+    /// attach, before the insert, so written even if the attach fails later): the SHA-256 of
+    /// each CA certificate, how many the BMC did not hold before, and whether its
+    /// `VerifyCertificate` was switched on.
+    BmcTrust {
+        host: String,
+        #[serde(flatten)]
+        who: Actor,
+        peer: IpAddr,
+        certificates: Vec<String>,
+        added: usize,
+        verify_set: bool,
     },
     /// An API request refused for its API token.
     Denied {

@@ -1140,6 +1140,8 @@ mod tests {
             "started",
             "login",
             "inventory-changed",
+            "bmc-media",
+            "bmc-trust",
         ];
         for kind in changes {
             assert!(!BOOT_RECORD_KINDS.contains(&kind), "{kind}");
