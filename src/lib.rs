@@ -12,6 +12,7 @@
 //! benchmarks drive exactly the code the binary runs.
 
 pub mod atomic;
+pub mod cafile;
 pub mod cli;
 pub mod firmware;
 pub mod fleet;

@@ -1,4 +1,5 @@
-//! HTTP integration tests of `bootforge serve` against a real server on a loopback port.
+//! HTTP integration tests of `bootforge serve` against a real server on a loopback port, each
+//! run twice: over plain HTTP, and over TLS (module [`over_tls`]).
 
 #[path = "serve_support/mod.rs"]
 mod support;
@@ -482,7 +483,10 @@ fn reload_picks_up_changes_and_keeps_old_on_error() {
 #[test]
 fn template_errors_are_reported_with_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
-    let config = base_config(dir.path());
+    let mut config = base_config(dir.path());
+    // Over TLS, with a good certificate: the template is still what is reported.
+    let _ca =
+        running_over_tls().then(|| tls_config(&mut config, &pki::LeafSpec::server("IP:127.0.0.1")));
     std::fs::write(config.profiles.join("e2e/config/install.cfg"), "line one\n{{ node.hostname \n")
         .unwrap();
     let err = match bootforge::serve::Server::start(config) {
@@ -505,6 +509,12 @@ fn reimage_client_flags_and_cancels() {
             .args(args)
             .args(["--server", &f.base, "--token-file"])
             .arg(&token)
+            .args(
+                f.config
+                    .tls_ca
+                    .iter()
+                    .flat_map(|ca| [std::ffi::OsStr::new("--ca-file"), ca.as_os_str()]),
+            )
             .output()
             .unwrap()
     };
@@ -542,4 +552,60 @@ fn a_server_runs_on_a_listener_it_is_given() {
     let resp = call("GET", &format!("http://{addr}/healthz"), None, None);
     assert_eq!(resp.status, 200);
     server.shutdown();
+}
+
+/// Every test above again, with the service behind its own TLS listener (a private CA, an
+/// RSA certificate for 127.0.0.1) and every request over https:// (`support::over_tls`).
+mod over_tls {
+    use super::support::over_tls;
+
+    #[test]
+    fn boot_is_local_unless_flagged_and_flag_cycle_works() {
+        over_tls(super::boot_is_local_unless_flagged_and_flag_cycle_works);
+    }
+
+    #[test]
+    fn roles_and_api_errors() {
+        over_tls(super::roles_and_api_errors);
+    }
+
+    #[test]
+    fn without_tokens_file_the_api_refuses_everything() {
+        over_tls(super::without_tokens_file_the_api_refuses_everything);
+    }
+
+    #[test]
+    fn node_tokens_guard_boot_config_and_callbacks() {
+        over_tls(super::node_tokens_guard_boot_config_and_callbacks);
+    }
+
+    #[test]
+    fn installer_reports_started_and_failure_reasons() {
+        over_tls(super::installer_reports_started_and_failure_reasons);
+    }
+
+    #[test]
+    fn every_example_profile_renders() {
+        over_tls(super::every_example_profile_renders);
+    }
+
+    #[test]
+    fn assets_ranges_and_traversal() {
+        over_tls(super::assets_ranges_and_traversal);
+    }
+
+    #[test]
+    fn reload_picks_up_changes_and_keeps_old_on_error() {
+        over_tls(super::reload_picks_up_changes_and_keeps_old_on_error);
+    }
+
+    #[test]
+    fn template_errors_are_reported_with_file_and_line() {
+        over_tls(super::template_errors_are_reported_with_file_and_line);
+    }
+
+    #[test]
+    fn reimage_client_flags_and_cancels() {
+        over_tls(super::reimage_client_flags_and_cancels);
+    }
 }

@@ -5,7 +5,10 @@
 //! API token; methods are case-sensitive and `HEAD` ends nothing; no request text reaches a
 //! served script or config and no token reaches the audit log or `/events`; slow senders, idle
 //! keep-alive connections, a flood from one address and a client that stops reading hold only
-//! their own connection and are cut after their limit; oversized bodies get 413.
+//! their own connection and are cut after their limit; oversized bodies get 413. Over TLS: a
+//! stalled or trickled handshake holds its slot only until the header timeout, bytes that are
+//! not TLS are refused at once and never answered in clear, and the per-peer cap, slow senders
+//! and oversized headers are handled as on the plain listener (the two share one cap).
 
 #[path = "serve_support/mod.rs"]
 mod support;
@@ -31,8 +34,14 @@ fn node_token(host: &str) -> String {
     bootforge::token::Secret::new(SECRET.to_vec()).unwrap().node_token(host)
 }
 
+/// The plain listener's `ADDR:PORT` (a TLS fixture has one beside its TLS listener).
 fn addr(f: &Fixture) -> String {
-    f.base.trim_start_matches("http://").to_string()
+    f.plain_base.as_deref().unwrap_or(&f.base).trim_start_matches("http://").to_string()
+}
+
+/// The TLS listener's `ADDR:PORT`.
+fn tls_addr(f: &Fixture) -> String {
+    f.base.strip_prefix("https://").expect("a fixture over TLS").to_string()
 }
 
 fn limits(header_ms: u64, body_ms: u64, send_ms: u64, per_peer: usize) -> Limits {
@@ -120,8 +129,11 @@ impl RawResp {
     }
 }
 
+/// A connection to the service: plain TCP, or TLS over it (`tls`, after a completed
+/// handshake), either way any bytes out.
 struct Conn {
     s: TcpStream,
+    tls: Option<rustls::ClientConnection>,
     buf: Vec<u8>,
 }
 
@@ -130,16 +142,64 @@ impl Conn {
         let s = TcpStream::connect(addr(f)).expect("connect");
         s.set_read_timeout(Some(HUNG)).unwrap();
         s.set_write_timeout(Some(HUNG)).unwrap();
-        Conn { s, buf: Vec::new() }
+        Conn { s, tls: None, buf: Vec::new() }
+    }
+
+    /// A connection to the TLS listener, its handshake done (trusting the fixture's CA).
+    fn open_tls(f: &Fixture) -> Conn {
+        let mut c = Conn::open_tls_with(f, tls_client(f, None));
+        c.handshake().expect("TLS handshake");
+        c
+    }
+
+    /// A TLS connection with `config`, before its handshake.
+    fn open_tls_with(f: &Fixture, config: std::sync::Arc<rustls::ClientConfig>) -> Conn {
+        let s = TcpStream::connect(tls_addr(f)).expect("connect");
+        s.set_read_timeout(Some(HUNG)).unwrap();
+        s.set_write_timeout(Some(HUNG)).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let tls = rustls::ClientConnection::new(config, name).unwrap();
+        Conn { s, tls: Some(tls), buf: Vec::new() }
+    }
+
+    fn handshake(&mut self) -> std::io::Result<()> {
+        let tls = self.tls.as_mut().expect("a TLS connection");
+        while tls.is_handshaking() {
+            tls.complete_io(&mut self.s)?;
+        }
+        Ok(())
     }
 
     fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.s.write_all(bytes)
+        match &mut self.tls {
+            Some(tls) => rustls::Stream::new(tls, &mut self.s).write_all(bytes),
+            None => self.s.write_all(bytes),
+        }
+    }
+
+    fn read(&mut self, chunk: &mut [u8]) -> std::io::Result<usize> {
+        match &mut self.tls {
+            Some(tls) => rustls::Stream::new(tls, &mut self.s).read(chunk),
+            None => self.s.read(chunk),
+        }
+    }
+
+    /// Whether the server still holds the connection open without having sent anything (over
+    /// TLS: nothing but TLS's own records, such as session tickets).
+    fn open_and_silent(&mut self) -> bool {
+        if self.tls.is_none() {
+            return open_and_silent(&self.s);
+        }
+        self.s.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        let open = matches!(self.read(&mut b), Err(e) if e.kind() == ErrorKind::WouldBlock);
+        self.s.set_nonblocking(false).unwrap();
+        open
     }
 
     fn fill(&mut self) -> Result<usize, String> {
         let mut chunk = vec![0u8; 64 * 1024];
-        match self.s.read(&mut chunk) {
+        match self.read(&mut chunk) {
             Ok(n) => {
                 self.buf.extend_from_slice(&chunk[..n]);
                 Ok(n)
@@ -1319,13 +1379,25 @@ fn one_peer_cannot_hold_more_than_its_share() {
 
 #[test]
 fn a_client_that_stops_reading_is_cut_and_blocks_no_one() {
+    stops_reading(false);
+}
+
+#[test]
+fn a_client_that_stops_reading_over_tls_is_cut_and_blocks_no_one() {
+    stops_reading(true);
+}
+
+/// A download that its client stops reading (over TLS when `tls`) is cut at the send timeout,
+/// and holds up no one meanwhile.
+fn stops_reading(tls: bool) {
     let send = Duration::from_millis(2000);
-    let mut f = start_limited(limits(10_000, 10_000, 2000, 256));
+    let limits = limits(10_000, 10_000, 2000, 256);
+    let mut f = if tls { start_tls_limited(limits) } else { start_limited(limits) };
     let size: usize = 64 << 20;
     let big = f.config.assets.clone().unwrap().join("big");
     std::fs::create_dir_all(&big).unwrap();
     std::fs::write(big.join("disk.img"), vec![7u8; size]).unwrap();
-    let mut stalled = Conn::open(&f);
+    let mut stalled = if tls { Conn::open_tls(&f) } else { Conn::open(&f) };
     stalled.send(b"GET /assets/big/disk.img HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_millis(500)); // the socket buffers fill up
@@ -1336,7 +1408,7 @@ fn a_client_that_stops_reading_is_cut_and_blocks_no_one() {
         let (r, took) = timed(|| call("GET", &boot_url(&f.base, "node01", MAC1, ""), None, None));
         assert!(r.status == 200 && took < PROMPT, "/boot/node01: {} in {took:?}", r.status);
         let (r, took) = timed(|| {
-            let mut c = Conn::open(&f);
+            let mut c = if tls { Conn::open_tls(&f) } else { Conn::open(&f) };
             c.send(b"GET /assets/rocky/vmlinuz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                 .unwrap();
             c.response(false).unwrap()
@@ -1354,7 +1426,7 @@ fn a_client_that_stops_reading_is_cut_and_blocks_no_one() {
     let mut total = 0usize;
     let mut chunk = vec![0u8; 1 << 20];
     let ended = loop {
-        match stalled.s.read(&mut chunk) {
+        match stalled.read(&mut chunk) {
             Ok(0) => break "closed",
             Ok(n) => total += n,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
@@ -1414,5 +1486,326 @@ fn oversized_bodies_get_413() {
     assert!(took < PROMPT, "413 took {took:?}");
     assert_eq!(host(&f, "node01")["flagged"], false);
     assert!(healthz_ok(&f));
+    f.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. TLS: the same limits before, during and after the handshake.
+
+/// A server like [`start_limited`], with a TLS listener beside the plain one (`f.base` is
+/// `https://`).
+fn start_tls_limited(limits: Limits) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = full_config(dir.path(), true);
+    config.limits = limits;
+    start_tls_with(dir, config)
+}
+
+/// A client configuration trusting the fixture's CA, offering only `version` when given.
+fn tls_client(
+    f: &Fixture,
+    version: Option<&'static rustls::SupportedProtocolVersion>,
+) -> std::sync::Arc<rustls::ClientConfig> {
+    let roots = bootforge::cafile::roots(
+        f.config.tls_ca.as_deref(),
+        "test CA",
+        bootforge::cafile::Trust::FileInstead,
+    )
+    .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let versions = match version {
+        Some(v) => vec![v],
+        None => vec![&rustls::version::TLS12, &rustls::version::TLS13],
+    };
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    std::sync::Arc::new(config)
+}
+
+/// A counter of `/metrics` (asked over the plain listener, which shares the caps: call it
+/// when the peer is not at its cap), by its full name and labels.
+fn metric(f: &Fixture, name: &str) -> u64 {
+    let m = call("GET", &format!("{}/metrics", f.plain_base.as_ref().unwrap()), None, None).body;
+    m.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{m}"))
+}
+
+fn tls_failures(f: &Fixture, reason: &str) -> u64 {
+    metric(f, &format!("bootforge_tls_handshake_failures_total{{reason=\"{reason}\"}}"))
+}
+
+/// `GET /healthz` over a new TLS connection: whether it was answered 200 (a refused
+/// connection fails its handshake).
+fn tls_healthz_ok(f: &Fixture) -> bool {
+    let mut c = Conn::open_tls_with(f, tls_client(f, None));
+    c.s.set_read_timeout(Some(PROMPT)).unwrap();
+    c.handshake().is_ok()
+        && c.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").is_ok()
+        && c.response(false).is_ok_and(|r| r.status == 200)
+}
+
+/// The first flight of a real TLS client (its ClientHello record), as bytes.
+fn client_hello(f: &Fixture) -> Vec<u8> {
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut c = rustls::ClientConnection::new(tls_client(f, None), name).unwrap();
+    let mut hello = Vec::new();
+    c.write_tls(&mut hello).unwrap();
+    assert_eq!(hello[0], 0x16, "a handshake record");
+    hello
+}
+
+#[test]
+fn a_stalled_tls_handshake_holds_its_slot_only_until_the_header_timeout() {
+    let header = Duration::from_millis(2000);
+    let share = 8;
+    let mut f = start_tls_limited(limits(2000, 2000, 10_000, share));
+    let (timeouts, refused) = (tls_failures(&f, "timeout"), refused_connections(&f));
+    // The counters' own connections are given back when the server sees them close.
+    std::thread::sleep(Duration::from_millis(300));
+    // The peer's whole share: connections that never send a ClientHello.
+    let t0 = Instant::now();
+    let mut stalled: Vec<TcpStream> =
+        (0..share).map(|_| TcpStream::connect(tls_addr(&f)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for (i, s) in stalled.iter().enumerate() {
+        assert!(open_and_silent(s), "stalled handshake {i} was not held");
+    }
+    // They hold real slots: one more connection, TLS or plain, is over the cap.
+    for target in [tls_addr(&f), addr(&f)] {
+        let mut extra = TcpStream::connect(&target).unwrap();
+        let seen = closed_by(&mut extra, Instant::now() + PROMPT)
+            .unwrap_or_else(|e| panic!("a connection over the cap to {target} was held: {e}"));
+        assert!(seen.is_empty(), "{}", lossy(&seen, 200));
+    }
+    // Each stalled handshake is closed at the header timeout, not before.
+    for (i, s) in stalled.iter_mut().enumerate() {
+        closed_by(s, t0 + header + Duration::from_millis(1500))
+            .unwrap_or_else(|e| panic!("stalled handshake {i} outlived the header timeout: {e}"));
+    }
+    let closed = t0.elapsed();
+    assert!(closed >= header - Duration::from_millis(300), "closed after {closed:?}");
+    // The slots are given back: a TLS request is served again, at once.
+    let t = Instant::now();
+    while !tls_healthz_ok(&f) {
+        assert!(
+            t.elapsed() < PROMPT,
+            "no TLS service {:?} after the stalled ones closed",
+            t.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("stalled handshakes closed after {closed:?}; served again {:?} later", t.elapsed());
+    drop(stalled);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(tls_failures(&f, "timeout") - timeouts >= share as u64, "timeouts not counted");
+    assert!(refused_connections(&f) - refused >= 2, "refusals over the cap not counted");
+    f.stop();
+}
+
+#[test]
+fn a_trickled_client_hello_is_cut_at_the_header_timeout_and_stalls_no_one() {
+    let header = Duration::from_millis(2000);
+    let mut f = start_tls_limited(limits(2000, 2000, 10_000, 256));
+    let timeouts = tls_failures(&f, "timeout");
+    let hello = client_hello(&f);
+    // A real ClientHello, one byte every 100 ms: it would take far longer than the timeout.
+    assert!(hello.len() > 100, "{} bytes", hello.len());
+    let trickles: Vec<_> = (0..5)
+        .map(|_| {
+            let (target, hello) = (tls_addr(&f), hello.clone());
+            std::thread::spawn(move || -> Result<(Duration, usize), String> {
+                let mut s = TcpStream::connect(target).unwrap();
+                let t = Instant::now();
+                for (sent, byte) in hello.iter().enumerate() {
+                    std::thread::sleep(Duration::from_millis(100));
+                    s.set_nonblocking(true).unwrap();
+                    let mut b = [0u8; 64];
+                    let state = s.read(&mut b);
+                    s.set_nonblocking(false).unwrap();
+                    match state {
+                        Ok(0) => return Ok((t.elapsed(), sent)),
+                        Ok(_) => {
+                            return Err(format!(
+                                "the server answered a partial hello after {sent} bytes"
+                            ))
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                        Err(_) => return Ok((t.elapsed(), sent)),
+                    }
+                    if s.write_all(&[*byte]).is_err() {
+                        return Ok((t.elapsed(), sent));
+                    }
+                }
+                Err(format!("the whole hello was let in over {:?}", t.elapsed()))
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..5 {
+        let (r, took) = timed(|| call("GET", &f.url("/healthz"), None, None));
+        assert_eq!(r.status, 200);
+        assert!(took < PROMPT, "/healthz over TLS took {took:?} while 5 hellos trickle in");
+    }
+    for t in trickles {
+        let (took, sent) = t.join().unwrap().unwrap_or_else(|e| panic!("trickled hello: {e}"));
+        assert!(
+            took >= header - Duration::from_millis(500)
+                && took < header + Duration::from_millis(1500),
+            "a trickled hello was cut after {took:?} ({sent} bytes in)"
+        );
+    }
+    assert!(tls_failures(&f, "timeout") - timeouts >= 5);
+    f.stop();
+}
+
+#[test]
+fn bytes_that_are_not_tls_are_refused_at_once_and_never_answered_in_clear() {
+    let mut f = start_tls_limited(limits(10_000, 10_000, 10_000, 256));
+    let protocol = tls_failures(&f, "protocol");
+    let mut rng = StdRng::seed_from_u64(16);
+    let random: Vec<u8> = (0..4096).map(|_| rng.gen()).collect();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("plain HTTP", b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("random bytes", random),
+        // A handshake record announcing 65535 bytes, more than TLS allows: refused on its
+        // header, not waited for.
+        ("an oversized record", vec![0x16, 0x03, 0x01, 0xff, 0xff, 0x01]),
+        // A TLS 1.0 record carrying an alert: not a ClientHello.
+        ("an alert first", vec![0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x28]),
+    ];
+    for (what, bytes) in &cases {
+        let mut s = TcpStream::connect(tls_addr(&f)).unwrap();
+        s.write_all(bytes).unwrap();
+        let (seen, took) = timed(|| closed_by(&mut s, Instant::now() + PROMPT));
+        let seen = seen.unwrap_or_else(|e| panic!("{what}: not closed at once: {e}"));
+        assert!(took < PROMPT, "{what}: closed after {took:?}");
+        assert!(
+            find(&seen, b"HTTP/").is_none(),
+            "{what}: answered in clear: {}",
+            lossy(&seen, 200)
+        );
+        // At most a TLS alert record.
+        assert!(seen.is_empty() || seen[0] == 0x15, "{what}: {:?}", lossy(&seen, 50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let counted = tls_failures(&f, "protocol") - protocol;
+    assert!(counted >= cases.len() as u64, "{counted} protocol failures counted");
+    assert!(tls_healthz_ok(&f));
+    f.stop();
+}
+
+#[test]
+fn one_peer_cannot_hold_more_than_its_share_over_tls() {
+    let mut f = start_tls_limited(limits(10_000, 10_000, 10_000, 20));
+    let refused_before = refused_connections(&f);
+    std::thread::sleep(Duration::from_millis(300));
+    // Twenty finished handshakes, idle.
+    let mut held: Vec<Conn> = (0..20).map(|_| Conn::open_tls(&f)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for (i, c) in held.iter_mut().enumerate() {
+        assert!(c.open_and_silent(), "TLS connection {i} of 20 (the peer's share) was closed");
+    }
+    // The 21st: over TLS its handshake never completes; over plain it is closed at once (the
+    // listeners share one cap).
+    for i in 0..5 {
+        let mut extra = Conn::open_tls_with(&f, tls_client(&f, None));
+        extra.s.set_read_timeout(Some(PROMPT)).unwrap();
+        let (hs, took) = timed(|| extra.handshake());
+        assert!(hs.is_err(), "extra TLS connection {i} over the cap got a handshake");
+        assert!(took < PROMPT, "extra TLS connection {i} was held {took:?}");
+        let mut plain = TcpStream::connect(addr(&f)).unwrap();
+        closed_by(&mut plain, Instant::now() + PROMPT)
+            .unwrap_or_else(|e| panic!("a plain connection over the shared cap was held: {e}"));
+    }
+    drop(held);
+    let t = Instant::now();
+    while !tls_healthz_ok(&f) {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "no TLS service 2 s after the idle ones left"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let refused = refused_connections(&f) - refused_before;
+    assert!(refused >= 10, "refused connections counted: {refused}");
+    f.stop();
+}
+
+#[test]
+fn slow_senders_over_tls_are_cut_like_plain_ones() {
+    let (header, body) = (Duration::from_millis(2000), Duration::from_millis(2000));
+    let mut f = start_tls_limited(limits(2000, 2000, 10_000, 256));
+    // Slowloris through a finished handshake: a head, or a body, one byte every 200 ms.
+    let drips: Vec<_> = (0..6)
+        .map(|i| {
+            let mut c = Conn::open_tls(&f);
+            std::thread::spawn(move || -> Result<(Duration, Vec<u8>), String> {
+                let head = if i % 2 == 0 {
+                    format!("GET /boot/node01?mac={MAC1} HTTP/1.1\r\nX-Drip: ")
+                } else {
+                    format!("PUT /hosts/node01/reimage HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {REIMAGE_TOKEN}\r\nContent-Length: 100\r\n\r\n")
+                };
+                c.send(head.as_bytes()).unwrap();
+                let t = Instant::now();
+                for _ in 0..60 {
+                    std::thread::sleep(Duration::from_millis(200));
+                    c.s.set_nonblocking(true).unwrap();
+                    let mut b = vec![0u8; 4096];
+                    let state = c.read(&mut b);
+                    c.s.set_nonblocking(false).unwrap();
+                    match state {
+                        Ok(0) => return Ok((t.elapsed(), Vec::new())),
+                        Ok(n) => return Ok((t.elapsed(), b[..n].to_vec())),
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                        Err(_) => return Ok((t.elapsed(), Vec::new())),
+                    }
+                    if c.send(b"a").is_err() {
+                        return Ok((t.elapsed(), Vec::new()));
+                    }
+                }
+                Err(format!("still open after dripping for {:?}", t.elapsed()))
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..5 {
+        let (r, took) = timed(|| call("GET", &boot_url(&f.base, "node01", MAC1, ""), None, None));
+        assert!(r.status == 200 && r.body.starts_with(LOCAL), "{}", r.body);
+        assert!(took < PROMPT, "/boot over TLS took {took:?} while 6 clients drip");
+    }
+    for d in drips {
+        let (took, seen) = d.join().unwrap().unwrap_or_else(|e| panic!("TLS drip: {e}"));
+        let text = String::from_utf8_lossy(&seen);
+        assert!(seen.is_empty() || text.starts_with("HTTP/1.1 408 "), "TLS drip: {text}");
+        assert!(took < header.max(body) + Duration::from_millis(1500), "a TLS drip ran {took:?}");
+    }
+    assert_eq!(host(&f, "node01")["flagged"], false, "a PUT whose body never came set a flag");
+    f.stop();
+}
+
+#[test]
+fn oversized_headers_are_refused_over_both_listeners() {
+    let mut f = start_tls_limited(limits(10_000, 10_000, 10_000, 256));
+    let huge =
+        format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(1 << 20));
+    for tls in [false, true] {
+        let mut c = if tls { Conn::open_tls(&f) } else { Conn::open(&f) };
+        let _ = c.send(huge.as_bytes()); // the server may close before it has read it all
+        let (r, took) = timed(|| c.response(false));
+        let over = if tls { "TLS" } else { "plain" };
+        match r {
+            Ok(r) => assert_eq!(r.status, 431, "{over}: {}", r.text()),
+            Err(e) => {
+                assert!(e.starts_with("closed") || e.starts_with("read failed"), "{over}: {e}")
+            }
+        }
+        assert!(took < PROMPT, "{over}: refused after {took:?}");
+    }
+    assert!(healthz_ok(&f) && tls_healthz_ok(&f));
     f.stop();
 }

@@ -6,6 +6,9 @@
 //! The slow directory is a real TCP peer that accepts LDAP connections and never answers (what
 //! an overloaded or firewalled directory looks like to the service); it counts the connections
 //! the service opened, which is how many login attempts reached it.
+//!
+//! The login limits are run again over the service's own TLS listener (module [`over_tls`]):
+//! the peer counted is the TCP peer there too.
 
 #[path = "serve_support/mod.rs"]
 mod support;
@@ -91,7 +94,7 @@ impl SilentDirectory {
 #[test]
 fn a_valid_token_between_guesses_does_not_reset_the_login_limit() {
     let mut fx = start(false);
-    let agent = ureq::AgentBuilder::new().build();
+    let agent = agent_for(&fx.base);
     let mut statuses = Vec::new();
     for round in 0..4 {
         for i in 0..5 {
@@ -130,7 +133,7 @@ fn parallel_directory_guesses_are_counted_before_the_directory_is_asked() {
                         let body = serde_json::json!({ "username": user, "password": "guess" })
                             .to_string();
                         barrier.wait();
-                        let agent = ureq::AgentBuilder::new().build();
+                        let agent = agent_for(base);
                         login_with(&agent, base, &body, &[("X-Forwarded-For", &xff)]).status
                     })
                 })
@@ -159,7 +162,7 @@ fn parallel_directory_guesses_are_counted_before_the_directory_is_asked() {
 #[test]
 fn twelve_thousand_logins_with_one_token_leave_others_sessions_alone() {
     let mut fx = start(false);
-    let agent = ureq::AgentBuilder::new().build();
+    let agent = agent_for(&fx.base);
     let admin = login_with(&agent, &fx.base, &token_body(ADMIN_TOKEN), &[]);
     assert_eq!(admin.status, 200, "{}", admin.body);
     let admin_cookie = cookie_of(&admin);
@@ -185,7 +188,7 @@ fn a_trusted_proxys_forwarded_address_is_the_one_limited() {
     let mut config = full_config(dir.path(), false);
     config.trusted_proxies = vec!["127.0.0.1".parse::<std::net::IpAddr>().unwrap().into()];
     let mut fx = start_with(dir, config);
-    let agent = ureq::AgentBuilder::new().build();
+    let agent = agent_for(&fx.base);
     let login = |body: &str, forwarded: &str| {
         login_with(&agent, &fx.base, body, &[("X-Forwarded-For", forwarded)]).status
     };
@@ -222,6 +225,7 @@ fn a_trusted_proxys_forwarded_address_is_the_one_limited() {
 
     // Without --trusted-proxy the header is ignored: everyone is the TCP peer.
     let mut fx = start(false);
+    let agent = agent_for(&fx.base);
     for i in 0..LOGIN_FAILURES {
         let h = [("X-Forwarded-For", "10.0.0.1")];
         assert_eq!(login_with(&agent, &fx.base, &token_body(&format!("bad-{i}")), &h).status, 401);
@@ -422,4 +426,25 @@ fn a_flood_from_one_ipv6_prefix_leaves_other_clients_named() {
     assert!(records.iter().all(|r| r["event"] != "refused-summary" || !r["peer"].is_null()));
     let from_prefix = records.iter().filter(|r| r["event"] == "denied").count();
     assert!(from_prefix <= 8, "{from_prefix} written in full from one /64");
+}
+
+/// The login limits again, every request over the service's TLS listener
+/// (`support::over_tls`): TLS changes neither who is counted nor how.
+mod over_tls {
+    use super::support::over_tls;
+
+    #[test]
+    fn a_valid_token_between_guesses_does_not_reset_the_login_limit() {
+        over_tls(super::a_valid_token_between_guesses_does_not_reset_the_login_limit);
+    }
+
+    #[test]
+    fn parallel_directory_guesses_are_counted_before_the_directory_is_asked() {
+        over_tls(super::parallel_directory_guesses_are_counted_before_the_directory_is_asked);
+    }
+
+    #[test]
+    fn a_trusted_proxys_forwarded_address_is_the_one_limited() {
+        over_tls(super::a_trusted_proxys_forwarded_address_is_the_one_limited);
+    }
 }

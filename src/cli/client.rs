@@ -1,8 +1,39 @@
 //! `bootforge reimage`, `media-url`, `attach` and `detach`: thin clients of the HTTP API, one
 //! request per host.
+//!
+//! Every client reaches the service at `--server`, `http://` or `https://`; over https it trusts
+//! Mozilla's roots plus `--ca-file` (a private CA, PEM), through [`crate::cafile`] like every
+//! TLS client of bootforge. A certificate it refuses is reported with what to do about it.
 
 use std::path::Path;
 use std::time::Duration;
+
+/// An HTTP agent for the service at `server`, trusting `ca_file` besides the public roots.
+fn agent(server: &str, ca_file: Option<&Path>, timeout: Duration) -> anyhow::Result<ureq::Agent> {
+    let scheme = server.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    anyhow::ensure!(
+        matches!(scheme.as_deref(), Some("http" | "https")),
+        "--server {server:?} must start with http:// or https://"
+    );
+    let mut builder = ureq::AgentBuilder::new().timeout(timeout);
+    if scheme.as_deref() == Some("https") || ca_file.is_some() {
+        let config = crate::cafile::client_config(
+            ca_file,
+            "--ca-file",
+            crate::cafile::Trust::PublicAndFile,
+        )?;
+        builder = builder.tls_config(config);
+    }
+    Ok(builder.build())
+}
+
+/// Why the service could not be reached, with a hint when its certificate was refused.
+fn unreachable(base: &str, e: &ureq::Error) -> String {
+    match crate::cafile::certificate_hint(e) {
+        Some(hint) => format!("cannot reach {base}: {e} ({hint})"),
+        None => format!("cannot reach {base}: {e}"),
+    }
+}
 
 /// What to do to each host.
 #[derive(Debug, Clone)]
@@ -26,11 +57,12 @@ pub fn read_token(path: &Path) -> anyhow::Result<String> {
 /// nothing: every host is tried, and the error lists the hosts that failed.
 pub fn run(
     server: &str,
+    ca_file: Option<&Path>,
     token: &str,
     hosts: &[String],
     action: &Action,
 ) -> anyhow::Result<Vec<String>> {
-    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
+    let agent = agent(server, ca_file, Duration::from_secs(30))?;
     let base = server.trim_end_matches('/');
     let mut lines = Vec::new();
     let mut failed = Vec::new();
@@ -74,7 +106,7 @@ pub fn run(
                 failed.push(host.clone());
             }
             Err(e) => {
-                lines.push(format!("{host}: cannot reach {base}: {e}"));
+                lines.push(format!("{host}: {}", unreachable(base, &e)));
                 failed.push(host.clone());
             }
         }
@@ -94,11 +126,12 @@ fn json_of(resp: ureq::Response) -> serde_json::Value {
 /// server's own error message.
 pub fn media_url(
     server: &str,
+    ca_file: Option<&Path>,
     token: &str,
     host: &str,
     body: &serde_json::Value,
 ) -> anyhow::Result<serde_json::Value> {
-    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
+    let agent = agent(server, ca_file, Duration::from_secs(60))?;
     let base = server.trim_end_matches('/');
     let url = format!("{base}/hosts/{}/media-url", crate::serve::util::encode(host));
     match agent
@@ -112,7 +145,7 @@ pub fn media_url(
             let v = json_of(resp);
             anyhow::bail!("{host}: HTTP {code}: {}", v["error"].as_str().unwrap_or("no details"))
         }
-        Err(e) => anyhow::bail!("{host}: cannot reach {base}: {e}"),
+        Err(e) => anyhow::bail!("{host}: {}", unreachable(base, &e)),
     }
 }
 
@@ -125,8 +158,12 @@ pub enum MediaAction {
 }
 
 /// The inventory hosts that have a BMC (`GET /hosts`, their `bmc` field), for `--all`.
-pub fn hosts_with_bmc(server: &str, token: &str) -> anyhow::Result<Vec<String>> {
-    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
+pub fn hosts_with_bmc(
+    server: &str,
+    ca_file: Option<&Path>,
+    token: &str,
+) -> anyhow::Result<Vec<String>> {
+    let agent = agent(server, ca_file, Duration::from_secs(60))?;
     let base = server.trim_end_matches('/');
     let v = match agent
         .get(&format!("{base}/hosts"))
@@ -141,7 +178,7 @@ pub fn hosts_with_bmc(server: &str, token: &str) -> anyhow::Result<Vec<String>> 
                 v["error"].as_str().unwrap_or("no details")
             )
         }
-        Err(e) => anyhow::bail!("cannot reach {base}: {e}"),
+        Err(e) => anyhow::bail!("{}", unreachable(base, &e)),
     };
     Ok(v["hosts"]
         .as_array()
@@ -160,14 +197,15 @@ pub fn hosts_with_bmc(server: &str, token: &str) -> anyhow::Result<Vec<String>> 
 /// each succeeded. A BMC's own error message is passed on as the service reports it.
 pub fn bmc_media(
     server: &str,
+    ca_file: Option<&Path>,
     token: &str,
     hosts: &[String],
     action: &MediaAction,
     jobs: usize,
     progress: bool,
-) -> Vec<(String, bool)> {
+) -> anyhow::Result<Vec<(String, bool)>> {
     // A BMC may take minutes (task monitors, retries); the service bounds each step itself.
-    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(900)).build();
+    let agent = agent(server, ca_file, Duration::from_secs(900))?;
     let base = server.trim_end_matches('/');
     let bar = if progress {
         let bar = indicatif::ProgressBar::new(hosts.len() as u64);
@@ -204,10 +242,10 @@ pub fn bmc_media(
         }
     });
     bar.finish_and_clear();
-    results
+    Ok(results
         .into_iter()
         .map(|r| r.into_inner().unwrap_or_else(|p| p.into_inner()).expect("every host was run"))
-        .collect()
+        .collect())
 }
 
 fn one_media(
@@ -264,6 +302,6 @@ fn one_media(
                 false,
             )
         }
-        Err(e) => (format!("{host}: FAILED: cannot reach {base}: {e}"), false),
+        Err(e) => (format!("{host}: FAILED: {}", unreachable(base, &e)), false),
     }
 }

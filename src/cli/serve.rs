@@ -20,6 +20,12 @@ Examples:
   # Then flag a node; its next boot installs, the installer's callback clears the flag:
   curl -X PUT -H \"Authorization: Bearer $TOKEN\" http://bootsvc:8080/hosts/node01/reimage
 
+  # Over HTTPS with the operator's certificate, and plain HTTP beside it for BIOS nodes:
+  bootforge serve ... --listen 10.20.0.5:8080 --listen-tls 10.20.0.5:8443 \\
+      --tls-cert /etc/bootforge/tls/chain.pem --tls-key /etc/bootforge/tls/key.pem \\
+      --public-url https://10.20.0.5:8443
+  bootforge reimage node01 --server https://10.20.0.5:8443 --ca-file ca.pem --token-file t
+
   # Replicas on PostgreSQL, the inventory in the database (edited from any replica's console):
   export BOOTFORGE_DATABASE=postgres://bootforge@db.example/bootforge
   bootforge inventory import nodes.csv
@@ -42,6 +48,11 @@ Without --tokens-file the API (/hosts, /events, reimage) refuses every request w
 URLs written into install chains and configs come from the row's `server`, else --public-url,
 else the listen address if it is a specific one; never from the request's Host header. With
 neither (listening on 0.0.0.0), every row needs a `server` column.
+TLS: --listen-tls serves HTTPS itself (rustls; TLS 1.2 for iPXE and 1.3); with it alone there
+is no plain listener, give --listen too for nodes that boot over HTTP. The certificate and key
+are reloaded when they change (renewals need no restart); a new pair that does not load keeps
+the old one serving and shows the error in /status. Over TLS the console's cookie is Secure and
+every answer carries Strict-Transport-Security. See docs/TLS.md.
 The operator's console is at /ui/ (API tokens, and directory accounts with --ldap-config).
 Behind a reverse proxy, name it with --trusted-proxy (e.g. --trusted-proxy 10.0.0.5) so that
 failed logins are counted per operator address, not for everyone at once.
@@ -78,9 +89,27 @@ pub struct ServeArgs {
     /// (0: for ever, the default).
     #[arg(long, value_name = "DAYS", default_value_t = 0)]
     pub keep_change_records: u64,
-    /// Address and port to listen on.
-    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:8080")]
-    pub listen: String,
+    /// Address and port of the plain HTTP listener [default: 0.0.0.0:8080, or none when
+    /// --listen-tls is given: give both for BIOS nodes, whose iPXE cannot trust a private CA].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
+    /// Address and port of the TLS listener (HTTPS, TLS 1.2 and 1.3), with --tls-cert and
+    /// --tls-key. It shares the connection caps, limits and timeouts of --listen; the TLS
+    /// handshake must finish within the header timeout.
+    #[arg(long, value_name = "ADDR:PORT", requires_all = ["tls_cert", "tls_key"])]
+    pub listen_tls: Option<String>,
+    /// The certificate chain for --listen-tls (PEM, the service's certificate first, then any
+    /// intermediates); RSA or ECDSA (iPXE needs RSA). Reloaded when it changes.
+    #[arg(long, value_name = "FILE", requires = "listen_tls")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 RSA or SEC1 EC; not encrypted).
+    /// Reloaded when it changes; a new pair that does not load keeps the old one serving.
+    #[arg(long, value_name = "FILE", requires = "listen_tls")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA certificate(s) (PEM) that issued --tls-cert, for clients that must be told whom
+    /// to trust (BMCs fetching media over https) and for the certificate checks.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
     /// Folder served at /assets/ (kernels, initrds, ISOs), with Range support.
     #[arg(long, value_name = "DIR")]
     pub assets: Option<PathBuf>,
@@ -194,9 +223,13 @@ pub struct MediaUrlArgs {
     /// The host whose medium to sign.
     #[arg(value_name = "HOSTNAME")]
     pub host: String,
-    /// Base URL of the boot service.
+    /// Base URL of the boot service: http://… or https://….
     #[arg(long, value_name = "URL")]
     pub server: String,
+    /// The CA certificate (PEM) that issued the service's certificate, for an https:// --server
+    /// with a private CA (trusted besides the public roots).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     /// File holding the API token (first line).
     #[arg(long, value_name = "FILE")]
     pub token_file: PathBuf,
@@ -241,9 +274,13 @@ pub struct ReimageArgs {
     /// Host names to flag (or, with --cancel, to un-flag).
     #[arg(required = true, value_name = "HOSTNAME")]
     pub hosts: Vec<String>,
-    /// Base URL of the boot service.
+    /// Base URL of the boot service: http://… or https://….
     #[arg(long, value_name = "URL")]
     pub server: String,
+    /// The CA certificate (PEM) that issued the service's certificate, for an https:// --server
+    /// with a private CA (trusted besides the public roots).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     /// File holding the API token (first line).
     #[arg(long, value_name = "FILE")]
     pub token_file: PathBuf,
@@ -263,7 +300,16 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let days = |d: u64| (d > 0).then(|| std::time::Duration::from_secs(d.saturating_mul(86_400)));
     config.keep_boot_records = days(args.keep_boot_records);
     config.keep_change_records = days(args.keep_change_records);
-    config.listen = args.listen;
+    // Only --listen-tls: TLS only (nothing in clear unless asked for).
+    config.listen = match (args.listen, &args.listen_tls) {
+        (Some(addr), _) => addr,
+        (None, Some(_)) => String::new(),
+        (None, None) => "0.0.0.0:8080".into(),
+    };
+    config.listen_tls = args.listen_tls;
+    config.tls_cert = args.tls_cert;
+    config.tls_key = args.tls_key;
+    config.tls_ca = args.tls_ca;
     config.assets = args.assets;
     config.secret_file = args.secret_file;
     config.tokens_file = args.tokens_file;
@@ -297,7 +343,7 @@ pub fn reimage(args: ReimageArgs) -> anyhow::Result<()> {
     let token = client::read_token(&args.token_file)?;
     let action =
         if args.cancel { client::Action::Cancel } else { client::Action::Flag(args.profile) };
-    for line in client::run(&args.server, &token, &args.hosts, &action)? {
+    for line in client::run(&args.server, args.ca_file.as_deref(), &token, &args.hosts, &action)? {
         println!("{line}");
     }
     Ok(())
@@ -313,7 +359,8 @@ pub fn media_url(args: MediaUrlArgs) -> anyhow::Result<()> {
         "efi_loader": args.efi_loader,
         "ttl": args.ttl,
     });
-    let answer = client::media_url(&args.server, &token, &args.host, &body)?;
+    let answer =
+        client::media_url(&args.server, args.ca_file.as_deref(), &token, &args.host, &body)?;
     if args.json {
         println!("{answer}");
     } else {
@@ -379,9 +426,13 @@ pub struct BmcHosts {
     /// Every inventory host with a `bmc` column.
     #[arg(long)]
     pub all: bool,
-    /// Base URL of the boot service.
+    /// Base URL of the boot service: http://… or https://….
     #[arg(long, value_name = "URL")]
     pub server: String,
+    /// The CA certificate (PEM) that issued the service's certificate, for an https:// --server
+    /// with a private CA (trusted besides the public roots).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     /// File holding the API token (first line; role reimage).
     #[arg(long, value_name = "FILE")]
     pub token_file: PathBuf,
@@ -395,7 +446,7 @@ pub fn bmc_media(hosts: BmcHosts, action: client::MediaAction) -> anyhow::Result
     use std::io::IsTerminal;
     let token = client::read_token(&hosts.token_file)?;
     let list = if hosts.all {
-        let list = client::hosts_with_bmc(&hosts.server, &token)?;
+        let list = client::hosts_with_bmc(&hosts.server, hosts.ca_file.as_deref(), &token)?;
         anyhow::ensure!(!list.is_empty(), "no inventory host has a `bmc` column value");
         list
     } else {
@@ -405,12 +456,13 @@ pub fn bmc_media(hosts: BmcHosts, action: client::MediaAction) -> anyhow::Result
     };
     let results = client::bmc_media(
         &hosts.server,
+        hosts.ca_file.as_deref(),
         &token,
         &list,
         &action,
         hosts.jobs,
         std::io::stderr().is_terminal(),
-    );
+    )?;
     let failed = results.iter().filter(|(_, ok)| !ok).count();
     for (line, _) in &results {
         println!("{line}");

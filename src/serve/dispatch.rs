@@ -26,6 +26,14 @@ impl Handler for Service {
     fn answered(&self, status: u16) {
         self.metrics.response(status);
     }
+
+    fn tls_handshake(&self, version: &'static str) {
+        self.metrics.tls_handshake(version);
+    }
+
+    fn tls_handshake_failed(&self, why: crate::serve::web::accept::HandshakeFailure) {
+        self.metrics.tls_handshake_failed(why.label());
+    }
 }
 
 /// Answers one request: a method the route does not take is refused here; every other request

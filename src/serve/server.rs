@@ -1,5 +1,6 @@
-//! Start-up and shutdown: load the inputs, bind ([`Server::start`], or take a bound listener:
-//! [`Server::run`]), run the accept loop and the reload watcher until told to stop
+//! Start-up and shutdown: load the inputs (and the TLS certificate), bind ([`Server::start`], or
+//! take a bound listener: [`Server::run`]), run the accept loop and the reload watcher (which
+//! also reloads the certificate) until told to stop
 //! ([`Server::shutdown`], or SIGTERM/SIGINT with [`Server::run_until_signalled`]), then stop
 //! accepting, let requests in progress finish, and join every thread.
 
@@ -45,10 +46,16 @@ fn fit_descriptors(wanted: usize) -> usize {
     wanted
 }
 
-/// A running server: its address, and how to stop it.
+/// Binds `addr` (`ADDR:PORT`), naming it in the error.
+fn bind(addr: &str) -> anyhow::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+}
+
+/// A running server: its addresses, and how to stop it.
 pub struct Server {
     service: Arc<Service>,
     local_addr: SocketAddr,
+    local_tls_addr: Option<SocketAddr>,
     runtime: Option<tokio::runtime::Runtime>,
     /// Tells the accept loop to stop; it then drains the open connections.
     stop_accepting: Option<tokio::sync::oneshot::Sender<()>>,
@@ -60,24 +67,71 @@ pub struct Server {
 impl Server {
     /// Loads the inputs (failing with a clear message on any error), binds, and starts the
     /// runtime and the reload watcher. Returns once the server accepts connections.
+    ///
+    /// Listens on `config.listen` (plain HTTP; none when it is empty) and `config.listen_tls`
+    /// (TLS, with `tls_cert` and `tls_key`).
     pub fn start(config: Config) -> anyhow::Result<Server> {
-        let listener = std::net::TcpListener::bind(&config.listen)
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-        Server::run(listener, config)
+        let plain = match config.listen.is_empty() {
+            true => None,
+            false => Some(bind(&config.listen)?),
+        };
+        Server::start_on(plain, config)
     }
 
     /// [`Server::start`] on a listener the caller bound (mini-redis's `run(listener, …)`
-    /// shape): everything but the bind. `config.listen` is then only informative. It runs until
+    /// shape): everything but the bind. `config.listen` is then only informative; a TLS
+    /// listener (`config.listen_tls`) is still bound here. It runs until
     /// [`Server::shutdown`] (or [`Server::run_until_signalled`]).
-    pub fn run(listener: std::net::TcpListener, mut config: Config) -> anyhow::Result<Server> {
+    pub fn run(listener: std::net::TcpListener, config: Config) -> anyhow::Result<Server> {
+        Server::start_on(Some(listener), config)
+    }
+
+    fn start_on(
+        plain: Option<std::net::TcpListener>,
+        mut config: Config,
+    ) -> anyhow::Result<Server> {
         config.limits.max_connections = fit_descriptors(config.limits.max_connections);
-        listener.set_nonblocking(true)?;
-        let local_addr = listener.local_addr()?;
+        // The certificate first: a bad pair stops the start-up before anything is bound or
+        // opened, with a message naming the file.
+        let tls_cert = match (&config.listen_tls, &config.tls_cert, &config.tls_key) {
+            (Some(_), Some(cert), Some(key)) => {
+                Some(Arc::new(crate::serve::inputs::certs::ServerCert::load(cert, key)?))
+            }
+            (Some(addr), _, _) => {
+                anyhow::bail!("--listen-tls {addr} needs --tls-cert FILE and --tls-key FILE")
+            }
+            (None, Some(_), _) | (None, _, Some(_)) => anyhow::bail!(
+                "--tls-cert and --tls-key are for --listen-tls ADDR:PORT, which is not given"
+            ),
+            (None, None, None) => None,
+        };
+        anyhow::ensure!(
+            plain.is_some() || tls_cert.is_some(),
+            "nothing to listen on: give --listen ADDR:PORT, --listen-tls ADDR:PORT, or both"
+        );
+        let tls_listener = match &config.listen_tls {
+            Some(addr) if tls_cert.is_some() => Some(bind(addr)?),
+            _ => None,
+        };
+        let local_tls_addr = tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        let local_plain_addr = plain.as_ref().map(|l| l.local_addr()).transpose()?;
+        let local_addr =
+            local_plain_addr.or(local_tls_addr).expect("a listener exists: checked above");
+        // Without --public-url, the service's own address when it is a specific one: the TLS
+        // listener's if there is one (nodes then send their tokens encrypted), else the plain.
         let default_base = match &config.public_url {
             Some(url) => Some(url.clone()),
-            None if local_addr.ip().is_unspecified() => None,
             None => {
-                Some(format!("http://{local_addr}").parse().map_err(|e| anyhow::anyhow!("{e}"))?)
+                let specific = |a: &Option<SocketAddr>| a.filter(|a| !a.ip().is_unspecified());
+                let own = match (specific(&local_tls_addr), specific(&local_plain_addr)) {
+                    (Some(a), _) => Some(format!("https://{a}")),
+                    (None, Some(a)) => Some(format!("http://{a}")),
+                    (None, None) => None,
+                };
+                own.map(|u| {
+                    u.parse::<crate::inventory::ServerUrl>().map_err(|e| anyhow::anyhow!("{e}"))
+                })
+                .transpose()?
             }
         };
         use crate::serve::inputs::catalog::{Catalog, InventorySource, Sources};
@@ -150,7 +204,12 @@ impl Server {
             .transpose()?;
         let snap = catalog.snapshot();
         tracing::info!(
-            listen = %local_addr,
+            listen = ?local_plain_addr,
+            listen_tls = ?local_tls_addr,
+            certificate = ?tls_cert.as_ref().map(|c| {
+                let s = c.status().serving;
+                format!("{} ({}), valid until {}", s.subject, s.names.join(", "), s.not_after)
+            }),
             nodes = snap.inventory.len(),
             profiles = ?snap.profiles.names().collect::<Vec<_>>(),
             node_tokens = secret.is_some(),
@@ -180,6 +239,7 @@ impl Server {
             sessions,
             login_limiter: crate::serve::auth::session::LoginLimiter::default(),
             directory,
+            tls: tls_cert.clone(),
             inventory_edit: Mutex::new(()),
             started_at: crate::serve::util::now_ms(),
             host_locks: HostLocks::default(),
@@ -189,9 +249,19 @@ impl Server {
             let snap = service.catalog.snapshot();
             service.last_boot.refresh(&service.store, |h| snap.inventory.get(h).is_some());
         }
-        let listener = {
+        let listeners = {
             let _guard = runtime.enter();
-            tokio::net::TcpListener::from_std(listener)?
+            let tokio_listener = |l: std::net::TcpListener| -> std::io::Result<_> {
+                l.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(l)
+            };
+            crate::serve::web::accept::Listeners {
+                plain: plain.map(tokio_listener).transpose()?,
+                tls: match (tls_listener, &tls_cert) {
+                    (Some(l), Some(cert)) => Some((tokio_listener(l)?, cert.server_config()?)),
+                    _ => None,
+                },
+            }
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let accept = runtime.spawn(crate::serve::web::accept::serve(
@@ -201,7 +271,7 @@ impl Server {
                 trusted_proxies: service.config.trusted_proxies.clone(),
                 session_cookie: crate::serve::auth::session::COOKIE_EQ,
             },
-            listener,
+            listeners,
             stop_rx,
         ));
         // Directory sessions' re-checks (a no-op without a lookup account); dropped with the
@@ -211,8 +281,12 @@ impl Server {
         let stop = Arc::new(AtomicBool::new(false));
         let hup = Arc::new(AtomicBool::new(false));
         // SIGHUP forces a reload; registering only sets a flag, so it is safe in any thread.
-        if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone()) {
-            tracing::warn!("cannot watch SIGHUP ({e}); changes are still picked up by polling");
+        // The certificate has a flag of its own: the catalog's watcher consumes `hup`.
+        let hup_tls = Arc::new(AtomicBool::new(false));
+        for flag in [&hup, &hup_tls] {
+            if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, flag.clone()) {
+                tracing::warn!("cannot watch SIGHUP ({e}); changes are still picked up by polling");
+            }
         }
         let reload = {
             let (svc, stop) = (service.clone(), stop.clone());
@@ -225,6 +299,9 @@ impl Server {
                 // (it has not if the service started while the database was down).
                 let swept = std::cell::Cell::new(svc.store.deciding_known());
                 svc.catalog.watch(&stop, &hup, |reloaded| {
+                    if let Some(cert) = &svc.tls {
+                        cert.reload_if_changed(hup_tls.swap(false, Ordering::Relaxed));
+                    }
                     if reloaded || (!swept.get() && svc.store.deciding_known()) {
                         swept.set(svc.store.deciding_known());
                         svc.sweep_orphans();
@@ -270,6 +347,7 @@ impl Server {
         Ok(Server {
             service,
             local_addr,
+            local_tls_addr,
             runtime: Some(runtime),
             stop_accepting: Some(stop_tx),
             accept: Some(accept),
@@ -278,8 +356,14 @@ impl Server {
         })
     }
 
+    /// The plain listener's address; without one, the TLS listener's.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The TLS listener's address (`--listen-tls`), if there is one.
+    pub fn local_tls_addr(&self) -> Option<SocketAddr> {
+        self.local_tls_addr
     }
 
     pub fn service(&self) -> &Arc<Service> {

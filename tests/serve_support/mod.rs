@@ -161,8 +161,14 @@ pub fn tokens_file(dir: &Path) -> PathBuf {
 pub struct Fixture {
     pub dir: tempfile::TempDir,
     pub server: Option<Server>,
+    /// Where the tests talk to the service: `https://…` for a fixture over TLS.
     pub base: String,
     pub config: Config,
+    /// Over TLS: the private CA that issued the service's certificate (`config.tls_ca` is its
+    /// PEM; behind a mutex so that a fixture can still be shared between threads), and the
+    /// plain listener's base beside the TLS one.
+    pub pki: Option<std::sync::Mutex<pki::Pki>>,
+    pub plain_base: Option<String>,
 }
 
 impl Fixture {
@@ -213,10 +219,106 @@ pub fn full_config(dir: &Path, secret: bool) -> Config {
     config
 }
 
+/// Starts a server on `config`; over TLS (see [`over_tls`]) with [`tls_config`] added.
 pub fn start_with(dir: tempfile::TempDir, config: Config) -> Fixture {
+    if OVER_TLS.with(|t| t.get()) {
+        return start_tls_with(dir, config);
+    }
     let server = Server::start(config.clone()).expect("server starts");
     let base = format!("http://{}", server.local_addr());
-    Fixture { dir, server: Some(server), base, config }
+    Fixture { dir, server: Some(server), base, config, pki: None, plain_base: None }
+}
+
+/// Starts a server on `config` with a TLS listener beside the plain one ([`tls_config`]):
+/// `base` is the TLS listener's `https://` address, `plain_base` the plain one's. [`call`]
+/// trusts the fixture's CA for its address.
+pub fn start_tls_with(dir: tempfile::TempDir, mut config: Config) -> Fixture {
+    let pki = tls_config(&mut config, &pki::LeafSpec::server("IP:127.0.0.1"));
+    let server = Server::start(config.clone()).expect("server starts over TLS");
+    let tls = server.local_tls_addr().expect("a TLS listener");
+    let base = format!("https://{tls}");
+    trust(&tls.to_string(), &pki.ca_cert);
+    let plain_base = Some(format!("http://{}", server.local_addr()));
+    Fixture {
+        dir,
+        server: Some(server),
+        base,
+        config,
+        pki: Some(std::sync::Mutex::new(pki)),
+        plain_base,
+    }
+}
+
+/// Adds a TLS listener on a free loopback port to `config`, with a certificate of `leaf`
+/// issued by a new private CA (RSA); returns the CA.
+pub fn tls_config(config: &mut Config, leaf: &pki::LeafSpec) -> pki::Pki {
+    let ca = pki::Pki::rsa("bootforge test CA");
+    let issued = ca.leaf(leaf);
+    config.listen_tls = Some("127.0.0.1:0".into());
+    config.tls_cert = Some(issued.chain);
+    config.tls_key = Some(issued.key);
+    config.tls_ca = Some(ca.ca_cert.clone());
+    TLS_STARTED.with(|n| n.set(n.get() + 1));
+    ca
+}
+
+thread_local! {
+    /// Whether [`start_with`] starts its servers over TLS: set by [`over_tls`] for the test
+    /// running on this thread (every test has a thread of its own).
+    static OVER_TLS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Configurations given a TLS listener on this thread ([`tls_config`]), for [`over_tls`] to
+    /// check that its test used one.
+    static TLS_STARTED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `test` with every fixture it starts ([`start`], [`start_with`]) serving over TLS: a
+/// second run of a test written for plain HTTP, for a test module `over_tls` (see
+/// tests/serve_api.rs).
+pub fn over_tls(test: fn()) {
+    OVER_TLS.with(|t| t.set(true));
+    test();
+    assert!(
+        TLS_STARTED.with(|n| n.get()) > 0,
+        "the test started no fixture over TLS: it ran over plain HTTP only"
+    );
+}
+
+/// Whether fixtures on this thread serve over TLS.
+pub fn running_over_tls() -> bool {
+    OVER_TLS.with(|t| t.get())
+}
+
+/// Client configurations for the `https://` addresses of the TLS fixtures, each trusting its
+/// fixture's CA.
+static TRUSTED: std::sync::Mutex<Vec<(String, std::sync::Arc<rustls::ClientConfig>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Makes [`call`] (and [`agent_for`]) trust the CA in `ca` (PEM) for `authority`
+/// (`127.0.0.1:PORT`), through the same code the clients use for `--ca-file`.
+pub fn trust(authority: &str, ca: &Path) {
+    let config = bootforge::cafile::client_config(
+        Some(ca),
+        "test CA",
+        bootforge::cafile::Trust::FileInstead,
+    )
+    .expect("the test CA loads");
+    let mut trusted = TRUSTED.lock().unwrap_or_else(|p| p.into_inner());
+    trusted.retain(|(a, _)| a != authority);
+    trusted.push((authority.to_string(), config));
+}
+
+/// An agent for `url`: for `https://`, one that trusts the CA of the fixture serving it.
+pub fn agent_for(url: &str) -> ureq::Agent {
+    let builder = ureq::AgentBuilder::new();
+    let Some(rest) = url.strip_prefix("https://") else { return builder.build() };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let trusted = TRUSTED.lock().unwrap_or_else(|p| p.into_inner());
+    let config = trusted
+        .iter()
+        .find(|(a, _)| a == authority)
+        .map(|(_, c)| c.clone())
+        .unwrap_or_else(|| panic!("no TLS fixture serves {url}"));
+    builder.tls_config(config).build()
 }
 
 pub struct Resp {
@@ -246,7 +348,7 @@ pub fn call_h(
     body: Option<&str>,
     headers: &[(&str, &str)],
 ) -> Resp {
-    let mut req = ureq::request(method, url).timeout(std::time::Duration::from_secs(20));
+    let mut req = agent_for(url).request(method, url).timeout(std::time::Duration::from_secs(20));
     if let Some(t) = token {
         req = req.set("Authorization", &format!("Bearer {t}"));
     }

@@ -56,6 +56,8 @@ pub(crate) async fn status(svc: &Arc<Service>, req: &Req) -> Result<Reply, HttpE
         "uptime_secs": now_ms().saturating_sub(svc.started_at) / 1000,
         "firmware": svc.media.firmware_versions(),
         "ldap": svc.directory.as_ref().map(|d| d.source().to_string()),
+        // The TLS listener's certificate: the one served, and why a reload failed if one did.
+        "tls": svc.tls.as_ref().map(|c| c.status()),
         "sessions": svc.sessions.count().await.ok(),
         "database": {
             "engine": svc.store.engine().name(),
@@ -91,10 +93,15 @@ pub(crate) async fn reload(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, 
             svc.sweep_orphans();
         }
         let status = svc.catalog.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let ok = reloaded && status.tokens_error.is_none();
+        // The TLS certificate too (a pair that does not load keeps the old one serving).
+        let tls_error = svc.tls.as_ref().and_then(|c| {
+            c.reload_if_changed(true);
+            c.status().last_error
+        });
+        let ok = reloaded && status.tokens_error.is_none() && tls_error.is_none();
         svc.audit.note(&Event::Reload { who: Actor::from(&caller), peer, ok });
         let generation = svc.catalog.snapshot().generation;
-        let error = status.last_error.or(status.tokens_error);
+        let error = status.last_error.or(status.tokens_error).or(tls_error);
         let body = serde_json::json!({ "reloaded": ok, "generation": generation, "error": error });
         Reply::json(&body).with_status(if ok { 200 } else { 422 })
     })

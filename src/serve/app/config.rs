@@ -23,8 +23,19 @@ pub struct Config {
     /// those of changes and operators' actions (`--keep-change-records`); `None`: for ever.
     pub keep_boot_records: Option<std::time::Duration>,
     pub keep_change_records: Option<std::time::Duration>,
-    /// `ADDR:PORT`; port 0 picks a free port (tests).
+    /// `ADDR:PORT` of the plain HTTP listener; port 0 picks a free port (tests). Empty: no plain
+    /// listener (`serve --listen-tls` without `--listen`); then `listen_tls` is required.
     pub listen: String,
+    /// `ADDR:PORT` of the TLS listener (`--listen-tls`); needs `tls_cert` and `tls_key`. It
+    /// shares the plain listener's connection caps, limits and deadlines.
+    pub listen_tls: Option<String>,
+    /// The served certificate chain (PEM, leaf first) and its private key (PEM: PKCS#8, PKCS#1
+    /// RSA or SEC1 EC), reloaded when they change (see [`crate::serve::inputs::certs`]).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// The CA certificate(s) (PEM) that issued `tls_cert` (`--tls-ca`): handed to whoever must
+    /// trust the service (BMCs fetching media over https) and used by the certificate checks.
+    pub tls_ca: Option<PathBuf>,
     pub assets: Option<PathBuf>,
     pub secret_file: Option<PathBuf>,
     pub tokens_file: Option<PathBuf>,
@@ -54,7 +65,8 @@ pub struct Config {
     /// The console's directory logins (`--ldap-config`, TOML; see [`crate::serve::auth::ldap`]).
     pub ldap_config: Option<PathBuf>,
     /// Mark session cookies `Secure` even when `--public-url` is not `https://` (a TLS proxy
-    /// in front of a service reached by another name).
+    /// in front of a service reached by another name). Requests over the service's own TLS
+    /// listener get `Secure` cookies whatever this says.
     pub secure_cookies: bool,
     /// How long console sessions last.
     pub sessions: crate::serve::auth::session::Lifetimes,
@@ -82,6 +94,10 @@ impl Config {
             keep_boot_records: Some(DEFAULT_KEEP_BOOT_RECORDS),
             keep_change_records: None,
             listen: "0.0.0.0:8080".into(),
+            listen_tls: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
             assets: None,
             secret_file: None,
             tokens_file: None,

@@ -66,9 +66,13 @@ pub(crate) fn node_token_ok(svc: &Service, host: &str, presented: Option<&str>) 
     }
 }
 
-/// `--public-url` (the service itself speaks HTTP; TLS is then a proxy's).
-pub fn secure(svc: &Service) -> bool {
-    svc.config.secure_cookies
+/// Whether the browser reaches the service over TLS, so cookies are `Secure` and the origin is
+/// `https://`: the request came over the service's own TLS listener (known from the transport,
+/// [`Req::tls`]), or a TLS proxy is in front (`--public-url https://…`,
+/// `--console-secure-cookie`).
+pub fn secure(svc: &Service, req: &Req) -> bool {
+    req.tls
+        || svc.config.secure_cookies
         || svc.config.public_url.as_ref().is_some_and(|u| u.as_str().starts_with("https://"))
 }
 
@@ -78,7 +82,11 @@ pub fn own_origin(svc: &Service, req: &Req) -> Option<String> {
     let ok = !host.is_empty()
         && host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
     ok.then(|| {
-        format!("{}://{}", if secure(svc) { "https" } else { "http" }, host.to_ascii_lowercase())
+        format!(
+            "{}://{}",
+            if secure(svc, req) { "https" } else { "http" },
+            host.to_ascii_lowercase()
+        )
     })
 }
 

@@ -21,6 +21,11 @@ pub struct Metrics {
     pub connections_refused: AtomicU64,
     /// Bytes of `/media/` images answered (whole or ranges).
     pub media_bytes: AtomicU64,
+    /// TLS handshakes completed, by protocol version (`1.2`, `1.3`).
+    tls_handshakes: Mutex<BTreeMap<&'static str, u64>>,
+    /// TLS handshakes that failed, by reason (a small fixed set: see
+    /// [`crate::serve::web::accept::HandshakeFailure`]).
+    tls_failures: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
@@ -36,6 +41,20 @@ impl Metrics {
 
     pub fn media_bytes(&self, n: u64) {
         self.media_bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn tls_handshake(&self, version: &'static str) {
+        *self
+            .tls_handshakes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(version)
+            .or_default() += 1;
+    }
+
+    pub fn tls_handshake_failed(&self, reason: &'static str) {
+        *self.tls_failures.lock().unwrap_or_else(|p| p.into_inner()).entry(reason).or_default() +=
+            1;
     }
 
     pub fn refused_connection(&self) {
@@ -103,6 +122,21 @@ impl Metrics {
                 w,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
                 c.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(w, "# HELP bootforge_tls_handshakes_total TLS handshakes completed, by protocol version.\n# TYPE bootforge_tls_handshakes_total counter");
+        for (version, n) in self.tls_handshakes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = writeln!(w, "bootforge_tls_handshakes_total{{version=\"{version}\"}} {n}");
+        }
+        let _ = writeln!(w, "# HELP bootforge_tls_handshake_failures_total TLS handshakes that failed, by reason (timeout: not finished within the header timeout; closed: the client left; untrusted: the client refused the certificate; protocol: anything else, such as bytes that are not TLS).\n# TYPE bootforge_tls_handshake_failures_total counter");
+        for reason in crate::serve::web::accept::HandshakeFailure::ALL {
+            let reason = reason.label();
+            let n =
+                self.tls_failures.lock().unwrap_or_else(|p| p.into_inner()).get(reason).copied();
+            let _ = writeln!(
+                w,
+                "bootforge_tls_handshake_failures_total{{reason=\"{reason}\"}} {}",
+                n.unwrap_or(0)
             );
         }
         let _ = writeln!(w, "# HELP bootforge_reload_failures_total Reloads that failed (old inputs kept).\n# TYPE bootforge_reload_failures_total counter\nbootforge_reload_failures_total {reload_failures}");

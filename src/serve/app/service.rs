@@ -34,6 +34,9 @@ pub struct Service {
     pub directory: Option<crate::serve::auth::ldap::Directory>,
     /// One inventory edit at a time (read, change, validate, write, reload).
     pub inventory_edit: Mutex<()>,
+    /// The TLS listener's certificate and key (`--tls-cert`, `--tls-key`), reloaded by the
+    /// reload watcher; `None` without `--listen-tls`.
+    pub tls: Option<Arc<crate::serve::inputs::certs::ServerCert>>,
     /// When this process started (milliseconds since 1970), for `/status`.
     pub started_at: u64,
     pub(crate) host_locks: HostLocks,

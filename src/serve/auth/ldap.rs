@@ -60,8 +60,6 @@
 use crate::serve::domain::actor::Role;
 use anyhow::Context as _;
 use ldap3::{LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::CertificateDer;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -868,44 +866,13 @@ fn normalize_dn(dn: &str) -> String {
         .to_lowercase()
 }
 
-/// TLS for the directory: its CA file, else Mozilla's roots; *ring*, TLS 1.2 and 1.3.
+/// TLS for the directory: its CA file, else Mozilla's roots (see [`crate::cafile`]).
 fn tls_config(ca_file: Option<&Path>, source: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        Some(path) => {
-            let pem = std::fs::read(path)
-                .with_context(|| format!("{source}: ca_file: cannot read {}", path.display()))?;
-            for (i, cert) in CertificateDer::pem_slice_iter(&pem).enumerate() {
-                let cert = cert.map_err(|e| {
-                    anyhow::anyhow!(
-                        "{source}: ca_file {}: certificate {}: {e}",
-                        path.display(),
-                        i + 1
-                    )
-                })?;
-                roots.add(cert).map_err(|e| {
-                    anyhow::anyhow!(
-                        "{source}: ca_file {}: certificate {}: {e}",
-                        path.display(),
-                        i + 1
-                    )
-                })?;
-            }
-            anyhow::ensure!(
-                !roots.is_empty(),
-                "{source}: ca_file {} holds no PEM certificate",
-                path.display()
-            );
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
-        .context("the TLS provider offers neither TLS 1.2 nor 1.3")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    crate::cafile::client_config(
+        ca_file,
+        &format!("{source}: ca_file"),
+        crate::cafile::Trust::FileInstead,
+    )
 }
 
 #[cfg(test)]

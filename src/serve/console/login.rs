@@ -65,7 +65,7 @@ async fn whoami(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> 
                 serde_json::json!({ "error": "not logged in", "ldap": svc.directory.is_some() });
             Ok(Reply::json(&body)
                 .with_status(401)
-                .header("Set-Cookie", session::clear_cookie(secure(svc))))
+                .header("Set-Cookie", session::clear_cookie(secure(svc, req))))
         }
     }
 }
@@ -215,7 +215,7 @@ pub(crate) async fn login(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, H
         peer,
     });
     tracing::info!(name = ?caller.name, role = caller.role.as_str(), %peer, "console login");
-    let cookie = session::set_cookie(&opened.id, secure(svc), svc.sessions_life());
+    let cookie = session::set_cookie(&opened.id, secure(svc, req), svc.sessions_life());
     Ok(Reply::json(&Who {
         name: caller.name,
         role: caller.role,
@@ -330,7 +330,7 @@ pub(crate) async fn logout(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, 
     }
     svc.audit.note(&Event::Logout { who: Actor::from(&caller), peer: req.peer });
     Ok(Reply::json(&serde_json::json!({ "logged_out": true }))
-        .header("Set-Cookie", session::clear_cookie(secure(svc))))
+        .header("Set-Cookie", session::clear_cookie(secure(svc, req))))
 }
 
 /// Removes ended sessions from the database every [`session::EXPIRE_EVERY`], for as long as the

@@ -9,6 +9,10 @@
 //!   `body_timeout` (408 otherwise); a response that the client stops reading is cut after
 //!   `send_timeout` without progress.
 //! * **Bodies are bounded** ([`MAX_BODY`], 413 beyond), and only origin-form targets are taken.
+//! * **TLS is the same connection with a handshake first** ([`Listeners`]): a plain and a TLS
+//!   listener share the caps, limits and deadlines, and the handshake must finish within
+//!   `header_timeout` like a request head. Each request knows which listener it came over
+//!   ([`Req::tls`]), from the transport, never from a header; answers over TLS carry [`HSTS`].
 //!
 //! hyper does the parsing; what it does not do (connection caps, a body deadline, a send
 //! deadline) is written here, in a few lines each, because axum and tower-http do not do them
@@ -38,6 +42,10 @@ pub trait Handler: Send + Sync + 'static {
     fn refused_connection(&self) {}
     /// An answer of `status` is about to be sent.
     fn answered(&self, _status: u16) {}
+    /// A TLS handshake finished, with protocol `version` (`1.2`, `1.3`).
+    fn tls_handshake(&self, _version: &'static str) {}
+    /// A TLS handshake failed; the connection is closed.
+    fn tls_handshake_failed(&self, _why: HandshakeFailure) {}
 }
 
 /// Open connections per peer address, for the per-peer cap.
@@ -83,23 +91,106 @@ impl Drop for PeerSlot {
     }
 }
 
+/// What the accept loop listens on: plain HTTP, TLS, or both. Both share one set of connection
+/// caps (total and per peer), limits and deadlines.
+pub struct Listeners {
+    pub plain: Option<tokio::net::TcpListener>,
+    /// The TLS listener and its configuration (whose certificate resolver may swap the served
+    /// pair at any time: see [`crate::serve::inputs::certs`]).
+    pub tls: Option<(tokio::net::TcpListener, Arc<rustls::ServerConfig>)>,
+}
+
+/// `Strict-Transport-Security` on every answer over TLS: a browser that has reached the service
+/// over TLS once uses only TLS to that host name for a year. No `includeSubDomains`: the
+/// service does not speak for the other hosts of its domain.
+pub const HSTS: &str = "max-age=31536000";
+
+/// Why a TLS handshake failed: the `reason` label of `bootforge_tls_handshake_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// Not finished within the header timeout (a stalled or trickled handshake).
+    Timeout,
+    /// The client closed or reset the connection during the handshake.
+    Closed,
+    /// The client refused the certificate (an alert such as unknown_ca or bad_certificate):
+    /// it does not trust the CA, or the name or dates do not fit.
+    Untrusted,
+    /// Anything else: bytes that are not TLS, no version or cipher in common, ….
+    Protocol,
+}
+
+impl HandshakeFailure {
+    pub const ALL: [HandshakeFailure; 4] = [
+        HandshakeFailure::Timeout,
+        HandshakeFailure::Closed,
+        HandshakeFailure::Untrusted,
+        HandshakeFailure::Protocol,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::Closed => "closed",
+            HandshakeFailure::Untrusted => "untrusted",
+            HandshakeFailure::Protocol => "protocol",
+        }
+    }
+
+    /// Classifies the error tokio-rustls returned (a rustls error is carried inside it).
+    fn of(e: &std::io::Error) -> HandshakeFailure {
+        use rustls::AlertDescription as A;
+        use std::io::ErrorKind as K;
+        if matches!(
+            e.kind(),
+            K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe
+        ) {
+            return HandshakeFailure::Closed;
+        }
+        match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+            Some(rustls::Error::AlertReceived(
+                A::BadCertificate
+                | A::UnknownCA
+                | A::CertificateUnknown
+                | A::CertificateExpired
+                | A::CertificateRevoked
+                | A::UnsupportedCertificate
+                | A::AccessDenied,
+            )) => HandshakeFailure::Untrusted,
+            _ => HandshakeFailure::Protocol,
+        }
+    }
+}
+
 /// Accepts connections until told to stop, then waits (up to [`DRAIN`]) for the requests in
-/// progress; idle keep-alive connections are closed at once.
+/// progress; idle keep-alive connections, and TLS handshakes not finished yet, are closed at
+/// once.
+///
+/// A TLS connection takes its slots (total and per peer) when it is accepted, before its
+/// handshake, which must finish within `header_timeout`: a client that connects and never
+/// completes the handshake, or trickles it byte by byte, holds its slot no longer than one that
+/// never sends a request head. The handshake runs on the connection's own task, so a slow one
+/// delays no other accept. Then hyper applies `header_timeout` to the first request head as on
+/// a plain connection.
 pub async fn serve<H: Handler>(
     handler: Arc<H>,
     settings: Settings,
-    listener: tokio::net::TcpListener,
+    listeners: Listeners,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let settings = Arc::new(settings);
     let limits = settings.limits.clone();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Tells handshakes in progress to give up at shutdown (they are not connections hyper's
+    // graceful shutdown can close yet).
+    let (stopping, _) = tokio::sync::watch::channel(false);
     let mut http = hyper::server::conn::http1::Builder::new();
     // half_close: a client that shuts down its sending side after the request (`nc -N`) still
     // gets its answer; the header timeout still bounds such connections.
     http.timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .half_close(true);
+    let acceptor =
+        listeners.tls.as_ref().map(|(_, config)| tokio_rustls::TlsAcceptor::from(config.clone()));
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     let peers = Arc::new(Peers::default());
     let mut failures = AcceptFailures::default();
@@ -109,17 +200,21 @@ pub async fn serve<H: Handler>(
             slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
             _ = &mut stop => break,
         };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    failures.record(&e);
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        // Either listener; when both have connections waiting, select! picks at random, so
+        // neither starves the other.
+        let (accepted, tls) = tokio::select! {
+            a = accept_on(listeners.plain.as_ref()) => (a, false),
+            a = accept_on(listeners.tls.as_ref().map(|(l, _)| l)) => (a, true),
             _ = &mut stop => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                failures.record(&e);
+                // Out of file descriptors and the like: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let Some(peer_slot) = peers.take(peer.ip(), limits.max_connections_per_peer) else {
             handler.refused_connection();
@@ -127,31 +222,102 @@ pub async fn serve<H: Handler>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (handler, settings) = (handler.clone(), settings.clone());
         let io = SendDeadline::new(stream, limits.send_timeout);
-        let body_timeout = limits.body_timeout;
+        let conn = Conn {
+            http: http.clone(),
+            handler: handler.clone(),
+            settings: settings.clone(),
+            peer,
+            watcher: graceful.watcher(),
+        };
+        match (tls, &acceptor) {
+            (true, Some(acceptor)) => {
+                let handshake = acceptor.accept(io);
+                let mut stopping = stopping.subscribe();
+                let header_timeout = limits.header_timeout;
+                tokio::spawn(async move {
+                    let outcome = tokio::select! {
+                        done = tokio::time::timeout(header_timeout, handshake) => done,
+                        _ = stopping.changed() => return,
+                    };
+                    let failed = |why: HandshakeFailure, detail: &dyn std::fmt::Display| {
+                        tracing::debug!(
+                            "TLS handshake with {peer} failed ({}): {detail}",
+                            why.label()
+                        );
+                        conn.handler.tls_handshake_failed(why);
+                    };
+                    match outcome {
+                        Ok(Ok(stream)) => {
+                            let version = match stream.get_ref().1.protocol_version() {
+                                Some(rustls::ProtocolVersion::TLSv1_2) => "1.2",
+                                Some(rustls::ProtocolVersion::TLSv1_3) => "1.3",
+                                _ => "other",
+                            };
+                            conn.handler.tls_handshake(version);
+                            conn.run(stream, true).await;
+                        }
+                        Ok(Err(e)) => failed(HandshakeFailure::of(&e), &e),
+                        Err(_) => failed(HandshakeFailure::Timeout, &"not finished in time"),
+                    }
+                    drop((slot, peer_slot));
+                });
+            }
+            _ => {
+                tokio::spawn(async move {
+                    conn.run(io, false).await;
+                    drop((slot, peer_slot));
+                });
+            }
+        }
+    }
+    drop(listeners);
+    let _ = stopping.send(true);
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        tracing::warn!("requests still running after {DRAIN:?}: dropping their connections");
+    }
+}
+
+/// The next connection on `listener`; never, without one.
+async fn accept_on(
+    listener: Option<&tokio::net::TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One accepted connection, before its transport (plain or TLS) is known to hyper.
+struct Conn<H> {
+    http: hyper::server::conn::http1::Builder,
+    handler: Arc<H>,
+    settings: Arc<Settings>,
+    peer: SocketAddr,
+    watcher: hyper_util::server::graceful::Watcher,
+}
+
+impl<H: Handler> Conn<H> {
+    /// Serves the connection's requests until it ends; `tls`: it came over the TLS listener.
+    async fn run<I>(self, io: I, tls: bool)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn { http, handler, settings, peer, watcher } = self;
         let conn = http.serve_connection(
             hyper_util::rt::TokioIo::new(io),
             hyper::service::service_fn(move |req| {
                 let (handler, settings) = (handler.clone(), settings.clone());
                 async move {
                     Ok::<_, std::convert::Infallible>(
-                        handle(handler, &settings, peer, req, body_timeout).await,
+                        handle(handler, &settings, peer, tls, req).await,
                     )
                 }
             }),
         );
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("connection from {peer} ended: {e}");
-            }
-            drop((slot, peer_slot));
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
-        tracing::warn!("requests still running after {DRAIN:?}: dropping their connections");
+        if let Err(e) = watcher.watch(conn).await {
+            tracing::debug!("connection from {peer} ended: {e}");
+        }
     }
 }
 
@@ -173,19 +339,23 @@ impl AcceptFailures {
     }
 }
 
-/// Answers one request.
+/// Answers one request; over TLS with [`HSTS`].
 async fn handle<H: Handler>(
     handler: Arc<H>,
     settings: &Settings,
     peer: SocketAddr,
+    tls: bool,
     request: hyper::Request<hyper::body::Incoming>,
-    body_timeout: Duration,
 ) -> hyper::Response<ResBody> {
     let head = request.method() == hyper::Method::HEAD;
-    let reply = match to_req(peer, request, body_timeout, settings).await {
+    let body_timeout = settings.limits.body_timeout;
+    let mut reply = match to_req(peer, tls, request, body_timeout, settings).await {
         Ok(req) => handler.clone().handle(req).await,
         Err(e) => e.into_reply(),
     };
+    if tls {
+        reply.headers.push(("Strict-Transport-Security", HSTS.to_string()));
+    }
     handler.answered(reply.status);
     to_response(reply, head)
 }

@@ -34,6 +34,10 @@ pub struct Req {
     /// (`--trusted-proxy`), the one it forwarded (see [`client_address`]). The login limiter,
     /// the audit log and the server log all use this one.
     pub peer: IpAddr,
+    /// Whether the request came over the service's own TLS listener. Set by the transport from
+    /// the listener that accepted the connection, never from a header: a TLS proxy in front is
+    /// `--public-url https://…` or `--console-secure-cookie`.
+    pub tls: bool,
     pub body: Bytes,
 }
 
@@ -46,6 +50,7 @@ impl Req {
 /// Reduces a request to a [`Req`], or answers it directly (bad target, slow or oversized body).
 pub(crate) async fn to_req(
     peer: SocketAddr,
+    tls: bool,
     request: hyper::Request<hyper::body::Incoming>,
     body_timeout: Duration,
     settings: &Settings,
@@ -99,6 +104,7 @@ pub(crate) async fn to_req(
         host: header(hyper::header::HOST),
         fetch_site: header(HeaderName::from_static("sec-fetch-site")),
         peer,
+        tls,
         body,
     })
 }
