@@ -37,6 +37,9 @@ pub struct BuildOptions {
     pub epoch: u64,
     /// Draw a progress bar (on a terminal).
     pub progress: bool,
+    /// The nodes boot in UEFI mode: an ISO may ask an `https://` service although its BIOS
+    /// iPXE could not; its BIOS script then says so and boots the local disk.
+    pub uefi_only: bool,
 }
 
 /// What a successful build produced.
@@ -130,7 +133,10 @@ struct ImageInfo<'a> {
 /// `TlsCaCertificate`), and so is an operator's `ipxe.lkrn` from `--firmware-dir`, presumably
 /// built with `TRUST=` their CA. Every offending row is named, as the other inventory errors are.
 fn check_bios_https(inventory: &Inventory, opts: &BuildOptions) -> anyhow::Result<()> {
-    if !opts.formats.iter().any(|f| f.carries_bios()) || opts.firmware.lkrn_is_operators() {
+    if !opts.formats.iter().any(|f| f.carries_bios())
+        || opts.firmware.lkrn_is_operators()
+        || opts.uefi_only
+    {
         return Ok(());
     }
     let is_https = |s: &ServerUrl| s.as_str().starts_with("https://");
@@ -152,7 +158,9 @@ fn check_bios_https(inventory: &Inventory, opts: &BuildOptions) -> anyhow::Resul
          the ISO also boots BIOS machines, and its BIOS iPXE (ipxe.lkrn) trusts only iPXE's own \
          root CA, so a BIOS node could never reach an https:// service and would always boot its \
          local disk. Choose one:\n\
-         \x20 * UEFI-only media: --formats usb,efi (UEFI iPXE trusts the CA in the firmware's \
+         \x20 * --uefi-only: the nodes boot in UEFI mode; the ISO is built, and its BIOS side \
+         only prints why it cannot ask the service and boots the local disk\n\
+         \x20 * UEFI-only formats: --formats usb,efi (UEFI iPXE trusts the CA in the firmware's \
          TlsCaCertificate; see docs/TLS.md)\n\
          \x20 * an http:// server for the BIOS nodes: their rows' server column, with \
          bootforge serve --listen beside --listen-tls\n\
@@ -370,6 +378,16 @@ pub fn node_medium(
     let settings = ScriptSettings { server, token: token.clone(), medium };
     let node_script = script::node_script(node, &settings);
     let script_sha256 = hex::encode(Sha256::digest(node_script.as_bytes()));
+    // The embedded BIOS iPXE cannot verify an https service (see `check_bios_https`, which let
+    // this build through only with --uefi-only): its script says so instead of failing.
+    let bios_script = if format.carries_bios()
+        && server.as_str().starts_with("https://")
+        && !templates.firmware().lkrn_is_operators()
+    {
+        script::bios_cannot_https_script(medium)
+    } else {
+        node_script.clone()
+    };
     let firmware = templates.firmware().versions_for(format.carries_bios(), opts.arches)?;
     let info = ImageInfo {
         bootforge: env!("CARGO_PKG_VERSION"),
@@ -385,7 +403,7 @@ pub fn node_medium(
     info_json.push(b'\n');
     let spec = ImageSpec {
         hostname: &node.hostname,
-        bios_script: node_script.as_bytes(),
+        bios_script: bios_script.as_bytes(),
         efi_script: node_script.as_bytes(),
         info_json: &info_json,
         arches: opts.arches,

@@ -443,6 +443,19 @@ pub fn local_boot_commands(how: LocalBoot, medium: Medium) -> String {
     s
 }
 
+/// The BIOS script of an ISO built with `--uefi-only` for an `https://` service: the BIOS iPXE
+/// (Debian's `ipxe.lkrn`) trusts only iPXE's own root CA, so instead of a request that can only
+/// fail, one line says why and what to do, and the machine boots its local disk.
+pub fn bios_cannot_https_script(medium: Medium) -> String {
+    let mut s = String::from("#!ipxe\n");
+    line(
+        &mut s,
+        "echo bootforge: this machine booted the medium in BIOS mode, whose iPXE cannot verify the https boot service (built with --uefi-only). Fix: boot it in UEFI mode, or give it an http server (docs/TLS.md)",
+    );
+    s.push_str(&local_boot_commands(LocalBoot::Auto, medium));
+    s
+}
+
 /// A whole local-boot script, as the boot service answers it. `reason` is shown on the console;
 /// anything but plain words is dropped from it so it cannot become a command.
 pub fn local_boot_script(how: LocalBoot, medium: Medium, reason: &str) -> String {

@@ -267,7 +267,7 @@ fn https_server_refuses_bios_media_it_cannot_serve() {
     let err =
         failed(&bootforge(&["build", "nodes.csv", "--server", https, "--out", "m1"], dir.path()));
     assert!(err.contains(&format!("--server {https} is https")), "{err}");
-    for choice in ["--formats usb,efi", "--listen", "TRUST=", "--firmware-dir"] {
+    for choice in ["--uefi-only", "--formats usb,efi", "--listen", "TRUST=", "--firmware-dir"] {
         assert!(err.contains(choice), "the error names the choice {choice:?}: {err}");
     }
     assert!(!dir.path().join("m1").exists(), "a refused build creates nothing");
@@ -293,6 +293,16 @@ fn https_server_refuses_bios_media_it_cannot_serve() {
     let http_rows = rows.replace("https://10.20.0.5:8443", "http://10.20.0.5:8080");
     std::fs::write(dir.path().join("rows.csv"), http_rows).unwrap();
     ok(&bootforge(&["build", "rows.csv", "--server", https, "--out", "m3"], dir.path()));
+
+    // --uefi-only: the ISO is built; its UEFI script asks the https service, its BIOS script
+    // only says why it cannot and boots the local disk.
+    ok(&bootforge(
+        &["build", "nodes.csv", "--server", https, "--out", "m5", "--uefi-only"],
+        dir.path(),
+    ));
+    let shown = ok(&bootforge(&["inspect", "m5/node01.iso"], dir.path()));
+    assert!(shown.contains(&format!("set bootforge-server {https}")), "{shown}");
+    assert!(shown.contains("booted the medium in BIOS mode, whose iPXE cannot verify"), "{shown}");
 
     // An operator's own ipxe.lkrn (built with TRUST= their CA): the ISO is built.
     let fw = dir.path().join("fw");
