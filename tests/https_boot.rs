@@ -6,7 +6,8 @@
 //! for UEFI HTTPS Boot: fw_cfg `etc/edk2/https/cacerts` holds an EFI_SIGNATURE_LIST that OVMF
 //! copies into the `TlsCaCertificate` variable, which Debian's iPXE EFI build trusts.
 //!
-//! * With the CA: the node's request is answered over TLS (the service's local-boot answer runs
+//! * With the CA (x86_64 with OVMF, and arm64 with AAVMF, which reads the same fw_cfg file):
+//!   the node's request is answered over TLS (the service's local-boot answer runs
 //!   and the machine reaches its local disk), and the audit log has the request.
 //! * Without the CA: the console shows the script's one-line TLS reason, and the machine boots
 //!   its local disk at once: no retries, no loop.
@@ -35,8 +36,9 @@ struct Setup {
     service: Service,
 }
 
-/// The CA, the service with its TLS listener, and node01's ISO asking it over https.
-fn setup() -> Setup {
+/// The CA, the service with its TLS listener, and node01's ISO asking it over https (the hybrid
+/// x86_64+arm64 ISO for an arm64 machine).
+fn setup(firmware: Firmware) -> Setup {
     let dir = tempfile::Builder::new().prefix("bootforge-https-").tempdir().unwrap();
     let d = dir.path();
     let pki = Pki::rsa("bootforge https-boot test CA");
@@ -56,6 +58,9 @@ fn setup() -> Setup {
     cmd.arg("build").arg(&inventory).args(["--server", &format!("https://10.0.2.2:{tls_port}")]);
     cmd.arg("--secret-file").arg(&secret).arg("--out").arg(&out);
     cmd.args(["--formats", "iso", "--uefi-only"]);
+    if firmware == Firmware::UefiArm64 {
+        cmd.args(["--arch", "x86_64,arm64"]);
+    }
     run_ok(&mut cmd);
     let service = Service::start(&ServeInputs {
         dir: d,
@@ -71,8 +76,8 @@ fn setup() -> Setup {
     Setup { iso: out.join("node01.iso"), dir, pki, service }
 }
 
-fn uefi_vm(name: &str, iso: &Path, ca: Option<&Path>) -> VmRun {
-    let vm = Vm::new(Firmware::Uefi, name);
+fn uefi_vm(firmware: Firmware, name: &str, iso: &Path, ca: Option<&Path>) -> VmRun {
+    let vm = Vm::new(firmware, name);
     let disk = local_disk(vm.dir());
     let mut vm = vm
         .medium(iso, Attach::Cd)
@@ -91,8 +96,20 @@ fn uefi_vm(name: &str, iso: &Path, ca: Option<&Path>) -> VmRun {
 /// answer (local boot: node01 is not flagged) runs.
 #[test]
 fn uefi_with_the_ca_boots_over_https() {
-    let s = setup();
-    let run = uefi_vm("https-with-ca", &s.iso, Some(&s.pki.esl()));
+    with_the_ca_boots_over_https(Firmware::Uefi);
+}
+
+/// The same on arm64: AAVMF (Debian's qemu-efi-aarch64 2022.11) fills TlsCaCertificate from
+/// the same fw_cfg file, and the arm64 iPXE trusts it.
+#[test]
+fn arm64_with_the_ca_boots_over_https() {
+    with_the_ca_boots_over_https(Firmware::UefiArm64);
+}
+
+fn with_the_ca_boots_over_https(firmware: Firmware) {
+    let s = setup(firmware);
+    let name = format!("https-with-ca-{firmware:?}").to_lowercase();
+    let run = uefi_vm(firmware, &name, &s.iso, Some(&s.pki.esl()));
     let events = s.service.events();
     let context = format!("{}\n{}\n--- /events ---\n{events:#?}", run.report(), s.service.logs());
     assert!(
@@ -106,15 +123,15 @@ fn uefi_with_the_ca_boots_over_https() {
     assert_eq!(boots.len(), 1, "expected one /boot request\n{context}");
     assert_eq!(boots[0]["answer"], "local", "{context}");
     assert_eq!(boots[0]["platform"], "efi", "{context}");
-    eprintln!("https-with-ca: local disk after {:.1}s", run.elapsed.as_secs_f64());
+    eprintln!("{name}: local disk after {:.1}s", run.elapsed.as_secs_f64());
     drop(s.dir);
 }
 
 /// No CA: the script names the problem in one line and boots the local disk at once.
 #[test]
 fn uefi_without_the_ca_says_why_and_boots_local() {
-    let s = setup();
-    let run = uefi_vm("https-without-ca", &s.iso, None);
+    let s = setup(Firmware::Uefi);
+    let run = uefi_vm(Firmware::Uefi, "https-without-ca", &s.iso, None);
     let context = format!("{}\n{}", run.report(), s.service.logs());
     let failure = bootforge::script::KNOWN_FAILURES
         .iter()
