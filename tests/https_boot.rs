@@ -11,6 +11,8 @@
 //!   and the machine reaches its local disk), and the audit log has the request.
 //! * Without the CA: the console shows the script's one-line TLS reason, and the machine boots
 //!   its local disk at once: no retries, no loop.
+//! * The capture of the node's traffic with the CA holds TLS records to the service and neither
+//!   the node token nor a boot request in clear.
 
 mod common;
 
@@ -34,6 +36,7 @@ struct Setup {
     pki: Pki,
     iso: PathBuf,
     service: Service,
+    service_tls_port: u16,
 }
 
 /// The CA, the service with its TLS listener, and node01's ISO asking it over https (the hybrid
@@ -73,12 +76,27 @@ fn setup(firmware: Firmware) -> Setup {
         port,
         tls: Some(TlsInputs { chain: &leaf.chain, key: &leaf.key, port: tls_port }),
     });
-    Setup { iso: out.join("node01.iso"), dir, pki, service }
+    Setup { iso: out.join("node01.iso"), dir, pki, service, service_tls_port: tls_port }
 }
 
 fn uefi_vm(firmware: Firmware, name: &str, iso: &Path, ca: Option<&Path>) -> VmRun {
+    uefi_vm_capturing(firmware, name, iso, ca, None)
+}
+
+/// [`uefi_vm`], recording the NIC's frames to `capture` when given.
+fn uefi_vm_capturing(
+    firmware: Firmware,
+    name: &str,
+    iso: &Path,
+    ca: Option<&Path>,
+    capture: Option<&Path>,
+) -> VmRun {
     let vm = Vm::new(firmware, name);
     let disk = local_disk(vm.dir());
+    let vm = match capture {
+        Some(file) => vm.capture_net(file),
+        None => vm,
+    };
     let mut vm = vm
         .medium(iso, Attach::Cd)
         .disk(&disk)
@@ -109,7 +127,8 @@ fn arm64_with_the_ca_boots_over_https() {
 fn with_the_ca_boots_over_https(firmware: Firmware) {
     let s = setup(firmware);
     let name = format!("https-with-ca-{firmware:?}").to_lowercase();
-    let run = uefi_vm(firmware, &name, &s.iso, Some(&s.pki.esl()));
+    let capture = s.dir.path().join("node.pcap");
+    let run = uefi_vm_capturing(firmware, &name, &s.iso, Some(&s.pki.esl()), Some(&capture));
     let events = s.service.events();
     let context = format!("{}\n{}\n--- /events ---\n{events:#?}", run.report(), s.service.logs());
     assert!(
@@ -123,6 +142,28 @@ fn with_the_ca_boots_over_https(firmware: Firmware) {
     assert_eq!(boots.len(), 1, "expected one /boot request\n{context}");
     assert_eq!(boots[0]["answer"], "local", "{context}");
     assert_eq!(boots[0]["platform"], "efi", "{context}");
+
+    // On the wire: TLS records to the service's port, and the node token nowhere in clear
+    // (it is in every boot request's query).
+    let token = bootforge::token::Secret::new(SECRET.to_vec()).unwrap().node_token("node01");
+    let (frames, _) = pcap::read_ipv4(&capture);
+    let tls_port: u16 = s.service_tls_port;
+    let to_service: Vec<&pcap::Frame> =
+        frames.iter().filter(|f| f.protocol == 6 && f.dst_port == tls_port).collect();
+    assert!(
+        to_service.iter().any(|f| f.payload.len() > 5 && f.payload[0] == 0x16 && f.payload[1] == 3),
+        "no TLS handshake record to port {tls_port} in the capture ({} frames)\n{context}",
+        frames.len()
+    );
+    assert!(
+        to_service.iter().any(|f| f.payload.first() == Some(&0x17)),
+        "no TLS application-data record to port {tls_port} in the capture\n{context}"
+    );
+    for f in &frames {
+        let clear = String::from_utf8_lossy(&f.payload);
+        assert!(!clear.contains(&token), "the node token in clear: {}\n{context}", f.summary());
+        assert!(!clear.contains("/boot/node01"), "a boot request in clear: {}", f.summary());
+    }
     eprintln!("{name}: local disk after {:.1}s", run.elapsed.as_secs_f64());
     drop(s.dir);
 }
