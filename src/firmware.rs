@@ -278,6 +278,12 @@ impl Firmware {
         self.loader
     }
 
+    /// Whether `ipxe.lkrn` is the operator's own build (`--firmware-dir`) rather than the
+    /// embedded Debian one, which trusts only iPXE's own root CA.
+    pub fn lkrn_is_operators(&self) -> bool {
+        self.lkrn.origin != EMBEDDED.lkrn.origin
+    }
+
     /// iPXE for BIOS, started by ISOLINUX.
     pub fn lkrn(&self) -> &[u8] {
         self.lkrn.bytes()

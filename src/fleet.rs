@@ -37,6 +37,9 @@ pub struct BuildOptions {
     pub epoch: u64,
     /// Draw a progress bar (on a terminal).
     pub progress: bool,
+    /// The nodes boot in UEFI mode: an ISO may ask an `https://` service although its BIOS
+    /// iPXE could not; its BIOS script then says so and boots the local disk.
+    pub uefi_only: bool,
 }
 
 /// What a successful build produced.
@@ -123,6 +126,50 @@ struct ImageInfo<'a> {
     firmware: &'a [FirmwareFile],
 }
 
+/// Refuses to build BIOS-capable media (the ISO) that would ask an `https://` service with the
+/// embedded `ipxe.lkrn`: that build trusts only iPXE's own root CA (no firmware variable, no
+/// `set trust` at run time), so such a node could never reach the service and would boot its
+/// local disk every time. UEFI-only formats are fine (their iPXE trusts the firmware's
+/// `TlsCaCertificate`), and so is an operator's `ipxe.lkrn` from `--firmware-dir`, presumably
+/// built with `TRUST=` their CA. Every offending row is named, as the other inventory errors are.
+fn check_bios_https(inventory: &Inventory, opts: &BuildOptions) -> anyhow::Result<()> {
+    if !opts.formats.iter().any(|f| f.carries_bios())
+        || opts.firmware.lkrn_is_operators()
+        || opts.uefi_only
+    {
+        return Ok(());
+    }
+    let is_https = |s: &ServerUrl| s.as_str().starts_with("https://");
+    let mut problems: Vec<String> = inventory
+        .nodes()
+        .iter()
+        .filter_map(|n| n.server.as_ref().filter(|s| is_https(s)).map(|s| (n, s)))
+        .map(|(n, s)| format!("{}:{}: column server: {s} is https", inventory.source(), n.line))
+        .collect();
+    let default_used = inventory.nodes().iter().any(|n| n.server.is_none());
+    if let Some(server) = opts.server.as_ref().filter(|s| is_https(s) && default_used) {
+        problems.insert(0, format!("--server {server} is https"));
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "{}\n\
+         the ISO also boots BIOS machines, and its BIOS iPXE (ipxe.lkrn) trusts only iPXE's own \
+         root CA, so a BIOS node could never reach an https:// service and would always boot its \
+         local disk. Choose one:\n\
+         \x20 * --uefi-only: the nodes boot in UEFI mode; the ISO is built, and its BIOS side \
+         only prints why it cannot ask the service and boots the local disk\n\
+         \x20 * UEFI-only formats: --formats usb,efi (UEFI iPXE trusts the CA in the firmware's \
+         TlsCaCertificate; see docs/TLS.md)\n\
+         \x20 * an http:// server for the BIOS nodes: their rows' server column, with \
+         bootforge serve --listen beside --listen-tls\n\
+         \x20 * your own iPXE with your CA built in: make bin/ipxe.lkrn TRUST=ca.pem, then \
+         --firmware-dir DIR holding that ipxe.lkrn",
+        problems.join("\n")
+    );
+}
+
 /// Builds every node's media into `opts.out`. Nothing in `opts.out` changes unless all succeed.
 pub fn build(inventory: &Inventory, opts: &BuildOptions) -> anyhow::Result<BuildReport> {
     let started = Instant::now();
@@ -147,6 +194,7 @@ pub fn build(inventory: &Inventory, opts: &BuildOptions) -> anyhow::Result<Build
     if !missing_server.is_empty() {
         bail!("{}\ngive --server URL, or a server for every row", missing_server.join("\n"));
     }
+    check_bios_https(inventory, opts)?;
 
     // The output folder: create it if needed, and remember to remove it again on failure.
     let created_out = !opts.out.exists();
@@ -330,6 +378,16 @@ pub fn node_medium(
     let settings = ScriptSettings { server, token: token.clone(), medium };
     let node_script = script::node_script(node, &settings);
     let script_sha256 = hex::encode(Sha256::digest(node_script.as_bytes()));
+    // The embedded BIOS iPXE cannot verify an https service (see `check_bios_https`, which let
+    // this build through only with --uefi-only): its script says so instead of failing.
+    let bios_script = if format.carries_bios()
+        && server.as_str().starts_with("https://")
+        && !templates.firmware().lkrn_is_operators()
+    {
+        script::bios_cannot_https_script(medium)
+    } else {
+        node_script.clone()
+    };
     let firmware = templates.firmware().versions_for(format.carries_bios(), opts.arches)?;
     let info = ImageInfo {
         bootforge: env!("CARGO_PKG_VERSION"),
@@ -345,7 +403,7 @@ pub fn node_medium(
     info_json.push(b'\n');
     let spec = ImageSpec {
         hostname: &node.hostname,
-        bios_script: node_script.as_bytes(),
+        bios_script: bios_script.as_bytes(),
         efi_script: node_script.as_bytes(),
         info_json: &info_json,
         arches: opts.arches,

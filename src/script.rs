@@ -202,6 +202,9 @@ pub fn node_script(node: &Node, settings: &ScriptSettings<'_>) -> String {
         line(w, &format!("set bootforge-token {token}"));
         url.push_str("&token=${bootforge-token}");
     }
+    line(w, "# Cross-signed certificates are fetched from the service (plain http), never from");
+    line(w, "# the public internet (see crosscert_url in src/script.rs).");
+    line(w, &format!("set crosscert {}", crosscert_url(server)));
     line(w, "# Ask the boot service what to do, retry, then fall back to the local disk.");
     line(w, "set bootforge-try:int32 0");
     line(w, ":ask");
@@ -214,7 +217,10 @@ pub fn node_script(node: &Node, settings: &ScriptSettings<'_>) -> String {
     );
     // --replace: the answer takes over this script, so its own `exit` leaves iPXE (a nested
     // script's `exit` would only return here). A failed download still returns, and retries.
-    line(w, &format!("chain --replace --autofree {url} ||"));
+    // `${errno}` is saved at once: every later failing command (an `iseq`) overwrites it.
+    line(w, &format!("chain --replace --autofree {url} || set bootforge-err ${{errno}}"));
+    write_failure_reasons(w);
+    line(w, ":retry");
     line(w, &format!("iseq ${{bootforge-try}} {ATTEMPTS} && goto unreachable ||"));
     line(w, &format!("sleep {RETRY_DELAY_SECS}"));
     line(w, "goto ask");
@@ -222,6 +228,12 @@ pub fn node_script(node: &Node, settings: &ScriptSettings<'_>) -> String {
     line(w, ":unreachable");
     line(w, &format!("echo bootforge: the boot service did not answer after {ATTEMPTS} tries"));
     line(w, "goto local_boot");
+    line(w, "# Why a request failed: one line naming the cause and the fix.");
+    for failure in KNOWN_FAILURES {
+        line(w, &format!(":fail_{}", failure.label));
+        line(w, &format!("echo bootforge: {}", failure.message));
+        line(w, if failure.permanent { "goto local_boot" } else { "goto retry" });
+    }
     if node.mac.is_none() {
         line(w, ":no_nic");
         line(w, "echo bootforge: no network interface net0 was found");
@@ -233,6 +245,178 @@ pub fn node_script(node: &Node, settings: &ScriptSettings<'_>) -> String {
     line(w, ":local_boot");
     s.push_str(&local_boot_commands(LocalBoot::Auto, settings.medium));
     s
+}
+
+/// Where the node's iPXE fetches cross-signed certificates (iPXE's `crosscert` setting) when a
+/// certificate chain does not validate: the service's own address with `http://`.
+///
+/// iPXE's default is `http://ca.ipxe.org/auto`, on the public internet: a node would tell it
+/// which CA it failed to validate, and without internet access it waits for DNS. The service's
+/// https address would be worse: iPXE then validates the same failing certificate again for the
+/// nested download, and again for that one's, which (measured) takes about a minute per try
+/// and ends in a cancelled download instead of the certificate's own error. Plain http to the
+/// service fails at once (a TLS listener drops the plaintext request; a plain listener answers
+/// 404, as it serves no cross-signatures), iPXE counts that failure as irrelevant, and the node
+/// reports the certificate's real problem.
+pub fn crosscert_url(server: &ServerUrl) -> String {
+    let rest = server.as_str().strip_prefix("https://").unwrap_or(server.as_str());
+    let rest = rest.strip_prefix("http://").unwrap_or(rest);
+    format!("http://{rest}/crosscert")
+}
+
+/// A failure of the request to the boot service that the script explains on the console.
+///
+/// iPXE reports a failure as a 32-bit error number (`${errno}`, the `https://ipxe.org/XXXXXXXX`
+/// in its own message): bits 30-24 the POSIX error, 23-13 the source file, 12-8 a number that
+/// tells the errors of one file apart, 7-0 the firmware platform's own status code. The numbers
+/// below were read from iPXE's source (`src/crypto/x509.c`, `src/net/tls.c`, `src/net/tcp.c`,
+/// `src/net/udp/dns.c`, `src/crypto/asn1.c`, at the commit Debian's build is made from) and
+/// checked by booting the shipped EFI build against certificates with each problem (see
+/// docs/TLS.md).
+pub struct KnownFailure {
+    /// The script label the failure jumps to (for permanent ones) and its name in the docs.
+    pub label: &'static str,
+    /// The error number without the platform byte: `(posix << 24) | file | (uniq << 8)`.
+    pub code: u32,
+    /// The platform bytes: UEFI (EFI_STATUS low bits with the error bit) and BIOS (PXENV status).
+    pub efi: u8,
+    pub bios: u8,
+    /// Certificate problems do not go away by asking again: the script boots the local disk at
+    /// once. Connection problems are retried.
+    pub permanent: bool,
+    /// The console line: what failed and what to fix. Plain words only (no `$ { } ; & | # " '`).
+    pub message: &'static str,
+}
+
+impl KnownFailure {
+    /// The values `${errno}` shows for this failure, UEFI first.
+    pub fn errnos(&self) -> [String; 2] {
+        [
+            format!("{:#x}", self.code | self.efi as u32),
+            format!("{:#x}", self.code | self.bios as u32),
+        ]
+    }
+}
+
+const X509_EACCES: u32 = 0x0216_e000;
+const EFI_ACCESS_DENIED: u8 = 0x8f;
+const PXE_ACCESS_VIOLATION: u8 = 0x3c;
+
+/// The failures the script names, in the order it tests them.
+pub const KNOWN_FAILURES: &[KnownFailure] = &[
+    KnownFailure {
+        label: "tls_untrusted",
+        // x509.c EACCES_USELESS "No usable certificates": nothing in the chain is trusted.
+        code: X509_EACCES | 0x0b00,
+        efi: EFI_ACCESS_DENIED,
+        bios: PXE_ACCESS_VIOLATION,
+        permanent: true,
+        message: "TLS: the service certificate is not signed by a CA this machine trusts. Fix: enroll your CA in the firmware TLS CA list (UEFI TlsCaCertificate), see docs/TLS.md",
+    },
+    KnownFailure {
+        label: "tls_untrusted_root",
+        // x509.c EACCES_UNTRUSTED "Untrusted root certificate".
+        code: X509_EACCES | 0x0600,
+        efi: EFI_ACCESS_DENIED,
+        bios: PXE_ACCESS_VIOLATION,
+        permanent: true,
+        message: "TLS: the service certificate chain ends at a root this machine does not trust. Fix: enroll that CA in the firmware TLS CA list (UEFI TlsCaCertificate), see docs/TLS.md",
+    },
+    KnownFailure {
+        label: "tls_name",
+        // x509.c EACCES_WRONG_NAME "Incorrect certificate name".
+        code: X509_EACCES | 0x0a00,
+        efi: EFI_ACCESS_DENIED,
+        bios: PXE_ACCESS_VIOLATION,
+        permanent: true,
+        message: "TLS: the service certificate does not name the host of the server URL. Fix: reissue it with that IP or DNS name in subjectAltName (bootforge tls check)",
+    },
+    KnownFailure {
+        label: "tls_clock",
+        // x509.c EACCES_EXPIRED "Expired (or not yet valid)", with 12.5 h of leeway.
+        code: X509_EACCES | 0x0400,
+        efi: EFI_ACCESS_DENIED,
+        bios: PXE_ACCESS_VIOLATION,
+        permanent: true,
+        message: "TLS: the service certificate is expired or not yet valid by this machine clock. Fix: set the firmware clock to UTC (within 12 h), or renew the certificate",
+    },
+    KnownFailure {
+        label: "tls_ocsp",
+        // x509.c EACCES_OCSP_REQUIRED "OCSP check required".
+        code: X509_EACCES | 0x0900,
+        efi: EFI_ACCESS_DENIED,
+        bios: PXE_ACCESS_VIOLATION,
+        permanent: true,
+        message: "TLS: the service certificate names an OCSP responder iPXE could not use. Fix: issue it without an OCSP URL (authorityInfoAccess), see bootforge tls check",
+    },
+    KnownFailure {
+        label: "tls_refused",
+        // tls.c EPERM_ALERT "Received fatal alert": the server found nothing in common with
+        // iPXE (an ECDSA certificate, TLS 1.2 turned off, no AES-GCM or AES-CBC suite).
+        code: 0x410d_e100,
+        efi: EFI_ACCESS_DENIED,
+        bios: PXE_ACCESS_VIOLATION,
+        permanent: true,
+        message: "TLS: the service refused the handshake. Fix: an RSA certificate (iPXE has no ECDSA) and TLS 1.2 on, see bootforge tls check",
+    },
+    KnownFailure {
+        label: "tls_algorithm",
+        // asn1.c ENOTSUP_ALGORITHM: a signature or key algorithm iPXE lacks (an EC CA).
+        code: 0x3c00_e100,
+        efi: 0x83,
+        bios: 0x03,
+        permanent: true,
+        message: "TLS: the service certificate chain uses an algorithm iPXE lacks (ECDSA). Fix: RSA keys and RSA signatures from the certificate up to the CA",
+    },
+    KnownFailure {
+        label: "tls_cipher",
+        // tls.c ENOTSUP_CIPHER "Unsupported cipher".
+        code: 0x3c0d_e100,
+        efi: 0x83,
+        bios: 0x03,
+        permanent: true,
+        message: "TLS: the service chose a cipher iPXE lacks. Fix: offer ECDHE-RSA-AES-GCM (bootforge serve does)",
+    },
+    KnownFailure {
+        label: "refused",
+        // tcp.c ECONNRESET: nothing listens on that port (the connection was reset). An OCSP
+        // responder named in the certificate that nothing answers on fails the same way.
+        code: 0x0f0a_6000,
+        efi: 0x95,
+        bios: 0x39,
+        permanent: false,
+        message: "connection refused. Fix: check the port in the server URL and that bootforge serve listens there (--listen-tls for https)",
+    },
+    KnownFailure {
+        label: "timeout",
+        // tcp.c ETIMEDOUT.
+        code: 0x4c0a_6000,
+        efi: 0x92,
+        bios: 0x35,
+        permanent: false,
+        message: "no answer from the service address (timed out). Fix: check the address, gateway and firewall",
+    },
+    KnownFailure {
+        label: "dns",
+        // dns.c ENXIO_NO_RECORD: the host name does not resolve.
+        code: 0x3e11_6100,
+        efi: 0x8e,
+        bios: 0x3b,
+        permanent: false,
+        message: "the host name of the server URL does not resolve. Fix: check the dns column, or use an IP address",
+    },
+];
+
+/// After a failed request: a jump to the explanation of each known failure (see
+/// [`KNOWN_FAILURES`]), whose line names the cause and the fix; permanent failures then boot the
+/// local disk without retrying, the others retry. Any other failure keeps iPXE's own message
+/// (printed by `chain` just before) and is retried.
+fn write_failure_reasons(w: &mut String) {
+    for failure in KNOWN_FAILURES {
+        for errno in failure.errnos() {
+            line(w, &format!("iseq ${{bootforge-err}} {errno} && goto fail_{} ||", failure.label));
+        }
+    }
 }
 
 /// The commands that leave iPXE for the machine's own disk, for the given medium.
@@ -256,6 +440,19 @@ pub fn local_boot_commands(how: LocalBoot, medium: Medium) -> String {
         line(w, &format!("sanboot --no-describe --drive {drive:#04x} ||"));
     }
     line(w, "exit");
+    s
+}
+
+/// The BIOS script of an ISO built with `--uefi-only` for an `https://` service: the BIOS iPXE
+/// (Debian's `ipxe.lkrn`) trusts only iPXE's own root CA, so instead of a request that can only
+/// fail, one line says why and what to do, and the machine boots its local disk.
+pub fn bios_cannot_https_script(medium: Medium) -> String {
+    let mut s = String::from("#!ipxe\n");
+    line(
+        &mut s,
+        "echo bootforge: this machine booted the medium in BIOS mode, whose iPXE cannot verify the https boot service (built with --uefi-only). Fix: boot it in UEFI mode, or give it an http server (docs/TLS.md)",
+    );
+    s.push_str(&local_boot_commands(LocalBoot::Auto, medium));
     s
 }
 

@@ -255,3 +255,63 @@ fn a_failed_build_changes_nothing() {
     );
     assert!(!dir.path().join("fresh").exists());
 }
+
+/// An https:// service and media that also boot BIOS machines (the ISO): refused, naming each
+/// row (or --server) and the ways out, because the ISO's BIOS iPXE trusts only iPXE's own root
+/// and such a node could never reach the service. UEFI-only formats, an operator's own
+/// ipxe.lkrn, and rows that ask an http server instead are built.
+#[test]
+fn https_server_refuses_bios_media_it_cannot_serve() {
+    let dir = setup();
+    let https = "https://10.20.0.5:8443";
+    let err =
+        failed(&bootforge(&["build", "nodes.csv", "--server", https, "--out", "m1"], dir.path()));
+    assert!(err.contains(&format!("--server {https} is https")), "{err}");
+    for choice in ["--uefi-only", "--formats usb,efi", "--listen", "TRUST=", "--firmware-dir"] {
+        assert!(err.contains(choice), "the error names the choice {choice:?}: {err}");
+    }
+    assert!(!dir.path().join("m1").exists(), "a refused build creates nothing");
+
+    // UEFI-only formats: built.
+    ok(&bootforge(
+        &["build", "nodes.csv", "--server", https, "--out", "m2", "--formats", "usb,efi"],
+        dir.path(),
+    ));
+    assert!(dir.path().join("m2/node01.usb.img").is_file());
+
+    // Per-row servers: only the https rows are named; --server then is unused and not named.
+    let rows = "hostname,ip,server\n\
+                n1,10.20.0.11/24,http://10.20.0.5:8080\n\
+                n2,10.20.0.12/24,https://10.20.0.5:8443\n\
+                n3,10.20.0.13/24,http://10.20.0.5:8080\n";
+    std::fs::write(dir.path().join("rows.csv"), rows).unwrap();
+    let err =
+        failed(&bootforge(&["build", "rows.csv", "--server", https, "--out", "m3"], dir.path()));
+    assert!(err.contains("rows.csv:3: column server: https://10.20.0.5:8443 is https"), "{err}");
+    assert!(!err.contains("rows.csv:2:") && !err.contains("rows.csv:4:"), "{err}");
+    assert!(!err.contains("--server https"), "every row has its own server: {err}");
+    let http_rows = rows.replace("https://10.20.0.5:8443", "http://10.20.0.5:8080");
+    std::fs::write(dir.path().join("rows.csv"), http_rows).unwrap();
+    ok(&bootforge(&["build", "rows.csv", "--server", https, "--out", "m3"], dir.path()));
+
+    // --uefi-only: the ISO is built; its UEFI script asks the https service, its BIOS script
+    // only says why it cannot and boots the local disk.
+    ok(&bootforge(
+        &["build", "nodes.csv", "--server", https, "--out", "m5", "--uefi-only"],
+        dir.path(),
+    ));
+    let shown = ok(&bootforge(&["inspect", "m5/node01.iso"], dir.path()));
+    assert!(shown.contains(&format!("set bootforge-server {https}")), "{shown}");
+    assert!(shown.contains("booted the medium in BIOS mode, whose iPXE cannot verify"), "{shown}");
+
+    // An operator's own ipxe.lkrn (built with TRUST= their CA): the ISO is built.
+    let fw = dir.path().join("fw");
+    std::fs::create_dir(&fw).unwrap();
+    let lkrn = Path::new(env!("CARGO_MANIFEST_DIR")).join("vendor/ipxe/ipxe.lkrn");
+    std::fs::copy(lkrn, fw.join("ipxe.lkrn")).unwrap();
+    ok(&bootforge(
+        &["build", "nodes.csv", "--server", https, "--out", "m4", "--firmware-dir", "fw"],
+        dir.path(),
+    ));
+    assert!(dir.path().join("m4/node01.iso").is_file());
+}

@@ -113,6 +113,7 @@ impl Fleet {
             read_token: READ_TOKEN,
             assets: None,
             port,
+            tls: None,
         })
     }
 }

@@ -126,6 +126,7 @@ fn serve_and_flag(
         read_token: READ_TOKEN,
         assets: Some(assets),
         port,
+        tls: None,
     });
     let (status, flagged) = service.api("PUT", "/hosts/node01/reimage", REIMAGE_TOKEN);
     assert_eq!(status, 200, "PUT /hosts/node01/reimage: {flagged}\n{}", service.logs());

@@ -57,7 +57,7 @@ fn allowed_expansion(name: &str) -> bool {
         || name.starts_with("net${bootforge-idx}")
         || name.starts_with("${bootforge-if}/")
         || name == "net0/mac"
-        || matches!(name, "platform" | "buildarch" | "uuid" | "serial:uristring")
+        || matches!(name, "platform" | "buildarch" | "uuid" | "serial:uristring" | "errno")
 }
 
 /// Every `${...}` in `line`, outermost names (nested ones included as written).
@@ -198,4 +198,50 @@ fn each_hostile_value_in_each_field() {
                 .unwrap_or_else(|e| panic!("column {column}, value {hostile:?}: {e}"));
         }
     }
+}
+
+/// The script explains each failure iPXE reports when asking an https service, by the error
+/// numbers measured with the shipped EFI build (docs/TLS.md, "What the node prints"), and points
+/// iPXE's cross-signing downloads at the service over plain http.
+#[test]
+fn https_script_names_tls_failures() {
+    use bootforge::script::KNOWN_FAILURES;
+    let inv = Inventory::parse("nodes.csv", NODES.as_bytes()).unwrap();
+    let server: ServerUrl = "https://boot.lab:8443/bf".parse().unwrap();
+    let settings = ScriptSettings { server: &server, token: None, medium: Medium::Cd };
+    let script = node_script(inv.get("node01").unwrap(), &settings);
+    assert!(script.contains("\nset crosscert http://boot.lab:8443/bf/crosscert\n"), "{script}");
+    assert!(!script.contains("ca.ipxe.org"));
+    // Measured on the console of OVMF + ipxe-amd64.efi (1.21.1+git20250501.dad20602).
+    for (errno, label) in [
+        ("0x216eb8f", "tls_untrusted"),
+        ("0x216ea8f", "tls_name"),
+        ("0x216e48f", "tls_clock"),
+        ("0x410de18f", "tls_refused"),
+        ("0x3c00e183", "tls_algorithm"),
+        ("0xf0a6095", "refused"),
+        ("0x4c0a6092", "timeout"),
+        ("0x3e11618e", "dns"),
+    ] {
+        let jump = format!("iseq ${{bootforge-err}} {errno} && goto fail_{label} ||\n");
+        assert!(script.contains(&jump), "no {jump:?} in\n{script}");
+    }
+    let lines: Vec<&str> = script.lines().collect();
+    for failure in KNOWN_FAILURES {
+        for errno in failure.errnos() {
+            assert!(script.contains(&format!(" {errno} && goto fail_{} ||", failure.label)));
+        }
+        let at = lines.iter().position(|l| *l == format!(":fail_{}", failure.label)).unwrap();
+        assert_eq!(lines[at + 1], format!("echo bootforge: {}", failure.message));
+        let next = if failure.permanent { "goto local_boot" } else { "goto retry" };
+        assert_eq!(lines[at + 2], next, "after the message of {}", failure.label);
+        assert!(
+            !failure.message.contains(['$', '{', '}', ';', '&', '|', '#', '"', '\'', '\n']),
+            "{}",
+            failure.message
+        );
+    }
+    // The error number is saved by the same line as the request: any later failing command
+    // (the `iseq`s) would overwrite `${errno}`.
+    assert!(script.contains("&medium=${bootforge-medium} || set bootforge-err ${errno}\n"));
 }

@@ -111,6 +111,11 @@ pub struct BuildArgs {
     /// stick, where the stick becomes drive 0x80 and the local disk 0x81). UEFI is unaffected.
     #[arg(long, default_value = "cd", value_name = "MEDIUM")]
     pub iso_medium: Medium,
+    /// The nodes boot in UEFI mode. Needed for an ISO that asks an https:// server: the ISO's
+    /// BIOS iPXE trusts only iPXE's own root CA, so its BIOS side then only says why it cannot
+    /// ask the service and boots the local disk (see docs/TLS.md).
+    #[arg(long)]
+    pub uefi_only: bool,
     /// Nodes built in parallel (default: one per core).
     #[arg(long, short = 'j', value_name = "N")]
     pub jobs: Option<usize>,
@@ -199,6 +204,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
         iso_medium: args.iso_medium,
         epoch: source_date_epoch()?,
         progress: std::io::stderr().is_terminal(),
+        uefi_only: args.uefi_only,
     };
     let report = fleet::build(&inventory, &options)?;
     println!(

@@ -49,6 +49,16 @@ pub fn pad(content: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `content` followed by `\n` up to the whole [`SLOT`] that holds `room` bytes (at least
+/// `content` itself).
+fn pad_to(content: &[u8], room: usize) -> Vec<u8> {
+    let len = room.max(content.len()).next_multiple_of(SLOT).max(SLOT);
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(content);
+    out.resize(len, b'\n');
+    out
+}
+
 /// The text [`pad`] was given, when it ended in one `\n` (scripts and `bootforge.json` do):
 /// trailing newlines beyond the first are padding.
 pub fn unpad(text: &str) -> &str {
@@ -345,8 +355,11 @@ impl Templates {
     /// `spec`'s image in `format`. `spec`'s files need not be padded: this pads them.
     pub fn image(&self, format: Format, spec: &ImageSpec) -> anyhow::Result<NodeImage> {
         super::check_spec(spec)?;
-        let bios = pad(spec.bios_script);
-        let efi = pad(spec.efi_script);
+        // The ISO's two scripts share one shape, so both take the room of the longer one (they
+        // differ only for an https service under --uefi-only: see `fleet::check_bios_https`).
+        let room = spec.bios_script.len().max(spec.efi_script.len());
+        let bios = pad_to(spec.bios_script, room);
+        let efi = pad_to(spec.efi_script, room);
         let info = pad(spec.info_json);
         let padded = ImageSpec { bios_script: &bios, efi_script: &efi, info_json: &info, ..*spec };
         let shape = Shape::of(format, &padded)?;

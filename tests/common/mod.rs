@@ -38,7 +38,7 @@ pub use disks::{local_disk, LOCAL_DISK_MARKER};
 #[allow(unused_imports)]
 pub use listener::{closed_url_for_guest, Answer, Listener, Request, ANSWERED_MARKER};
 #[allow(unused_imports)]
-pub use service::{copy_tree, free_port, sha_hex, ServeInputs, Service};
+pub use service::{copy_tree, free_port, sha_hex, ServeInputs, Service, TlsInputs};
 
 pub const QEMU: &str = "qemu-system-x86_64";
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";

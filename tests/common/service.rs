@@ -58,11 +58,22 @@ pub struct ServeInputs<'a> {
     pub read_token: &'a str,
     pub assets: Option<&'a Path>,
     pub port: u16,
+    /// Also a TLS listener, whose address becomes the `--public-url` the guest is given.
+    pub tls: Option<TlsInputs<'a>>,
+}
+
+/// `serve --listen-tls 127.0.0.1:PORT --tls-cert CHAIN --tls-key KEY`.
+pub struct TlsInputs<'a> {
+    pub chain: &'a Path,
+    pub key: &'a Path,
+    pub port: u16,
 }
 
 impl Service {
     /// Starts the service on 127.0.0.1:PORT with `--public-url http://10.0.2.2:PORT` (the host
     /// as a QEMU guest on the user network reaches it) and waits until it answers `/healthz`.
+    /// With [`ServeInputs::tls`], a TLS listener too, and the public URL is its https address;
+    /// the harness's own requests (API, `/healthz`) keep using the plain listener.
     pub fn start(inputs: &ServeInputs<'_>) -> Service {
         let port = inputs.port;
         let state = inputs.dir.join("state");
@@ -74,7 +85,16 @@ impl Service {
         cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--workers", "4"]);
         // The guest reaches the host's loopback at 10.0.2.2 (QEMU user network): the URL the
         // media were built with, and the one rendered URLs must carry.
-        cmd.args(["--public-url", &format!("http://10.0.2.2:{port}")]);
+        match &inputs.tls {
+            Some(tls) => {
+                cmd.args(["--listen-tls", &format!("127.0.0.1:{}", tls.port)]);
+                cmd.arg("--tls-cert").arg(tls.chain).arg("--tls-key").arg(tls.key);
+                cmd.args(["--public-url", &format!("https://10.0.2.2:{}", tls.port)]);
+            }
+            None => {
+                cmd.args(["--public-url", &format!("http://10.0.2.2:{port}")]);
+            }
+        }
         cmd.arg("--secret-file").arg(inputs.secret).arg("--tokens-file").arg(inputs.tokens);
         if let Some(assets) = inputs.assets {
             cmd.arg("--assets").arg(assets);
