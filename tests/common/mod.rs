@@ -21,6 +21,7 @@
 
 #![allow(dead_code)]
 
+pub mod cycle;
 pub mod disks;
 pub mod listener;
 pub mod pcap;
