@@ -4,133 +4,61 @@
 //! service's certificate is an RSA leaf of a throwaway CA (`common::pki`) whose SAN is
 //! `IP:10.0.2.2`, the address the guest reaches the host at. The CA reaches OVMF as QEMU does it
 //! for UEFI HTTPS Boot: fw_cfg `etc/edk2/https/cacerts` holds an EFI_SIGNATURE_LIST that OVMF
-//! copies into the `TlsCaCertificate` variable, which Debian's iPXE EFI build trusts.
+//! copies into the `TlsCaCertificate` variable, which Debian's iPXE EFI build trusts. The fleet,
+//! the service and the cycle's checks are `tests/common/cycle.rs`'s, the same as
+//! `tests/cycle.rs` runs over plain HTTP.
 //!
-//! * With the CA (x86_64 with OVMF, and arm64 with AAVMF, which reads the same fw_cfg file):
-//!   the node's request is answered over TLS (the service's local-boot answer runs
-//!   and the machine reaches its local disk), and the audit log has the request.
+//! * x86_64 (OVMF) with the CA: the full reimage cycle over HTTPS (flag, install chain, config,
+//!   done, reboot, local-boot answer, local disk), every step checked as over HTTP; the capture
+//!   of the whole cycle holds TLS records to the TLS listener, nothing to the plain listener,
+//!   and neither the node token nor a request path in clear.
+//! * arm64 (AAVMF, which reads the same fw_cfg file) with the CA: the unflagged boot is answered
+//!   over TLS and the machine reaches its local disk; its capture is checked the same way.
 //! * Without the CA: the console shows the script's one-line TLS reason, and the machine boots
 //!   its local disk at once: no retries, no loop.
-//! * The capture of the node's traffic with the CA holds TLS records to the service and neither
-//!   the node token nor a boot request in clear.
 
 mod common;
 
-use common::pki::{LeafSpec, Pki};
+use common::cycle::{self, brief, Fleet, Wire, SINGLE_BOOT_TIMEOUT, UEFI_CYCLE_TIMEOUT};
 use common::*;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
 
-const READ_TOKEN: &str = "https-read-token-71c3";
-const SECRET: &[u8] = b"https-boot-test-fleet-secret\n";
-/// One UEFI boot to the first request and on to the local disk (OVMF under TCG: about 10 s to
-/// start), as tests/cycle.rs allows a single boot.
-const SINGLE_BOOT_TIMEOUT: Duration = Duration::from_secs(150);
-const CSV: &str =
-    "hostname,ip,gateway,dns,mac\nnode01,10.0.2.15/24,10.0.2.2,10.0.2.3,52:54:00:12:34:56\n";
-
-struct Setup {
-    dir: tempfile::TempDir,
-    pki: Pki,
-    iso: PathBuf,
-    service: Service,
-    service_tls_port: u16,
-}
-
-/// The CA, the service with its TLS listener, and node01's ISO asking it over https (the hybrid
-/// x86_64+arm64 ISO for an arm64 machine).
-fn setup(firmware: Firmware) -> Setup {
-    let dir = tempfile::Builder::new().prefix("bootforge-https-").tempdir().unwrap();
-    let d = dir.path();
-    let pki = Pki::rsa("bootforge https-boot test CA");
-    let leaf = pki.leaf(&LeafSpec::server("IP:10.0.2.2"));
-    let (port, tls_port) = (free_port(), free_port());
-    let inventory = d.join("nodes.csv");
-    std::fs::write(&inventory, CSV).unwrap();
-    let secret = d.join("secret");
-    std::fs::write(&secret, SECRET).unwrap();
-    let tokens = d.join("tokens");
-    std::fs::write(&tokens, format!("# NAME ROLE SHA256\nviewer read {}\n", sha_hex(READ_TOKEN)))
-        .unwrap();
-    let profiles = d.join("profiles");
-    copy_tree(&repo_path("tests/profiles/e2e"), &profiles.join("e2e"));
-    let out = d.join("out");
-    let mut cmd = Command::new(bootforge_bin());
-    cmd.arg("build").arg(&inventory).args(["--server", &format!("https://10.0.2.2:{tls_port}")]);
-    cmd.arg("--secret-file").arg(&secret).arg("--out").arg(&out);
-    cmd.args(["--formats", "iso", "--uefi-only"]);
-    if firmware == Firmware::UefiArm64 {
-        cmd.args(["--arch", "x86_64,arm64"]);
-    }
-    run_ok(&mut cmd);
-    let service = Service::start(&ServeInputs {
-        dir: d,
-        inventory: &inventory,
-        profiles: &profiles,
-        secret: &secret,
-        tokens: &tokens,
-        read_token: READ_TOKEN,
-        assets: None,
-        port,
-        tls: Some(TlsInputs { chain: &leaf.chain, key: &leaf.key, port: tls_port }),
-    });
-    Setup { iso: out.join("node01.iso"), dir, pki, service, service_tls_port: tls_port }
-}
-
-fn uefi_vm(firmware: Firmware, name: &str, iso: &Path, ca: Option<&Path>) -> VmRun {
-    uefi_vm_capturing(firmware, name, iso, ca, None)
-}
-
-/// [`uefi_vm`], recording the NIC's frames to `capture` when given.
-fn uefi_vm_capturing(
-    firmware: Firmware,
-    name: &str,
-    iso: &Path,
-    ca: Option<&Path>,
-    capture: Option<&Path>,
-) -> VmRun {
-    let vm = Vm::new(firmware, name);
-    let disk = local_disk(vm.dir());
-    let vm = match capture {
-        Some(file) => vm.capture_net(file),
-        None => vm,
-    };
-    let mut vm = vm
-        .medium(iso, Attach::Cd)
-        .disk(&disk)
-        .nic(NODE_MAC)
-        .timeout(SINGLE_BOOT_TIMEOUT)
-        .stop_on(&format!("{LOCAL_DISK_MARKER} "));
-    if let Some(esl) = ca {
-        let arg = format!("name=etc/edk2/https/cacerts,file={}", esl.display());
-        vm = vm.qemu_args(&["-fw_cfg", &arg]);
-    }
-    vm.run()
-}
-
-/// The CA in TlsCaCertificate: iPXE verifies the service's certificate and the service's
-/// answer (local boot: node01 is not flagged) runs.
+/// The whole flagged cycle over HTTPS on x86_64 UEFI, and its capture.
 #[test]
-fn uefi_with_the_ca_boots_over_https() {
-    with_the_ca_boots_over_https(Firmware::Uefi);
+fn uefi_flagged_cycle_over_https() {
+    let c = cycle::flagged_cycle(Firmware::Uefi, Wire::Https, UEFI_CYCLE_TIMEOUT);
+    assert!(!c.run.serial.contains("bootforge: TLS:"), "a TLS failure was reported\n{}", c.context);
+    let tls = c.fleet.tls.as_ref().expect("an HTTPS fleet");
+    let capture = c.capture.as_ref().expect("the cycle's capture");
+    cycle::assert_only_tls_on_the_wire(
+        capture,
+        tls.port,
+        Some(c.plain_port),
+        &c.fleet.node_token(),
+        &c.context,
+    );
 }
 
-/// The same on arm64: AAVMF (Debian's qemu-efi-aarch64 2022.11) fills TlsCaCertificate from
-/// the same fw_cfg file, and the arm64 iPXE trusts it.
+/// arm64: AAVMF (Debian's qemu-efi-aarch64 2022.11) fills TlsCaCertificate from the same fw_cfg
+/// file, and the arm64 iPXE trusts it: the service's answer (local boot: node01 is not flagged)
+/// runs.
 #[test]
 fn arm64_with_the_ca_boots_over_https() {
-    with_the_ca_boots_over_https(Firmware::UefiArm64);
-}
-
-fn with_the_ca_boots_over_https(firmware: Firmware) {
-    let s = setup(firmware);
-    let name = format!("https-with-ca-{firmware:?}").to_lowercase();
-    let capture = s.dir.path().join("node.pcap");
-    let run = uefi_vm_capturing(firmware, &name, &s.iso, Some(&s.pki.esl()), Some(&capture));
-    let events = s.service.events();
-    let context = format!("{}\n{}\n--- /events ---\n{events:#?}", run.report(), s.service.logs());
+    let firmware = Firmware::UefiArm64;
+    let fleet = Fleet::build_https(firmware);
+    let port = free_port();
+    let service = fleet.serve(port);
+    let name = "https-with-ca-arm64";
+    let capture = fleet.dir.path().join("node.pcap");
+    let run = fleet
+        .vm(firmware, name, true)
+        .capture_net(&capture)
+        .timeout(SINGLE_BOOT_TIMEOUT)
+        .stop_on(&format!("{LOCAL_DISK_MARKER} "))
+        .run();
+    let events = service.events();
+    let context =
+        format!("{}\n{}\n--- /events ---\n{}", run.report(), service.logs(), brief(&events));
     assert!(
         run.serial.contains("bootforge: local boot: not flagged for reimage"),
         "the service's answer did not run on the node\n{context}"
@@ -142,38 +70,28 @@ fn with_the_ca_boots_over_https(firmware: Firmware) {
     assert_eq!(boots.len(), 1, "expected one /boot request\n{context}");
     assert_eq!(boots[0]["answer"], "local", "{context}");
     assert_eq!(boots[0]["platform"], "efi", "{context}");
-
-    // On the wire: TLS records to the service's port, and the node token nowhere in clear
-    // (it is in every boot request's query).
-    let token = bootforge::token::Secret::new(SECRET.to_vec()).unwrap().node_token("node01");
-    let (frames, _) = pcap::read_ipv4(&capture);
-    let tls_port: u16 = s.service_tls_port;
-    let to_service: Vec<&pcap::Frame> =
-        frames.iter().filter(|f| f.protocol == 6 && f.dst_port == tls_port).collect();
-    assert!(
-        to_service.iter().any(|f| f.payload.len() > 5 && f.payload[0] == 0x16 && f.payload[1] == 3),
-        "no TLS handshake record to port {tls_port} in the capture ({} frames)\n{context}",
-        frames.len()
+    let tls = fleet.tls.as_ref().expect("an HTTPS fleet");
+    cycle::assert_only_tls_on_the_wire(
+        &capture,
+        tls.port,
+        Some(port),
+        &fleet.node_token(),
+        &context,
     );
-    assert!(
-        to_service.iter().any(|f| f.payload.first() == Some(&0x17)),
-        "no TLS application-data record to port {tls_port} in the capture\n{context}"
-    );
-    for f in &frames {
-        let clear = String::from_utf8_lossy(&f.payload);
-        assert!(!clear.contains(&token), "the node token in clear: {}\n{context}", f.summary());
-        assert!(!clear.contains("/boot/node01"), "a boot request in clear: {}", f.summary());
-    }
     eprintln!("{name}: local disk after {:.1}s", run.elapsed.as_secs_f64());
-    drop(s.dir);
 }
 
 /// No CA: the script names the problem in one line and boots the local disk at once.
 #[test]
 fn uefi_without_the_ca_says_why_and_boots_local() {
-    let s = setup(Firmware::Uefi);
-    let run = uefi_vm(Firmware::Uefi, "https-without-ca", &s.iso, None);
-    let context = format!("{}\n{}", run.report(), s.service.logs());
+    let fleet = Fleet::build_https(Firmware::Uefi);
+    let service = fleet.serve(free_port());
+    let run = fleet
+        .vm(Firmware::Uefi, "https-without-ca", false)
+        .timeout(SINGLE_BOOT_TIMEOUT)
+        .stop_on(&format!("{LOCAL_DISK_MARKER} "))
+        .run();
+    let context = format!("{}\n{}", run.report(), service.logs());
     let failure = bootforge::script::KNOWN_FAILURES
         .iter()
         .find(|f| f.label == "tls_untrusted")

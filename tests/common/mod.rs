@@ -8,6 +8,8 @@
 //! * [`Vm`]: one QEMU machine (TCG only: KVM is not available where these run), with a hard
 //!   timeout, serial console captured to a file, and the process killed on drop.
 //! * [`build_media`]: runs the real `bootforge build`.
+//! * [`cycle`]: the flagged reimage cycle against a real `bootforge serve`, over HTTP or HTTPS
+//!   (`tests/cycle.rs`, `tests/https_boot.rs`).
 //!
 //! Set `BOOTFORGE_TEST_SHOW_CONSOLE=1` (with `--nocapture`) to print every VM's console and
 //! command line, also when the test passes, and `BOOTFORGE_TEST_KEEP=1` to keep each VM's temp
@@ -21,6 +23,7 @@
 
 #![allow(dead_code)]
 
+pub mod cycle;
 pub mod disks;
 pub mod listener;
 pub mod pcap;
