@@ -174,9 +174,12 @@ fn every_suite_and_group_ipxe_speaks_is_served() {
     let ca = Pki::rsa("CA");
     let leaf = ca.leaf(&LeafSpec::server("IP:127.0.0.1"));
     let mut f = start_pair(&leaf.chain, &leaf.key, &ca.ca_cert);
-    let roots =
-        bootforge::cafile::roots(Some(&ca.ca_cert), "test CA", bootforge::cafile::Trust::FileInstead)
-            .unwrap();
+    let roots = bootforge::cafile::roots(
+        Some(&ca.ca_cert),
+        "test CA",
+        bootforge::cafile::Trust::FileInstead,
+    )
+    .unwrap();
     for suite in [
         cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
         cipher_suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
