@@ -21,4 +21,5 @@ pub mod media;
 pub mod redfish;
 pub mod script;
 pub mod serve;
+pub mod tls;
 pub mod token;

@@ -23,7 +23,12 @@ fn main() -> ExitCode {
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // An input file that cannot be read is told apart from a failed check.
+            if e.downcast_ref::<bootforge::cli::tls::UnreadableInput>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

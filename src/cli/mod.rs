@@ -6,6 +6,7 @@ pub mod discover;
 pub mod inventory;
 pub mod serve;
 pub mod state;
+pub mod tls;
 
 use clap::{Parser, Subcommand};
 
@@ -19,7 +20,7 @@ use clap::{Parser, Subcommand};
 image or EFI image) that runs iPXE with that server's static network settings and asks a boot \
 service what to do; and it runs that service, which answers \"install\" for hosts flagged for \
 reimage and \"boot the local disk\" for everything else.",
-    after_help = "Typical use:\n  bootforge check nodes.csv\n  bootforge build nodes.csv --server http://10.20.0.5:8080 --out media/\n  bootforge serve --inventory nodes.csv --profiles profiles/ --state-dir /var/lib/bootforge\n  curl -X PUT -H \"Authorization: Bearer $TOKEN\" http://10.20.0.5:8080/hosts/node01/reimage\n\nRun `bootforge COMMAND --help` for each command's options and examples."
+    after_help = "Typical use:\n  bootforge check nodes.csv\n  bootforge build nodes.csv --server http://10.20.0.5:8080 --out media/\n  bootforge serve --inventory nodes.csv --profiles profiles/ --state-dir /var/lib/bootforge\n  bootforge tls check --cert chain.pem --ca ca.pem --server https://10.20.0.5:8443\n  curl -X PUT -H \"Authorization: Bearer $TOKEN\" http://10.20.0.5:8080/hosts/node01/reimage\n\nRun `bootforge COMMAND --help` for each command's options and examples."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -41,6 +42,7 @@ pub enum Command {
     State(state::StateArgs),
     Inventory(inventory::InventoryArgs),
     Audit(state::AuditArgs),
+    Tls(tls::TlsArgs),
 }
 
 /// Runs one command. `Ok(false)` means the command ran but reports failure (exit status 1)
@@ -60,5 +62,6 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::State(args) => state::state(args).map(|()| true),
         Command::Inventory(args) => inventory::inventory(args).map(|()| true),
         Command::Audit(args) => state::audit(args).map(|()| true),
+        Command::Tls(args) => tls::tls(args),
     }
 }

@@ -115,6 +115,9 @@ impl Server {
         };
         let local_tls_addr = tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
         let local_plain_addr = plain.as_ref().map(|l| l.local_addr()).transpose()?;
+        if let (Some(cert), Some(addr)) = (&config.tls_cert, local_tls_addr) {
+            warn_if_ipxe_cannot_boot(cert, config.tls_ca.as_deref(), &config.public_url, addr);
+        }
         let local_addr =
             local_plain_addr.or(local_tls_addr).expect("a listener exists: checked above");
         // Without --public-url, the service's own address of the listener a request came in on,
@@ -410,5 +413,38 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop_threads();
+    }
+}
+
+/// Runs `bootforge tls check` on the served certificate for the URL nodes use (`--public-url`,
+/// else the TLS listener's own address) and logs each problem as a warning. It never stops the
+/// start: an ECDSA certificate, say, is fine for the console's browsers, only not for iPXE.
+fn warn_if_ipxe_cannot_boot(
+    cert: &std::path::Path,
+    ca: Option<&std::path::Path>,
+    public_url: &Option<crate::inventory::ServerUrl>,
+    tls_addr: SocketAddr,
+) {
+    let url = match public_url {
+        Some(u) => u.clone(),
+        None if tls_addr.ip().is_unspecified() => {
+            tracing::info!("the TLS listener has no specific address and --public-url is not given: the certificate's name is not checked for iPXE nodes");
+            return;
+        }
+        None => match format!("https://{tls_addr}").parse() {
+            Ok(u) => u,
+            Err(_) => return,
+        },
+    };
+    // The files were just loaded by `ServerCert::load`; a failure to read them again (a race
+    // with a renewal) only skips this advice.
+    let (Ok(chain), ca) = (std::fs::read(cert), ca.map(std::fs::read).transpose()) else {
+        return;
+    };
+    let Ok(ca) = ca else { return };
+    let now = (crate::serve::util::now_ms() / 1000) as i64;
+    let report = crate::tls::check::check(&chain, ca.as_deref(), &url, now);
+    for problem in &report.problems {
+        tracing::warn!(url = %url, "iPXE nodes will not be able to boot over HTTPS: {problem}");
     }
 }
