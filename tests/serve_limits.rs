@@ -314,14 +314,7 @@ fn service_logs_to_a_file_carry_no_colour_codes() {
     let config = base_config(dir.path());
     let stderr_path = dir.path().join("stderr.log");
     let stderr = std::fs::File::create(&stderr_path).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bootforge"))
-        .arg("serve")
-        .arg("--inventory")
-        .arg(config.inventory.as_ref().unwrap())
-        .arg("--profiles")
-        .arg(&config.profiles)
-        .arg("--state-dir")
-        .arg(&config.state_dir)
+    let mut child = support::serve_command(&config)
         .args(["--listen", "127.0.0.1:0", "--trusted-proxy", "10.0.0.0/8"])
         .env_remove("NO_COLOR")
         .env_remove("BOOTFORGE_LOG")

@@ -270,17 +270,11 @@ fn a_bad_pair_stops_the_start_naming_the_file() {
     // The command line says the same, and exits non-zero.
     let d = tempfile::tempdir().unwrap();
     let config = full_config(d.path(), false);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bootforge"))
-        .args(["serve", "--listen-tls", "127.0.0.1:0", "--tls-cert"])
+    let out = support::serve_command(&config)
+        .args(["--listen-tls", "127.0.0.1:0", "--tls-cert"])
         .arg(&one.chain)
         .arg("--tls-key")
         .arg(&two.key)
-        .arg("--inventory")
-        .arg(config.inventory.as_ref().unwrap())
-        .arg("--profiles")
-        .arg(&config.profiles)
-        .arg("--state-dir")
-        .arg(&config.state_dir)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

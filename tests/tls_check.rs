@@ -294,17 +294,11 @@ fn serve_warns_at_start_up_when_ipxe_cannot_use_its_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let config = support::full_config(dir.path(), false);
     let log = dir.path().join("serve.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bootforge"))
-        .args(["serve", "--listen-tls", "127.0.0.1:0", "--tls-cert"])
+    let mut child = support::serve_command(&config)
+        .args(["--listen-tls", "127.0.0.1:0", "--tls-cert"])
         .arg(&ec.chain)
         .arg("--tls-key")
         .arg(&ec.key)
-        .arg("--inventory")
-        .arg(config.inventory.as_ref().unwrap())
-        .arg("--profiles")
-        .arg(&config.profiles)
-        .arg("--state-dir")
-        .arg(&config.state_dir)
         .env("NO_COLOR", "1")
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()

@@ -409,3 +409,17 @@ pub fn install_id(script: &str) -> String {
     let i = script.find("install=").expect("install id in script") + "install=".len();
     script[i..].chars().take_while(|c| c.is_ascii_hexdigit()).collect()
 }
+
+/// `bootforge serve` (the binary) over `config`'s inventory, profiles and state folder; the
+/// caller adds listeners, certificates and how to run it.
+pub fn serve_command(config: &Config) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_bootforge"));
+    cmd.arg("serve")
+        .arg("--inventory")
+        .arg(config.inventory.as_ref().expect("a file inventory"))
+        .arg("--profiles")
+        .arg(&config.profiles)
+        .arg("--state-dir")
+        .arg(&config.state_dir);
+    cmd
+}

@@ -542,6 +542,17 @@ pub(crate) async fn put(
         .bind(host.to_string())
         .execute(&mut *conn)
         .await?;
+    insert_row(engine, conn, host, st).await?;
+    Ok(())
+}
+
+/// Inserts the row of `host` holding `st` (no row of that name may exist).
+async fn insert_row(
+    engine: Engine,
+    conn: &mut sqlx::AnyConnection,
+    host: &str,
+    st: &HostState,
+) -> Result<sqlx::any::AnyQueryResult, sqlx::Error> {
     sqlx::query(engine.sql(
         "INSERT INTO hosts (name, version, deciding, updated_ms, state) VALUES (?, ?, ?, ?, ?)",
     ))
@@ -551,8 +562,7 @@ pub(crate) async fn put(
     .bind(st.updated_at as i64)
     .bind(serde_json::to_string(st).expect("state serialises"))
     .execute(&mut *conn)
-    .await?;
-    Ok(())
+    .await
 }
 
 /// Stores `st` under a compare-and-set on `read_version`, and its audit record. `Ok(false)`: the
@@ -566,7 +576,6 @@ pub(super) async fn write_row(
     read_version: u64,
     record: Option<&Event>,
 ) -> Result<bool, StoreError> {
-    let json = serde_json::to_string(st).expect("state serialises");
     let written = if existed {
         sqlx::query(engine.sql(
             "UPDATE hosts SET version = ?, deciding = ?, updated_ms = ?, state = ? \
@@ -575,24 +584,14 @@ pub(super) async fn write_row(
         .bind(st.version as i64)
         .bind(i32::from(decides(st)))
         .bind(st.updated_at as i64)
-        .bind(json)
+        .bind(serde_json::to_string(st).expect("state serialises"))
         .bind(host.to_string())
         .bind(read_version as i64)
         .execute(&mut *tx)
         .await
         .map(|r| r.rows_affected() == 1)
     } else {
-        sqlx::query(engine.sql(
-            "INSERT INTO hosts (name, version, deciding, updated_ms, state) VALUES (?, ?, ?, ?, ?)",
-        ))
-        .bind(host.to_string())
-        .bind(st.version as i64)
-        .bind(i32::from(decides(st)))
-        .bind(st.updated_at as i64)
-        .bind(json)
-        .execute(&mut *tx)
-        .await
-        .map(|_| true)
+        insert_row(engine, tx, host, st).await.map(|_| true)
     };
     match written {
         Ok(true) => {}
