@@ -908,6 +908,26 @@ impl FromStr for SystemUuid {
     }
 }
 
+impl SystemUuid {
+    /// Whether `sent` (a boot's SMBIOS UUID) names this machine: the same UUID, or the same
+    /// with its first three fields byte-swapped. SMBIOS before 2.6 left the byte order of those
+    /// fields open, and some firmware and BMCs still read them the other way round, so one
+    /// machine can be reported in both forms. The swap cannot make two UUIDs of one fleet
+    /// collide by chance (it keeps the random last eight bytes).
+    pub fn same_machine(&self, sent: &SystemUuid) -> bool {
+        self.0 == sent.0 || self.0 == swapped(sent.0)
+    }
+}
+
+/// A UUID with its first three fields (4, 2 and 2 bytes) in the other byte order.
+fn swapped(id: uuid::Uuid) -> uuid::Uuid {
+    let mut b = *id.as_bytes();
+    b[0..4].reverse();
+    b[4..6].reverse();
+    b[6..8].reverse();
+    uuid::Uuid::from_bytes(b)
+}
+
 impl fmt::Display for SystemUuid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&self.0.hyphenated(), f)
@@ -1171,6 +1191,17 @@ mod tests {
         for bad in ["aa:bb:cc:dd:ee", "aa:bb-cc:dd:ee:01", "gg:bb:cc:dd:ee:01", "aabbccddee0"] {
             assert!(bad.parse::<Mac>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_uuid_matches_itself_and_its_mixed_endian_form_only() {
+        let row: SystemUuid = "8f1c2f6e-1a2b-4c3d-8e4f-5a6b7c8d9e0f".parse().unwrap();
+        let swapped: SystemUuid = "6e2f1c8f-2b1a-3d4c-8e4f-5a6b7c8d9e0f".parse().unwrap();
+        let other: SystemUuid = "8f1c2f6e-1a2b-4c3d-8e4f-5a6b7c8d9e00".parse().unwrap();
+        assert!(row.same_machine(&row));
+        assert!(row.same_machine(&swapped));
+        assert!(swapped.same_machine(&row));
+        assert!(!row.same_machine(&other));
     }
 
     #[test]

@@ -292,23 +292,70 @@ fn serve_warns_at_start_up_when_ipxe_cannot_use_its_certificate() {
     let ca = Pki::rsa("CA");
     let ec = ca.leaf(&LeafSpec { key: KeyKind::EcP256, ..LeafSpec::server("IP:127.0.0.1") });
     let dir = tempfile::tempdir().unwrap();
-    let config = support::full_config(dir.path(), false);
-    let log = dir.path().join("serve.log");
+    let (text, warning) = serve_until_warned(dir.path(), &ec.chain, &ec.key, None);
+    assert!(text.contains("bootforge serve started"), "{text}");
+    assert!(warning.contains("WARN") && warning.contains("410de18f"), "{warning}");
+    assert!(warning.contains("https://127.0.0.1:"), "{warning}");
+}
+
+/// A renewal is checked as the start-up pair was: a good RSA pair starts without a warning,
+/// and an ECDSA pair written over it is reloaded (it serves browsers) with the same warning.
+#[test]
+fn serve_warns_again_when_a_reloaded_certificate_stops_ipxe() {
+    let ca = Pki::rsa("CA");
+    let rsa = ca.leaf(&LeafSpec::server("IP:127.0.0.1"));
+    let ec = ca.leaf(&LeafSpec { key: KeyKind::EcP256, ..LeafSpec::server("IP:127.0.0.1") });
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("served.pem"), dir.path().join("served.key"));
+    std::fs::copy(&rsa.chain, &cert).unwrap();
+    std::fs::copy(&rsa.key, &key).unwrap();
+    let renew = || {
+        std::fs::copy(&ec.key, &key).unwrap();
+        std::fs::copy(&ec.chain, &cert).unwrap();
+    };
+    let (text, warning) = serve_until_warned(dir.path(), &cert, &key, Some(&renew));
+    let reloaded = text.find("TLS certificate reloaded").unwrap_or_else(|| panic!("{text}"));
+    let warned = text.find(&warning).unwrap();
+    assert!(reloaded < warned, "the warning came before the reload: {text}");
+    assert!(warning.contains("410de18f"), "{warning}");
+}
+
+/// Runs serve on the pair until it logs the iPXE warning (after `renew`, once started, when
+/// given; no warning may come before it), then stops it: its log and the warning's line.
+fn serve_until_warned(
+    dir: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    renew: Option<&dyn Fn()>,
+) -> (String, String) {
+    const WARNING: &str = "iPXE nodes will not be able to boot over HTTPS";
+    let config = support::full_config(dir, false);
+    let log = dir.join("serve.log");
     let mut child = support::serve_command(&config)
         .args(["--listen-tls", "127.0.0.1:0", "--tls-cert"])
-        .arg(&ec.chain)
+        .arg(cert)
         .arg("--tls-key")
-        .arg(&ec.key)
+        .arg(key)
         .env("NO_COLOR", "1")
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut renewed = renew.is_none();
     let mut text = String::new();
     while std::time::Instant::now() < deadline {
         text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("bootforge serve started") || child.try_wait().unwrap().is_some() {
+        if child.try_wait().unwrap().is_some() {
             break;
+        }
+        if text.contains("bootforge serve started") {
+            if !renewed {
+                assert!(!text.contains(WARNING), "a good pair drew the warning: {text}");
+                renew.unwrap()();
+                renewed = true;
+            } else if text.contains(WARNING) {
+                break;
+            }
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
@@ -316,11 +363,10 @@ fn serve_warns_at_start_up_when_ipxe_cannot_use_its_certificate() {
     child.kill().ok();
     child.wait().ok();
     assert!(still_running, "serve did not keep running: {text}");
-    assert!(text.contains("bootforge serve started"), "{text}");
     let warning = text
         .lines()
-        .find(|l| l.contains("iPXE nodes will not be able to boot over HTTPS"))
-        .unwrap_or_else(|| panic!("no warning in: {text}"));
-    assert!(warning.contains("WARN") && warning.contains("410de18f"), "{warning}");
-    assert!(warning.contains("https://127.0.0.1:"), "{warning}");
+        .find(|l| l.contains(WARNING))
+        .unwrap_or_else(|| panic!("no warning in: {text}"))
+        .to_string();
+    (text, warning)
 }

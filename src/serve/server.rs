@@ -115,8 +115,13 @@ impl Server {
         };
         let local_tls_addr = tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
         let local_plain_addr = plain.as_ref().map(|l| l.local_addr()).transpose()?;
-        if let (Some(cert), Some(addr)) = (&config.tls_cert, local_tls_addr) {
-            warn_if_ipxe_cannot_boot(cert, config.tls_ca.as_deref(), &config.public_url, addr);
+        if let (Some(served), Some(cert), Some(addr)) =
+            (&tls_cert, &config.tls_cert, local_tls_addr)
+        {
+            let (cert, ca, url) = (cert.clone(), config.tls_ca.clone(), config.public_url.clone());
+            served.advise_with(crate::serve::inputs::certs::Advice(Box::new(move || {
+                warn_if_ipxe_cannot_boot(&cert, ca.as_deref(), &url, addr)
+            })));
         }
         let local_addr =
             local_plain_addr.or(local_tls_addr).expect("a listener exists: checked above");
@@ -417,8 +422,8 @@ impl Drop for Server {
 }
 
 /// Runs `bootforge tls check` on the served certificate for the URL nodes use (`--public-url`,
-/// else the TLS listener's own address) and logs each problem as a warning. It never stops the
-/// start: an ECDSA certificate, say, is fine for the console's browsers, only not for iPXE.
+/// else the TLS listener's own address) and logs each problem as a warning; at the start and
+/// after each reload that loads a new pair. It never stops the start: an ECDSA certificate, say, is fine for the console's browsers, only not for iPXE.
 fn warn_if_ipxe_cannot_boot(
     cert: &std::path::Path,
     ca: Option<&std::path::Path>,
@@ -436,7 +441,7 @@ fn warn_if_ipxe_cannot_boot(
             Err(_) => return,
         },
     };
-    // The files were just loaded by `ServerCert::load`; a failure to read them again (a race
+    // The files were just loaded by `ServerCert`; a failure to read them again (a race
     // with a renewal) only skips this advice.
     let (Ok(chain), ca) = (std::fs::read(cert), ca.map(std::fs::read).transpose()) else {
         return;

@@ -143,7 +143,7 @@ fn verify<'a>(
     }
     match (node.uuid, &q.uuid) {
         (None, _) => Ok(node),
-        (Some(expected), Some(Ok(sent))) if expected == *sent => Ok(node),
+        (Some(expected), Some(Ok(sent))) if expected.same_machine(sent) => Ok(node),
         (Some(_), Some(_)) => Err((Local::UuidMismatch, Some(host))),
         (Some(_), None) => Err((Local::NoUuid, Some(host))),
     }

@@ -91,7 +91,8 @@ async fn read_one(
 }
 
 /// The decision's input from what the BMC reported: interfaces with a MAC, the UUID when it
-/// parses (a BMC's nil or all-ones UUID means none), the serial when it is a valid `serial`.
+/// parses (a BMC's nil or all-ones UUID means none), the serial when it is a valid `serial`
+/// that a spreadsheet would not read as a formula (see [`formula_like`]).
 pub fn found(nics: &SystemNics) -> Found {
     Found {
         nics: nics
@@ -117,6 +118,38 @@ pub fn found(nics: &SystemNics) -> Found {
             .as_deref()
             .map(str::trim)
             .filter(|s| !s.is_empty())
+            .filter(|s| !formula_like(s))
             .and_then(|s| crate::inventory::parse_serial(s).ok()),
+    }
+}
+
+/// Whether a value would be taken for a formula by a spreadsheet that opens the CSV (its first
+/// character is `=`, `+`, `-` or `@`). A serial comes from the BMC, not from an operator, and
+/// `--apply` writes it into the inventory file that people open in spreadsheets: such a serial
+/// is not proposed (no real serial number starts so), so a hostile BMC cannot plant a formula.
+fn formula_like(text: &str) -> bool {
+    text.starts_with(['=', '+', '-', '@'])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reported(serial: &str) -> SystemNics {
+        SystemNics {
+            system: "https://bmc/redfish/v1/Systems/1".into(),
+            uuid: None,
+            serial: Some(serial.into()),
+            interfaces: vec![],
+            truncated: false,
+        }
+    }
+
+    #[test]
+    fn a_serial_a_spreadsheet_would_run_is_not_proposed() {
+        for hostile in ["=HYPERLINK(\"http://x\")", "+1+1", "-2+3", "@SUM(A1)"] {
+            assert_eq!(found(&reported(hostile)).serial, None, "{hostile}");
+        }
+        assert_eq!(found(&reported(" CZ-1234 ")).serial.as_deref(), Some("CZ-1234"));
     }
 }

@@ -94,6 +94,18 @@ pub struct ServerCert {
     /// The files as last loaded and a change waiting to settle; held for a whole reload.
     watch: Mutex<Watch>,
     status: Mutex<CertStatus>,
+    /// Run after each successful load, the first included (see [`ServerCert::advise_with`]).
+    advice: std::sync::OnceLock<Advice>,
+}
+
+/// Advice on a freshly loaded pair: `serve` checks it as iPXE would and logs what would stop
+/// nodes (set once the listener's address is known, which is after the first load).
+pub struct Advice(pub Box<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for Advice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Advice")
+    }
 }
 
 impl ServerCert {
@@ -107,6 +119,7 @@ impl ServerCert {
             key_file: key_file.to_path_buf(),
             current: RwLock::new(Arc::new(key)),
             watch: Mutex::new(Watch { loaded: stamps, pending: None }),
+            advice: std::sync::OnceLock::new(),
             status: Mutex::new(CertStatus {
                 cert_file: cert_file.to_path_buf(),
                 key_file: key_file.to_path_buf(),
@@ -117,6 +130,13 @@ impl ServerCert {
                 failures: 0,
             }),
         })
+    }
+
+    /// Sets the advice run now and again after every reload that loads a new pair, so a renewal
+    /// that iPXE would refuse (a new name, an ECDSA key) is logged as when the service started.
+    pub fn advise_with(&self, advice: Advice) {
+        (advice.0)();
+        let _ = self.advice.set(advice);
     }
 
     pub fn status(&self) -> CertStatus {
@@ -168,6 +188,10 @@ impl ServerCert {
                 status.loaded_at = crate::serve::util::rfc3339(crate::serve::util::now_ms());
                 status.loads += 1;
                 status.last_error = None;
+                drop(status);
+                if let Some(advice) = self.advice.get() {
+                    (advice.0)();
+                }
                 true
             }
             Err(e) => {
