@@ -78,8 +78,10 @@ fn attach_mount_and_boot_what_the_bmc_was_given() {
     assert_eq!(media["Inserted"], true);
     let system = redfish(&emu.system_url(0));
     assert_eq!(system["Boot"]["BootSourceOverrideTarget"], "Cd");
-    // The emulator fetched the image from the service (its fake driver downloads it).
-    let log = f.audit_with("\"event\":\"media-served\"");
+    // The emulator fetched the image from the service (its fake driver downloads it). The two
+    // records come from different requests and reach the log in either order: wait for both.
+    f.audit_with("\"event\":\"media-served\"");
+    let log = f.audit_with("\"event\":\"bmc-media\"");
     assert!(
         log.contains("\"event\":\"bmc-media\",\"host\":\"node01\",\"action\":\"attach\""),
         "{log}"
@@ -826,4 +828,38 @@ fn a_bmc_without_media_certificates_attaches_as_before_with_a_note() {
     );
     f.audit_with("\"media_ca\":\"unsupported\"");
     assert!(records(&f, "bmc-trust", "node01").is_empty());
+}
+
+/// An enrollment that changes the BMC's trust and then fails (the CA is added, but the BMC
+/// refuses to switch `VerifyCertificate` on) is still audited: the BMC now trusts our CA, and
+/// the record says so (one certificate added, verification not set), though the attach failed.
+#[test]
+fn a_trust_change_is_audited_when_a_later_enrollment_step_fails() {
+    let emu = Emulator::start(EmulatorConfig::new(1));
+    let proxy = Proxy::start(emu.port, Quirks { refuse_verify: true, ..Quirks::default() });
+    let system_path = emu.system_url(0).strip_prefix(&emu.base).unwrap().to_string();
+    let pki = common::pki::Pki::rsa("bootforge test service CA");
+    let leaf = pki.leaf(&common::pki::LeafSpec::server("IP:127.0.0.1"));
+    let row = format!("node01,10.9.0.10/24,,,,e2e,{}{system_path}\n", proxy.base);
+    let f = Fixture::start_config(
+        &row,
+        free_port(),
+        None,
+        true,
+        true,
+        over_tls(&leaf, &pki.ca_cert, free_port()),
+    );
+    let (status, body) = api("PUT", &format!("{}/hosts/node01/media", f.base), REIMAGE_TOKEN, "");
+    assert_eq!(status, 502, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("read-only"), "{body}");
+    assert_eq!(cd(&emu, 0)["Inserted"], false);
+    f.audit_with("\"event\":\"bmc-media\"");
+    let changes = records(&f, "bmc-trust", "node01");
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(
+        (changes[0]["added"].as_u64(), changes[0]["verify_set"].as_bool()),
+        (Some(1), Some(false)),
+        "{changes:?}"
+    );
+    assert_eq!(records(&f, "bmc-media", "node01")[0]["ok"], false);
 }

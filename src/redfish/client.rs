@@ -94,8 +94,8 @@ impl Client {
     ///
     /// With `ca`, for an `https://` image: before inserting, the virtual CD is made to trust
     /// its CA certificates and to verify the image's certificate ([`trust::ensure`]), and its
-    /// `on_change` is told at once when that changed the BMC (for an audit record that must not
-    /// depend on the steps after it). A failed insert then says which CA the BMC checked
+    /// `on_change` is told when that changed the BMC, even if a later step of the enrollment
+    /// fails (for an audit record that must not depend on the steps after it). A failed insert then says which CA the BMC checked
     /// against. `ca` is ignored for `http://` images.
     pub fn attach_within(
         &self,
@@ -122,10 +122,7 @@ impl Client {
         let (media_ca, media) = match ca.filter(|_| https) {
             Some(enroll) => {
                 progress.enter(url, "enrolling the service's CA on the virtual CD")?;
-                let (report, media) = trust::ensure(&s, media, enroll.ca)?;
-                if report.changed() {
-                    (enroll.on_change)(&report);
-                }
+                let (report, media) = trust::ensure(&s, media, enroll.ca, enroll.on_change)?;
                 (Some(report), media)
             }
             None => (None, media),

@@ -100,10 +100,15 @@ fn pem(der: &[u8]) -> String {
 
 /// Makes the virtual media device `media` trust `ca` for its image URL and verify it; returns
 /// what it did and the device as read afterwards (its ETag may have changed).
+///
+/// `on_change` is told what changed on the BMC once the steps end, also when a later step
+/// failed: a CA added before a refused `VerifyCertificate`, or a deadline, still changed what
+/// the BMC trusts, and that must leave its audit record.
 pub(super) fn ensure(
     s: &Session<'_>,
     media: Resource,
     ca: &MediaCa,
+    on_change: &dyn Fn(&TrustReport),
 ) -> Result<(TrustReport, Resource), RedfishError> {
     let mut report = TrustReport {
         status: "present",
@@ -114,6 +119,20 @@ pub(super) fn ensure(
         verify: media.body["VerifyCertificate"].as_bool(),
         note: None,
     };
+    let result = steps(s, media, ca, &mut report);
+    if report.changed() {
+        on_change(&report);
+    }
+    result.map(|media| (report, media))
+}
+
+/// [`ensure`]'s steps, each recorded in `report` as soon as it changed the BMC.
+fn steps(
+    s: &Session<'_>,
+    media: Resource,
+    ca: &MediaCa,
+    report: &mut TrustReport,
+) -> Result<Resource, RedfishError> {
     let Some(collection) = media.link(s, "Certificates")? else {
         report.status = "unsupported";
         report.note = Some(format!(
@@ -123,7 +142,7 @@ pub(super) fn ensure(
              it an http:// media URL",
             ca.source
         ));
-        return Ok((report, media));
+        return Ok(media);
     };
     let listing = s.get(&collection)?;
     if let Some(formats) = listing.body["@Redfish.SupportedCertificates"].as_array() {
@@ -133,7 +152,7 @@ pub(super) fn ensure(
                 "the BMC's virtual CD takes certificates only as {}, not PEM; nothing was enrolled",
                 untrusted(&Value::Array(formats.clone()).to_string(), 120)
             ));
-            return Ok((report, media));
+            return Ok(media);
         }
     }
     // Every certificate the device trusts now, by DER, with the resource holding it.
@@ -217,7 +236,7 @@ pub(super) fn ensure(
             message: "it accepted VerifyCertificate: true but reads back without it".into(),
         });
     }
-    Ok((report, media))
+    Ok(media)
 }
 
 #[cfg(test)]

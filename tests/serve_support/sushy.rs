@@ -401,6 +401,9 @@ pub struct Quirks {
     /// Hide the virtual media's `Certificates` link and `VerifyCertificate` (VirtualMedia
     /// before 1.4, as most BMCs still are): a BMC that cannot be given a CA through Redfish.
     pub no_media_certificates: bool,
+    /// Refuse (400) a PATCH that switches `VerifyCertificate`, after the CA was accepted: a BMC
+    /// whose property is read-only, so an enrollment changes its trust and then fails.
+    pub refuse_verify: bool,
 }
 
 /// A recording HTTP proxy in front of a plain-HTTP emulator (one request per connection).
@@ -485,6 +488,15 @@ fn proxy_one(
                 );
                 continue;
             }
+        }
+        if quirks.refuse_verify && method == "PATCH" && seen.body.contains("VerifyCertificate") {
+            let msg = r#"{"error":{"code":"Base.1.0.PropertyNotWritable","message":"VerifyCertificate is read-only"}}"#;
+            let _ = write!(
+                out,
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{msg}",
+                msg.len()
+            );
+            continue;
         }
         // Forward, one upstream connection per request.
         let mut up = TcpStream::connect(("127.0.0.1", upstream_port)).unwrap();
