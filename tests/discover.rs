@@ -440,3 +440,44 @@ fn the_console_discovers_and_applies() {
     assert_eq!(changes[0]["by"], "boss");
     assert_eq!(changes[0]["via"], "token-session");
 }
+
+/// One host whose discovered MAC another row already has is set aside with the reason; the
+/// other hosts of the same `--apply` are written (before, the whole apply failed with 422).
+#[test]
+fn a_clashing_host_is_set_aside_and_the_others_apply() {
+    let emu = emulator(&[&[A], &[C]]);
+    let csv = format!(
+        "{HEADER}\
+         takes,10.9.0.10/24,,,,e2e,{},,\n\
+         other,10.9.0.11/24,,,,e2e,{},,\n\
+         owner,10.9.0.12/24,,,{A},e2e,,,\n",
+        emu.system_url(0),
+        emu.system_url(1),
+    );
+    let f = service(&csv, false, None);
+    let (ok, out, _) = discover(&f, REIMAGE_TOKEN, &["--all"]);
+    assert!(!ok, "a set-aside host is an error of its line: {out}");
+    assert!(
+        line_of(&out, "takes").contains(&format!("the MAC {A} would also be owner's")),
+        "{out}"
+    );
+    let (status, body) = api(
+        "POST",
+        &format!("{}/discover", f.base),
+        ADMIN_TOKEN,
+        r#"{"all": true, "apply": true}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["applied"], true, "{body}");
+    let hosts = body["hosts"].as_array().unwrap();
+    let takes = hosts.iter().find(|h| h["host"] == "takes").unwrap();
+    assert_eq!(takes["changes"], false, "{takes}");
+    assert!(takes["error"].as_str().unwrap().contains("would also be owner's"), "{takes}");
+    let after = rows(&f);
+    assert_eq!(after["takes"]["mac"], "", "the clashing MAC is not written");
+    assert_eq!(after["other"]["mac"], C, "the other host is applied");
+    assert_eq!(after["owner"]["mac"], A);
+    let changes = inventory_changes(&f);
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0]["hosts"], serde_json::json!(["other"]));
+}

@@ -31,7 +31,7 @@ use crate::serve::console::inventory::{
     edits_allowed, read_inventory, replace, require_version, upload_source, Change,
 };
 use crate::serve::domain::actor::{Actor, Role};
-use crate::serve::domain::discover::{propose, Field, Proposal, Row};
+use crate::serve::domain::discover::{clashes, propose, Field, Identity, Proposal, Row};
 use crate::serve::web::reply::{HttpError, Payload, Reply};
 use crate::serve::web::request::Req;
 use serde::Serialize;
@@ -189,6 +189,7 @@ pub async fn discover(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpE
         results[slot] = Some(result_of(read, &row, &columns, body.overwrite));
     }
     let mut results: Vec<HostResult> = results.into_iter().flatten().collect();
+    set_aside_clashes(&inv, &mut results);
 
     if !body.apply || !results.iter().any(|r| r.changes) {
         return Ok(Reply::json(&serde_json::json!({
@@ -245,6 +246,38 @@ pub async fn discover(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpE
     answer["applied"] = ok.into();
     answer["hosts"] = serde_json::to_value(&results).expect("plain data serializes");
     Ok(Reply::json(&answer).with_status(reply.status))
+}
+
+/// Marks the results whose MAC or UUID would then be another row's as not changing, with the
+/// reason ([`clashes`]): the inventory refuses a value on two rows, and one such host must not
+/// keep the others from being applied.
+fn set_aside_clashes(inv: &Inventory, results: &mut [HostResult]) {
+    let rows: Vec<Identity> = inv
+        .nodes()
+        .iter()
+        .map(|n| Identity { host: n.hostname.clone(), mac: n.mac, uuid: n.uuid })
+        .collect();
+    let proposed: Vec<Identity> = results
+        .iter()
+        .filter(|r| r.changes)
+        .filter_map(|r| {
+            let p = r.proposal.as_ref()?;
+            let row = rows.iter().find(|i| i.host == r.host)?;
+            Some(Identity {
+                host: r.host.clone(),
+                mac: p.mac.write().copied().or(row.mac),
+                uuid: p.uuid.write().copied().or(row.uuid),
+            })
+        })
+        .collect();
+    for (host, why) in clashes(&rows, &proposed) {
+        if let Some(r) = results.iter_mut().find(|r| r.host == host) {
+            r.changes = false;
+            r.new_mac = r.old_mac;
+            r.summary = format!("{why}; {}", r.summary);
+            r.error = Some(why);
+        }
+    }
 }
 
 /// The hosts a request names (validated, without repeats), or `None` for `all`.

@@ -248,6 +248,94 @@ pub fn propose(row: &Row, found: &Found, overwrite: bool) -> Proposal {
     }
 }
 
+/// One row's identifying values: as the inventory has them, or as a proposal would leave them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub host: String,
+    pub mac: Option<Mac>,
+    pub uuid: Option<SystemUuid>,
+}
+
+/// The proposals that cannot be applied because the MAC or UUID they write would then belong
+/// to two rows (the inventory refuses that), each with the reason; the others can be.
+///
+/// `rows` are every inventory row as it is; `proposed` the rows a discovery would change, as
+/// it would leave them. A proposal set aside leaves its row as it was, which can make another
+/// proposal clash (it proposed the value that row keeps), so this repeats until nothing more
+/// clashes: at most once per proposal.
+pub fn clashes(rows: &[Identity], proposed: &[Identity]) -> Vec<(String, String)> {
+    use std::collections::HashMap;
+    let mut refused: Vec<(String, String)> = Vec::new();
+    loop {
+        let applied = |host: &str| {
+            !refused.iter().any(|(h, _)| h == host) && proposed.iter().any(|p| p.host == host)
+        };
+        let after: Vec<&Identity> = rows
+            .iter()
+            .map(|r| match proposed.iter().find(|p| p.host == r.host) {
+                Some(p) if applied(&r.host) => p,
+                _ => r,
+            })
+            .collect();
+        let mut macs: HashMap<Mac, Vec<&str>> = HashMap::new();
+        let mut uuids: HashMap<SystemUuid, Vec<&str>> = HashMap::new();
+        for r in &after {
+            if let Some(m) = r.mac {
+                macs.entry(m).or_default().push(&r.host);
+            }
+            if let Some(u) = r.uuid {
+                uuids.entry(u).or_default().push(&r.host);
+            }
+        }
+        let mut found = Vec::new();
+        for p in proposed.iter().filter(|p| applied(&p.host)) {
+            // Only a value the proposal writes can be its fault; one the row already had was
+            // unique in the inventory.
+            let row = rows.iter().find(|r| r.host == p.host);
+            let writes_mac = p.mac.is_some() && row.map(|r| r.mac) != Some(p.mac);
+            let writes_uuid = p.uuid.is_some() && row.map(|r| r.uuid) != Some(p.uuid);
+            let others = |hosts: &Vec<&str>| -> Vec<String> {
+                hosts.iter().filter(|h| **h != p.host).map(|h| h.to_string()).collect()
+            };
+            if let Some(o) = p
+                .mac
+                .filter(|_| writes_mac)
+                .and_then(|m| macs.get(&m))
+                .map(others)
+                .filter(|o| !o.is_empty())
+            {
+                found.push((
+                    p.host.clone(),
+                    format!(
+                        "not applied: the MAC {} would also be {}'s",
+                        p.mac.unwrap(),
+                        o.join(", ")
+                    ),
+                ));
+            } else if let Some(o) = p
+                .uuid
+                .filter(|_| writes_uuid)
+                .and_then(|u| uuids.get(&u))
+                .map(others)
+                .filter(|o| !o.is_empty())
+            {
+                found.push((
+                    p.host.clone(),
+                    format!(
+                        "not applied: the UUID {} would also be {}'s",
+                        p.uuid.unwrap(),
+                        o.join(", ")
+                    ),
+                ));
+            }
+        }
+        if found.is_empty() {
+            return refused;
+        }
+        refused.extend(found);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,5 +452,38 @@ mod tests {
         typed.uuid = Some(other);
         assert_eq!(propose(&typed, &found, false).uuid, Field::Keep { old: other, proposed: u });
         assert_eq!(propose(&typed, &found, true).uuid, Field::Replace { old: other, new: u });
+    }
+
+    fn id(host: &str, mac_last: Option<u8>, uuid_last: Option<u8>) -> Identity {
+        Identity {
+            host: host.into(),
+            mac: mac_last.map(mac),
+            uuid: uuid_last
+                .map(|l| format!("8f1c2f6e-0000-4000-8000-0000000000{l:02x}").parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn a_proposal_that_would_share_a_value_is_set_aside_and_the_rest_apply() {
+        let rows = [id("a", None, None), id("b", Some(2), None), id("c", None, Some(3))];
+        // a would take b's MAC; c's UUID is fine; b's new UUID is c's.
+        let proposed = [id("a", Some(2), None), id("b", Some(2), Some(3))];
+        let out = clashes(&rows, &proposed);
+        let hosts: Vec<&str> = out.iter().map(|(h, _)| h.as_str()).collect();
+        assert_eq!(hosts, ["a", "b"], "{out:?}");
+        assert!(out[0].1.contains("52:54:00:00:00:02 would also be b's"), "{out:?}");
+        assert!(out[1].1.contains("would also be c's"), "{out:?}");
+        let fine = [id("a", Some(1), None)];
+        assert!(clashes(&rows, &fine).is_empty());
+    }
+
+    #[test]
+    fn setting_one_aside_can_make_another_clash() {
+        // a moves from MAC 1 to 3 (which c, unchanged, has): set aside, a keeps 1, so b's
+        // proposal of 1 now clashes too.
+        let rows = [id("a", Some(1), None), id("b", None, None), id("c", Some(3), None)];
+        let proposed = [id("a", Some(3), None), id("b", Some(1), None)];
+        let hosts: Vec<String> = clashes(&rows, &proposed).into_iter().map(|(h, _)| h).collect();
+        assert_eq!(hosts, ["a", "b"]);
     }
 }
