@@ -61,6 +61,12 @@ pub struct Config {
     /// The longest one BMC operation (attach, detach, status) may take; after it the caller
     /// gets 504 naming the step reached. Default [`crate::serve::app::bmc::DEFAULT_DEADLINE`].
     pub bmc_deadline: std::time::Duration,
+    /// Time between two background reads of every BMC's hardware state (`--bmc-refresh`);
+    /// zero: no background reads. Default [`crate::serve::app::hardware::DEFAULT_REFRESH`].
+    pub bmc_refresh: std::time::Duration,
+    /// The longest one hardware state read may take (`--bmc-state-timeout`). Default
+    /// [`crate::serve::app::hardware::DEFAULT_TIMEOUT`].
+    pub bmc_state_timeout: std::time::Duration,
     pub limits: crate::serve::web::limits::Limits,
     /// The console's directory logins (`--ldap-config`, TOML; see [`crate::serve::auth::ldap`]).
     pub ldap_config: Option<PathBuf>,
@@ -109,6 +115,8 @@ impl Config {
             bmc_credentials: None,
             bmc_ca: None,
             bmc_deadline: crate::serve::app::bmc::DEFAULT_DEADLINE,
+            bmc_refresh: crate::serve::app::hardware::DEFAULT_REFRESH,
+            bmc_state_timeout: crate::serve::app::hardware::DEFAULT_TIMEOUT,
             limits: crate::serve::web::limits::Limits::default(),
             ldap_config: None,
             secure_cookies: false,

@@ -8,6 +8,7 @@ pub mod config;
 pub mod discover;
 pub mod error;
 pub mod guard;
+pub mod hardware;
 pub mod locks;
 pub mod media;
 pub mod metrics;
