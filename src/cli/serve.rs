@@ -169,11 +169,11 @@ pub struct ServeArgs {
     /// Seconds between background reads of every BMC's hardware state (power, health, our
     /// medium, boot override) for /hosts and the console; 0: no background reads (only
     /// GET /hosts/{h}/hardware?refresh=1).
-    #[arg(long, value_name = "SECS", default_value_t = crate::serve::app::hardware::DEFAULT_REFRESH.as_secs())]
+    #[arg(long, value_name = "SECS", default_value_t = crate::serve::app::config::DEFAULT_BMC_REFRESH.as_secs())]
     pub bmc_refresh: u64,
     /// The longest one BMC's hardware state read may take, in seconds; a BMC slower than this
     /// is shown with error `timeout` and stale state.
-    #[arg(long, value_name = "SECS", default_value_t = crate::serve::app::hardware::DEFAULT_TIMEOUT.as_secs(),
+    #[arg(long, value_name = "SECS", default_value_t = crate::serve::app::config::DEFAULT_BMC_STATE_TIMEOUT.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..=120))]
     pub bmc_state_timeout: u64,
     /// Directory logins for the console at /ui/ (TOML: LDAPS or StartTLS URL, bind DN template,

@@ -283,7 +283,7 @@ impl Server {
         runtime.spawn(crate::serve::console::login::recheck_sessions(service.clone()));
         runtime.spawn(crate::serve::console::login::expire_sessions(service.clone()));
         // BMC hardware state (a no-op with --bmc-refresh 0); dropped with the runtime.
-        runtime.spawn(crate::serve::app::hardware::refresher(service.clone()));
+        runtime.spawn(crate::serve::app::refresher::refresher(service.clone()));
         let stop = Arc::new(AtomicBool::new(false));
         let hup = Arc::new(AtomicBool::new(false));
         // SIGHUP forces a reload; registering only sets a flag, so it is safe in any thread.

@@ -1,4 +1,5 @@
-//! Live hardware state: every inventory host with a `bmc` has its power, health, virtual CD
+//! Live hardware state, the cache and its views (the reads that fill it are
+//! [`crate::serve::app::refresher`]'s): every inventory host with a `bmc` has its power, health, virtual CD
 //! and boot override read from its BMC in the background, and kept here in memory for `/hosts`,
 //! `/hosts/{host}` and the console.
 //!
@@ -12,7 +13,7 @@
 //! * Nobody waits on a BMC to list hosts: views are built from the cache alone
 //!   ([`Hardware::view`]). Only an explicit refresh of one host
 //!   (`GET /hosts/{host}/hardware?refresh=1`) waits, and at most the per-BMC timeout.
-//! * A dead BMC costs one slot of [`CONCURRENCY`] for at most its timeout (plus [`GRACE`]): a
+//! * A dead BMC costs one slot of [`crate::serve::app::refresher::CONCURRENCY`] for at most its timeout (plus a short grace): a
 //!   read is cut at the timeout, and a host whose previous read is still queued or running (its thread
 //!   not yet ended) is skipped, never read twice at once ([`InFlight`]), so stuck reads do not
 //!   pile up.
@@ -25,24 +26,13 @@
 //!   attach.
 
 use crate::inventory::{BmcUrl, Node};
-use crate::redfish::{self, BootEnabled, CredentialsFile, HardwareState, Health, Power};
-use crate::serve::app::bmc::{decoded, Use};
-use crate::serve::app::service::Service;
+use crate::redfish::{self, BootEnabled, HardwareState, Health, Power};
+use crate::serve::app::bmc::decoded;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// The default of `serve --bmc-refresh`: seconds between two rounds of reads.
-pub const DEFAULT_REFRESH: Duration = Duration::from_secs(60);
-/// The default of `serve --bmc-state-timeout`: the longest one host's read may take.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-/// BMCs read at once by the refresher.
-pub const CONCURRENCY: usize = 8;
-/// How long a read's caller waits past the timeout for the thread's own answer (every request
-/// is cut at the timeout, so it normally comes within it).
-pub const GRACE: Duration = Duration::from_millis(500);
 
 /// Whether the BMC's virtual CD holds our medium.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -118,7 +108,7 @@ impl ReadError {
 
 /// What was read of a host, in our words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Seen {
+pub(crate) struct Seen {
     power: Power,
     health: Health,
     medium: Medium,
@@ -170,7 +160,7 @@ pub struct Hardware {
 }
 
 /// A host's read under way; dropped when the BMC thread ends (it is the thread's `hold`).
-struct InFlight {
+pub(crate) struct InFlight {
     set: Arc<Mutex<HashSet<String>>>,
     host: String,
 }
@@ -220,7 +210,13 @@ impl Hardware {
         })
     }
 
-    fn record(&self, host: &str, bmc: &BmcUrl, result: Result<Seen, ReadError>, now_ms: u64) {
+    pub(crate) fn record(
+        &self,
+        host: &str,
+        bmc: &BmcUrl,
+        result: Result<Seen, ReadError>,
+        now_ms: u64,
+    ) {
         let counter = if result.is_ok() { &self.reads_ok } else { &self.reads_failed };
         counter.fetch_add(1, Ordering::Relaxed);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
@@ -242,13 +238,13 @@ impl Hardware {
     }
 
     /// Drops the entries of hosts that are no longer inventory rows with that `bmc`.
-    fn prune(&self, keep: &HashMap<&str, &BmcUrl>) {
+    pub(crate) fn prune(&self, keep: &HashMap<&str, &BmcUrl>) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.retain(|host, e| keep.get(host.as_str()).is_some_and(|b| **b == e.bmc));
     }
 
     /// Claims `host` for one read; `None` while a read of it still runs.
-    fn claim(&self, host: &str) -> Option<InFlight> {
+    pub(crate) fn claim(&self, host: &str) -> Option<InFlight> {
         let mut set = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         set.insert(host.to_string())
             .then(|| InFlight { set: self.in_flight.clone(), host: host.to_string() })
@@ -271,21 +267,11 @@ impl Hardware {
     }
 }
 
-/// The base URLs under which a `/media/` image is ours, lower-case without a trailing `/`:
-/// `--media-base-url`, `--public-url`, each listener's address, and the row's `server`.
-fn our_bases(svc: &Service, node: &Node) -> Vec<String> {
-    let c = &svc.config;
-    let d = &svc.default_base;
-    [c.media_base_url.as_ref(), c.public_url.as_ref(), d.plain.as_ref(), d.tls.as_ref()]
-        .into_iter()
-        .chain([node.server.as_ref()])
-        .flatten()
-        .map(|u| u.as_str().trim_end_matches('/').to_ascii_lowercase())
-        .collect()
-}
-
 /// Whether the virtual CD holds our medium, another, or nothing.
-fn medium_of(media: &Option<(Option<String>, Option<bool>)>, bases: &[String]) -> Medium {
+pub(crate) fn medium_of(
+    media: &Option<(Option<String>, Option<bool>)>,
+    bases: &[String],
+) -> Medium {
     match media {
         None => Medium::Unknown,
         Some((_, Some(false))) | Some((None, None)) => Medium::None,
@@ -305,125 +291,12 @@ fn medium_of(media: &Option<(Option<String>, Option<bool>)>, bases: &[String]) -
     }
 }
 
-fn seen_of(state: &HardwareState, bases: &[String]) -> Seen {
+pub(crate) fn seen_of(state: &HardwareState, bases: &[String]) -> Seen {
     Seen {
         power: state.power,
         health: state.health,
         medium: medium_of(&state.media, bases),
         boot_override: state.boot_override,
-    }
-}
-
-/// Reads one host's BMC (claimed by `claim`, held until the BMC thread ends) and records the
-/// outcome; waits at most the timeout (plus [`GRACE`]).
-async fn read_one(
-    svc: &Arc<Service>,
-    file: Option<&CredentialsFile>,
-    node: &Node,
-    bmc_url: &BmcUrl,
-    claim: InFlight,
-) {
-    let hw = &svc.hardware;
-    let host = node.hostname.as_str();
-    let result = match (svc.bmc.as_ref(), file.map(|f| f.target(bmc_url))) {
-        (None, _) | (_, None) => Err(ReadError::NoCredentials),
-        (_, Some(Err(e))) => {
-            tracing::debug!(host, "hardware state: {e}");
-            Err(ReadError::NoCredentials)
-        }
-        (Some(bmc), Some(Ok(target))) => {
-            let answer = bmc
-                .run_within(Use::Read, bmc_url, claim, hw.timeout, GRACE, move |client, p| {
-                    client.hardware_within(&target, p)
-                })
-                .await;
-            match answer {
-                Ok(Ok(state)) => Ok(seen_of(&state, &our_bases(svc, node))),
-                Ok(Err(e)) => {
-                    let text = crate::serve::app::bmc::scrub(&e.to_string());
-                    tracing::debug!(host, "hardware state: {text}");
-                    Err(ReadError::of(&e))
-                }
-                Err(_) => Err(ReadError::Busy),
-            }
-        }
-    };
-    hw.record(host, bmc_url, result, svc.store.now_ms());
-}
-
-/// The credentials file, or `None` when the service has none or it cannot be read (every read
-/// then records [`ReadError::NoCredentials`]).
-fn credentials(svc: &Service) -> Option<CredentialsFile> {
-    match CredentialsFile::load(&svc.bmc.as_ref()?.credentials) {
-        Ok(file) => Some(file),
-        Err(e) => {
-            tracing::warn!("hardware state: the BMC credentials file cannot be used: {e}");
-            None
-        }
-    }
-}
-
-/// One refresh of `host` now (`GET /hosts/{host}/hardware?refresh=1`, after a power action);
-/// waits at most the timeout. Does nothing for a host without a `bmc`, or whose read is
-/// already queued or running (its outcome will be in the cache).
-pub async fn refresh_host(svc: &Arc<Service>, host: &str) {
-    let node = svc.catalog.snapshot().inventory.get(host).cloned();
-    let Some((node, url)) = node.and_then(|n| n.bmc.clone().map(|b| (n, b))) else {
-        return;
-    };
-    let Some(claim) = svc.hardware.claim(host) else {
-        return;
-    };
-    let file = credentials(svc);
-    read_one(svc, file.as_ref(), &node, &url, claim).await;
-}
-
-/// Starts one round: a read of every inventory row with a `bmc` that has none queued or
-/// running, [`CONCURRENCY`] at a time across rounds (the gate is the refresher's); the cache
-/// loses the hosts that left. Returns once the reads are queued, not done: a stuck BMC never
-/// holds up the next round of the others.
-fn start_round(svc: &Arc<Service>, gate: &Arc<tokio::sync::Semaphore>) {
-    let snap = svc.catalog.snapshot();
-    let rows: Vec<(Node, BmcUrl)> = snap
-        .inventory
-        .nodes()
-        .iter()
-        .filter_map(|n| n.bmc.clone().map(|b| (n.clone(), b)))
-        .collect();
-    drop(snap);
-    {
-        let keep: HashMap<&str, &BmcUrl> =
-            rows.iter().map(|(n, b)| (n.hostname.as_str(), b)).collect();
-        svc.hardware.prune(&keep);
-    }
-    let file = Arc::new(credentials(svc));
-    for (node, url) in rows {
-        // Claimed while queued, too: a host waits in the queue once, whatever the rounds.
-        let Some(claim) = svc.hardware.claim(&node.hostname) else {
-            continue;
-        };
-        let (svc, file, gate) = (svc.clone(), file.clone(), gate.clone());
-        tokio::spawn(async move {
-            if let Ok(_slot) = gate.acquire_owned().await {
-                read_one(&svc, (*file).as_ref(), &node, &url, claim).await;
-            }
-        });
-    }
-}
-
-/// The background refresher: a round at start, then one every `--bmc-refresh`. Never returns;
-/// does nothing with `--bmc-refresh 0`.
-pub async fn refresher(svc: Arc<Service>) {
-    let interval = svc.hardware.interval;
-    if interval.is_zero() {
-        return;
-    }
-    let gate = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        start_round(&svc, &gate);
     }
 }
 

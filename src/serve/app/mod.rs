@@ -12,4 +12,5 @@ pub mod hardware;
 pub mod locks;
 pub mod media;
 pub mod metrics;
+pub mod refresher;
 pub mod service;
