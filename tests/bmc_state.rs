@@ -11,6 +11,8 @@
 #[path = "serve_support/bmc.rs"]
 mod bmc;
 mod common;
+#[path = "console_support/mod.rs"]
+mod console_support;
 #[path = "serve_support/sushy.rs"]
 mod sushy;
 
@@ -352,4 +354,41 @@ fn dead_bmcs_slow_nothing() {
 
     let metrics = ureq::get(&format!("{}/metrics", f.base)).call().unwrap().into_string().unwrap();
     assert!(metrics.contains("bootforge_bmc_state_stale_hosts 2"), "{metrics}");
+}
+
+/// The console: the fleet table's Hardware column shows what the refresher read (power, health,
+/// medium, boot override), a row without a bmc shows a dash, and role reimage's Power… button
+/// asks for the action in its confirmation, sends it, and the column follows the new state.
+#[test]
+fn the_console_shows_hardware_and_powers_off() {
+    let emu = Emulator::start(EmulatorConfig::new(1));
+    let rows = format!(
+        "node01,10.0.2.15/24,10.0.2.2,10.0.2.3,,e2e,{}\n\
+         node02,10.0.2.16/24,10.0.2.2,10.0.2.3,,e2e,\n",
+        emu.system_url(0)
+    );
+    let f = service(&rows, Duration::from_secs(1), Duration::from_secs(10));
+    let b = console_support::Browser::start();
+    b.goto(&format!("{}/ui/", f.base));
+    b.type_into("#token", REIMAGE_TOKEN);
+    b.click("#token-submit");
+    let cell = "#hosts tr[data-host='node01'] td.hw";
+    let first = |t: &str| t.lines().next().unwrap_or_default().trim().to_string();
+    let text = b.wait_text(cell, 30, |t| first(t) == "on");
+    assert!(text.contains("health ok"), "{text}");
+    assert!(text.contains("no medium, boot hdd (continuous)"), "{text}");
+    assert_eq!(b.text("#hosts tr[data-host='node02'] td.hw"), "—");
+    assert!(b.all("#hosts tr[data-host='node02'] button.power").is_empty());
+
+    b.click("#hosts tr[data-host='node01'] button.power");
+    assert!(b.displayed("#power-options"), "the confirmation asks for the action");
+    assert!(!b.displayed("#attach-options"));
+    assert_eq!(b.text("#confirm-hosts"), "node01");
+    b.click("#power-action option[value='force-off']");
+    b.click("#confirm-ok");
+    let msg = b.wait_text("#fleet-msg", 60, |t| t.contains("sent") || t.contains("failed"));
+    assert_eq!(msg, "node01: force-off sent (ForceOff)");
+    b.wait_text(cell, 40, |t| first(t) == "off");
+    let log = f.audit_with("\"event\":\"bmc-power\"");
+    assert!(log.contains("\"action\":\"force-off\""), "{log}");
 }
