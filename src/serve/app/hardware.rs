@@ -1,7 +1,7 @@
-//! Live hardware state, the cache and its views (the reads that fill it are
-//! [`crate::serve::app::refresher`]'s): every inventory host with a `bmc` has its power, health, virtual CD
-//! and boot override read from its BMC in the background, and kept here in memory for `/hosts`,
-//! `/hosts/{host}` and the console.
+//! Live hardware state: the cache and its views. Every inventory host with a `bmc` has its
+//! power, health, virtual CD and boot override read from its BMC in the background (by
+//! [`crate::serve::app::refresher`]) and kept here in memory for `/hosts`, `/hosts/{host}` and
+//! the console.
 //!
 //! ```text
 //! refresher (every --bmc-refresh SECS) ─▶ at most CONCURRENCY reads at once ─▶ Cache
@@ -13,10 +13,10 @@
 //! * Nobody waits on a BMC to list hosts: views are built from the cache alone
 //!   ([`Hardware::view`]). Only an explicit refresh of one host
 //!   (`GET /hosts/{host}/hardware?refresh=1`) waits, and at most the per-BMC timeout.
-//! * A dead BMC costs one slot of [`crate::serve::app::refresher::CONCURRENCY`] for at most its timeout (plus a short grace): a
-//!   read is cut at the timeout, and a host whose previous read is still queued or running (its thread
-//!   not yet ended) is skipped, never read twice at once ([`InFlight`]), so stuck reads do not
-//!   pile up.
+//! * A dead BMC costs one of the refresher's [`crate::serve::app::refresher::CONCURRENCY`]
+//!   slots for at most its timeout (plus a short grace): a read is cut at the timeout, and a
+//!   host whose previous read is still queued or running (its thread not yet ended) is skipped,
+//!   never read twice at once ([`InFlight`]), so stuck reads do not pile up.
 //! * The cache holds only our own words ([`crate::redfish::HardwareState`] maps every BMC value
 //!   onto small enums) and whether the mounted medium is ours: never the image URL (it may be
 //!   signed) and never a BMC's message; errors are a short kind ([`ReadError`]).
