@@ -339,6 +339,8 @@ const ROUTES: &[(&str, &[&str], bool)] = &[
     ("/status", &["GET", "HEAD"], true),
     ("/hosts", &["GET", "HEAD"], true),
     ("/hosts/node02", &["GET", "HEAD"], true),
+    ("/hosts/node01/hardware", &["GET"], true),
+    ("/hosts/node02/power", &["POST"], true),
     ("/healthz", &["GET", "HEAD"], false),
     ("/metrics", &["GET", "HEAD"], false),
 ];

@@ -159,6 +159,8 @@ pub enum MediaAction {
     /// The JSON body: boot, reset, arch, efi_loader, ttl.
     Attach(serde_json::Value),
     Detach,
+    /// `POST /hosts/{h}/power` with this action.
+    Power(&'static str),
 }
 
 /// The inventory hosts that have a BMC (`GET /hosts`, their `bmc` field), for `--all`.
@@ -223,6 +225,7 @@ pub fn bmc_media(
         bar.set_message(match action {
             MediaAction::Attach(_) => "attaching",
             MediaAction::Detach => "detaching",
+            MediaAction::Power(_) => "powering",
         });
         bar
     } else {
@@ -259,7 +262,8 @@ fn one_media(
     host: &str,
     action: &MediaAction,
 ) -> (String, bool) {
-    let url = format!("{base}/hosts/{}/media", crate::serve::util::encode(host));
+    let leaf = if matches!(action, MediaAction::Power(_)) { "power" } else { "media" };
+    let url = format!("{base}/hosts/{}/{leaf}", crate::serve::util::encode(host));
     let auth = format!("Bearer {token}");
     let started = std::time::Instant::now();
     let result = match action {
@@ -269,6 +273,11 @@ fn one_media(
             .set("Content-Type", "application/json")
             .send_string(&body.to_string()),
         MediaAction::Detach => agent.delete(&url).set("Authorization", &auth).call(),
+        MediaAction::Power(a) => agent
+            .post(&url)
+            .set("Authorization", &auth)
+            .set("Content-Type", "application/json")
+            .send_string(&serde_json::json!({ "action": a }).to_string()),
     };
     let secs = started.elapsed().as_secs_f64();
     match result {
@@ -293,6 +302,10 @@ fn one_media(
                         if r["ejected"].is_string() { "ejected" } else { "nothing was mounted" };
                     format!("{host}: ok: {what} ({secs:.1} s)")
                 }
+                MediaAction::Power(a) => format!(
+                    "{host}: ok: {a} sent (ResetType {}) ({secs:.1} s)",
+                    v["reset_type"].as_str().unwrap_or("?")
+                ),
             };
             (line, true)
         }

@@ -166,6 +166,16 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS", default_value_t = crate::serve::app::bmc::DEFAULT_DEADLINE.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..=600))]
     pub bmc_deadline: u64,
+    /// Seconds between background reads of every BMC's hardware state (power, health, our
+    /// medium, boot override) for /hosts and the console; 0: no background reads (only
+    /// GET /hosts/{h}/hardware?refresh=1).
+    #[arg(long, value_name = "SECS", default_value_t = crate::serve::app::config::DEFAULT_BMC_REFRESH.as_secs())]
+    pub bmc_refresh: u64,
+    /// The longest one BMC's hardware state read may take, in seconds; a BMC slower than this
+    /// is shown with error `timeout` and stale state.
+    #[arg(long, value_name = "SECS", default_value_t = crate::serve::app::config::DEFAULT_BMC_STATE_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=120))]
+    pub bmc_state_timeout: u64,
     /// Directory logins for the console at /ui/ (TOML: LDAPS or StartTLS URL, bind DN template,
     /// group search, group → role map). See docs/CONSOLE.md.
     #[arg(long, value_name = "FILE")]
@@ -324,6 +334,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.bmc_credentials = args.bmc_credentials;
     config.bmc_ca = args.bmc_ca;
     config.bmc_deadline = std::time::Duration::from_secs(args.bmc_deadline);
+    config.bmc_refresh = std::time::Duration::from_secs(args.bmc_refresh);
+    config.bmc_state_timeout = std::time::Duration::from_secs(args.bmc_state_timeout);
     config.ldap_config = args.ldap_config;
     config.secure_cookies = args.console_secure_cookie;
     config.trusted_proxies = args.trusted_proxies;
@@ -488,4 +500,65 @@ pub fn attach(args: AttachArgs) -> anyhow::Result<bool> {
 
 pub fn detach(args: DetachArgs) -> anyhow::Result<bool> {
     bmc_media(args.hosts, client::MediaAction::Detach)
+}
+
+const POWER_HELP: &str = "\
+Examples:
+  # Power two nodes on:
+  bootforge power node01 node02 on --server http://bootsvc:8080 --token-file ~/.bootforge-token
+
+  # Force every node with a BMC off:
+  bootforge power --all force-off --server http://bootsvc:8080 --token-file t
+
+The last word is the action: on, off (graceful shutdown), force-off, restart (graceful),
+force-restart. The service sends the BMC's ComputerSystem.Reset with the matching ResetType
+(one the BMC allows), and audits it. Prints one line per host; the exit status is 1 if any host
+failed. See docs/BMC.md.";
+
+/// Power hosts on, off or restart them through their BMCs (Redfish), through the service.
+#[derive(clap::Args, Debug)]
+#[command(after_help = POWER_HELP)]
+pub struct PowerArgs {
+    /// Host names (or --all), then the action: on, off, force-off, restart, force-restart.
+    #[arg(value_name = "HOSTNAME… ACTION", required = true)]
+    pub words: Vec<String>,
+    /// Every inventory host with a `bmc` column.
+    #[arg(long)]
+    pub all: bool,
+    /// Base URL of the boot service: http://… or https://….
+    #[arg(long, value_name = "URL")]
+    pub server: String,
+    /// The CA certificate (PEM) that issued the service's certificate, for an https:// --server
+    /// with a private CA (trusted besides the public roots).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// File holding the API token (first line; role reimage).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: PathBuf,
+    /// BMCs worked on at once.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub jobs: usize,
+}
+
+/// `bootforge power`: one `POST /hosts/{h}/power` per host, in parallel.
+pub fn power(args: PowerArgs) -> anyhow::Result<bool> {
+    let mut words = args.words;
+    let action = words.pop().expect("clap requires one word");
+    let action: crate::redfish::PowerAction =
+        action.parse().map_err(|e: String| anyhow::anyhow!("{e} (the last word is the action)"))?;
+    anyhow::ensure!(
+        args.all == words.is_empty(),
+        "name the hosts before the action, or give --all (not both)"
+    );
+    bmc_media(
+        BmcHosts {
+            hosts: words,
+            all: args.all,
+            server: args.server,
+            ca_file: args.ca_file,
+            token_file: args.token_file,
+            jobs: args.jobs,
+        },
+        client::MediaAction::Power(action.as_str()),
+    )
 }

@@ -313,7 +313,7 @@ impl Resource {
         self.body[name]["@odata.id"].as_str().map(|r| s.resolve(r)).transpose()
     }
 
-    fn view(&self) -> MediaView {
+    pub(super) fn view(&self) -> MediaView {
         MediaView {
             resource: self.url.clone(),
             image: text(&self.body["Image"]),
@@ -399,7 +399,7 @@ fn looks_like_cd(body: &Value) -> bool {
         && body["Id"].as_str().is_some_and(|id| id.to_ascii_lowercase().contains("cd"))
 }
 
-fn find_cd(s: &Session<'_>, system: &Resource) -> Result<Resource, RedfishError> {
+pub(super) fn find_cd(s: &Session<'_>, system: &Resource) -> Result<Resource, RedfishError> {
     let mut collections = Vec::new();
     if let Some(c) = system.link(s, "VirtualMedia")? {
         collections.push(c);
@@ -455,8 +455,8 @@ fn find_cd(s: &Session<'_>, system: &Resource) -> Result<Resource, RedfishError>
 }
 
 /// An action of a resource: its target, and what the BMC says about its parameters.
-struct Action {
-    target: String,
+pub(super) struct Action {
+    pub(super) target: String,
     /// The action object itself (holds `PARAM@Redfish.AllowableValues`).
     object: Value,
     /// The ActionInfo resource, when the action links one.
@@ -464,7 +464,7 @@ struct Action {
 }
 
 impl Action {
-    fn find(
+    pub(super) fn find(
         s: &Session<'_>,
         resource: &Resource,
         name: &str,
@@ -503,7 +503,7 @@ impl Action {
     }
 
     /// The values allowed for `name`, from the action or its ActionInfo; `None` if not said.
-    fn allowed(&self, name: &str) -> Option<Vec<String>> {
+    pub(super) fn allowed(&self, name: &str) -> Option<Vec<String>> {
         allowable(&self.object, name)
             .or_else(|| strings(self.parameter(name)?.get("AllowableValues")?))
     }
@@ -518,7 +518,7 @@ fn allowable(object: &Value, name: &str) -> Option<Vec<String>> {
     strings(&object[format!("{name}@Redfish.AllowableValues")])
 }
 
-fn shown(list: &[String]) -> String {
+pub(super) fn shown(list: &[String]) -> String {
     untrusted(&list.join(", "), 200)
 }
 

@@ -105,6 +105,7 @@
 mod client;
 pub mod credentials;
 mod nics;
+mod power;
 mod tls;
 mod transport;
 mod trust;
@@ -113,6 +114,7 @@ pub use crate::inventory::BmcUrl;
 pub use client::Client;
 pub use credentials::{CredentialsError, CredentialsFile, TargetError};
 pub use nics::{NicReport, SystemNics, MAX_INTERFACES};
+pub use power::{BootEnabled, HardwareState, Health, Power, PowerAction};
 pub use trust::{Enroll, MediaCa};
 
 use serde::Serialize;

@@ -2,7 +2,7 @@
 
 use crate::serve::api::installer::Which;
 use crate::serve::api::{
-    admin, assets, bmc, boot, events, flags, hosts, installer, media, sessions,
+    admin, assets, bmc, boot, events, flags, hardware, hosts, installer, media, sessions,
 };
 use crate::serve::app::service::Service;
 use crate::serve::console::{discover, inventory, login, page};
@@ -89,6 +89,8 @@ pub async fn handle(svc: Arc<Service>, req: Req) -> Reply {
             flags::set_flag(&svc, &req, host).await
         }
         Route::Reimage(host) => flags::cancel(&svc, &req, host).await,
+        Route::Hardware(host) => hardware::show(&svc, &req, host).await,
+        Route::Power(host) => hardware::power(&svc, &req, host).await,
         Route::Done(host) => installer::callback(&svc, &req, host, Which::Done).await,
         Route::Started(host) => installer::callback(&svc, &req, host, Which::Started).await,
         Route::Failed(host) => installer::callback(&svc, &req, host, Which::Failed).await,

@@ -229,6 +229,10 @@ impl Server {
             .enable_time()
             .build()?;
         let sessions = crate::serve::auth::session::Sessions::new(store.clone(), config.sessions);
+        let hardware = crate::serve::app::hardware::Hardware::new(
+            config.bmc_refresh,
+            config.bmc_state_timeout,
+        );
         let service = Arc::new(Service {
             config,
             catalog,
@@ -240,6 +244,7 @@ impl Server {
             default_base,
             media,
             bmc,
+            hardware,
             sessions,
             login_limiter: crate::serve::auth::session::LoginLimiter::default(),
             directory,
@@ -282,6 +287,8 @@ impl Server {
         // runtime at shutdown.
         runtime.spawn(crate::serve::console::login::recheck_sessions(service.clone()));
         runtime.spawn(crate::serve::console::login::expire_sessions(service.clone()));
+        // BMC hardware state (a no-op with --bmc-refresh 0); dropped with the runtime.
+        runtime.spawn(crate::serve::app::refresher::refresher(service.clone()));
         let stop = Arc::new(AtomicBool::new(false));
         let hup = Arc::new(AtomicBool::new(false));
         // SIGHUP forces a reload; registering only sets a flag, so it is safe in any thread.

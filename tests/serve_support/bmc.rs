@@ -90,6 +90,10 @@ impl BmcService {
             std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
             config.bmc_credentials = Some(creds);
         }
+        // No background hardware reads unless a test asks for them (tests/bmc_state.rs): tests
+        // that count what reached a BMC, or change the credentials file after the start, must
+        // see only their own requests.
+        config.bmc_refresh = Duration::ZERO;
         tweak(&mut config, &d.join("state"));
         let server = Server::start(config).expect("the service starts");
         let base = format!("http://{}", server.local_addr());

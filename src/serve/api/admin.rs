@@ -77,8 +77,9 @@ pub(crate) fn metrics(svc: &Service) -> Reply {
     let snap = svc.catalog.snapshot();
     let failures = svc.catalog.status.lock().map(|s| s.failures).unwrap_or(0);
     let dropped = svc.audit.dropped.load(std::sync::atomic::Ordering::Relaxed);
-    let mut r =
-        Reply::text(svc.metrics.render(snap.inventory.len(), snap.generation, failures, dropped));
+    let mut text = svc.metrics.render(snap.inventory.len(), snap.generation, failures, dropped);
+    text.push_str(&svc.hardware.metrics(snap.inventory.nodes(), svc.store.now_ms()));
+    let mut r = Reply::text(text);
     r.content_type = "text/plain; version=0.0.4; charset=utf-8";
     r
 }

@@ -48,7 +48,7 @@ pub(crate) struct Done<T: Serialize> {
 }
 
 /// Everything about a host's BMC a request needs, checked: the row's URL and its credentials.
-fn target(
+pub(crate) fn target(
     svc: &Service,
     host: &str,
 ) -> Result<(redfish::BmcTarget, crate::inventory::Node), HttpError> {
@@ -107,7 +107,7 @@ fn media_ca(svc: &Service, url: &str) -> Result<Option<redfish::MediaCa>, HttpEr
 /// A BMC's failure for the caller and the log: its message (already made safe by the Redfish
 /// client), with anything shaped like a signature or token, should a BMC echo it, cut out.
 /// A passed deadline is a 504 that says what may be half done and how to look.
-fn bmc_failure(host: &str, e: &redfish::RedfishError) -> HttpError {
+pub(crate) fn bmc_failure(host: &str, e: &redfish::RedfishError) -> HttpError {
     let text = scrub(&e.to_string());
     tracing::warn!(host, "BMC operation failed: {text}");
     match e {

@@ -42,6 +42,8 @@ pub(crate) struct HostView {
     /// Set instead of the state fields when the host's state file cannot be read.
     #[serde(skip_serializing_if = "Option::is_none")]
     state_error: Option<String>,
+    /// Live state from the BMC, from the cache only (`null` for rows without a `bmc`).
+    hardware: Option<crate::serve::app::hardware::HardwareView>,
 }
 
 #[derive(Serialize)]
@@ -149,6 +151,7 @@ pub(crate) fn host_view(
         last_boot: None,
         version: 0,
         state_error: None,
+        hardware: hardware_of(svc, node),
     };
     let st = match state {
         Ok(st) => st,
@@ -173,6 +176,14 @@ pub(crate) fn host_view(
     });
     view.version = st.version;
     view
+}
+
+/// A row's hardware view, from the cache: never waits on a BMC.
+fn hardware_of(
+    svc: &Service,
+    node: Option<&crate::inventory::Node>,
+) -> Option<crate::serve::app::hardware::HardwareView> {
+    svc.hardware.view(node?, svc.store.now_ms())
 }
 
 #[derive(Serialize)]

@@ -13,6 +13,7 @@ pub mod bmc;
 pub mod boot;
 pub mod events;
 pub mod flags;
+pub mod hardware;
 pub mod hosts;
 pub mod installer;
 pub mod media;

@@ -128,12 +128,28 @@ impl Bmc {
             + Send
             + 'static,
     ) -> Result<Result<T, redfish::RedfishError>, HttpError> {
-        let progress = Arc::new(Progress::within(self.deadline));
+        self.run_within(kind, bmc_url, hold, self.deadline, DEADLINE_GRACE, work).await
+    }
+
+    /// [`Bmc::run`] with a deadline of its own (`--bmc-state-timeout` for hardware reads) and
+    /// the time the caller keeps waiting after it (`grace`).
+    pub(crate) async fn run_within<T: Send + 'static, H: Send + 'static>(
+        &self,
+        kind: Use,
+        bmc_url: &redfish::BmcUrl,
+        hold: H,
+        deadline: std::time::Duration,
+        grace: std::time::Duration,
+        work: impl FnOnce(&redfish::Client, &Progress) -> Result<T, redfish::RedfishError>
+            + Send
+            + 'static,
+    ) -> Result<Result<T, redfish::RedfishError>, HttpError> {
+        let progress = Arc::new(Progress::within(deadline));
         let busy = || {
             HttpError::new(503, "every BMC slot is busy; try again shortly")
                 .header("Retry-After", "5".into())
         };
-        let wait = SLOT_WAIT.min(self.deadline);
+        let wait = SLOT_WAIT.min(deadline);
         let started = tokio::time::Instant::now();
         let read_slot = match kind {
             Use::Read => Some(
@@ -174,14 +190,14 @@ impl Bmc {
                 }
             })
             .map_err(|e| HttpError::internal(format!("cannot start a BMC thread: {e}")))?;
-        let limit = self.deadline.saturating_sub(started.elapsed()) + DEADLINE_GRACE;
+        let limit = deadline.saturating_sub(started.elapsed()) + grace;
         match tokio::time::timeout(limit, rx).await {
             Ok(answer) => answer.map_err(|_| HttpError::internal("a BMC operation panicked")),
             // The thread has not ended: answer from the step it reached.
             Err(_) => Ok(Err(redfish::RedfishError::Deadline {
                 url: bmc_url.to_string(),
                 step: progress.step(),
-                limit: self.deadline,
+                limit: deadline,
             })),
         }
     }
@@ -261,7 +277,7 @@ fn longest_hex_run(text: &str) -> usize {
 /// Written here rather than with an HTML-entity crate: only the characters that can spell a
 /// URL's delimiters matter, the decoding serves detection, never display, and what this
 /// misses is caught by [`suspicious`] on the raw text (`&`, `%`, `\` there already hide it).
-fn decoded(text: &str) -> Option<String> {
+pub(crate) fn decoded(text: &str) -> Option<String> {
     let mut current = text.to_string();
     for _ in 0..8 {
         let next = percent_encoding::percent_decode_str(&current).decode_utf8_lossy().into_owned();

@@ -7,6 +7,13 @@ use std::path::PathBuf;
 pub const DEFAULT_KEEP_BOOT_RECORDS: std::time::Duration =
     std::time::Duration::from_secs(90 * 86_400);
 
+/// The default of `serve --bmc-refresh`: time between two rounds of hardware state reads
+/// (see [`crate::serve::app::hardware`]).
+pub const DEFAULT_BMC_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
+/// The default of `serve --bmc-state-timeout`: the longest one BMC's hardware state read may
+/// take.
+pub const DEFAULT_BMC_STATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Everything `bootforge serve` is started with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -61,6 +68,12 @@ pub struct Config {
     /// The longest one BMC operation (attach, detach, status) may take; after it the caller
     /// gets 504 naming the step reached. Default [`crate::serve::app::bmc::DEFAULT_DEADLINE`].
     pub bmc_deadline: std::time::Duration,
+    /// Time between two background reads of every BMC's hardware state (`--bmc-refresh`);
+    /// zero: no background reads. Default [`DEFAULT_BMC_REFRESH`].
+    pub bmc_refresh: std::time::Duration,
+    /// The longest one hardware state read may take (`--bmc-state-timeout`). Default
+    /// [`DEFAULT_BMC_STATE_TIMEOUT`].
+    pub bmc_state_timeout: std::time::Duration,
     pub limits: crate::serve::web::limits::Limits,
     /// The console's directory logins (`--ldap-config`, TOML; see [`crate::serve::auth::ldap`]).
     pub ldap_config: Option<PathBuf>,
@@ -109,6 +122,8 @@ impl Config {
             bmc_credentials: None,
             bmc_ca: None,
             bmc_deadline: crate::serve::app::bmc::DEFAULT_DEADLINE,
+            bmc_refresh: DEFAULT_BMC_REFRESH,
+            bmc_state_timeout: DEFAULT_BMC_STATE_TIMEOUT,
             limits: crate::serve::web::limits::Limits::default(),
             ldap_config: None,
             secure_cookies: false,

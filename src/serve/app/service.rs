@@ -27,6 +27,8 @@ pub struct Service {
     pub media: crate::serve::app::media::Media,
     /// The Redfish client and credentials, when started with `--bmc-credentials`.
     pub bmc: Option<crate::serve::app::bmc::Bmc>,
+    /// Each BMC host's live hardware state, kept by the background refresher.
+    pub hardware: crate::serve::app::hardware::Hardware,
     /// The console's sessions, failed-login counts, and directory (with `--ldap-config`).
     pub sessions: crate::serve::auth::session::Sessions,
     pub login_limiter: crate::serve::auth::session::LoginLimiter,

@@ -152,6 +152,22 @@ pub enum Event {
         added: usize,
         verify_set: bool,
     },
+    /// A power action sent to a host's BMC (`POST /hosts/{host}/power`): `action` is one of
+    /// `on`, `off`, `force-off`, `restart`, `force-restart`; `reset_type` the Redfish
+    /// `ResetType` sent (absent when none was); `error` a short kind (`timeout`, `unreachable`,
+    /// `auth`, `not-allowed`, …), never the BMC's own text.
+    BmcPower {
+        host: String,
+        #[serde(flatten)]
+        who: Actor,
+        peer: IpAddr,
+        action: &'static str,
+        ok: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reset_type: Option<&'static str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<&'static str>,
+    },
     /// An API request refused for its API token.
     Denied {
         route: &'static str,

@@ -1142,6 +1142,7 @@ mod tests {
             "inventory-changed",
             "bmc-media",
             "bmc-trust",
+            "bmc-power",
         ];
         for kind in changes {
             assert!(!BOOT_RECORD_KINDS.contains(&kind), "{kind}");

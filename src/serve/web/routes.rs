@@ -35,6 +35,10 @@ pub enum Route {
     /// `/hosts/{host}/media`: the host's BMC virtual CD (GET shows, PUT attaches, DELETE ejects).
     BmcMedia(String),
     Reimage(String),
+    /// `/hosts/{host}/hardware`: the cached BMC hardware state (GET; `?refresh=1` reads it now).
+    Hardware(String),
+    /// `/hosts/{host}/power`: a power action through the BMC (POST).
+    Power(String),
     Done(String),
     /// `/hosts/{host}/started`: the installer reports that it runs.
     Started(String),
@@ -85,6 +89,8 @@ impl Route {
             ["hosts", _, "media"] => Route::BmcMedia(seg(1)),
             ["hosts", _] => Route::Host(seg(1)),
             ["hosts", _, "reimage"] => Route::Reimage(seg(1)),
+            ["hosts", _, "hardware"] => Route::Hardware(seg(1)),
+            ["hosts", _, "power"] => Route::Power(seg(1)),
             ["hosts", _, "done"] => Route::Done(seg(1)),
             ["hosts", _, "started"] => Route::Started(seg(1)),
             ["hosts", _, "failed"] => Route::Failed(seg(1)),
@@ -119,6 +125,8 @@ impl Route {
             Route::Hosts => "/hosts",
             Route::Host(_) => "/hosts/{host}",
             Route::Reimage(_) => "/hosts/{host}/reimage",
+            Route::Hardware(_) => "/hosts/{host}/hardware",
+            Route::Power(_) => "/hosts/{host}/power",
             Route::Done(_) => "/hosts/{host}/done",
             Route::Started(_) => "/hosts/{host}/started",
             Route::Failed(_) => "/hosts/{host}/failed",
@@ -151,6 +159,9 @@ impl Route {
             // A boot answer may open an install; a config fetch is audited: GET only.
             Route::Boot(_) | Route::BootOther | Route::Config { .. } => "GET",
             Route::Reimage(_) => "PUT, DELETE",
+            // `?refresh=1` may ask the BMC: not offered as HEAD.
+            Route::Hardware(_) => "GET",
+            Route::Power(_) => "POST",
             // iPXE can only GET; installers POST.
             Route::Done(_) | Route::Started(_) | Route::Failed(_) => "GET, POST",
             Route::Reload => "POST",

@@ -157,7 +157,7 @@
       el("td", {}, h.vlan == null ? "" : h.vlan),
       el("td", {}, profile),
       el("td", {}, el("span", { className: "phase phase-" + phase }, phase), failure ? el("small", {}, failure) : ""),
-      boot, inst,
+      boot, inst, hardwareCell(h.hardware),
     );
     if (can("reimage")) {
       const acts = el("div", { className: "row-actions" });
@@ -170,6 +170,7 @@
       if (h.bmc) {
         btn("media-attach", "Attach", () => bmcMedia(h.hostname, "PUT"));
         btn("media-detach", "Detach", () => bmcMedia(h.hostname, "DELETE"));
+        btn("power", "Power…", () => bmcPower(h.hostname));
       }
       tr.append(el("td", {}, acts));
     }
@@ -217,7 +218,33 @@
       loadFleet();
     });
   }
-  function ask(text, hosts, action, attach) {
+  // The hardware column: the refresher's last read of the host's BMC (null: no bmc).
+  function hardwareCell(hw) {
+    if (!hw) return el("td", { className: "hw" }, "—");
+    const td = el("td", { className: "hw" + (hw.stale ? " stale" : "") });
+    td.append(el("span", { className: "dot power-" + hw.power, title: "power " + hw.power }), " ", hw.power);
+    td.append(el("small", { className: "health-" + hw.health }, "health " + hw.health));
+    const medium = { ours: "our medium", other: "other medium", none: "no medium", unknown: "medium ?" }[hw.medium] || "medium ?";
+    const bo = hw.boot_override;
+    const override = bo && bo.enabled !== "disabled" ? `, boot ${bo.target} (${bo.enabled})` : "";
+    td.append(el("small", { className: "medium-" + hw.medium }, medium + override));
+    const when = hw.checked_ms ? ago(new Date(hw.checked_ms).toISOString()) : "never read";
+    td.append(el("small", {}, hw.error ? `${hw.error}; ${when}` : when));
+    return td;
+  }
+  async function bmcPower(host) {
+    $("#power-action").value = "on";
+    ask("Send a power action to this host's BMC?", [host], async () => {
+      const action = $("#power-action").value;
+      $("#fleet-msg").textContent = `${host}: asking its BMC…`;
+      const r = await api("POST", `/hosts/${encodeURIComponent(host)}/power`, { action });
+      $("#fleet-msg").textContent = r.ok ? `${host}: ${action} sent (${r.data.reset_type})`
+        : `${host}: failed: ${r.data.error || "HTTP " + r.status}`;
+      loadFleet();
+    }, false, true);
+  }
+  function ask(text, hosts, action, attach, power) {
+    $("#power-options").hidden = !power;
     $("#attach-options").hidden = !attach;
     $("#confirm-text").textContent = text;
     const list = $("#confirm-hosts"); list.textContent = "";

@@ -1,0 +1,114 @@
+//! `GET /hosts/{host}/hardware` and `POST /hosts/{host}/power`: a host's live hardware state
+//! as the background refresher last read it ([`crate::serve::app::hardware`]), and power
+//! actions through its BMC.
+//!
+//! The read answers from the cache; only `?refresh=1` reads the BMC first, waiting at most
+//! `--bmc-state-timeout`. A power action is one `#ComputerSystem.Reset` with the reset type the
+//! action names (and the BMC allows), run like attach (the host claimed, so it never
+//! interleaves with an attach or detach of the same machine), audited as `bmc-power` whatever
+//! the outcome, and followed by a fresh read of the host's state in the background.
+
+use crate::redfish::{PowerAction, RedfishError};
+use crate::serve::api::bmc::{bmc_failure, target};
+use crate::serve::app::bmc::{scrub, Use};
+use crate::serve::app::guard::{api_host, authorize};
+use crate::serve::app::hardware::ReadError;
+use crate::serve::app::refresher as hardware;
+use crate::serve::app::service::Service;
+use crate::serve::domain::actor::{Actor, Role};
+use crate::serve::domain::event::Event;
+use crate::serve::web::reply::{HttpError, Reply};
+use crate::serve::web::request::Req;
+use std::sync::Arc;
+
+/// The body of `POST /hosts/{host}/power`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PowerBody {
+    action: String,
+}
+
+/// The inventory row of `host`, which must have a `bmc`.
+fn node_with_bmc(svc: &Service, host: &str) -> Result<crate::inventory::Node, HttpError> {
+    let snap = svc.catalog.snapshot();
+    let node = snap.inventory.get(host).cloned().ok_or_else(|| {
+        HttpError::not_found(format!("{host} is not in the inventory {}", snap.inventory.source()))
+    })?;
+    if node.bmc.is_none() {
+        return Err(HttpError::new(
+            409,
+            format!("{host} has no BMC: fill the `bmc` column of {}", snap.inventory.source()),
+        ));
+    }
+    Ok(node)
+}
+
+/// `GET /hosts/{host}/hardware[?refresh=1]` (role read).
+pub async fn show(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Reply, HttpError> {
+    authorize(svc, req, Role::Read).await?;
+    let host = api_host(&raw)?;
+    let refresh = match req.param("refresh") {
+        None | Some("0" | "false" | "no") => false,
+        Some("1" | "true" | "yes") => true,
+        Some(_) => return Err(HttpError::bad_request("refresh must be 1 or 0")),
+    };
+    node_with_bmc(svc, &host)?;
+    if refresh {
+        hardware::refresh_host(svc, &host).await;
+    }
+    // The row again: it may have changed while the BMC was read.
+    let node = node_with_bmc(svc, &host)?;
+    Ok(Reply::json(&serde_json::json!({
+        "host": host,
+        "hardware": svc.hardware.view(&node, svc.store.now_ms()),
+    })))
+}
+
+/// `POST /hosts/{host}/power` (role reimage), body `{"action": "on|off|force-off|restart|force-restart"}`.
+pub async fn power(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Reply, HttpError> {
+    let who = Actor::from(&authorize(svc, req, Role::Reimage).await?);
+    let host = api_host(&raw)?;
+    let body: PowerBody = serde_json::from_slice(&req.body).map_err(|_| {
+        HttpError::bad_request(
+            "the body must be JSON {\"action\": ...} with action on, off, force-off, restart or force-restart",
+        )
+    })?;
+    let action: PowerAction = body.action.parse().map_err(HttpError::bad_request)?;
+    let (target, _) = target(svc, &host)?;
+    let bmc = svc.bmc.as_ref().expect("checked by target()");
+    let claim = bmc.claim(&host)?;
+    let bmc_url = target.url.clone();
+    let result = bmc
+        .run(Use::Write, &bmc_url, claim, move |client, progress| {
+            client.power_within(&target, action, progress)
+        })
+        .await?;
+    svc.audit.note(&Event::BmcPower {
+        host: host.clone(),
+        who,
+        peer: req.peer,
+        action: action.as_str(),
+        ok: result.is_ok(),
+        reset_type: result.as_ref().ok().copied(),
+        error: result.as_ref().err().map(|e| ReadError::of(e).as_str()),
+    });
+    // The new state is read in the background: the answer does not wait for it.
+    {
+        let (svc, host) = (svc.clone(), host.clone());
+        tokio::spawn(async move { hardware::refresh_host(&svc, &host).await });
+    }
+    let reset_type = match result {
+        Ok(t) => t,
+        Err(e @ RedfishError::Unsupported { .. }) => {
+            let text = scrub(&e.to_string());
+            tracing::warn!(host, "power {}: {text}", action.as_str());
+            return Err(HttpError::new(409, format!("{host}: {text}")));
+        }
+        Err(e) => return Err(bmc_failure(&host, &e)),
+    };
+    Ok(Reply::json(&serde_json::json!({
+        "host": host,
+        "action": action.as_str(),
+        "reset_type": reset_type,
+    })))
+}

@@ -1,0 +1,342 @@
+//! Live hardware state: the cache and its views. Every inventory host with a `bmc` has its
+//! power, health, virtual CD and boot override read from its BMC in the background (by
+//! [`crate::serve::app::refresher`]) and kept here in memory for `/hosts`, `/hosts/{host}` and
+//! the console.
+//!
+//! ```text
+//! refresher (every --bmc-refresh SECS) ─▶ at most CONCURRENCY reads at once ─▶ Cache
+//!   each read: one BMC thread, cut at --bmc-state-timeout                       │
+//! GET /hosts, /hosts/{h}, the console ◀──────────── read the cache only ◀───────┘
+//! ```
+//!
+//! Invariants:
+//! * Nobody waits on a BMC to list hosts: views are built from the cache alone
+//!   ([`Hardware::view`]). Only an explicit refresh of one host
+//!   (`GET /hosts/{host}/hardware?refresh=1`) waits, and at most the per-BMC timeout.
+//! * A dead BMC costs one of the refresher's [`crate::serve::app::refresher::CONCURRENCY`]
+//!   slots for at most its timeout (plus a short grace): a read is cut at the timeout, and a
+//!   host whose previous read is still queued or running (its thread not yet ended) is skipped,
+//!   never read twice at once ([`InFlight`]), so stuck reads do not pile up.
+//! * The cache holds only our own words ([`crate::redfish::HardwareState`] maps every BMC value
+//!   onto small enums) and whether the mounted medium is ours: never the image URL (it may be
+//!   signed) and never a BMC's message; errors are a short kind ([`ReadError`]).
+//! * Hosts that left the inventory, or lost their `bmc`, leave the cache at the next round; a
+//!   host whose `bmc` changed starts afresh (the old state was another machine's).
+//! * Credentials stay in the service: the credentials file is read for each round, as for
+//!   attach.
+
+use crate::inventory::{BmcUrl, Node};
+use crate::redfish::{self, BootEnabled, HardwareState, Health, Power};
+use crate::serve::app::bmc::decoded;
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Whether the BMC's virtual CD holds our medium.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Medium {
+    /// An image under one of this service's `/media/` URLs.
+    Ours,
+    /// Something else is mounted.
+    Other,
+    /// Nothing is mounted.
+    None,
+    /// Not known: no virtual CD found, or not read yet.
+    Unknown,
+}
+
+/// Why a host's last read failed: a short kind, never the BMC's text (the log has that).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadError {
+    /// No answer within `--bmc-state-timeout`.
+    Timeout,
+    /// Connection refused, reset, or no route.
+    Unreachable,
+    /// The BMC refused the credentials.
+    Auth,
+    /// The TLS handshake failed (an untrusted certificate).
+    Tls,
+    /// No line of the credentials file covers the BMC, or the service has no credentials file.
+    NoCredentials,
+    /// The BMC answered with an HTTP error.
+    BmcError,
+    /// The BMC's answers are not what Redfish promises (several systems, no system, garbage).
+    Protocol,
+    /// The BMC refuses the operation (a reset type it does not allow, no reset action).
+    NotAllowed,
+    /// Every BMC slot of the service was busy.
+    Busy,
+}
+
+impl ReadError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadError::Timeout => "timeout",
+            ReadError::Unreachable => "unreachable",
+            ReadError::Auth => "auth",
+            ReadError::Tls => "tls",
+            ReadError::NoCredentials => "no-credentials",
+            ReadError::BmcError => "bmc-error",
+            ReadError::Protocol => "protocol",
+            ReadError::NotAllowed => "not-allowed",
+            ReadError::Busy => "busy",
+        }
+    }
+
+    /// The kind of a Redfish failure.
+    pub fn of(e: &redfish::RedfishError) -> ReadError {
+        use redfish::RedfishError as E;
+        match e {
+            E::Deadline { .. } | E::TaskTimeout { .. } => ReadError::Timeout,
+            E::Unreachable { message, .. } if message.contains("timed out") => ReadError::Timeout,
+            E::Unreachable { .. } => ReadError::Unreachable,
+            E::Tls { .. } => ReadError::Tls,
+            E::Unauthorized { .. } | E::Status { status: 401 | 403, .. } => ReadError::Auth,
+            E::Status { .. } | E::TaskFailed { .. } => ReadError::BmcError,
+            E::Unsupported { .. } => ReadError::NotAllowed,
+            E::Invalid(_) => ReadError::NoCredentials,
+            E::AmbiguousSystem { .. } | E::Protocol { .. } | E::UntrustedImage { .. } => {
+                ReadError::Protocol
+            }
+        }
+    }
+}
+
+/// What was read of a host, in our words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Seen {
+    power: Power,
+    health: Health,
+    medium: Medium,
+    boot_override: Option<(&'static str, BootEnabled)>,
+}
+
+/// One host's cache entry.
+#[derive(Debug, Clone)]
+struct Entry {
+    /// The BMC it was read from (a changed `bmc` column starts a new entry).
+    bmc: BmcUrl,
+    /// The last good read and when (ms since 1970).
+    good: Option<(Seen, u64)>,
+    /// The last read's failure; `None` when it succeeded.
+    error: Option<ReadError>,
+}
+
+/// The `hardware` field of a host's view (`null` for rows without a `bmc`).
+#[derive(Debug, Clone, Serialize)]
+pub struct HardwareView {
+    pub power: Power,
+    pub health: Health,
+    pub medium: Medium,
+    pub boot_override: Option<OverrideView>,
+    /// When the state shown was read (ms since 1970); `null`: never.
+    pub checked_ms: Option<u64>,
+    /// Whether the state shown may be out of date: never read, the last read failed, or older
+    /// than two refresh intervals.
+    pub stale: bool,
+    pub error: Option<ReadError>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OverrideView {
+    pub target: &'static str,
+    pub enabled: BootEnabled,
+}
+
+/// The cache and the refresher's settings and counts.
+pub struct Hardware {
+    /// `--bmc-refresh` (zero: no background refresh).
+    pub interval: Duration,
+    /// `--bmc-state-timeout`.
+    pub timeout: Duration,
+    cache: Mutex<HashMap<String, Entry>>,
+    in_flight: Arc<Mutex<HashSet<String>>>,
+    reads_ok: AtomicU64,
+    reads_failed: AtomicU64,
+}
+
+/// A host's read under way; dropped when the BMC thread ends (it is the thread's `hold`).
+pub(crate) struct InFlight {
+    set: Arc<Mutex<HashSet<String>>>,
+    host: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.host);
+    }
+}
+
+impl Hardware {
+    pub fn new(interval: Duration, timeout: Duration) -> Hardware {
+        Hardware {
+            interval,
+            timeout,
+            cache: Mutex::default(),
+            in_flight: Arc::default(),
+            reads_ok: AtomicU64::new(0),
+            reads_failed: AtomicU64::new(0),
+        }
+    }
+
+    fn stale(&self, e: &Entry, now_ms: u64) -> bool {
+        let old = |at: u64| {
+            let limit = (self.interval * 2 + self.timeout).as_millis() as u64;
+            !self.interval.is_zero() && now_ms.saturating_sub(at) > limit
+        };
+        e.error.is_some() || e.good.is_none_or(|(_, at)| old(at))
+    }
+
+    /// The view of `node`'s hardware from the cache alone; `None` for a row without a `bmc`.
+    pub fn view(&self, node: &Node, now_ms: u64) -> Option<HardwareView> {
+        let bmc = node.bmc.as_ref()?;
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = cache.get(&node.hostname).filter(|e| &e.bmc == bmc);
+        let seen = entry.and_then(|e| e.good);
+        Some(HardwareView {
+            power: seen.map_or(Power::Unknown, |(s, _)| s.power),
+            health: seen.map_or(Health::Unknown, |(s, _)| s.health),
+            medium: seen.map_or(Medium::Unknown, |(s, _)| s.medium),
+            boot_override: seen
+                .and_then(|(s, _)| s.boot_override)
+                .map(|(target, enabled)| OverrideView { target, enabled }),
+            checked_ms: seen.map(|(_, at)| at),
+            stale: entry.is_none_or(|e| self.stale(e, now_ms)),
+            error: entry.and_then(|e| e.error),
+        })
+    }
+
+    pub(crate) fn record(
+        &self,
+        host: &str,
+        bmc: &BmcUrl,
+        result: Result<Seen, ReadError>,
+        now_ms: u64,
+    ) {
+        let counter = if result.is_ok() { &self.reads_ok } else { &self.reads_failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = cache.entry(host.to_string()).or_insert_with(|| Entry {
+            bmc: bmc.clone(),
+            good: None,
+            error: None,
+        });
+        if &entry.bmc != bmc {
+            *entry = Entry { bmc: bmc.clone(), good: None, error: None };
+        }
+        match result {
+            Ok(seen) => {
+                entry.good = Some((seen, now_ms));
+                entry.error = None;
+            }
+            Err(e) => entry.error = Some(e),
+        }
+    }
+
+    /// Drops the entries of hosts that are no longer inventory rows with that `bmc`.
+    pub(crate) fn prune(&self, keep: &HashMap<&str, &BmcUrl>) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|host, e| keep.get(host.as_str()).is_some_and(|b| **b == e.bmc));
+    }
+
+    /// Claims `host` for one read; `None` while a read of it still runs.
+    pub(crate) fn claim(&self, host: &str) -> Option<InFlight> {
+        let mut set = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        set.insert(host.to_string())
+            .then(|| InFlight { set: self.in_flight.clone(), host: host.to_string() })
+    }
+
+    /// The `/metrics` lines: reads by outcome, and the hosts whose state is stale now.
+    pub fn metrics(&self, nodes: &[Node], now_ms: u64) -> String {
+        let stale = nodes.iter().filter_map(|n| self.view(n, now_ms)).filter(|v| v.stale).count();
+        format!(
+            "# HELP bootforge_bmc_state_reads_total Hardware state reads of BMCs, by outcome.\n\
+             # TYPE bootforge_bmc_state_reads_total counter\n\
+             bootforge_bmc_state_reads_total{{outcome=\"ok\"}} {}\n\
+             bootforge_bmc_state_reads_total{{outcome=\"failed\"}} {}\n\
+             # HELP bootforge_bmc_state_stale_hosts Hosts with a bmc whose hardware state is stale (never read, last read failed, or too old).\n\
+             # TYPE bootforge_bmc_state_stale_hosts gauge\n\
+             bootforge_bmc_state_stale_hosts {stale}\n",
+            self.reads_ok.load(Ordering::Relaxed),
+            self.reads_failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Whether the virtual CD holds our medium, another, or nothing.
+pub(crate) fn medium_of(
+    media: &Option<(Option<String>, Option<bool>)>,
+    bases: &[String],
+) -> Medium {
+    match media {
+        None => Medium::Unknown,
+        Some((_, Some(false))) | Some((None, None)) => Medium::None,
+        Some((None, Some(true))) => Medium::Other,
+        Some((Some(image), _)) => {
+            // Decoded first: BMCs report the URL percent- or HTML-encoded.
+            let ours = decoded(image).is_some_and(|d| {
+                let d = d.to_ascii_lowercase();
+                bases.iter().any(|b| d.starts_with(&format!("{b}/media/")))
+            });
+            if ours {
+                Medium::Ours
+            } else {
+                Medium::Other
+            }
+        }
+    }
+}
+
+pub(crate) fn seen_of(state: &HardwareState, bases: &[String]) -> Seen {
+    Seen {
+        power: state.power,
+        health: state.health,
+        medium: medium_of(&state.media, bases),
+        boot_override: state.boot_override,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_medium_is_told_from_others() {
+        let bases = vec!["http://10.0.0.5:8080".to_string()];
+        let m = |image: Option<&str>, inserted: Option<bool>| {
+            medium_of(&Some((image.map(str::to_string), inserted)), &bases)
+        };
+        assert_eq!(
+            m(Some("http://10.0.0.5:8080/media/n1.iso?exp=1&sig=ab"), Some(true)),
+            Medium::Ours
+        );
+        assert_eq!(m(Some("HTTP://10.0.0.5:8080%2Fmedia%2Fn1.iso"), Some(true)), Medium::Ours);
+        assert_eq!(m(Some("http://10.0.0.6:8080/media/n1.iso"), Some(true)), Medium::Other);
+        assert_eq!(m(Some("http://10.0.0.5:8080.evil/media/n1.iso"), Some(true)), Medium::Other);
+        assert_eq!(m(Some("http://10.0.0.5:8080/media/n1.iso"), Some(false)), Medium::None);
+        assert_eq!(m(None, None), Medium::None);
+        assert_eq!(m(None, Some(true)), Medium::Other);
+        assert_eq!(medium_of(&None, &bases), Medium::Unknown);
+    }
+
+    #[test]
+    fn stale_entries() {
+        let hw = Hardware::new(Duration::from_secs(60), Duration::from_secs(10));
+        let url: BmcUrl = "http://10.1.0.1".parse().unwrap();
+        let seen = Seen {
+            power: Power::On,
+            health: Health::Ok,
+            medium: Medium::None,
+            boot_override: None,
+        };
+        let e = Entry { bmc: url.clone(), good: Some((seen, 1_000_000)), error: None };
+        assert!(!hw.stale(&e, 1_000_000 + 130_000));
+        assert!(hw.stale(&e, 1_000_000 + 131_000));
+        assert!(hw.stale(&Entry { error: Some(ReadError::Timeout), ..e.clone() }, 1_000_000));
+        assert!(hw.stale(&Entry { good: None, ..e }, 0));
+    }
+}
