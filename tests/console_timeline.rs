@@ -36,7 +36,13 @@ const ASSET: &str = "timeline/payload.bin";
 const ASSET_LEN: usize = 5000;
 
 /// One request with an optional bearer token and JSON body: (status, body).
-fn send(base: &str, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+fn send(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
     let mut r = ureq::request(method, &format!("{base}{path}")).timeout(Duration::from_secs(10));
     if let Some(t) = token {
         r = r.set("Authorization", &format!("Bearer {t}"));
@@ -67,11 +73,10 @@ fn wait_js(b: &Browser, script: &str, secs: u64, ok: impl Fn(&Value) -> bool) ->
 
 /// The newest install card's steps on the host page: (step, since-previous text, details).
 fn page_steps(b: &Browser) -> Vec<(String, String, String)> {
-    let v = b.js(
-        "return [...document.querySelectorAll('#host-installs .install:first-child tr.step')]
+    let v =
+        b.js("return [...document.querySelectorAll('#host-installs .install:first-child tr.step')]
            .map(r => [r.dataset.step, r.querySelector('.since').textContent,
-                      r.querySelector('.details').textContent])",
-    );
+                      r.querySelector('.details').textContent])");
     v.as_array()
         .unwrap()
         .iter()
@@ -131,7 +136,13 @@ fn the_host_page_walks_a_real_install_and_a_stalled_install_is_retried() {
 
     // node02: flagged through the API, its medium asks /boot (as a node does: MAC, token) and
     // gets the install chain; then nothing more comes from it.
-    let (status, body) = send(&base, "PUT", "/hosts/node02/reimage", Some(REIMAGE_TOKEN), Some(r#"{"profile":"stall"}"#));
+    let (status, body) = send(
+        &base,
+        "PUT",
+        "/hosts/node02/reimage",
+        Some(REIMAGE_TOKEN),
+        Some(r#"{"profile":"stall"}"#),
+    );
     assert_eq!(status, 200, "flag node02: {body}");
     let token2 = bootforge::token::Secret::new(SECRET.to_vec()).unwrap().node_token("node02");
     let boot2 = format!(
@@ -152,7 +163,12 @@ fn the_host_page_walks_a_real_install_and_a_stalled_install_is_retried() {
         .stop_on(&format!("{LOCAL_DISK_MARKER} "))
         .run();
     let context = || {
-        format!("{}\n{}\n--- /events ---\n{}", run.report(), service.logs(), brief(&service.events()))
+        format!(
+            "{}\n{}\n--- /events ---\n{}",
+            run.report(),
+            service.logs(),
+            brief(&service.events())
+        )
     };
     assert!(run.serial.contains(LOCAL_DISK_MARKER), "node01 did not reach its disk\n{}", context());
     assert!(!run.serial.contains("install failed"), "the chain failed\n{}", context());
@@ -170,7 +186,10 @@ fn the_host_page_walks_a_real_install_and_a_stalled_install_is_retried() {
             .unwrap_or_else(|| panic!("no {name} step: {timeline:#}\n{}", context()))
     };
     let config = step("config");
-    assert_eq!((config["file"].as_str(), config["status"].as_u64()), (Some("install.cfg"), Some(200)));
+    assert_eq!(
+        (config["file"].as_str(), config["status"].as_u64()),
+        (Some("install.cfg"), Some(200))
+    );
     let config_bytes = config["bytes"].as_u64().filter(|n| *n > 0).expect("config bytes");
     let asset = step("asset");
     assert_eq!(
@@ -232,7 +251,11 @@ fn the_host_page_walks_a_real_install_and_a_stalled_install_is_retried() {
     // The fleet figures: node01 done today, node02 stalled, as /fleet/stats says.
     let (status, stats) = service.api("GET", "/fleet/stats", READ_TOKEN);
     assert_eq!(status, 200, "{stats}");
-    assert_eq!((stats["today"]["done"].as_u64(), stats["stalled"].as_u64()), (Some(1), Some(1)), "{stats:#}");
+    assert_eq!(
+        (stats["today"]["done"].as_u64(), stats["stalled"].as_u64()),
+        (Some(1), Some(1)),
+        "{stats:#}"
+    );
     b.wait_text("#fig-stalled", 15, |t| t == "1");
     assert_eq!(b.text("#fig-done-today"), "1");
     assert_eq!(b.text("#fig-failed-today"), stats["today"]["failed"].to_string());
@@ -242,7 +265,10 @@ fn the_host_page_walks_a_real_install_and_a_stalled_install_is_retried() {
     );
     let cells: Vec<&str> = cells.as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
     assert_eq!(cells[..3], ["timeline", "1", "0"], "{cells:?}");
-    assert!(cells[3..].iter().all(|c| c.ends_with(" s") || c.ends_with(" ms")), "p50, p95: {cells:?}");
+    assert!(
+        cells[3..].iter().all(|c| c.ends_with(" s") || c.ends_with(" ms")),
+        "p50, p95: {cells:?}"
+    );
     let bars = b.js(
         "return [...document.querySelectorAll('#fig-chart svg g.bar')].map(g => g.querySelector('title').textContent)",
     );
@@ -269,7 +295,8 @@ fn the_host_page_walks_a_real_install_and_a_stalled_install_is_retried() {
     b.click("#host-retry");
     assert!(b.text("#confirm-text").contains("new install id"));
     b.click("#confirm-ok");
-    let new_id = wait_js(&b, first, 10, |v| v.as_str().is_some_and(|s| !s.is_empty() && s != stalled_id));
+    let new_id =
+        wait_js(&b, first, 10, |v| v.as_str().is_some_and(|s| !s.is_empty() && s != stalled_id));
     let new_id = new_id.as_str().unwrap();
     let (_, host) = service.api("GET", "/hosts/node02", READ_TOKEN);
     assert_eq!(host["flag"]["install"]["id"], new_id, "{host:#}");
@@ -286,8 +313,13 @@ fn the_host_page_walks_a_real_install_and_a_stalled_install_is_retried() {
         .iter()
         .find(|e| {
             e["host"] == "node02"
-                && (e["event"] == "install-retried" || (e["event"] == "flag-set" && e["retry"] == true))
+                && (e["event"] == "install-retried"
+                    || (e["event"] == "flag-set" && e["retry"] == true))
         })
         .unwrap_or_else(|| panic!("the retry is audited:\n{}", brief(&events)));
-    assert_eq!((retried["by"].as_str(), retried["role"].as_str()), (Some("ops"), Some("reimage")), "{retried}");
+    assert_eq!(
+        (retried["by"].as_str(), retried["role"].as_str()),
+        (Some("ops"), Some("reimage")),
+        "{retried}"
+    );
 }
