@@ -87,9 +87,18 @@ fn page_steps(b: &Browser) -> Vec<(String, String, String)> {
         .collect()
 }
 
-#[test]
-fn the_host_page_walks_a_real_install_and_a_stalled_install_is_retried() {
-    require_for(Firmware::Bios);
+/// The running service and the fleet it serves (the service first: it stops before the fleet's
+/// folder goes).
+struct Setup {
+    service: Service,
+    fleet: Fleet,
+    base: String,
+}
+
+/// node01's ISO (built for the guest's view of a fresh port), the fleet's profiles (e2e from
+/// `Fleet`, `timeline`, and `stall`: the same with a 3 s allowance), node02 in the inventory,
+/// the asset, and the service over them.
+fn setup() -> Setup {
     let port = free_port();
     let fleet = Fleet::build(&format!("http://10.0.2.2:{port}"));
     // The fleet's profiles: e2e (from Fleet), `timeline`, and `stall`, the same with 3 s.
@@ -120,6 +129,87 @@ fn the_host_page_walks_a_real_install_and_a_stalled_install_is_retried() {
     });
     let base = service.base.clone();
 
+    Setup { service, fleet, base }
+}
+
+/// The host page shows node01's newest install as `timeline` (its API answer) has it: every
+/// step in order with the time since the previous one, and the fetches' file, status, size and
+/// attribution.
+fn check_host_page(b: &Browser, timeline: &Value) {
+    let install = &timeline["installs"][0];
+    let api_step = |name: &str| {
+        install["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["step"] == name)
+            .unwrap_or_else(|| panic!("no {name} step: {timeline:#}"))
+            .clone()
+    };
+    let config_bytes = api_step("config")["bytes"].as_u64().filter(|n| *n > 0).expect("bytes");
+    let asset_by = api_step("asset")["attributed"].as_str().expect("attributed").to_string();
+    let steps = page_steps(b);
+    let names: Vec<&str> = steps.iter().map(|s| s.0.as_str()).collect();
+    assert_eq!(
+        names,
+        ["flagged", "boot", "config", "asset", "started", "done", "next-boot"],
+        "{steps:#?}\n{timeline:#}"
+    );
+    let details = |name: &str| steps.iter().find(|s| s.0 == name).unwrap().2.clone();
+    let flagged = details("flagged");
+    assert!(flagged.contains("by ops") && flagged.contains("profile timeline"), "{flagged}");
+    assert!(details("boot").contains("answer: install"), "{}", details("boot"));
+    let config = details("config");
+    for part in ["install.cfg", "HTTP 200", &format!("{config_bytes} B"), "by token"] {
+        assert!(config.contains(part), "config step lacks {part:?}: {config}");
+    }
+    let asset = details("asset");
+    for part in [ASSET, "HTTP 200", &format!("{ASSET_LEN} B"), &format!("by {asset_by}")] {
+        assert!(asset.contains(part), "asset step lacks {part:?}: {asset}");
+    }
+    assert!(details("done").contains("install took"), "{}", details("done"));
+    assert!(details("next-boot").contains("answer: local"), "{}", details("next-boot"));
+    // The time since the previous step: none for the first, "+…" for every other.
+    assert_eq!(steps[0].1, "");
+    assert!(steps[1..].iter().all(|s| s.1.starts_with('+')), "{steps:#?}");
+    let head = b.text("#host-installs .install:first-child .install-head");
+    assert!(head.contains(install["install"].as_str().unwrap()) && head.contains("done"), "{head}");
+}
+
+/// node01's timeline as the service has it, checked for what the page must then show.
+fn node01_timeline(service: &Service, context: &dyn Fn() -> String) -> Value {
+    let (status, timeline) = service.api("GET", "/hosts/node01/timeline", READ_TOKEN);
+    assert_eq!(status, 200, "{timeline}");
+    let install = &timeline["installs"][0];
+    assert_eq!(install["state"], "done", "{timeline:#}\n{}", context());
+    let step = |name: &str| {
+        install["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["step"] == name)
+            .unwrap_or_else(|| panic!("no {name} step: {timeline:#}\n{}", context()))
+            .clone()
+    };
+    let config = step("config");
+    assert_eq!(
+        (config["file"].as_str(), config["status"].as_u64()),
+        (Some("install.cfg"), Some(200)),
+        "{timeline:#}"
+    );
+    let asset = step("asset");
+    assert_eq!(
+        (asset["file"].as_str(), asset["status"].as_u64(), asset["bytes"].as_u64()),
+        (Some(ASSET), Some(200), Some(ASSET_LEN as u64)),
+        "{timeline:#}"
+    );
+    timeline
+}
+
+#[test]
+fn the_host_page_walks_a_real_install_and_a_stalled_install_is_retried() {
+    require_for(Firmware::Bios);
+    let Setup { service, fleet, base } = setup();
     let b = Browser::start();
     b.goto(&format!("{base}/ui/"));
     b.type_into("#token", REIMAGE_TOKEN);
@@ -173,71 +263,20 @@ fn the_host_page_walks_a_real_install_and_a_stalled_install_is_retried() {
     assert!(run.serial.contains(LOCAL_DISK_MARKER), "node01 did not reach its disk\n{}", context());
     assert!(!run.serial.contains("install failed"), "the chain failed\n{}", context());
 
-    // What the service recorded (the page must show the same figures).
-    let (status, timeline) = service.api("GET", "/hosts/node01/timeline", READ_TOKEN);
-    assert_eq!(status, 200, "{timeline}");
-    let install = &timeline["installs"][0];
-    assert_eq!(install["state"], "done", "{timeline:#}\n{}", context());
-    let api_steps: Vec<&Value> = install["steps"].as_array().unwrap().iter().collect();
-    let step = |name: &str| {
-        *api_steps
-            .iter()
-            .find(|s| s["step"] == name)
-            .unwrap_or_else(|| panic!("no {name} step: {timeline:#}\n{}", context()))
-    };
-    let config = step("config");
-    assert_eq!(
-        (config["file"].as_str(), config["status"].as_u64()),
-        (Some("install.cfg"), Some(200))
-    );
-    let config_bytes = config["bytes"].as_u64().filter(|n| *n > 0).expect("config bytes");
-    let asset = step("asset");
-    assert_eq!(
-        (asset["file"].as_str(), asset["status"].as_u64(), asset["bytes"].as_u64()),
-        (Some(ASSET), Some(200), Some(ASSET_LEN as u64)),
-        "{timeline:#}"
-    );
-    let asset_by = asset["attributed"].as_str().expect("the asset is attributed").to_string();
+    // What the service recorded (the page must show the same).
+    let timeline = node01_timeline(&service, &context);
 
     // The host page, reached from the fleet table.
     b.click("#hosts tr[data-host='node01'] a.host-link");
     b.wait_text("#host-installs .install", 15, |t| t.contains("next-boot"));
     assert_eq!(b.js("return location.hash"), "#host/node01");
     assert_eq!(b.text("#host-name"), "node01");
-    let check_page = |b: &Browser| {
-        let steps = page_steps(b);
-        let names: Vec<&str> = steps.iter().map(|s| s.0.as_str()).collect();
-        assert_eq!(
-            names,
-            ["flagged", "boot", "config", "asset", "started", "done", "next-boot"],
-            "{steps:#?}\n{timeline:#}"
-        );
-        let details = |name: &str| steps.iter().find(|s| s.0 == name).unwrap().2.clone();
-        let flagged = details("flagged");
-        assert!(flagged.contains("by ops") && flagged.contains("profile timeline"), "{flagged}");
-        assert!(details("boot").contains("answer: install"), "{}", details("boot"));
-        let config = details("config");
-        for part in ["install.cfg", "HTTP 200", &format!("{config_bytes} B"), "by token"] {
-            assert!(config.contains(part), "config step lacks {part:?}: {config}");
-        }
-        let asset = details("asset");
-        for part in [ASSET, "HTTP 200", &format!("{ASSET_LEN} B"), &format!("by {asset_by}")] {
-            assert!(asset.contains(part), "asset step lacks {part:?}: {asset}");
-        }
-        assert!(details("done").contains("install took"), "{}", details("done"));
-        assert!(details("next-boot").contains("answer: local"), "{}", details("next-boot"));
-        // The time since the previous step: none for the first, "+…" for every other.
-        assert_eq!(steps[0].1, "");
-        assert!(steps[1..].iter().all(|s| s.1.starts_with('+')), "{steps:#?}");
-        let card = "#host-installs .install:first-child";
-        assert!(b.text(card).contains("done"), "{}", b.text(card));
-    };
-    check_page(&b);
+    check_host_page(&b, &timeline);
     b.screenshot("console-host.png");
     // The page has an address: loading it anew shows the same.
     b.goto(&format!("{base}/ui/#host/node01"));
     b.wait_text("#host-installs .install", 15, |t| t.contains("next-boot"));
-    check_page(&b);
+    check_host_page(&b, &timeline);
 
     // node02 has made no progress for longer than its profile allows.
     if let Some(rest) = (STALL_AFTER + Duration::from_secs(1)).checked_sub(answered.elapsed()) {
@@ -322,4 +361,56 @@ fn the_host_page_walks_a_real_install_and_a_stalled_install_is_retried() {
         (Some("ops"), Some("reimage")),
         "{retried}"
     );
+}
+
+/// The host page in Firefox, without a VM: node01's steps made by plain HTTP requests exactly
+/// as its medium and the `timeline` chain make them (the chain's own URLs, taken from the
+/// script the service answers), then the page read as in Chromium.
+#[test]
+fn the_host_page_in_firefox() {
+    let Setup { service, fleet, base } = setup();
+    let (status, body) = send(
+        &base,
+        "PUT",
+        "/hosts/node01/reimage",
+        Some(REIMAGE_TOKEN),
+        Some(r#"{"profile":"timeline"}"#),
+    );
+    assert_eq!(status, 200, "flag node01: {body}");
+    let boot = format!(
+        "/boot/node01?mac={NODE_MAC}&ip={NODE_IP}&platform=pcbios&arch=x86_64&medium=cd&token={}",
+        fleet.node_token()
+    );
+    let (status, chain) = send(&base, "GET", &boot, None, None);
+    assert_eq!(status, 200, "{chain}");
+    // The chain's fetches in order (config, asset, started, done), as the guest would address
+    // them (10.0.2.2 is this host's loopback to a QEMU guest).
+    let guest = base.replace("127.0.0.1", "10.0.2.2");
+    let urls: Vec<&str> = chain
+        .lines()
+        .filter(|l| l.starts_with("imgfetch --name tl-"))
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .collect();
+    assert_eq!(urls.len(), 4, "the timeline chain's fetches:\n{chain}");
+    for url in urls {
+        let path = url.strip_prefix(&guest).unwrap_or_else(|| panic!("{url} is not {guest}"));
+        let (status, answer) = send(&base, "GET", path, None, None);
+        assert_eq!(status, 200, "{path}: {answer}");
+    }
+    let (status, local) = send(&base, "GET", &boot, None, None);
+    assert_eq!(status, 200, "{local}");
+    assert!(local.contains("local boot"), "the next boot is local: {local}");
+    let context = || format!("{}\n--- /events ---\n{}", service.logs(), brief(&service.events()));
+    let timeline = node01_timeline(&service, &context);
+
+    let b = Browser::start_firefox();
+    b.goto(&format!("{base}/ui/"));
+    b.type_into("#token", READ_TOKEN);
+    b.click("#token-submit");
+    b.find("#hosts tbody tr[data-host='node01']");
+    b.goto(&format!("{base}/ui/#host/node01"));
+    b.wait_text("#host-installs .install", 15, |t| t.contains("next-boot"));
+    check_host_page(&b, &timeline);
+    // A read login sees no Retry, whatever the install's state.
+    assert!(!b.displayed("#host-retry"));
 }
