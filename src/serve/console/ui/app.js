@@ -339,7 +339,12 @@
   function stepDetails(s, inst) {
     const d = [];
     switch (s.step) {
-      case "flagged": d.push(`by ${s.by || "?"}${s.via ? " (" + s.via + ")" : ""}`, `profile ${inst.profile}`); break;
+      case "flagged":
+        d.push(`by ${s.by || "?"}${s.via ? " (" + s.via + ")" : ""}`, `profile ${inst.profile}`);
+        if (s.retry) d.push("a retry");
+        break;
+      case "replaced": d.push("a new flag or a retry replaced this install"); break;
+      case "removed": d.push("the host left the inventory"); break;
       case "cancelled": d.push(`by ${s.by || "?"}${s.via ? " (" + s.via + ")" : ""}`); break;
       case "boot": case "next-boot":
         if (s.answer) d.push(`answer: ${s.answer}`);
@@ -352,6 +357,7 @@
         if (s.bytes != null) d.push(fmtBytes(s.bytes));
         if (s.fetch_ms != null) d.push(`in ${fmtDur(s.fetch_ms)}`);
         if (s.attributed) d.push(`by ${s.attributed}`);
+        if (s.complete === false) d.push("cut short");
         break;
       case "failed": d.push(s.failure ? `installer said: ${s.failure}` : "no reason given"); break;
       case "done": if (inst.duration_ms != null) d.push(`install took ${fmtDur(inst.duration_ms)}`); break;
