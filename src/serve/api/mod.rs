@@ -17,3 +17,4 @@ pub mod hosts;
 pub mod installer;
 pub mod media;
 pub mod sessions;
+pub mod timeline;
