@@ -203,6 +203,9 @@ fn node01_timeline(service: &Service, context: &dyn Fn() -> String) -> Value {
         (Some(ASSET), Some(200), Some(ASSET_LEN as u64)),
         "{timeline:#}"
     );
+    // The profile fetches it with `node_asset_url`: the node's token ties it to node01 (the
+    // request itself comes from 127.0.0.1, not the row's address).
+    assert_eq!(asset["attributed"], "token", "{timeline:#}");
     timeline
 }
 
@@ -272,6 +275,8 @@ fn the_host_page_walks_a_real_install_and_a_stalled_install_is_retried() {
     assert_eq!(b.js("return location.hash"), "#host/node01");
     assert_eq!(b.text("#host-name"), "node01");
     check_host_page(&b, &timeline);
+    // The screenshot shows the steps (the facts above them fill the first screen).
+    b.js("document.querySelector('#host-installs').scrollIntoView()");
     b.screenshot("console-host.png");
     // The page has an address: loading it anew shows the same.
     b.goto(&format!("{base}/ui/#host/node01"));
