@@ -219,6 +219,7 @@
       }
       fleet.selected.clear();
       $("#fleet-msg").textContent = results.join("; ");
+      stats.at = 0; // the figures count this change at once
       loadFleet();
     });
   }
@@ -408,6 +409,7 @@
       const r = await api("POST", `/hosts/${encodeURIComponent(host)}/retry`, {});
       const msg = r.ok ? `${host}: retried, install ${r.data.flag ? r.data.flag.install.id : ""}` : `${host}: ${r.data.error || "HTTP " + r.status}`;
       $("#fleet-msg").textContent = msg; $("#host-msg").textContent = msg;
+      stats.at = 0;
       if (!$("#view-host").hidden) loadHost(); else loadFleet();
     });
   }
