@@ -101,7 +101,12 @@
     loading = true;
     try {
       const r = await api("GET", fleetQuery());
-      if (r.ok) renderFleet(r.data);
+      if (r.ok) {
+        renderFleet(r.data);
+        // A host changed phase: the figures are out of date now, not in 10 s.
+        const phases = JSON.stringify(r.data.phases);
+        if (phases !== stats.phases) { stats.phases = phases; stats.at = 0; }
+      }
       if (Date.now() - stats.at > 10000) await loadStats();
     } finally { loading = false; }
   }
