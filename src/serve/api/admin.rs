@@ -88,7 +88,7 @@ pub(crate) fn metrics(svc: &Service) -> Reply {
 /// states (the store's cached read, one fingerprint query when nothing changed) and their last
 /// fetches in memory. Left out while the database does not answer.
 fn install_gauges(svc: &Service, snap: &crate::serve::inputs::catalog::Snapshot, w: &mut String) {
-    use crate::serve::api::timeline::{in_progress, stall_of};
+    use crate::serve::app::progress::{in_progress, stall_of};
     use std::fmt::Write;
     let Ok(states) = svc.store.states_blocking() else { return };
     svc.last_boot.refresh_fetches(&svc.store, |h| snap.inventory.get(h).is_some());

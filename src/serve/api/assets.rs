@@ -42,7 +42,8 @@ pub(crate) fn asset(
     let reply = serve(svc, req, rel.clone())?;
     let Some((host, attributed)) = attribute(svc, req) else { return Ok(reply) };
     let (status, peer, file) = (reply.status, req.peer, recorded_file(&rel.unwrap_or_default()));
-    let audit = svc.clone();
+    // Weak: a body a client keeps half-read must not keep the service (and its database) alive.
+    let audit = Arc::downgrade(svc);
     let on_sent = move |sent: Sent| {
         let fetch = Fetch {
             status,
@@ -51,7 +52,9 @@ pub(crate) fn asset(
             fetch_ms: arrived.elapsed().as_millis() as u64,
             attributed,
         };
-        audit.audit.note(&Event::Asset { host, file, peer, fetch });
+        if let Some(svc) = audit.upgrade() {
+            svc.audit.note(&Event::Asset { host, file, peer, fetch });
+        }
     };
     Ok(reply.watched(Box::new(on_sent)))
 }

@@ -2,8 +2,8 @@
 //! sorted ([`crate::serve::domain::query`]), or one host's; and the JSON views of a host that
 //! [`crate::serve::api::flags`] answers with too.
 
-use crate::serve::api::timeline::stall_of;
 use crate::serve::app::guard::{api_host, authorize};
+use crate::serve::app::progress::stall_of;
 use crate::serve::app::service::Service;
 use crate::serve::domain::actor::Role;
 use crate::serve::domain::lifecycle::EndedInstall;

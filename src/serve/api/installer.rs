@@ -53,7 +53,8 @@ pub(crate) fn config(
     let (profile, install, peer) = (profile.to_string(), Some(id.to_string()), req.peer);
     // The node proved its token; without a secret the path's host name is all there is.
     let attributed = if svc.secret.is_some() { "token" } else { "path" };
-    let audit = svc.clone();
+    // Weak: a body a client keeps half-read must not keep the service (and its database) alive.
+    let audit = Arc::downgrade(svc);
     let on_sent = move |sent: Sent| {
         let fetch = Fetch {
             status: 200,
@@ -63,7 +64,9 @@ pub(crate) fn config(
             attributed,
         };
         let record = Event::Config { host, file, profile, peer, install, fetch };
-        audit.audit.note(&record);
+        if let Some(svc) = audit.upgrade() {
+            svc.audit.note(&record);
+        }
     };
     Ok(Reply::text(text).watched(Box::new(on_sent)))
 }

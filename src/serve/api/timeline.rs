@@ -10,38 +10,15 @@
 use crate::serve::api::hosts::{host_view, refresh_last_boots};
 use crate::serve::app::change::Change;
 use crate::serve::app::guard::{api_host, authorize};
+use crate::serve::app::progress::{in_progress, stall_of};
 use crate::serve::app::service::Service;
 use crate::serve::domain::actor::{Actor, Role};
 use crate::serve::domain::event::Event;
-use crate::serve::domain::lifecycle::{self, HostState, Phase, Retry};
+use crate::serve::domain::lifecycle::{self, Phase, Retry};
 use crate::serve::domain::timeline::{self, Open, Record};
-use crate::serve::inputs::catalog::Snapshot;
 use crate::serve::web::reply::{HttpError, Reply};
 use crate::serve::web::request::Req;
 use std::sync::Arc;
-
-/// What the fleet view shows of a host's open install.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Stall {
-    pub stalled: bool,
-    /// The open install's last progress.
-    pub progress_ms: Option<u64>,
-    /// Its profile's `stall_after`, in seconds.
-    pub stall_after_s: Option<u64>,
-}
-
-/// The open install's [`Stall`]: `fetched` is the host's last config or asset fetch.
-pub(crate) fn stall_of(snap: &Snapshot, st: &HostState, fetched: Option<u64>, now: u64) -> Stall {
-    let Some(flag) = &st.flag else { return Stall::default() };
-    let stall_after_s = snap.profiles.get(&flag.profile).map(|p| p.settings.stall_after_secs);
-    let stalled = stall_after_s.is_some_and(|s| st.stalled(s.saturating_mul(1000), fetched, now));
-    Stall { stalled, progress_ms: st.progress_at(fetched), stall_after_s }
-}
-
-/// Whether the host's install has begun and not ended: what `in_progress` counts.
-pub(crate) fn in_progress(st: &HostState) -> bool {
-    matches!(st.phase(), Phase::Installing | Phase::Started | Phase::Failed)
-}
 
 fn phase_name(p: Phase) -> &'static str {
     match p {

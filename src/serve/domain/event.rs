@@ -93,7 +93,7 @@ pub enum Event {
     /// `host` only when it is an inventory host: invented names are not recorded.
     NodeTokenDenied { host: Option<String>, route: &'static str, peer: IpAddr },
     /// A rendered config file served to its node, recorded once its body was sent (or cut):
-    /// `status`, `bytes` sent, `fetch_ms` from the request to the body's end. `file` is one of
+    /// `status`, `bytes` sent, `fetch_ms` from the handler's start to the body's end. `file` is one of
     /// the profile's config file names (checked before serving), `install` the install it was
     /// rendered for.
     Config {
@@ -249,9 +249,10 @@ pub struct Fetch {
     pub bytes: u64,
     /// Whether every byte of the body was sent.
     pub complete: bool,
-    /// From the request's arrival to the body's end, in milliseconds.
+    /// From the handler's start (the request read) to the body's end, in milliseconds.
     pub fetch_ms: u64,
-    /// How the fetch was tied to its host: `token` or `address`.
+    /// How the fetch was tied to its host: `token` (its node token), `address` (the peer is
+    /// its row's static `ip`), or `path` (a config fetch of a service without node tokens).
     pub attributed: &'static str,
 }
 

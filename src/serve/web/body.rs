@@ -320,3 +320,37 @@ impl AsyncWrite for SendDeadline {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::sync::{Arc, Mutex};
+
+    fn watched(text: &str, head: bool) -> (hyper::Response<ResBody>, Arc<Mutex<Vec<Sent>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let reply =
+            Reply::text(text.into()).watched(Box::new(move |sent| s.lock().unwrap().push(sent)));
+        (to_response(reply, head), seen)
+    }
+
+    #[test]
+    fn a_watched_body_reports_once_what_was_sent_and_whether_all_was() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (response, seen) = watched("hello", false);
+        assert_eq!(response.headers()[CONTENT_LENGTH], "5");
+        let body = rt.block_on(response.into_body().collect()).unwrap().to_bytes();
+        assert_eq!(&body[..], b"hello");
+        assert_eq!(*seen.lock().unwrap(), [Sent { bytes: 5, complete: true }]);
+        // Cut before a byte went: reported as such.
+        let (response, seen) = watched("hello", false);
+        drop(response);
+        assert_eq!(*seen.lock().unwrap(), [Sent { bytes: 0, complete: false }]);
+        // HEAD sends no body: nothing to report.
+        let (response, seen) = watched("hello", true);
+        assert_eq!(response.headers()[CONTENT_LENGTH], "5");
+        drop(response);
+        assert!(seen.lock().unwrap().is_empty());
+    }
+}
