@@ -31,7 +31,13 @@ fn start_over_a_big_log() -> Fixture {
     let store = std::sync::Arc::new(Store::open(&config.database_url(), None).unwrap());
     let audit = Audit::open(store).unwrap();
     let peer: IpAddr = "10.0.0.7".parse().unwrap();
-    let done = |host: String| Event::Done { host, install: "0".repeat(32), peer };
+    let done = |host: String| Event::Done {
+        host,
+        install: "0".repeat(32),
+        peer,
+        profile: None,
+        duration_ms: None,
+    };
     audit.note(&done("far-first".into()));
     audit.note(&Event::LoginFailed {
         name: Some(TYPED_NAME.into()),

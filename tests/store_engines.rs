@@ -111,6 +111,7 @@ fn set_change(
             peer: peer(),
             changed: write,
             install: install.clone(),
+            retry: false,
         };
         Ok(Change { value: install, write, record: Some(record) })
     }
@@ -228,7 +229,13 @@ fn check_commit_together(db: &Db) {
     assert_eq!(r.unwrap().unwrap_err(), "refused");
     // Nothing written: the record of a change that does not write is not the store's to insert.
     let r = rt().block_on(db.a.change(host, move |_st: &mut HostState, _now| {
-        let record = Event::Done { host: host.into(), install: new_id(), peer: peer() };
+        let record = Event::Done {
+            host: host.into(),
+            install: new_id(),
+            peer: peer(),
+            profile: None,
+            duration_ms: None,
+        };
         Ok::<_, String>(Change { value: 7, write: false, record: Some(record) })
     }));
     assert_eq!(r.unwrap().unwrap(), 7);
@@ -348,6 +355,7 @@ fn check_toggle_burst(db: &Db) {
                                 peer: peer(),
                                 changed: true,
                                 install: id,
+                                retry: false,
                             }
                         };
                         Ok::<_, String>(Change {
@@ -521,7 +529,7 @@ fn check_audit_paging(db: &Db) {
         let e = if i % 4 == 0 {
             Event::Started { host, install, peer: peer() }
         } else {
-            Event::Done { host, install, peer: peer() }
+            Event::Done { host, install, peer: peer(), profile: None, duration_ms: None }
         };
         made.push(serde_json::to_value(&e).unwrap());
         a.note(&e);
@@ -700,8 +708,14 @@ fn fill_sqlite(dir: &std::path::Path) -> String {
     rt().block_on(store.change("copy-failed", move |st: &mut HostState, now| {
         let reason = lifecycle::failure_reason("disk \"sda\" not found\n");
         let (_, write) = lifecycle::fail(st, &id, reason.clone(), now);
-        let record =
-            Event::Failed { host: "copy-failed".into(), install: id.clone(), peer: peer(), reason };
+        let record = Event::Failed {
+            host: "copy-failed".into(),
+            install: id.clone(),
+            peer: peer(),
+            reason,
+            profile: None,
+            duration_ms: None,
+        };
         Ok::<_, String>(Change { value: (), write, record: Some(record) })
     }))
     .unwrap()

@@ -2,7 +2,7 @@
 
 use crate::serve::api::installer::Which;
 use crate::serve::api::{
-    admin, assets, bmc, boot, events, flags, hardware, hosts, installer, media, sessions,
+    admin, assets, bmc, boot, events, flags, hardware, hosts, installer, media, sessions, timeline,
 };
 use crate::serve::app::service::Service;
 use crate::serve::console::{discover, inventory, login, page};
@@ -60,7 +60,8 @@ pub async fn handle(svc: Arc<Service>, req: Req) -> Reply {
     let page = matches!(req.route, Route::Ui(_));
     let result = match req.route.clone() {
         Route::Healthz => Ok(admin::healthz(&svc)),
-        Route::Metrics => Ok(admin::metrics(&svc)),
+        // Its install gauges read the hosts' states: on the blocking pool.
+        Route::Metrics => svc.blocking(|svc| admin::metrics(svc)).await,
         Route::Status => admin::status(&svc, &req).await,
         Route::Boot(host) => Ok(boot::boot(&svc, &req, Some(host)).await),
         Route::BootOther => Ok(boot::boot(&svc, &req, None).await),
@@ -107,6 +108,9 @@ pub async fn handle(svc: Arc<Service>, req: Req) -> Reply {
         Route::InventoryRows => inventory::edit_row(&svc, &req, None).await,
         Route::InventoryRow(host) => inventory::edit_row(&svc, &req, Some(host)).await,
         Route::Discover => discover::discover(&svc, &req).await,
+        Route::Timeline(host) => timeline::timeline(&svc, &req, host).await,
+        Route::Retry(host) => timeline::retry(&svc, &req, host).await,
+        Route::FleetStats => timeline::fleet_stats(&svc, &req).await,
         Route::NotFound => unreachable!("answered above: no method is allowed"),
     };
     let reply = result.unwrap_or_else(HttpError::into_reply);

@@ -79,9 +79,40 @@ pub(crate) fn metrics(svc: &Service) -> Reply {
     let dropped = svc.audit.dropped.load(std::sync::atomic::Ordering::Relaxed);
     let mut text = svc.metrics.render(snap.inventory.len(), snap.generation, failures, dropped);
     text.push_str(&svc.hardware.metrics(snap.inventory.nodes(), svc.store.now_ms()));
+    install_gauges(svc, &snap, &mut text);
     let mut r = Reply::text(text);
     r.content_type = "text/plain; version=0.0.4; charset=utf-8";
     r
+}
+
+/// `bootforge_installs_in_progress` and `bootforge_installs_stalled` per profile, from the hosts'
+/// states (the store's cached read, one fingerprint query when nothing changed) and their last
+/// fetches in memory. Left out while the database does not answer.
+fn install_gauges(svc: &Service, snap: &crate::serve::inputs::catalog::Snapshot, w: &mut String) {
+    use crate::serve::app::progress::{in_progress, stall_of};
+    use std::fmt::Write;
+    let Ok(states) = svc.store.states_blocking() else { return };
+    svc.last_boot.refresh_fetches(&svc.store, |h| snap.inventory.get(h).is_some());
+    let now = svc.store.now_ms();
+    // Every loaded profile, so a gauge goes back to 0 rather than vanishing.
+    let mut by_profile: std::collections::BTreeMap<&str, (u64, u64)> =
+        snap.profiles.names().map(|p| (p, (0, 0))).collect();
+    for node in snap.inventory.nodes() {
+        let Some(Ok(st)) = states.get(&node.hostname) else { continue };
+        let Some(flag) = &st.flag else { continue };
+        let Some(counts) = by_profile.get_mut(flag.profile.as_str()) else { continue };
+        counts.0 += u64::from(in_progress(st));
+        let fetched = svc.last_boot.fetched(&node.hostname);
+        counts.1 += u64::from(stall_of(snap, st, fetched, now).stalled);
+    }
+    let _ = writeln!(w, "# HELP bootforge_installs_in_progress Installs begun and not ended (installing, started or failed), by profile.\n# TYPE bootforge_installs_in_progress gauge");
+    for (p, (n, _)) in &by_profile {
+        let _ = writeln!(w, "bootforge_installs_in_progress{{profile=\"{p}\"}} {n}");
+    }
+    let _ = writeln!(w, "# HELP bootforge_installs_stalled Installs without progress for longer than their profile's stall_after, by profile.\n# TYPE bootforge_installs_stalled gauge");
+    for (p, (_, n)) in &by_profile {
+        let _ = writeln!(w, "bootforge_installs_stalled{{profile=\"{p}\"}} {n}");
+    }
 }
 
 pub(crate) async fn reload(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, HttpError> {

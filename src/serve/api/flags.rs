@@ -77,6 +77,7 @@ pub(crate) async fn set_flag(
                 peer,
                 changed: write,
                 install,
+                retry: false,
             };
             let snap = svc.catalog.snapshot();
             let view = host_view(svc, &snap, &h, Ok(&preview(st, write)));

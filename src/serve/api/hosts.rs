@@ -3,6 +3,7 @@
 //! [`crate::serve::api::flags`] answers with too.
 
 use crate::serve::app::guard::{api_host, authorize};
+use crate::serve::app::progress::stall_of;
 use crate::serve::app::service::Service;
 use crate::serve::domain::actor::Role;
 use crate::serve::domain::lifecycle::EndedInstall;
@@ -38,6 +39,11 @@ pub(crate) struct HostView {
     flag: Option<FlagView>,
     last_install: Option<EndedView>,
     last_boot: Option<BootView>,
+    /// The open install made no progress for longer than its profile's `stall_after`.
+    stalled: bool,
+    /// The open install's last progress (ms since 1970), and its profile's allowance.
+    progress_ms: Option<u64>,
+    stall_after_s: Option<u64>,
     version: u64,
     /// Set instead of the state fields when the host's state file cannot be read.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -120,12 +126,13 @@ impl From<&EndedInstall> for EndedView {
     }
 }
 
-/// Reads the boots recorded since the last look (before building views).
-fn refresh_last_boots(svc: &Service, snap: &Snapshot) {
+/// Reads the boots and fetches recorded since the last look (before building views).
+pub(crate) fn refresh_last_boots(svc: &Service, snap: &Snapshot) {
     // This process's own boots are stored by the audit writer after they were answered: let it
     // catch up first, so a host's view shows the boot that was just answered.
     svc.audit.sync_within(std::time::Duration::from_millis(500));
     svc.last_boot.refresh(&svc.store, |h| snap.inventory.get(h).is_some());
+    svc.last_boot.refresh_fetches(&svc.store, |h| snap.inventory.get(h).is_some());
 }
 
 pub(crate) fn host_view(
@@ -149,6 +156,9 @@ pub(crate) fn host_view(
         flag: None,
         last_install: None,
         last_boot: None,
+        stalled: false,
+        progress_ms: None,
+        stall_after_s: None,
         version: 0,
         state_error: None,
         hardware: hardware_of(svc, node),
@@ -174,6 +184,9 @@ pub(crate) fn host_view(
         answer: b.answer,
         reason: b.reason,
     });
+    let stall = stall_of(snap, st, svc.last_boot.fetched(host), svc.store.now_ms());
+    (view.stalled, view.progress_ms, view.stall_after_s) =
+        (stall.stalled, stall.progress_ms, stall.stall_after_s);
     view.version = st.version;
     view
 }
@@ -262,6 +275,8 @@ fn host_page(svc: &Service, q: &HostQuery) -> Result<Reply, HttpError> {
     let states: Vec<Option<&Result<HostState, String>>> =
         nodes.iter().map(|n| with_state.get(&n.hostname)).collect();
     let boots = svc.last_boot.times_of(nodes.iter().map(|n| n.hostname.as_str()));
+    let fetched = svc.last_boot.fetched_of(nodes.iter().map(|n| n.hostname.as_str()));
+    let now = svc.store.now_ms();
     // MAC addresses are only looked at by the text filter: not formatted for 100,000 hosts
     // otherwise.
     let with_mac = q.text.is_some();
@@ -269,7 +284,8 @@ fn host_page(svc: &Service, q: &HostQuery) -> Result<Reply, HttpError> {
         .iter()
         .zip(&states)
         .zip(boots)
-        .map(|((n, st), last_boot)| {
+        .zip(fetched)
+        .map(|(((n, st), last_boot), fetched)| {
             let st = st.and_then(|s| s.as_ref().ok());
             let flag = st.and_then(|s| s.flag.as_ref());
             HostKey {
@@ -279,6 +295,7 @@ fn host_page(svc: &Service, q: &HostQuery) -> Result<Reply, HttpError> {
                 vlan: n.vlan,
                 profile: flag.map(|f| f.profile.as_str()).or(n.profile.as_deref()),
                 phase: st.map_or(Phase::Idle, HostState::phase),
+                stalled: st.is_some_and(|s| stall_of(&snap, s, fetched, now).stalled),
                 last_boot,
                 install_since: flag.map(|f| f.set_at),
             }

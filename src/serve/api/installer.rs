@@ -4,10 +4,10 @@ use crate::serve::api::boot::render;
 use crate::serve::app::change::Change;
 use crate::serve::app::guard::{api_host, node_token_ok, rules};
 use crate::serve::app::service::Service;
-use crate::serve::domain::event::Event;
+use crate::serve::domain::event::{Event, Fetch};
 use crate::serve::domain::lifecycle;
 use crate::serve::domain::lifecycle::Callback;
-use crate::serve::web::reply::{HttpError, Reply};
+use crate::serve::web::reply::{HttpError, Reply, Sent};
 use crate::serve::web::request::Req;
 use serde::Serialize;
 use std::sync::Arc;
@@ -15,12 +15,13 @@ use std::sync::Arc;
 /// `GET /config/{host}[/~TOKEN]/{file}`: a profile file rendered for the node, only while an
 /// install is active (these files hold join tokens and password hashes).
 pub(crate) fn config(
-    svc: &Service,
+    svc: &Arc<Service>,
     req: &Req,
     raw_host: &str,
     path_token: Option<&str>,
     file: Option<String>,
 ) -> Result<Reply, HttpError> {
+    let arrived = std::time::Instant::now();
     let host = api_host(raw_host)?;
     let snap = svc.catalog.snapshot();
     let node = snap.inventory.get(&host);
@@ -48,9 +49,26 @@ pub(crate) fn config(
     }
     let text = render(svc, &snap, node, profile, &format!("config/{file}"), id, req.tls)
         .map_err(|e| HttpError::internal(format!("{host}: {e}")))?;
-    let profile = profile.to_string();
-    svc.audit.note(&Event::Config { host, file, profile, peer: req.peer });
-    Ok(Reply::text(text))
+    // Recorded once the body is sent (or cut), with what was sent and how long it took.
+    let (profile, install, peer) = (profile.to_string(), Some(id.to_string()), req.peer);
+    // The node proved its token; without a secret the path's host name is all there is.
+    let attributed = if svc.secret.is_some() { "token" } else { "path" };
+    // Weak: a body a client keeps half-read must not keep the service (and its database) alive.
+    let audit = Arc::downgrade(svc);
+    let on_sent = move |sent: Sent| {
+        let fetch = Fetch {
+            status: 200,
+            bytes: sent.bytes,
+            complete: sent.complete,
+            fetch_ms: arrived.elapsed().as_millis() as u64,
+            attributed,
+        };
+        let record = Event::Config { host, file, profile, peer, install, fetch };
+        if let Some(svc) = audit.upgrade() {
+            svc.audit.note(&record);
+        }
+    };
+    Ok(Reply::text(text).watched(Box::new(on_sent)))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +131,16 @@ pub(crate) async fn callback(
     let outcome = svc
         .change(&host, move |svc, st, now| {
             let snap = svc.catalog.snapshot();
+            // What `/fleet/stats` needs, taken before the transition ends the install: its
+            // profile, and its start (first answer, else the flag).
+            let (profile, begun) = match (&st.flag, &st.last_install) {
+                (Some(f), _) if f.install.id == i => {
+                    (Some(f.profile.clone()), Some(f.install.opened_at.unwrap_or(f.set_at)))
+                }
+                (None, Some(e)) if e.id == i => (Some(e.profile.clone()), e.opened_at),
+                _ => (None, None),
+            };
+            let duration_ms = begun.map(|b| now.saturating_sub(b));
             let (outcome, write) = match which {
                 Which::Done => lifecycle::finish(st, &i, rules(&snap), now),
                 Which::Started => lifecycle::start(st, &i, now),
@@ -120,12 +148,14 @@ pub(crate) async fn callback(
             };
             let (h, i, reason) = (h.clone(), i.clone(), reason.clone());
             let record = match (outcome, which) {
-                (Callback::Accepted, Which::Done) => Event::Done { host: h, install: i, peer },
+                (Callback::Accepted, Which::Done) => {
+                    Event::Done { host: h, install: i, peer, profile, duration_ms }
+                }
                 (Callback::Accepted, Which::Started) => {
                     Event::Started { host: h, install: i, peer }
                 }
                 (Callback::Accepted, Which::Failed) => {
-                    Event::Failed { host: h, install: i, peer, reason }
+                    Event::Failed { host: h, install: i, peer, reason, profile, duration_ms }
                 }
                 (Callback::NotOpen { .. }, _) => {
                     Event::CallbackIgnored { host: h, callback: name, install: Some(i), peer }

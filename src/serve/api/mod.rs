@@ -18,3 +18,4 @@ pub mod hosts;
 pub mod installer;
 pub mod media;
 pub mod sessions;
+pub mod timeline;

@@ -47,6 +47,9 @@ pub enum Event {
         peer: IpAddr,
         changed: bool,
         install: String,
+        /// Set by `POST /hosts/{host}/retry`: a new install of a failed or stalled one.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        retry: bool,
     },
     FlagCancelled {
         host: String,
@@ -57,21 +60,21 @@ pub enum Event {
         install: Option<String>,
     },
     /// A standing flag ended because its host left the inventory.
-    FlagOrphaned {
-        host: String,
-        install: String,
-    },
+    FlagOrphaned { host: String, install: String },
+    /// The installer's `done`. `profile` and `duration_ms` (first answer, or the flag when
+    /// nothing was answered, to this callback) are what `/fleet/stats` reads, so figures need
+    /// only these records.
     Done {
         host: String,
         install: String,
         peer: IpAddr,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        profile: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        duration_ms: Option<u64>,
     },
     /// The installer reported that it runs (`/hosts/{host}/started`).
-    Started {
-        host: String,
-        install: String,
-        peer: IpAddr,
-    },
+    Started { host: String, install: String, peer: IpAddr },
     /// The installer reported a failure; `reason` is its text cleaned by
     /// [`crate::serve::domain::lifecycle::failure_reason`] (one printable line, bounded).
     Failed {
@@ -79,42 +82,46 @@ pub enum Event {
         install: String,
         peer: IpAddr,
         reason: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        profile: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        duration_ms: Option<u64>,
     },
     /// A callback for an install that is not open (late, replayed, cancelled): nothing changed.
-    CallbackIgnored {
-        host: String,
-        callback: &'static str,
-        install: Option<String>,
-        peer: IpAddr,
-    },
+    CallbackIgnored { host: String, callback: &'static str, install: Option<String>, peer: IpAddr },
     /// A callback or config request without a valid node token.
     /// `host` only when it is an inventory host: invented names are not recorded.
-    NodeTokenDenied {
-        host: Option<String>,
-        route: &'static str,
-        peer: IpAddr,
-    },
+    NodeTokenDenied { host: Option<String>, route: &'static str, peer: IpAddr },
+    /// A rendered config file served to its node, recorded once its body was sent (or cut):
+    /// `status`, `bytes` sent, `fetch_ms` from the handler's start to the body's end. `file` is one of
+    /// the profile's config file names (checked before serving), `install` the install it was
+    /// rendered for.
     Config {
         host: String,
         file: String,
         profile: String,
         peer: IpAddr,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        install: Option<String>,
+        #[serde(flatten)]
+        fetch: Fetch,
+    },
+    /// A file of `--assets` fetched by an inventory host, recorded once its body was sent (or
+    /// cut). Only attributed fetches are recorded: by the node's token in the URL
+    /// (`attributed: token`) or by the peer address being the host's static `ip` (`address`).
+    /// `file` is the path under `--assets`, cut to [`MAX_FILE_CHARS`] characters.
+    Asset {
+        host: String,
+        file: String,
+        peer: IpAddr,
+        #[serde(flatten)]
+        fetch: Fetch,
     },
     /// A `/media/` URL refused: unsigned, expired or altered. `host` only for inventory hosts;
     /// the signature itself is never recorded.
-    MediaDenied {
-        host: Option<String>,
-        format: &'static str,
-        reason: &'static str,
-        peer: IpAddr,
-    },
+    MediaDenied { host: Option<String>, format: &'static str, reason: &'static str, peer: IpAddr },
     /// A medium read from its start (a BMC mounting it, a download).
-    MediaServed {
-        host: String,
-        format: &'static str,
-        peer: IpAddr,
-        status: u16,
-    },
+    MediaServed { host: String, format: &'static str, peer: IpAddr, status: u16 },
     /// A signed media URL handed out; `expires` in seconds since 1970.
     MediaUrl {
         host: String,
@@ -169,12 +176,7 @@ pub enum Event {
         error: Option<&'static str>,
     },
     /// An API request refused for its API token.
-    Denied {
-        route: &'static str,
-        peer: IpAddr,
-        status: u16,
-        reason: &'static str,
-    },
+    Denied { route: &'static str, peer: IpAddr, status: u16, reason: &'static str },
     Reload {
         #[serde(flatten)]
         who: Actor,
@@ -182,20 +184,10 @@ pub enum Event {
         ok: bool,
     },
     /// A console login. `name` is the token's name or the directory login name.
-    Login {
-        name: String,
-        role: Role,
-        via: Via,
-        peer: IpAddr,
-    },
+    Login { name: String, role: Role, via: Via, peer: IpAddr },
     /// A refused console login, never with the password or token. `name` is the directory
     /// login name asked for, only when it has the shape of one (see `session::login_name`).
-    LoginFailed {
-        name: Option<String>,
-        via: Via,
-        peer: IpAddr,
-        reason: &'static str,
-    },
+    LoginFailed { name: Option<String>, via: Via, peer: IpAddr, reason: &'static str },
     Logout {
         #[serde(flatten)]
         who: Actor,
@@ -235,10 +227,7 @@ pub enum Event {
         version: Option<u64>,
     },
     /// A change whose audit record was written but whose state write failed afterwards.
-    ChangeNotApplied {
-        host: String,
-        after: &'static str,
-    },
+    ChangeNotApplied { host: String, after: &'static str },
     /// Refusals of one kind, peer, route and reason that were counted but not written one by
     /// one (see the module documentation). `refused` is their record kind (`denied`,
     /// `media-denied`, …); `peer` is `None` for refusals of peers beyond the
@@ -266,6 +255,32 @@ pub enum Event {
         #[serde(skip_serializing_if = "Vec::is_empty")]
         top_peers: Vec<PeerCount>,
     },
+}
+
+/// How a file fetch went, measured when its body was sent or cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Fetch {
+    pub status: u16,
+    /// Body bytes sent (fewer than the file's length when the client went away).
+    pub bytes: u64,
+    /// Whether every byte of the body was sent.
+    pub complete: bool,
+    /// From the handler's start (the request read) to the body's end, in milliseconds.
+    pub fetch_ms: u64,
+    /// How the fetch was tied to its host: `token` (its node token), `address` (the peer is
+    /// its row's static `ip`), or `path` (a config fetch of a service without node tokens).
+    pub attributed: &'static str,
+}
+
+/// The longest asset path recorded, in characters (paths are validated by the route first).
+pub const MAX_FILE_CHARS: usize = 200;
+
+/// An asset path as recorded: at most [`MAX_FILE_CHARS`] characters, with an ellipsis when cut.
+pub fn recorded_file(path: &str) -> String {
+    match path.char_indices().nth(MAX_FILE_CHARS) {
+        None => path.to_string(),
+        Some((cut, _)) => format!("{}…", &path[..cut]),
+    }
 }
 
 /// A peer and the refusals counted for it, in a peerless [`Event::RefusedSummary`].
@@ -315,6 +330,7 @@ pub fn refusal_peer(ip: IpAddr) -> IpAddr {
 pub const BOOT_RECORD_KINDS: &[&str] = &[
     "boot",
     "config",
+    "asset",
     "media-served",
     "media-denied",
     "node-token-denied",

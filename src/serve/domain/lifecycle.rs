@@ -492,6 +492,67 @@ pub fn orphan(st: &mut HostState, now: Millis) -> (Option<String>, bool) {
     (ended, changed)
 }
 
+/// Outcome of [`retry`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retry {
+    /// A new install of the same profile stands; `previous` ended as [`Ending::Replaced`].
+    Retried { install: String, previous: String, profile: String },
+    /// The host's install is neither failed nor stalled (or there is none): nothing changed.
+    NotRetryable,
+}
+
+impl HostState {
+    /// When the open install last made progress, as far as the state knows: the flag, the last
+    /// install-chain answer, `started` or `failed`, or `fetched` (the host's last config or
+    /// asset fetch, kept outside the state) when it is not older than the flag. `None`
+    /// without a flag.
+    pub fn progress_at(&self, fetched: Option<Millis>) -> Option<Millis> {
+        let flag = self.flag.as_ref()?;
+        let i = &flag.install;
+        let fetched = fetched.filter(|&f| f >= flag.set_at);
+        [Some(flag.set_at), i.last_answer_at, i.started_at, i.last_failure_at, fetched]
+            .into_iter()
+            .flatten()
+            .max()
+    }
+
+    /// Whether the open install is **stalled**: it has begun (an install chain was answered)
+    /// and is neither ended nor failed, and made no progress ([`HostState::progress_at`]) for
+    /// longer than `stall_after_ms`. A pending flag is not stalled: its host may simply not have
+    /// been switched on yet. A failed install is shown as failed, which says more.
+    pub fn stalled(&self, stall_after_ms: Millis, fetched: Option<Millis>, now: Millis) -> bool {
+        let begun = matches!(self.phase(), Phase::Installing | Phase::Started);
+        begun && self.progress_at(fetched).is_some_and(|at| now.saturating_sub(at) > stall_after_ms)
+    }
+}
+
+/// `POST /hosts/H/retry`: a failed or `stalled` install is replaced by a new one of the same
+/// profile (a new id, so a late callback of the old one changes nothing), pending until the
+/// host's next boot. Anything else is [`Retry::NotRetryable`] and changes nothing.
+pub fn retry(
+    st: &mut HostState,
+    stalled: bool,
+    set_by: &str,
+    set_from: &str,
+    new_id: String,
+    now: Millis,
+) -> (Retry, bool) {
+    let retryable = st.flag.is_some() && (st.phase() == Phase::Failed || stalled);
+    if !retryable {
+        return (Retry::NotRetryable, false);
+    }
+    let profile = st.flag.as_ref().expect("checked above").profile.clone();
+    let previous = st.end_flag(Ending::Replaced, now).expect("checked above");
+    st.flag = Some(Flag {
+        profile: profile.clone(),
+        set_by: set_by.to_string(),
+        set_from: set_from.to_string(),
+        set_at: now,
+        install: Install::pending(new_id.clone()),
+    });
+    (Retry::Retried { install: new_id, previous, profile }, true)
+}
+
 /// The longest failure reason kept, in characters; the rest is cut off (and an ellipsis put on).
 pub const MAX_REASON_CHARS: usize = 200;
 
@@ -566,6 +627,39 @@ mod tests {
             BootAnswer::Install { id, .. } => Some(id),
             BootAnswer::Local(_) => None,
         }
+    }
+
+    #[test]
+    fn only_failed_or_stalled_installs_are_retried_with_a_new_id() {
+        let mut st = flagged(1);
+        // Pending: not retryable, nothing changes.
+        assert_eq!(retry(&mut st, false, "ops", "x", ID2.into(), 2), (Retry::NotRetryable, false));
+        answer_boot(&mut st, callback, 10);
+        assert!(!st.stalled(100, None, 110), "exactly the allowance is not over it");
+        assert!(st.stalled(100, None, 111));
+        assert!(!st.stalled(100, Some(50), 120), "a fetch is progress");
+        assert!(st.stalled(100, Some(0), 120), "a fetch before the flag is not");
+        assert_eq!(st.progress_at(Some(50)), Some(50));
+        let before = st.clone();
+        assert_eq!(retry(&mut st, false, "ops", "x", ID2.into(), 20), (Retry::NotRetryable, false));
+        assert_eq!(st, before);
+        fail(&mut st, ID1, Some("disk".into()), 30);
+        let (out, changed) = retry(&mut st, false, "ops", "10.0.0.2", ID2.into(), 40);
+        assert!(changed);
+        assert_eq!(
+            out,
+            Retry::Retried { install: ID2.into(), previous: ID1.into(), profile: "p".into() }
+        );
+        assert_eq!(st.phase(), Phase::Pending);
+        assert_eq!(st.last_install.as_ref().map(|e| e.how), Some(Ending::Replaced));
+        assert_eq!(start(&mut st, ID1, 41), (Callback::NotOpen { other_open: true }, false));
+        // Stalled (as the caller decides from the profile's allowance) is retryable too.
+        answer_boot(&mut st, callback, 50);
+        let (out, _) = retry(&mut st, true, "ops", "x", ID1.into(), 60);
+        assert!(matches!(out, Retry::Retried { .. }));
+        assert!(!st.stalled(1, None, 10_000), "pending again");
+        let mut idle = HostState::default();
+        assert_eq!(retry(&mut idle, true, "ops", "x", ID1.into(), 1), (Retry::NotRetryable, false));
     }
 
     #[test]

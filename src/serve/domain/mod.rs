@@ -10,3 +10,4 @@ pub mod discover;
 pub mod event;
 pub mod lifecycle;
 pub mod query;
+pub mod timeline;

@@ -29,6 +29,8 @@ pub enum SortKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostQuery {
     pub phase: Option<Phase>,
+    /// `phase=stalled`: only hosts whose open install is stalled (whatever their phase).
+    pub stalled: bool,
     pub profile: Option<String>,
     /// Lower case.
     pub text: Option<String>,
@@ -48,11 +50,13 @@ impl HostQuery {
     }
 
     pub fn parse(param: impl Fn(&str) -> Option<String>) -> Result<HostQuery, String> {
-        let phase = match param("phase").filter(|p| !p.is_empty()) {
+        let stalled = param("phase").as_deref() == Some("stalled");
+        let phase = match param("phase").filter(|p| !p.is_empty() && !stalled) {
             None => None,
             Some(p) => {
                 Some(serde_json::from_value(serde_json::Value::String(p)).map_err(|_| {
-                    "phase must be idle, pending, installing, started, failed or done".to_string()
+                    "phase must be idle, pending, installing, started, failed, done or stalled"
+                        .to_string()
                 })?)
             }
         };
@@ -80,6 +84,7 @@ impl HostQuery {
         };
         Ok(HostQuery {
             phase,
+            stalled,
             profile: param("profile").filter(|p| !p.is_empty()),
             text: param("q").map(|q| q.trim().to_lowercase()).filter(|q| !q.is_empty()),
             sort,
@@ -100,6 +105,8 @@ pub struct HostKey<'a> {
     /// The flag's profile, else the row's.
     pub profile: Option<&'a str>,
     pub phase: Phase,
+    /// Whether its open install is stalled (see `HostState::stalled`).
+    pub stalled: bool,
     pub last_boot: Option<u64>,
     pub install_since: Option<u64>,
 }
@@ -169,7 +176,7 @@ fn phase_rank(p: Phase) -> u8 {
 }
 
 fn matches(k: &HostKey, q: &HostQuery) -> bool {
-    if q.phase.is_some_and(|p| p != k.phase) {
+    if q.phase.is_some_and(|p| p != k.phase) || (q.stalled && !k.stalled) {
         return false;
     }
     if let Some(p) = &q.profile {
@@ -247,6 +254,8 @@ mod tests {
             vlan: Some(120),
             profile,
             phase,
+            // The filter's test host: stalled whatever its phase.
+            stalled: h == "a",
             last_boot: Some(u64::from(last)),
             install_since: None,
         }
@@ -273,6 +282,7 @@ mod tests {
         assert_eq!(select(&keys, &newest).0, vec![0, 1, 2]);
         assert_eq!(select(&keys, &q(&[("profile", "rocky")])), (vec![0, 2], 2));
         assert_eq!(select(&keys, &q(&[("phase", "failed")])), (vec![1], 1));
+        assert_eq!(select(&keys, &q(&[("phase", "stalled")])), (vec![1], 1));
         assert_eq!(select(&keys, &q(&[("q", "10.0.0.3")])), (vec![0], 1));
         assert_eq!(select(&keys, &q(&[("q", "120")])).1, 3, "VLAN");
         assert_eq!(select(&keys, &q(&[("offset", "1"), ("limit", "1")])), (vec![0], 3));
@@ -294,6 +304,7 @@ mod tests {
                 vlan: None,
                 profile: [None, Some("a"), Some("b")][i % 3],
                 phase: phases[i % 4],
+                stalled: false,
                 last_boot: (i % 5 != 0).then_some((i % 11) as u64),
                 install_since: (i % 4 != 0).then_some((i % 13) as u64),
             })

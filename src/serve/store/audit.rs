@@ -524,8 +524,34 @@ fn verified_boot(event: &Event) -> Option<&str> {
     }
 }
 
-/// The last boots a batch of notes holds, by host: (time, record).
-pub(crate) type Boots = HashMap<String, (u64, String)>;
+/// What a batch of notes updates besides the log: each host's last verified boot (time,
+/// record) and last config or asset fetch (time).
+#[derive(Clone, Default)]
+pub(crate) struct Boots {
+    last: HashMap<String, (u64, String)>,
+    fetched: HashMap<String, u64>,
+}
+
+impl Boots {
+    /// Notes what `event`, stored as `row` at `at`, updates.
+    fn note(&mut self, event: &Event, at: u64, row: &Stored) {
+        if let Some(host) = verified_boot(event) {
+            self.last.insert(host.to_string(), (at, row.record.clone()));
+        }
+        if let Some(host) = fetch_of(event) {
+            let ms = self.fetched.entry(host.to_string()).or_default();
+            *ms = (*ms).max(at);
+        }
+    }
+}
+
+/// The host of a config or asset fetch record: what `fetch_progress` keeps.
+fn fetch_of(event: &Event) -> Option<&str> {
+    match event {
+        Event::Config { host, .. } | Event::Asset { host, .. } => Some(host),
+        _ => None,
+    }
+}
 
 /// Inserts one batch (and the last boots it holds) in one transaction.
 async fn write_batch(
@@ -548,8 +574,15 @@ pub(crate) async fn insert_notes(
     boots: &Boots,
 ) -> Result<(), StoreError> {
     insert_rows(engine, conn, rows).await?;
-    for (host, (ms, record)) in boots {
+    for (host, (ms, record)) in &boots.last {
         put_last_boot(engine, conn, host, *ms, record).await?;
+    }
+    for (host, ms) in &boots.fetched {
+        sqlx::query(engine.sql(engine.upsert_fetch_progress()))
+            .bind(host.clone())
+            .bind(*ms as i64)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }
@@ -597,21 +630,18 @@ fn store_batch(store: &Store, rows: Vec<Stored>, boots: Boots) {
 fn write_notes(store: &Store, queue: &std::sync::mpsc::Receiver<Note>) {
     use std::sync::mpsc::RecvTimeoutError;
     let mut batch: Vec<Stored> = Vec::new();
-    let mut boots: HashMap<String, (u64, String)> = HashMap::new();
+    let mut boots = Boots::default();
     let mut synced = Vec::new();
     let mut closed = Vec::new();
     let mut refusals = Refusals::default();
     // Set by [`Audit::stopping`]: every batch writes the counts of every window.
     let mut stopping = false;
     let now = crate::serve::util::now_ms;
-    let push =
-        |batch: &mut Vec<Stored>, boots: &mut HashMap<String, (u64, String)>, e: &Event, at| {
-            let row = Stored::of(e, at);
-            if let Some(host) = verified_boot(e) {
-                boots.insert(host.to_string(), (at, row.record.clone()));
-            }
-            batch.push(row);
-        };
+    let push = |batch: &mut Vec<Stored>, boots: &mut Boots, e: &Event, at| {
+        let row = Stored::of(e, at);
+        boots.note(e, at, &row);
+        batch.push(row);
+    };
     loop {
         // Wait for a note, or until the next refusal window closes.
         let mut next = match refusals.next_close(now()) {
@@ -681,6 +711,10 @@ pub struct LastBoots {
     /// The newest boot time seen; held while refreshing, so refreshes take turns.
     seen_to: std::sync::Mutex<u64>,
     boots: std::sync::Mutex<HashMap<String, BootRecord>>,
+    /// Each inventory host's last config or asset fetch (`fetch_progress`), followed the same
+    /// way: the progress of an open install that its state does not record.
+    fetched_to: std::sync::Mutex<u64>,
+    fetched: std::sync::Mutex<HashMap<String, u64>>,
 }
 
 /// A host's last verified boot, as `GET /hosts` shows it.
@@ -767,6 +801,98 @@ impl LastBoots {
     /// The host's last verified boot as of the last [`LastBoots::refresh`].
     pub fn get(&self, host: &str) -> Option<BootRecord> {
         self.boots.lock().unwrap_or_else(|p| p.into_inner()).get(host).cloned()
+    }
+
+    /// Reads the fetches recorded since the last look (less [`BOOT_SKEW_MS`]): one indexed
+    /// query, whatever the number of hosts. Blocks.
+    pub fn refresh_fetches(&self, store: &Store, in_inventory: impl Fn(&str) -> bool) {
+        if store.available().is_err() {
+            return;
+        }
+        let mut seen_to = self.fetched_to.lock().unwrap_or_else(|p| p.into_inner());
+        let since = seen_to.saturating_sub(BOOT_SKEW_MS) as i64;
+        let (pool, engine) = (store.reader.clone(), store.engine);
+        let rows = store.wait(async move {
+            let rows = sqlx::query(engine.sql("SELECT host, ms FROM fetch_progress WHERE ms >= ?"))
+                .bind(since)
+                .fetch_all(&pool)
+                .await?;
+            rows.iter()
+                .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)? as u64)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(StoreError::from)
+        });
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!("cannot read fetch progress: {e}");
+                return;
+            }
+        };
+        let mut fetched = self.fetched.lock().unwrap_or_else(|p| p.into_inner());
+        fetched.retain(|h, _| in_inventory(h));
+        for (host, ms) in rows {
+            *seen_to = (*seen_to).max(ms);
+            if in_inventory(&host) {
+                let at = fetched.entry(host).or_default();
+                *at = (*at).max(ms);
+            }
+        }
+    }
+
+    /// The host's last config or asset fetch as of the last [`LastBoots::refresh_fetches`].
+    pub fn fetched(&self, host: &str) -> Option<u64> {
+        self.fetched.lock().unwrap_or_else(|p| p.into_inner()).get(host).copied()
+    }
+
+    /// Each of `hosts`' last fetch, in order (one look under the lock).
+    pub fn fetched_of<'a>(&self, hosts: impl IntoIterator<Item = &'a str>) -> Vec<Option<u64>> {
+        let fetched = self.fetched.lock().unwrap_or_else(|p| p.into_inner());
+        hosts.into_iter().map(|h| fetched.get(h).copied()).collect()
+    }
+}
+
+/// Most records read for one host's timeline (newest first, through the `host` index).
+pub const MAX_TIMELINE_RECORDS: usize = 20_000;
+/// Most `done` and `failed` records read for `/fleet/stats` (newest first).
+pub const MAX_STATS_RECORDS: usize = 200_000;
+
+impl Audit {
+    /// The newest `max` records of `host` (at most [`MAX_TIMELINE_RECORDS`]), oldest first, as
+    /// stored. Blocks.
+    pub fn host_records(&self, host: &str, max: usize) -> Result<Vec<String>, StoreError> {
+        let (pool, engine) = (self.store.reader.clone(), self.store.engine);
+        let host = host.to_ascii_lowercase();
+        let max = max.min(MAX_TIMELINE_RECORDS) as i64;
+        let mut rows = self.store.wait(async move {
+            let sql = "SELECT record FROM audit WHERE host = ? ORDER BY id DESC LIMIT ?";
+            sqlx::query_scalar::<_, String>(engine.sql(sql))
+                .bind(host)
+                .bind(max)
+                .fetch_all(&pool)
+                .await
+                .map_err(StoreError::from)
+        })?;
+        rows.reverse();
+        Ok(rows)
+    }
+
+    /// The `done` and `failed` records made at or after `since_ms`, newest first, at most
+    /// [`MAX_STATS_RECORDS`], as stored. Blocks.
+    pub fn outcomes_since(&self, since_ms: u64) -> Result<Vec<String>, StoreError> {
+        let (pool, engine) = (self.store.reader.clone(), self.store.engine);
+        let since = since_ms.min(i64::MAX as u64) as i64;
+        self.store.wait(async move {
+            let sql = format!(
+                "SELECT record FROM audit WHERE event IN ('done', 'failed') AND ms >= ? \
+                 ORDER BY id DESC LIMIT {MAX_STATS_RECORDS}"
+            );
+            sqlx::query_scalar::<_, String>(engine.sql_owned(sql))
+                .bind(since)
+                .fetch_all(&pool)
+                .await
+                .map_err(StoreError::from)
+        })
     }
 }
 
@@ -937,7 +1063,14 @@ mod tests {
                 ok: true,
             });
             a.sync();
-            a.append_durable(&Event::Done { host, install: "x".into(), peer }).unwrap();
+            a.append_durable(&Event::Done {
+                host,
+                install: "x".into(),
+                peer,
+                profile: None,
+                duration_ms: None,
+            })
+            .unwrap();
         }
         let (all, end) = a.read_since(0, 100, usize::MAX).unwrap();
         assert_eq!(all.len(), 10);
@@ -993,7 +1126,13 @@ mod tests {
             a.note(&denied(p, "missing-token"));
             a.note(&Event::MediaDenied { host: None, format: "iso", reason: "unsigned", peer: p });
         }
-        a.note(&Event::Done { host: "h".into(), install: "x".into(), peer: p });
+        a.note(&Event::Done {
+            host: "h".into(),
+            install: "x".into(),
+            peer: p,
+            profile: None,
+            duration_ms: None,
+        });
         a.sync();
         let (records, _) = a.read_since(0, 100, usize::MAX).unwrap();
         assert_eq!(records.len(), 3, "one of each refusal, and the other record: {records:?}");
@@ -1015,12 +1154,24 @@ mod tests {
         let peer: IpAddr = "10.0.0.9".parse().unwrap();
         let n = MAX_SCAN_RECORDS * 2 + 500;
         for i in 0..n {
-            let e = Event::Done { host: format!("filler-{i}"), install: "x".into(), peer };
+            let e = Event::Done {
+                host: format!("filler-{i}"),
+                install: "x".into(),
+                peer,
+                profile: None,
+                duration_ms: None,
+            };
             while a.notes.try_send(Note::Record(e.clone(), 1)).is_err() {
                 a.sync();
             }
         }
-        a.note(&Event::Done { host: "far".into(), install: "y".into(), peer });
+        a.note(&Event::Done {
+            host: "far".into(),
+            install: "y".into(),
+            peer,
+            profile: None,
+            duration_ms: None,
+        });
         a.sync();
         // `by` is filtered in memory: its pages read the budget and go on with a cursor.
         let filter = EventFilter::parse(|n| (n == "by").then(|| "nobody".into()));
@@ -1102,7 +1253,13 @@ mod tests {
             uuid: None,
             expected_uuid: None,
         };
-        let done = Event::Done { host: "n1".into(), install: "x".into(), peer };
+        let done = Event::Done {
+            host: "n1".into(),
+            install: "x".into(),
+            peer,
+            profile: None,
+            duration_ms: None,
+        };
         for (e, age) in [(&boot, 40), (&done, 40), (&boot, 10), (&done, 400), (&boot, 1)] {
             a.notes.send(Note::Record(e.clone(), 1_000 * day - age * day)).unwrap();
         }

@@ -148,6 +148,21 @@ impl Engine {
         }
     }
 
+    /// Records a host's last fetch unless a newer one is recorded: binds (host, ms).
+    pub fn upsert_fetch_progress(self) -> &'static str {
+        match self {
+            Engine::Sqlite | Engine::Postgres => {
+                "INSERT INTO fetch_progress (host, ms) VALUES (?, ?) \
+                 ON CONFLICT (host) DO UPDATE SET ms = excluded.ms \
+                 WHERE excluded.ms > fetch_progress.ms"
+            }
+            Engine::Mysql => {
+                "INSERT INTO fetch_progress (host, ms) VALUES (?, ?) \
+                 ON DUPLICATE KEY UPDATE ms = GREATEST(VALUES(ms), ms)"
+            }
+        }
+    }
+
     /// Begins a write transaction. On SQLite it takes the write lock at once (`BEGIN
     /// IMMEDIATE`): a transaction that read first and then asks for the lock while another
     /// process holds it is refused at once (SQLite's deadlock rule), where one that asks first
@@ -206,18 +221,21 @@ impl Engine {
                 (1, "state", include_str!("migrations/sqlite/0001_state.sql")),
                 (2, "sessions", include_str!("migrations/sqlite/0002_sessions.sql")),
                 (3, "inventory", include_str!("migrations/sqlite/0003_inventory.sql")),
+                (5, "fetch_progress", include_str!("migrations/sqlite/0005_fetch_progress.sql")),
             ],
             Engine::Postgres => &[
                 (1, "state", include_str!("migrations/postgres/0001_state.sql")),
                 (2, "sessions", include_str!("migrations/postgres/0002_sessions.sql")),
                 (3, "inventory", include_str!("migrations/postgres/0003_inventory.sql")),
                 (4, "audit_settle", include_str!("migrations/postgres/0004_audit_settle.sql")),
+                (5, "fetch_progress", include_str!("migrations/postgres/0005_fetch_progress.sql")),
             ],
             Engine::Mysql => &[
                 (1, "state", include_str!("migrations/mysql/0001_state.sql")),
                 (2, "sessions", include_str!("migrations/mysql/0002_sessions.sql")),
                 (3, "inventory", include_str!("migrations/mysql/0003_inventory.sql")),
                 (4, "audit_settle", include_str!("migrations/mysql/0004_audit_settle.sql")),
+                (5, "fetch_progress", include_str!("migrations/mysql/0005_fetch_progress.sql")),
             ],
         };
         Migrator::with_migrations(

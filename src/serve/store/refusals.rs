@@ -239,7 +239,13 @@ mod tests {
         assert!(r.close(u64::MAX, true).is_empty());
         assert!(r.take(key, 2 * REFUSAL_WINDOW_MS), "a new window writes its first again");
         // Records that are not refusals are never aggregated.
-        let boot_ok = Event::Done { host: "h".into(), install: "x".into(), peer: p };
+        let boot_ok = Event::Done {
+            host: "h".into(),
+            install: "x".into(),
+            peer: p,
+            profile: None,
+            duration_ms: None,
+        };
         assert!(boot_ok.refusal().is_none());
     }
 

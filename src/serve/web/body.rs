@@ -3,7 +3,7 @@
 
 use crate::serve::web::limits::*;
 
-use crate::serve::web::reply::Payload;
+use crate::serve::web::reply::{OnSent, Payload, Sent};
 
 use crate::serve::web::reply::Reply;
 use bytes::Bytes;
@@ -25,7 +25,24 @@ pub(crate) fn to_response(reply: Reply, head: bool) -> hyper::Response<ResBody> 
     let status = hyper::StatusCode::from_u16(reply.status)
         .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     let empty = || http_body_util::Either::Left(http_body_util::Full::new(Bytes::new()));
-    let (len, body) = match reply.body {
+    let (payload, watch) = match reply.body {
+        // A HEAD answer sends no body: nothing to report, the callback is dropped uncalled.
+        Payload::Watched(inner, _) if head => (*inner, None),
+        // A text body becomes one chunk, so the same body type reports its end.
+        Payload::Watched(inner, on_sent) => match *inner {
+            Payload::Text(text) => {
+                let len = text.len() as u64;
+                let chunk = Bytes::from(text);
+                (Payload::Chunks(Box::new(std::iter::once(chunk)), len), Some(on_sent))
+            }
+            other => (other, Some(on_sent)),
+        },
+        other => (other, None),
+    };
+    let watch = watch.map(|on_sent| Watch { on_sent: Some(on_sent), sent: 0 });
+    let (len, body) = match payload {
+        // Nested watches are not made by any handler; the inner one is dropped uncalled.
+        Payload::Watched(..) => (0, empty()),
         Payload::Text(text) if head => (text.len() as u64, empty()),
         Payload::Text(text) => {
             let len = text.len() as u64;
@@ -33,13 +50,16 @@ pub(crate) fn to_response(reply: Reply, head: bool) -> hyper::Response<ResBody> 
         }
         Payload::Stream(_, len) | Payload::Chunks(_, len) if head => (len, empty()),
         Payload::Stream(reader, len) => {
-            (len, http_body_util::Either::Right(http_body_util::Either::Left(pump(reader, len))))
+            let mut body = pump(reader, len);
+            body.watch = watch;
+            (len, http_body_util::Either::Right(http_body_util::Either::Left(body)))
         }
         Payload::Chunks(chunks, len) => (
             len,
             http_body_util::Either::Right(http_body_util::Either::Right(IterBody {
                 chunks,
                 remaining: len,
+                watch,
             })),
         ),
     };
@@ -59,10 +79,37 @@ pub(crate) fn to_response(reply: Reply, head: bool) -> hyper::Response<ResBody> 
     response
 }
 
+/// The end of a watched body ([`Payload::Watched`]): counts what was handed to the
+/// connection, and reports it once, when the body is dropped (hyper drops it after its last
+/// frame, or when the connection ends early). A plain struct in the body, not a wrapper type:
+/// bodies without a watch carry a `None` and pay one branch per frame.
+struct Watch {
+    on_sent: Option<OnSent>,
+    sent: u64,
+}
+
+impl Watch {
+    fn end(&mut self, complete: bool) {
+        if let Some(on_sent) = self.on_sent.take() {
+            on_sent(Sent { bytes: self.sent, complete });
+        }
+    }
+}
+
 /// A body of buffers already in memory: each poll hands hyper the next one, without copying.
 pub struct IterBody {
     chunks: Box<dyn Iterator<Item = Bytes> + Send>,
     remaining: u64,
+    watch: Option<Watch>,
+}
+
+impl Drop for IterBody {
+    fn drop(&mut self) {
+        let complete = self.remaining == 0;
+        if let Some(w) = &mut self.watch {
+            w.end(complete);
+        }
+    }
 }
 
 impl hyper::body::Body for IterBody {
@@ -79,6 +126,9 @@ impl hyper::body::Body for IterBody {
         Poll::Ready(Some(match self.chunks.next() {
             Some(bytes) if bytes.len() as u64 <= self.remaining => {
                 self.remaining -= bytes.len() as u64;
+                if let Some(w) = &mut self.watch {
+                    w.sent += bytes.len() as u64;
+                }
                 Ok(hyper::body::Frame::data(bytes))
             }
             // Never more or fewer bytes than announced: cut the connection instead.
@@ -99,6 +149,16 @@ impl hyper::body::Body for IterBody {
 pub struct ChannelBody {
     rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
     remaining: u64,
+    watch: Option<Watch>,
+}
+
+impl Drop for ChannelBody {
+    fn drop(&mut self) {
+        let complete = self.remaining == 0;
+        if let Some(w) = &mut self.watch {
+            w.end(complete);
+        }
+    }
 }
 
 impl hyper::body::Body for ChannelBody {
@@ -113,6 +173,9 @@ impl hyper::body::Body for ChannelBody {
             chunk.map(|chunk| {
                 chunk.map(|bytes| {
                     self.remaining = self.remaining.saturating_sub(bytes.len() as u64);
+                    if let Some(w) = &mut self.watch {
+                        w.sent += bytes.len() as u64;
+                    }
                     hyper::body::Frame::data(bytes)
                 })
             })
@@ -170,7 +233,7 @@ fn pump(reader: Box<dyn Read + Send>, len: u64) -> ChannelBody {
             }
         }
     });
-    ChannelBody { rx, remaining: len }
+    ChannelBody { rx, remaining: len, watch: None }
 }
 
 /// A connection whose writes fail once the peer has not taken a single byte for `timeout`, so a
@@ -255,5 +318,39 @@ impl AsyncWrite for SendDeadline {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::sync::{Arc, Mutex};
+
+    fn watched(text: &str, head: bool) -> (hyper::Response<ResBody>, Arc<Mutex<Vec<Sent>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let reply =
+            Reply::text(text.into()).watched(Box::new(move |sent| s.lock().unwrap().push(sent)));
+        (to_response(reply, head), seen)
+    }
+
+    #[test]
+    fn a_watched_body_reports_once_what_was_sent_and_whether_all_was() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (response, seen) = watched("hello", false);
+        assert_eq!(response.headers()[CONTENT_LENGTH], "5");
+        let body = rt.block_on(response.into_body().collect()).unwrap().to_bytes();
+        assert_eq!(&body[..], b"hello");
+        assert_eq!(*seen.lock().unwrap(), [Sent { bytes: 5, complete: true }]);
+        // Cut before a byte went: reported as such.
+        let (response, seen) = watched("hello", false);
+        drop(response);
+        assert_eq!(*seen.lock().unwrap(), [Sent { bytes: 0, complete: false }]);
+        // HEAD sends no body: nothing to report.
+        let (response, seen) = watched("hello", true);
+        assert_eq!(response.headers()[CONTENT_LENGTH], "5");
+        drop(response);
+        assert!(seen.lock().unwrap().is_empty());
     }
 }

@@ -21,7 +21,22 @@ pub enum Payload {
     Stream(Box<dyn Read + Send>, u64),
     /// Buffers already in memory (a node image's template runs and patches), and their total.
     Chunks(Box<dyn Iterator<Item = bytes::Bytes> + Send>, u64),
+    /// A payload whose end is reported: [`OnSent`] is called once, when the body has been
+    /// handed to the connection whole or the connection dropped it (a client that went away, a
+    /// send deadline). Only handlers that record fetches use it; others pay nothing.
+    Watched(Box<Payload>, OnSent),
 }
+
+/// How a watched body ended: body bytes handed to the connection, and whether that was all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    pub bytes: u64,
+    pub complete: bool,
+}
+
+/// Called once with how a [`Payload::Watched`] body ended. Not called for a `HEAD` answer,
+/// which sends no body.
+pub type OnSent = Box<dyn FnOnce(Sent) + Send>;
 
 impl Reply {
     pub fn json(value: &impl Serialize) -> Reply {
@@ -32,6 +47,13 @@ impl Reply {
 
     pub fn text(body: String) -> Reply {
         Reply { status: 200, content_type: TEXT, body: Payload::Text(body), headers: Vec::new() }
+    }
+
+    /// Calls `on_sent` once the body has been sent or cut (see [`Payload::Watched`]).
+    pub fn watched(mut self, on_sent: OnSent) -> Reply {
+        let body = std::mem::replace(&mut self.body, Payload::Text(String::new()));
+        self.body = Payload::Watched(Box::new(body), on_sent);
+        self
     }
 
     pub fn with_status(mut self, status: u16) -> Reply {

@@ -62,6 +62,12 @@ pub enum Route {
     InventoryRow(String),
     /// `/discover`: propose (and apply) MACs, UUIDs and serials from the BMCs (POST).
     Discover,
+    /// `/hosts/{host}/timeline`: the host's installs, step by step.
+    Timeline(String),
+    /// `/hosts/{host}/retry`: a new install of a failed or stalled one (POST).
+    Retry(String),
+    /// `/fleet/stats`: installs in progress, done and failed, durations.
+    FleetStats,
     NotFound,
 }
 
@@ -94,6 +100,9 @@ impl Route {
             ["hosts", _, "done"] => Route::Done(seg(1)),
             ["hosts", _, "started"] => Route::Started(seg(1)),
             ["hosts", _, "failed"] => Route::Failed(seg(1)),
+            ["hosts", _, "timeline"] => Route::Timeline(seg(1)),
+            ["hosts", _, "retry"] => Route::Retry(seg(1)),
+            ["fleet", "stats"] => Route::FleetStats,
             ["events"] => Route::Events,
             ["admin", "reload"] => Route::Reload,
             ["ui"] => Route::Ui(None),
@@ -140,6 +149,9 @@ impl Route {
             Route::InventoryRows => "/inventory/hosts",
             Route::InventoryRow(_) => "/inventory/hosts/{host}",
             Route::Discover => "/discover",
+            Route::Timeline(_) => "/hosts/{host}/timeline",
+            Route::Retry(_) => "/hosts/{host}/retry",
+            Route::FleetStats => "/fleet/stats",
             Route::NotFound => "-",
         }
     }
@@ -173,6 +185,8 @@ impl Route {
             Route::InventoryRow(_) => "PUT, DELETE",
             // Reads every chosen BMC: never a GET.
             Route::Discover => "POST",
+            Route::Timeline(_) | Route::FleetStats => "GET, HEAD",
+            Route::Retry(_) => "POST",
             Route::NotFound => "",
         }
     }

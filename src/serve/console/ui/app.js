@@ -59,7 +59,7 @@
     $("#nav").hidden = false; $("#who").hidden = false;
     for (const e of document.querySelectorAll("[data-role]")) e.hidden = !can(e.dataset.role);
     $("#password").value = ""; $("#token").value = "";
-    show("fleet");
+    route();
   }
   async function login(body) {
     $("#login-error").textContent = "";
@@ -77,7 +77,10 @@
     for (const s of document.querySelectorAll(".view")) s.hidden = s.id !== "view-" + view;
     for (const b of document.querySelectorAll("#nav button")) b.classList.toggle("active", b.dataset.view === view);
     clearInterval(fleet.timer);
-    if (view === "fleet") { loadFleet(); fleet.timer = setInterval(loadFleet, 2000); }
+    // The host page is the only view with an address of its own; leaving it drops the hash.
+    if (view !== "host" && hostFromHash() !== null) history.replaceState(null, "", location.pathname + location.search);
+    if (view === "host") { loadHost(); fleet.timer = setInterval(loadHost, 3000); }
+    if (view === "fleet") { stats.at = 0; loadFleet(); fleet.timer = setInterval(loadFleet, 2000); }
     if (view === "audit") { audit = { before: null, pages: [] }; loadAudit(); }
     if (view === "status") loadStatus();
     if (view === "inventory") loadInventory();
@@ -98,7 +101,13 @@
     loading = true;
     try {
       const r = await api("GET", fleetQuery());
-      if (r.ok) renderFleet(r.data);
+      if (r.ok) {
+        renderFleet(r.data);
+        // A host changed phase: the figures are out of date now, not in 10 s.
+        const phases = JSON.stringify(r.data.phases);
+        if (phases !== stats.phases) { stats.phases = phases; stats.at = 0; }
+      }
+      if (Date.now() - stats.at > 10000) await loadStats();
     } finally { loading = false; }
   }
   function fillProfiles(select, names, keepFirst) {
@@ -151,17 +160,18 @@
       : el("td", {}, h.last_install ? el("small", {}, `last: ${h.last_install.how} ${ago(h.last_install.ended_at)}`) : "—");
     const failure = h.flag && h.flag.install.last_failure_reason;
     tr.append(
-      el("td", {}, el("strong", {}, h.hostname)),
+      el("td", {}, el("a", { className: "host-link", href: hostHash(h.hostname), textContent: h.hostname })),
       el("td", { className: "mono" }, h.ip || ""),
       el("td", { className: "mono" }, h.mac || ""),
       el("td", {}, h.vlan == null ? "" : h.vlan),
       el("td", {}, profile),
-      el("td", {}, el("span", { className: "phase phase-" + phase }, phase), failure ? el("small", {}, failure) : ""),
+      el("td", {}, el("span", { className: "phase phase-" + phase }, phase), stalledBadge(h), failure ? el("small", {}, failure) : ""),
       boot, inst, hardwareCell(h.hardware),
     );
     if (can("reimage")) {
       const acts = el("div", { className: "row-actions" });
       const btn = (cls, text, fn) => { const b = el("button", { className: cls, textContent: text }); b.addEventListener("click", fn); acts.append(b); };
+      if (retryable(h)) btn("retry", "Retry", () => confirmRetry(h.hostname));
       if (h.flagged) btn("cancel danger", "Cancel", () => confirmFlag([h.hostname], false));
       else btn("reimage", "Reimage", () => confirmFlag([h.hostname], true));
       btn("download", "ISO", () => download(h.hostname, "iso"));
@@ -215,6 +225,7 @@
       }
       fleet.selected.clear();
       $("#fleet-msg").textContent = results.join("; ");
+      stats.at = 0; // the figures count this change at once
       loadFleet();
     });
   }
@@ -280,6 +291,221 @@
     const boot = rep.boot_override ? `boots from CD: ${rep.boot_override}` : "boot override untouched";
     const reset = rep.reset ? `, reset (${rep.reset})` : "";
     return `${host}: ISO attached, ${boot}${reset}; URL valid until ${d.url_expires_at}`;
+  }
+
+  // ---------------------------------------------------------------- host page
+  // `#host/NAME` is the host page's address, so it can be linked and reloaded. Everything the
+  // timeline holds came from nodes and installers (file names, failure reasons): it goes into
+  // the page as text only, like every other value.
+  const hostPage = { name: null, loading: false };
+  const hostHash = (name) => "#host/" + encodeURIComponent(name);
+  function hostFromHash() {
+    const m = /^#host\/(.+)$/.exec(location.hash);
+    if (!m) return null;
+    try { return decodeURIComponent(m[1]); } catch (_) { return null; }
+  }
+  function route() {
+    if (!me) return;
+    const name = hostFromHash();
+    if (name !== null) { hostPage.name = name; show("host"); }
+    else if (!$("#view-host").hidden || $("#view-login").hidden === false) show("fleet");
+  }
+  window.addEventListener("hashchange", route);
+  $("#host-back").addEventListener("click", (ev) => { ev.preventDefault(); show("fleet"); });
+
+  const stalledBadge = (h) => h.stalled ? el("span", { className: "badge badge-stalled", title: stalledTitle(h) }, "stalled") : "";
+  const stalledTitle = (h) => h.stall_after_s ? `no progress for longer than ${fmtDur(h.stall_after_s * 1000)}` : "no progress for too long";
+  const retryable = (h) => !!h.flagged && (h.stalled || h.phase === "failed");
+  const utc = (ms) => new Date(ms).toISOString().replace("T", " ").slice(0, 19);
+  function fmtDur(ms) {
+    if (ms == null) return "";
+    if (ms < 1000) return ms + " ms";
+    if (ms < 90000) return (ms / 1000).toFixed(1) + " s";
+    if (ms < 5400000) return Math.round(ms / 60000) + " min";
+    return (ms / 3600000).toFixed(1) + " h";
+  }
+  function fmtBytes(n) {
+    if (n == null) return "";
+    if (n < 10240) return n + " B";
+    if (n < 10485760) return (n / 1024).toFixed(1) + " KiB";
+    return (n / 1048576).toFixed(1) + " MiB";
+  }
+
+  async function loadHost() {
+    const name = hostPage.name;
+    if (hostPage.loading || !me || name == null) return;
+    hostPage.loading = true;
+    try {
+      const path = `/hosts/${encodeURIComponent(name)}`;
+      const [h, t] = await Promise.all([api("GET", path), api("GET", path + "/timeline")]);
+      if (name !== hostPage.name) return;
+      $("#host-name").textContent = name;
+      $("#host-error").textContent = h.ok ? (t.ok ? "" : `timeline: ${t.data.error || "HTTP " + t.status}`)
+        : (h.data.error || "HTTP " + h.status);
+      if (h.ok) renderHostFacts(h.data);
+      renderInstalls(t.ok ? t.data.installs || [] : []);
+    } finally { hostPage.loading = false; }
+  }
+  function renderHostFacts(h) {
+    const phase = h.phase || (h.state_error ? "error" : "");
+    const ph = $("#host-phase"); ph.textContent = "";
+    ph.append(el("span", { className: "phase phase-" + phase }, phase), stalledBadge(h));
+    const retry = $("#host-retry");
+    retry.hidden = !(can("reimage") && retryable(h));
+    retry.onclick = () => confirmRetry(h.hostname);
+    const lb = h.last_boot, f = h.flag, li = h.last_install;
+    const rows = [
+      ["Address", h.ip || "—"], ["MAC", h.mac || "—"], ["VLAN", h.vlan == null ? "—" : h.vlan],
+      ["Profile", h.profile || h.default_profile || "—"],
+      ["Phase", phase + (h.stalled ? " (stalled)" : "") + (h.state_error ? `: ${h.state_error}` : "")],
+      ["Flag", f ? `install ${f.install.id}, profile ${f.profile}, by ${f.set_by} from ${f.set_from} at ${f.set_at}` : "not flagged"],
+      ["Last progress", h.progress_ms ? `${utc(h.progress_ms)} (${fmtDur(Date.now() - h.progress_ms)} ago)` : "—"],
+      ["Stalled after", h.stall_after_s ? fmtDur(h.stall_after_s * 1000) + " without progress" : "—"],
+      ["Last failure", (f && f.install.last_failure_reason) || "—"],
+      ["Last boot", lb ? `${lb.time}: ${lb.answer} (${lb.reason}) from ${lb.peer}` : "—"],
+      ["Last install", li ? `${li.id}, ${li.profile}: ${li.how} at ${li.ended_at}` : "—"],
+    ];
+    const body = $("#host-facts tbody"); body.textContent = "";
+    for (const [k, v] of rows) body.append(el("tr", {}, el("th", {}, k), el("td", {}, v)));
+  }
+  // What a step says beyond its name, as short text parts.
+  function stepDetails(s, inst) {
+    const d = [];
+    switch (s.step) {
+      case "flagged":
+        d.push(`by ${s.by || "?"}${s.via ? " (" + s.via + ")" : ""}`, `profile ${inst.profile}`);
+        if (s.retry) d.push("a retry");
+        break;
+      case "replaced": d.push("a new flag or a retry replaced this install"); break;
+      case "removed": d.push("the host left the inventory"); break;
+      case "cancelled": d.push(`by ${s.by || "?"}${s.via ? " (" + s.via + ")" : ""}`); break;
+      case "boot": case "next-boot":
+        if (s.answer) d.push(`answer: ${s.answer}`);
+        if (s.reason) d.push(s.reason);
+        if (s.medium) d.push(`medium ${s.medium}`);
+        break;
+      case "config": case "asset":
+        if (s.file) d.push(s.file);
+        if (s.status != null) d.push(`HTTP ${s.status}`);
+        if (s.bytes != null) d.push(fmtBytes(s.bytes));
+        if (s.fetch_ms != null) d.push(`in ${fmtDur(s.fetch_ms)}`);
+        if (s.attributed) d.push(`by ${s.attributed}`);
+        if (s.complete === false) d.push("cut short");
+        break;
+      case "failed": d.push(s.failure ? `installer said: ${s.failure}` : "no reason given"); break;
+      case "done": if (inst.duration_ms != null) d.push(`install took ${fmtDur(inst.duration_ms)}`); break;
+      default: if (s.failure) d.push(s.failure);
+    }
+    if (s.peer) d.push(`from ${s.peer}`);
+    return d;
+  }
+  function renderInstalls(installs) {
+    const box = $("#host-installs"); box.textContent = "";
+    if (!installs.length) { box.append(el("p", { className: "msg" }, "No install recorded for this host.")); return; }
+    for (const inst of installs) {
+      const card = el("div", { className: "card install" + (inst.open ? " open" : "") });
+      card.dataset.install = inst.install;
+      card.dataset.state = inst.state;
+      const head = el("div", { className: "install-head" },
+        el("span", { className: "mono install-id", title: inst.install }, inst.install),
+        el("span", {}, inst.profile),
+        el("span", { className: "phase phase-" + inst.state }, inst.state),
+        inst.stalled ? el("span", { className: "badge badge-stalled" }, "stalled") : "",
+        inst.open ? el("span", { className: "badge" }, "current") : "",
+        inst.duration_ms != null ? el("span", { className: "muted" }, `took ${fmtDur(inst.duration_ms)}`) : "",
+        inst.stall_after_s ? el("span", { className: "muted" }, `stalls after ${fmtDur(inst.stall_after_s * 1000)}`) : "");
+      const table = el("table", { className: "steps" },
+        el("thead", {}, el("tr", {}, el("th", {}, "Time (UTC)"), el("th", {}, "Since previous"), el("th", {}, "Step"), el("th", {}, "Details"))));
+      const body = el("tbody");
+      for (const s of inst.steps || []) {
+        const tr = el("tr", { className: "step step-" + s.step },
+          el("td", { className: "mono" }, utc(s.ms)),
+          el("td", { className: "since" }, s.since_prev_ms == null ? "" : "+" + fmtDur(s.since_prev_ms)),
+          el("td", {}, el("span", { className: "step-name" }, s.step)),
+          el("td", { className: "details" }, stepDetails(s, inst).join(" · ")));
+        tr.dataset.step = s.step;
+        if (s.status != null && s.status >= 400) tr.classList.add("bad");
+        body.append(tr);
+      }
+      if (inst.steps_omitted) {
+        body.append(el("tr", { className: "omitted" }, el("td", { colSpan: 4 }, `${inst.steps_omitted} more asset fetches folded away`)));
+      }
+      table.append(body);
+      card.append(head, table);
+      box.append(card);
+    }
+  }
+
+  function confirmRetry(host) {
+    ask("Retry the install of this host? It gets a new install id with the same profile; its next boot installs.", [host], async () => {
+      const r = await api("POST", `/hosts/${encodeURIComponent(host)}/retry`, {});
+      const msg = r.ok ? `${host}: retried, install ${r.data.flag ? r.data.flag.install.id : ""}` : `${host}: ${r.data.error || "HTTP " + r.status}`;
+      $("#fleet-msg").textContent = msg; $("#host-msg").textContent = msg;
+      stats.at = 0;
+      if (!$("#view-host").hidden) loadHost(); else loadFleet();
+    });
+  }
+
+  // ---------------------------------------------------------------- fleet figures
+  const stats = { at: 0 };
+  async function loadStats() {
+    stats.at = Date.now();
+    const r = await api("GET", "/fleet/stats?days=14");
+    if (r.ok) renderStats(r.data);
+  }
+  function renderStats(d) {
+    $("#fig-in-progress").textContent = d.in_progress;
+    $("#fig-stalled").textContent = d.stalled;
+    $("#fig-done-today").textContent = d.today ? d.today.done : "";
+    $("#fig-failed-today").textContent = d.today ? d.today.failed : "";
+    const body = $("#fig-profiles tbody"); body.textContent = "";
+    for (const p of d.profiles || []) {
+      const tr = el("tr", {}, el("td", {}, p.profile), el("td", {}, p.done), el("td", {}, p.failed),
+        el("td", {}, p.p50_ms == null ? "—" : fmtDur(p.p50_ms)), el("td", {}, p.p95_ms == null ? "—" : fmtDur(p.p95_ms)));
+      tr.dataset.profile = p.profile;
+      body.append(tr);
+    }
+    if (!(d.profiles || []).length) body.append(el("tr", {}, el("td", { colSpan: 5, className: "msg" }, "no install ended in this window")));
+    drawChart($("#fig-chart"), d.series || []);
+  }
+  // Installs per day as stacked bars (done below, failed on top), drawn as SVG elements by the
+  // page itself: no library, no inline style (the page's CSP), colours from app.css classes.
+  function drawChart(box, series) {
+    const NS = "http://www.w3.org/2000/svg";
+    const svg = (tag, attrs, text) => {
+      const e = document.createElementNS(NS, tag);
+      for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+      if (text != null) e.textContent = text;
+      return e;
+    };
+    const bw = 22, gap = 6, top = 18, h = 90, left = 28, bottom = 30;
+    const width = left + series.length * (bw + gap) + 90, height = top + h + bottom;
+    const max = Math.max(1, ...series.map((s) => s.done + s.failed));
+    const root = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "installs per day, done and failed" });
+    root.append(svg("text", { x: 0, y: 12, class: "chart-label" }, "installs per day (UTC)"));
+    root.append(svg("text", { x: left - 4, y: top + 4, class: "chart-axis", "text-anchor": "end" }, String(max)));
+    root.append(svg("text", { x: left - 4, y: top + h, class: "chart-axis", "text-anchor": "end" }, "0"));
+    root.append(svg("line", { x1: left, y1: top + h + 0.5, x2: left + series.length * (bw + gap), y2: top + h + 0.5, class: "chart-base" }));
+    series.forEach((s, i) => {
+      const x = left + i * (bw + gap) + gap / 2;
+      const hd = (s.done / max) * h, hf = (s.failed / max) * h;
+      const g = svg("g", { class: "bar" });
+      g.dataset.day = s.day;
+      g.append(svg("title", {}, `${s.day}: ${s.done} done, ${s.failed} failed`));
+      g.append(svg("rect", { x, y: top + h - hd, width: bw, height: hd, class: "bar-done" }));
+      g.append(svg("rect", { x, y: top + h - hd - hf, width: bw, height: hf, class: "bar-failed" }));
+      const n = s.done + s.failed;
+      if (n) g.append(svg("text", { x: x + bw / 2, y: top + h - hd - hf - 3, class: "chart-value", "text-anchor": "middle" }, String(n)));
+      if (i === 0 || i === series.length - 1 || i % 7 === 0) {
+        g.append(svg("text", { x: x + bw / 2, y: top + h + 14, class: "chart-axis", "text-anchor": "middle" }, s.day.slice(5)));
+      }
+      root.append(g);
+    });
+    const lx = left + series.length * (bw + gap) + 10;
+    root.append(svg("rect", { x: lx, y: top + 4, width: 10, height: 10, class: "bar-done" }), svg("text", { x: lx + 14, y: top + 13, class: "chart-axis" }, "done"));
+    root.append(svg("rect", { x: lx, y: top + 22, width: 10, height: 10, class: "bar-failed" }), svg("text", { x: lx + 14, y: top + 31, class: "chart-axis" }, "failed"));
+    box.textContent = "";
+    box.append(root);
   }
 
   // ---------------------------------------------------------------- inventory (admin)

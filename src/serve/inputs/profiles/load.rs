@@ -36,6 +36,11 @@ pub struct Settings {
     /// machine asks more than once during one install.
     #[serde(default = "default_window")]
     pub repeat_window_secs: u64,
+    /// `stall_after = "45m"`: an install that began and made no progress (no answer, fetch or
+    /// callback) for longer than this is shown as **stalled** ([`DEFAULT_STALL_AFTER_SECS`]
+    /// when not set). A number with a unit: `s`, `m`, `h` or `d`.
+    #[serde(default = "default_stall", rename = "stall_after", deserialize_with = "de_stall")]
+    pub stall_after_secs: u64,
     /// How hosts using this profile leave iPXE for their disk: auto, exit or 0x80….
     #[serde(default, deserialize_with = "de_local_boot")]
     pub local_boot: Option<LocalBoot>,
@@ -53,6 +58,46 @@ fn default_window() -> u64 {
     600
 }
 
+/// The default `stall_after`: one hour, longer than a network install usually takes between two
+/// steps (a slow mirror's package download is one asset fetch per package).
+pub const DEFAULT_STALL_AFTER_SECS: u64 = 3600;
+
+fn default_stall() -> u64 {
+    DEFAULT_STALL_AFTER_SECS
+}
+
+fn de_stall<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let text: String = serde::Deserialize::deserialize(d)?;
+    parse_stall_after(&text).map_err(serde::de::Error::custom)
+}
+
+/// `stall_after`'s value: a whole number and one unit (`90s`, `45m`, `2h`, `1d`), from one
+/// second to 30 days.
+pub fn parse_stall_after(text: &str) -> Result<u64, String> {
+    let bad = || {
+        format!(
+            "stall_after = {:?}: expected a whole number and a unit s, m, h or d (like \"45m\"), \
+             from 1s to 30d",
+            text.chars().take(32).collect::<String>()
+        )
+    };
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    let secs = n.checked_mul(scale).ok_or_else(bad)?;
+    if secs == 0 || secs > 30 * 86_400 {
+        return Err(bad());
+    }
+    Ok(secs)
+}
+
 fn de_local_boot<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<LocalBoot>, D::Error> {
     let text: String = serde::Deserialize::deserialize(d)?;
     text.parse().map(Some).map_err(serde::de::Error::custom)
@@ -64,6 +109,7 @@ impl Default for Settings {
             description: String::new(),
             clear: ClearOn::Callback,
             repeat_window_secs: default_window(),
+            stall_after_secs: DEFAULT_STALL_AFTER_SECS,
             local_boot: None,
             vars: BTreeMap::new(),
         }

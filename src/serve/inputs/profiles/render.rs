@@ -152,8 +152,23 @@ fn context(ctx: &RenderContext<'_>, vars: Option<&BTreeMap<String, String>>) -> 
         None => format!("{server}/config/{host}/"),
     };
     let asset_base = format!("{server}/assets/");
+    let node_asset_base = asset_base.clone();
     let asset_url = Value::from_function(move |path: String| {
         format!("{asset_base}{}", crate::serve::util::encode_path(path.trim_start_matches('/')))
+    });
+    // `asset_url` with `?node=HOST&token=TOKEN`, so the service can tie the fetch to the node
+    // (its timeline) wherever it comes from. For single files (kernel, initrd, image): a base
+    // URL that an installer appends paths to (a package mirror) must stay `asset_url`'s.
+    let node_q = format!("node={host}");
+    let node_asset_url = Value::from_function(move |path: String| {
+        let url = format!(
+            "{node_asset_base}{}",
+            crate::serve::util::encode_path(path.trim_start_matches('/'))
+        );
+        match &token_q {
+            Some(t) => format!("{url}?{node_q}&{t}"),
+            None => url,
+        }
     });
     minijinja::context! {
         node => Value::from(node_vars),
@@ -169,5 +184,6 @@ fn context(ctx: &RenderContext<'_>, vars: Option<&BTreeMap<String, String>>) -> 
         config_url => config_url,
         config_base_url => config_base_url,
         asset_url => asset_url,
+        node_asset_url => node_asset_url,
     }
 }
