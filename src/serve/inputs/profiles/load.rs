@@ -382,3 +382,26 @@ fn load_one(
         Err(errors)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stall_after_takes_a_number_and_a_unit_within_bounds() {
+        let ok = [("90s", 90), ("45m", 2700), ("2h", 7200), ("1d", 86_400), ("30d", 2_592_000)];
+        for (text, secs) in ok {
+            assert_eq!(parse_stall_after(text), Ok(secs), "{text}");
+        }
+        for bad in
+            ["", "45", "m", "0s", "31d", "1.5h", "-1h", "45 m", "45M", "99999999999999999999d"]
+        {
+            let e = parse_stall_after(bad).unwrap_err();
+            assert!(e.starts_with("stall_after = ") && e.contains("\"45m\""), "{bad}: {e}");
+        }
+        let s: Settings = toml::from_str("stall_after = \"90s\"").unwrap();
+        assert_eq!(s.stall_after_secs, 90);
+        let s: Settings = toml::from_str("").unwrap();
+        assert_eq!(s.stall_after_secs, DEFAULT_STALL_AFTER_SECS);
+    }
+}
