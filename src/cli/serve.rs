@@ -169,8 +169,15 @@ pub struct ServeArgs {
     /// Seconds between background reads of every BMC's hardware state (power, health, our
     /// medium, boot override) for /hosts and the console; 0: no background reads (only
     /// GET /hosts/{h}/hardware?refresh=1).
-    #[arg(long, value_name = "SECS", default_value_t = crate::serve::app::config::DEFAULT_BMC_REFRESH.as_secs())]
+    /// Otherwise 5 to 86400.
+    #[arg(long, value_name = "SECS", default_value_t = crate::serve::app::config::DEFAULT_BMC_REFRESH.as_secs(),
+          value_parser = parse_bmc_refresh)]
     pub bmc_refresh: u64,
+    /// Hardware state reads of live BMCs at once (1 to 32); BMCs whose last read timed out or
+    /// found nobody are read two at a time on a lane of their own, less and less often.
+    #[arg(long, value_name = "N", default_value_t = crate::serve::app::config::DEFAULT_BMC_REFRESH_JOBS,
+          value_parser = parse_bmc_refresh_jobs)]
+    pub bmc_refresh_jobs: usize,
     /// The longest one BMC's hardware state read may take, in seconds; a BMC slower than this
     /// is shown with error `timeout` and stale state.
     #[arg(long, value_name = "SECS", default_value_t = crate::serve::app::config::DEFAULT_BMC_STATE_TIMEOUT.as_secs(),
@@ -336,6 +343,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.bmc_deadline = std::time::Duration::from_secs(args.bmc_deadline);
     config.bmc_refresh = std::time::Duration::from_secs(args.bmc_refresh);
     config.bmc_state_timeout = std::time::Duration::from_secs(args.bmc_state_timeout);
+    config.bmc_refresh_jobs = args.bmc_refresh_jobs;
     config.ldap_config = args.ldap_config;
     config.secure_cookies = args.console_secure_cookie;
     config.trusted_proxies = args.trusted_proxies;
@@ -561,4 +569,27 @@ pub fn power(args: PowerArgs) -> anyhow::Result<bool> {
         },
         client::MediaAction::Power(action.as_str()),
     )
+}
+
+/// `--bmc-refresh`: 0, or a number of seconds in [`crate::serve::app::config::BMC_REFRESH_SECS`].
+fn parse_bmc_refresh(text: &str) -> Result<u64, String> {
+    let range = crate::serve::app::config::BMC_REFRESH_SECS;
+    match text.parse::<u64>() {
+        Ok(0) => Ok(0),
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(format!(
+            "must be 0 (no background reads) or {} to {} seconds",
+            range.start(),
+            range.end()
+        )),
+    }
+}
+
+/// `--bmc-refresh-jobs`: 1 to [`crate::serve::app::config::MAX_BMC_REFRESH_JOBS`].
+fn parse_bmc_refresh_jobs(text: &str) -> Result<usize, String> {
+    let max = crate::serve::app::config::MAX_BMC_REFRESH_JOBS;
+    match text.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("must be 1 to {max}")),
+    }
 }
