@@ -195,6 +195,7 @@ pub async fn attach(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<R
             };
             let ca = ca.as_ref().map(|ca| redfish::Enroll { ca, on_change: &on_trust });
             let result = client.attach_within(&target, &url, boot, reset, ca, progress);
+            service.hardware.changed(&trusted_host);
             // Audited on the BMC thread: a client that hangs up drops the handler's future,
             // not the attach the BMC is doing.
             service.audit.note(&Event::BmcMedia {
@@ -233,6 +234,7 @@ pub async fn detach(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<R
     let result = bmc
         .run(Use::Write, &bmc_url, claim, move |client, progress| {
             let result = client.detach_within(&target, progress);
+            service.hardware.changed(&audited_host);
             // Audited on the BMC thread (see attach).
             service.audit.note(&Event::BmcMedia {
                 host: audited_host,

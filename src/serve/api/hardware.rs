@@ -89,6 +89,7 @@ pub async fn power(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Re
     let result = bmc
         .run(Use::Write, &bmc_url, claim, move |client, progress| {
             let result = client.power_within(&target, action, progress);
+            service.hardware.changed(&audited_host);
             // Audited on the BMC thread, not by the handler: a client that hangs up drops the
             // handler's future, but the reset has been sent all the same.
             service.audit.note(&Event::BmcPower {

@@ -316,6 +316,16 @@ impl Hardware {
         }
     }
 
+    /// Forgets when `host` was last read, after an attach, detach or power action changed what
+    /// a read finds: the next `?refresh=1` reads the BMC rather than answer from a read that
+    /// ended [`RECENT`]ly, and a backed-off host is due again.
+    pub(crate) fn changed(&self, host: &str) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = cache.get_mut(host) {
+            e.tried_ms = 0;
+        }
+    }
+
     /// Waits until a read of `host` ends after `since_ms` (one already under way), at most
     /// `limit`; whether one did.
     pub(crate) async fn wait_read(&self, host: &str, since_ms: u64, limit: Duration) -> bool {
