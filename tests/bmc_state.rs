@@ -525,3 +525,26 @@ fn refused_credentials_are_not_retried_until_the_file_changes() {
 fn base64_admin() -> String {
     "YWRtaW46bm90LXRoZS1wYXNzd29yZA==".into()
 }
+
+/// A BMC whose System answer is huge: the background read refuses it past 256 KiB (reads run
+/// for every BMC at once), while the operator's status read (`GET /hosts/{h}/media`, up to
+/// 4 MiB) still works.
+#[test]
+fn a_huge_state_answer_is_refused() {
+    fn huge(v: &mut Value) {
+        if v["@odata.type"].as_str().is_some_and(|t| t.contains("ComputerSystem")) {
+            v["Oem"] = Value::from("x".repeat(300 << 10));
+        }
+    }
+    let emu = Emulator::start(EmulatorConfig::new(1));
+    let proxy = Proxy::start(emu.port, Quirks { report_json: Some(huge), ..Quirks::default() });
+    let url = emu.system_url(0).replace(&emu.base, &proxy.base);
+    let rows = format!("big,10.0.2.15/24,10.0.2.2,10.0.2.3,,e2e,{url}\n");
+    let f = service(&rows, Duration::ZERO, Duration::from_secs(10));
+    let hw = read_now(&f, "big");
+    assert_eq!(hw["checked_ms"], Value::Null, "{hw}");
+    assert!(hw["error"].is_string(), "{hw}");
+    let (status, v) = api("GET", &format!("{}/hosts/big/media", f.base), READ_TOKEN, "");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["bmc"]["power_state"], "On", "{v}");
+}

@@ -426,21 +426,61 @@ impl Hardware {
     }
 }
 
-/// Whether the virtual CD holds our medium, another, or nothing.
+/// A URL cut into what decides whether it is ours: scheme, host and port (the scheme's default
+/// port filled in), and path, all lower-case; `None` for anything that is not plain
+/// `http(s)://host[:port]/path` (user information, a bad port).
+fn url_parts(url: &str) -> Option<(String, String, u16, String)> {
+    let lower = url.to_ascii_lowercase();
+    let (scheme, rest) = lower.split_once("://")?;
+    let default = match scheme {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, rest) = rest.split_at(end);
+    if authority.contains('@') || authority.is_empty() {
+        return None;
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && !p.contains(']') => (h, p.parse().ok()?),
+        _ => (authority, default),
+    };
+    let path = &rest[..rest.find(['?', '#']).unwrap_or(rest.len())];
+    Some((scheme.to_string(), host.to_string(), port, path.to_string()))
+}
+
+/// Whether the virtual CD holds our medium for `host`, another, or nothing.
+///
+/// Ours means exactly: the reported URL, decoded (BMCs hand it back percent- or HTML-encoded),
+/// has the scheme, host and port of one of `bases` and the path `BASE-PATH/media/HOST.EXT` of
+/// *this* host (another node's medium is `other`); and its `/media/` is literal in what the BMC
+/// reports, since a BMC fetches `%2Fmedia%2F` as it stands, which is not our path.
 pub(crate) fn medium_of(
     media: &Option<(Option<String>, Option<bool>)>,
     bases: &[String],
+    host: &str,
 ) -> Medium {
     match media {
         None => Medium::Unknown,
         Some((_, Some(false))) | Some((None, None)) => Medium::None,
         Some((None, Some(true))) => Medium::Other,
         Some((Some(image), _)) => {
-            // Decoded first: BMCs report the URL percent- or HTML-encoded.
-            let ours = decoded(image).is_some_and(|d| {
-                let d = d.to_ascii_lowercase();
-                bases.iter().any(|b| d.starts_with(&format!("{b}/media/")))
-            });
+            let literal = image.to_ascii_lowercase().contains("/media/");
+            let ours = literal
+                && decoded(image).and_then(|d| url_parts(&d)).is_some_and(|(s, h, p, path)| {
+                    bases.iter().filter_map(|b| url_parts(b)).any(|(bs, bh, bp, bpath)| {
+                        let dir = format!("{}/media/", bpath.trim_end_matches('/'));
+                        bs == s
+                            && bh == h
+                            && bp == p
+                            && path.strip_prefix(&dir).is_some_and(|file| {
+                                crate::media::Format::ALL
+                                    .iter()
+                                    .any(|f| file == f.file_name(&host.to_ascii_lowercase()))
+                            })
+                    })
+                });
             if ours {
                 Medium::Ours
             } else {
@@ -450,11 +490,11 @@ pub(crate) fn medium_of(
     }
 }
 
-pub(crate) fn seen_of(state: &HardwareState, bases: &[String]) -> Seen {
+pub(crate) fn seen_of(state: &HardwareState, bases: &[String], host: &str) -> Seen {
     Seen {
         power: state.power,
         health: state.health,
-        medium: medium_of(&state.media, bases),
+        medium: medium_of(&state.media, bases, host),
         boot_override: state.boot_override,
     }
 }
@@ -507,21 +547,31 @@ mod tests {
 
     #[test]
     fn our_medium_is_told_from_others() {
-        let bases = vec!["http://10.0.0.5:8080".to_string()];
+        let bases = vec!["http://10.0.0.5:8080".to_string(), "https://boot.lab/pxe/".to_string()];
         let m = |image: Option<&str>, inserted: Option<bool>| {
-            medium_of(&Some((image.map(str::to_string), inserted)), &bases)
+            medium_of(&Some((image.map(str::to_string), inserted)), &bases, "n1")
         };
-        assert_eq!(
-            m(Some("http://10.0.0.5:8080/media/n1.iso?exp=1&sig=ab"), Some(true)),
-            Medium::Ours
-        );
-        assert_eq!(m(Some("HTTP://10.0.0.5:8080%2Fmedia%2Fn1.iso"), Some(true)), Medium::Ours);
-        assert_eq!(m(Some("http://10.0.0.6:8080/media/n1.iso"), Some(true)), Medium::Other);
-        assert_eq!(m(Some("http://10.0.0.5:8080.evil/media/n1.iso"), Some(true)), Medium::Other);
+        let ours = |image: &str| m(Some(image), Some(true));
+        assert_eq!(ours("http://10.0.0.5:8080/media/n1.iso?exp=1&sig=ab"), Medium::Ours);
+        assert_eq!(ours("HTTP://10.0.0.5:8080/MEDIA/n1.iso%3Fexp%3D1"), Medium::Ours);
+        assert_eq!(ours("https://boot.lab:443/pxe/media/n1.usb.img"), Medium::Ours);
+        assert_eq!(ours("https://boot.lab/pxe/media/n1.efi.img?sig=1"), Medium::Ours);
+        // Fetched literally by the BMC: not our path.
+        assert_eq!(ours("HTTP://10.0.0.5:8080%2Fmedia%2Fn1.iso"), Medium::Other);
+        // Another node's medium, another server, another port or scheme, a look-alike host.
+        assert_eq!(ours("http://10.0.0.5:8080/media/n2.iso"), Medium::Other);
+        assert_eq!(ours("http://10.0.0.6:8080/media/n1.iso"), Medium::Other);
+        assert_eq!(ours("http://10.0.0.5/media/n1.iso"), Medium::Other);
+        assert_eq!(ours("https://10.0.0.5:8080/media/n1.iso"), Medium::Other);
+        assert_eq!(ours("http://10.0.0.5:8080.evil/media/n1.iso"), Medium::Other);
+        assert_eq!(ours("http://u@10.0.0.5:8080/media/n1.iso"), Medium::Other);
+        assert_eq!(ours("http://10.0.0.5:8080/x/media/n1.iso"), Medium::Other);
+        assert_eq!(ours("https://boot.lab/media/n1.iso"), Medium::Other);
+        assert_eq!(ours("http://10.0.0.5:8080/media/n1.iso.bak"), Medium::Other);
         assert_eq!(m(Some("http://10.0.0.5:8080/media/n1.iso"), Some(false)), Medium::None);
         assert_eq!(m(None, None), Medium::None);
         assert_eq!(m(None, Some(true)), Medium::Other);
-        assert_eq!(medium_of(&None, &bases), Medium::Unknown);
+        assert_eq!(medium_of(&None, &bases, "n1"), Medium::Unknown);
     }
 
     #[test]

@@ -56,7 +56,7 @@ async fn read_one<H: Send + 'static>(
                 })
                 .await;
             match answer {
-                Ok(Ok(state)) => Ok(seen_of(&state, &our_bases(svc, node))),
+                Ok(Ok(state)) => Ok(seen_of(&state, &our_bases(svc, node), host)),
                 Ok(Err(e)) => {
                     let text = crate::serve::app::bmc::scrub(&e.to_string());
                     tracing::debug!(host, "hardware state: {text}");
