@@ -168,8 +168,7 @@ pub struct ServeArgs {
     pub bmc_deadline: u64,
     /// Seconds between background reads of every BMC's hardware state (power, health, our
     /// medium, boot override) for /hosts and the console; 0: no background reads (only
-    /// GET /hosts/{h}/hardware?refresh=1).
-    /// Otherwise 5 to 86400.
+    /// GET /hosts/{h}/hardware?refresh=1); otherwise 5 to 86400.
     #[arg(long, value_name = "SECS", default_value_t = crate::serve::app::config::DEFAULT_BMC_REFRESH.as_secs(),
           value_parser = parse_bmc_refresh)]
     pub bmc_refresh: u64,
@@ -516,10 +515,10 @@ Examples:
   bootforge power node01 node02 on --server http://bootsvc:8080 --token-file ~/.bootforge-token
 
   # Force every node with a BMC off:
-  bootforge power --all force-off --server http://bootsvc:8080 --token-file t
+  bootforge power --all force-off --yes --server http://bootsvc:8080 --token-file t
 
 The last word is the action: on, off (graceful shutdown), force-off, restart (graceful),
-force-restart. The service sends the BMC's ComputerSystem.Reset with the matching ResetType
+force-restart. With --all, every action but `on` needs --yes. The service sends the BMC's ComputerSystem.Reset with the matching ResetType
 (one the BMC allows), and audits it. Prints one line per host; the exit status is 1 if any host
 failed. See docs/BMC.md.";
 
@@ -533,6 +532,9 @@ pub struct PowerArgs {
     /// Every inventory host with a `bmc` column.
     #[arg(long)]
     pub all: bool,
+    /// Confirms an --all that takes machines down (every action but `on`).
+    #[arg(long)]
+    pub yes: bool,
     /// Base URL of the boot service: http://… or https://….
     #[arg(long, value_name = "URL")]
     pub server: String,
@@ -557,6 +559,11 @@ pub fn power(args: PowerArgs) -> anyhow::Result<bool> {
     anyhow::ensure!(
         args.all == words.is_empty(),
         "name the hosts before the action, or give --all (not both)"
+    );
+    anyhow::ensure!(
+        !args.all || args.yes || action == crate::redfish::PowerAction::On,
+        "--all {} takes every machine with a BMC down: add --yes if that is what you mean",
+        action.as_str()
     );
     bmc_media(
         BmcHosts {
@@ -591,5 +598,45 @@ fn parse_bmc_refresh_jobs(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
         Ok(n) if (1..=max).contains(&n) => Ok(n),
         _ => Err(format!("must be 1 to {max}")),
+    }
+}
+
+#[cfg(test)]
+mod bmc_refresh_tests {
+    use super::*;
+
+    #[test]
+    fn bmc_refresh_and_jobs_are_range_checked() {
+        assert_eq!(parse_bmc_refresh("0"), Ok(0));
+        assert_eq!(parse_bmc_refresh("5"), Ok(5));
+        assert_eq!(parse_bmc_refresh("86400"), Ok(86_400));
+        for bad in ["4", "86401", "18446744073709551615", "-1", "x"] {
+            let e = parse_bmc_refresh(bad).unwrap_err();
+            assert!(e.contains("0 (no background reads) or 5 to 86400"), "{bad}: {e}");
+        }
+        assert_eq!(parse_bmc_refresh_jobs("1"), Ok(1));
+        assert_eq!(parse_bmc_refresh_jobs("32"), Ok(32));
+        assert!(parse_bmc_refresh_jobs("0").is_err());
+        assert!(parse_bmc_refresh_jobs("33").is_err());
+    }
+
+    #[test]
+    fn power_all_that_takes_machines_down_needs_yes() {
+        let args = |words: &[&str], yes: bool| PowerArgs {
+            words: words.iter().map(|w| w.to_string()).collect(),
+            all: true,
+            yes,
+            server: "http://127.0.0.1:9".into(),
+            ca_file: None,
+            token_file: "/nonexistent/token".into(),
+            jobs: 1,
+        };
+        for action in ["off", "force-off", "restart", "force-restart"] {
+            let e = power(args(&[action], false)).unwrap_err().to_string();
+            assert!(e.contains("add --yes"), "{action}: {e}");
+            // With --yes it gets past the check (and fails on the missing token file).
+            let e = power(args(&[action], true)).unwrap_err().to_string();
+            assert!(!e.contains("add --yes"), "{action}: {e}");
+        }
     }
 }
