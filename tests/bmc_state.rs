@@ -548,3 +548,35 @@ fn a_huge_state_answer_is_refused() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["bmc"]["power_state"], "On", "{v}");
 }
+
+/// An inventory reload that points a row at another BMC: the old machine's state is never shown
+/// for it, and the new one's appears at the next round.
+#[test]
+fn a_changed_bmc_starts_afresh_after_a_reload() {
+    let emu = Emulator::start(EmulatorConfig {
+        systems: vec![FakeSystem::numbered(1, "On"), FakeSystem::numbered(2, "Off")],
+        ..EmulatorConfig::new(0)
+    });
+    let row =
+        |i: usize| format!("node01,10.0.2.15/24,10.0.2.2,10.0.2.3,,e2e,{}\n", emu.system_url(i));
+    let f = service(&row(0), Duration::from_secs(1), Duration::from_secs(10));
+    until(
+        Duration::from_secs(20),
+        || format!("{:?}", hardware(&f)),
+        || (hardware(&f)["node01"]["power"] == "on").then_some(()),
+    );
+    std::fs::write(
+        f.dir.path().join("nodes.csv"),
+        format!("hostname,ip,gateway,dns,mac,profile,bmc\n{}", row(1)),
+    )
+    .unwrap();
+    let (status, v) = api("POST", &format!("{}/admin/reload", f.base), bmc::ADMIN_TOKEN, "");
+    assert_eq!(status, 200, "{v}");
+    let first = hardware(&f)["node01"].clone();
+    assert_ne!(first["power"], "on", "the old BMC's state shown for the new one: {first}");
+    until(
+        Duration::from_secs(20),
+        || format!("{:?}", hardware(&f)),
+        || (hardware(&f)["node01"]["power"] == "off").then_some(()),
+    );
+}
