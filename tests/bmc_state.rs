@@ -21,7 +21,7 @@ use serde_json::Value;
 use std::io::Read;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
-use sushy::{free_port, Emulator, EmulatorConfig, FakeSystem, Proxy, Quirks};
+use sushy::{free_port, Emulator, EmulatorConfig, FakeSystem, ImageServer, Proxy, Quirks};
 
 fn api(method: &str, url: &str, token: &str, body: &str) -> (u16, Value) {
     let req = ureq::request(method, url)
@@ -391,4 +391,192 @@ fn the_console_shows_hardware_and_powers_off() {
     b.wait_text(cell, 40, |t| first(t) == "off");
     let log = f.audit_with("\"event\":\"bmc-power\"");
     assert!(log.contains("\"action\":\"force-off\""), "{log}");
+}
+
+/// The audit records of `event` in `log`.
+fn records(log: &str, event: &str) -> Vec<Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == event)
+        .collect()
+}
+
+/// A caller that hangs up while a (slow) BMC is being powered off: the reset still reaches the
+/// BMC, and it is still audited (the record is written by the BMC thread, not the handler the
+/// hang-up drops).
+#[test]
+fn a_power_action_whose_caller_hangs_up_is_audited() {
+    let emu = Emulator::start(EmulatorConfig::new(1));
+    let slow = Quirks { delay: Some(Duration::from_millis(1500)), ..Quirks::default() };
+    let proxy = Proxy::start(emu.port, slow);
+    let url = emu.system_url(0).replace(&emu.base, &proxy.base);
+    let rows = format!("node01,10.0.2.15/24,10.0.2.2,10.0.2.3,,e2e,{url}\n");
+    let f = service(&rows, Duration::ZERO, Duration::from_secs(10));
+    let hung_up = ureq::post(&format!("{}/hosts/node01/power", f.base))
+        .set("Authorization", &format!("Bearer {REIMAGE_TOKEN}"))
+        .timeout(Duration::from_millis(700))
+        .send_string(r#"{"action":"force-off"}"#);
+    assert!(hung_up.is_err(), "the BMC answers slower than the caller waits: {hung_up:?}");
+    let posted = until(
+        Duration::from_secs(30),
+        || format!("{:?}", proxy.seen()),
+        || proxy.seen().into_iter().find(|s| s.method == "POST"),
+    );
+    assert!(posted.path.ends_with("ComputerSystem.Reset"), "{posted:?}");
+    let log = f.audit_with("\"event\":\"bmc-power\"");
+    let power = records(&log, "bmc-power");
+    assert_eq!(power.len(), 1, "{log}");
+    assert_eq!(power[0]["action"], "force-off");
+    assert_eq!(power[0]["ok"], true, "{log}");
+}
+
+/// A BMC that allows only some reset types: a refused action answers 409, is audited as
+/// `not-allowed`, and sends the BMC nothing.
+#[test]
+fn a_reset_type_the_bmc_refuses_is_not_sent() {
+    fn on_only(v: &mut Value) {
+        if let Some(reset) = v.pointer_mut("/Actions/#ComputerSystem.Reset") {
+            reset["ResetType@Redfish.AllowableValues"] = serde_json::json!(["On"]);
+        }
+    }
+    let emu = Emulator::start(EmulatorConfig::new(1));
+    let proxy = Proxy::start(emu.port, Quirks { report_json: Some(on_only), ..Quirks::default() });
+    let url = emu.system_url(0).replace(&emu.base, &proxy.base);
+    let rows = format!("node01,10.0.2.15/24,10.0.2.2,10.0.2.3,,e2e,{url}\n");
+    let f = service(&rows, Duration::ZERO, Duration::from_secs(10));
+    let (status, v) = power(&f, "node01", REIMAGE_TOKEN, "force-off");
+    assert_eq!(status, 409, "{v}");
+    assert!(proxy.seen().iter().all(|s| s.method == "GET"), "{:?}", proxy.seen());
+    let log = f.audit_with("\"event\":\"bmc-power\"");
+    let power = records(&log, "bmc-power");
+    assert_eq!(power.len(), 1, "{log}");
+    assert_eq!(power[0]["ok"], false, "{log}");
+    assert_eq!(power[0]["error"], "not-allowed", "{log}");
+}
+
+/// A BMC that refuses the credentials is asked once, not every round (BMCs lock accounts out),
+/// not even by `?refresh=1`, until the credentials file changes; a foreign image shows `other`.
+#[test]
+fn refused_credentials_are_not_retried_until_the_file_changes() {
+    let emu = Emulator::start(EmulatorConfig {
+        users: vec![("admin".into(), "not-the-password".into())],
+        ..EmulatorConfig::new(1)
+    });
+    let proxy = Proxy::start(emu.port, Quirks::default());
+    let url = emu.system_url(0).replace(&emu.base, &proxy.base);
+    let rows = format!("node01,10.0.2.15/24,10.0.2.2,10.0.2.3,,e2e,{url}\n");
+    let f = service(&rows, Duration::from_secs(1), Duration::from_secs(10));
+    let hw = until(
+        Duration::from_secs(20),
+        || format!("{:?}", hardware(&f)),
+        || {
+            let h = hardware(&f)["node01"].clone();
+            (h["error"] == "auth").then_some(h)
+        },
+    );
+    assert_eq!(hw["stale"], true, "{hw}");
+    let asked = proxy.seen().len();
+    assert!(asked > 0);
+    // Five rounds and an explicit refresh later: not one more request.
+    std::thread::sleep(Duration::from_secs(5));
+    let (status, v) =
+        api("GET", &format!("{}/hosts/node01/hardware?refresh=1", f.base), READ_TOKEN, "");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["refreshed"], false, "{v}");
+    assert_eq!(proxy.seen().len(), asked, "{:?}", proxy.seen());
+
+    // The operator fixes the password: a new password file, named by the credentials file.
+    let dir = f.dir.path();
+    let pass = dir.join("bmc-new.pass");
+    std::fs::write(&pass, "not-the-password\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(dir.join("bmc-credentials"), format!("* admin {} allow-http\n", pass.display()))
+        .unwrap();
+    let hw = until(
+        Duration::from_secs(20),
+        || format!("{:?}", hardware(&f)),
+        || {
+            let h = hardware(&f)["node01"].clone();
+            h["checked_ms"].is_u64().then_some(h)
+        },
+    );
+    assert_eq!(hw["error"], Value::Null, "{hw}");
+    assert_eq!(hw["power"], "on", "{hw}");
+
+    // Someone else's image in the CD: `other`, never `ours`.
+    let images = ImageServer::start(&[("/media/node01.iso", b"not ours".to_vec())]);
+    let media = format!("{}/VirtualMedia/Cd/Actions/VirtualMedia.InsertMedia", emu.system_url(0));
+    let body = serde_json::json!({"Image": images.url("/media/node01.iso"), "Inserted": true});
+    let inserted = ureq::post(&media)
+        .set("Authorization", &format!("Basic {}", base64_admin()))
+        .set("Content-Type", "application/json")
+        .send_string(&body.to_string());
+    assert!(inserted.is_ok(), "{inserted:?}\n{}", emu.log_text());
+    // A change made behind the service's back shows at the next round.
+    until(
+        Duration::from_secs(20),
+        || format!("{:?}", hardware(&f)),
+        || (hardware(&f)["node01"]["medium"] == "other").then_some(()),
+    );
+}
+
+/// `admin:not-the-password` in base64, for talking to the emulator directly.
+fn base64_admin() -> String {
+    "YWRtaW46bm90LXRoZS1wYXNzd29yZA==".into()
+}
+
+/// A BMC whose System answer is huge: the background read refuses it past 256 KiB (reads run
+/// for every BMC at once), while the operator's status read (`GET /hosts/{h}/media`, up to
+/// 4 MiB) still works.
+#[test]
+fn a_huge_state_answer_is_refused() {
+    fn huge(v: &mut Value) {
+        if v["@odata.type"].as_str().is_some_and(|t| t.contains("ComputerSystem")) {
+            v["Oem"] = Value::from("x".repeat(300 << 10));
+        }
+    }
+    let emu = Emulator::start(EmulatorConfig::new(1));
+    let proxy = Proxy::start(emu.port, Quirks { report_json: Some(huge), ..Quirks::default() });
+    let url = emu.system_url(0).replace(&emu.base, &proxy.base);
+    let rows = format!("big,10.0.2.15/24,10.0.2.2,10.0.2.3,,e2e,{url}\n");
+    let f = service(&rows, Duration::ZERO, Duration::from_secs(10));
+    let hw = read_now(&f, "big");
+    assert_eq!(hw["checked_ms"], Value::Null, "{hw}");
+    assert!(hw["error"].is_string(), "{hw}");
+    let (status, v) = api("GET", &format!("{}/hosts/big/media", f.base), READ_TOKEN, "");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["bmc"]["power_state"], "On", "{v}");
+}
+
+/// An inventory reload that points a row at another BMC: the old machine's state is never shown
+/// for it, and the new one's appears at the next round.
+#[test]
+fn a_changed_bmc_starts_afresh_after_a_reload() {
+    let emu = Emulator::start(EmulatorConfig {
+        systems: vec![FakeSystem::numbered(1, "On"), FakeSystem::numbered(2, "Off")],
+        ..EmulatorConfig::new(0)
+    });
+    let row =
+        |i: usize| format!("node01,10.0.2.15/24,10.0.2.2,10.0.2.3,,e2e,{}\n", emu.system_url(i));
+    let f = service(&row(0), Duration::from_secs(1), Duration::from_secs(10));
+    until(
+        Duration::from_secs(20),
+        || format!("{:?}", hardware(&f)),
+        || (hardware(&f)["node01"]["power"] == "on").then_some(()),
+    );
+    std::fs::write(
+        f.dir.path().join("nodes.csv"),
+        format!("hostname,ip,gateway,dns,mac,profile,bmc\n{}", row(1)),
+    )
+    .unwrap();
+    let (status, v) = api("POST", &format!("{}/admin/reload", f.base), bmc::ADMIN_TOKEN, "");
+    assert_eq!(status, 200, "{v}");
+    let first = hardware(&f)["node01"].clone();
+    assert_ne!(first["power"], "on", "the old BMC's state shown for the new one: {first}");
+    until(
+        Duration::from_secs(20),
+        || format!("{:?}", hardware(&f)),
+        || (hardware(&f)["node01"]["power"] == "off").then_some(()),
+    );
 }

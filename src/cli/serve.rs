@@ -168,9 +168,15 @@ pub struct ServeArgs {
     pub bmc_deadline: u64,
     /// Seconds between background reads of every BMC's hardware state (power, health, our
     /// medium, boot override) for /hosts and the console; 0: no background reads (only
-    /// GET /hosts/{h}/hardware?refresh=1).
-    #[arg(long, value_name = "SECS", default_value_t = crate::serve::app::config::DEFAULT_BMC_REFRESH.as_secs())]
+    /// GET /hosts/{h}/hardware?refresh=1); otherwise 5 to 86400.
+    #[arg(long, value_name = "SECS", default_value_t = crate::serve::app::config::DEFAULT_BMC_REFRESH.as_secs(),
+          value_parser = parse_bmc_refresh)]
     pub bmc_refresh: u64,
+    /// Hardware state reads of live BMCs at once (1 to 32); BMCs whose last read timed out or
+    /// found nobody are read two at a time on a lane of their own, less and less often.
+    #[arg(long, value_name = "N", default_value_t = crate::serve::app::config::DEFAULT_BMC_REFRESH_JOBS,
+          value_parser = parse_bmc_refresh_jobs)]
+    pub bmc_refresh_jobs: usize,
     /// The longest one BMC's hardware state read may take, in seconds; a BMC slower than this
     /// is shown with error `timeout` and stale state.
     #[arg(long, value_name = "SECS", default_value_t = crate::serve::app::config::DEFAULT_BMC_STATE_TIMEOUT.as_secs(),
@@ -336,6 +342,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.bmc_deadline = std::time::Duration::from_secs(args.bmc_deadline);
     config.bmc_refresh = std::time::Duration::from_secs(args.bmc_refresh);
     config.bmc_state_timeout = std::time::Duration::from_secs(args.bmc_state_timeout);
+    config.bmc_refresh_jobs = args.bmc_refresh_jobs;
     config.ldap_config = args.ldap_config;
     config.secure_cookies = args.console_secure_cookie;
     config.trusted_proxies = args.trusted_proxies;
@@ -508,10 +515,10 @@ Examples:
   bootforge power node01 node02 on --server http://bootsvc:8080 --token-file ~/.bootforge-token
 
   # Force every node with a BMC off:
-  bootforge power --all force-off --server http://bootsvc:8080 --token-file t
+  bootforge power --all force-off --yes --server http://bootsvc:8080 --token-file t
 
 The last word is the action: on, off (graceful shutdown), force-off, restart (graceful),
-force-restart. The service sends the BMC's ComputerSystem.Reset with the matching ResetType
+force-restart. With --all, every action but `on` needs --yes. The service sends the BMC's ComputerSystem.Reset with the matching ResetType
 (one the BMC allows), and audits it. Prints one line per host; the exit status is 1 if any host
 failed. See docs/BMC.md.";
 
@@ -525,6 +532,9 @@ pub struct PowerArgs {
     /// Every inventory host with a `bmc` column.
     #[arg(long)]
     pub all: bool,
+    /// Confirms an --all that takes machines down (every action but `on`).
+    #[arg(long)]
+    pub yes: bool,
     /// Base URL of the boot service: http://… or https://….
     #[arg(long, value_name = "URL")]
     pub server: String,
@@ -550,6 +560,11 @@ pub fn power(args: PowerArgs) -> anyhow::Result<bool> {
         args.all == words.is_empty(),
         "name the hosts before the action, or give --all (not both)"
     );
+    anyhow::ensure!(
+        !args.all || args.yes || action == crate::redfish::PowerAction::On,
+        "--all {} takes every machine with a BMC down: add --yes if that is what you mean",
+        action.as_str()
+    );
     bmc_media(
         BmcHosts {
             hosts: words,
@@ -561,4 +576,67 @@ pub fn power(args: PowerArgs) -> anyhow::Result<bool> {
         },
         client::MediaAction::Power(action.as_str()),
     )
+}
+
+/// `--bmc-refresh`: 0, or a number of seconds in [`crate::serve::app::config::BMC_REFRESH_SECS`].
+fn parse_bmc_refresh(text: &str) -> Result<u64, String> {
+    let range = crate::serve::app::config::BMC_REFRESH_SECS;
+    match text.parse::<u64>() {
+        Ok(0) => Ok(0),
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(format!(
+            "must be 0 (no background reads) or {} to {} seconds",
+            range.start(),
+            range.end()
+        )),
+    }
+}
+
+/// `--bmc-refresh-jobs`: 1 to [`crate::serve::app::config::MAX_BMC_REFRESH_JOBS`].
+fn parse_bmc_refresh_jobs(text: &str) -> Result<usize, String> {
+    let max = crate::serve::app::config::MAX_BMC_REFRESH_JOBS;
+    match text.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("must be 1 to {max}")),
+    }
+}
+
+#[cfg(test)]
+mod bmc_refresh_tests {
+    use super::*;
+
+    #[test]
+    fn bmc_refresh_and_jobs_are_range_checked() {
+        assert_eq!(parse_bmc_refresh("0"), Ok(0));
+        assert_eq!(parse_bmc_refresh("5"), Ok(5));
+        assert_eq!(parse_bmc_refresh("86400"), Ok(86_400));
+        for bad in ["4", "86401", "18446744073709551615", "-1", "x"] {
+            let e = parse_bmc_refresh(bad).unwrap_err();
+            assert!(e.contains("0 (no background reads) or 5 to 86400"), "{bad}: {e}");
+        }
+        assert_eq!(parse_bmc_refresh_jobs("1"), Ok(1));
+        assert_eq!(parse_bmc_refresh_jobs("32"), Ok(32));
+        assert!(parse_bmc_refresh_jobs("0").is_err());
+        assert!(parse_bmc_refresh_jobs("33").is_err());
+    }
+
+    #[test]
+    fn power_all_that_takes_machines_down_needs_yes() {
+        let args = |words: &[&str], yes: bool| PowerArgs {
+            words: words.iter().map(|w| w.to_string()).collect(),
+            all: true,
+            yes,
+            server: "http://127.0.0.1:9".into(),
+            ca_file: None,
+            token_file: "/nonexistent/token".into(),
+            jobs: 1,
+        };
+        for action in ["off", "force-off", "restart", "force-restart"] {
+            let e = power(args(&[action], false)).unwrap_err().to_string();
+            assert!(e.contains("add --yes"), "{action}: {e}");
+            // With --yes it gets past the check (and fails on the missing token file).
+            let e = power(args(&[action], true)).unwrap_err().to_string();
+            assert!(!e.contains("add --yes"), "{action}: {e}");
+        }
+    }
 }

@@ -176,7 +176,7 @@ impl Client {
         target: &BmcTarget,
         progress: &Progress,
     ) -> Result<HardwareState, RedfishError> {
-        let s = self.session(target, progress)?;
+        let s = self.session(target, progress)?.for_state();
         progress.enter(&target.url, "reading the system")?;
         let system = find_system(&s)?;
         progress.enter(&target.url, "reading the virtual CD")?;

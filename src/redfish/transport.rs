@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 /// The most a BMC's answer may hold; Redfish resources are a few KiB.
 const MAX_BODY: u64 = 4 << 20;
+/// The most an answer may hold in a hardware state read ([`Session::for_state`]): those run
+/// for every BMC at once, in the background, and need only a System and a virtual CD.
+pub(super) const MAX_STATE_BODY: u64 = 256 << 10;
 /// Redirects followed for one request (all within the BMC's own origin).
 const MAX_REDIRECTS: usize = 3;
 /// Longest pause a BMC's `Retry-After` can impose.
@@ -59,6 +62,8 @@ pub(super) struct Session<'a> {
     progress: &'a Progress,
     /// `Basic …`: holds the password, so this type has no `Debug`.
     authorization: String,
+    /// The most one answer may hold ([`MAX_BODY`] unless [`Session::for_state`]).
+    max_body: u64,
 }
 
 impl<'a> Session<'a> {
@@ -72,7 +77,12 @@ impl<'a> Session<'a> {
         let pair = format!("{}:{}", target.credentials.user, target.credentials.password.expose());
         let authorization =
             format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair));
-        Session { agent, opts, target, progress, authorization }
+        Session { agent, opts, target, progress, authorization, max_body: MAX_BODY }
+    }
+
+    /// This session with answers capped at [`MAX_STATE_BODY`]: for the background reads.
+    pub fn for_state(self) -> Self {
+        Session { max_body: MAX_STATE_BODY, ..self }
     }
 
     pub fn target(&self) -> &BmcTarget {
@@ -245,7 +255,7 @@ impl<'a> Session<'a> {
                 return Err(Failure::Transport { message: untrusted(&message, 400), tls, sent });
             }
         };
-        let reply = read_reply(response).map_err(|message| Failure::Transport {
+        let reply = read_reply(response, self.max_body).map_err(|message| Failure::Transport {
             message,
             tls: false,
             sent: true,
@@ -363,7 +373,7 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
     exp.mul_f64(rand::thread_rng().gen_range(0.75..1.25))
 }
 
-fn read_reply(response: ureq::Response) -> Result<Reply, String> {
+fn read_reply(response: ureq::Response, max_body: u64) -> Result<Reply, String> {
     let status = response.status();
     let url = response.get_url().to_string();
     let header = |name: &str| response.header(name).map(|v| v.trim().to_string());
@@ -375,11 +385,11 @@ fn read_reply(response: ureq::Response) -> Result<Reply, String> {
     let mut bytes = Vec::new();
     response
         .into_reader()
-        .take(MAX_BODY + 1)
+        .take(max_body + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| format!("reading the answer from {url}: {e}"))?;
-    if bytes.len() as u64 > MAX_BODY {
-        return Err(format!("the answer from {url} is larger than {MAX_BODY} bytes"));
+    if bytes.len() as u64 > max_body {
+        return Err(format!("the answer from {url} is larger than {max_body} bytes"));
     }
     let body = if bytes.iter().all(u8::is_ascii_whitespace) {
         Value::Null

@@ -232,6 +232,7 @@ impl Server {
         let hardware = crate::serve::app::hardware::Hardware::new(
             config.bmc_refresh,
             config.bmc_state_timeout,
+            config.bmc_refresh_jobs,
         );
         let service = Arc::new(Service {
             config,

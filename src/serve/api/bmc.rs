@@ -179,8 +179,7 @@ pub async fn attach(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<R
     let bmc = svc.bmc.as_ref().expect("checked by target()");
     let claim = bmc.claim(&host)?;
     let bmc_url = target.url.clone();
-    let (service, trusted_by, peer, trusted_host) =
-        (svc.clone(), who.clone(), req.peer, host.clone());
+    let (service, trusted_by, peer, trusted_host) = (svc.clone(), who, req.peer, host.clone());
     let result = bmc
         .run(Use::Write, &bmc_url, claim, move |client, progress| {
             // Audited the moment the BMC's trust changes, whatever happens after it.
@@ -195,19 +194,23 @@ pub async fn attach(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<R
                 })
             };
             let ca = ca.as_ref().map(|ca| redfish::Enroll { ca, on_change: &on_trust });
-            client.attach_within(&target, &url, boot, reset, ca, progress)
+            let result = client.attach_within(&target, &url, boot, reset, ca, progress);
+            service.hardware.changed(&trusted_host);
+            // Audited on the BMC thread: a client that hangs up drops the handler's future,
+            // not the attach the BMC is doing.
+            service.audit.note(&Event::BmcMedia {
+                host: trusted_host,
+                action: "attach",
+                who: trusted_by,
+                peer,
+                ok: result.is_ok(),
+                boot: Some(boot_name(boot)),
+                reset,
+                media_ca: result.as_ref().ok().and_then(|r| r.media_ca.as_ref()).map(|t| t.status),
+            });
+            result
         })
         .await?;
-    svc.audit.note(&Event::BmcMedia {
-        host: host.clone(),
-        action: "attach",
-        who,
-        peer: req.peer,
-        ok: result.is_ok(),
-        boot: Some(boot_name(boot)),
-        reset,
-        media_ca: result.as_ref().ok().and_then(|r| r.media_ca.as_ref()).map(|t| t.status),
-    });
     let mut report = result.map_err(|e| bmc_failure(&h, &e))?;
     report.media_after.image = report.media_after.image.map(|i: String| describe(&i));
     report.ejected = report.ejected.map(|i: String| describe(&i));
@@ -227,21 +230,25 @@ pub async fn detach(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<R
     let bmc = svc.bmc.as_ref().expect("checked by target()");
     let claim = bmc.claim(&host)?;
     let bmc_url = target.url.clone();
+    let (service, audited_host, peer) = (svc.clone(), host.clone(), req.peer);
     let result = bmc
         .run(Use::Write, &bmc_url, claim, move |client, progress| {
-            client.detach_within(&target, progress)
+            let result = client.detach_within(&target, progress);
+            service.hardware.changed(&audited_host);
+            // Audited on the BMC thread (see attach).
+            service.audit.note(&Event::BmcMedia {
+                host: audited_host,
+                action: "detach",
+                who,
+                peer,
+                ok: result.is_ok(),
+                boot: None,
+                reset: false,
+                media_ca: None,
+            });
+            result
         })
         .await?;
-    svc.audit.note(&Event::BmcMedia {
-        host: host.clone(),
-        action: "detach",
-        who,
-        peer: req.peer,
-        ok: result.is_ok(),
-        boot: None,
-        reset: false,
-        media_ca: None,
-    });
     let mut report = result.map_err(|e| bmc_failure(&host, &e))?;
     report.ejected = report.ejected.map(|i: String| describe(&i));
     Ok(Reply::json(&Done { host, action: "detach", url_expires_at: None, report }))

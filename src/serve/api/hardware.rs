@@ -3,7 +3,9 @@
 //! actions through its BMC.
 //!
 //! The read answers from the cache; only `?refresh=1` reads the BMC first, waiting at most
-//! `--bmc-state-timeout`. A power action is one `#ComputerSystem.Reset` with the reset type the
+//! `--bmc-state-timeout`, through the refresher's lanes (so role `read` cannot read more BMCs
+//! at once than the refresher does), and says with `refreshed` whether what it shows was read
+//! during the request (or the last 5 s). A power action is one `#ComputerSystem.Reset` with the reset type the
 //! action names (and the BMC allows), run like attach (the host claimed, so it never
 //! interleaves with an attach or detach of the same machine), audited as `bmc-power` whatever
 //! the outcome, and followed by a fresh read of the host's state in the background.
@@ -53,15 +55,20 @@ pub async fn show(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Rep
         Some(_) => return Err(HttpError::bad_request("refresh must be 1 or 0")),
     };
     node_with_bmc(svc, &host)?;
-    if refresh {
-        hardware::refresh_host(svc, &host).await;
-    }
+    let refreshed = match refresh {
+        true => Some(hardware::refresh_host(svc, &host, true).await),
+        false => None,
+    };
     // The row again: it may have changed while the BMC was read.
     let node = node_with_bmc(svc, &host)?;
-    Ok(Reply::json(&serde_json::json!({
+    let mut body = serde_json::json!({
         "host": host,
         "hardware": svc.hardware.view(&node, svc.store.now_ms()),
-    })))
+    });
+    if let Some(refreshed) = refreshed {
+        body["refreshed"] = refreshed.into();
+    }
+    Ok(Reply::json(&body))
 }
 
 /// `POST /hosts/{host}/power` (role reimage), body `{"action": "on|off|force-off|restart|force-restart"}`.
@@ -78,24 +85,29 @@ pub async fn power(svc: &Arc<Service>, req: &Arc<Req>, raw: String) -> Result<Re
     let bmc = svc.bmc.as_ref().expect("checked by target()");
     let claim = bmc.claim(&host)?;
     let bmc_url = target.url.clone();
+    let (service, audited_host, peer) = (svc.clone(), host.clone(), req.peer);
     let result = bmc
         .run(Use::Write, &bmc_url, claim, move |client, progress| {
-            client.power_within(&target, action, progress)
+            let result = client.power_within(&target, action, progress);
+            service.hardware.changed(&audited_host);
+            // Audited on the BMC thread, not by the handler: a client that hangs up drops the
+            // handler's future, but the reset has been sent all the same.
+            service.audit.note(&Event::BmcPower {
+                host: audited_host,
+                who,
+                peer,
+                action: action.as_str(),
+                ok: result.is_ok(),
+                reset_type: result.as_ref().ok().copied(),
+                error: result.as_ref().err().map(|e| ReadError::of(e).as_str()),
+            });
+            result
         })
         .await?;
-    svc.audit.note(&Event::BmcPower {
-        host: host.clone(),
-        who,
-        peer: req.peer,
-        action: action.as_str(),
-        ok: result.is_ok(),
-        reset_type: result.as_ref().ok().copied(),
-        error: result.as_ref().err().map(|e| ReadError::of(e).as_str()),
-    });
     // The new state is read in the background: the answer does not wait for it.
     {
         let (svc, host) = (svc.clone(), host.clone());
-        tokio::spawn(async move { hardware::refresh_host(&svc, &host).await });
+        tokio::spawn(async move { hardware::refresh_host(&svc, &host, false).await });
     }
     let reset_type = match result {
         Ok(t) => t,

@@ -102,7 +102,9 @@ impl Bmc {
         if !busy.insert(host.to_string()) {
             return Err(HttpError::new(
                 409,
-                format!("an attach or detach of {host} is already running; wait for it"),
+                format!(
+                    "an attach, detach or power action on {host} is already running; wait for it"
+                ),
             ));
         }
         Ok(Claim { busy: self.busy.clone(), host: host.to_string() })

@@ -13,6 +13,14 @@ pub const DEFAULT_BMC_REFRESH: std::time::Duration = std::time::Duration::from_s
 /// The default of `serve --bmc-state-timeout`: the longest one BMC's hardware state read may
 /// take.
 pub const DEFAULT_BMC_STATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The default of `serve --bmc-refresh-jobs`.
+pub const DEFAULT_BMC_REFRESH_JOBS: usize = 8;
+/// The most `--bmc-refresh-jobs` may be: with the slow lane, the refresher then still leaves
+/// most of the BMC read slots to `GET /hosts/{h}/media`.
+pub const MAX_BMC_REFRESH_JOBS: usize = 32;
+/// The range of a non-zero `--bmc-refresh`, in seconds: shorter rounds would only queue
+/// behind each other, longer ones are a refresher nobody wants.
+pub const BMC_REFRESH_SECS: std::ops::RangeInclusive<u64> = 5..=86_400;
 
 /// Everything `bootforge serve` is started with.
 #[derive(Debug, Clone)]
@@ -74,6 +82,10 @@ pub struct Config {
     /// The longest one hardware state read may take (`--bmc-state-timeout`). Default
     /// [`DEFAULT_BMC_STATE_TIMEOUT`].
     pub bmc_state_timeout: std::time::Duration,
+    /// Hardware state reads of live BMCs at once (`--bmc-refresh-jobs`); BMCs whose last read
+    /// timed out or found nobody have a lane of their own next to these. Default
+    /// [`DEFAULT_BMC_REFRESH_JOBS`].
+    pub bmc_refresh_jobs: usize,
     pub limits: crate::serve::web::limits::Limits,
     /// The console's directory logins (`--ldap-config`, TOML; see [`crate::serve::auth::ldap`]).
     pub ldap_config: Option<PathBuf>,
@@ -124,6 +136,7 @@ impl Config {
             bmc_deadline: crate::serve::app::bmc::DEFAULT_DEADLINE,
             bmc_refresh: DEFAULT_BMC_REFRESH,
             bmc_state_timeout: DEFAULT_BMC_STATE_TIMEOUT,
+            bmc_refresh_jobs: DEFAULT_BMC_REFRESH_JOBS,
             limits: crate::serve::web::limits::Limits::default(),
             ldap_config: None,
             secure_cookies: false,
