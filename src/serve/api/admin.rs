@@ -79,10 +79,30 @@ pub(crate) fn metrics(svc: &Service) -> Reply {
     let dropped = svc.audit.dropped.load(std::sync::atomic::Ordering::Relaxed);
     let mut text = svc.metrics.render(snap.inventory.len(), snap.generation, failures, dropped);
     text.push_str(&svc.hardware.metrics(snap.inventory.nodes(), svc.store.now_ms()));
-    install_gauges(svc, &snap, &mut text);
+    text.push_str(&cached_install_gauges(svc, &snap));
     let mut r = Reply::text(text);
     r.content_type = "text/plain; version=0.0.4; charset=utf-8";
     r
+}
+
+/// How long the install gauges are served from memory before they are computed again.
+const GAUGES_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The install gauges, computed at most once per [`GAUGES_FOR`] whatever the scrape rate:
+/// `/metrics` is open to anyone who can reach the port, and each computation reads every
+/// host's state (a query when anything changed) and the fetch progress.
+fn cached_install_gauges(svc: &Service, snap: &crate::serve::inputs::catalog::Snapshot) -> String {
+    let mut cache = svc.metrics.install_gauges.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((at, text)) = cache.as_ref() {
+        if at.elapsed() < GAUGES_FOR {
+            return text.clone();
+        }
+    }
+    let mut text = String::new();
+    // Held while computing: concurrent scrapes wait for this one rather than query too.
+    install_gauges(svc, snap, &mut text);
+    *cache = Some((std::time::Instant::now(), text.clone()));
+    text
 }
 
 /// `bootforge_installs_in_progress` and `bootforge_installs_stalled` per profile, from the hosts'
