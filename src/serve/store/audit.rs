@@ -545,10 +545,13 @@ impl Boots {
     }
 }
 
-/// The host of a config or asset fetch record: what `fetch_progress` keeps.
+/// The host of a config or token-proven asset fetch record: what `fetch_progress` keeps.
+/// An asset fetch attributed by address alone is not progress: any client that can send from
+/// the host's address could otherwise keep its install from ever being stalled.
 fn fetch_of(event: &Event) -> Option<&str> {
     match event {
-        Event::Config { host, .. } | Event::Asset { host, .. } => Some(host),
+        Event::Config { host, .. } => Some(host),
+        Event::Asset { host, fetch, .. } if fetch.attributed == "token" => Some(host),
         _ => None,
     }
 }
