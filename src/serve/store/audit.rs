@@ -528,8 +528,11 @@ fn verified_boot(event: &Event) -> Option<&str> {
 /// record) and last config or asset fetch (time).
 #[derive(Clone, Default)]
 pub(crate) struct Boots {
-    last: HashMap<String, (u64, String)>,
-    fetched: HashMap<String, u64>,
+    /// Both sorted: replicas upsert the last-boot and `fetch_progress` rows in the same order,
+    /// so two batches cannot each hold a row the other waits for (a deadlock on PostgreSQL or
+    /// MariaDB).
+    last: std::collections::BTreeMap<String, (u64, String)>,
+    fetched: std::collections::BTreeMap<String, u64>,
 }
 
 impl Boots {
