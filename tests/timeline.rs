@@ -219,6 +219,10 @@ fn address_attribution_failure_reason_retry_and_fleet_stats() {
         (retried[0]["install"].as_str(), retried[0]["by"].as_str()),
         (Some(&*new_id), Some("ops"))
     );
+    assert_eq!(
+        (retried[0]["previous"].as_str(), retried[0]["why"].as_str()),
+        (Some(&*id), Some("failed"))
+    );
     let t = timeline_until(&f, "lo1", |_| true);
     assert_eq!(t["installs"][0]["install"], new_id.as_str());
     assert_eq!(t["installs"][0]["steps"][0]["retry"], true);
@@ -318,6 +322,16 @@ fn an_install_without_progress_is_stalled_in_hosts_and_metrics_and_retried() {
     assert_eq!(r.status, 200, "{}", r.body);
     let v = r.json();
     assert_ne!(v["flag"]["install"]["id"].as_str(), Some(id.as_str()));
+    let log = audit_log(&f.dir.path().join("state"));
+    let retried = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|r| r["event"] == "flag-set" && r["retry"] == true)
+        .unwrap();
+    assert_eq!(
+        (retried["previous"].as_str(), retried["why"].as_str()),
+        (Some(&*id), Some("stalled"))
+    );
     assert_eq!((v["stalled"].as_bool(), v["phase"].as_str()), (Some(false), Some("pending")));
     // The gauges are computed at most every 5 s (a scrape needs no login and must not query
     // the database each time): the next scrape still says 1, a later one 0.
