@@ -180,12 +180,20 @@ impl Gather {
         }
     }
 
-    /// The install a record without an id belongs to: the open one, else the last one if it
-    /// has not had its next boot yet (a first-answer install's fetches come after its end).
-    fn by_time(&self) -> Option<usize> {
+    /// The install a record without an id, made at `at`, belongs to: the open one, else the
+    /// last one if it has not had its next boot yet (a first-answer install's fetches come
+    /// after its end) and ended at most its profile's `stall_after` before `at` (a next boot
+    /// may never come: a node that boots from its disk without asking the service).
+    fn by_time(&self, at: Millis, stall_after_s: &impl Fn(&str) -> Option<u64>) -> Option<usize> {
         self.current.or_else(|| {
             let last = self.installs.len().checked_sub(1)?;
-            (!self.installs[last].next_boot).then_some(last)
+            let b = &self.installs[last];
+            let allowance = b.profile.as_deref().and_then(stall_after_s);
+            let recent = match (b.ended, allowance) {
+                (Some((_, end)), Some(s)) => at.saturating_sub(end) <= s.saturating_mul(1000),
+                _ => true,
+            };
+            (!b.next_boot && recent).then_some(last)
         })
     }
 }
@@ -302,14 +310,14 @@ pub fn build(
             "config" => {
                 let i = match id {
                     Some(id) => Some(g.index(id, r.profile.as_ref())),
-                    None => g.by_time(),
+                    None => g.by_time(at(r), &stall_after_s),
                 };
                 if let Some(i) = i {
                     g.installs[i].steps.push(fetch_step(r, "config"));
                 }
             }
             "asset" => {
-                if let Some(i) = g.by_time() {
+                if let Some(i) = g.by_time(at(r), &stall_after_s) {
                     g.installs[i].steps.push(fetch_step(r, "asset"));
                 }
             }
@@ -646,6 +654,21 @@ mod tests {
         let ms: Vec<Millis> = i.steps.iter().map(|s| s.ms).collect();
         assert_eq!(ms, [1000, 1000, 1000, 1001, 1001, 1002]);
         assert_eq!(i.steps[2].fetch_ms, Some(3), "the fetch's duration is kept");
+    }
+
+    #[test]
+    fn fetches_long_after_an_ended_install_are_not_its_own() {
+        let mut r = cycle()[..7].to_vec(); // up to `done` at 9000, no next boot
+        r.push(rec(json!({"ms": 9000 + 3_600_000, "event": "asset", "file": "late/1"})));
+        r.push(rec(json!({"ms": 9001 + 3_600_000, "event": "asset", "file": "late/2"})));
+        let t = build("n1", &r, None, allowance, 10_000_000, 20);
+        let files: Vec<Option<&str>> = t.installs[0]
+            .steps
+            .iter()
+            .filter(|s| s.step == "asset")
+            .map(|s| s.file.as_deref())
+            .collect();
+        assert_eq!(files, [Some("debian/linux"), Some("late/1")], "within stall_after only");
     }
 
     #[test]
