@@ -127,11 +127,11 @@ fn install_gauges(svc: &Service, snap: &crate::serve::inputs::catalog::Snapshot,
     }
     let _ = writeln!(w, "# HELP bootforge_installs_in_progress Installs begun and not ended (installing, started or failed), by profile.\n# TYPE bootforge_installs_in_progress gauge");
     for (p, (n, _)) in &by_profile {
-        let _ = writeln!(w, "bootforge_installs_in_progress{{profile=\"{p}\"}} {n}");
+        let _ = writeln!(w, "bootforge_installs_in_progress{{profile=\"{}\"}} {n}", label(p));
     }
     let _ = writeln!(w, "# HELP bootforge_installs_stalled Installs without progress for longer than their profile's stall_after, by profile.\n# TYPE bootforge_installs_stalled gauge");
     for (p, (_, n)) in &by_profile {
-        let _ = writeln!(w, "bootforge_installs_stalled{{profile=\"{p}\"}} {n}");
+        let _ = writeln!(w, "bootforge_installs_stalled{{profile=\"{}\"}} {n}", label(p));
     }
 }
 
@@ -158,4 +158,19 @@ pub(crate) async fn reload(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, 
         Reply::json(&body).with_status(if ok { 200 } else { 422 })
     })
     .await
+}
+
+/// A Prometheus label value: `\`, `"` and line feeds escaped, as the text format asks (a profile
+/// is named by its directory, which may hold any of them).
+fn label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(super::label("e2e"), "e2e");
+        assert_eq!(super::label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
 }
