@@ -112,6 +112,8 @@ fn set_change(
             changed: write,
             install: install.clone(),
             retry: false,
+            previous: None,
+            why: None,
         };
         Ok(Change { value: install, write, record: Some(record) })
     }
@@ -356,6 +358,8 @@ fn check_toggle_burst(db: &Db) {
                                 changed: true,
                                 install: id,
                                 retry: false,
+                                previous: None,
+                                why: None,
                             }
                         };
                         Ok::<_, String>(Change {

@@ -160,12 +160,31 @@ fn address_attribution_failure_reason_retry_and_fleet_stats() {
     let mut f = start_timeline(None);
     let tok = token("lo1");
     let b = f.base.clone();
+    // Without an install of its own, a client at lo1's address writes nothing to the audit log.
+    let r = from_lo1(&f.url("/assets/rocky/vmlinuz"), &[]);
+    assert_eq!(r.status, 200);
     call("PUT", &f.url("/hosts/lo1/reimage"), Some(REIMAGE_TOKEN), None);
     let chain = call("GET", &boot_url(&b, "lo1", LOOP_MAC, &format!("&token={tok}")), None, None);
     let id = install_id(&chain.body);
+    std::thread::sleep(Duration::from_millis(30));
     // No token in the URL: the client address is lo1's static one. A range: 206.
     let r = from_lo1(&f.url("/assets/rocky/vmlinuz"), &[("Range", "bytes=0-99")]);
     assert_eq!((r.status, r.body.len()), (206, 100));
+    let t = timeline_until(&f, "lo1", |v| {
+        v["installs"][0]["steps"].as_array().is_some_and(|s| s.iter().any(|s| s["step"] == "asset"))
+    });
+    // Shown, but not progress: anyone can send from an address.
+    let answered = step(&t["installs"][0], "boot")["ms"].as_u64();
+    let h = call("GET", &f.url("/hosts/lo1"), Some(READ_TOKEN), None).json();
+    assert_eq!(h["progress_ms"].as_u64(), answered, "{h}");
+    let log = audit_log(&f.dir.path().join("state"));
+    let assets: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["event"] == "asset")
+        .collect();
+    assert_eq!(assets.len(), 1, "only the fetch during the install: {log}");
+    assert_eq!(assets[0]["bytes"], 100, "{log}");
     let failed = format!("/hosts/lo1/failed?install={id}&token={tok}&reason=disk%0Afull");
     assert_eq!(call("POST", &f.url(&failed), None, None).status, 200);
     let t = timeline_until(&f, "lo1", |v| {
@@ -199,6 +218,10 @@ fn address_attribution_failure_reason_retry_and_fleet_stats() {
     assert_eq!(
         (retried[0]["install"].as_str(), retried[0]["by"].as_str()),
         (Some(&*new_id), Some("ops"))
+    );
+    assert_eq!(
+        (retried[0]["previous"].as_str(), retried[0]["why"].as_str()),
+        (Some(&*id), Some("failed"))
     );
     let t = timeline_until(&f, "lo1", |_| true);
     assert_eq!(t["installs"][0]["install"], new_id.as_str());
@@ -299,9 +322,30 @@ fn an_install_without_progress_is_stalled_in_hosts_and_metrics_and_retried() {
     assert_eq!(r.status, 200, "{}", r.body);
     let v = r.json();
     assert_ne!(v["flag"]["install"]["id"].as_str(), Some(id.as_str()));
+    let log = audit_log(&f.dir.path().join("state"));
+    let retried = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|r| r["event"] == "flag-set" && r["retry"] == true)
+        .unwrap();
+    assert_eq!(
+        (retried["previous"].as_str(), retried["why"].as_str()),
+        (Some(&*id), Some("stalled"))
+    );
     assert_eq!((v["stalled"].as_bool(), v["phase"].as_str()), (Some(false), Some("pending")));
+    // The gauges are computed at most every 5 s (a scrape needs no login and must not query
+    // the database each time): the next scrape still says 1, a later one 0.
     let metrics = call("GET", &f.url("/metrics"), None, None).body;
-    assert!(metrics.contains("bootforge_installs_stalled{profile=\"e2e\"} 0\n"), "{metrics}");
+    assert!(metrics.contains("bootforge_installs_stalled{profile=\"e2e\"} 1\n"), "{metrics}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = call("GET", &f.url("/metrics"), None, None).body;
+        if metrics.contains("bootforge_installs_stalled{profile=\"e2e\"} 0\n") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
     f.stop();
 }
 

@@ -79,10 +79,30 @@ pub(crate) fn metrics(svc: &Service) -> Reply {
     let dropped = svc.audit.dropped.load(std::sync::atomic::Ordering::Relaxed);
     let mut text = svc.metrics.render(snap.inventory.len(), snap.generation, failures, dropped);
     text.push_str(&svc.hardware.metrics(snap.inventory.nodes(), svc.store.now_ms()));
-    install_gauges(svc, &snap, &mut text);
+    text.push_str(&cached_install_gauges(svc, &snap));
     let mut r = Reply::text(text);
     r.content_type = "text/plain; version=0.0.4; charset=utf-8";
     r
+}
+
+/// How long the install gauges are served from memory before they are computed again.
+const GAUGES_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The install gauges, computed at most once per [`GAUGES_FOR`] whatever the scrape rate:
+/// `/metrics` is open to anyone who can reach the port, and each computation reads every
+/// host's state (a query when anything changed) and the fetch progress.
+fn cached_install_gauges(svc: &Service, snap: &crate::serve::inputs::catalog::Snapshot) -> String {
+    let mut cache = svc.metrics.install_gauges.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((at, text)) = cache.as_ref() {
+        if at.elapsed() < GAUGES_FOR {
+            return text.clone();
+        }
+    }
+    let mut text = String::new();
+    // Held while computing: concurrent scrapes wait for this one rather than query too.
+    install_gauges(svc, snap, &mut text);
+    *cache = Some((std::time::Instant::now(), text.clone()));
+    text
 }
 
 /// `bootforge_installs_in_progress` and `bootforge_installs_stalled` per profile, from the hosts'
@@ -107,11 +127,11 @@ fn install_gauges(svc: &Service, snap: &crate::serve::inputs::catalog::Snapshot,
     }
     let _ = writeln!(w, "# HELP bootforge_installs_in_progress Installs begun and not ended (installing, started or failed), by profile.\n# TYPE bootforge_installs_in_progress gauge");
     for (p, (n, _)) in &by_profile {
-        let _ = writeln!(w, "bootforge_installs_in_progress{{profile=\"{p}\"}} {n}");
+        let _ = writeln!(w, "bootforge_installs_in_progress{{profile=\"{}\"}} {n}", label(p));
     }
     let _ = writeln!(w, "# HELP bootforge_installs_stalled Installs without progress for longer than their profile's stall_after, by profile.\n# TYPE bootforge_installs_stalled gauge");
     for (p, (_, n)) in &by_profile {
-        let _ = writeln!(w, "bootforge_installs_stalled{{profile=\"{p}\"}} {n}");
+        let _ = writeln!(w, "bootforge_installs_stalled{{profile=\"{}\"}} {n}", label(p));
     }
 }
 
@@ -138,4 +158,19 @@ pub(crate) async fn reload(svc: &Arc<Service>, req: &Arc<Req>) -> Result<Reply, 
         Reply::json(&body).with_status(if ok { 200 } else { 422 })
     })
     .await
+}
+
+/// A Prometheus label value: `\`, `"` and line feeds escaped, as the text format asks (a profile
+/// is named by its directory, which may hold any of them).
+fn label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(super::label("e2e"), "e2e");
+        assert_eq!(super::label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
 }

@@ -5,6 +5,13 @@
 //! `node_asset_url(path)` writes) when the token is that host's, else by the peer address
 //! being a row's static `ip`. Other fetches are served the same and not recorded. A wrong
 //! token is not refused (assets are not secret), only not believed.
+//!
+//! Only hosts whose state may decide their boot (a flag or an install of theirs is stored: an
+//! in-memory check, [`crate::serve::store::Store::may_decide`]) are recorded at all, so that a
+//! client at a host's address with nothing to install cannot write audit rows. And only a
+//! token-proven fetch counts as an install's progress (`fetch_progress`): anyone can send from
+//! an address, so an address-attributed fetch is shown in the timeline but never keeps an
+//! install from being stalled.
 
 use crate::serve::app::guard::node_token_ok;
 use crate::serve::app::service::Service;
@@ -41,6 +48,9 @@ pub(crate) fn asset(
     let arrived = std::time::Instant::now();
     let reply = serve(svc, req, rel.clone())?;
     let Some((host, attributed)) = attribute(svc, req) else { return Ok(reply) };
+    if !svc.store.may_decide(&host) {
+        return Ok(reply);
+    }
     let (status, peer, file) = (reply.status, req.peer, recorded_file(&rel.unwrap_or_default()));
     // Weak: a body a client keeps half-read must not keep the service (and its database) alive.
     let audit = Arc::downgrade(svc);

@@ -78,6 +78,8 @@ pub(crate) async fn set_flag(
                 changed: write,
                 install,
                 retry: false,
+                previous: None,
+                why: None,
             };
             let snap = svc.catalog.snapshot();
             let view = host_view(svc, &snap, &h, Ok(&preview(st, write)));

@@ -144,10 +144,18 @@ pub(crate) async fn retry(
         .change(&host, move |svc, st, now| {
             let snap = svc.catalog.snapshot();
             let stalled = stall_of(&snap, st, fetched, now).stalled;
+            // A new install of a profile no longer loaded would only answer local boots.
+            if let Some(f) = st.flag.as_ref().filter(|f| snap.profiles.get(&f.profile).is_none()) {
+                return Err(HttpError::new(
+                    409,
+                    format!("the install's profile {:?} is not loaded; nothing changed", f.profile),
+                ));
+            }
+            let why = if st.phase() == Phase::Failed { "failed" } else { "stalled" };
             let id = hex::encode(rand::random::<[u8; 16]>());
             let (outcome, write) =
                 lifecycle::retry(st, stalled, &who.by, &peer.to_string(), id, now);
-            let Retry::Retried { install, profile, .. } = outcome else {
+            let Retry::Retried { install, profile, previous } = outcome else {
                 return Err(HttpError::new(
                     409,
                     "the host's install is neither failed nor stalled; nothing changed",
@@ -161,6 +169,8 @@ pub(crate) async fn retry(
                 changed: true,
                 install,
                 retry: true,
+                previous: Some(previous),
+                why: Some(why),
             };
             let mut shown = st.clone();
             shown.version += 1;

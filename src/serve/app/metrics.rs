@@ -26,6 +26,9 @@ pub struct Metrics {
     /// TLS handshakes that failed, by reason (a small fixed set: see
     /// [`crate::serve::web::accept::HandshakeFailure`]).
     tls_failures: Mutex<BTreeMap<&'static str, u64>>,
+    /// The install gauges' text and when it was computed: `/metrics` needs no login, so a
+    /// scrape must not query the database each time (see `api::admin::metrics`).
+    pub install_gauges: Mutex<Option<(std::time::Instant, String)>>,
 }
 
 impl Metrics {

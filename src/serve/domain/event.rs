@@ -50,6 +50,12 @@ pub enum Event {
         /// Set by `POST /hosts/{host}/retry`: a new install of a failed or stalled one.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         retry: bool,
+        /// A retry's: the install it replaced.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        previous: Option<String>,
+        /// A retry's: why that install was retried, `failed` or `stalled`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        why: Option<&'static str>,
     },
     FlagCancelled {
         host: String,

@@ -502,15 +502,19 @@ pub enum Retry {
 }
 
 impl HostState {
-    /// When the open install last made progress, as far as the state knows: the flag, the last
-    /// install-chain answer, `started` or `failed`, or `fetched` (the host's last config or
-    /// asset fetch, kept outside the state) when it is not older than the flag. `None`
-    /// without a flag.
+    /// When the open install last made progress, as far as the state knows: the flag, the
+    /// first install-chain answer, `started` or `failed`, or `fetched` (the host's last config
+    /// or token-proven asset fetch, kept outside the state) when it is not older than the flag.
+    /// `None` without a flag.
+    ///
+    /// Only the *first* answer counts: a later one means the node booted into the chain again,
+    /// which is what an installer that crashes and reboots does. Counting every answer would
+    /// keep such a boot loop from ever being stalled.
     pub fn progress_at(&self, fetched: Option<Millis>) -> Option<Millis> {
         let flag = self.flag.as_ref()?;
         let i = &flag.install;
         let fetched = fetched.filter(|&f| f >= flag.set_at);
-        [Some(flag.set_at), i.last_answer_at, i.started_at, i.last_failure_at, fetched]
+        [Some(flag.set_at), i.opened_at, i.started_at, i.last_failure_at, fetched]
             .into_iter()
             .flatten()
             .max()
@@ -660,6 +664,21 @@ mod tests {
         assert!(!st.stalled(1, None, 10_000), "pending again");
         let mut idle = HostState::default();
         assert_eq!(retry(&mut idle, true, "ops", "x", ID1.into(), 1), (Retry::NotRetryable, false));
+    }
+
+    #[test]
+    fn a_boot_loop_is_no_progress_and_stalls() {
+        let mut st = flagged(1);
+        answer_boot(&mut st, callback, 10);
+        // The installer crashes and the node boots into the chain again, and again.
+        for now in [80, 150, 220] {
+            let (answer, _) = answer_boot(&mut st, callback, now);
+            assert_eq!(install_id(&answer), Some(ID1));
+        }
+        assert_eq!(st.progress_at(None), Some(10), "the first answer only");
+        assert!(st.stalled(100, None, 221), "answered 4 times, no progress since 10");
+        start(&mut st, ID1, 230);
+        assert!(!st.stalled(100, None, 300), "started is progress");
     }
 
     #[test]

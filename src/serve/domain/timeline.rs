@@ -180,18 +180,50 @@ impl Gather {
         }
     }
 
-    /// The install a record without an id belongs to: the open one, else the last one if it
-    /// has not had its next boot yet (a first-answer install's fetches come after its end).
-    fn by_time(&self) -> Option<usize> {
+    /// The install a record without an id, made at `at`, belongs to: the open one, else the
+    /// last one if it has not had its next boot yet (a first-answer install's fetches come
+    /// after its end) and ended at most its profile's `stall_after` before `at` (a next boot
+    /// may never come: a node that boots from its disk without asking the service).
+    fn by_time(&self, at: Millis, stall_after_s: &impl Fn(&str) -> Option<u64>) -> Option<usize> {
         self.current.or_else(|| {
             let last = self.installs.len().checked_sub(1)?;
-            (!self.installs[last].next_boot).then_some(last)
+            let b = &self.installs[last];
+            let allowance = b.profile.as_deref().and_then(stall_after_s);
+            let recent = match (b.ended, allowance) {
+                (Some((_, end)), Some(s)) => at.saturating_sub(end) <= s.saturating_mul(1000),
+                _ => true,
+            };
+            (!b.next_boot && recent).then_some(last)
         })
     }
 }
 
+/// When the record's step happened: a fetch is stored once its body has been sent, so its
+/// step is placed at the request's arrival (its time less `fetch_ms`), where the node made it.
+fn at(r: &Record) -> Millis {
+    match r.event.as_str() {
+        "config" | "asset" => r.ms.saturating_sub(r.fetch_ms.unwrap_or(0)),
+        _ => r.ms,
+    }
+}
+
+/// The natural order of steps made in the same millisecond: a node flags, boots into the
+/// chain, fetches, reports; a boot outside an install (the next boot) comes after its end.
+fn rank(r: &Record) -> u8 {
+    match r.event.as_str() {
+        "flag-set" => 0,
+        "boot" if r.install.is_some() => 1,
+        "config" => 2,
+        "asset" => 3,
+        "started" => 4,
+        "failed" => 5,
+        "done" | "flag-cancelled" | "flag-orphaned" => 6,
+        _ => 7,
+    }
+}
+
 fn step(r: &Record, kind: &'static str) -> Step {
-    Step { ms: r.ms, step: kind, ..Default::default() }
+    Step { ms: at(r), step: kind, ..Default::default() }
 }
 
 fn fetch_step(r: &Record, kind: &'static str) -> Step {
@@ -221,11 +253,12 @@ pub fn build(
     now: Millis,
     limit: usize,
 ) -> Timeline {
-    // By time, keeping the store's order among equal times: notes (fetches, boots) are written
-    // by the audit writer a moment after changes committed next to them, so ids alone may put
-    // a fetch after the callback that followed it.
+    // By when each step happened (a fetch at its arrival, see [`at`]), then by the steps'
+    // natural order, then the store's: notes (fetches, boots) are written by the audit writer
+    // a moment after changes committed next to them, so ids alone may put a fetch after the
+    // callback that followed it.
     let mut sorted: Vec<&Record> = records.iter().collect();
-    sorted.sort_by_key(|r| r.ms);
+    sorted.sort_by_key(|r| (at(r), rank(r)));
     let mut g = Gather { installs: Vec::new(), current: None };
     for r in sorted {
         let id = r.install.as_deref();
@@ -277,14 +310,14 @@ pub fn build(
             "config" => {
                 let i = match id {
                     Some(id) => Some(g.index(id, r.profile.as_ref())),
-                    None => g.by_time(),
+                    None => g.by_time(at(r), &stall_after_s),
                 };
                 if let Some(i) = i {
                     g.installs[i].steps.push(fetch_step(r, "config"));
                 }
             }
             "asset" => {
-                if let Some(i) = g.by_time() {
+                if let Some(i) = g.by_time(at(r), &stall_after_s) {
                     g.installs[i].steps.push(fetch_step(r, "asset"));
                 }
             }
@@ -365,10 +398,13 @@ fn finish(
     }
 }
 
-/// Keeps the first [`MAX_ASSET_STEPS`] asset fetches and at most [`MAX_STEPS`] steps (the
-/// first and last halves), then sets each step's `since_prev_ms`.
+/// Keeps [`MAX_ASSET_STEPS`] asset fetches (the first half and the newest half: how the
+/// install began and where it is now) and at most [`MAX_STEPS`] steps (the first and last
+/// halves), then sets each step's `since_prev_ms`.
 fn fold(steps: Vec<Step>) -> (Vec<Step>, u64) {
     let total = steps.len();
+    let all_assets = steps.iter().filter(|s| s.step == "asset").count();
+    let (head, tail_from) = (MAX_ASSET_STEPS / 2, all_assets.saturating_sub(MAX_ASSET_STEPS / 2));
     let mut assets = 0;
     let mut kept: Vec<Step> = steps
         .into_iter()
@@ -377,7 +413,7 @@ fn fold(steps: Vec<Step>) -> (Vec<Step>, u64) {
                 return true;
             }
             assets += 1;
-            assets <= MAX_ASSET_STEPS
+            assets <= head || assets > tail_from
         })
         .collect();
     if kept.len() > MAX_STEPS {
@@ -587,13 +623,52 @@ mod tests {
         let gaps: Vec<Option<u64>> = i.steps.iter().map(|s| s.since_prev_ms).collect();
         assert_eq!(
             gaps,
-            [None, Some(1000), Some(1000), Some(500), Some(500), Some(5000), Some(500)]
+            [None, Some(1000), Some(997), Some(463), Some(540), Some(5000), Some(500)]
         );
         assert_eq!(i.steps[0].by.as_deref(), Some("alice"));
         assert_eq!(i.steps[2].bytes, Some(512));
         assert_eq!(i.steps[3].attributed.as_deref(), Some("address"));
         let v = serde_json::to_value(&t).unwrap();
         assert!(v["installs"][0]["steps"][0].get("file").is_none(), "absent when not relevant");
+    }
+
+    #[test]
+    fn fetches_are_placed_at_their_arrival_and_ties_follow_the_natural_order() {
+        // In the store's order: the fetches' records are written when their bodies end,
+        // after the callbacks the node sent once it had read them.
+        let records = vec![
+            rec(json!({"ms": 1000, "event": "flag-set", "install": A, "profile": "debian",
+                "changed": true})),
+            rec(json!({"ms": 1000, "event": "boot", "verified": true, "install": A,
+                "answer": "install", "kind": "opened"})),
+            rec(json!({"ms": 1001, "event": "started", "install": A})),
+            rec(json!({"ms": 1002, "event": "done", "install": A, "profile": "debian"})),
+            rec(json!({"ms": 1003, "event": "config", "install": A, "file": "preseed.cfg",
+                "fetch_ms": 3})),
+            rec(json!({"ms": 1004, "event": "asset", "file": "linux", "fetch_ms": 3})),
+        ];
+        let t = build("n1", &records, None, allowance, 2000, 20);
+        let i = &t.installs[0];
+        let kinds: Vec<&str> = i.steps.iter().map(|s| s.step).collect();
+        assert_eq!(kinds, ["flagged", "boot", "config", "asset", "started", "done"]);
+        let ms: Vec<Millis> = i.steps.iter().map(|s| s.ms).collect();
+        assert_eq!(ms, [1000, 1000, 1000, 1001, 1001, 1002]);
+        assert_eq!(i.steps[2].fetch_ms, Some(3), "the fetch's duration is kept");
+    }
+
+    #[test]
+    fn fetches_long_after_an_ended_install_are_not_its_own() {
+        let mut r = cycle()[..7].to_vec(); // up to `done` at 9000, no next boot
+        r.push(rec(json!({"ms": 9000 + 3_600_000, "event": "asset", "file": "late/1"})));
+        r.push(rec(json!({"ms": 9001 + 3_600_000, "event": "asset", "file": "late/2"})));
+        let t = build("n1", &r, None, allowance, 10_000_000, 20);
+        let files: Vec<Option<&str>> = t.installs[0]
+            .steps
+            .iter()
+            .filter(|s| s.step == "asset")
+            .map(|s| s.file.as_deref())
+            .collect();
+        assert_eq!(files, [Some("debian/linux"), Some("late/1")], "within stall_after only");
     }
 
     #[test]
@@ -634,6 +709,11 @@ mod tests {
         let i = &t.installs[0];
         assert_eq!(i.steps.len(), 2 + MAX_ASSET_STEPS);
         assert_eq!(i.steps_omitted, 5000 - MAX_ASSET_STEPS as u64);
+        // The first half and the newest half: how it began and where it is now.
+        let half = MAX_ASSET_STEPS as u64 / 2;
+        let ms: Vec<Millis> = i.steps[2..].iter().map(|s| s.ms).collect();
+        let expect: Vec<Millis> = (3000..3000 + half).chain(8000 - half..8000).collect();
+        assert_eq!(ms, expect);
         assert_eq!(i.state, "unknown", "neither open nor ended per what is kept");
         for n in 0..500u64 {
             r.push(rec(json!({"ms": 9000 + n, "event": "failed", "install": A})));

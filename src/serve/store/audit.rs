@@ -528,8 +528,11 @@ fn verified_boot(event: &Event) -> Option<&str> {
 /// record) and last config or asset fetch (time).
 #[derive(Clone, Default)]
 pub(crate) struct Boots {
-    last: HashMap<String, (u64, String)>,
-    fetched: HashMap<String, u64>,
+    /// Both sorted: replicas upsert the last-boot and `fetch_progress` rows in the same order,
+    /// so two batches cannot each hold a row the other waits for (a deadlock on PostgreSQL or
+    /// MariaDB).
+    last: std::collections::BTreeMap<String, (u64, String)>,
+    fetched: std::collections::BTreeMap<String, u64>,
 }
 
 impl Boots {
@@ -545,10 +548,13 @@ impl Boots {
     }
 }
 
-/// The host of a config or asset fetch record: what `fetch_progress` keeps.
+/// The host of a config or token-proven asset fetch record: what `fetch_progress` keeps.
+/// An asset fetch attributed by address alone is not progress: any client that can send from
+/// the host's address could otherwise keep its install from ever being stalled.
 fn fetch_of(event: &Event) -> Option<&str> {
     match event {
-        Event::Config { host, .. } | Event::Asset { host, .. } => Some(host),
+        Event::Config { host, .. } => Some(host),
+        Event::Asset { host, fetch, .. } if fetch.attributed == "token" => Some(host),
         _ => None,
     }
 }
