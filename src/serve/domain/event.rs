@@ -281,11 +281,39 @@ pub struct Fetch {
 /// The longest asset path recorded, in characters (paths are validated by the route first).
 pub const MAX_FILE_CHARS: usize = 200;
 
-/// An asset path as recorded: at most [`MAX_FILE_CHARS`] characters, with an ellipsis when cut.
+/// An asset path as recorded: at most [`MAX_FILE_CHARS`] characters, with an ellipsis when cut,
+/// and every control or bidirectional-formatting character as `?`. The route lets such
+/// characters through (a file may be named so), but a record read in a terminal or the console
+/// must not be able to move the cursor or reverse the text around it.
 pub fn recorded_file(path: &str) -> String {
-    match path.char_indices().nth(MAX_FILE_CHARS) {
-        None => path.to_string(),
-        Some((cut, _)) => format!("{}…", &path[..cut]),
+    let shown = |c: char| {
+        let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() || bidi {
+            '?'
+        } else {
+            c
+        }
+    };
+    let mut out: String = path.chars().take(MAX_FILE_CHARS).map(shown).collect();
+    if path.chars().nth(MAX_FILE_CHARS).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod recorded_file_tests {
+    use super::*;
+
+    #[test]
+    fn control_and_bidi_characters_are_not_recorded_and_length_is_bounded() {
+        assert_eq!(recorded_file("debian/linux"), "debian/linux");
+        assert_eq!(recorded_file("a\u{1b}[2Jb\nc\u{202e}d\u{2066}"), "a?[2Jb?c?d?");
+        let long = "x".repeat(MAX_FILE_CHARS + 5);
+        let cut = recorded_file(&long);
+        assert_eq!(cut.chars().count(), MAX_FILE_CHARS + 1);
+        assert!(cut.ends_with('…'));
+        assert_eq!(recorded_file(&"y".repeat(MAX_FILE_CHARS)).chars().count(), MAX_FILE_CHARS);
     }
 }
 

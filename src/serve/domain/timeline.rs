@@ -497,20 +497,24 @@ pub fn fleet_stats(
     let mut failed_in_profile: std::collections::HashSet<&str> = Default::default();
     for r in records.iter().filter(|r| r.ms >= first && r.ms <= now) {
         let day = ((r.ms - first) / DAY_MS) as usize;
-        let profile = r.profile.clone().unwrap_or_else(|| "-".into());
+        // A record without a profile (written before records carried one) counts in the
+        // series but in no profile's figures: no made-up name that a real profile could have.
+        let profile = r.profile.clone();
         let install = r.install.as_deref().unwrap_or("");
         match r.event.as_str() {
             "done" => {
                 series[day].done += 1;
-                let p = profiles.entry(profile).or_default();
-                p.0 += 1;
-                p.2.extend(r.duration_ms);
+                if let Some(profile) = profile {
+                    let p = profiles.entry(profile).or_default();
+                    p.0 += 1;
+                    p.2.extend(r.duration_ms);
+                }
             }
             "failed" => {
                 if failed_seen.insert((install, series[day].start_ms)) {
                     series[day].failed += 1;
                 }
-                if failed_in_profile.insert(install) {
+                if let Some(profile) = profile.filter(|_| failed_in_profile.insert(install)) {
                     profiles.entry(profile).or_default().1 += 1;
                 }
             }
