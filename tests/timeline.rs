@@ -199,6 +199,11 @@ fn address_attribution_failure_reason_retry_and_fleet_stats() {
 
     // Retry: role reimage only; a new install of the same profile, audited.
     assert_eq!(call("POST", &f.url("/hosts/lo1/retry"), Some(READ_TOKEN), None).status, 403);
+    // A retry keeps the profile: a body that asks for another is refused, and changes nothing.
+    let r =
+        call("POST", &f.url("/hosts/lo1/retry"), Some(REIMAGE_TOKEN), Some(r#"{"profile":"x"}"#));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("takes no fields") && r.body.contains("profile"), "{}", r.body);
     let r = call("POST", &f.url("/hosts/lo1/retry"), Some(REIMAGE_TOKEN), Some("{}"));
     assert_eq!(r.status, 200, "{}", r.body);
     let v = r.json();

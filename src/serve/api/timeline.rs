@@ -127,6 +127,7 @@ pub(crate) async fn retry(
 ) -> Result<Reply, HttpError> {
     let caller = authorize(svc, req, Role::Reimage).await?;
     let host = api_host(&raw)?;
+    retry_body(&req.body)?;
     let h = host.clone();
     let fetched = svc
         .blocking(move |svc| {
@@ -181,4 +182,41 @@ pub(crate) async fn retry(
     crate::serve::app::metrics::Metrics::inc(&svc.metrics.flags_set);
     tracing::info!(host = %host, %peer, "install retried");
     Ok(Reply::json(&view))
+}
+
+/// A retry takes nothing: no body, or an empty JSON object. Anything else is refused (400)
+/// rather than ignored, so a caller who believes it can pick a profile here learns it cannot
+/// (a new profile is a new flag: `PUT /hosts/{host}/reimage`).
+fn retry_body(body: &[u8]) -> Result<(), HttpError> {
+    if body.trim_ascii().is_empty() {
+        return Ok(());
+    }
+    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body) {
+        Ok(fields) if fields.is_empty() => Ok(()),
+        Ok(fields) => Err(HttpError::bad_request(format!(
+            "a retry takes no fields (got {}); it keeps the install's profile, and a flag with another profile is PUT /hosts/{{host}}/reimage",
+            fields
+                .keys()
+                .take(3)
+                .map(|k| format!("{:?}", k.chars().take(40).collect::<String>()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+        Err(_) => Err(HttpError::bad_request("the body of a retry must be empty or {}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_body;
+
+    #[test]
+    fn a_retry_takes_no_fields() {
+        assert!(retry_body(b"").is_ok());
+        assert!(retry_body(b" {} ").is_ok());
+        let e = retry_body(br#"{"profile": "rocky"}"#).unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(e.message.contains("\"profile\""), "{}", e.message);
+        assert_eq!(retry_body(b"[1]").unwrap_err().status, 400);
+    }
 }
