@@ -138,6 +138,18 @@ fn sql(url: &str, sql: &str) {
 }
 
 /// The `last_boots` table: host → (ms, record as JSON).
+fn fetch_rows(url: &str) -> BTreeMap<String, i64> {
+    use sqlx::{Connection, Row};
+    let url = url.to_string();
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+        let rows =
+            sqlx::query("SELECT host, ms FROM fetch_progress").fetch_all(&mut conn).await.unwrap();
+        rows.iter().map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1))).collect()
+    })
+}
+
 fn last_boot_rows(url: &str) -> BTreeMap<String, (i64, Value)> {
     use sqlx::{Connection, Row};
     let url = url.to_string();
@@ -763,9 +775,16 @@ fn check_copy_from_sqlite(to_url: &str) {
     assert!(to.states_blocking().unwrap().is_empty(), "a failed copy left hosts behind");
     assert!(audit::export(&to, 0, 10).unwrap().0.is_empty(), "a failed copy left records");
     assert!(last_boot_rows(to_url).is_empty());
+    sql(&from_url, "INSERT INTO fetch_progress (host, ms) VALUES ('c-commit', 1765000000123)");
     let from = Store::open_reader(&from_url).unwrap();
     let mut progress = 0;
     let moved = import::copy(&from, &to, |n| progress = n).unwrap();
+    assert_eq!(
+        fetch_rows(to_url),
+        fetch_rows(&from_url),
+        "each host's last fetch, so a fetching install does not look stalled on the copy"
+    );
+    assert_eq!(fetch_rows(to_url).get("c-commit"), Some(&1765000000123));
     let export = |s: &Store| -> Vec<Value> {
         let (lines, _) = audit::export(s, 0, 1_000_000).unwrap();
         lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect()

@@ -584,12 +584,23 @@ pub(crate) async fn insert_notes(
         put_last_boot(engine, conn, host, *ms, record).await?;
     }
     for (host, ms) in &boots.fetched {
-        sqlx::query(engine.sql(engine.upsert_fetch_progress()))
-            .bind(host.clone())
-            .bind(*ms as i64)
-            .execute(&mut *conn)
-            .await?;
+        put_fetch_progress(engine, conn, host, *ms).await?;
     }
+    Ok(())
+}
+
+/// Records `host`'s last fetch at `ms` unless a later one is recorded (newer wins).
+pub(crate) async fn put_fetch_progress(
+    engine: Engine,
+    conn: &mut sqlx::AnyConnection,
+    host: &str,
+    ms: u64,
+) -> Result<(), StoreError> {
+    sqlx::query(engine.sql(engine.upsert_fetch_progress()))
+        .bind(host.to_string())
+        .bind(ms as i64)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 

@@ -331,6 +331,20 @@ pub fn copy(from: &Store, to: &Store, mut progress: impl FnMut(u64)) -> anyhow::
             .collect::<Result<Vec<_>, sqlx::Error>>()
             .map_err(StoreError::from)
     })?;
+    // Each host's last fetch: without it, an install that is fetching right now would look
+    // stalled on the copy until its next step. A source from before migration 0005 has none.
+    let fpool = from.reader.clone();
+    let fetched: Vec<(String, i64)> = from
+        .wait(async move {
+            let rows = sqlx::query("SELECT host, ms FROM fetch_progress").fetch_all(&fpool).await?;
+            rows.iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+        })
+        .unwrap_or_else(|e| {
+            tracing::debug!("the source has no fetch_progress table: {e}");
+            Vec::new()
+        });
     let (engine, pool) = (to.engine, to.writer.clone());
     // The open transaction lives on this thread between the steps below. If a step fails, it
     // is dropped here, and dropping it (a rollback, the connection's return to its pool) needs
@@ -351,6 +365,9 @@ pub fn copy(from: &Store, to: &Store, mut progress: impl FnMut(u64)) -> anyhow::
         }
         for (host, ms, record) in &boots {
             audit::put_last_boot(engine, &mut tx, host, *ms as u64, record).await?;
+        }
+        for (host, ms) in &fetched {
+            audit::put_fetch_progress(engine, &mut tx, host, *ms as u64).await?;
         }
         if let Some(inventory) = &inventory {
             super::inventory::put(engine, &mut tx, inventory).await?;
