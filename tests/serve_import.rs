@@ -48,11 +48,31 @@ fn get(base: &str, path: &str) -> Value {
     r.json()
 }
 
+/// Fields a host view gained after the fixture was recorded (issue 17: the BMC's hardware
+/// state and the open install's progress, which depends on the clock): the views must be the
+/// old service's in every other field.
+const NEWER_HOST_FIELDS: &[&str] = &["hardware", "stalled", "progress_ms", "stall_after_s"];
+
+fn without_newer_fields(mut view: Value) -> Value {
+    let mut strip = |host: &mut Value| {
+        for field in NEWER_HOST_FIELDS {
+            assert!(host.get(field).is_some(), "the view has {field}: {host}");
+            host.as_object_mut().unwrap().remove(*field);
+        }
+    };
+    match view.get_mut("hosts").and_then(Value::as_array_mut) {
+        Some(hosts) => hosts.iter_mut().for_each(&mut strip),
+        None => strip(&mut view),
+    }
+    view
+}
+
 /// `/hosts`, `/hosts/H` and `/events` of the service at `base` are the old service's.
 fn assert_answers_as_before(base: &str) {
-    assert_eq!(get(base, "/hosts"), saved("hosts.json"), "GET /hosts");
+    assert_eq!(without_newer_fields(get(base, "/hosts")), saved("hosts.json"), "GET /hosts");
     for h in ["node01", "node02", "rocky1", "ubu1", "hv1", "deb1"] {
-        assert_eq!(get(base, &format!("/hosts/{h}")), saved(&format!("host-{h}.json")), "{h}");
+        let view = without_newer_fields(get(base, &format!("/hosts/{h}")));
+        assert_eq!(view, saved(&format!("host-{h}.json")), "{h}");
     }
     let old = saved("events.json");
     let new = get(base, "/events?limit=1000");
