@@ -447,6 +447,13 @@ pub struct BmcHosts {
     /// Every inventory host with a `bmc` column.
     #[arg(long)]
     pub all: bool,
+    #[command(flatten)]
+    pub client: BmcClient,
+}
+
+/// How the commands that work on hosts' BMCs reach the service.
+#[derive(clap::Args, Debug)]
+pub struct BmcClient {
     /// Base URL of the boot service: http://… or https://….
     #[arg(long, value_name = "URL")]
     pub server: String,
@@ -465,9 +472,10 @@ pub struct BmcHosts {
 /// `bootforge attach` / `detach`: one API request per host, in parallel; `Ok(false)` if any failed.
 pub fn bmc_media(hosts: BmcHosts, action: client::MediaAction) -> anyhow::Result<bool> {
     use std::io::IsTerminal;
-    let token = client::read_token(&hosts.token_file)?;
+    let c = &hosts.client;
+    let token = client::read_token(&c.token_file)?;
     let list = if hosts.all {
-        let list = client::hosts_with_bmc(&hosts.server, hosts.ca_file.as_deref(), &token)?;
+        let list = client::hosts_with_bmc(&c.server, c.ca_file.as_deref(), &token)?;
         anyhow::ensure!(!list.is_empty(), "no inventory host has a `bmc` column value");
         list
     } else {
@@ -476,12 +484,12 @@ pub fn bmc_media(hosts: BmcHosts, action: client::MediaAction) -> anyhow::Result
         hosts.hosts.into_iter().filter(|h| seen.insert(h.clone())).collect()
     };
     let results = client::bmc_media(
-        &hosts.server,
-        hosts.ca_file.as_deref(),
+        &c.server,
+        c.ca_file.as_deref(),
         &token,
         &list,
         &action,
-        hosts.jobs,
+        c.jobs,
         std::io::stderr().is_terminal(),
     )?;
     let failed = results.iter().filter(|(_, ok)| !ok).count();
@@ -535,19 +543,8 @@ pub struct PowerArgs {
     /// Confirms an --all that takes machines down (every action but `on`).
     #[arg(long)]
     pub yes: bool,
-    /// Base URL of the boot service: http://… or https://….
-    #[arg(long, value_name = "URL")]
-    pub server: String,
-    /// The CA certificate (PEM) that issued the service's certificate, for an https:// --server
-    /// with a private CA (trusted besides the public roots).
-    #[arg(long, value_name = "FILE")]
-    pub ca_file: Option<PathBuf>,
-    /// File holding the API token (first line; role reimage).
-    #[arg(long, value_name = "FILE")]
-    pub token_file: PathBuf,
-    /// BMCs worked on at once.
-    #[arg(long, value_name = "N", default_value_t = 16)]
-    pub jobs: usize,
+    #[command(flatten)]
+    pub client: BmcClient,
 }
 
 /// `bootforge power`: one `POST /hosts/{h}/power` per host, in parallel.
@@ -566,14 +563,7 @@ pub fn power(args: PowerArgs) -> anyhow::Result<bool> {
         action.as_str()
     );
     bmc_media(
-        BmcHosts {
-            hosts: words,
-            all: args.all,
-            server: args.server,
-            ca_file: args.ca_file,
-            token_file: args.token_file,
-            jobs: args.jobs,
-        },
+        BmcHosts { hosts: words, all: args.all, client: args.client },
         client::MediaAction::Power(action.as_str()),
     )
 }
@@ -626,10 +616,12 @@ mod bmc_refresh_tests {
             words: words.iter().map(|w| w.to_string()).collect(),
             all: true,
             yes,
-            server: "http://127.0.0.1:9".into(),
-            ca_file: None,
-            token_file: "/nonexistent/token".into(),
-            jobs: 1,
+            client: BmcClient {
+                server: "http://127.0.0.1:9".into(),
+                ca_file: None,
+                token_file: "/nonexistent/token".into(),
+                jobs: 1,
+            },
         };
         for action in ["off", "force-off", "restart", "force-restart"] {
             let e = power(args(&[action], false)).unwrap_err().to_string();

@@ -557,18 +557,9 @@ fn percentile(sorted: &[u64], p: usize) -> Option<u64> {
     Some(sorted[rank - 1])
 }
 
-/// `YYYY-MM-DD` of the UTC day holding `ms` (the civil-from-days algorithm of H. Hinnant).
+/// `YYYY-MM-DD` of the UTC day holding `ms`: the date part of the service's one time format.
 fn civil_day(ms: Millis) -> String {
-    let z = (ms / DAY_MS) as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+    crate::serve::util::rfc3339(ms)[..10].to_string()
 }
 
 #[cfg(test)]
